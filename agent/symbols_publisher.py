@@ -1,0 +1,81 @@
+"""Publishes each binary's symbol table once, off the event pump's thread.
+
+Reading an ELF symbol table takes milliseconds to seconds; done inline it would stall
+the ring-buffer pump and cost drops. A worker thread reads and produces instead
+(librdkafka's producer is thread-safe).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import Counter
+from pathlib import Path
+
+from schemas import codec
+
+from .publisher import Publisher
+from .symtab import SymbolTableError, chunk_symbols, read_symbol_table
+
+log = logging.getLogger(__name__)
+
+SYMBOL_TABLE = "io.runtimesignals.SymbolTable"
+# Well under the broker's default message.max.bytes (1 MiB) after compression is undone.
+MAX_CHUNK_BYTES = 512 * 1024
+
+
+class SymbolTablePublisher:
+    """Reads and publishes the symbol table of every digest offered, once per digest."""
+
+    def __init__(self, publisher: Publisher, topic: str, registry: codec.SchemaRegistry) -> None:
+        self._publisher = publisher
+        self._topic = topic
+        self._registry = registry
+        self._offered: set[str] = set()
+        self._queue: queue.Queue[tuple[str, Path, Path] | None] = queue.Queue()
+        self.counts: Counter[str] = Counter()
+        self._thread = threading.Thread(target=self._work, name="symbol-tables", daemon=True)
+        self._thread.start()
+
+    def offer(self, binary_digest: str, path: Path, root: Path = Path("/")) -> None:
+        """Publish the table of the file at path (seen from root) unless done already."""
+        if binary_digest in self._offered:
+            return
+        self._offered.add(binary_digest)
+        self._queue.put((binary_digest, path, root))
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Finish the tables already offered, then stop the worker."""
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            digest, path, root = item
+            try:
+                self._publish(digest, path, root)
+            except SymbolTableError as exc:
+                self.counts["unreadable"] += 1
+                log.warning("no symbols for %s: %s", digest, exc)
+            except Exception:  # a bug here must not stop the tables that follow
+                self.counts["failed"] += 1
+                log.exception("publishing symbols of %s (%s) failed", digest, path)
+
+    def _publish(self, digest: str, path: Path, root: Path) -> None:
+        table = read_symbol_table(path, debug_root=root)
+        chunks = chunk_symbols(table.symbols, MAX_CHUNK_BYTES)
+        for index, chunk in enumerate(chunks):
+            value = codec.encode({
+                "binary_digest": digest,
+                "build_id": table.build_id,
+                "source": table.source,
+                "chunk_index": index,
+                "chunk_count": len(chunks),
+                "symbol_count": len(table.symbols),
+                "symbols": [{"file_offset": s.file_offset, "size_bytes": s.size_bytes, "name": s.name}
+                            for s in chunk],
+            }, SYMBOL_TABLE, self._registry)
+            self._publisher.produce(self._topic, f"{digest}/{index}".encode(), value)
+        self.counts["tables"] += 1
+        log.info("published %d symbols of %s (%s, %d chunk(s))", len(table.symbols), path, table.source, len(chunks))

@@ -1,0 +1,7 @@
+"""The BPF C sources, shipped as package data so an installed agent can load them."""
+
+from pathlib import Path
+
+SOURCE_DIR: Path = Path(__file__).resolve().parent
+CALLTRACE_SOURCE: Path = SOURCE_DIR / "calltrace.bpf.c"
+CALLTRACE_HEADER: Path = SOURCE_DIR / "calltrace.h"

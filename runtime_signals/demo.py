@@ -1,0 +1,66 @@
+"""`signals demo`: the whole pipeline on this machine against deploy/demo/workload.c."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from schemas.topics import TopicNames, topic_settings
+
+from . import localkafka
+from .pipeline import LocalPipeline
+from .summaries import format_table, latest_summaries, read_topic
+from .workload import PROBED_SYMBOL, build_workload
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RUNTIME_SIGNALS_CACHE", Path.home() / ".cache" / "runtime-signals"))
+
+
+def create_topics(bootstrap: str, names: TopicNames, partitions: int = 3) -> None:
+    localkafka.ensure_topics(bootstrap, [
+        localkafka.TopicSpec(t.name, t.partitions, t.config) for t in topic_settings(names, partitions)
+    ])
+
+
+def wait_for_summaries(bootstrap: str, topic: str, expected_calls: int,
+                       timeout_s: float) -> list[dict[str, Any]]:
+    """Poll the summary topic until its windows account for expected_calls calls."""
+    deadline = time.monotonic() + timeout_s
+    summaries: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        summaries = latest_summaries(read_topic(bootstrap, topic, timeout_s=5))
+        if sum(s["total_events"] for s in summaries) >= expected_calls:
+            return summaries
+        time.sleep(0.5)
+    return summaries
+
+
+def run_demo(uploads: int, previews: int) -> int:
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or localkafka.up(localkafka.LocalKafkaConfig.from_env())
+    prefix = f"demo-{int(time.time())}."
+    names = TopicNames().with_prefix(prefix)
+    create_topics(bootstrap, names)
+    workload = build_workload(cache_dir() / "demo")
+    log_dir = cache_dir() / "demo" / "logs" / prefix.rstrip(".")
+    print(f"broker {bootstrap}; topics {names.raw}, {names.summaries}; logs in {log_dir}", file=sys.stderr)
+    with LocalPipeline(bootstrap, [f"{workload}:{PROBED_SYMBOL}"], topic_prefix=prefix,
+                       window_ms=2000, lateness_ms=500, log_dir=log_dir,
+                       processor_app_id=f"{prefix}processor") as pipeline:
+        pipeline.start_processor()
+        pipeline.start_agent()
+        subprocess.run([str(workload), str(uploads), str(previews)], check=True, stdout=subprocess.DEVNULL)
+        summaries = wait_for_summaries(bootstrap, names.summaries, uploads + previews, timeout_s=60)
+        pipeline.stop_agent()
+        pipeline.stop_processor()
+    print(format_table(summaries), end="")
+    got = sum(s["total_events"] for s in summaries)
+    if got != uploads + previews:
+        print(f"demo: expected {uploads + previews} calls in the summaries, found {got}; see {log_dir}",
+              file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,116 @@
+"""The whole pipeline on one machine, as child processes: for the demo and the tests.
+
+Each part runs through the real `signals` command line, exactly as an operator would
+start it, so what the tests exercise is what ships.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from schemas.topics import TopicNames
+
+
+class PipelineError(RuntimeError):
+    """A part of the local pipeline did not start or stop as expected."""
+
+
+def signals_command(*args: str) -> list[str]:
+    """argv that runs `signals ARGS` with this interpreter."""
+    return [sys.executable, "-m", "runtime_signals.cli", *args]
+
+
+@dataclass
+class LocalPipeline:
+    """Agent + processor on one broker; use as a context manager."""
+
+    bootstrap: str
+    probes: list[str]
+    topic_prefix: str = ""
+    window_ms: int = 2000
+    lateness_ms: int = 500
+    log_dir: Path = field(default_factory=lambda: Path("."))
+    processor_app_id: str = "runtime-signals-processor"
+    _agent: subprocess.Popen[bytes] | None = None
+    _processor: subprocess.Popen[bytes] | None = None
+
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames().with_prefix(self.topic_prefix)
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{name}.log", "wb")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def start_processor(self) -> None:
+        self._processor = self._spawn("processor", signals_command(
+            "processor", "--bootstrap", self.bootstrap, "--topic-prefix", self.topic_prefix,
+            "--window-ms", str(self.window_ms), "--allowed-lateness-ms", str(self.lateness_ms),
+            "--app-id", self.processor_app_id,
+        ))
+
+    def start_agent(self, timeout_s: float = 120.0) -> None:
+        argv = ["agent", "--bootstrap", self.bootstrap, "--topic-prefix", self.topic_prefix,
+                "--watermark-interval-ms", "200"]
+        for probe in self.probes:
+            argv += ["--probe", probe]
+        self._agent = self._spawn("agent", signals_command(*argv))
+        self._wait_for_line("agent", "agent ready", timeout_s)
+
+    def _wait_for_line(self, name: str, needle: str, timeout_s: float) -> None:
+        path = self.log_dir / f"{name}.log"
+        process = self._agent if name == "agent" else self._processor
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            text = path.read_text(errors="replace") if path.exists() else ""
+            if needle in text:
+                return
+            if process is not None and process.poll() is not None:
+                raise PipelineError(f"{name} exited with {process.returncode}:\n{text[-4000:]}")
+            time.sleep(0.2)
+        raise PipelineError(f"{name} did not print {needle!r} within {timeout_s:.0f}s; see {path}")
+
+    def stop_agent(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM the agent (it drains and flushes) and return its exit code."""
+        return self._stop(self._agent, "agent", timeout_s)
+
+    def stop_processor(self, timeout_s: float = 30.0) -> int:
+        return self._stop(self._processor, "processor", timeout_s)
+
+    def _stop(self, process: subprocess.Popen[bytes] | None, name: str, timeout_s: float) -> int:
+        if process is None or process.poll() is not None:
+            return process.returncode if process is not None else 0
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise PipelineError(f"{name} did not stop within {timeout_s:.0f}s of SIGTERM; killed")
+
+    def log(self, name: str) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def __enter__(self) -> "LocalPipeline":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for process in (self._agent, self._processor):
+            if process is not None and process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                    process.wait(30)
+                except (subprocess.TimeoutExpired, ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()

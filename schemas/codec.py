@@ -1,0 +1,467 @@
+"""Avro single-object encoding for the runtime-signals topics.
+
+Every Kafka value this project writes is one Avro *single-object* message
+(Avro specification, "Single-object encoding")::
+
+    C3 01 | fingerprint (8 bytes) | Avro binary body
+
+The fingerprint is the CRC-64-AVRO (Rabin) fingerprint of the writer schema's
+Parsing Canonical Form, little-endian. It is what lets one topic carry two record
+types (RuntimeCallEvent and AgentWatermark) and lets a consumer read messages
+written with an older version of a schema: the registry maps fingerprint to
+writer schema, and Avro schema resolution turns that into the current shape.
+
+Python values are plain, on purpose: ``timestamp-micros`` fields are ``int``
+microseconds (the ``_us`` in their names) and ``uuid`` fields are ``str``. fastavro
+would otherwise turn them into ``datetime``/``UUID`` on read and break round trips;
+the codec hands fastavro a copy of each schema without ``logicalType``
+annotations. Fingerprints are unaffected because the Parsing Canonical Form drops
+``logicalType`` anyway.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.read import SchemaResolutionError
+from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
+
+from schemas.errors import (
+    CorruptMessageError,
+    EncodeError,
+    IncompatibleSchemaError,
+    SchemaLoadError,
+    UnknownFingerprintError,
+    UnknownSchemaError,
+)
+
+NAMESPACE = "io.runtimesignals"
+SCHEMA_DIR = Path(__file__).resolve().parent
+# Files are parsed in this order so that every named type is defined before a
+# later file refers to it by name. A test fails if an .avsc is missing here.
+SCHEMA_ORDER: tuple[str, ...] = (
+    "RuntimeType",
+    "StackFrame",
+    "RuntimeCallEvent",
+    "AgentWatermark",
+    "ObservedCallPath",
+    "RuntimeSignalSummary",
+    "SignalStatistics",
+    "SymbolTable",
+)
+MAGIC = b"\xc3\x01"
+HEADER_BYTES = len(MAGIC) + 8
+
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
+_NAMED_KINDS = frozenset({"record", "error", "enum", "fixed"})
+
+
+class RuntimeType(IntEnum):
+    """Language runtime of a process, with the stable numeric codes of docs/contract.md.
+
+    Member names are the Avro enum symbols of RuntimeType.avsc (write ``rt.name``
+    into records). The numbers are NOT Avro's symbol positions: UNKNOWN is 255 here
+    and position 7 on the wire.
+    """
+
+    NATIVE = 0
+    JVM = 1
+    NODE = 2
+    PYTHON = 3
+    DOTNET = 4
+    GO = 5
+    RUBY = 6
+    UNKNOWN = 255
+
+    @classmethod
+    def from_symbol(cls, symbol: str) -> RuntimeType:
+        """Member for an Avro symbol; a symbol this code does not know maps to UNKNOWN,
+        as the Avro enum default does for readers."""
+        return cls.__members__.get(symbol, cls.UNKNOWN)
+
+
+def full_name(schema_name: str) -> str:
+    """``RuntimeCallEvent`` -> ``io.runtimesignals.RuntimeCallEvent``; full names pass through."""
+    return schema_name if "." in schema_name else f"{NAMESPACE}.{schema_name}"
+
+
+def read_schema_files(schema_dir: Path = SCHEMA_DIR) -> dict[str, dict[str, Any]]:
+    """The .avsc documents of ``schema_dir`` as written, by full name, in SCHEMA_ORDER."""
+    present = {path.stem for path in schema_dir.glob("*.avsc")}
+    unlisted = present - set(SCHEMA_ORDER)
+    if unlisted:
+        raise SchemaLoadError(
+            f"{schema_dir}: {sorted(unlisted)} not in codec.SCHEMA_ORDER; add them there, "
+            f"after the types they reference"
+        )
+    documents: dict[str, dict[str, Any]] = {}
+    for stem in SCHEMA_ORDER:
+        path = schema_dir / f"{stem}.avsc"
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise SchemaLoadError(f"{path}: cannot read schema: {exc}") from exc
+        name = _named_full_name(document, None)
+        if name != full_name(stem):
+            raise SchemaLoadError(f"{path}: defines {name!r}; the file must be named after it")
+        documents[name] = document
+    return documents
+
+
+def load_schemas(schema_dir: Path = SCHEMA_DIR) -> dict[str, dict[str, Any]]:
+    """All schemas of ``schema_dir`` parsed by fastavro with a shared ``named_schemas``,
+    by full name (references between files resolve through that dict)."""
+    named: dict[str, Any] = {}
+    parsed: dict[str, dict[str, Any]] = {}
+    for name, document in read_schema_files(schema_dir).items():
+        try:
+            parsed[name] = parse_schema(document, named_schemas=named)
+        except Exception as exc:  # fastavro raises several unrelated types here
+            raise SchemaLoadError(f"{name}: fastavro rejects the schema: {exc}") from exc
+    return parsed
+
+
+def self_contained_schema(schema_name: str, schema_dir: Path = SCHEMA_DIR) -> dict[str, Any]:
+    """The schema with every referenced named type inlined at its first use, as Apache
+    Avro (``avro.schema.parse``) and schema registries need it."""
+    documents = read_schema_files(schema_dir)
+    name = full_name(schema_name)
+    if name not in documents:
+        raise UnknownSchemaError(f"no schema {name!r} in {schema_dir}")
+    return _inline(documents[name], documents, set(), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A decoded message: the writer schema's full name and the record in the reader's shape."""
+
+    schema_name: str
+    record: dict[str, Any]
+    fingerprint_hex: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Writer:
+    name: str
+    fingerprint: bytes
+    canonical_form: str
+    declared: dict[str, Any]  # self-contained, with docs and logical types
+    wire: dict[str, Any]  # fastavro-parsed, logical types stripped
+    has_maps: bool
+    definitions: dict[str, Any]  # named types inside declared, for walking references
+
+
+class SchemaRegistry:
+    """Writer schemas by fingerprint, plus the *current* version of each schema name.
+
+    ``encode`` writes with the current version; ``decode`` accepts any registered
+    version and resolves it to the current one. Registering an older version
+    (``current=False``, the default) only teaches the registry to read it.
+    """
+
+    def __init__(self) -> None:
+        self._by_fingerprint: dict[bytes, _Writer] = {}
+        self._current: dict[str, _Writer] = {}
+        # Raw definitions of current named types: how references in later
+        # registrations (e.g. an old RuntimeCallEvent naming RuntimeType) resolve.
+        self._definitions: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def default(cls, schema_dir: Path = SCHEMA_DIR) -> SchemaRegistry:
+        """A new registry holding every schema in ``schema_dir`` as the current version."""
+        registry = cls()
+        for name, document in read_schema_files(schema_dir).items():
+            if document.get("type") in ("record", "error"):
+                registry.register(document, current=True)
+            else:
+                registry._definitions[name] = document
+        return registry
+
+    def register(self, schema: Mapping[str, Any], *, current: bool = False) -> str:
+        """Accept ``schema`` (a record schema as JSON-like data) as a writer schema.
+
+        Names it references but does not define resolve to the current definitions
+        already registered. Returns the fingerprint in hex (wire byte order).
+        """
+        if not isinstance(schema, Mapping) or schema.get("type") not in ("record", "error"):
+            raise SchemaLoadError(f"only record schemas can be registered, got {schema!r:.80}")
+        name = _named_full_name(schema, None)
+        declared = _inline(schema, self._definitions, set(), None)
+        try:
+            parsed = parse_schema(declared, named_schemas={})
+            canonical = to_parsing_canonical_form(parsed)
+            wire = parse_schema(_without_logical_types(declared), named_schemas={})
+        except Exception as exc:  # fastavro raises several unrelated types here
+            raise SchemaLoadError(f"{name}: fastavro rejects the schema: {exc}") from exc
+        digest = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
+        known = self._by_fingerprint.get(digest)
+        if known is not None and known.canonical_form != canonical:
+            raise SchemaLoadError(
+                f"{name}: fingerprint {digest.hex()} collides with a different {known.name}"
+            )
+        definitions: dict[str, Any] = {}
+        _collect_definitions(declared, None, definitions)
+        writer = _Writer(
+            name, digest, canonical, declared, wire, _contains_map(declared), definitions
+        )
+        self._by_fingerprint[digest] = writer
+        if current:
+            self._current[name] = writer
+            self._definitions.update(definitions)
+        return digest.hex()
+
+    def names(self) -> list[str]:
+        """Full names that have a current version, sorted."""
+        return sorted(self._current)
+
+    def current_schema(self, schema_name: str) -> dict[str, Any]:
+        """Self-contained JSON-like form of the current version of ``schema_name``."""
+        return json.loads(json.dumps(self._writer(schema_name).declared))
+
+    def fingerprint_hex(self, schema_name: str) -> str:
+        """Fingerprint of the current version, hex in wire byte order (bytes 2..9)."""
+        return self._writer(schema_name).fingerprint.hex()
+
+    def _writer(self, schema_name: str) -> _Writer:
+        writer = self._current.get(full_name(schema_name))
+        if writer is None:
+            raise UnknownSchemaError(
+                f"no current version of schema {full_name(schema_name)!r} is registered "
+                f"(known: {', '.join(self.names()) or 'none'})"
+            )
+        return writer
+
+
+def encode(record: Mapping[str, Any], schema_name: str, registry: SchemaRegistry) -> bytes:
+    """``record`` as a single-object message written with the current ``schema_name``.
+
+    Fields with a default may be omitted; unknown fields are an error, so a
+    misspelt field name cannot silently become its default. Equal records give
+    equal bytes (map entries are written in sorted key order).
+    """
+    writer = registry._writer(schema_name)
+    if writer.has_maps:
+        record = _sorted_maps(record, writer.declared, writer.definitions)
+    buffer = io.BytesIO()
+    buffer.write(MAGIC)
+    buffer.write(writer.fingerprint)
+    try:
+        fastavro.schemaless_writer(buffer, writer.wire, record, strict_allow_default=True)
+    except Exception as exc:  # any failure here means the record does not fit
+        raise EncodeError(f"record does not fit {writer.name}: {exc}") from exc
+    return buffer.getvalue()
+
+
+def decode(
+    data: bytes, registry: SchemaRegistry, reader_schema_name: str | None = None
+) -> Decoded:
+    """Decode one single-object message.
+
+    The record comes back in the shape of ``reader_schema_name``'s current version
+    or, when that is None, of the current version of the writer's own schema (the
+    writer's shape if the registry has no current version of it). Every failure is
+    a ``SchemaError``; nothing from fastavro escapes.
+    """
+    if data is None:  # a Kafka tombstone reaches here as None despite the annotation
+        raise CorruptMessageError("no value (tombstone)", 0)
+    data = bytes(data)
+    length = len(data)
+    if length < HEADER_BYTES:
+        raise CorruptMessageError(f"too short: the header alone is {HEADER_BYTES} bytes", length)
+    if data[:2] != MAGIC:
+        raise CorruptMessageError(
+            f"bad magic {data[:2].hex()}, expected c301 (Avro single-object encoding)", length
+        )
+    writer = registry._by_fingerprint.get(data[2:HEADER_BYTES])
+    if writer is None:
+        raise UnknownFingerprintError(data[2:HEADER_BYTES].hex(), length)
+    if reader_schema_name is None:
+        reader = registry._current.get(writer.name, writer)
+    else:
+        reader = registry._writer(reader_schema_name)
+    body = io.BytesIO(data)
+    body.seek(HEADER_BYTES)
+    try:
+        record = fastavro.schemaless_reader(
+            body, writer.wire, None if reader is writer else reader.wire
+        )
+    except SchemaResolutionError as exc:
+        raise IncompatibleSchemaError(
+            f"cannot read {writer.name} (fingerprint {writer.fingerprint.hex()}) as "
+            f"{reader.name}: {exc}"
+        ) from exc
+    except Exception as exc:  # truncated or garbled bodies fail in many different ways
+        raise CorruptMessageError(
+            f"body does not decode as {writer.name}: {type(exc).__name__}: {exc}", length
+        ) from exc
+    leftover = length - body.tell()
+    if leftover:
+        raise CorruptMessageError(
+            f"{leftover} bytes left over after a complete {writer.name} body", length
+        )
+    return Decoded(writer.name, record, writer.fingerprint.hex())
+
+
+def fingerprint_hex(schema_name: str, registry: SchemaRegistry | None = None) -> str:
+    """Fingerprint of the current ``schema_name`` as hex, in the byte order it has on the
+    wire (what ``xxd`` shows at bytes 2..9 of a message)."""
+    return (registry or _files_registry()).fingerprint_hex(schema_name)
+
+
+@functools.lru_cache(maxsize=1)
+def _files_registry() -> SchemaRegistry:
+    return SchemaRegistry.default()
+
+
+def _named_full_name(schema: Mapping[str, Any], enclosing_namespace: str | None) -> str:
+    name = schema.get("name")
+    if not isinstance(name, str) or not name:
+        raise SchemaLoadError(f"named type without a name: {dict(schema)!r:.80}")
+    if "." in name:
+        return name
+    namespace = schema.get("namespace", enclosing_namespace)
+    return f"{namespace}.{name}" if namespace else name
+
+
+def _inline(
+    schema: Any, known: Mapping[str, Any], defined: set[str], namespace: str | None
+) -> Any:
+    """Copy of ``schema`` where each reference to a type in ``known`` that is not yet
+    defined is replaced by its definition: Avro requires a named type to be defined
+    at its first use and referenced by full name afterwards, and the Parsing
+    Canonical Form (so the fingerprint) depends on exactly that."""
+    if isinstance(schema, str):
+        if schema in _PRIMITIVES:
+            return schema
+        name = schema if "." in schema or namespace is None else f"{namespace}.{schema}"
+        if name in defined:
+            return name
+        if name in known:
+            return _inline(known[name], known, defined, None)
+        raise SchemaLoadError(f"reference to unknown named type {name!r}")
+    if isinstance(schema, list):
+        return [_inline(branch, known, defined, namespace) for branch in schema]
+    if not isinstance(schema, Mapping):
+        raise SchemaLoadError(f"not an Avro schema: {schema!r:.80}")
+    kind = schema.get("type")
+    out = dict(schema)
+    if kind in _NAMED_KINDS:
+        name = _named_full_name(schema, namespace)
+        if name in defined:
+            raise SchemaLoadError(f"named type {name!r} is defined twice")
+        defined.add(name)
+        namespace = name.rpartition(".")[0] or None
+        if kind in ("record", "error"):
+            out["fields"] = [
+                {**field, "type": _inline(field["type"], known, defined, namespace)}
+                for field in schema.get("fields", [])
+            ]
+    elif kind == "array":
+        out["items"] = _inline(schema["items"], known, defined, namespace)
+    elif kind == "map":
+        out["values"] = _inline(schema["values"], known, defined, namespace)
+    elif isinstance(kind, (list, Mapping)):
+        out["type"] = _inline(kind, known, defined, namespace)
+    return out
+
+
+def _collect_definitions(schema: Any, namespace: str | None, into: dict[str, Any]) -> Any:
+    """Store every named-type definition inside ``schema`` in ``into``, by full name, in
+    reference form (nested definitions replaced by their full names), so each can later be
+    inlined on its own wherever another schema first refers to it. Returns ``schema`` in
+    that same reference form."""
+    if isinstance(schema, list):
+        return [_collect_definitions(branch, namespace, into) for branch in schema]
+    if not isinstance(schema, Mapping):
+        return schema
+    kind = schema.get("type")
+    out = dict(schema)
+    if kind in _NAMED_KINDS:
+        name = _named_full_name(schema, namespace)
+        out["name"] = name  # the full name, so the definition stands alone
+        out.pop("namespace", None)
+        if kind in ("record", "error"):
+            namespace = name.rpartition(".")[0] or None
+            out["fields"] = [
+                {**field, "type": _collect_definitions(field["type"], namespace, into)}
+                for field in schema.get("fields", [])
+            ]
+        into[name] = out
+        return name
+    if kind in ("array", "map"):
+        key = "items" if kind == "array" else "values"
+        out[key] = _collect_definitions(schema[key], namespace, into)
+    elif isinstance(kind, (list, Mapping)):
+        out["type"] = _collect_definitions(kind, namespace, into)
+    return out
+
+
+def _without_logical_types(schema: Any) -> Any:
+    if isinstance(schema, list):
+        return [_without_logical_types(branch) for branch in schema]
+    if not isinstance(schema, Mapping):
+        return schema
+    out = {key: value for key, value in schema.items() if key != "logicalType"}
+    kind = schema.get("type")
+    if kind in ("record", "error"):
+        out["fields"] = [
+            {**field, "type": _without_logical_types(field["type"])} for field in schema["fields"]
+        ]
+    elif kind == "array":
+        out["items"] = _without_logical_types(schema["items"])
+    elif kind == "map":
+        out["values"] = _without_logical_types(schema["values"])
+    elif isinstance(kind, (list, Mapping)):
+        out["type"] = _without_logical_types(kind)
+    return out
+
+
+def _contains_map(schema: Any) -> bool:
+    if isinstance(schema, list):
+        return any(_contains_map(branch) for branch in schema)
+    if not isinstance(schema, Mapping):
+        return False
+    kind = schema.get("type")
+    if kind == "map":
+        return True
+    if kind in ("record", "error"):
+        return any(_contains_map(field["type"]) for field in schema["fields"])
+    if kind == "array":
+        return _contains_map(schema["items"])
+    return isinstance(kind, (list, Mapping)) and _contains_map(kind)
+
+
+def _sorted_maps(value: Any, schema: Any, named: Mapping[str, Any]) -> Any:
+    """``value`` with every Avro map's entries in sorted key order: Avro writes map
+    entries in iteration order, so without this equal records could differ in bytes."""
+    if isinstance(schema, str):
+        return _sorted_maps(value, named[schema], named) if schema in named else value
+    if isinstance(schema, list):
+        branches = [branch for branch in schema if branch != "null"]
+        if value is None or len(branches) != 1:
+            return value
+        return _sorted_maps(value, branches[0], named)
+    kind = schema.get("type")
+    if kind in ("record", "error") and isinstance(value, Mapping):
+        types = {field["name"]: field["type"] for field in schema["fields"]}
+        return {
+            key: _sorted_maps(item, types[key], named) if key in types else item
+            for key, item in value.items()
+        }
+    if kind == "array" and isinstance(value, (list, tuple)):
+        return [_sorted_maps(item, schema["items"], named) for item in value]
+    if kind == "map" and isinstance(value, Mapping):
+        return {
+            key: _sorted_maps(value[key], schema["values"], named) for key in sorted(value)
+        }
+    if isinstance(kind, (list, Mapping)):
+        return _sorted_maps(value, kind, named)
+    return value

@@ -1,0 +1,142 @@
+"""Canonical hashes that identify functions, stacks and call paths across nodes.
+
+The recipe is specified in schemas/HASHING.md, precisely enough to reimplement
+in another language; hash-vectors.json holds the cases every implementation
+must reproduce. Keep this module a literal transcription of that document:
+a change here without a new domain version (``.../v2``) silently breaks joins
+with data hashed earlier or elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+
+from schemas.errors import HashInputError
+
+HASH_PREFIX = "sha256:"
+UNKNOWN_PURL = "pkg:generic/unknown"
+UNKNOWN_SIGNATURE = "<unknown>"
+UNKNOWN_BINARY = "unknown"
+
+NODE_DOMAIN = "runtime-signals/node/v1"
+CALLSTACK_DOMAIN = "runtime-signals/callstack/v1"
+PATH_DOMAIN = "runtime-signals/path/v1"
+COMBINED_DOMAIN = "runtime-signals/combined/v1"
+
+# Exactly the Unicode White_Space property (25 code points). Not Python's \s,
+# which adds U+001C..U+001F and so would disagree with other languages.
+_WHITESPACE = "\t\n\u000b\u000c\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_WHITESPACE_RUN = re.compile(f"[{_WHITESPACE}]+")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_CANONICAL_HASH = re.compile(r"sha256:[0-9a-f]{64}")
+_FRAME_IDENTITY = re.compile(r"(?:sha256:[0-9a-f]{64}|unknown)\+0x(?:0|[1-9a-f][0-9a-f]*)")
+_U64_SPAN = 1 << 64
+
+
+def normalize_text(value: str) -> str:
+    """NFC, then every run of White_Space characters becomes one space, then the
+    leading and trailing space goes. The result never contains a line feed, which
+    is what makes line feeds safe as field terminators."""
+    return _WHITESPACE_RUN.sub(" ", unicodedata.normalize("NFC", value)).strip(" ")
+
+
+def normalize_purl(purl: str | None) -> str:
+    """The purl as it enters node_hash (HASHING.md, "Normalising a purl")."""
+    if purl is None:
+        return UNKNOWN_PURL
+    text = unicodedata.normalize("NFC", purl)
+    # Qualifiers (?arch=...) and subpath (#...) say where an artifact came from,
+    # not which code it is; scanners and agents often disagree on them.
+    for marker in ("?", "#"):
+        text = text.partition(marker)[0]
+    text = normalize_text(text)
+    if text[:4].translate(_ASCII_LOWER) == "pkg:":
+        package_type, slash, rest = text[4:].lstrip("/").partition("/")
+        text = "pkg:" + package_type.translate(_ASCII_LOWER) + slash + rest
+    return text or UNKNOWN_PURL
+
+
+def normalize_signature(signature: str | None) -> str:
+    """The function signature as it enters node_hash (HASHING.md, "Normalising a signature")."""
+    if signature is None:
+        return UNKNOWN_SIGNATURE
+    return normalize_text(signature) or UNKNOWN_SIGNATURE
+
+
+def node_hash(purl: str | None, signature: str | None) -> str:
+    """Identity of one function: its package and its signature. For a frame that
+    could not be symbolized, pass its ``frame_identity`` as the signature."""
+    return _digest(NODE_DOMAIN, (normalize_purl(purl), normalize_signature(signature)))
+
+
+def frame_identity(binary_digest: str | None, binary_offset: int | None, address: int) -> str:
+    """Stable name of one stack frame: ``<binary_digest>+0x<offset>`` when the frame
+    was located in a digested file, else ``unknown+0x<address>``.
+
+    Offsets and addresses may be given as Avro longs: negative values are read as
+    the unsigned 64-bit number with the same bits.
+    """
+    digest = None
+    if binary_digest is not None:
+        digest = normalize_text(binary_digest).translate(_ASCII_LOWER)
+    if digest and binary_offset is not None:
+        if not _CANONICAL_HASH.fullmatch(digest):
+            raise HashInputError(
+                f"binary_digest {binary_digest!r} is not 'sha256:' followed by 64 hex digits"
+            )
+        return f"{digest}+0x{_unsigned64('binary_offset', binary_offset):x}"
+    return f"{UNKNOWN_BINARY}+0x{_unsigned64('address', address):x}"
+
+
+def callstack_hash(frame_identities: Sequence[str]) -> str:
+    """Identity of a stack by binary location, frames ordered bottom (outermost
+    caller) to top (probed function)."""
+    for index, identity in enumerate(frame_identities):
+        if not isinstance(identity, str) or not _FRAME_IDENTITY.fullmatch(identity):
+            raise HashInputError(
+                f"frame {index}: {identity!r} is not a frame identity; "
+                f"build it with frame_identity()"
+            )
+    return _digest(CALLSTACK_DOMAIN, frame_identities)
+
+
+def path_hash(node_hashes: Sequence[str]) -> str:
+    """Identity of a call path: its node hashes from entry point to probed function."""
+    _check_hashes("node hash", node_hashes)
+    return _digest(PATH_DOMAIN, node_hashes)
+
+
+def combined_path_hash(path_hashes: Iterable[str]) -> str:
+    """Identity of a set of paths: order and repeats do not matter; the empty set
+    has a hash of its own."""
+    unique = sorted(set(path_hashes))
+    _check_hashes("path hash", unique)
+    return _digest(COMBINED_DOMAIN, unique)
+
+
+def _digest(domain: str, fields: Iterable[str]) -> str:
+    message = domain + "\n" + "".join(field + "\n" for field in fields)
+    try:
+        data = message.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates have no UTF-8 form
+        raise HashInputError(f"{domain}: input is not valid Unicode text: {exc}") from exc
+    return HASH_PREFIX + hashlib.sha256(data).hexdigest()
+
+
+def _check_hashes(kind: str, hashes: Sequence[str]) -> None:
+    for index, value in enumerate(hashes):
+        if not isinstance(value, str) or not _CANONICAL_HASH.fullmatch(value):
+            raise HashInputError(
+                f"{kind} {index}: {value!r} is not 'sha256:' followed by 64 lowercase hex digits"
+            )
+
+
+def _unsigned64(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise HashInputError(f"{name} must be an integer, got {value!r}")
+    if not -(1 << 63) <= value < _U64_SPAN:
+        raise HashInputError(f"{name} {value} does not fit in 64 bits")
+    return value % _U64_SPAN

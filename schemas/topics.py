@@ -1,0 +1,50 @@
+"""The topics of the pipeline, with the settings they are created with.
+
+Both sides import these names; a deployment may prefix them (TopicNames.with_prefix)
+to run several pipelines on one cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+# Raw events are kept long enough to reprocess a day's capture after a processor fix.
+RAW_RETENTION_MS = 7 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """Names of every topic the pipeline reads or writes."""
+
+    raw: str = "signals.raw.v1"                 # RuntimeCallEvent + AgentWatermark, key = container id
+    summaries: str = "signals.summaries.v1"     # RuntimeSignalSummary per container per window
+    paths: str = "signals.paths.v1"             # ObservedCallPath per path per window
+    statistics: str = "signals.statistics.v1"   # SignalStatistics per agent
+    symbols: str = "signals.symbols.v1"         # SymbolTable chunks, key = "<digest>/<chunk>", compacted
+
+    def with_prefix(self, prefix: str) -> "TopicNames":
+        return replace(self, **{name: prefix + value for name, value in self.__dict__.items()})
+
+
+@dataclass(frozen=True)
+class TopicSettings:
+    """How a topic is created: partitions and broker-side configuration."""
+
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def topic_settings(names: TopicNames, partitions: int = 3) -> list[TopicSettings]:
+    """The creation settings of every topic, for `signals kafka topics` and the tests."""
+    # Summaries are keyed by container + window: compaction keeps the last write of a
+    # window, so a re-emitted window replaces rather than adds.
+    compact = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+    return [
+        TopicSettings(names.raw, partitions, {"retention.ms": str(RAW_RETENTION_MS), "compression.type": "producer"}),
+        TopicSettings(names.summaries, partitions, dict(compact)),
+        TopicSettings(names.paths, partitions, dict(compact)),
+        TopicSettings(names.statistics, 1, {"retention.ms": str(24 * 3600 * 1000)}),
+        # Symbol tables are needed for as long as any raw event may be reprocessed.
+        TopicSettings(names.symbols, partitions, {"cleanup.policy": "compact"}),
+    ]

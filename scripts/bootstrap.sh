@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Installs everything runtime-signals needs on a Debian 12 machine, idempotently:
+# Debian's bcc and kernel headers, tracefs, a virtualenv with the project, the Kafka jars.
+# Downloads are cached outside the repo, in $RUNTIME_SIGNALS_CACHE (~/.cache/runtime-signals).
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cache=${RUNTIME_SIGNALS_CACHE:-$HOME/.cache/runtime-signals}
+venv=$cache/venv
+mkdir -p "$cache"
+
+say() { printf '[bootstrap] %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# --- Debian packages: bcc (python3-bpfcc), its tools, a compiler, Java for the broker.
+need=()
+dpkg -s python3-bpfcc >/dev/null 2>&1 || need+=(python3-bpfcc)
+dpkg -s bpfcc-tools >/dev/null 2>&1 || need+=(bpfcc-tools)
+command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || need+=(maven)
+kernel=$(uname -r)
+if [ ! -e "/lib/modules/$kernel/build/Makefile" ] && [ ! -e /sys/kernel/kheaders.tar.xz ]; then
+  # Headers for the running kernel when Debian has them; otherwise Debian's current
+  # headers, which bcc accepts for uprobe programs (they use no kernel-internal layout).
+  if apt-cache show "linux-headers-$kernel" >/dev/null 2>&1; then
+    need+=("linux-headers-$kernel")
+  else
+    need+=(linux-headers-amd64)
+  fi
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  say "installing Debian packages: ${need[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# --- Kernel headers where bcc looks for them.
+if [ ! -e "/lib/modules/$kernel/build/Makefile" ] && [ ! -e /sys/kernel/kheaders.tar.xz ]; then
+  arch_dir=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$arch_dir" ] || { say "no kernel headers under /usr/src after installing linux-headers-amd64"; exit 1; }
+  common_dir=${arch_dir%-amd64}-common
+  say "linking /lib/modules/$kernel/build -> $arch_dir (source -> $common_dir)"
+  as_root mkdir -p "/lib/modules/$kernel"
+  as_root ln -sfn "$arch_dir" "/lib/modules/$kernel/build"
+  as_root ln -sfn "$common_dir" "/lib/modules/$kernel/source"
+fi
+
+# --- tracefs, where uprobes are registered.
+if [ ! -e /sys/kernel/tracing/uprobe_events ] && [ ! -e /sys/kernel/debug/tracing/uprobe_events ]; then
+  say "mounting tracefs at /sys/kernel/tracing"
+  as_root mount -t tracefs tracefs /sys/kernel/tracing
+fi
+
+# --- Python: a virtualenv with the project and its test dependencies.
+python=${PYTHON:-python3}
+if [ ! -x "$venv/bin/python" ]; then
+  say "creating virtualenv $venv"
+  "$python" -m venv "$venv"
+fi
+stamp=$venv/.runtime-signals-installed
+if [ ! -e "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ] || ! "$venv/bin/python" -c 'import runtime_signals' 2>/dev/null \
+   || [ "$("$venv/bin/python" -c 'import runtime_signals, os; print(os.path.dirname(os.path.dirname(runtime_signals.__file__)))')" != "$repo" ]; then
+  say "installing runtime-signals (editable) and its dependencies into $venv"
+  "$venv/bin/pip" install -q --upgrade pip
+  "$venv/bin/pip" install -q -e "$repo[test]"
+  touch "$stamp"
+fi
+# Debian's bcc is a pure-Python package over libbcc: expose it, alone, to the venv.
+bcc_dir=$cache/debian-bcc
+mkdir -p "$bcc_dir"
+ln -sfn /usr/lib/python3/dist-packages/bcc "$bcc_dir/bcc"
+site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$bcc_dir" > "$site/debian-bcc.pth"
+"$venv/bin/python" -c 'import bcc' || { say "bcc is not importable from $venv"; exit 1; }
+
+# --- Kafka jars from Maven Central (cached).
+"$venv/bin/python" -m runtime_signals.localkafka provision >&2
+say "ready: $venv"

@@ -1,0 +1,314 @@
+"""Single-object encoding: framing, fingerprints, schema evolution and failure modes."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import avro.io
+import avro.schema
+import pytest
+
+from schemas.codec import (
+    SchemaRegistry,
+    decode,
+    encode,
+    fingerprint_hex,
+    self_contained_schema,
+)
+from schemas.errors import (
+    CorruptMessageError,
+    EncodeError,
+    IncompatibleSchemaError,
+    SchemaError,
+    UnknownFingerprintError,
+    UnknownSchemaError,
+)
+
+TOP_LEVEL = ["RuntimeCallEvent", "AgentWatermark", "ObservedCallPath", "RuntimeSignalSummary",
+             "SignalStatistics", "StackFrame"]
+EXTENSION_DEFAULTS = {
+    "observed_at_us": 0, "host": "", "agent_id": "", "cgroup_id": 0, "probe_id": "",
+    "observation_count": 1, "last_timestamp_ns": None, "stack_frames": [],
+    "stack_truncated": False,
+}
+
+
+def rabin_fingerprint(data: bytes) -> int:
+    """CRC-64-AVRO exactly as the Avro specification's reference code computes it."""
+    empty = 0xC15D213AA4D7A795
+    table = []
+    for byte in range(256):
+        value = byte
+        for _ in range(8):
+            value = (value >> 1) ^ (empty & -(value & 1))
+        table.append(value)
+    value = empty
+    for byte in data:
+        value = (value >> 8) ^ table[(value ^ byte) & 0xFF]
+    return value
+
+
+def apache_canonical_form(name: str) -> str:
+    """Parsing Canonical Form by Apache Avro's Python library, with its one known divergence
+    from the Java library undone: for a primitive carrying a logicalType it prints
+    {"type":"long"} where the specification ([PRIMITIVES]) and Java print "long"."""
+    canonical = avro.schema.parse(json.dumps(self_contained_schema(name))).canonical_form
+    return re.sub(r'\{"type":"(null|boolean|int|long|float|double|bytes|string)"\}', r'"\1"',
+                  canonical)
+
+
+def v0_schema(data_dir: Path) -> dict[str, Any]:
+    return json.loads((data_dir / "RuntimeCallEvent.v0.avsc").read_text())
+
+
+def seed_only(event: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in event.items() if key not in EXTENSION_DEFAULTS}
+
+
+def test_the_rabin_reference_code_matches_the_avro_specification() -> None:
+    # Fingerprint of the schema "null", listed in Avro's shared schema tests.
+    assert rabin_fingerprint(b'"null"') == 7195948357588979594
+
+
+@pytest.mark.parametrize("name", TOP_LEVEL)
+def test_header_is_magic_then_little_endian_fingerprint_of_the_canonical_form(
+    name: str, registry: SchemaRegistry, examples: dict[str, dict[str, Any]]
+) -> None:
+    message = encode(examples[name], name, registry)
+    assert message[:2] == b"\xc3\x01"
+    expected = rabin_fingerprint(apache_canonical_form(name).encode("utf-8"))
+    assert int.from_bytes(message[2:10], "little") == expected
+    assert message[2:10].hex() == fingerprint_hex(name) == registry.fingerprint_hex(name)
+
+
+@pytest.mark.parametrize("name", TOP_LEVEL)
+def test_every_record_type_round_trips(
+    name: str, registry: SchemaRegistry, examples: dict[str, dict[str, Any]]
+) -> None:
+    decoded = decode(encode(examples[name], name, registry), registry)
+    assert decoded.schema_name == f"io.runtimesignals.{name}"
+    assert decoded.record == examples[name]
+    assert decoded.fingerprint_hex == fingerprint_hex(name)
+
+
+def test_the_body_is_plain_avro_that_apache_avro_reads(
+    registry: SchemaRegistry, examples: dict[str, dict[str, Any]]
+) -> None:
+    event = examples["RuntimeCallEvent"]
+    message = encode(event, "RuntimeCallEvent", registry)
+    schema = avro.schema.parse(json.dumps(self_contained_schema("RuntimeCallEvent")))
+    record = avro.io.DatumReader(schema).read(avro.io.BinaryDecoder(io.BytesIO(message[10:])))
+    assert str(record["event_id"]) == event["event_id"]
+    assert record["stack_trace"] == event["stack_trace"]
+    assert record["stack_frames"] == event["stack_frames"]
+    assert record["function_address"] == event["function_address"]
+
+
+def test_instants_and_ids_decode_as_plain_ints_and_strings(
+    registry: SchemaRegistry, examples: dict[str, dict[str, Any]]
+) -> None:
+    record = decode(encode(examples["RuntimeCallEvent"], "RuntimeCallEvent", registry),
+                    registry).record
+    assert type(record["received_at_us"]) is int and type(record["observed_at_us"]) is int
+    assert type(record["event_id"]) is str
+
+
+def test_raw_topic_record_types_are_told_apart_by_fingerprint(
+    registry: SchemaRegistry, examples: dict[str, dict[str, Any]]
+) -> None:
+    event = encode(examples["RuntimeCallEvent"], "RuntimeCallEvent", registry)
+    mark = encode(examples["AgentWatermark"], "AgentWatermark", registry)
+    assert event[2:10] != mark[2:10]
+    assert decode(event, registry).schema_name == "io.runtimesignals.RuntimeCallEvent"
+    assert decode(mark, registry).schema_name == "io.runtimesignals.AgentWatermark"
+    assert decode(mark, registry).record == examples["AgentWatermark"]
+
+
+def test_omitted_extension_fields_are_written_as_their_defaults(
+    registry: SchemaRegistry, examples: dict[str, dict[str, Any]]
+) -> None:
+    event = seed_only(examples["RuntimeCallEvent"])
+    record = decode(encode(event, "RuntimeCallEvent", registry), registry).record
+    assert record == {**event, **EXTENSION_DEFAULTS}
+
+
+def test_a_message_from_an_older_schema_version_reads_in_the_current_shape(
+    registry: SchemaRegistry, examples: dict[str, dict[str, Any]], data_dir: Path
+) -> None:
+    old_agent = SchemaRegistry.default()
+    old_agent.register(v0_schema(data_dir), current=True)
+    event = seed_only(examples["RuntimeCallEvent"])
+    message = encode(event, "RuntimeCallEvent", old_agent)
+    assert message[2:10].hex() != fingerprint_hex("RuntimeCallEvent")
+
+    with pytest.raises(UnknownFingerprintError):
+        decode(message, registry)
+    registry.register(v0_schema(data_dir))
+    implicit = decode(message, registry)
+    explicit = decode(message, registry, reader_schema_name="RuntimeCallEvent")
+    assert implicit.record == explicit.record == {**event, **EXTENSION_DEFAULTS}
+    assert implicit.schema_name == "io.runtimesignals.RuntimeCallEvent"
+    # Reading an old version does not make the registry write it.
+    current = encode(examples["RuntimeCallEvent"], "RuntimeCallEvent", registry)
+    assert current[2:10].hex() == fingerprint_hex("RuntimeCallEvent")
+
+
+def test_a_newer_writer_s_unknown_runtime_and_extra_field_are_absorbed(
+    registry: SchemaRegistry, examples: dict[str, dict[str, Any]]
+) -> None:
+    newer = self_contained_schema("RuntimeCallEvent")
+    runtime = next(f for f in newer["fields"] if f["name"] == "runtime_type")["type"]
+    runtime["symbols"].append("ERLANG")
+    newer["fields"].append({"name": "beam_pid", "type": "string", "default": "", "doc": "x"})
+    new_agent = SchemaRegistry()
+    new_agent.register(newer, current=True)
+    message = encode({**examples["RuntimeCallEvent"], "runtime_type": "ERLANG",
+                      "beam_pid": "<0.42.0>"}, "RuntimeCallEvent", new_agent)
+
+    registry.register(newer)
+    record = decode(message, registry).record
+    assert record["runtime_type"] == "UNKNOWN"
+    assert "beam_pid" not in record
+    assert record["container_id"] == examples["RuntimeCallEvent"]["container_id"]
+
+
+def test_equal_records_give_equal_bytes(
+    registry: SchemaRegistry, examples: dict[str, dict[str, Any]]
+) -> None:
+    for name in TOP_LEVEL:
+        record = examples[name]
+        reordered = dict(reversed(list(record.items())))
+        first = encode(record, name, registry)
+        assert encode(record, name, registry) == first
+        assert encode(reordered, name, registry) == first
+        assert encode(record, name, SchemaRegistry.default()) == first
+        assert encode(decode(first, registry).record, name, registry) == first
+    stats = examples["SignalStatistics"]
+    flipped = {**stats, "dropped_by_reason": dict(reversed(stats["dropped_by_reason"].items()))}
+    assert encode(flipped, "SignalStatistics", registry) == encode(
+        stats, "SignalStatistics", registry)
+
+
+def test_a_misspelt_field_is_refused_not_dropped(
+    registry: SchemaRegistry, examples: dict[str, dict[str, Any]]
+) -> None:
+    with pytest.raises(EncodeError, match="observed_at_ms"):
+        encode({**examples["RuntimeCallEvent"], "observed_at_ms": 1}, "RuntimeCallEvent",
+               registry)
+
+
+def test_a_missing_required_field_or_wrong_type_is_an_encode_error(
+    registry: SchemaRegistry, examples: dict[str, dict[str, Any]]
+) -> None:
+    event = dict(examples["RuntimeCallEvent"])
+    del event["container_id"]
+    with pytest.raises(EncodeError, match="container_id"):
+        encode(event, "RuntimeCallEvent", registry)
+    with pytest.raises(EncodeError, match="RuntimeCallEvent"):
+        encode({**examples["RuntimeCallEvent"], "pid": "not a number"}, "RuntimeCallEvent",
+               registry)
+    with pytest.raises(UnknownSchemaError, match="io.runtimesignals.NoSuchRecord"):
+        encode({}, "NoSuchRecord", registry)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "too short"),
+        (b"\xc3\x01\x00\x00", "too short"),
+        (b"\x00\x01" + bytes(12), "bad magic 0001"),
+        (b'{"container_id": "x"}', "bad magic 7b22"),
+    ],
+)
+def test_malformed_framing_is_reported_with_the_byte_length(
+    data: bytes, reason: str, registry: SchemaRegistry
+) -> None:
+    with pytest.raises(CorruptMessageError, match=reason) as caught:
+        decode(data, registry)
+    assert caught.value.byte_length == len(data)
+    assert f"({len(data)} bytes)" in str(caught.value)
+
+
+def test_a_tombstone_is_a_corrupt_message(registry: SchemaRegistry) -> None:
+    with pytest.raises(CorruptMessageError, match="tombstone"):
+        decode(None, registry)  # type: ignore[arg-type]
+
+
+def test_an_unknown_fingerprint_is_named_in_hex(registry: SchemaRegistry) -> None:
+    message = b"\xc3\x01" + bytes.fromhex("0011223344556677") + b"\x00"
+    with pytest.raises(UnknownFingerprintError, match="0011223344556677.*not registered"):
+        decode(message, registry)
+
+
+def test_every_truncation_of_the_body_is_detected(
+    registry: SchemaRegistry, examples: dict[str, dict[str, Any]]
+) -> None:
+    message = encode(examples["RuntimeCallEvent"], "RuntimeCallEvent", registry)
+    for cut in range(10, len(message)):
+        with pytest.raises(CorruptMessageError, match=f"\\({cut} bytes\\)"):
+            decode(message[:cut], registry)
+
+
+def test_trailing_bytes_after_the_body_are_detected(
+    registry: SchemaRegistry, examples: dict[str, dict[str, Any]]
+) -> None:
+    message = encode(examples["AgentWatermark"], "AgentWatermark", registry)
+    with pytest.raises(CorruptMessageError, match="2 bytes left over"):
+        decode(message + b"\x00\x00", registry)
+
+
+def test_invalid_utf8_in_a_string_is_a_corrupt_message(
+    registry: SchemaRegistry, examples: dict[str, dict[str, Any]]
+) -> None:
+    message = encode({**examples["AgentWatermark"], "agent_id": "ab"}, "AgentWatermark",
+                     registry)
+    garbled = message.replace(b"\x04ab", b"\x04\xff\xfe")
+    with pytest.raises(CorruptMessageError, match="does not decode as"):
+        decode(garbled, registry)
+
+
+def test_garbage_bodies_only_ever_raise_schema_errors(
+    registry: SchemaRegistry, examples: dict[str, dict[str, Any]]
+) -> None:
+    rng = random.Random(20240501)
+    for name in TOP_LEVEL:
+        valid = encode(examples[name], name, registry)
+        for _ in range(300):
+            body = bytearray(valid[10:])
+            for _ in range(rng.randint(1, 4)):
+                body[rng.randrange(len(body))] = rng.randrange(256)
+            for candidate in (valid[:10] + bytes(body),
+                              valid[:10] + rng.randbytes(rng.randint(0, 64))):
+                try:
+                    decode(candidate, registry)
+                except SchemaError:
+                    pass
+
+
+def test_reading_as_an_unrelated_record_is_an_incompatibility(
+    registry: SchemaRegistry, examples: dict[str, dict[str, Any]]
+) -> None:
+    mark = encode(examples["AgentWatermark"], "AgentWatermark", registry)
+    with pytest.raises(IncompatibleSchemaError, match="AgentWatermark.*RuntimeCallEvent"):
+        decode(mark, registry, reader_schema_name="RuntimeCallEvent")
+    with pytest.raises(UnknownSchemaError):
+        decode(mark, registry, reader_schema_name="NoSuchRecord")
+
+
+def test_a_new_schema_may_reference_shared_types_in_any_order(registry: SchemaRegistry) -> None:
+    # RuntimeType is defined inside ObservedCallPath too; naming it first must still work.
+    registry.register({
+        "type": "record", "name": "PathSample", "namespace": "io.runtimesignals.test",
+        "fields": [
+            {"name": "runtime_type", "type": "io.runtimesignals.RuntimeType"},
+            {"name": "path", "type": "io.runtimesignals.ObservedCallPath"},
+        ],
+    }, current=True)
+    schema = json.dumps(registry.current_schema("io.runtimesignals.test.PathSample"))
+    assert schema.count('"symbols": ["NATIVE"') == 1
+    avro.schema.parse(schema)
