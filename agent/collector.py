@@ -14,17 +14,14 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from schemas import codec
 from schemas.topics import TopicNames
 
 from .clock import BootClock
-from .identity import ContainerResolver
 from .probes import FLAG_STACK_TRUNCATED, AttachedProbe, CallTracer, RawCall
-from .procmaps import DigestCache, ProcessMaps
+from .processes import ProcessTable
 from .publisher import Publisher
-from .runtime import RuntimeResolver
 from .symbols_publisher import SymbolTablePublisher
 
 log = logging.getLogger(__name__)
@@ -57,20 +54,17 @@ class Collector:
         self._publisher = publisher
         self._registry = registry or codec.SchemaRegistry.default()
         self._clock = BootClock()
-        self._digests = DigestCache()
-        self._maps = ProcessMaps(self._digests)
-        self._containers = ContainerResolver()
-        self._runtimes = RuntimeResolver()
         self._probes_by_location: dict[tuple[str | None, int], AttachedProbe] = {}
         self._watermark_sequence = 0
         self.events_published = 0
         self.unmatched_probe_events = 0
         self._symbol_tables = SymbolTablePublisher(publisher, settings.topics.symbols, self._registry)
+        self._processes = ProcessTable(on_new_binary=self._symbol_tables.offer)
         tracer.on_event(self._handle)
 
     def register_probe(self, probe: AttachedProbe) -> None:
         """Learn where an attached probe sits, to name the symbol of the calls it reports."""
-        digest = self._digests.digest(probe.path)
+        digest = self._processes.digests.digest(probe.path)
         self._probes_by_location[(digest, probe.file_offset)] = probe
         self._probes_by_location.setdefault((None, probe.file_offset), probe)
 
@@ -80,16 +74,13 @@ class Collector:
         return self._probes_by_location.get((digest, offset)) or self._probes_by_location.get((None, offset))
 
     def _handle(self, call: RawCall) -> None:
-        frames = self._maps.resolve(call.pid, call.frames)
+        frames = self._processes.resolve_frames(call.pid, call.frames)
+        process = self._processes.describe(call.pid)
         top = frames[0]
-        process_root = Path(f"/proc/{call.pid}/root")
-        for frame in frames:
-            if frame.binary_digest is not None and frame.path is not None:
-                self._symbol_tables.offer(frame.binary_digest, process_root / frame.path.lstrip("/"), process_root)
         probe = self._find_probe(top.binary_digest, top.binary_offset)
         if probe is None:
             self.unmatched_probe_events += 1
-        container_id = self._containers.container_id(call.pid)
+        container_id = process.container_id
         now_us = time.time_ns() // 1000
         bottom_to_top = list(reversed(frames))
         record = {
@@ -101,7 +92,7 @@ class Collector:
             "symbol": probe.spec.symbol if probe else None,
             "function_address": call.function_address,
             "stack_trace": [f.address for f in bottom_to_top],
-            "runtime_type": self._runtimes.runtime(call.pid, lambda: [m.path for m in self._maps.mappings(call.pid)]).name,
+            "runtime_type": process.runtime_type,
             "library": top.path,
             "purl": None,
             "received_at_us": now_us,
@@ -144,12 +135,6 @@ class Collector:
         for partition in range(self._publisher.partition_count(topic)):
             self._publisher.produce(topic, self.settings.agent_id.encode(), value, partition=partition)
 
-    def _sweep_exited_processes(self) -> None:
-        for pid in self._maps.known_pids():
-            if not os.path.exists(f"/proc/{pid}"):
-                self._maps.forget(pid)
-                self._containers.forget(pid)
-                self._runtimes.forget(pid)
 
     def run(self, stop: threading.Event) -> None:
         """Pump until stop is set, then drain the ring buffer and flush everything read."""
@@ -165,7 +150,7 @@ class Collector:
                 self.publish_watermark()
                 next_watermark = now + interval_s
             if now >= next_sweep:
-                self._sweep_exited_processes()
+                self._processes.forget_exited()
                 next_sweep = now + sweep_s
         self.shutdown()
 

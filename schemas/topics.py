@@ -21,6 +21,10 @@ class TopicNames:
     paths: str = "signals.paths.v1"             # ObservedCallPath per path per window
     statistics: str = "signals.statistics.v1"   # SignalStatistics per agent
     symbols: str = "signals.symbols.v1"         # SymbolTable chunks, key = "<digest>/<chunk>", compacted
+    modules: str = "signals.modules.v1"         # ModuleMap per process, compacted
+    latest: str = "signals.latest.v1"           # latest state per container, compacted
+    late: str = "signals.late.v1"               # raw records that arrived after their window closed
+    dlq: str = "signals.dlq.v1"                 # undecodable/invalid raw records, reason in headers
 
     def with_prefix(self, prefix: str) -> "TopicNames":
         return replace(self, **{name: prefix + value for name, value in self.__dict__.items()})
@@ -47,4 +51,8 @@ def topic_settings(names: TopicNames, partitions: int = 3) -> list[TopicSettings
         TopicSettings(names.statistics, 1, {"retention.ms": str(24 * 3600 * 1000)}),
         # Symbol tables are needed for as long as any raw event may be reprocessed.
         TopicSettings(names.symbols, partitions, {"cleanup.policy": "compact"}),
+        TopicSettings(names.modules, partitions, {"cleanup.policy": "compact"}),
+        TopicSettings(names.latest, partitions, {"cleanup.policy": "compact"}),
+        TopicSettings(names.late, partitions, {"retention.ms": str(RAW_RETENTION_MS)}),
+        TopicSettings(names.dlq, partitions, {"retention.ms": str(RAW_RETENTION_MS)}),
     ]
