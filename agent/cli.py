@@ -1,17 +1,21 @@
-"""`signals agent`: arguments and start-up of the node collector."""
+"""`signals agent`: arguments, configuration and start-up of the node collector."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import signal
+import socket
 import sys
 import threading
+from pathlib import Path
+from typing import Any
 
 from schemas.topics import TopicNames
 
-from .errors import AgentError, ProbeError
-from .probes import CallTracer, ProbeSpec
+from . import tuning
+from .config import TargetSettings
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -19,49 +23,149 @@ EPILOG = """\
 examples:
   signals agent --probe /usr/bin/myapp:handle_request
   signals agent --probe c:malloc --probe /opt/app/libssl.so.3:SSL_read --bootstrap kafka:9092
+  signals agent --config /etc/runtime-signals/signals.toml
+  signals agent --check /etc/runtime-signals/signals.toml     # validate, attach nothing
 
-Needs root (or CAP_BPF + CAP_PERFMON + CAP_SYS_RESOURCE) and kernel headers for bcc.
+A config file names targets with globs, demangled C++/Rust names and container filters:
+  [[agent.targets]]
+  binary = "/app/bin/server"            # as the container sees it, or a library: "ssl"
+  symbols = ["imgproc::Parser::parse", "png_read_*"]
+  containers = ["4f1c3a9be2d0"]         # ids, cgroup paths, or "host"
+Settings also come from SIGNALS_* environment variables (`signals config reference`).
+
+Needs root (or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE; docs/deploy.md) and kernel headers for bcc.
 SIGINT/SIGTERM: drains the ring buffer and flushes every event read to Kafka.
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser, default_bootstrap: str) -> None:
+    # Flags default to None so that the config file and SIGNALS_* variables decide
+    # whatever the command line does not say.
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file (default: $SIGNALS_CONFIG)")
+    parser.add_argument("--check", metavar="FILE", nargs="?", const="", default=None,
+                        help="validate the configuration (FILE, or --config) and its targets on this host "
+                             "without attaching anything; exit 0 when valid, 1 otherwise")
     parser.add_argument("--probe", action="append", default=[], metavar="BINARY:SYMBOL",
-                        help="function to observe (repeatable); BINARY is a path or a library name such as 'c'")
-    parser.add_argument("--bootstrap", default=default_bootstrap,
-                        help="Kafka bootstrap servers (default: %(default)s; env KAFKA_BOOTSTRAP_SERVERS)")
-    parser.add_argument("--topic-prefix", default="", help="prefix of every topic name")
-    parser.add_argument("--ringbuf-pages", type=int, default=1024,
-                        help="BPF ring buffer size in 4 KiB pages, a power of two (default: %(default)s)")
-    parser.add_argument("--watermark-interval-ms", type=int, default=500,
-                        help="how often event time is promised to the processor (default: %(default)s)")
+                        help="function to observe (repeatable, added to the config's targets); BINARY is a "
+                             "path or a library name such as 'c'")
+    parser.add_argument("--bootstrap", default=None,
+                        help=f"Kafka bootstrap servers (kafka.bootstrap_servers; default {default_bootstrap})")
+    parser.add_argument("--topic-prefix", default=None, help="prefix of every topic name (kafka.topic_prefix)")
+    parser.add_argument("--ringbuf-pages", type=int, default=None,
+                        help="BPF ring buffer size in 4 KiB pages, a power of two (agent.ringbuf_pages; 1024)")
+    parser.add_argument("--watermark-interval-ms", type=int, default=None,
+                        help="how often event time is promised to the processor (agent.watermark_interval_ms; 500)")
+    parser.add_argument("--target-rescan-interval-ms", type=int, default=None,
+                        help="how often new target files are looked for (agent.target_rescan_interval_ms; 2000)")
+    tuning.add_arguments(parser)
+
+
+def load(args: argparse.Namespace, config_path: str | None = None) -> Any:
+    """The effective configuration (runtime_signals.config.SignalsConfig) for these flags."""
+    from runtime_signals.config import load_config
+    from runtime_signals.settings import SettingsError
+
+    try:
+        config = load_config(config_path or args.config, flags={
+            "kafka.bootstrap_servers": args.bootstrap,
+            "kafka.topic_prefix": args.topic_prefix,
+            "agent.ringbuf_pages": args.ringbuf_pages,
+            "agent.watermark_interval_ms": args.watermark_interval_ms,
+            "agent.target_rescan_interval_ms": args.target_rescan_interval_ms,
+        })
+        config.agent.targets.extend(TargetSettings.from_probe_flag(text) for text in args.probe)
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from exc
+    return config
+
+
+def target_names(config: Any, probe_flags: list[str]) -> list[str]:
+    """How messages name each target: its place in the file, or the flag that made it."""
+    from_file = len(config.agent.targets) - len(probe_flags)
+    return [f"agent.targets[{i}]" for i in range(from_file)] + [f"--probe {text}" for text in probe_flags]
+
+
+def check(args: argparse.Namespace) -> int:
+    """`signals agent --check`: settings, then every target's files and symbols on this host."""
+    from .targets import TargetManager
+
+    config = load(args, args.check or None)
+    agent = config.agent
+    if not agent.targets:
+        print("signals agent --check: agent.targets: no targets (add [[agent.targets]] or --probe)", file=sys.stderr)
+        return 1
+    manager = TargetManager(agent.targets, target_names(config, args.probe), attach=None,
+                            proc_root=Path(agent.proc_root), host_root=Path(agent.host_root),
+                            max_symbols_per_pattern=agent.max_symbols_per_pattern)
+    manager.scan()
+    for problem in sorted(manager.missing.items()):
+        print(f"{problem[0]}: {problem[1]}", file=sys.stderr)
+    print(f"settings valid; {manager.counts['probes_attached']} probe(s) would attach, "
+          f"{len(manager.missing)} problem(s)")
+    return 1 if manager.missing else 0
+
+
+def _check_kafka_access(kafka: Any) -> None:
+    """Refuse to start with credentials, certificates or ACLs the cluster rejects: librdkafka
+    would retry them forever while records pile up. A cluster that does not answer is no
+    reason to stop: the spool holds records until it does."""
+    from runtime_signals.security import KafkaAccessError, KafkaUnreachableError, check_access
+
+    names = TopicNames().with_prefix(kafka.topic_prefix)
+    try:
+        check_access(kafka.librdkafka_config(), topics=[names.raw, names.symbols, names.modules, names.statistics],
+                     timeout_s=5.0)
+    except KafkaUnreachableError as exc:
+        log.warning("%s; starting anyway", exc)
+    except KafkaAccessError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def run(args: argparse.Namespace) -> int:
-    """Attach every probe that can be attached, then pump until SIGINT/SIGTERM."""
+    """Attach every target that can be attached, then pump until SIGINT/SIGTERM; targets
+    that appear later (libraries, containers) are attached by a rescan thread."""
+    if args.check is not None:
+        return check(args)
     from .collector import Collector, CollectorSettings
-    from .publisher import ProducerSettings, Publisher
+    from .probes import CallTracer
+    from .processes import NodeFiles
+    from .publisher import Publisher
+    from .identity import PodDirectory
+    from .metrics import HealthServer
+    from .selectors import TargetFilters
+    from .targets import TargetManager
 
-    specs = [ProbeSpec.parse(text) for text in args.probe]
-    if not specs:
-        raise AgentError("no probes given: pass --probe BINARY:SYMBOL at least once")
-    tracer = CallTracer(ringbuf_pages=args.ringbuf_pages)
-    publisher = Publisher(ProducerSettings(bootstrap_servers=args.bootstrap))
-    collector = Collector(
-        CollectorSettings(topics=TopicNames().with_prefix(args.topic_prefix),
-                          watermark_interval_ms=args.watermark_interval_ms),
-        tracer, publisher,
-    )
-    failed = []
-    for spec in specs:
-        try:
-            collector.register_probe(tracer.attach(spec))
-        except ProbeError as exc:
-            # One bad target must not cost the others their observations.
-            log.error("%s", exc)
-            failed.append(spec.probe_id)
-    if len(failed) == len(specs):
-        raise AgentError(f"no probe could be attached ({', '.join(failed)})")
+    config = load(args)
+    agent, kafka = config.agent, config.kafka
+    if not agent.targets:
+        raise ConfigError("no targets: pass --probe BINARY:SYMBOL, or [[agent.targets]] in --config")
+    _check_kafka_access(kafka)
+    tune = tuning.Tuning.from_args(args)
+    tracer = CallTracer(tune.tracer_settings(agent.ringbuf_pages))
+    tracer.default_limits = tune.limits
+    security = {k: v for k, v in kafka.librdkafka_config().items() if k != "bootstrap.servers"}
+    publisher = Publisher(tune.producer_settings(kafka.bootstrap_servers, security), spool=tune.open_spool())
+    node = NodeFiles(pods=PodDirectory(Path(agent.kubernetes_pods_dir)))
+    filters = TargetFilters()
+    settings = CollectorSettings(topics=TopicNames().with_prefix(kafka.topic_prefix),
+                                 watermark_interval_ms=agent.watermark_interval_ms,
+                                 process_sweep_interval_ms=agent.process_sweep_interval_ms,
+                                 symbol_chunk_max_bytes=agent.symbol_chunk_max_bytes)
+    if agent.host_name:
+        settings.host = agent.host_name
+    collector = Collector(tune.collector_settings(settings), tracer, publisher, node=node, filters=filters)
+    metrics = None
+    if tune.metrics_port is not None:
+        metrics = HealthServer(tune.metrics_address, tune.metrics_port, lambda: collector.latest,
+                               collector.healthy, collector.ready)
+        metrics.start()
+        print(f"agent metrics on port {metrics.port}: /metrics /healthz /readyz", file=sys.stderr, flush=True)
+    targets = TargetManager(agent.targets, target_names(config, args.probe), attach=tracer.attach,
+                            on_attached=collector.register_probe, filters=filters,
+                            proc_root=Path(agent.proc_root), host_root=Path(agent.host_root),
+                            max_symbols_per_pattern=agent.max_symbols_per_pattern, purls=node.purls,
+                            pods=node.pods)
+    targets.scan()
 
     stop = threading.Event()
 
@@ -71,10 +175,14 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, _request_stop)
     signal.signal(signal.SIGTERM, _request_stop)
+    targets.start(stop, agent.target_rescan_interval_ms)
     # Tests and wrappers wait for this line before starting the workload.
-    print(f"agent ready: {len(specs) - len(failed)} probe(s) attached", file=sys.stderr, flush=True)
+    print(f"agent ready: {targets.counts['probes_attached']} probe(s) attached, "
+          f"{len(targets.missing)} target problem(s) on {socket.gethostname()}", file=sys.stderr, flush=True)
     try:
         collector.run(stop)
     finally:
         tracer.close()
+        if metrics is not None:
+            metrics.close()
     return 0

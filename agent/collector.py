@@ -1,36 +1,54 @@
-"""The agent's event pump: ring buffer -> RuntimeCallEvent -> Kafka, with watermarks.
+"""The agent's event pump: kernel records -> RuntimeCallEvent -> Kafka, with watermarks,
+the adaptive probe budget and periodic SignalStatistics.
 
-Ordering promise to the processor: before each AgentWatermark(T) is produced, the ring
-buffer has been drained of every call made before T, so every RuntimeCallEvent produced
-after it has observed_at_us >= T. The processor closes event-time windows on it.
+Each tick (the watermark interval) collects every call made before it: the tracer
+swaps the kernel's dedup maps, drains the ring buffer and reads the old map (see
+CallTracer.collect), so each distinct (probe, process, stack) reaches the raw topic
+within one tick, as one record carrying the count of calls it stands for.
+
+Ordering promise to the processor: before each AgentWatermark(T) is produced, every call
+made before T has been collected and produced, so every RuntimeCallEvent produced after
+it has observed_at_us >= T. The processor closes event-time windows on it. A folded
+record's observed_at_us is its first call's time, which is after the previous tick.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 
 from schemas import codec
 from schemas.topics import TopicNames
 
+from .budget import Action, Budget, BudgetSettings
 from .clock import BootClock
+from .errors import ProbeError
+from .modules import ModuleMapBuilder, ModuleMapPublisher
 from .probes import FLAG_STACK_TRUNCATED, AttachedProbe, CallTracer, RawCall
-from .processes import ProcessTable
+from .processes import NodeFiles, ProcessTable
+from .procmaps import signed64
 from .publisher import Publisher
-from .symbols_publisher import SymbolTablePublisher
+from .selectors import TargetFilters
+from .stats import DeliveryFigures, KernelFigures, ProbeFigures, Snapshot, StatsTracker
+from .symbols_publisher import MAX_CHUNK_BYTES, SymbolTablePublisher
 
 log = logging.getLogger(__name__)
 
 CALL_EVENT = "io.runtimesignals.RuntimeCallEvent"
 WATERMARK = "io.runtimesignals.AgentWatermark"
-# Calls stamped just before a drain started may still be in flight to the ring buffer;
-# the watermark stays this far behind the drain's start.
+STATISTICS = "io.runtimesignals.SignalStatistics"
+# Calls stamped just before a collection started may still be in flight to the ring
+# buffer; the watermark stays this far behind the collection's start.
 WATERMARK_SAFETY_NS = 5_000_000
+# The pump is healthy while its loop has turned within this long.
+HEALTHY_WITHIN_NS = 30_000_000_000
 
 
 @dataclass
@@ -42,46 +60,83 @@ class CollectorSettings:
     poll_timeout_ms: int = 100
     process_sweep_interval_ms: int = 10_000
     shutdown_flush_timeout_s: float = 30.0
+    symbol_chunk_max_bytes: int = MAX_CHUNK_BYTES
+    statistics_interval_ms: int = 10_000
+    budget: BudgetSettings = field(default_factory=BudgetSettings)
 
 
 class Collector:
     """Reads calls from a CallTracer and publishes them; counts everything it handles."""
 
     def __init__(self, settings: CollectorSettings, tracer: CallTracer, publisher: Publisher,
-                 registry: codec.SchemaRegistry | None = None) -> None:
+                 registry: codec.SchemaRegistry | None = None, node: NodeFiles | None = None,
+                 filters: TargetFilters | None = None) -> None:
         self.settings = settings
         self._tracer = tracer
         self._publisher = publisher
         self._registry = registry or codec.SchemaRegistry.default()
         self._clock = BootClock()
-        self._probes_by_location: dict[tuple[str | None, int], AttachedProbe] = {}
+        self._lock = threading.Lock()  # probes are registered from the target scanner's thread
+        self._probes: dict[int, AttachedProbe] = {}
         self._watermark_sequence = 0
-        self.events_published = 0
-        self.unmatched_probe_events = 0
-        self._symbol_tables = SymbolTablePublisher(publisher, settings.topics.symbols, self._registry)
-        self._processes = ProcessTable(on_new_binary=self._symbol_tables.offer)
+        self.events_published = 0  # records
+        self.calls_published = 0
+        self.agent_dropped_calls: Counter[str] = Counter()
+        self._paths: set[bytes] = set()
+        self._new_paths: Counter[int] = Counter()  # per probe index, since the last budget tick
+        self._budget = Budget(settings.budget)
+        self._stats = StatsTracker()
+        self.latest: Snapshot | None = None
+        self._ringbuf_peak_bytes = 0
+        self.heartbeat_ns = time.monotonic_ns()
+        self._symbol_tables = SymbolTablePublisher(publisher, settings.topics.symbols, self._registry,
+                                                   settings.symbol_chunk_max_bytes)
+        node = node or NodeFiles()
+        self._module_maps = ModuleMapPublisher(publisher, settings.topics.modules, self._registry,
+                                               ModuleMapBuilder(node, settings.host, settings.agent_id))
+        self._processes = ProcessTable(on_new_binary=self._symbol_tables.offer,
+                                       on_module_map=self._module_maps.offer, node=node)
+        self._filters = filters or TargetFilters()
         tracer.on_event(self._handle)
 
     def register_probe(self, probe: AttachedProbe) -> None:
-        """Learn where an attached probe sits, to name the symbol of the calls it reports."""
-        digest = self._processes.digests.digest(probe.path)
-        self._probes_by_location[(digest, probe.file_offset)] = probe
-        self._probes_by_location.setdefault((None, probe.file_offset), probe)
+        """Learn an attached probe, to name the calls it reports and to budget it. The
+        probe's index comes from the tracer (callers may pass a copy with another spec)."""
+        index = self._tracer.index_of(probe.path, probe.file_offset)
+        if index is None:
+            log.error("probe %s is not attached by this tracer; its calls stay unnamed", probe.spec.probe_id)
+            return
+        with self._lock:
+            self._probes[index] = AttachedProbe(probe.spec, probe.path, probe.file_offset, index)
+            self._budget.track(index, time.monotonic_ns())
 
-    def _find_probe(self, digest: str | None, offset: int | None) -> AttachedProbe | None:
-        if offset is None:
-            return None
-        return self._probes_by_location.get((digest, offset)) or self._probes_by_location.get((None, offset))
+    # --- records ------------------------------------------------------------------
 
     def _handle(self, call: RawCall) -> None:
+        try:
+            self._publish_call(call)
+        except Exception:  # a bad record is counted and logged; it never stops the pump
+            self.agent_dropped_calls["agent_error"] += call.count
+            log.exception("building the record of %d call(s) of pid %d failed", call.count, call.pid)
+
+    def _publish_call(self, call: RawCall) -> None:
+        process = self._processes.describe(call.pid, call.cgroup_id)
+        probe = self._probes.get(call.probe_index)
+        if probe is not None and not self._filters.accepts(probe.spec.probe_id, process):
+            # A process the probe's targets do not select: not a loss, but the calls must
+            # appear somewhere for the totals to add up. Filtered before its frames are
+            # resolved, so it costs no digests, module maps or symbol tables.
+            self.agent_dropped_calls["not_selected"] += call.count
+            return
         frames = self._processes.resolve_frames(call.pid, call.frames)
-        process = self._processes.describe(call.pid)
         top = frames[0]
-        probe = self._find_probe(top.binary_digest, top.binary_offset)
-        if probe is None:
-            self.unmatched_probe_events += 1
+        path_key = hashlib.blake2b(repr((call.probe_index, [(f.binary_digest, f.binary_offset) if f.binary_digest
+                                                            else f.address for f in frames])).encode(),
+                                   digest_size=16).digest()
+        if path_key not in self._paths:
+            self._paths.add(path_key)
+            self._new_paths[call.probe_index] += 1
         container_id = process.container_id
-        now_us = time.time_ns() // 1000
         bottom_to_top = list(reversed(frames))
         record = {
             "event_id": str(uuid.uuid4()),
@@ -90,12 +145,12 @@ class Collector:
             "tid": call.tid,
             "timestamp_ns": call.boot_ns,
             "symbol": probe.spec.symbol if probe else None,
-            "function_address": call.function_address,
-            "stack_trace": [f.address for f in bottom_to_top],
+            "function_address": signed64(call.function_address),
+            "stack_trace": [signed64(f.address) for f in bottom_to_top],
             "runtime_type": process.runtime_type,
             "library": top.path,
-            "purl": None,
-            "received_at_us": now_us,
+            "purl": top.purl,
+            "received_at_us": time.time_ns() // 1000,
             "function_signature": None,
             "binary_digest": top.binary_digest,
             "binary_offset": top.binary_offset,
@@ -106,24 +161,30 @@ class Collector:
             "agent_id": self.settings.agent_id,
             "cgroup_id": call.cgroup_id,
             "probe_id": probe.spec.probe_id if probe else "",
-            "observation_count": 1,
-            "last_timestamp_ns": None,
+            "observation_count": call.count,
+            "last_timestamp_ns": call.last_boot_ns if call.count > 1 else None,
             "stack_frames": [
-                {"address": f.address, "binary_digest": f.binary_digest,
+                {"address": signed64(f.address), "binary_digest": f.binary_digest,
                  "binary_offset": f.binary_offset, "library": f.path}
                 for f in bottom_to_top
             ],
             "stack_truncated": bool(call.flags & FLAG_STACK_TRUNCATED),
         }
         value = codec.encode(record, CALL_EVENT, self._registry)
-        self._publisher.produce(self.settings.topics.raw, container_id.encode(), value)
+        self._publisher.produce(self.settings.topics.raw, container_id.encode(), value, calls=call.count)
         self.events_published += 1
+        self.calls_published += call.count
 
     def publish_watermark(self) -> None:
-        """Drain the ring buffer, then promise the processor no earlier call will follow."""
-        drain_started_boot_ns = BootClock.now_boot_ns()
-        self._tracer.drain()
-        watermark_us = self._clock.wall_us(drain_started_boot_ns - WATERMARK_SAFETY_NS)
+        """Collect every call made so far, then promise the processor no earlier call will follow."""
+        collect_started_boot_ns = BootClock.now_boot_ns()
+        self._sample_ringbuf()
+        self._tracer.collect()
+        topic = self.settings.topics.raw
+        partitions = self._publisher.known_partition_count(topic)
+        if partitions is None:
+            return  # no metadata yet (broker away since start): the next watermark covers this one
+        watermark_us = self._clock.wall_us(collect_started_boot_ns - WATERMARK_SAFETY_NS)
         self._watermark_sequence += 1
         value = codec.encode({
             "agent_id": self.settings.agent_id,
@@ -131,37 +192,120 @@ class Collector:
             "watermark_us": watermark_us,
             "sequence": self._watermark_sequence,
         }, WATERMARK, self._registry)
-        topic = self.settings.topics.raw
-        for partition in range(self._publisher.partition_count(topic)):
+        for partition in range(partitions):
             self._publisher.produce(topic, self.settings.agent_id.encode(), value, partition=partition)
 
+    def _sample_ringbuf(self) -> None:
+        self._ringbuf_peak_bytes = max(self._ringbuf_peak_bytes, self._tracer.ringbuf_used_bytes())
+
+    # --- budget -------------------------------------------------------------------
+
+    def apply_budget(self) -> None:
+        """Detach probes whose calls are well known, re-arm those whose back-off is over."""
+        now_ns = time.monotonic_ns()
+        with self._lock:
+            probes = list(self._probes.values())
+        counters = self._tracer.all_probe_counters()
+        for probe in probes:
+            calls = counters.get(probe.index, {}).get("calls", 0)
+            action = self._budget.observe(probe.index, now_ns, calls, self._new_paths.pop(probe.index, 0))
+            if action is Action.DETACH:
+                self._tracer.detach(probe)
+                log.info("budget: detached %s (no new call path for %.0fs at >= %.0f calls/s); re-arming in %.0fs",
+                         probe.spec.probe_id, self.settings.budget.quiet_ns / 1e9, self.settings.budget.min_rate_per_s,
+                         (self._budget.state(probe.index).rearm_at_ns - now_ns) / 1e9)  # type: ignore[union-attr]
+            elif action is Action.REARM:
+                try:
+                    self._tracer.rearm(probe)
+                    log.info("budget: re-armed %s", probe.spec.probe_id)
+                except ProbeError as exc:
+                    self._budget.rearm_failed(probe.index, now_ns)
+                    log.error("budget: re-arming %s failed, retrying later: %s", probe.spec.probe_id, exc)
+
+    # --- statistics ---------------------------------------------------------------
+
+    def take_snapshot(self) -> Snapshot:
+        self._sample_ringbuf()
+        now_ns = time.monotonic_ns()
+        with self._lock:
+            probes = list(self._probes.values())
+        counters = self._tracer.all_probe_counters()
+        figures = []
+        for probe in probes:
+            state = self._budget.state(probe.index)
+            figures.append(ProbeFigures(probe.spec.probe_id, self._tracer.is_attached(probe),
+                                        counters.get(probe.index, {}).get("hits", 0),
+                                        self._budget.detached_ns(probe.index, now_ns),
+                                        state.detach_count if state else 0))
+        kernel = KernelFigures(self._tracer.counters(counters), self._tracer.program_stats(),
+                               self._ringbuf_peak_bytes, self._tracer.ringbuf_bytes, self._tracer.memory_bytes())
+        self._ringbuf_peak_bytes = 0
+        publisher = self._publisher
+        delivery = DeliveryFigures(publisher.delivered_calls, publisher.pending_calls,
+                                   dict(publisher.dropped_calls_by_reason), publisher.spool_bytes)
+        self.latest = self._stats.take(kernel, delivery, len(self._paths), dict(self.agent_dropped_calls),
+                                       tuple(figures))
+        return self.latest
+
+    def publish_statistics(self) -> Snapshot:
+        snapshot = self.take_snapshot()
+        value = codec.encode(snapshot.record(self.settings.agent_id, self.settings.host), STATISTICS,
+                             self._registry)
+        self._publisher.produce(self.settings.topics.statistics, self.settings.agent_id.encode(), value)
+        return snapshot
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        return time.monotonic_ns() - self.heartbeat_ns < HEALTHY_WITHIN_NS
+
+    def ready(self) -> bool:
+        with self._lock:
+            any_probe = bool(self._probes)
+        return any_probe and self._publisher.has_metadata(self.settings.topics.raw)
 
     def run(self, stop: threading.Event) -> None:
-        """Pump until stop is set, then drain the ring buffer and flush everything read."""
+        """Pump until stop is set, then collect everything and flush it."""
         interval_s = self.settings.watermark_interval_ms / 1000
         sweep_s = self.settings.process_sweep_interval_ms / 1000
-        next_watermark = time.monotonic()
-        next_sweep = time.monotonic() + sweep_s
+        statistics_s = self.settings.statistics_interval_ms / 1000
+        now = time.monotonic()
+        next_watermark, next_sweep, next_statistics = now, now + sweep_s, now + statistics_s
         while not stop.is_set():
+            self.heartbeat_ns = time.monotonic_ns()
+            self._sample_ringbuf()
             self._tracer.poll(self.settings.poll_timeout_ms)
+            self._publisher.pump()
             self._publisher.poll(0)
             now = time.monotonic()
             if now >= next_watermark:
                 self.publish_watermark()
+                self.apply_budget()
                 next_watermark = now + interval_s
+            if now >= next_statistics:
+                self.publish_statistics()
+                next_statistics = now + statistics_s
             if now >= next_sweep:
                 self._processes.forget_exited()
                 next_sweep = now + sweep_s
         self.shutdown()
 
     def shutdown(self) -> None:
-        """Publish everything still in the ring buffer and wait for Kafka to take it."""
-        self.publish_watermark()
+        """Detach, collect every call made, publish it and the last statistics, then hand
+        everything to Kafka (or to the spool if Kafka cannot take it in time)."""
+        self._tracer.detach_all()
+        self.publish_watermark()  # after detaching: nothing is left in the kernel
         self._symbol_tables.close()
-        remaining = self._publisher.flush(self.settings.shutdown_flush_timeout_s)
+        self._module_maps.close()
+        timeout_s = self.settings.shutdown_flush_timeout_s
+        self._publisher.flush(timeout_s)
+        snapshot = self.publish_statistics()
+        remaining = self._publisher.close(min(timeout_s, 5.0))
         if remaining:
-            log.error("shutdown: %d records still undelivered after %.0fs", remaining,
-                      self.settings.shutdown_flush_timeout_s)
-        log.info("agent stopped: %d events published, %d delivered, failures %s, kernel counters %s",
-                 self.events_published, self._publisher.delivered,
-                 dict(self._publisher.failed_by_reason), self._tracer.counters())
+            log.warning("shutdown: %d record(s) left in the spool for the next run", remaining)
+        log.info("agent stopped: calls %d, delivered %d, dropped %d %s, pending %d (spool %d bytes); "
+                 "%d records published; detached %s; kernel counters %s",
+                 snapshot.total_events, self._publisher.delivered_calls, snapshot.dropped_events,
+                 dict(snapshot.dropped_by_reason), self._publisher.pending_calls, self._publisher.spool_bytes,
+                 self.events_published, {p.probe_id: f"{p.detached_ns / 1e9:.1f}s" for p in snapshot.probes},
+                 self._tracer.counters())

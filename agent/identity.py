@@ -6,11 +6,20 @@ Container engines name the cgroup after the container id. Known layouts:
   CRI-O           /kubepods.slice/.../crio-<id>.scope    (v1: /kubepods/.../crio-<id>)
   Podman          /machine.slice/libpod-<id>.scope       (also user.slice/.../libpod-<id>.scope)
 A process in none of them runs on the host and gets the stable id ``host:<machine-id>``.
+
+Kubernetes pods: the cgroup path holds the pod's uid (``kubepods-…-pod<uid>.slice`` or
+``/kubepods/…/pod<uid>/``), not its namespace or name. Those come from the API server,
+which the agent does not call; but kubelet names each pod's log directory
+``/var/log/pods/<namespace>_<pod>_<uid>``, so with that directory mounted the agent
+names pods without API access (PodDirectory). Labels need the API server: not read.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 _ID = r"(?P<id>[0-9a-f]{64})"
@@ -26,6 +35,63 @@ _PATTERNS = (
     ("kubernetes", re.compile(rf"/kubepods[^\n]*/{_ID}(?:/|$)")),
     ("podman", re.compile(rf"/libpod_parent/libpod-{_ID}(?:/|$)")),
 )
+
+
+_POD_UID = re.compile(
+    r"pod(?P<uid>[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})(?:\.slice)?(?:/|$)")
+
+
+def cgroup_paths(cgroup_text: str) -> tuple[str, ...]:
+    """The cgroup path of every hierarchy line of a /proc/<pid>/cgroup file (v2 first)."""
+    lines = [line.split(":", 2) for line in cgroup_text.splitlines() if line.count(":") >= 2]
+    v2 = [parts[2] for parts in lines if parts[0] == "0"]
+    v1 = [parts[2] for parts in lines if parts[0] != "0"]
+    return tuple(dict.fromkeys(v2 + v1))
+
+
+def pod_uid_from_cgroup(cgroup_text: str) -> str | None:
+    """The Kubernetes pod uid in a cgroup file (systemd drivers spell its '-' as '_')."""
+    match = _POD_UID.search(cgroup_text)
+    return match.group("uid").replace("_", "-") if match else None
+
+
+@dataclass(frozen=True, slots=True)
+class PodName:
+    namespace: str
+    name: str
+    uid: str
+
+
+class PodDirectory:
+    """Pod uid -> namespace and name, from kubelet's /var/log/pods/<ns>_<pod>_<uid> entries.
+
+    The directory is listed again on a miss, at most every refresh_interval_s, since new
+    pods appear while the agent runs."""
+
+    def __init__(self, pods_dir: Path = Path("/var/log/pods"), refresh_interval_s: float = 5.0) -> None:
+        self._dir = pods_dir
+        self._refresh_interval_s = refresh_interval_s
+        self._by_uid: dict[str, PodName] = {}
+        self._listed_at = float("-inf")
+
+    def lookup(self, uid: str) -> PodName | None:
+        found = self._by_uid.get(uid)
+        if found is None and time.monotonic() - self._listed_at >= self._refresh_interval_s:
+            self._list()
+            found = self._by_uid.get(uid)
+        return found
+
+    def _list(self) -> None:
+        self._listed_at = time.monotonic()
+        try:
+            entries = [entry.name for entry in self._dir.iterdir()]
+        except OSError:
+            return
+        for entry in entries:
+            # Namespaces and pod names are DNS labels (no '_'), so the split is unambiguous.
+            parts = entry.split("_")
+            if len(parts) == 3:
+                self._by_uid[parts[2]] = PodName(parts[0], parts[1], parts[2])
 
 
 def container_id_from_cgroup(cgroup_text: str) -> tuple[str, str] | None:
@@ -55,13 +121,71 @@ def host_id(etc: Path = Path("/etc")) -> str:
         return "host:unknown"
 
 
-class ContainerResolver:
-    """Container id per process, cached (a process does not change container)."""
+def cgroup2_mount(mounts: Path = Path("/proc/mounts")) -> Path | None:
+    """Where the unified hierarchy is mounted (/sys/fs/cgroup, or .../unified on hybrid hosts)."""
+    try:
+        lines = mounts.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == "cgroup2":
+            return Path(fields[1])
+    return None
 
-    def __init__(self, proc_root: Path = Path("/proc"), host: str | None = None) -> None:
+
+class CgroupDirectory:
+    """cgroup id -> cgroup path. The kernel's cgroup id (bpf_get_current_cgroup_id, in every
+    call record) is the inode number of the cgroup's directory in the cgroup2 filesystem, so
+    a call can be placed in its container even after its process has exited and
+    /proc/<pid>/cgroup is gone. The tree is walked again on a miss, at most every
+    refresh_interval_s."""
+
+    def __init__(self, mount: Path | None = None, refresh_interval_s: float = 2.0) -> None:
+        self._mount = mount if mount is not None else cgroup2_mount()
+        self._refresh_interval_s = refresh_interval_s
+        self._by_id: dict[int, str] = {}
+        self._walked_at = float("-inf")
+
+    def path_of(self, cgroup_id: int) -> str | None:
+        found = self._by_id.get(cgroup_id)
+        if found is None and self._mount is not None and \
+                time.monotonic() - self._walked_at >= self._refresh_interval_s:
+            self._walk(self._mount)
+            found = self._by_id.get(cgroup_id)
+        return found
+
+    def _walk(self, mount: Path) -> None:
+        self._walked_at = time.monotonic()
+        for directory, _, _ in os.walk(mount):
+            try:
+                inode = os.stat(directory).st_ino
+            except OSError:
+                continue
+            relative = os.path.relpath(directory, mount)
+            self._by_id[inode] = "/" if relative == "." else "/" + relative
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupIdentity:
+    """What a process's cgroup file says about it."""
+
+    container_id: str           # the engine's id, or host:<machine-id>
+    engine: str | None          # docker, containerd, cri-o, podman, kubernetes; None on the host
+    cgroup_paths: tuple[str, ...]
+    pod_uid: str | None
+
+
+class ContainerResolver:
+    """Container identity per process, cached (a process does not change container; one
+    moved by hand between cgroups keeps the identity it was first seen with)."""
+
+    def __init__(self, proc_root: Path = Path("/proc"), host: str | None = None,
+                 cgroups: CgroupDirectory | None = None) -> None:
         self._proc_root = proc_root
         self._host = host or host_id()
-        self._by_pid: dict[int, str] = {}
+        self._by_pid: dict[int, CgroupIdentity] = {}
+        self._cgroups = cgroups
 
     @property
     def host(self) -> str:
@@ -70,7 +194,9 @@ class ContainerResolver:
     def forget(self, pid: int) -> None:
         self._by_pid.pop(pid, None)
 
-    def container_id(self, pid: int) -> str:
+    def identity(self, pid: int, cgroup_id: int = 0) -> CgroupIdentity:
+        """The identity of pid; cgroup_id (from the kernel's record of the call) places a
+        process that has exited since."""
         cached = self._by_pid.get(pid)
         if cached is not None:
             return cached
@@ -78,7 +204,24 @@ class ContainerResolver:
             text = (self._proc_root / str(pid) / "cgroup").read_text()
         except OSError:
             text = ""
-        found = container_id_from_cgroup(text)
-        value = found[1] if found else self._host
-        self._by_pid[pid] = value
+        if not text and cgroup_id and self._cgroups is not None:
+            path = self._cgroups.path_of(cgroup_id)
+            if path is not None:
+                return self._identity_of(f"0::{path}")
+        value = self._identity_of(text)
+        if text:
+            # An unreadable file (process gone) is not cached: the pid may be reused.
+            self._by_pid[pid] = value
         return value
+
+    def _identity_of(self, text: str) -> CgroupIdentity:
+        found = container_id_from_cgroup(text)
+        return CgroupIdentity(
+            container_id=found[1] if found else self._host,
+            engine=found[0] if found else None,
+            cgroup_paths=cgroup_paths(text),
+            pod_uid=pod_uid_from_cgroup(text),
+        )
+
+    def container_id(self, pid: int) -> str:
+        return self.identity(pid).container_id

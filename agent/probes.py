@@ -1,27 +1,47 @@
 """Load the calltrace BPF program, attach it to probe targets, and read what it sends.
 
-bcc compiles bpf/calltrace.bpf.c at start-up against the node's kernel headers; the
-program is configured with -D cflags only (no C assembled in Python strings).
+bcc compiles bpf/calltrace.bpf.c at start-up against the node's kernel headers. Sizes
+are -D cflags; behaviour (dedup, rate limits) is per probe in the probe_config map, so
+it changes without recompiling. Probes are tracefs uprobe events (agent/tracefs.py, for
+the kernel's exact hit counts) with the program linked through a BPF cookie
+(agent/bpfsys.py): the cookie is the probe's index in the program's per-probe maps, and
+detaching or re-arming one probe touches no other.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import mmap
+import os
+import struct
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
 import bpf as bpf_sources
 
+from . import bpfsys
 from .errors import BpfLoadError, ConfigError, ProbeError
-from .wire import call_event_type
+from .tracefs import UprobeEvents
+from .wire import (
+    COUNTER_NAMES,
+    FLAG_STACK_ERROR,
+    FLAG_STACK_TRUNCATED,
+    DedupKey,
+    ProbeConfig,
+    call_event_type,
+)
 
 log = logging.getLogger(__name__)
 
-# Order of enum calltrace_counter in bpf/calltrace.h.
-COUNTER_NAMES: tuple[str, ...] = ("calls", "drop_ringbuf_full", "stack_error")
-FLAG_STACK_TRUNCATED = 1 << 0
-FLAG_STACK_ERROR = 1 << 1
+__all__ = ["COUNTER_NAMES", "FLAG_STACK_ERROR", "FLAG_STACK_TRUNCATED", "AttachedProbe", "CallTracer",
+           "ProbeLimits", "ProbeSpec", "RawCall", "TracerSettings"]
+
+_PAGE_BYTES = mmap.PAGESIZE
+_DEDUP_READ_CHUNK = 1024
+_MAP_NAMES = (b"events", b"counters", b"probe_config", b"rate_state", b"scratch", b"nesting",
+              b"dedup_a", b"dedup_b", b"dedup_active")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,25 +65,70 @@ class ProbeSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ProbeLimits:
+    """How much one probe may cost. rate_per_cpu_s: stack captures per second per CPU
+    (0 = unlimited); calls above it are counted as drop_rate_limited. burst: captures
+    allowed at once after a quiet spell. dedup: fold identical calls in the kernel."""
+
+    dedup: bool = True
+    rate_per_cpu_s: int = 0
+    burst: int = 1000
+
+    def config(self) -> ProbeConfig:
+        if self.rate_per_cpu_s < 0 or self.burst < 1:
+            raise ConfigError(f"rate limit {self.rate_per_cpu_s}/s burst {self.burst}: "
+                              "the rate must be >= 0 and the burst >= 1")
+        interval_ns = 1_000_000_000 // self.rate_per_cpu_s if self.rate_per_cpu_s else 0
+        return ProbeConfig(rate_interval_ns=interval_ns, rate_burst_ns=interval_ns * self.burst,
+                           dedup=int(self.dedup))
+
+
+@dataclass(frozen=True, slots=True)
+class TracerSettings:
+    """Sizes compiled into the program (-D cflags)."""
+
+    ringbuf_pages: int = 1024
+    max_frames: int = 64
+    max_probes: int = 1024
+    dedup_entries: int = 16384
+
+    def cflags(self) -> list[str]:
+        if self.ringbuf_pages <= 0 or self.ringbuf_pages & (self.ringbuf_pages - 1):
+            raise ConfigError(f"ringbuf_pages={self.ringbuf_pages}: must be a power of two")
+        if not 2 <= self.max_frames <= 127:
+            raise ConfigError(f"max_frames={self.max_frames}: must be between 2 and 127")
+        if self.max_probes < 1 or self.dedup_entries < 1:
+            raise ConfigError(f"max_probes={self.max_probes}, dedup_entries={self.dedup_entries}: must be >= 1")
+        return [f"-I{bpf_sources.SOURCE_DIR}", f"-DRINGBUF_PAGES={self.ringbuf_pages}",
+                f"-DCALLTRACE_MAX_FRAMES={self.max_frames}", f"-DCALLTRACE_MAX_PROBES={self.max_probes}",
+                f"-DDEDUP_ENTRIES={self.dedup_entries}"]
+
+
+@dataclass(frozen=True, slots=True)
 class AttachedProbe:
-    """A probe that is in place: where bcc found the binary, and the symbol's file offset."""
+    """A probe the program serves: where bcc found the binary, the symbol's file offset,
+    and the probe's index (its BPF cookie)."""
 
     spec: ProbeSpec
     path: str
     file_offset: int
+    index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class RawCall:
-    """One ring-buffer record, copied out of the kernel's memory."""
+    """One record from the kernel: a single call (count 1) or identical calls folded."""
 
-    boot_ns: int
+    boot_ns: int  # first call
     cgroup_id: int
     function_address: int
     pid: int
     tid: int
     flags: int
     frames: tuple[int, ...]  # innermost first, as the kernel walked them
+    count: int = 1
+    last_boot_ns: int = 0
+    probe_index: int = 0
 
 
 def _import_bcc():  # type: ignore[no-untyped-def]
@@ -78,95 +143,242 @@ def _import_bcc():  # type: ignore[no-untyped-def]
 
 
 class CallTracer:
-    """The loaded BPF program: attach probes, poll events, read counters."""
+    """The loaded BPF program: attach/detach probes, collect calls, read counters."""
 
-    def __init__(self, ringbuf_pages: int = 1024, max_frames: int = 64) -> None:
-        if ringbuf_pages <= 0 or ringbuf_pages & (ringbuf_pages - 1):
-            raise ConfigError(f"ringbuf_pages={ringbuf_pages}: must be a power of two")
-        if not 2 <= max_frames <= 127:
-            raise ConfigError(f"max_frames={max_frames}: must be between 2 and 127")
+    def __init__(self, settings: TracerSettings | None = None, *, ringbuf_pages: int | None = None,
+                 max_frames: int | None = None) -> None:
+        settings = settings or TracerSettings()
+        if ringbuf_pages is not None or max_frames is not None:  # the skeleton's keyword form
+            settings = TracerSettings(ringbuf_pages=ringbuf_pages or settings.ringbuf_pages,
+                                      max_frames=max_frames or settings.max_frames,
+                                      max_probes=settings.max_probes, dedup_entries=settings.dedup_entries)
+        cflags = settings.cflags()
         bcc = _import_bcc()
         self._bcc = bcc
-        cflags = [
-            f"-I{bpf_sources.SOURCE_DIR}",
-            f"-DRINGBUF_PAGES={ringbuf_pages}",
-            f"-DCALLTRACE_MAX_FRAMES={max_frames}",
-        ]
+        self._lib = bcc.libbcc.lib
         try:
             self._bpf = bcc.BPF(src_file=str(bpf_sources.CALLTRACE_SOURCE).encode(), cflags=cflags)
+            self._prog_fd: int = self._bpf.load_func(b"on_call", bcc.BPF.KPROBE).fd
         except Exception as exc:  # bcc raises bare Exception on compile/load failure
             raise BpfLoadError(f"loading {bpf_sources.CALLTRACE_SOURCE}: {exc}") from exc
-        self.ringbuf_bytes = ringbuf_pages * 4096
-        self.max_frames = max_frames
+        self.settings = settings
+        self.ringbuf_bytes = settings.ringbuf_pages * _PAGE_BYTES
+        self.max_frames = settings.max_frames
+        self._event_type = call_event_type(settings.max_frames)
         self._events = self._bpf["events"]
         self._counters = self._bpf["counters"]
+        self._config_fd = self._bpf["probe_config"].get_fd()
+        self._dedup_fds = (self._bpf["dedup_a"].get_fd(), self._bpf["dedup_b"].get_fd())
+        self._active = 0
+        self._set_active_dedup(0)
+        self._ringbuf_positions = self._map_ringbuf_positions()
+        self._stats_fd = bpfsys.enable_run_time_stats()
+        self._uprobes = UprobeEvents()
+        self._event_ids: dict[int, int] = {}
         self._callback: Callable[[RawCall], None] | None = None
+        self.default_limits = ProbeLimits()  # for attach() without limits
+        self._lock = threading.RLock()  # the target scanner attaches while the pump detaches
         self.attached: list[AttachedProbe] = []
+        self._links: dict[int, bpfsys.UprobeLink | None] = {}
 
-    def attach(self, spec: ProbeSpec) -> AttachedProbe:
+    # --- probes -------------------------------------------------------------------
+
+    def attach(self, spec: ProbeSpec, limits: ProbeLimits | None = None) -> AttachedProbe:
         """Attach the handler at the entry of spec.symbol in spec.binary (all processes)."""
         try:
-            path, file_offset = self._bcc.BPF._check_path_symbol(
-                spec.binary.encode(), spec.symbol.encode(), None, -1
-            )
+            path, file_offset = self._bcc.BPF._check_path_symbol(spec.binary.encode(), spec.symbol.encode(),
+                                                                 None, -1)
         except Exception as exc:
             raise ProbeError(f"probe {spec.probe_id}: {self._explain(spec, exc)}") from exc
-        try:
-            self._bpf.attach_uprobe(name=path, sym=spec.symbol.encode(), fn_name=b"on_call")
-        except Exception as exc:
-            raise ProbeError(f"probe {spec.probe_id}: attaching the uprobe failed: {exc}") from exc
-        attached = AttachedProbe(spec, path.decode(), file_offset)
-        self.attached.append(attached)
-        log.info("attached probe %s at %s+0x%x", spec.probe_id, attached.path, file_offset)
-        return attached
+        with self._lock:
+            index = len(self.attached)
+            if index >= self.settings.max_probes:
+                raise ProbeError(f"probe {spec.probe_id}: {self.settings.max_probes} probes are attached "
+                                 "already; raise max_probes")
+            probe = AttachedProbe(spec, path.decode(), file_offset, index)
+            self.set_limits(probe, limits or self.default_limits)
+            self._event_ids[index] = self._uprobes.create(index, probe.path, file_offset)
+            self._links[index] = self._link(probe)
+            self.attached.append(probe)
+        log.info("attached probe %s at %s+0x%x (index %d)", spec.probe_id, probe.path, file_offset, index)
+        return probe
+
+    def set_limits(self, probe: AttachedProbe, limits: ProbeLimits) -> None:
+        config = limits.config()
+        key = ctypes.c_uint32(probe.index)
+        if self._lib.bpf_update_elem(self._config_fd, ctypes.byref(key), ctypes.byref(config), 0) != 0:
+            raise ProbeError(f"probe {probe.spec.probe_id}: writing its config failed: "
+                             f"{os.strerror(ctypes.get_errno())}")
+
+    def index_of(self, path: str, file_offset: int) -> int | None:
+        """The index of the probe attached at file_offset of path, if any."""
+        with self._lock:
+            for probe in self.attached:
+                if probe.file_offset == file_offset and probe.path == path:
+                    return probe.index
+        return None
+
+    def is_attached(self, probe: AttachedProbe) -> bool:
+        return self._links.get(probe.index) is not None
+
+    def detach(self, probe: AttachedProbe) -> None:
+        """Remove the uprobe; calls stop costing anything and stop being observed."""
+        with self._lock:
+            link = self._links.get(probe.index)
+            if link is not None:
+                link.close()
+                self._links[probe.index] = None
+
+    def rearm(self, probe: AttachedProbe) -> None:
+        """Attach a detached probe again, with its index and config unchanged."""
+        with self._lock:
+            if self._links.get(probe.index) is None:
+                self._links[probe.index] = self._link(probe)
+
+    def _link(self, probe: AttachedProbe) -> bpfsys.UprobeLink:
+        return bpfsys.attach_trace_event(self._prog_fd, self._event_ids[probe.index], probe.index,
+                                         f"uprobe {probe.path}+0x{probe.file_offset:x}")
+
+    def detach_all(self) -> None:
+        with self._lock:
+            for probe in self.attached:
+                self.detach(probe)
 
     def _explain(self, spec: ProbeSpec, exc: Exception) -> str:
-        found = self._bcc.BPF.find_library(spec.binary.encode()) if "/" not in spec.binary else spec.binary
         if "/" in spec.binary:
-            import os
-
             if not os.path.exists(spec.binary):
                 return f"binary {spec.binary} does not exist"
-        elif not found:
+        elif not self._bcc.BPF.find_library(spec.binary.encode()):
             return f"library {spec.binary!r} not found in the linker cache"
         return f"symbol {spec.symbol!r} not found in {spec.binary} ({exc})"
 
+    # --- calls --------------------------------------------------------------------
+
     def on_event(self, callback: Callable[[RawCall], None]) -> None:
-        """Route each ring-buffer record to callback(RawCall)."""
+        """Route each record (ring buffer and dedup flushes) to callback(RawCall)."""
         self._callback = callback
-        pointer_type = ctypes.POINTER(call_event_type(self.max_frames))
+        pointer_type = ctypes.POINTER(self._event_type)
 
         def _handle(_ctx: object, data: ctypes.c_void_p, _size: int) -> int:
-            raw = ctypes.cast(data, pointer_type).contents
-            count = min(raw.frame_count, self.max_frames)
-            callback(RawCall(
-                boot_ns=raw.boot_ns,
-                cgroup_id=raw.cgroup_id,
-                function_address=raw.function_address,
-                pid=raw.pid,
-                tid=raw.tid,
-                flags=raw.flags,
-                frames=tuple(raw.frames[:count]),
-            ))
+            callback(self._to_raw_call(ctypes.cast(data, pointer_type).contents))
             return 0
 
         self._events.open_ring_buffer(_handle)
 
+    def _to_raw_call(self, raw: ctypes.Structure) -> RawCall:
+        count = min(raw.frame_count, self.max_frames)
+        return RawCall(boot_ns=raw.boot_ns, cgroup_id=raw.cgroup_id, function_address=raw.function_address,
+                       pid=raw.pid, tid=raw.tid, flags=raw.flags, frames=tuple(raw.frames[:count]),
+                       count=raw.count, last_boot_ns=raw.last_boot_ns, probe_index=raw.probe_index)
+
     def poll(self, timeout_ms: int) -> None:
-        """Wait up to timeout_ms for records and deliver them to the callback."""
+        """Wait up to timeout_ms for ring-buffer records and deliver them to the callback."""
         self._bpf.ring_buffer_poll(timeout_ms)
 
     def drain(self) -> None:
         """Deliver every record already in the ring buffer, without waiting."""
         self._bpf.ring_buffer_consume()
 
-    def counters(self) -> dict[str, int]:
-        """The kernel's counters summed over CPUs (see enum calltrace_counter)."""
-        totals = {}
-        for index, name in enumerate(COUNTER_NAMES):
-            per_cpu = self._counters[ctypes.c_int(index)]
-            totals[name] = int(sum(per_cpu))
+    def collect(self) -> int:
+        """Deliver every call made before this method was entered: swap the dedup maps
+        (returns after an RCU grace period, so no program still writes the old one),
+        drain the ring buffer, then read and empty the old dedup map. Returns the number
+        of folded records delivered."""
+        old = self._active
+        self._set_active_dedup(1 - old)
+        self.drain()
+        return self._flush_dedup(self._dedup_fds[old])
+
+    def _set_active_dedup(self, which: int) -> None:
+        # bcc's MapInMapArray takes the inner map's fd as the value.
+        self._bpf["dedup_active"][ctypes.c_int(0)] = ctypes.c_int(self._dedup_fds[which])
+        self._active = which
+
+    def _flush_dedup(self, map_fd: int) -> int:
+        keys = (DedupKey * _DEDUP_READ_CHUNK)()
+        values = (self._event_type * _DEDUP_READ_CHUNK)()
+        batch = ctypes.c_uint32(0)
+        delivered = 0
+        first = True
+        while True:
+            count = ctypes.c_uint32(_DEDUP_READ_CHUNK)
+            result = self._lib.bpf_lookup_and_delete_batch(
+                map_fd, None if first else ctypes.byref(batch), ctypes.byref(batch),
+                ctypes.byref(keys), ctypes.byref(values), ctypes.byref(count))
+            error = ctypes.get_errno() if result != 0 else 0
+            first = False
+            for i in range(count.value):
+                delivered += 1
+                if self._callback is not None:
+                    self._callback(self._to_raw_call(values[i]))
+            if result != 0:
+                if error == 2:  # ENOENT: the whole map has been read
+                    return delivered
+                raise BpfLoadError(f"reading the dedup map failed: {os.strerror(error)}")
+
+    # --- figures ------------------------------------------------------------------
+
+    def probe_counters(self, probe: AttachedProbe, hits: dict[int, int] | None = None) -> dict[str, int]:
+        """This probe's kernel counters summed over CPUs (see enum calltrace_counter), and
+        "hits": traps into its uprobe by the kernel's count, which also holds the calls
+        made while the probe was being attached or detached, when the program did not run."""
+        # Hits first: a call is a hit before its program counts it, so the hits read here
+        # can only fall short of the calls read after them (never count a call as lost
+        # that is merely in flight). Exact once the probe is detached.
+        hits = self._uprobes.hits() if hits is None else hits
+        base = probe.index * len(COUNTER_NAMES)
+        counters = {name: int(sum(self._counters[ctypes.c_int(base + i)])) for i, name in enumerate(COUNTER_NAMES)}
+        counters["hits"] = max(hits.get(probe.index, counters["calls"]), counters["calls"])
+        return counters
+
+    def all_probe_counters(self) -> dict[int, dict[str, int]]:
+        """probe_counters of every probe, by index (tracefs read once)."""
+        with self._lock:
+            probes = list(self.attached)
+        hits = self._uprobes.hits()
+        return {probe.index: self.probe_counters(probe, hits) for probe in probes}
+
+    def counters(self, per_probe: dict[int, dict[str, int]] | None = None) -> dict[str, int]:
+        """The kernel's counters summed over CPUs and probes, "hits" included."""
+        totals = dict.fromkeys((*COUNTER_NAMES, "hits"), 0)
+        for counters in (self.all_probe_counters() if per_probe is None else per_probe).values():
+            for name, value in counters.items():
+                totals[name] += value
         return totals
 
+    def _map_ringbuf_positions(self) -> tuple[mmap.mmap, mmap.mmap] | None:
+        # A BPF ring buffer's first page holds the consumer position, the second the
+        # producer's; both may be mapped read-only by anyone holding the map's fd.
+        fd = self._events.get_fd()
+        try:
+            return (mmap.mmap(fd, _PAGE_BYTES, mmap.MAP_SHARED, mmap.PROT_READ, offset=0),
+                    mmap.mmap(fd, _PAGE_BYTES, mmap.MAP_SHARED, mmap.PROT_READ, offset=_PAGE_BYTES))
+        except OSError as exc:
+            log.warning("ring buffer positions are not readable (%s): utilisation reported as 0", exc)
+            return None
+
+    def ringbuf_used_bytes(self) -> int:
+        """Bytes written to the ring buffer and not yet consumed (BPF_RB_AVAIL_DATA)."""
+        if self._ringbuf_positions is None:
+            return 0
+        consumer, producer = (struct.unpack_from("<Q", page, 0)[0] for page in self._ringbuf_positions)
+        return max(0, producer - consumer)
+
+    def program_stats(self) -> bpfsys.ProgramStats:
+        return bpfsys.program_stats(self._prog_fd)
+
+    def memory_bytes(self) -> int:
+        """Kernel memory held by the program's maps."""
+        return sum(bpfsys.map_memlock_bytes(self._bpf[name].get_fd()) for name in _MAP_NAMES)
+
     def close(self) -> None:
+        self.detach_all()
+        self._uprobes.remove_all()
+        if self._ringbuf_positions is not None:
+            for page in self._ringbuf_positions:
+                page.close()
+            self._ringbuf_positions = None
+        if self._stats_fd is not None:
+            os.close(self._stats_fd)
+            self._stats_fd = None
         self._bpf.cleanup()

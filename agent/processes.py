@@ -1,18 +1,21 @@
-"""What the agent knows about each process that made a probed call: its container,
-runtime and executable mappings, learned once per process and forgotten when it exits.
+"""What the agent knows about each process that made a probed call: its container (and
+pod), executable, runtime and executable mappings, learned once per process and forgotten
+when it exits.
 
 Every binary seen in a stack is reported through `on_new_binary` (the symbol-table
-publisher keeps only the first report of each digest).
+publisher keeps only the first report of each digest); the process's module map is
+reported through `on_module_map` when first seen and whenever its mappings change.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .identity import ContainerResolver
-from .procmaps import DigestCache, ProcessMaps, ResolvedAddress
+from .identity import CgroupDirectory, ContainerResolver, PodDirectory
+from .procmaps import DigestCache, Mapping, ProcessMaps, ResolvedAddress
+from .purl import PurlResolver
 from .runtime import RuntimeResolver
 
 NewBinaryCallback = Callable[[str, Path, Path], None]  # (digest, host-visible path, process root)
@@ -24,33 +27,106 @@ class ProcessInfo:
     container_id: str
     runtime_type: str  # RuntimeType symbol
     root: Path  # the process's root directory, seen from the agent (/proc/<pid>/root)
+    executable: str = ""  # as the process sees it; "" when unreadable
+    comm: str = ""
+    cgroup_paths: tuple[str, ...] = ()
+    pod_uid: str | None = None
+    pod_namespace: str | None = None
+    pod_name: str | None = None
+    start_ticks: int = 0  # /proc/<pid>/stat field 22: with the pid, names the process uniquely
+
+
+@dataclass
+class NodeFiles:
+    """Caches about the node's files that the event pump, the module-map worker and the
+    target scanner share, so each file is hashed and each package database read once."""
+
+    digests: DigestCache = field(default_factory=DigestCache)
+    purls: PurlResolver = field(default_factory=PurlResolver)
+    pods: PodDirectory = field(default_factory=PodDirectory)
+    cgroups: CgroupDirectory = field(default_factory=CgroupDirectory)
+
+
+ModuleMapCallback = Callable[[ProcessInfo, list[Mapping], int], None]  # (process, mappings, version)
+
+
+def read_start_ticks(proc: Path) -> int:
+    """Field 22 of /proc/<pid>/stat (after the parenthesised comm, which may hold spaces)."""
+    try:
+        text = (proc / "stat").read_text()
+    except OSError:
+        return 0
+    fields = text[text.rfind(")") + 2:].split()
+    return int(fields[19]) if len(fields) > 19 else 0
 
 
 class ProcessTable:
-    def __init__(self, on_new_binary: NewBinaryCallback | None = None, proc_root: Path = Path("/proc")) -> None:
+    def __init__(self, on_new_binary: NewBinaryCallback | None = None, proc_root: Path = Path("/proc"),
+                 on_module_map: ModuleMapCallback | None = None, node: NodeFiles | None = None) -> None:
         self._proc_root = proc_root
-        self.digests = DigestCache()
+        node = node or NodeFiles()
+        self.digests = node.digests
         self.maps = ProcessMaps(self.digests, proc_root)
-        self._containers = ContainerResolver(proc_root)
+        self.purls = node.purls
+        self._containers = ContainerResolver(proc_root, cgroups=node.cgroups)
         self._runtimes = RuntimeResolver(proc_root)
+        self._pods = node.pods
         self._on_new_binary = on_new_binary
+        self._on_module_map = on_module_map
+        self._info: dict[int, ProcessInfo] = {}
+        self._reported_versions: dict[int, int] = {}
 
-    def describe(self, pid: int) -> ProcessInfo:
-        return ProcessInfo(
+    def describe(self, pid: int, cgroup_id: int = 0) -> ProcessInfo:
+        """What is known of pid; cgroup_id (the call record's) still names the container of a
+        process that exited before its calls were read."""
+        cached = self._info.get(pid)
+        if cached is not None:
+            return cached
+        proc = self._proc_root / str(pid)
+        identity = self._containers.identity(pid, cgroup_id)
+        pod = self._pods.lookup(identity.pod_uid) if identity.pod_uid else None
+        try:
+            executable = str((proc / "exe").readlink())
+        except OSError:
+            executable = ""
+        try:
+            comm = (proc / "comm").read_text().strip()
+        except OSError:
+            comm = ""
+        info = ProcessInfo(
             pid=pid,
-            container_id=self._containers.container_id(pid),
+            container_id=identity.container_id,
             runtime_type=self._runtimes.runtime(pid, lambda: [m.path for m in self.maps.mappings(pid)]).name,
-            root=self._proc_root / str(pid) / "root",
+            root=proc / "root",
+            executable=executable,
+            comm=comm,
+            cgroup_paths=identity.cgroup_paths,
+            pod_uid=identity.pod_uid,
+            pod_namespace=pod.namespace if pod else None,
+            pod_name=pod.name if pod else None,
+            start_ticks=read_start_ticks(proc),
         )
+        if executable:  # a process already gone is not cached: its pid may be reused
+            self._info[pid] = info
+        return info
 
     def resolve_frames(self, pid: int, addresses: tuple[int, ...]) -> list[ResolvedAddress]:
-        """Each address as (file, digest, offset), innermost first like the input."""
+        """Each address as (file, digest, offset), innermost first like the input; the first
+        (the probed function's) also carries the purl of its file."""
         frames = self.maps.resolve(pid, addresses)
+        root = self._proc_root / str(pid) / "root"
         if self._on_new_binary is not None:
             for frame in frames:
                 if frame.binary_digest is not None and frame.path is not None:
-                    root = self._proc_root / str(pid) / "root"
                     self._on_new_binary(frame.binary_digest, root / frame.path.lstrip("/"), root)
+        top = frames[0] if frames else None
+        if top is not None and top.path is not None:
+            frames[0] = ResolvedAddress(top.address, top.path, top.binary_digest, top.binary_offset,
+                                        self.purls.purl(root, top.path))
+        version = self.maps.version(pid)
+        if self._on_module_map is not None and version and self._reported_versions.get(pid) != version:
+            self._reported_versions[pid] = version
+            self._on_module_map(self.describe(pid), self.maps.mappings(pid), version)
         return frames
 
     def forget_exited(self) -> int:
@@ -60,4 +136,6 @@ class ProcessTable:
             self.maps.forget(pid)
             self._containers.forget(pid)
             self._runtimes.forget(pid)
+            self._info.pop(pid, None)
+            self._reported_versions.pop(pid, None)
         return len(gone)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -35,6 +36,7 @@ class ResolvedAddress:
     path: str | None
     binary_digest: str | None
     binary_offset: int | None
+    purl: str | None = None  # set for the probed function's frame only (ProcessTable)
 
 
 def parse_maps(text: str) -> list[Mapping]:
@@ -54,35 +56,59 @@ def parse_maps(text: str) -> list[Mapping]:
     return mappings
 
 
+FileIdentity = tuple[int, int, int, int]  # (device, inode, mtime ns, size)
+
+
+def signed64(value: int) -> int:
+    """An unsigned 64-bit value (an address) as Avro's signed long, bit for bit: a frame
+    walked through code without frame pointers can yield any 64-bit word."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def file_identity(path: str | os.PathLike[str]) -> FileIdentity | None:
+    """What tells one file version from another without reading it; None when gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 class DigestCache:
-    """SHA-256 digests of files, keyed by their identity so a file is read once."""
+    """SHA-256 digests of files, keyed by their identity so a file is read once, whichever
+    path (host, /proc/<pid>/root/...) and whichever thread asks."""
 
     def __init__(self, chunk_bytes: int = 1 << 20) -> None:
         self._chunk_bytes = chunk_bytes
-        self._by_identity: dict[tuple[int, int, int, int], str] = {}
+        self._by_identity: dict[FileIdentity, str] = {}
+        self._lock = threading.Lock()
         self.files_hashed = 0
 
     def digest(self, path: str | os.PathLike[str]) -> str | None:
         """'sha256:<hex>' of the file, or None when it cannot be read (gone, no access)."""
-        try:
-            st = os.stat(path)
-        except OSError:
+        identity = file_identity(path)
+        if identity is None:
             return None
-        identity = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
         cached = self._by_identity.get(identity)
         if cached is not None:
             return cached
-        hasher = hashlib.sha256()
-        try:
-            with open(path, "rb") as handle:
-                while chunk := handle.read(self._chunk_bytes):
-                    hasher.update(chunk)
-        except OSError:
-            return None
-        value = "sha256:" + hasher.hexdigest()
-        self._by_identity[identity] = value
-        self.files_hashed += 1
-        return value
+        # One hasher at a time: the event pump and the module-map worker may meet the same
+        # new file, and reading it twice would double the cost this cache exists to avoid.
+        with self._lock:
+            cached = self._by_identity.get(identity)
+            if cached is not None:
+                return cached
+            hasher = hashlib.sha256()
+            try:
+                with open(path, "rb") as handle:
+                    while chunk := handle.read(self._chunk_bytes):
+                        hasher.update(chunk)
+            except OSError:
+                return None
+            value = "sha256:" + hasher.hexdigest()
+            self._by_identity[identity] = value
+            self.files_hashed += 1
+            return value
 
 
 class ProcessMaps:
@@ -93,9 +119,15 @@ class ProcessMaps:
         self._digests = digests
         self._proc_root = proc_root
         self._by_pid: dict[int, list[Mapping]] = {}
+        self._versions: dict[int, int] = {}
 
     def forget(self, pid: int) -> None:
         self._by_pid.pop(pid, None)
+        self._versions.pop(pid, None)
+
+    def version(self, pid: int) -> int:
+        """Bumped each time the process's executable mappings are read and differ."""
+        return self._versions.get(pid, 0)
 
     def known_pids(self) -> list[int]:
         return list(self._by_pid)
@@ -107,7 +139,10 @@ class ProcessMaps:
             except OSError:
                 # The process exited before we looked: its frames stay unresolved.
                 text = ""
-            self._by_pid[pid] = parse_maps(text)
+            mappings = parse_maps(text)
+            if mappings != self._by_pid.get(pid):
+                self._versions[pid] = self._versions.get(pid, 0) + 1
+            self._by_pid[pid] = mappings
         return self._by_pid[pid]
 
     def resolve(self, pid: int, addresses: Iterable[int]) -> list[ResolvedAddress]:

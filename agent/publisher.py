@@ -1,13 +1,30 @@
-"""Deliver encoded records to Kafka with librdkafka, and account for every one.
+"""Deliver encoded records to Kafka with librdkafka, spool what it cannot hold, and
+account for every call each record stands for.
 
-Settings favour "nothing lost": an idempotent producer with acks=all, so a retry
-never duplicates and an acknowledged record is on every in-sync replica.
-The partitioner is murmur2_random, the Java client's, so that keyed records land
-on the same partition whichever client (Java, aiokafka, librdkafka) wrote them.
+Settings favour "nothing lost": an idempotent producer with acks=all, so a retry never
+duplicates and an acknowledged record is on every in-sync replica; zstd compression and
+large batches (records of one node are alike and compress well). The partitioner is
+murmur2_random, the Java client's, so that keyed records land on the same partition
+whichever client (Java, aiokafka, librdkafka) wrote them.
+
+Broker outages. librdkafka retries every record it holds until delivered
+(message.timeout.ms = 0: no local timeout), in memory bounded by queue_max_kbytes. What
+does not fit goes to the on-disk spool (agent/spool.py), and while the spool holds
+anything every new record goes behind it, so order is kept: librdkafka's queue holds the
+oldest records, the spool the next, new ones join the spool's end. Each pass of the
+pump moves records from the spool's head into librdkafka while it has room, so the
+spool drains in order once the broker is back. Beyond the spool's bound records are
+dropped and their calls counted ("spool_full"); with no spool, "kafka_queue_full".
+Records that fail with a permanent error (too large, not authorised) are counted by
+error code and not retried. On shutdown whatever librdkafka still holds after the flush
+timeout is purged from it and written to the spool's head, so the next run sends it
+first. A record purged while in flight may have reached the broker: it can arrive twice
+(same event_id), which is the only duplicate this design allows.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -17,7 +34,11 @@ from typing import Mapping
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from .spool import Spool, SpoolRecord
+
 log = logging.getLogger(__name__)
+
+_PURGED = {KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT}
 
 
 @dataclass(frozen=True)
@@ -27,10 +48,11 @@ class ProducerSettings:
 
     bootstrap_servers: str
     compression_type: str = "zstd"
-    linger_ms: int = 20
+    linger_ms: int = 50
     batch_size_bytes: int = 1_000_000
-    queue_buffering_max_messages: int = 1_000_000
-    message_timeout_ms: int = 300_000
+    queue_max_messages: int = 100_000
+    queue_max_kbytes: int = 64 * 1024
+    message_timeout_ms: int = 0  # 0: retry until delivered; the spool bounds what is held
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def librdkafka_config(self) -> dict[str, object]:
@@ -42,7 +64,8 @@ class ProducerSettings:
             "compression.type": self.compression_type,
             "linger.ms": self.linger_ms,
             "batch.size": self.batch_size_bytes,
-            "queue.buffering.max.messages": self.queue_buffering_max_messages,
+            "queue.buffering.max.messages": self.queue_max_messages,
+            "queue.buffering.max.kbytes": self.queue_max_kbytes,
             "message.timeout.ms": self.message_timeout_ms,
         }
         config.update(self.extra)
@@ -50,43 +73,109 @@ class ProducerSettings:
 
 
 class Publisher:
-    """Produces records and keeps exact counts of what was delivered and what failed, by reason."""
+    """Produces records; keeps exact counts, in records and in calls, of what was
+    delivered, what was dropped (by reason) and what is still held."""
 
-    def __init__(self, settings: ProducerSettings) -> None:
+    def __init__(self, settings: ProducerSettings, spool: Spool | None = None) -> None:
         self._producer = Producer(settings.librdkafka_config(), logger=log)
-        self._lock = threading.Lock()
-        self.produced = 0
+        self._spool = spool
+        self._lock = threading.RLock()
+        self._settings = settings
+        self.produced = 0  # records accepted (to librdkafka or the spool)
         self.delivered = 0
-        self.failed_by_reason: Counter[str] = Counter()
+        self.delivered_calls = 0
+        self.pending_calls = 0  # accepted, not yet delivered nor dropped
+        self.spooled_records = 0  # records written to the spool, ever
+        self.failed_by_reason: Counter[str] = Counter()  # records
+        self.dropped_calls_by_reason: Counter[str] = Counter()
         self._partitions: dict[str, int] = {}
+        self._metadata_retry_at = 0.0
+        self._closing = False
+        self._purged: list[SpoolRecord] = []
+        if spool is not None:
+            # Records an earlier run left in the spool are this run's to deliver.
+            self.pending_calls = spool.calls
 
-    def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
-        # Called from poll()/flush() on the calling thread; the lock guards readers
-        # on other threads (statistics, metrics).
+    # --- producing ----------------------------------------------------------------
+
+    def produce(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None,
+                headers: list[tuple[str, bytes]] | None = None, calls: int = 0) -> None:
+        """Queue one record standing for `calls` calls; never blocks. It goes to librdkafka,
+        or to the spool when librdkafka is full or the spool already holds records."""
+        record = SpoolRecord(topic, key, value, partition, calls, tuple(headers or ()))
+        with self._lock:
+            self.produced += 1
+            self.pending_calls += calls
+            if self._spool is not None and self._spool:
+                self._to_spool(record)
+            elif not self._to_kafka(record):
+                self._to_spool(record)
+        self._producer.poll(0)
+
+    def _to_kafka(self, record: SpoolRecord) -> bool:
+        try:
+            self._producer.produce(
+                record.topic, value=record.value, key=record.key,
+                partition=-1 if record.partition is None else record.partition,  # -1: the partitioner picks
+                on_delivery=functools.partial(self._on_delivery, record.calls, record.partition),
+                headers=list(record.headers) or None)
+        except BufferError:
+            return False
+        return True
+
+    def _to_spool(self, record: SpoolRecord) -> None:
+        if self._spool is None:
+            self._drop(record, "kafka_queue_full")
+        elif self._spool.append(record):
+            self.spooled_records += 1
+        else:
+            self._drop(record, "spool_full")
+
+    def _drop(self, record: SpoolRecord, reason: str) -> None:
+        self.failed_by_reason[reason] += 1
+        self.dropped_calls_by_reason[reason] += record.calls
+        self.pending_calls -= record.calls
+
+    def _on_delivery(self, calls: int, partition: int | None, err: KafkaError | None, msg: Message) -> None:
+        # Called from poll()/flush() on the calling thread; the lock guards readers on
+        # other threads (statistics, metrics) and the spool.
         with self._lock:
             if err is None:
                 self.delivered += 1
+                self.delivered_calls += calls
+                self.pending_calls -= calls
+                return
+            raw_headers = msg.headers() or []
+            pairs = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
+            headers = tuple((name, value.encode() if isinstance(value, str) else value) for name, value in pairs)
+            record = SpoolRecord(msg.topic() or "", msg.key(), msg.value() or b"", partition, calls, headers)
+            if err.code() in _PURGED:
+                self._purged.append(record)  # goes to the spool's head, in order, at close()
+            elif (err.retriable() or err.code() == KafkaError._MSG_TIMED_OUT) and self._spool is not None:
+                # Only with a finite message_timeout_ms: kept, though behind newer records.
+                self._to_spool(record)
             else:
-                self.failed_by_reason[f"kafka_{err.name().lower()}"] += 1
-                log.error("delivery failed: %s", err)
+                self._drop(record, f"kafka_{err.name().lower()}")
+                log.error("delivery to %s failed: %s", msg.topic(), err)
 
-    def produce(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None,
-                headers: list[tuple[str, bytes]] | None = None) -> None:
-        """Queue one record; waits (serving delivery reports) while librdkafka's queue is full
-        rather than dropping."""
-        kwargs: dict[str, object] = {"key": key, "value": value, "on_delivery": self._on_delivery}
-        if partition is not None:
-            kwargs["partition"] = partition
-        if headers:
-            kwargs["headers"] = headers
-        while True:
-            try:
-                self._producer.produce(topic, **kwargs)
-                break
-            except BufferError:
-                self._producer.poll(0.05)
-        self.produced += 1
-        self._producer.poll(0)
+    def pump(self, max_records: int = 10_000) -> int:
+        """Move records from the spool's head into librdkafka while it has room; returns how many."""
+        if self._spool is None or self._closing:
+            return 0
+        moved = 0
+        high_water = self._settings.queue_max_messages // 2
+        with self._lock:
+            while moved < max_records and len(self._producer) < high_water:
+                record = self._spool.peek()
+                if record is None or not self._to_kafka(record):
+                    break
+                self._spool.pop()
+                moved += 1
+        if moved:
+            self._producer.poll(0)
+        return moved
+
+    # --- metadata -----------------------------------------------------------------
 
     def partition_count(self, topic: str, timeout_s: float = 10.0) -> int:
         """Partitions of topic, from the broker's metadata (cached)."""
@@ -101,17 +190,73 @@ class Publisher:
         self._partitions[topic] = len(described.partitions)
         return self._partitions[topic]
 
+    def known_partition_count(self, topic: str, retry_interval_s: float = 5.0) -> int | None:
+        """partition_count without stalling the caller while the broker is away: a short
+        attempt at most every retry_interval_s, None until one succeeds."""
+        cached = self._partitions.get(topic)
+        if cached or time.monotonic() < self._metadata_retry_at:
+            return cached
+        try:
+            return self.partition_count(topic, timeout_s=1.0)
+        except KafkaException as exc:
+            self._metadata_retry_at = time.monotonic() + retry_interval_s
+            log.warning("no metadata for %s yet (%s); retrying in %.0fs", topic, exc, retry_interval_s)
+            return None
+
+    def has_metadata(self, topic: str) -> bool:
+        return topic in self._partitions
+
+    # --- lifecycle ----------------------------------------------------------------
+
     def poll(self, timeout_s: float = 0.0) -> None:
         self._producer.poll(timeout_s)
 
     def flush(self, timeout_s: float) -> int:
-        """Wait until every queued record is delivered or failed; returns what is still queued."""
+        """Deliver the spool and librdkafka's queue, waiting up to timeout_s; returns the
+        records still held."""
         deadline = time.monotonic() + timeout_s
-        remaining = len(self._producer)
-        while remaining and time.monotonic() < deadline:
-            remaining = self._producer.flush(min(1.0, max(0.0, deadline - time.monotonic())))
+        while True:
+            self.pump()
+            remaining = len(self._producer) + (len(self._spool) if self._spool else 0)
+            left_s = deadline - time.monotonic()
+            if not remaining or left_s <= 0:
+                return remaining
+            self._producer.flush(min(0.5, left_s))
+
+    def close(self, timeout_s: float) -> int:
+        """Flush for up to timeout_s; then move what librdkafka still holds to the spool's
+        head (or count it as dropped, "undelivered_at_exit", without a spool). Returns the
+        records left in the spool."""
+        remaining = self.flush(timeout_s)
+        self._closing = True
+        if len(self._producer):
+            log.warning("shutdown: %d record(s) still in librdkafka after %.1fs; %s", len(self._producer), timeout_s,
+                        "spooling them" if self._spool is not None else "dropping them (counted)")
+            self._producer.purge(in_queue=True, in_flight=False, blocking=True)
+            self._producer.flush(2.0)  # in-flight requests finish, fail or are purged below
+            self._producer.purge(in_queue=True, in_flight=True, blocking=True)
+            self._producer.flush(0)
+        with self._lock:
+            purged, self._purged = self._purged, []
+            if self._spool is not None:
+                for record in self._spool.prepend(purged):
+                    self._drop(record, "spool_full")
+                self._spool.close()
+                remaining = len(self._spool)
+            else:
+                for record in purged:
+                    self._drop(record, "undelivered_at_exit")
+                remaining = 0
         return remaining
 
     @property
     def in_flight(self) -> int:
         return len(self._producer)
+
+    @property
+    def spool_bytes(self) -> int:
+        return self._spool.bytes if self._spool is not None else 0
+
+    @property
+    def spool_records(self) -> int:
+        return len(self._spool) if self._spool is not None else 0

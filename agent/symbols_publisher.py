@@ -21,17 +21,20 @@ from .symtab import SymbolTableError, chunk_symbols, read_symbol_table
 log = logging.getLogger(__name__)
 
 SYMBOL_TABLE = "io.runtimesignals.SymbolTable"
-# Well under the broker's default message.max.bytes (1 MiB) after compression is undone.
+# Well under the broker's default message.max.bytes (1 MiB) after compression is undone;
+# a chunk is symbols plus a few fixed fields (digest, build id, source: < 1 KiB).
 MAX_CHUNK_BYTES = 512 * 1024
 
 
 class SymbolTablePublisher:
     """Reads and publishes the symbol table of every digest offered, once per digest."""
 
-    def __init__(self, publisher: Publisher, topic: str, registry: codec.SchemaRegistry) -> None:
+    def __init__(self, publisher: Publisher, topic: str, registry: codec.SchemaRegistry,
+                 max_chunk_bytes: int = MAX_CHUNK_BYTES) -> None:
         self._publisher = publisher
         self._topic = topic
         self._registry = registry
+        self._max_chunk_bytes = max_chunk_bytes
         self._offered: set[str] = set()
         self._queue: queue.Queue[tuple[str, Path, Path] | None] = queue.Queue()
         self.counts: Counter[str] = Counter()
@@ -64,7 +67,7 @@ class SymbolTablePublisher:
 
     def _publish(self, digest: str, path: Path, root: Path) -> None:
         table = read_symbol_table(path, debug_root=root)
-        chunks = chunk_symbols(table.symbols, MAX_CHUNK_BYTES)
+        chunks = chunk_symbols(table.symbols, self._max_chunk_bytes)
         for index, chunk in enumerate(chunks):
             value = codec.encode({
                 "binary_digest": digest,

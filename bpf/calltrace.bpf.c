@@ -1,5 +1,17 @@
-/* Uprobe handler for runtime-signals: one ring-buffer record per probed call.
- * Loaded by agent/probes.py with bcc; configured through -D cflags only. */
+/* Uprobe handler for runtime-signals: counts every probed call, folds identical calls
+ * (same probe, process and stack) into one record in the kernel, and rate-limits the
+ * stack capture per probe. Loaded by agent/probes.py with bcc; sizes come from -D
+ * cflags, behaviour from the probe_config map (no C assembled in Python strings).
+ *
+ * Exact counts. Every call ends in exactly one counter besides COUNTER_CALLS (see
+ * calltrace.h). Folded calls live in one of two dedup maps; dedup_active[0] names the
+ * one the program writes. The agent swaps it and only then reads and empties the other:
+ * an update of an ARRAY_OF_MAPS element returns to user space after synchronize_rcu()
+ * (kernel/bpf/syscall.c, maybe_wait_bpf_programs), and uprobe programs run inside an RCU
+ * read-side section with preemption off, so once the swap returns no program still holds
+ * a pointer into the old map and every increment made to it is visible. Nothing is read
+ * while it can still change, and nothing is deleted while it can still be incremented:
+ * no increment can be lost between a read and a delete. */
 #include <uapi/linux/ptrace.h>
 #include "calltrace.h"
 
@@ -8,33 +20,93 @@
 #define RINGBUF_PAGES 1024
 #endif
 
-BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
-BPF_PERCPU_ARRAY(counters, u64, COUNTER_MAX);
+/* Distinct (probe, process, stack) keys one dedup map holds per flush interval. A call
+ * whose key does not fit goes through the ring buffer instead (COUNTER_DEDUP_FULL). */
+#ifndef DEDUP_ENTRIES
+#define DEDUP_ENTRIES 16384
+#endif
 
-static __always_inline void count(u32 index)
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(counters, u64, CALLTRACE_MAX_PROBES * COUNTER_MAX);
+BPF_ARRAY(probe_config, struct probe_config, CALLTRACE_MAX_PROBES);
+BPF_PERCPU_ARRAY(rate_state, struct rate_state, CALLTRACE_MAX_PROBES);
+/* Records under construction: 600 bytes do not fit the 512-byte BPF stack. Uprobe
+ * programs run with migration disabled but, on preemptible kernels, not with preemption
+ * disabled: another task on the same CPU may run the program while this run is
+ * preempted. Each run takes the slot of its nesting depth on its CPU. */
+#define SCRATCH_SLOTS 4
+BPF_PERCPU_ARRAY(scratch, struct call_event, SCRATCH_SLOTS);
+BPF_PERCPU_ARRAY(nesting, u64, 1);
+/* Allocated on insert: memory follows the keys actually seen in an interval. */
+BPF_F_TABLE("hash", struct dedup_key, struct call_event, dedup_a, DEDUP_ENTRIES, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("hash", struct dedup_key, struct call_event, dedup_b, DEDUP_ENTRIES, BPF_F_NO_PREALLOC);
+BPF_ARRAY_OF_MAPS(dedup_active, "dedup_a", 1);
+
+static __always_inline void count(u32 probe, u32 index)
 {
-    u64 *value = counters.lookup(&index);
+    u32 slot = probe * COUNTER_MAX + index;
+    u64 *value = counters.lookup(&slot);
+    /* Atomic although per-CPU: a preempting run on the same CPU may add at the same time. */
     if (value)
-        (*value)++;
+        __sync_fetch_and_add(value, 1);
 }
 
-int on_call(struct pt_regs *ctx)
+/* Token bucket per probe and CPU (no cross-CPU contention on a hot function). A preempted
+ * run may race another on the same CPU here: the limit is then approximate, never the
+ * counts (each call still lands in exactly one counter). */
+static __always_inline bool over_rate(u32 probe, struct probe_config *config, u64 now)
 {
-    count(COUNTER_CALLS);
-
-    struct call_event *event = events.ringbuf_reserve(sizeof(struct call_event));
-    if (!event) {
-        count(COUNTER_DROP_RINGBUF_FULL);
-        return 0;
+    if (!config->rate_interval_ns)
+        return false;
+    struct rate_state *state = rate_state.lookup(&probe);
+    if (!state)
+        return false;
+    u64 credit = state->credit_ns + (now - state->last_ns);
+    state->last_ns = now;
+    if (credit > config->rate_burst_ns)
+        credit = config->rate_burst_ns;
+    if (credit < config->rate_interval_ns) {
+        state->credit_ns = credit;
+        return true;
     }
+    state->credit_ns = credit - config->rate_interval_ns;
+    return false;
+}
 
+/* Multiply-xorshift over the frames; frame_count is mixed in so a prefix differs.
+ * The empty asm hides the index from the compiler so it keeps the bound check and
+ * reads one frame per iteration: an unrolled, pointer-stepping loop is what the
+ * verifier cannot prove in bounds. */
+static __always_inline u64 hash_frames(struct call_event *event)
+{
+    u32 frame_count = event->frame_count;
+    u64 hash = 0x9e3779b97f4a7c15ULL ^ frame_count;
+    for (u32 i = 0; i < CALLTRACE_MAX_FRAMES; i++) {
+        if (i >= frame_count)
+            break;
+        u32 index = i;
+        asm volatile("" : "+r"(index));
+        if (index >= CALLTRACE_MAX_FRAMES)
+            break;
+        hash = (hash ^ event->frames[index]) * 0xff51afd7ed558ccdULL;
+        hash ^= hash >> 32;
+    }
+    return hash;
+}
+
+static __always_inline void capture(struct pt_regs *ctx, struct call_event *event, u32 probe, u64 now)
+{
     u64 pid_tgid = bpf_get_current_pid_tgid();
-    event->boot_ns = bpf_ktime_get_boot_ns();
+    event->boot_ns = now;
+    event->last_boot_ns = now;
+    event->count = 1;
     event->cgroup_id = bpf_get_current_cgroup_id();
     event->function_address = PT_REGS_IP(ctx);
     event->pid = pid_tgid >> 32;
     event->tid = (u32)pid_tgid;
     event->flags = 0;
+    event->probe_index = probe;
+    event->reserved = 0;
 
     /* At a function's first instruction the callee has not pushed its frame yet, so a
      * frame-pointer walk starts at the caller's frame and skips the caller itself. The
@@ -46,13 +118,12 @@ int on_call(struct pt_regs *ctx)
     event->frames[0] = PT_REGS_IP(ctx);
     u64 return_address = 0;
     bpf_probe_read_user(&return_address, sizeof(return_address), (void *)PT_REGS_SP(ctx));
+    event->frames[1] = return_address;
     if (stack_bytes < 0) {
-        count(COUNTER_STACK_ERROR);
+        count(probe, COUNTER_STACK_ERROR);
         event->flags |= CALL_FLAG_STACK_ERROR;
-        event->frames[1] = return_address;
         event->frame_count = return_address ? 2 : 1;
     } else {
-        event->frames[1] = return_address;
         u32 walked = (u32)stack_bytes / sizeof(u64);
         /* walked counts slot 1 (the ip copy, now the return address) and what follows */
         event->frame_count = walked + 1;
@@ -61,6 +132,91 @@ int on_call(struct pt_regs *ctx)
         if (walked == 0)
             event->frame_count = return_address ? 2 : 1;
     }
-    events.ringbuf_submit(event, 0);
+    event->stack_hash = hash_frames(event);
+}
+
+/* Adds one call to an existing dedup entry. The count is atomic (several CPUs fold into
+ * the same entry); last_boot_ns is a plain store, so under contention it may be a few
+ * nanoseconds older than the true last call, which no consumer can tell apart. */
+static __always_inline void fold(struct call_event *entry, u64 now)
+{
+    __sync_fetch_and_add(&entry->count, 1);
+    entry->last_boot_ns = now;
+}
+
+static __always_inline void handle(struct pt_regs *ctx, u32 probe, u32 slot)
+{
+    struct probe_config *config = probe_config.lookup(&probe);
+    if (!config) {
+        count(probe, COUNTER_DROP_NESTED); /* cannot happen (probe < CALLTRACE_MAX_PROBES) */
+        return;
+    }
+    u64 now = bpf_ktime_get_boot_ns();
+    if (over_rate(probe, config, now)) {
+        count(probe, COUNTER_DROP_RATE_LIMITED);
+        return;
+    }
+
+    struct call_event *event = scratch.lookup(&slot);
+    if (!event) {
+        count(probe, COUNTER_DROP_NESTED);
+        return;
+    }
+    capture(ctx, event, probe, now);
+    u32 zero = 0;
+
+    if (config->dedup) {
+        void *dedup = dedup_active.lookup(&zero);
+        if (dedup) {
+            struct dedup_key key = {.stack_hash = event->stack_hash, .pid = event->pid,
+                                    .probe_index = probe};
+            struct call_event *entry = bpf_map_lookup_elem(dedup, &key);
+            if (entry) {
+                fold(entry, now);
+                count(probe, COUNTER_FOLDED);
+                return;
+            }
+            /* First call of this key in this interval: the new entry carries it (count 1). */
+            long err = bpf_map_update_elem(dedup, &key, event, BPF_NOEXIST);
+            if (err == 0) {
+                count(probe, COUNTER_FOLDED);
+                return;
+            }
+            if (err == -EEXIST) { /* another CPU inserted it first */
+                entry = bpf_map_lookup_elem(dedup, &key);
+                if (entry) {
+                    fold(entry, now);
+                    count(probe, COUNTER_FOLDED);
+                    return;
+                }
+            }
+            count(probe, COUNTER_DEDUP_FULL);
+        }
+    }
+
+    if (events.ringbuf_output(event, sizeof(*event), 0) == 0)
+        count(probe, COUNTER_SENT);
+    else
+        count(probe, COUNTER_DROP_RINGBUF_FULL);
+}
+
+int on_call(struct pt_regs *ctx)
+{
+    u32 probe = (u32)bpf_get_attach_cookie(ctx);
+    if (probe >= CALLTRACE_MAX_PROBES)
+        return 0;
+    count(probe, COUNTER_CALLS);
+    u32 zero = 0;
+    u64 *depth = nesting.lookup(&zero);
+    if (!depth) { /* cannot happen (index 0 of an array); keeps the counter invariant */
+        count(probe, COUNTER_DROP_NESTED);
+        return 0;
+    }
+    u64 slot = __sync_fetch_and_add(depth, 1);
+    if (slot < SCRATCH_SLOTS)
+        handle(ctx, probe, (u32)slot);
+    else
+        count(probe, COUNTER_DROP_NESTED);
+    __sync_fetch_and_add(depth, -1);
     return 0;
 }

@@ -1,10 +1,12 @@
 """Folding call events into per-window call paths and summary records. Pure functions.
 
-List orders in the output (the contract's determinism rule, docs/contract.md):
+List orders in the output (the contract's determinism rule, docs/processor.md):
 - call_paths: by path_hash, then callstack_hash;
 - observed_symbols, observed_node_hashes, observed_path_hashes: sorted, unique;
 - detected_runtimes: by RuntimeType code;
 - symbols and per-frame lists of a path: entry point first, probed function last.
+
+Memory: a window holds one PathAggregate per distinct call stack, never the events.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 from schemas import hashing
 from schemas.codec import RuntimeType
 
-from .symbolize import Frame, SymbolSource, resolve_frames
+from .intake import CallRecord
+from .symbolize import Frame, SymbolSource, digests_to_resolve, resolve_frames
 from .windows import WindowKey
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -25,66 +28,97 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 @dataclass
 class PathAggregate:
     """One distinct call stack within a window. Frames stay unsymbolized until the window
-    closes, so symbol tables that arrive while it is open still name them."""
+    is emitted, so symbol tables that arrive while it is open still name them."""
 
-    frames: list[Frame]
+    frames: tuple[Frame, ...]
+    identities: tuple[str, ...]
     top_symbol: str | None
+    top_signature: str | None
+    top_purl: str | None
     runtime_type: str
     observation_count: int = 0
     first_observed_at_us: int = 0
     last_observed_at_us: int = 0
 
-    def observe(self, count: int, first_us: int, last_us: int) -> None:
-        if self.observation_count == 0 or first_us < self.first_observed_at_us:
-            self.first_observed_at_us = first_us
-        self.last_observed_at_us = max(self.last_observed_at_us, last_us)
-        self.observation_count += count
+    def observe(self, call: CallRecord) -> None:
+        at_us = call.observed_at_us
+        if self.observation_count == 0 or at_us < self.first_observed_at_us:
+            self.first_observed_at_us = at_us
+        self.last_observed_at_us = max(self.last_observed_at_us, at_us)
+        self.observation_count += call.observation_count
+        # The first record of the path that knew these wins; records come in partition
+        # order, so a replay makes the same choice.
+        self.top_signature = self.top_signature or call.top_signature
+        self.top_purl = self.top_purl or call.top_purl
 
 
 @dataclass
 class WindowAggregate:
-    """Everything one container did in one window."""
+    """Everything one container did in one window of one partition.
+
+    first_offset is the raw-topic offset of the first record that touched the window:
+    the worker may not commit past it until the window is emitted (docs/processor.md)."""
 
     key: WindowKey
     end_us: int
+    first_offset: int
     paths: dict[tuple[str, ...], PathAggregate] = field(default_factory=dict)
     total_events: int = 0
     raw_records: int = 0
+    late_events: int = 0
     runtimes: set[str] = field(default_factory=set)
 
-    def add(self, event: dict[str, Any]) -> None:
-        frames = [Frame(f["address"], f["binary_digest"], f["binary_offset"], f["library"])
-                  for f in event["stack_frames"]]
-        if not frames:
-            # An event from an agent that sent addresses only: frames without files.
-            frames = [Frame(a, None, None, None) for a in event["stack_trace"]]
-        identities = tuple(f.identity for f in frames)
-        path = self.paths.get(identities)
+    def add(self, call: CallRecord) -> None:
+        path = self.paths.get(call.identities)
         if path is None:
-            path = PathAggregate(frames, event["symbol"], event["runtime_type"])
-            self.paths[identities] = path
-        count = event["observation_count"]
-        observed_us = micros(event["observed_at_us"])
-        path.observe(count, observed_us, observed_us)
-        self.total_events += count
+            path = PathAggregate(call.frames, call.identities, call.top_symbol, call.top_signature,
+                                 call.top_purl, call.runtime_type)
+            self.paths[call.identities] = path
+        path.observe(call)
+        self.total_events += call.observation_count
         self.raw_records += 1
-        self.runtimes.add(event["runtime_type"])
+        self.runtimes.add(call.runtime_type)
+
+    def add_late(self, observation_count: int) -> None:
+        self.late_events += observation_count
+
+    def needs(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The binaries whose symbol tables, and those whose module-map entries, naming
+        this window's frames takes."""
+        tables: set[str] = set()
+        modules: set[str] = set()
+        for path in self.paths.values():
+            tables |= digests_to_resolve(path.frames, path.top_symbol)
+            modules.update(f.binary_digest for f in path.frames if f.binary_digest is not None)
+        return frozenset(tables), frozenset(modules)
 
 
 def micros(value: int | datetime) -> int:
     """Microseconds since the epoch. fastavro decodes timestamp-micros to an aware
-    datetime; windows work in integers, computed exactly (no float seconds)."""
+    datetime when a schema keeps its logical type; windows work in integers, computed
+    exactly (no float seconds)."""
     if isinstance(value, int):
         return value
     delta = value.astimezone(timezone.utc) - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def path_record(window: WindowAggregate, path: PathAggregate, source: SymbolSource) -> dict[str, Any]:
-    """The ObservedCallPath record of one path of a closed window."""
-    frames = resolve_frames(path.frames, path.top_symbol, source)
+@dataclass(frozen=True)
+class WindowOutput:
+    """The records of one emitted window, and how many of its frames stayed unnamed."""
+
+    summary: dict[str, Any]
+    paths: list[dict[str, Any]]
+    unresolved_frames: int
+
+
+def path_record(window: WindowAggregate, path: PathAggregate,
+                source: SymbolSource) -> tuple[dict[str, Any], int]:
+    """The ObservedCallPath record of one path of a window, and its unresolved frames."""
+    frames = resolve_frames(path.frames, path.identities, path.top_symbol, path.top_signature,
+                            path.top_purl, source)
     node_hashes = [hashing.node_hash(f.purl, f.signature) for f in frames]
-    return {
+    record = {
         "symbols": [f.symbol for f in frames],
         "observation_count": path.observation_count,
         "purl": frames[-1].purl,
@@ -93,7 +127,7 @@ def path_record(window: WindowAggregate, path: PathAggregate, source: SymbolSour
         "last_observed_at_us": path.last_observed_at_us,
         "node_hashes": node_hashes,
         "path_hash": hashing.path_hash(node_hashes),
-        "callstack_hash": hashing.callstack_hash([f.identity for f in path.frames]),
+        "callstack_hash": hashing.callstack_hash(path.identities),
         "function_signatures": [f.signature for f in frames],
         "binary_digests": [f.binary_digest for f in path.frames],
         "binary_offsets": [f.binary_offset for f in path.frames],
@@ -102,13 +136,13 @@ def path_record(window: WindowAggregate, path: PathAggregate, source: SymbolSour
         "window_end_us": window.end_us,
         "libraries": [f.library for f in path.frames],
     }
+    return record, sum(not f.resolved for f in frames)
 
 
-def summary_record(window: WindowAggregate, source: SymbolSource, dropped_events: int = 0,
-                   late_events: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The RuntimeSignalSummary of a closed window, and its paths in summary order."""
-    paths = sorted((path_record(window, p, source) for p in window.paths.values()),
-                   key=lambda r: (r["path_hash"], r["callstack_hash"]))
+def window_output(window: WindowAggregate, source: SymbolSource) -> WindowOutput:
+    """The RuntimeSignalSummary of a window, and its paths in summary order."""
+    built = [path_record(window, p, source) for p in window.paths.values()]
+    paths = sorted((record for record, _ in built), key=lambda r: (r["path_hash"], r["callstack_hash"]))
     node_hashes = sorted({h for p in paths for h in p["node_hashes"]})
     path_hashes = sorted({p["path_hash"] for p in paths})
     summary = {
@@ -118,12 +152,12 @@ def summary_record(window: WindowAggregate, source: SymbolSource, dropped_events
         "total_events": window.total_events,
         "call_paths": paths,
         "observed_symbols": sorted({s for p in paths for s in p["symbols"]}),
-        "dropped_events": dropped_events,
+        "dropped_events": 0,
         "detected_runtimes": sorted(window.runtimes, key=lambda name: RuntimeType[name].value),
         "observed_node_hashes": node_hashes,
         "observed_path_hashes": path_hashes,
         "combined_path_hash": hashing.combined_path_hash(path_hashes),
         "raw_records": window.raw_records,
-        "late_events": late_events,
+        "late_events": window.late_events,
     }
-    return summary, paths
+    return WindowOutput(summary, paths, sum(unresolved for _, unresolved in built))

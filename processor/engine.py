@@ -1,38 +1,96 @@
-"""Raw records in, summary records out: the processor's logic for one worker, no I/O.
+"""Raw records in, output records out: the processor's logic for the partitions one worker
+owns. No I/O, no wall clock except the bounded wait for symbol tables.
 
-The faust app feeds it each raw record with its partition, and sends what it returns.
-All state is per input partition, so a partition can move to another worker whole.
+Per partition it keeps the event clock, the open windows, the windows closed but waiting
+for symbol tables, and what a checkpoint needs. docs/processor.md explains the rules;
+in short:
+- a record's outputs depend only on the records before it in its partition, so a replay
+  of the partition gives the same bytes;
+- a checkpoint names the earliest record any unemitted window depends on, the event
+  clock there, and the last window emitted, so a worker restarting from it rebuilds the
+  open windows exactly and writes nothing twice that is not byte-identical.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from schemas import codec
-from schemas.errors import SchemaError
 
-from .aggregate import WindowAggregate, micros, summary_record
-from .symbolize import NoSymbols, SymbolSource
-from .windows import PartitionWindows, WindowKey, WindowSpec
+from .aggregate import WindowAggregate, window_output
+from .checkpoint import Checkpoint, WindowMarker
+from .errors import ConfigError
+from .intake import CallRecord, Rejected, WatermarkRecord, read_raw
+from .latest import ContainerState
+from .symbolize import SymbolSource
+from .watermarks import ClockState, EventClock
+from .windows import PartitionWindows, WindowSpec
 
 log = logging.getLogger(__name__)
 
-CALL_EVENT = "io.runtimesignals.RuntimeCallEvent"
-WATERMARK = "io.runtimesignals.AgentWatermark"
 SUMMARY = "io.runtimesignals.RuntimeSignalSummary"
 CALL_PATH = "io.runtimesignals.ObservedCallPath"
+CONTAINER_STATE = "io.runtimesignals.ContainerState"
+Headers = tuple[tuple[str, bytes], ...]
+_LOGGED_PER_REASON = 10  # then rejections are logged at debug level only, counted always
+# Replay points (offset, event clock there) are recorded at each checkpoint and, between
+# them, after a watermark at most every this many records; at most _MAX_SNAPSHOTS are kept
+# (thinned evenly), so a backlog between two checkpoints does not push the replay point
+# far back, and memory stays bounded (each snapshot holds one entry per agent).
+_SNAPSHOT_EVERY_RECORDS = 64
+_MAX_SNAPSHOTS = 128
+
+
+class SymbolIndex(SymbolSource, Protocol):
+    def has_all(self, binary_digests: Iterable[str]) -> bool: ...
+
+    def has_modules(self, binary_digests: Iterable[str]) -> bool: ...
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    window: WindowSpec
+    raw_topic: str
+    agent_idle_ms: int = 30_000
+    # A closed window waits at most this long (wall clock) for the symbol tables and module
+    # maps of its frames' binaries, then goes out with what has arrived (counted).
+    symbol_wait_ms: int = 10_000
+    # And at most this many windows per partition wait; beyond it the oldest goes out.
+    max_pending_windows: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.agent_idle_ms <= 0:
+            raise ConfigError(f"agent_idle_ms={self.agent_idle_ms}: must be positive (--agent-idle-ms)")
+        if self.symbol_wait_ms < 0:
+            raise ConfigError(f"symbol_wait_ms={self.symbol_wait_ms}: must not be negative (--symbol-wait-ms)")
+        if self.max_pending_windows < 0:
+            raise ConfigError(f"max_pending_windows={self.max_pending_windows}: must not be negative "
+                              f"(--max-pending-windows)")
 
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    """One record to produce: `kind` is "summary" or "path"."""
+    """One record to write. kind: summary, path, latest, late or dlq."""
 
     kind: str
-    key: bytes
+    key: bytes | None
     value: bytes
+    headers: Headers = ()
+    source_partition: int = -1
+
+
+@dataclass
+class ClosedWindow:
+    marker: WindowMarker
+    window: WindowAggregate
+    needs_tables: frozenset[str]
+    needs_modules: frozenset[str]
+    closed_at_s: float
 
 
 def summary_key(container_id: str, window_start_us: int) -> bytes:
@@ -41,77 +99,251 @@ def summary_key(container_id: str, window_start_us: int) -> bytes:
     return f"{container_id}|{window_start_us}".encode()
 
 
+class PartitionState:
+    def __init__(self, partition: int, settings: EngineSettings, checkpoint: Checkpoint | None) -> None:
+        self.partition = partition
+        clock_state = checkpoint.clock if checkpoint else None
+        self.clock = EventClock(settings.agent_idle_ms, clock_state)
+        self.windows: PartitionWindows[WindowAggregate] = PartitionWindows(settings.window)
+        list(self.windows.advance(self.clock.watermark_us))  # no windows yet: nothing closes
+        self.pending: deque[ClosedWindow] = deque()
+        self.latest: dict[str, ContainerState] = {}
+        # Next offset to handle; None until the first record when there is no checkpoint.
+        self.position: int | None = checkpoint.replay_from_offset if checkpoint else None
+        self.suppress_until = checkpoint.suppress_until_offset if checkpoint else -1
+        self.emitted_through: WindowMarker | None = checkpoint.emitted_through if checkpoint else None
+        # (offset, clock there): candidate replay points, oldest first.
+        self.snapshots: deque[tuple[int, ClockState]] = deque()
+        if checkpoint:
+            self.snapshots.append((checkpoint.replay_from_offset, checkpoint.clock))
+
+
 class Engine:
     """Windows and aggregates of the partitions this worker owns."""
 
-    def __init__(self, spec: WindowSpec, registry: codec.SchemaRegistry | None = None,
-                 symbols: SymbolSource | None = None) -> None:
-        self.spec = spec
+    def __init__(self, settings: EngineSettings, symbols: SymbolIndex,
+                 registry: codec.SchemaRegistry | None = None,
+                 monotonic_s: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self._symbols = symbols
         self._registry = registry or codec.SchemaRegistry.default()
-        self._symbols = symbols or NoSymbols()
-        self._partitions: dict[int, PartitionWindows[WindowAggregate]] = {}
+        self._now_s = monotonic_s
+        self._states: dict[int, PartitionState] = {}
         self.counts: Counter[str] = Counter()
 
-    def partition(self, partition: int) -> PartitionWindows[WindowAggregate]:
-        windows = self._partitions.get(partition)
-        if windows is None:
-            windows = self._partitions[partition] = PartitionWindows(self.spec)
-        return windows
+    # -- ownership -------------------------------------------------------------------
+
+    def assign(self, partition: int, checkpoint: Checkpoint | None,
+               latest_records: Iterable[dict[str, Any]] = ()) -> int | None:
+        """Take a partition, from its checkpoint if it has one, and the ContainerState
+        records last written for it. Returns the offset to consume from (None: the
+        group's committed offset, else the earliest)."""
+        if checkpoint is not None:
+            checkpoint.check_settings(self.settings.window, self.settings.agent_idle_ms,
+                                      f"checkpoint of {self.settings.raw_topic}[{partition}]")
+        state = PartitionState(partition, self.settings, checkpoint)
+        for record in latest_records:
+            if record["source_partition"] != partition:
+                continue
+            known = state.latest.get(record["container_id"])
+            if known is None or record["last_window_start_us"] > known.last_window_start_us:
+                state.latest[record["container_id"]] = ContainerState.from_record(record)
+        self._states[partition] = state
+        return checkpoint.replay_from_offset if checkpoint else None
+
+    def revoke(self, partition: int) -> None:
+        """Drop a partition's state; its next owner rebuilds it from the checkpoint."""
+        self._states.pop(partition, None)
+
+    def partitions(self) -> list[int]:
+        return sorted(self._states)
+
+    def owns(self, partition: int) -> bool:
+        return partition in self._states
 
     def open_windows(self) -> int:
-        return sum(len(w) for w in self._partitions.values())
+        return sum(len(s.windows) for s in self._states.values())
 
-    def forget_partition(self, partition: int) -> None:
-        """Drop a revoked partition's state; its next owner rebuilds it from the topic."""
-        self._partitions.pop(partition, None)
+    def pending_windows(self) -> int:
+        return sum(len(s.pending) for s in self._states.values())
 
-    def handle(self, partition: int, value: bytes) -> list[Output]:
-        """Process one raw record; returns the outputs of any windows it closed."""
-        try:
-            decoded = codec.decode(value, self._registry)
-        except SchemaError as exc:
-            self.counts["undecodable"] += 1
-            log.warning("partition %d: undecodable record skipped: %s", partition, exc)
+    def watermarks_us(self) -> dict[int, int]:
+        return {p: s.clock.watermark_us for p, s in self._states.items()}
+
+    def positions(self) -> dict[int, int]:
+        return {p: s.position for p, s in self._states.items() if s.position is not None}
+
+    # -- records ---------------------------------------------------------------------
+
+    def handle(self, partition: int, offset: int, key: bytes | None, value: bytes | None,
+               headers: Headers = ()) -> list[Output]:
+        """Process one raw record; returns the outputs it causes."""
+        state = self._states[partition]
+        if state.position is None:
+            state.position = offset
+            state.snapshots.append((offset, state.clock.state()))
+        if offset < state.position:
+            self.counts["duplicates_skipped"] += 1  # delivered twice around a seek
             return []
-        if decoded.schema_name == WATERMARK:
+        state.position = offset + 1
+        replaying = offset < state.suppress_until
+        if replaying:
+            self.counts["replayed_records"] += 1
+        else:
+            self.counts["raw_records"] += 1
+        intake = read_raw(value, self._registry)
+        if isinstance(intake, WatermarkRecord):
+            return self._watermark(state, offset, intake, replaying)
+        if isinstance(intake, CallRecord):
+            return self._call(state, offset, key, value, headers, intake, replaying)
+        return self._reject(state, offset, key, value, headers, intake, replaying)
+
+    def _watermark(self, state: PartitionState, offset: int, mark: WatermarkRecord,
+                   replaying: bool) -> list[Output]:
+        if not replaying:
             self.counts["watermarks"] += 1
-            return self._advance(partition, micros(decoded.record["watermark_us"]))
-        if decoded.schema_name == CALL_EVENT:
-            self._add(partition, decoded.record)
+        advanced = state.clock.apply(mark.agent_id, mark.watermark_us, mark.sequence)
+        if state.position is not None and state.position - state.snapshots[-1][0] >= _SNAPSHOT_EVERY_RECORDS:
+            _remember(state)
+        if not advanced:
             return []
-        self.counts["unexpected_schema"] += 1
-        log.warning("partition %d: record of schema %s is not expected on the raw topic",
-                    partition, decoded.schema_name)
-        return []
+        now_s = self._now_s()
+        for key, window in state.windows.advance(state.clock.watermark_us):
+            marker = (offset, key.start_us, key.container_id)
+            if state.emitted_through is not None and marker <= state.emitted_through:
+                self.counts["windows_suppressed"] += 1  # emitted before the checkpoint
+                continue
+            state.pending.append(ClosedWindow(marker, window, *window.needs(), now_s))
+        return self._release(state, now_s)
 
-    def _add(self, partition: int, event: dict[str, Any]) -> None:
-        windows = self.partition(partition)
-        observed_us = micros(event["observed_at_us"])
-        if windows.is_late(observed_us):
-            self.counts["late_events"] += event["observation_count"]
-            return
-        spec = self.spec
-        window = windows.window_for(
-            event["container_id"], observed_us,
-            lambda key: WindowAggregate(key, key.start_us + spec.size_us),
+    def _call(self, state: PartitionState, offset: int, key: bytes | None, value: bytes | None,
+              headers: Headers, call: CallRecord, replaying: bool) -> list[Output]:
+        spec = self.settings.window
+
+        def create(window_key: Any) -> WindowAggregate:
+            return WindowAggregate(window_key, window_key.start_us + spec.size_us, first_offset=offset)
+
+        windows = state.windows
+        if not windows.is_late(call.observed_at_us):
+            windows.window_for(call.container_id, call.observed_at_us, create).add(call)
+            if not replaying:
+                self.counts["events"] += call.observation_count
+            return []
+        # Late: counted in the container's window that holds the watermark now (it is
+        # open: it closes at its end plus the lateness, beyond the watermark).
+        windows.window_for(call.container_id, windows.watermark_us, create).add_late(call.observation_count)
+        if replaying:
+            return []
+        self.counts["late_records"] += 1
+        self.counts["late_events"] += call.observation_count
+        window_start_us = spec.start_of(call.observed_at_us)
+        late_headers = headers + self._source_headers(state.partition, offset) + (
+            ("signals.late.window_start_us", str(window_start_us).encode()),
+            ("signals.late.watermark_us", str(windows.watermark_us).encode()),
+            ("signals.late.counted_in_window_start_us", str(spec.start_of(windows.watermark_us)).encode()),
         )
-        window.add(event)
-        self.counts["events"] += event["observation_count"]
+        return [Output("late", key, value or b"", late_headers, state.partition)]
 
-    def _advance(self, partition: int, watermark_us: int) -> list[Output]:
+    def _reject(self, state: PartitionState, offset: int, key: bytes | None, value: bytes | None,
+                headers: Headers, rejected: Rejected, replaying: bool) -> list[Output]:
+        if replaying:
+            return []
+        self.counts[f"dlq:{rejected.reason}"] += 1
+        logged = self.counts[f"dlq:{rejected.reason}"] <= _LOGGED_PER_REASON
+        log.log(logging.WARNING if logged else logging.DEBUG,
+                "%s[%d]@%d to the dead-letter topic: %s: %s", self.settings.raw_topic, state.partition,
+                offset, rejected.reason, rejected.error)
+        dlq_headers = headers + (
+            ("signals.dlq.reason", rejected.reason.encode()),
+            ("signals.dlq.error", rejected.error.encode("utf-8", "replace")),
+        ) + self._source_headers(state.partition, offset)
+        return [Output("dlq", key, value or b"", dlq_headers, state.partition)]
+
+    def _source_headers(self, partition: int, offset: int) -> Headers:
+        # (topic, partition, offset) identify the original: a reader dedupes by them.
+        return (("signals.source.topic", self.settings.raw_topic.encode()),
+                ("signals.source.partition", str(partition).encode()),
+                ("signals.source.offset", str(offset).encode()))
+
+    # -- emission --------------------------------------------------------------------
+
+    def release(self) -> list[Output]:
+        """Emit the waiting windows whose symbol tables are complete or whose wait ran out."""
+        now_s = self._now_s()
         outputs: list[Output] = []
-        for key, window in self.partition(partition).advance(watermark_us):
-            outputs.extend(self._emit(key, window))
+        for partition in sorted(self._states):
+            outputs.extend(self._release(self._states[partition], now_s))
         return outputs
 
-    def _emit(self, key: WindowKey, window: WindowAggregate) -> list[Output]:
-        summary, paths = summary_record(window, self._symbols)
-        outputs = [Output("summary", summary_key(key.container_id, key.start_us),
-                          codec.encode(summary, SUMMARY, self._registry))]
-        for path in paths:
-            path_key = f"{key.container_id}|{key.start_us}|{path['callstack_hash']}".encode()
-            outputs.append(Output("path", path_key, codec.encode(path, CALL_PATH, self._registry)))
-        self.counts["windows_closed"] += 1
-        log.debug("window closed: container=%s start_us=%d paths=%d events=%d",
-                  key.container_id, key.start_us, len(paths), window.total_events)
+    def _release(self, state: PartitionState, now_s: float) -> list[Output]:
+        # Strictly in close order, so "emitted" is always a prefix: what checkpoints record.
+        outputs: list[Output] = []
+        wait_s = self.settings.symbol_wait_ms / 1000
+        while state.pending:
+            head = state.pending[0]
+            if not (self._symbols.has_all(head.needs_tables) and self._symbols.has_modules(head.needs_modules)):
+                if now_s - head.closed_at_s < wait_s and len(state.pending) <= self.settings.max_pending_windows:
+                    break
+                self.counts["windows_waited_out"] += 1  # goes out with what has arrived
+            state.pending.popleft()
+            outputs.extend(self._emit(state, head))
         return outputs
+
+    def _emit(self, state: PartitionState, closed: ClosedWindow) -> list[Output]:
+        window = closed.window
+        built = window_output(window, self._symbols)
+        container, start_us = window.key.container_id, window.key.start_us
+        outputs = [Output("summary", summary_key(container, start_us),
+                          codec.encode(built.summary, SUMMARY, self._registry), (), state.partition)]
+        for path in built.paths:
+            path_key = f"{container}|{start_us}|{path['callstack_hash']}".encode()
+            outputs.append(Output("path", path_key, codec.encode(path, CALL_PATH, self._registry),
+                                  (), state.partition))
+        latest = state.latest.get(container) or ContainerState(container, state.partition)
+        if latest.fold(built.summary):
+            state.latest[container] = latest
+            outputs.append(Output("latest", container.encode(),
+                                  codec.encode(latest.record(), CONTAINER_STATE, self._registry),
+                                  (), state.partition))
+        state.emitted_through = closed.marker
+        self.counts["windows_emitted"] += 1
+        if built.unresolved_frames:
+            self.counts["windows_unresolved"] += 1
+            self.counts["unresolved_frames"] += built.unresolved_frames
+        log.debug("window emitted: partition=%d container=%s start_us=%d calls=%d paths=%d late=%d "
+                  "unresolved_frames=%d", state.partition, container, start_us, window.total_events,
+                  len(built.paths), window.late_events, built.unresolved_frames)
+        return outputs
+
+    # -- checkpoints -----------------------------------------------------------------
+
+    def checkpoint(self, partition: int) -> Checkpoint | None:
+        """Where this partition can restart now. Call it only when every output returned
+        so far has been acknowledged by the broker (or will be before it is written)."""
+        state = self._states[partition]
+        position = state.position
+        if position is None:
+            return None
+        _remember(state)
+        needed = [w.first_offset for w in state.windows.states()]
+        needed += [c.window.first_offset for c in state.pending]
+        earliest = min(needed, default=position)
+        while len(state.snapshots) > 1 and state.snapshots[1][0] <= earliest:
+            state.snapshots.popleft()
+        replay_from, clock = state.snapshots[0]
+        return Checkpoint(
+            raw_topic=self.settings.raw_topic, partition=partition, replay_from_offset=replay_from,
+            suppress_until_offset=max(position, state.suppress_until), window=self.settings.window,
+            agent_idle_ms=self.settings.agent_idle_ms, clock=clock, emitted_through=state.emitted_through)
+
+
+def _remember(state: PartitionState) -> None:
+    """Record the current position and event clock as a replay point."""
+    assert state.position is not None
+    if state.snapshots and state.snapshots[-1][0] == state.position:
+        return
+    state.snapshots.append((state.position, state.clock.state()))
+    if len(state.snapshots) > _MAX_SNAPSHOTS:
+        # Keep the first (the current replay point), the last, and every second one between.
+        kept = list(state.snapshots)
+        state.snapshots = deque(kept[:1] + kept[1:-1][1::2] + kept[-1:])

@@ -1,9 +1,17 @@
-"""Symbol tables received from the agents, searchable by (binary digest, file offset)."""
+"""What the agents publish about binaries: symbol tables, searchable by (binary digest,
+file offset), and the package (PURL) of each binary digest, from the module maps.
+
+Only complete tables answer: a table whose chunks have not all arrived would name some
+frames and not others depending on when a window closed, and the output must not depend
+on that. The engine holds a window back until the tables and module maps it needs have
+arrived (processor/engine.py), so a live run and a replay name the same frames.
+"""
 
 from __future__ import annotations
 
 import bisect
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +22,10 @@ class _Table:
     chunks: dict[int, list[tuple[int, int, str]]] = field(default_factory=dict)
     starts: list[int] = field(default_factory=list)
     entries: list[tuple[int, int, str]] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.chunks) == self.chunk_count
 
     def index(self) -> None:
         # Aliases share a start: keep the largest, then the smallest name, so the choice
@@ -32,7 +44,11 @@ class SymbolStore:
 
     def __init__(self) -> None:
         self._tables: dict[str, _Table] = {}
+        self._purls: dict[str, str | None] = {}  # digest -> PURL (None: known, no package)
         self.counts: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._tables)
 
     def add(self, record: dict[str, Any]) -> None:
         """Take one SymbolTable chunk (chunks may come in any order, and again)."""
@@ -43,18 +59,40 @@ class SymbolStore:
         table.chunks[record["chunk_index"]] = [
             (s["file_offset"], s["size_bytes"], s["name"]) for s in record["symbols"]
         ]
-        table.index()
+        if table.complete:
+            table.index()
         self.counts["chunks"] += 1
+
+    def add_module_map(self, record: dict[str, Any]) -> None:
+        """Take one ModuleMap: the package of each binary it maps. When maps from several
+        processes disagree, the smallest PURL wins, so arrival order does not matter."""
+        for module in record["modules"]:
+            digest, purl = module["binary_digest"], module["purl"]
+            if digest is None:
+                continue
+            known = self._purls.get(digest)
+            self._purls[digest] = purl if known is None else (known if purl is None else min(known, purl))
+        self.counts["module_maps"] += 1
+
+    def purl(self, binary_digest: str) -> str | None:
+        return self._purls.get(binary_digest)
+
+    def has_modules(self, binary_digests: Iterable[str]) -> bool:
+        """Whether a module map has named the package (or its absence) of every digest."""
+        return all(d in self._purls for d in binary_digests)
 
     def has(self, binary_digest: str) -> bool:
         table = self._tables.get(binary_digest)
-        return table is not None and len(table.chunks) == table.chunk_count
+        return table is not None and table.complete
+
+    def has_all(self, binary_digests: Iterable[str]) -> bool:
+        return all(self.has(d) for d in binary_digests)
 
     def lookup(self, binary_digest: str, binary_offset: int) -> str | None:
         """The function whose [start, start + size) holds the offset. A symbol of unknown
         size (0) matches only its first byte: guessing its extent would misname frames."""
         table = self._tables.get(binary_digest)
-        if table is None:
+        if table is None or not table.complete:
             return None
         position = bisect.bisect_right(table.starts, binary_offset) - 1
         if position < 0:

@@ -1,21 +1,34 @@
-"""Turning a frame (binary digest + offset) into a function name.
+"""Turning a frame (binary digest + offset) into a function name and signature.
 
-The processor never sees the nodes' files: it symbolizes from what the agents publish.
-A frame nobody can name keeps a stable stand-in, "<digest>+0x<offset>", so it still
-hashes and groups the same way on every run.
+The processor never sees the nodes' files: it symbolizes from the symbol tables the
+agents publish. A frame nobody can name keeps a stable stand-in, its frame identity
+"<digest>+0x<offset>", so it still hashes and groups the same way on every run.
+
+Signatures are demangled with LLVM's demanglers (the pydemumble package): C++ (Itanium)
+and Rust, legacy and v0 manglings. The Rust forms drop the legacy hash and the v0 crate
+disambiguator, which change with every build, so a node hash stays the same across
+rebuilds of the same code. The demangler's version is pinned: its output enters node
+hashes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+import pydemumble  # type: ignore[import-untyped]  # ships no type information
+
 from schemas import hashing
+
+# Itanium C++ (and Rust legacy, which borrows it), macOS-style extra underscore, Rust v0.
+_MANGLED_PREFIXES = ("_Z", "__Z", "_R")
 
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One frame of a call, as the agent resolved it on the node."""
+    """One frame of a call, as the agent located it on the node."""
 
     address: int
     binary_digest: str | None
@@ -30,16 +43,19 @@ class Frame:
 @dataclass(frozen=True, slots=True)
 class ResolvedFrame:
     frame: Frame
-    symbol: str            # function name, or the frame's identity when unknown
+    identity: str
+    symbol: str            # the name as in the symbol table, or the frame identity when unknown
     signature: str         # demangled signature, or the symbol
     purl: str | None
     resolved: bool
 
 
 class SymbolSource(Protocol):
-    """Where function names come from (symbol tables published by the agents)."""
+    """Where function names and packages come from (what the agents publish)."""
 
     def lookup(self, binary_digest: str, binary_offset: int) -> str | None: ...
+
+    def purl(self, binary_digest: str) -> str | None: ...
 
 
 class NoSymbols:
@@ -48,21 +64,69 @@ class NoSymbols:
     def lookup(self, binary_digest: str, binary_offset: int) -> str | None:
         return None
 
+    def purl(self, binary_digest: str) -> str | None:
+        return None
 
-def resolve_frames(frames: list[Frame], top_symbol: str | None, source: SymbolSource) -> list[ResolvedFrame]:
+    def has_all(self, binary_digests: Iterable[str]) -> bool:
+        return True  # nothing will ever arrive: no window waits
+
+    def has_modules(self, binary_digests: Iterable[str]) -> bool:
+        return True
+
+
+@lru_cache(maxsize=65_536)
+def demangle(name: str) -> str:
+    """The readable signature of a symbol: demangled when it is a C++ or Rust mangled
+    name the demangler reads, else the name itself (C names, unreadable manglings)."""
+    if not name.startswith(_MANGLED_PREFIXES):
+        return name
+    try:
+        readable = pydemumble.demangle(name)
+    except Exception:  # a native demangler failing on odd input must not stop a window
+        return name
+    return readable or name
+
+
+def lookup_offset(frame: Frame, is_top: bool) -> int | None:
+    """Where to look a frame up. Caller frames hold return addresses, which point just
+    past the call instruction, so they are looked up at offset - 1 (still inside the
+    caller even when the call is its last instruction)."""
+    if frame.binary_digest is None or frame.binary_offset is None:
+        return None
+    return frame.binary_offset if is_top else frame.binary_offset - 1
+
+
+def resolve_frames(frames: Sequence[Frame], identities: Sequence[str], top_symbol: str | None,
+                   top_signature: str | None, top_purl: str | None,
+                   source: SymbolSource) -> list[ResolvedFrame]:
     """Name each frame (bottom -> top). The top frame is the probed function, whose name
-    the agent already knows. Caller frames hold return addresses, which point just past
-    the call instruction, so they are looked up at offset - 1 (still inside the caller
-    even when the call is its last instruction)."""
+    (and maybe signature and purl) the agent already knows. A frame's PURL is its
+    binary's, from the module maps; the agent's for the top frame when no map names it."""
     resolved = []
     last = len(frames) - 1
-    for index, frame in enumerate(frames):
+    for index, (frame, identity) in enumerate(zip(frames, identities)):
+        is_top = index == last
         name: str | None = None
-        if index == last and top_symbol:
+        if is_top and top_symbol:
             name = top_symbol
-        elif frame.binary_digest is not None and frame.binary_offset is not None:
-            lookup_offset = frame.binary_offset - 1 if index != last else frame.binary_offset
-            name = source.lookup(frame.binary_digest, lookup_offset)
-        symbol = name or frame.identity
-        resolved.append(ResolvedFrame(frame, symbol, symbol, None, name is not None))
+        else:
+            offset = lookup_offset(frame, is_top)
+            if offset is not None and frame.binary_digest is not None:
+                name = source.lookup(frame.binary_digest, offset)
+        purl = source.purl(frame.binary_digest) if frame.binary_digest is not None else None
+        if purl is None and is_top:
+            purl = top_purl
+        if name is None:
+            resolved.append(ResolvedFrame(frame, identity, identity, identity, purl, False))
+            continue
+        signature = top_signature if is_top and top_signature else demangle(name)
+        resolved.append(ResolvedFrame(frame, identity, name, signature, purl, True))
     return resolved
+
+
+def digests_to_resolve(frames: Sequence[Frame], top_symbol: str | None) -> set[str]:
+    """The binaries whose symbol tables naming these frames needs."""
+    last = len(frames) - 1
+    return {f.binary_digest for i, f in enumerate(frames)
+            if f.binary_digest is not None and f.binary_offset is not None
+            and not (i == last and top_symbol)}

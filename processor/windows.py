@@ -1,9 +1,10 @@
 """Event-time tumbling windows, closed by agent watermarks. No faust, no I/O.
 
-Rules (docs/internals.md restates them for operators):
+Rules (docs/processor.md restates them for operators):
 - A call belongs to the window [start, start + size) that holds its observed_at_us;
   start is a multiple of size since the epoch.
-- A partition's watermark is the largest AgentWatermark seen on it. Agents send one to
+- A partition's watermark comes from the AgentWatermark records on it (processor/watermarks.py:
+  the smallest promise of the agents still sending, never going back). Agents send one to
   every partition every few hundred ms, so an idle partition still advances.
 - A window closes when watermark >= end + allowed lateness. A call that arrives for a
   window that has closed is late: counted, handed back to the caller, never merged.
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Generic, Iterator, TypeVar
+
+from .errors import ConfigError
 
 State = TypeVar("State")
 
@@ -32,9 +35,10 @@ class WindowSpec:
 
     def __post_init__(self) -> None:
         if self.size_ms <= 0:
-            raise ValueError(f"window size_ms={self.size_ms}: must be positive")
+            raise ConfigError(f"window size_ms={self.size_ms}: must be positive (--window-ms)")
         if self.allowed_lateness_ms < 0:
-            raise ValueError(f"allowed_lateness_ms={self.allowed_lateness_ms}: must not be negative")
+            raise ConfigError(f"allowed_lateness_ms={self.allowed_lateness_ms}: must not be negative "
+                              f"(--allowed-lateness-ms)")
 
     @property
     def size_us(self) -> int:
@@ -84,3 +88,6 @@ class PartitionWindows(Generic[State]):
 
     def open_keys(self) -> list[WindowKey]:
         return sorted(self._open)
+
+    def states(self) -> Iterator[State]:
+        return iter(self._open.values())

@@ -10,6 +10,9 @@ import sys
 from agent import cli as agent_cli
 from processor import cli as processor_cli
 
+from . import cli_answers, cli_capture
+from . import config as config_cli
+
 DEFAULT_BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
 
 DESCRIPTION = """\
@@ -18,8 +21,13 @@ runtime-signals: which functions really run inside your containers.
   agent       observe probed functions with eBPF uprobes and publish raw call events
   processor   turn raw call events into per-container call-path summaries (faust worker)
   summaries   print the summaries on the summary topic
+  reachable   was a function called, by which call paths? (with the evidence)
+  export      OpenVEX or CycloneDX evidence for a list of vulnerable functions
+  capture     a topic's records (offsets or time range) into an Avro container file
+  replay      a capture file, or a topic's range, back into a topic
   kafka       run a local Apache Kafka broker for development (up, down, status, topics)
   demo        the whole pipeline on this machine against a bundled workload
+  config      check the configuration (file + SIGNALS_* variables), secrets hidden
 """
 
 
@@ -40,15 +48,30 @@ def _parser() -> argparse.ArgumentParser:
     processor_cli.add_arguments(processor, DEFAULT_BOOTSTRAP)
 
     summaries = commands.add_parser(
-        "summaries", help="print summaries", formatter_class=formatter,
+        "summaries", help="print summaries", formatter_class=formatter, epilog=cli_answers.SUMMARIES_EPILOG,
         description="Read the summary topic from the beginning and print the latest summary of each window.",
-        epilog="examples:\n  signals summaries\n  signals summaries --container host:abc --json",
     )
-    summaries.add_argument("--bootstrap", default=DEFAULT_BOOTSTRAP)
-    summaries.add_argument("--topic-prefix", default="")
-    summaries.add_argument("--container", help="only this container id")
-    summaries.add_argument("--json", action="store_true", help="JSON for machines instead of a table")
-    summaries.add_argument("--timeout-s", type=float, default=10.0, help="how long to read (default: %(default)s)")
+    cli_answers.add_summaries_arguments(summaries, DEFAULT_BOOTSTRAP)
+    reachable = commands.add_parser(
+        "reachable", help="was a function reached?", formatter_class=formatter, epilog=cli_answers.REACHABLE_EPILOG,
+        description="Answer whether a function, node hash or package was seen on a call path, with the evidence.",
+    )
+    cli_answers.add_reachable_arguments(reachable, DEFAULT_BOOTSTRAP)
+    export = commands.add_parser(
+        "export", help="OpenVEX / CycloneDX evidence", formatter_class=formatter, epilog=cli_answers.EXPORT_EPILOG,
+        description="Emit OpenVEX or CycloneDX for a list of vulnerable functions, with observed paths as evidence.",
+    )
+    cli_answers.add_export_arguments(export, DEFAULT_BOOTSTRAP)
+    capture = commands.add_parser(
+        "capture", help="topic -> Avro container file", formatter_class=formatter, epilog=cli_capture.CAPTURE_EPILOG,
+        description="Copy a topic's records, every byte kept, into an Avro Object Container File.",
+    )
+    cli_capture.add_capture_arguments(capture, DEFAULT_BOOTSTRAP)
+    replay = commands.add_parser(
+        "replay", help="capture file or topic -> topic", formatter_class=formatter, epilog=cli_capture.REPLAY_EPILOG,
+        description="Produce a capture file's records, or a topic's range, into a topic: keys, timestamps, headers kept.",
+    )
+    cli_capture.add_replay_arguments(replay, DEFAULT_BOOTSTRAP)
 
     kafka = commands.add_parser(
         "kafka", help="local Kafka broker for development", formatter_class=formatter,
@@ -59,6 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     kafka.add_argument("action", choices=["up", "down", "status", "topics"])
     kafka.add_argument("--topic-prefix", default="", help="with topics: prefix of the topic names")
     kafka.add_argument("--partitions", type=int, default=3, help="with topics: partitions (default: %(default)s)")
+    kafka.add_argument("--bootstrap", default=None,
+                       help="with topics: the cluster to create them on (default: $KAFKA_BOOTSTRAP_SERVERS, "
+                            "else the local broker)")
+    kafka.add_argument("--replication-factor", type=int, default=1,
+                       help="with topics: replicas of each topic (default: %(default)s; 3 on a production cluster)")
+    kafka.add_argument("--config", metavar="FILE",
+                       help="with topics: configuration whose [kafka] settings (address, TLS, SASL) reach the "
+                            "cluster (default: $SIGNALS_CONFIG)")
 
     demo = commands.add_parser(
         "demo", help="run the pipeline against the bundled workload", formatter_class=formatter,
@@ -67,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--uploads", type=int, default=7, help="calls through handle_upload (default: %(default)s)")
     demo.add_argument("--previews", type=int, default=5, help="calls through handle_preview (default: %(default)s)")
+    config = commands.add_parser("config", help="check or document the configuration", formatter_class=formatter,
+                                 epilog=config_cli.EPILOG, description="The settings of every part: file + SIGNALS_*.")
+    config_cli.add_arguments(config)
     return parser
 
 
@@ -77,7 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from agent.errors import AgentError
+    from consumer.errors import ConsumerError
     from schemas.errors import SchemaError
+
+    from .capture import CaptureError
+    from .export import ExportError
+    from .replay import ReplayError
+    from .settings import SettingsError
 
     try:
         if args.command == "agent":
@@ -85,35 +125,31 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "processor":
             return processor_cli.run(args)
         if args.command == "summaries":
-            return _summaries(args)
+            return cli_answers.run_summaries(args)
+        if args.command == "reachable":
+            return cli_answers.run_reachable(args)
+        if args.command == "export":
+            return cli_answers.run_export(args)
+        if args.command == "capture":
+            return cli_capture.run_capture(args)
+        if args.command == "replay":
+            return cli_capture.run_replay(args)
         if args.command == "kafka":
             return _kafka(args)
+        if args.command == "config":
+            return config_cli.run(args)
         if args.command == "demo":
             from .demo import run_demo
 
             return run_demo(args.uploads, args.previews)
-    except (AgentError, SchemaError, LookupError) as exc:
+    except (AgentError, SchemaError, LookupError, ConsumerError, CaptureError, ReplayError, ExportError,
+            SettingsError) as exc:
         print(f"signals {args.command}: {exc}", file=sys.stderr)
         return 1
     return 2
 
 
-def _summaries(args: argparse.Namespace) -> int:
-    from schemas.topics import TopicNames
-
-    from .summaries import format_table, latest_summaries, read_topic, to_json
-
-    topic = TopicNames().with_prefix(args.topic_prefix).summaries
-    summaries = latest_summaries(read_topic(args.bootstrap, topic, args.timeout_s))
-    if args.container:
-        summaries = [s for s in summaries if s["container_id"] == args.container]
-    print(to_json(summaries) if args.json else format_table(summaries), end="")
-    return 0
-
-
 def _kafka(args: argparse.Namespace) -> int:
-    from schemas.topics import TopicNames, topic_settings
-
     from . import localkafka
 
     config = localkafka.LocalKafkaConfig.from_env()
@@ -124,10 +160,35 @@ def _kafka(args: argparse.Namespace) -> int:
     elif args.action == "status":
         print(localkafka.status(config))
     else:
-        names = TopicNames().with_prefix(args.topic_prefix)
-        localkafka.ensure_topics(config.bootstrap, [
-            localkafka.TopicSpec(t.name, t.partitions, t.config) for t in topic_settings(names, args.partitions)
-        ])
+        return _create_topics(args, config.bootstrap)
+    return 0
+
+
+def _create_topics(args: argparse.Namespace, local_bootstrap: str) -> int:
+    """`signals kafka topics`: on the cluster the configuration names (TLS and SASL
+    included), else on the local broker."""
+    from schemas.topics import TopicNames, topic_settings
+
+    from . import localkafka
+    from .config import CONFIG_ENV, load_config
+    from .security import KafkaSecurityError, check_access
+
+    configured = args.config or any(os.environ.get(name) for name in (
+        CONFIG_ENV, "KAFKA_BOOTSTRAP_SERVERS", "SIGNALS_KAFKA__BOOTSTRAP_SERVERS"))
+    bootstrap = args.bootstrap or (None if configured else local_bootstrap)
+    client = load_config(args.config, flags={"kafka.bootstrap_servers": bootstrap}).kafka.librdkafka_config()
+    names = TopicNames().with_prefix(args.topic_prefix)
+    try:
+        # A refused password or certificate is reported now, not as a create timeout.
+        check_access(client)
+        localkafka.ensure_topics(client["bootstrap.servers"], [
+            localkafka.TopicSpec(t.name, t.partitions, t.config, args.replication_factor)
+            for t in topic_settings(names, args.partitions)
+        ], client_config=client)
+    except (KafkaSecurityError, localkafka.LocalKafkaError) as exc:
+        print(f"signals kafka topics: {exc}", file=sys.stderr)
+        return 1
+    print(f"topics ready on {client['bootstrap.servers']}: {', '.join(t.name for t in topic_settings(names))}")
     return 0
 
 

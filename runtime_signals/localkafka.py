@@ -99,6 +99,11 @@ class LocalKafkaConfig:
     log4j_config_path: Path = _DEPLOY_DIR / "log4j2.properties"
     # Broker settings laid over the defaults of _broker_properties() (e.g. for one test).
     extra_properties: Mapping[str, str] = field(default_factory=dict)
+    # Further listeners on host, name -> port; the name is also the listener's security
+    # protocol (SSL, SASL_SSL, SASL_PLAINTEXT), configured through extra_properties
+    # (listener.name.<name>.ssl.*, sasl.enabled.mechanisms, ...). The PLAINTEXT listener stays:
+    # start-up probes, topic creation and inter-broker traffic use it.
+    extra_listeners: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Absolute paths: they end up in server.properties and identify the broker's process.
@@ -225,7 +230,7 @@ def up(cfg: LocalKafkaConfig, timeout_s: float = 90.0) -> str:
         return cfg.bootstrap
     cfg.pid_file.unlink(missing_ok=True)
     java = _java_binary()
-    for port in (cfg.port, cfg.controller_port):
+    for port in (cfg.port, cfg.controller_port, *cfg.extra_listeners.values()):
         _check_port_free(cfg, port)
     lib = provision(cfg)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
@@ -270,12 +275,14 @@ def status(cfg: LocalKafkaConfig, timeout_s: float = 2.0) -> BrokerStatus:
     return BrokerStatus(pid=pid, answering=answering, bootstrap=cfg.bootstrap)
 
 
-def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], timeout_s: float = 30.0) -> None:
+def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], timeout_s: float = 30.0,
+                  client_config: Mapping[str, str] | None = None) -> None:
     """Create the topics that do not exist yet. An existing topic is left as it is: its
-    partitions and configs are not compared with the spec."""
+    partitions and configs are not compared with the spec. client_config adds librdkafka
+    connection settings (security.protocol, sasl.*, ssl.*) for a secured cluster."""
     if not specs:
         return
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({**(client_config or {}), "bootstrap.servers": bootstrap})
     futures = admin.create_topics(
         [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor,
                   config=dict(s.config)) for s in specs],
@@ -300,15 +307,17 @@ def new_cluster_id() -> str:
 
 def _broker_properties(cfg: LocalKafkaConfig) -> dict[str, str]:
     plaintext, controller = f"{cfg.host}:{cfg.port}", f"{cfg.host}:{cfg.controller_port}"
+    extra = [f"{name}://{cfg.host}:{port}" for name, port in cfg.extra_listeners.items()]
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.bootstrap.servers": controller,
-        "listeners": f"PLAINTEXT://{plaintext},CONTROLLER://{controller}",
-        "advertised.listeners": f"PLAINTEXT://{plaintext}",
+        "listeners": ",".join([f"PLAINTEXT://{plaintext}", f"CONTROLLER://{controller}", *extra]),
+        "advertised.listeners": ",".join([f"PLAINTEXT://{plaintext}", *extra]),
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": ",".join(
+            ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT", *(f"{name}:{name}" for name in cfg.extra_listeners)]),
         "log.dirs": str(cfg.data_dir),
         # One node: every internal topic must accept replication 1, or groups and
         # transactions hang waiting for replicas that will never exist.

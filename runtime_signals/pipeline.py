@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -39,7 +40,8 @@ class LocalPipeline:
     log_dir: Path = field(default_factory=lambda: Path("."))
     processor_app_id: str = "runtime-signals-processor"
     _agent: subprocess.Popen[bytes] | None = None
-    _processor: subprocess.Popen[bytes] | None = None
+    # Processor workers by name ("processor" unless a test runs several); each logs to NAME.log.
+    _processors: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
     def topics(self) -> TopicNames:
@@ -47,16 +49,31 @@ class LocalPipeline:
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_dir / f"{name}.log", "wb")
+        # Appended: a restarted worker's log follows the one it replaces.
+        log = open(self.log_dir / f"{name}.log", "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
-    def start_processor(self) -> None:
-        self._processor = self._spawn("processor", signals_command(
+    def start_processor(self, name: str = "processor", extra_args: Sequence[str] = (),
+                        wait_ready_s: float | None = None) -> None:
+        """Start a processor worker (of group processor_app_id) named `name`; with
+        wait_ready_s, return once it has subscribed."""
+        path = self.log_dir / f"{name}.log"
+        log_offset = path.stat().st_size if path.exists() else 0
+        self._processors[name] = self._spawn(name, signals_command(
             "processor", "--bootstrap", self.bootstrap, "--topic-prefix", self.topic_prefix,
             "--window-ms", str(self.window_ms), "--allowed-lateness-ms", str(self.lateness_ms),
-            "--app-id", self.processor_app_id,
+            "--app-id", self.processor_app_id, *extra_args,
         ))
+        if wait_ready_s is not None:
+            self._wait_for_line(name, "processor ready", wait_ready_s, log_offset)
+
+    def kill_processor(self, name: str = "processor") -> None:
+        """kill -9 a worker: no revoke, no flush, no last checkpoint."""
+        process = self._processors.get(name)
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
     def start_agent(self, timeout_s: float = 120.0) -> None:
         argv = ["agent", "--bootstrap", self.bootstrap, "--topic-prefix", self.topic_prefix,
@@ -66,12 +83,12 @@ class LocalPipeline:
         self._agent = self._spawn("agent", signals_command(*argv))
         self._wait_for_line("agent", "agent ready", timeout_s)
 
-    def _wait_for_line(self, name: str, needle: str, timeout_s: float) -> None:
+    def _wait_for_line(self, name: str, needle: str, timeout_s: float, after_byte: int = 0) -> None:
         path = self.log_dir / f"{name}.log"
-        process = self._agent if name == "agent" else self._processor
+        process = self._agent if name == "agent" else self._processors.get(name)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            text = path.read_text(errors="replace") if path.exists() else ""
+            text = path.read_bytes()[after_byte:].decode(errors="replace") if path.exists() else ""
             if needle in text:
                 return
             if process is not None and process.poll() is not None:
@@ -83,8 +100,9 @@ class LocalPipeline:
         """SIGTERM the agent (it drains and flushes) and return its exit code."""
         return self._stop(self._agent, "agent", timeout_s)
 
-    def stop_processor(self, timeout_s: float = 30.0) -> int:
-        return self._stop(self._processor, "processor", timeout_s)
+    def stop_processor(self, timeout_s: float = 30.0, name: str = "processor") -> int:
+        """SIGTERM a worker (it checkpoints, leaves the group) and return its exit code."""
+        return self._stop(self._processors.get(name), name, timeout_s)
 
     def _stop(self, process: subprocess.Popen[bytes] | None, name: str, timeout_s: float) -> int:
         if process is None or process.poll() is not None:
@@ -106,7 +124,7 @@ class LocalPipeline:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        for process in (self._agent, self._processor):
+        for process in (self._agent, *self._processors.values()):
             if process is not None and process.poll() is None:
                 try:
                     os.killpg(process.pid, signal.SIGTERM)

@@ -1,61 +1,68 @@
-"""Reading summaries back from their topic: for `signals summaries`, the demo and tests."""
+"""Summaries as records (decoded dicts): read, filtered and printed for `signals summaries`,
+the demo and tests. Typed access is the consumer package's (consumer.SignalsClient)."""
 
 from __future__ import annotations
 
 import json
-import time
+import logging
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-
+from consumer.kafka import TopicReader
+from consumer.models import Summary, Target
+from consumer.query import Matcher, in_time
 from schemas import codec
+from schemas.errors import SchemaError
+
+log = logging.getLogger(__name__)
 
 SUMMARY = "io.runtimesignals.RuntimeSignalSummary"
 
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[tuple[bytes | None, bytes]]:
-    """Every (key, value) on the topic now, partition by partition, read from the beginning
-    without joining a consumer group (nothing is committed)."""
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": "runtime-signals-reader",
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-    })
-    try:
-        metadata = consumer.list_topics(topic, timeout=timeout_s)
-        described = metadata.topics.get(topic)
-        if described is None or described.error is not None:
-            raise LookupError(f"topic {topic!r} not found on {bootstrap}")
-        partitions = sorted(described.partitions)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        remaining = set(partitions)
-        records: list[tuple[bytes | None, bytes]] = []
-        deadline = time.monotonic() + timeout_s
-        while remaining and time.monotonic() < deadline:
-            message = consumer.poll(0.2)
-            if message is None:
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[tuple[bytes | None, bytes | None]]:
+    """Every (key, value) on the topic now (None values are tombstones), partition by
+    partition, from the oldest record to the end the topic had when the read began, without
+    joining a consumer group."""
+    reader = TopicReader(bootstrap, timeout_s=timeout_s)
+    return [(r.key, r.value) for r in reader.read(topic, reader.whole_topic(topic))]
+
+
+def select_records(records: Iterable[dict[str, Any]], *, container: str | None = None,
+                   since_us: int | None = None, until_us: int | None = None,
+                   target: Target | None = None) -> list[dict[str, Any]]:
+    """Decoded summaries of one container (or all) whose windows overlap [since_us, until_us);
+    with a target, only the call paths holding it, and only summaries that have one."""
+    matcher = Matcher(target) if target is not None else None
+    selected = []
+    for record in records:
+        summary = Summary.from_record(record)
+        if container is not None and summary.container_id != container:
+            continue
+        if not in_time(summary, since_us, until_us):
+            continue
+        if matcher is not None:
+            kept = [raw for raw, path in zip(record["call_paths"], summary.call_paths) if matcher.match(path)]
+            if not kept:
                 continue
-            if message.error():
-                if message.error().code() == KafkaError._PARTITION_EOF:
-                    remaining.discard(message.partition())
-                    continue
-                raise RuntimeError(f"reading {topic}[{message.partition()}]: {message.error()}")
-            records.append((message.key(), message.value()))
-        return records
-    finally:
-        consumer.close()
+            record = dict(record, call_paths=kept)
+        selected.append(record)
+    return selected
 
 
-def latest_summaries(records: Iterable[tuple[bytes | None, bytes]],
+def latest_summaries(records: Iterable[tuple[bytes | None, bytes | None]],
                      registry: codec.SchemaRegistry | None = None) -> list[dict[str, Any]]:
-    """Decoded summaries, the latest per key (as compaction would keep), in
-    (window start, container) order."""
+    """Decoded summaries, the latest per key (as compaction would keep; a tombstone deletes),
+    in (window start, container) order. A record that does not decode is logged and skipped."""
     registry = registry or codec.SchemaRegistry.default()
     by_key: dict[bytes | None, dict[str, Any]] = {}
     for key, value in records:
-        by_key[key] = codec.decode(value, registry, SUMMARY).record
+        if value is None:
+            by_key.pop(key, None)
+            continue
+        try:
+            by_key[key] = codec.decode(value, registry, SUMMARY).record
+        except SchemaError as exc:
+            log.warning("summary with key %r skipped: %s", key, exc)
     return sorted(by_key.values(), key=lambda s: (s["started_at_us"], s["container_id"]))
 
 
@@ -74,7 +81,7 @@ def to_json(summaries: list[dict[str, Any]]) -> str:
     return json.dumps(summaries, default=default, indent=2, sort_keys=True)
 
 
-def _short(symbol: str) -> str:
+def short_symbol(symbol: str) -> str:
     # Unresolved frames are "<sha256:digest>+0x<offset>": keep them readable.
     if symbol.startswith("sha256:") and "+" in symbol:
         digest, offset = symbol.split("+", 1)
@@ -85,7 +92,7 @@ def _short(symbol: str) -> str:
 def format_table(summaries: list[dict[str, Any]]) -> str:
     """A human table: one block per container window, one line per call path."""
     if not summaries:
-        return "no summaries yet"
+        return "no summaries\n"
     lines = []
     for summary in summaries:
         lines.append(
@@ -95,7 +102,7 @@ def format_table(summaries: list[dict[str, Any]]) -> str:
         )
         lines.append(f"  {'calls':>8}  call path (entry point → probed function)")
         for path in summary["call_paths"]:
-            lines.append(f"  {path['observation_count']:>8}  " + " → ".join(_short(s) for s in path["symbols"]))
+            lines.append(f"  {path['observation_count']:>8}  " + " → ".join(short_symbol(s) for s in path["symbols"]))
         lines.append(f"  combined path hash {summary['combined_path_hash']}")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

@@ -56,6 +56,8 @@ SCHEMA_ORDER: tuple[str, ...] = (
     "RuntimeSignalSummary",
     "SignalStatistics",
     "SymbolTable",
+    "ModuleMap",  # agent: per-process module maps (agent/modules.py)
+    "ContainerState", "ProcessorCheckpoint",  # processor outputs (docs/processor.md)
 )
 MAGIC = b"\xc3\x01"
 HEADER_BYTES = len(MAGIC) + 8

@@ -51,7 +51,10 @@ def topic_settings(names: TopicNames, partitions: int = 3) -> list[TopicSettings
         TopicSettings(names.statistics, 1, {"retention.ms": str(24 * 3600 * 1000)}),
         # Symbol tables are needed for as long as any raw event may be reprocessed.
         TopicSettings(names.symbols, partitions, {"cleanup.policy": "compact"}),
-        TopicSettings(names.modules, partitions, {"cleanup.policy": "compact"}),
+        # Module maps of exited processes must not pile up forever: compacted, and deleted
+        # after the raw events that could refer to them have gone.
+        TopicSettings(names.modules, partitions, {"cleanup.policy": "compact,delete",
+                                                  "retention.ms": str(RAW_RETENTION_MS)}),
         TopicSettings(names.latest, partitions, {"cleanup.policy": "compact"}),
         TopicSettings(names.late, partitions, {"retention.ms": str(RAW_RETENTION_MS)}),
         TopicSettings(names.dlq, partitions, {"retention.ms": str(RAW_RETENTION_MS)}),

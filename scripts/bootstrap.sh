@@ -19,6 +19,12 @@ dpkg -s bpfcc-tools >/dev/null 2>&1 || need+=(bpfcc-tools)
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
+command -v ruby >/dev/null 2>&1 || need+=(ruby)  # a Ruby process for the runtime-detection test
+command -v rpmbuild >/dev/null 2>&1 || need+=(rpm)  # a real sqlite rpmdb for the PURL test
+dpkg -s zlib1g-dev >/dev/null 2>&1 || need+=(zlib1g-dev)  # a program calling libz for the agent tests
+command -v kcat >/dev/null 2>&1 || need+=(kcat)  # the interop tests read topics with it
+command -v capsh >/dev/null 2>&1 || need+=(libcap2-bin)  # runs the agent with the DaemonSet's capabilities only
+command -v openssl >/dev/null 2>&1 || need+=(openssl)  # the security tests' CA and certificates
 kernel=$(uname -r)
 if [ ! -e "/lib/modules/$kernel/build/Makefile" ] && [ ! -e /sys/kernel/kheaders.tar.xz ]; then
   # Headers for the running kernel when Debian has them; otherwise Debian's current
@@ -73,6 +79,14 @@ ln -sfn /usr/lib/python3/dist-packages/bcc "$bcc_dir/bcc"
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo "$bcc_dir" > "$site/debian-bcc.pth"
 "$venv/bin/python" -c 'import bcc' || { say "bcc is not importable from $venv"; exit 1; }
+
+# --- kustomize, to render deploy/k8s in the tests: kubectl has it built in; otherwise build
+# the standalone one from the Go module proxy (tests/deploy finds it in $cache/bin).
+if ! command -v kubectl >/dev/null 2>&1 && ! command -v kustomize >/dev/null 2>&1 \
+   && [ ! -x "$cache/bin/kustomize" ] && command -v go >/dev/null 2>&1; then
+  say "installing kustomize into $cache/bin"
+  GOBIN=$cache/bin go install sigs.k8s.io/kustomize/kustomize/v5@v5.5.0
+fi
 
 # --- Kafka jars from Maven Central (cached).
 "$venv/bin/python" -m runtime_signals.localkafka provision >&2

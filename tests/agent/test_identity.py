@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
-from agent.identity import ContainerResolver, container_id_from_cgroup, host_id
+from agent.identity import (
+    CgroupDirectory,
+    ContainerResolver,
+    PodDirectory,
+    container_id_from_cgroup,
+    host_id,
+    pod_uid_from_cgroup,
+)
+from agent.processes import NodeFiles, ProcessTable
+from tests.agent.cgroups import CgroupSandbox, cgroup_unavailable_reason, iter_engine_layouts
 
 CID = "4f1c3a9be2d0" + "a" * 52
 
@@ -31,10 +44,118 @@ def test_host_processes_have_no_container() -> None:
 
 def test_a_host_process_gets_the_stable_host_id() -> None:
     resolver = ContainerResolver()
-    import os
-
     # This test's own process runs on the host (or in whatever container runs CI):
     found = container_id_from_cgroup(Path(f"/proc/{os.getpid()}/cgroup").read_text())
     expected = found[1] if found else host_id()
     assert resolver.container_id(os.getpid()) == expected
     assert host_id() == host_id()
+
+
+# --- real cgroups, real processes ---------------------------------------------------------
+
+POD_UID = "0c7f6b3e-1111-2222-3333-444455556666"
+
+
+@pytest.fixture
+def cgroups() -> Iterator[CgroupSandbox]:
+    reason = cgroup_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with CgroupSandbox() as sandbox:
+        yield sandbox
+
+
+def test_processes_moved_into_each_engines_cgroup_are_attributed_to_the_container(
+        cgroups: CgroupSandbox, tmp_path: Path) -> None:
+    """For every layout: a cgroup v2 directory named as the engine names it, a real process
+    written into its cgroup.procs, and the resolver reading /proc/<pid>/cgroup."""
+    pods = tmp_path / "pods"
+    (pods / f"payments_api-7d9f_{POD_UID}").mkdir(parents=True)  # kubelet's log dir naming
+    table = ProcessTable(node=NodeFiles(pods=PodDirectory(pods)))
+    seen = []
+    for index, (engine, layout) in enumerate(iter_engine_layouts(CID, POD_UID)):
+        directory = cgroups.make(f"{index}/{layout}")
+        process = cgroups.spawn_in(directory, ["sleep", "30"])
+        deadline = time.monotonic() + 5
+        while cgroups.path_of(directory) not in Path(f"/proc/{process.pid}/cgroup").read_text():
+            assert time.monotonic() < deadline, "the process never entered its cgroup"
+            time.sleep(0.01)
+        resolver = ContainerResolver()
+        identity = resolver.identity(process.pid)
+        assert (identity.engine, identity.container_id) == (engine, CID), layout
+        assert cgroups.path_of(directory) in identity.cgroup_paths
+        info = table.describe(process.pid)
+        assert info.container_id == CID
+        if "kubepods" in layout:
+            assert (info.pod_uid, info.pod_namespace, info.pod_name) == (POD_UID, "payments", "api-7d9f"), layout
+        else:
+            assert info.pod_uid is None
+        seen.append(engine)
+        process.kill()
+        process.wait()
+    assert sorted(set(seen)) == ["containerd", "cri-o", "docker", "kubernetes", "podman"]
+
+
+def test_a_process_in_a_plain_cgroup_is_a_host_process(cgroups: CgroupSandbox) -> None:
+    directory = cgroups.make("system.slice/cron.service")
+    process = cgroups.spawn_in(directory, ["sleep", "30"])
+    deadline = time.monotonic() + 5
+    while cgroups.path_of(directory) not in Path(f"/proc/{process.pid}/cgroup").read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    identity = ContainerResolver().identity(process.pid)
+    assert identity.container_id == host_id() and identity.engine is None
+    assert cgroups.path_of(directory) in identity.cgroup_paths
+
+
+def test_a_cgroup_v1_docker_layout_is_read_too() -> None:
+    """Hybrid hosts still have v1 hierarchies; the pids controller's is used here."""
+    v1 = Path("/sys/fs/cgroup/pids")
+    if os.geteuid() != 0 or not (v1 / "cgroup.procs").exists():
+        pytest.skip("no writable cgroup v1 pids hierarchy on this host")
+    directory = v1 / f"rs-test-{os.getpid()}" / "docker" / CID
+    directory.mkdir(parents=True)
+    process = subprocess.Popen(["sh", "-c", f'echo $$ > "{directory}/cgroup.procs" && exec sleep 30'])
+    try:
+        deadline = time.monotonic() + 5
+        while f"/docker/{CID}" not in Path(f"/proc/{process.pid}/cgroup").read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert ContainerResolver().identity(process.pid).engine == "docker"
+        assert ContainerResolver().container_id(process.pid) == CID
+    finally:
+        process.kill()
+        process.wait()
+        for path in (directory, directory.parent, directory.parent.parent):
+            for _ in range(50):
+                try:
+                    path.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+
+
+def test_pod_names_come_from_kubelets_pod_directories(tmp_path: Path) -> None:
+    pods = PodDirectory(tmp_path, refresh_interval_s=0)
+    assert pods.lookup(POD_UID) is None
+    (tmp_path / f"kube-system_coredns-5d78c9869d-abcde_{POD_UID}").mkdir()
+    found = pods.lookup(POD_UID)
+    assert found is not None and (found.namespace, found.name) == ("kube-system", "coredns-5d78c9869d-abcde")
+    systemd = f"0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{POD_UID.replace('-', '_')}.slice/x"
+    assert pod_uid_from_cgroup(systemd) == POD_UID
+    assert pod_uid_from_cgroup(f"0::/kubepods/burstable/pod{POD_UID}/{CID}") == POD_UID
+    assert pod_uid_from_cgroup("0::/system.slice/docker.service") is None
+
+
+def test_a_call_from_a_process_that_has_exited_is_placed_by_its_cgroup_id(cgroups: CgroupSandbox) -> None:
+    """The kernel's record carries the cgroup id (the cgroup directory's inode); when the
+    process is gone before its call is read, that still names the container."""
+    directory = cgroups.make(f"system.slice/docker-{CID}.scope")
+    process = cgroups.spawn_in(directory, ["true"])
+    process.wait()
+    assert not Path(f"/proc/{process.pid}").exists()
+    resolver = ContainerResolver(cgroups=CgroupDirectory(refresh_interval_s=0))
+    assert resolver.container_id(process.pid) == host_id()  # nothing to read any more
+    identity = resolver.identity(process.pid, cgroup_id=os.stat(directory).st_ino)
+    assert identity.container_id == CID and identity.engine == "docker"
+    assert identity.cgroup_paths == (cgroups.path_of(directory),)

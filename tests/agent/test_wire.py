@@ -1,8 +1,10 @@
-"""The ctypes copy of struct call_event matches the C header, field by field."""
+"""The ctypes copies of the structs in bpf/calltrace.h match the C header, field by field,
+and the counter names follow enum calltrace_counter."""
 
 from __future__ import annotations
 
 import ctypes
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,37 +12,55 @@ from pathlib import Path
 import pytest
 
 import bpf
-from agent.wire import call_event_type
-
-FIELDS = ("boot_ns", "cgroup_id", "function_address", "pid", "tid", "frame_count", "flags", "frames")
+from agent.wire import COUNTER_NAMES, DedupKey, ProbeConfig, RateState, call_event_type
 
 
-@pytest.mark.parametrize("max_frames", [64, 16])
-def test_ctypes_layout_equals_the_compiled_header(tmp_path: Path, max_frames: int) -> None:
+def _c_layout(tmp_path: Path, max_frames: int, structs: dict[str, list[str]]) -> dict[str, tuple[int, int]]:
     compiler = shutil.which("cc") or shutil.which("gcc")
     assert compiler, "a C compiler is needed to check the wire layout (scripts/bootstrap.sh installs gcc)"
+    prints = []
+    for struct, fields in structs.items():
+        for name in fields:
+            prints.append(f'    printf("{struct}.{name} %zu %zu\\n", offsetof(struct {struct}, {name}), '
+                          f'sizeof(((struct {struct} *)0)->{name}));')
+        prints.append(f'    printf("{struct} %zu 0\\n", sizeof(struct {struct}));')
     source = tmp_path / "layout.c"
-    prints = "\n".join(
-        f'    printf("{name} %zu %zu\\n", offsetof(struct call_event, {name}), sizeof(e.{name}));'
-        for name in FIELDS
-    )
     source.write_text(
         "#include <stdio.h>\n#include <stddef.h>\n#include <linux/types.h>\n"
         f"#define CALLTRACE_MAX_FRAMES {max_frames}\n"
         f'#include "{bpf.CALLTRACE_HEADER}"\n'
-        "int main(void) {\n    struct call_event e;\n"
-        f"{prints}\n"
-        '    printf("sizeof %zu 0\\n", sizeof(struct call_event));\n    return 0;\n}\n'
-    )
+        "int main(void) {\n" + "\n".join(prints) + "\n    return 0;\n}\n")
     binary = tmp_path / "layout"
     subprocess.run([compiler, "-o", str(binary), str(source)], check=True)
-    c_layout = {}
+    layout = {}
     for line in subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout.splitlines():
         name, offset, size = line.split()
-        c_layout[name] = (int(offset), int(size))
+        layout[name] = (int(offset), int(size))
+    return layout
 
-    event = call_event_type(max_frames)
-    for name in FIELDS:
-        descriptor = getattr(event, name)
-        assert (descriptor.offset, descriptor.size) == c_layout[name], name
-    assert ctypes.sizeof(event) == c_layout["sizeof"][0]
+
+def _check(ctype: type[ctypes.Structure], struct: str, layout: dict[str, tuple[int, int]]) -> None:
+    names = [name for name, _ in ctype._fields_]
+    for name in names:
+        descriptor = getattr(ctype, name)
+        assert (descriptor.offset, descriptor.size) == layout[f"{struct}.{name}"], f"{struct}.{name}"
+    assert ctypes.sizeof(ctype) == layout[struct][0], struct
+
+
+@pytest.mark.parametrize("max_frames", [64, 16])
+def test_ctypes_layouts_equal_the_compiled_header(tmp_path: Path, max_frames: int) -> None:
+    views = {"call_event": call_event_type(max_frames), "dedup_key": DedupKey, "probe_config": ProbeConfig,
+             "rate_state": RateState}
+    layout = _c_layout(tmp_path, max_frames, {struct: [n for n, _ in ctype._fields_]
+                                              for struct, ctype in views.items()})
+    for struct, ctype in views.items():
+        _check(ctype, struct, layout)
+
+
+def test_counter_names_follow_the_enum() -> None:
+    header = bpf.CALLTRACE_HEADER.read_text()
+    body = re.search(r"enum calltrace_counter \{(.*?)\};", header, re.S)
+    assert body, "enum calltrace_counter not found in calltrace.h"
+    names = re.findall(r"^\s*COUNTER_([A-Z_]+)", re.sub(r"/\*.*?\*/", "", body.group(1), flags=re.S), re.M)
+    assert names[-1] == "MAX"
+    assert tuple(n.lower() for n in names[:-1]) == COUNTER_NAMES

@@ -122,6 +122,10 @@ def examples() -> dict[str, dict[str, Any]]:
             "host": "node-7",
             "reported_at_us": 1_700_000_000_000_000,
             "dropped_by_reason": {"ringbuf_full": 5, "rate_limited": 2},
+            "delivered_events": 999_990,
+            "pending_events": 3,
+            "spool_bytes": 4096,
+            "detached_ns_by_probe": {"/usr/lib/x86_64-linux-gnu/libssl.so.3:SSL_read": 30_000_000_000},
         },
         "StackFrame": {
             "address": 0x7F3A12C0,

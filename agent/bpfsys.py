@@ -1,0 +1,171 @@
+"""The few kernel calls bcc does not offer: a perf-event link carrying a BPF cookie, the
+kernel's BPF run-time statistics, and a program's figures from /proc/self/fdinfo.
+
+The cookie is how one loaded program tells its probes apart (bpf_get_attach_cookie):
+the agent gives each probe an index and the program keeps per-probe counters, rate
+limits and config under it. Needs Linux 5.15+ (cookies on perf-event links).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BpfLoadError, ProbeError
+
+# Syscall numbers differ per architecture; these are the two the agent runs on.
+_SYSCALLS = {
+    "x86_64": {"perf_event_open": 298, "bpf": 321},
+    "aarch64": {"perf_event_open": 241, "bpf": 280},
+}
+# enum bpf_cmd and friends (include/uapi/linux/bpf.h).
+_BPF_LINK_CREATE = 28
+_BPF_ENABLE_STATS = 32
+_BPF_PERF_EVENT = 41  # enum bpf_attach_type
+_BPF_STATS_RUN_TIME = 0
+_PERF_EVENT_IOC_ENABLE = 0x2400  # _IO('$', 0)
+_PERF_FLAG_FD_CLOEXEC = 1 << 3
+_PERF_ATTR_SIZE_VER5 = 112  # the kernel accepts any published size
+_PERF_TYPE_TRACEPOINT = 2
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class _PerfEventAttr(ctypes.Structure):
+    # struct perf_event_attr up to PERF_ATTR_SIZE_VER5; only the fields used here are named.
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("size", ctypes.c_uint32),
+        ("config", ctypes.c_uint64),
+        ("sample_period", ctypes.c_uint64),
+        ("sample_type", ctypes.c_uint64),
+        ("read_format", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+        ("wakeup_events", ctypes.c_uint32),
+        ("bp_type", ctypes.c_uint32),
+        ("config1", ctypes.c_uint64),
+        ("config2", ctypes.c_uint64),
+        ("rest", ctypes.c_uint8 * (_PERF_ATTR_SIZE_VER5 - 72)),
+    ]
+
+
+class _LinkCreateAttr(ctypes.Structure):
+    # union bpf_attr, the BPF_LINK_CREATE member with the perf_event variant.
+    _fields_ = [
+        ("prog_fd", ctypes.c_uint32),
+        ("target_fd", ctypes.c_uint32),
+        ("attach_type", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("bpf_cookie", ctypes.c_uint64),
+        ("padding", ctypes.c_uint8 * 40),  # the kernel requires unused attr bytes to be zero
+    ]
+
+
+def _syscall_number(name: str) -> int:
+    numbers = _SYSCALLS.get(platform.machine())
+    if numbers is None:
+        raise BpfLoadError(f"architecture {platform.machine()} is not supported (x86_64, aarch64 are)")
+    return numbers[name]
+
+
+def _bpf(cmd: int, attr: ctypes.Structure) -> int:
+    result = _libc.syscall(_syscall_number("bpf"), cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    if result < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return int(result)
+
+
+@dataclass
+class UprobeLink:
+    """An attached probe: the perf event and the BPF link; close() detaches."""
+
+    perf_fd: int
+    link_fd: int
+
+    def close(self) -> None:
+        for fd in (self.link_fd, self.perf_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def attach_trace_event(prog_fd: int, event_id: int, cookie: int, what: str) -> UprobeLink:
+    """Attach prog_fd to the tracefs event event_id (a uprobe event, agent/tracefs.py) in
+    every process, with cookie as the program's bpf_get_attach_cookie()."""
+    attr = _PerfEventAttr(type=_PERF_TYPE_TRACEPOINT, size=_PERF_ATTR_SIZE_VER5, config=event_id,
+                          sample_period=1)
+    # pid -1 with cpu 0: the program is attached to the event itself and runs on every
+    # CPU and in every process; the CPU only places the (unused) perf buffer.
+    perf_fd = _libc.syscall(_syscall_number("perf_event_open"), ctypes.byref(attr), -1, 0, -1,
+                            _PERF_FLAG_FD_CLOEXEC)
+    if perf_fd < 0:
+        code = ctypes.get_errno()
+        raise ProbeError(f"perf_event_open({what}) failed: {errno.errorcode.get(code, code)} {os.strerror(code)}")
+    link = _LinkCreateAttr(prog_fd=prog_fd, target_fd=perf_fd, attach_type=_BPF_PERF_EVENT, bpf_cookie=cookie)
+    try:
+        link_fd = _bpf(_BPF_LINK_CREATE, link)
+        fcntl.ioctl(perf_fd, _PERF_EVENT_IOC_ENABLE, 0)
+    except OSError as exc:
+        os.close(perf_fd)
+        hint = " (BPF cookies on uprobes need Linux 5.15+)" if exc.errno in (errno.EINVAL, errno.ENOTSUP) else ""
+        raise ProbeError(f"linking the program to {what} failed: {exc}{hint}") from exc
+    return UprobeLink(perf_fd, link_fd)
+
+
+def enable_run_time_stats() -> int | None:
+    """Turn on the kernel's BPF run-time accounting for as long as the returned fd is
+    open (BPF_ENABLE_STATS; unlike the kernel.bpf_stats_enabled sysctl, it reverts by
+    itself when the agent exits). None when the kernel refuses (older than 5.8)."""
+
+    class _StatsAttr(ctypes.Structure):
+        _fields_ = [("type", ctypes.c_uint32), ("padding", ctypes.c_uint8 * 60)]
+
+    try:
+        return _bpf(_BPF_ENABLE_STATS, _StatsAttr(type=_BPF_STATS_RUN_TIME))
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class ProgramStats:
+    """A loaded program's kernel figures: run_time_ns and run_count need BPF stats on;
+    recursion_misses counts calls the kernel skipped because a BPF program was already
+    running on that CPU (those calls never reached the program, so it cannot count them)."""
+
+    run_time_ns: int = 0
+    run_count: int = 0
+    recursion_misses: int = 0
+
+
+def program_stats(prog_fd: int) -> ProgramStats:
+    fields = _fdinfo(prog_fd)
+    return ProgramStats(run_time_ns=fields.get("run_time_ns", 0), run_count=fields.get("run_cnt", 0),
+                        recursion_misses=fields.get("recursion_misses", 0))
+
+
+def map_memlock_bytes(map_fd: int) -> int:
+    """Kernel memory charged to a BPF map (its fdinfo memlock line)."""
+    return _fdinfo(map_fd).get("memlock", 0)
+
+
+def _fdinfo(fd: int) -> dict[str, int]:
+    values: dict[str, int] = {}
+    try:
+        text = Path(f"/proc/self/fdinfo/{fd}").read_text()
+    except OSError:
+        return values
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        try:
+            values[name.strip()] = int(value.strip())
+        except ValueError:
+            continue
+    return values

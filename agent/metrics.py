@@ -1,0 +1,127 @@
+"""HTTP endpoints for operators: Prometheus /metrics, and /healthz and /readyz for
+Kubernetes probes.
+
+/metrics shows the figures of the latest statistics Snapshot (agent/stats.py), the same
+numbers the agent publishes as SignalStatistics. /healthz answers 200 while the event
+pump keeps turning (a stuck pump fails the liveness probe and the pod restarts);
+/readyz answers 200 once at least one probe is attached and the producer has the raw
+topic's metadata (the broker answered at least once).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .errors import ConfigError
+from .stats import Snapshot
+
+log = logging.getLogger(__name__)
+
+PREFIX = "runtime_signals_agent"
+
+
+class SnapshotCollector(Collector):
+    """Exposes the latest Snapshot; nothing until the first one is taken."""
+
+    def __init__(self, latest: Callable[[], Snapshot | None]) -> None:
+        self._latest = latest
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._latest()
+        if snapshot is None:
+            return
+        yield GaugeMetricFamily(f"{PREFIX}_report_timestamp_seconds",
+                                "When these figures were taken (SignalStatistics.reported_at_us)",
+                                value=snapshot.reported_at_us / 1e6)
+        yield CounterMetricFamily(f"{PREFIX}_calls", "Calls that hit the probes (kernel count)",
+                                  value=snapshot.total_events)
+        yield CounterMetricFamily(f"{PREFIX}_delivered_calls", "Calls whose records Kafka acknowledged",
+                                  value=snapshot.delivered_events)
+        dropped = CounterMetricFamily(f"{PREFIX}_dropped_calls", "Calls lost, by reason", labels=["reason"])
+        for reason, calls in sorted(snapshot.dropped_by_reason.items()):
+            dropped.add_metric([reason], calls)
+        yield dropped
+        gauges = [
+            ("pending_calls", "Calls held in the producer queue or the spool", snapshot.pending_events),
+            ("calls_per_second", "Observed calls per second over the last report interval",
+             snapshot.events_per_second),
+            ("unique_call_paths", "Distinct call paths seen since start", snapshot.unique_call_paths),
+            ("ringbuf_utilization_percent", "Highest ring buffer fill since the previous report",
+             snapshot.buffer_utilization_percent),
+            ("cpu_overhead_percent", "Agent CPU plus BPF program run time, % of one core",
+             snapshot.cpu_overhead_percent),
+            ("memory_bytes", "Agent resident memory plus BPF map memory", snapshot.memory_usage_bytes),
+            ("spool_bytes", "Bytes held in the on-disk spool", snapshot.spool_bytes),
+        ]
+        for name, text, value in gauges:
+            yield GaugeMetricFamily(f"{PREFIX}_{name}", text, value=value)
+        yield CounterMetricFamily(f"{PREFIX}_cpu_seconds", "Agent process CPU time",
+                                  value=snapshot.agent_cpu_ns / 1e9)
+        yield CounterMetricFamily(f"{PREFIX}_bpf_run_seconds", "BPF program run time (kernel BPF stats)",
+                                  value=snapshot.bpf_run_time_ns / 1e9)
+        attached = GaugeMetricFamily(f"{PREFIX}_probe_attached", "1 while the probe is attached",
+                                     labels=["probe"])
+        probe_calls = CounterMetricFamily(f"{PREFIX}_probe_calls", "Calls observed per probe", labels=["probe"])
+        detached = CounterMetricFamily(f"{PREFIX}_probe_detached_seconds",
+                                       "Time the adaptive budget kept the probe detached", labels=["probe"])
+        for probe in snapshot.probes:
+            attached.add_metric([probe.probe_id], 1.0 if probe.attached else 0.0)
+            probe_calls.add_metric([probe.probe_id], probe.calls)
+            detached.add_metric([probe.probe_id], probe.detached_ns / 1e9)
+        yield attached
+        yield probe_calls
+        yield detached
+
+
+class HealthServer:
+    """Serves /metrics, /healthz and /readyz on a background thread."""
+
+    def __init__(self, address: str, port: int, latest: Callable[[], Snapshot | None],
+                 healthy: Callable[[], bool], ready: Callable[[], bool]) -> None:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(SnapshotCollector(latest))
+        checks = {"/healthz": healthy, "/readyz": ready}
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                elif path in checks:
+                    ok = checks[path]()
+                    self._send(200 if ok else 503, b"ok\n" if ok else b"not ok\n", "text/plain")
+                else:
+                    self._send(404, b"try /metrics, /healthz or /readyz\n", "text/plain")
+
+            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass  # a scrape every few seconds is not worth a log line
+
+        try:
+            self._server = ThreadingHTTPServer((address, port), Handler)
+        except OSError as exc:
+            raise ConfigError(f"--metrics-port {port}: cannot listen on {address}:{port}: {exc.strerror}") from exc
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("metrics on http://%s:%d/metrics (/healthz, /readyz)", *self._server.server_address[:2])
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

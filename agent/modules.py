@@ -1,0 +1,115 @@
+"""Per-process module maps for the processor: which file, at which address and offset,
+with its digest, build id and package, published to the compacted modules topic.
+
+A map is built off the event pump's thread: it digests every mapped file the process
+has (a JVM maps a hundred), which the pump must not wait for. The DigestCache is shared
+with the pump, so a file is still hashed once.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from schemas import codec
+
+from .processes import NodeFiles, ProcessInfo
+from .procmaps import FileIdentity, Mapping, file_identity, signed64
+from .publisher import Publisher
+from .symtab import read_build_id
+
+log = logging.getLogger(__name__)
+
+MODULE_MAP = "io.runtimesignals.ModuleMap"
+
+
+def module_map_key(host: str, pid: int, start_ticks: int) -> str:
+    """Compaction key: one process, whatever its pid is reused for later."""
+    return f"{host}/{pid}/{start_ticks}"
+
+
+class ModuleMapBuilder:
+    """Turns a process's mappings into a ModuleMap record (digests, build ids, purls cached)."""
+
+    def __init__(self, node: NodeFiles, host: str, agent_id: str) -> None:
+        self._digests = node.digests
+        self._purls = node.purls
+        self.host = host
+        self._agent_id = agent_id
+        self._build_ids: dict[FileIdentity, str | None] = {}
+
+    def _build_id(self, path: Path) -> str | None:
+        identity = file_identity(path)
+        if identity is None:
+            return None
+        if identity not in self._build_ids:
+            self._build_ids[identity] = read_build_id(path)
+        return self._build_ids[identity]
+
+    def record(self, process: ProcessInfo, mappings: list[Mapping], version: int) -> dict[str, Any]:
+        modules = []
+        for mapping in sorted(mappings, key=lambda m: m.start):
+            host_path = process.root / mapping.path.lstrip("/")
+            modules.append({
+                "path": mapping.path,
+                "start_address": signed64(mapping.start),
+                "end_address": signed64(mapping.end),
+                "file_offset": mapping.file_offset,
+                "binary_digest": self._digests.digest(host_path),
+                "build_id": self._build_id(host_path),
+                "purl": self._purls.purl(process.root, mapping.path),
+            })
+        return {
+            "host": self.host,
+            "agent_id": self._agent_id,
+            "pid": process.pid,
+            "process_start_ticks": process.start_ticks,
+            "container_id": process.container_id,
+            "executable": process.executable or None,
+            "runtime_type": process.runtime_type,
+            "version": version,
+            "observed_at_us": time.time_ns() // 1000,
+            "modules": modules,
+        }
+
+
+class ModuleMapPublisher:
+    """Publishes module maps from a worker thread, in the order they were offered."""
+
+    def __init__(self, publisher: Publisher, topic: str, registry: codec.SchemaRegistry,
+                 builder: ModuleMapBuilder) -> None:
+        self._publisher = publisher
+        self._topic = topic
+        self._registry = registry
+        self._builder = builder
+        self._queue: queue.Queue[tuple[ProcessInfo, list[Mapping], int] | None] = queue.Queue()
+        self.counts: Counter[str] = Counter()
+        self._thread = threading.Thread(target=self._work, name="module-maps", daemon=True)
+        self._thread.start()
+
+    def offer(self, process: ProcessInfo, mappings: list[Mapping], version: int) -> None:
+        """Queue the map of process (ProcessTable calls this on first sight and on change)."""
+        self._queue.put((process, list(mappings), version))
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Publish the maps already offered, then stop the worker."""
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            process, mappings, version = item
+            try:
+                record = self._builder.record(process, mappings, version)
+                value = codec.encode(record, MODULE_MAP, self._registry)
+                key = module_map_key(self._builder.host, process.pid, process.start_ticks)
+                self._publisher.produce(self._topic, key.encode(), value)
+                self.counts["maps"] += 1
+            except Exception:  # one bad process must not stop the maps that follow
+                self.counts["failed"] += 1
+                log.exception("publishing the module map of pid %d failed", process.pid)

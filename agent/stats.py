@@ -1,0 +1,153 @@
+"""The agent's health figures: one Snapshot per report, published as SignalStatistics and
+served on /metrics (agent/metrics.py), so both always show the same numbers.
+
+Every figure counts calls, never records: a folded record of 1,000 calls delivered is
+1,000 delivered. At any moment
+    total_events = delivered_events + dropped_events + pending_events + (calls still in the
+                   kernel's dedup map or ring buffer, collected at the next tick)
+and after a clean shutdown the last term is 0.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .bpfsys import ProgramStats
+
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class ProbeFigures:
+    probe_id: str
+    attached: bool
+    calls: int
+    detached_ns: int
+    detach_count: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    reported_at_us: int
+    total_events: int
+    events_per_second: float
+    unique_call_paths: int
+    buffer_utilization_percent: float
+    dropped_by_reason: Mapping[str, int]
+    delivered_events: int
+    pending_events: int
+    spool_bytes: int
+    cpu_overhead_percent: float
+    agent_cpu_ns: int
+    bpf_run_time_ns: int
+    memory_usage_bytes: int
+    probes: tuple[ProbeFigures, ...] = field(default_factory=tuple)
+
+    @property
+    def dropped_events(self) -> int:
+        return sum(self.dropped_by_reason.values())
+
+    def record(self, agent_id: str, host: str) -> dict[str, Any]:
+        """The SignalStatistics record (schemas/SignalStatistics.avsc)."""
+        return {
+            "total_events": self.total_events,
+            "events_per_second": self.events_per_second,
+            "unique_call_paths": self.unique_call_paths,
+            "buffer_utilization_percent": self.buffer_utilization_percent,
+            "dropped_events": self.dropped_events,
+            "cpu_overhead_percent": self.cpu_overhead_percent,
+            "memory_usage_bytes": self.memory_usage_bytes,
+            "agent_id": agent_id,
+            "host": host,
+            "reported_at_us": self.reported_at_us,
+            "dropped_by_reason": dict(self.dropped_by_reason),
+            "delivered_events": self.delivered_events,
+            "pending_events": self.pending_events,
+            "spool_bytes": self.spool_bytes,
+            "detached_ns_by_probe": {p.probe_id: p.detached_ns for p in self.probes},
+        }
+
+
+def agent_cpu_ns() -> int:
+    """User + system CPU time of every thread of this process (librdkafka's included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return int((usage.ru_utime + usage.ru_stime) * 1e9)
+
+
+def resident_bytes() -> int:
+    try:
+        return int(open("/proc/self/statm").read().split()[1]) * _PAGE_BYTES
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+@dataclass(frozen=True)
+class KernelFigures:
+    """What the BPF side reports (agent/probes.py CallTracer)."""
+
+    counters: Mapping[str, int]  # summed over probes, names of wire.COUNTER_NAMES
+    program: ProgramStats
+    ringbuf_peak_bytes: int
+    ringbuf_size_bytes: int
+    map_memory_bytes: int
+
+
+@dataclass(frozen=True)
+class DeliveryFigures:
+    """What the Kafka side reports (agent/publisher.py Publisher)."""
+
+    delivered_calls: int
+    pending_calls: int
+    dropped_calls_by_reason: Mapping[str, int]
+    spool_bytes: int
+
+
+class StatsTracker:
+    """Turns cumulative figures into a Snapshot, with rates over the interval since the
+    previous one."""
+
+    def __init__(self) -> None:
+        self._previous: tuple[int, int, int, int] | None = None  # (monotonic ns, total, cpu ns, bpf ns)
+        self._started = (time.monotonic_ns(), 0, agent_cpu_ns(), 0)
+
+    def take(self, kernel: KernelFigures, delivery: DeliveryFigures, unique_call_paths: int,
+             agent_dropped_calls: Mapping[str, int], probes: tuple[ProbeFigures, ...]) -> Snapshot:
+        now_ns = time.monotonic_ns()
+        cpu_ns = agent_cpu_ns()
+        calls = kernel.counters.get("calls", 0)
+        total = max(kernel.counters.get("hits", calls), calls)
+        dropped: dict[str, int] = {
+            # Trapped into the uprobe without the program running: mostly while a probe was
+            # being attached or detached (agent/tracefs.py), or skipped by the kernel.
+            "probe_transition": total - calls,
+            "ringbuf_full": kernel.counters.get("drop_ringbuf_full", 0),
+            "rate_limited": kernel.counters.get("drop_rate_limited", 0),
+            "nested": kernel.counters.get("drop_nested", 0),
+        }
+        for source in (delivery.dropped_calls_by_reason, agent_dropped_calls):
+            for reason, calls in source.items():
+                dropped[reason] = dropped.get(reason, 0) + calls
+        before_ns, before_total, before_cpu, before_bpf = self._previous or self._started
+        elapsed_ns = max(1, now_ns - before_ns)
+        bpf_ns = kernel.program.run_time_ns
+        self._previous = (now_ns, total, cpu_ns, bpf_ns)
+        return Snapshot(
+            reported_at_us=time.time_ns() // 1000,
+            total_events=total,
+            events_per_second=(total - before_total) * 1e9 / elapsed_ns,
+            unique_call_paths=unique_call_paths,
+            buffer_utilization_percent=100.0 * kernel.ringbuf_peak_bytes / max(1, kernel.ringbuf_size_bytes),
+            dropped_by_reason=dropped,
+            delivered_events=delivery.delivered_calls,
+            pending_events=delivery.pending_calls,
+            spool_bytes=delivery.spool_bytes,
+            cpu_overhead_percent=100.0 * ((cpu_ns - before_cpu) + (bpf_ns - before_bpf)) / elapsed_ns,
+            agent_cpu_ns=cpu_ns,
+            bpf_run_time_ns=bpf_ns,
+            memory_usage_bytes=resident_bytes() + kernel.map_memory_bytes,
+            probes=probes,
+        )

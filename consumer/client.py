@@ -1,0 +1,139 @@
+"""SignalsClient: the summary and latest-state topics, read and asked about.
+
+Reading is done by consumer.kafka (bounded reads, no consumer group); deciding is done by
+consumer.query (pure functions). This module only joins the two and decodes records.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from schemas import codec
+from schemas.errors import SchemaError
+from schemas.topics import TopicNames
+
+from . import query
+from .errors import TopicNotFoundError
+from .kafka import TopicReader
+from .models import ContainerState, PathTotal, Reachability, Summary, Target
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "io.runtimesignals.RuntimeSignalSummary"
+CONTAINER_STATE = "io.runtimesignals.ContainerState"
+
+
+class SignalsClient:
+    """Reads one pipeline's output topics on one cluster.
+
+    >>> client = SignalsClient("kafka:9092")
+    >>> answer = client.is_reached(Target(function="parse_image_header"), container="host:3d12")
+    >>> answer.reached, answer.observation_count, [e.symbols for e in answer.paths]
+    """
+
+    def __init__(self, bootstrap: str, topics: TopicNames | None = None, *,
+                 registry: codec.SchemaRegistry | None = None,
+                 kafka_config: Mapping[str, str] | None = None, timeout_s: float = 10.0) -> None:
+        self.topics = topics or TopicNames()
+        self.reader = TopicReader(bootstrap, kafka_config, timeout_s)
+        self.registry = registry or codec.SchemaRegistry.default()
+        # Records that did not decode, by reason: counted and skipped, never fatal.
+        self.skipped: Counter[str] = Counter()
+
+    def summaries(self, container: str | None = None, *, since_us: int | None = None,
+                  until_us: int | None = None) -> Iterator[Summary]:
+        """Summaries on the topic now (the latest of each container window, as compaction
+        keeps them), of one container or all, whose windows overlap [since_us, until_us),
+        in (window start, container) order."""
+        yield from query.select(self._latest_summaries(), container=container,
+                                since_us=since_us, until_us=until_us)
+
+    def latest_state(self, container: str) -> ContainerState | None:
+        """Everything observed for ``container``, or None if nothing was: its record on the
+        latest-state topic (one read of that compacted topic), else, for a pipeline whose
+        processor writes none, folded here from the summaries."""
+        state = self._state_from_topic(container)
+        if state is not None:
+            return state
+        return query.container_state(container, self._latest_summaries())
+
+    def is_reached(self, target: Target, *, container: str | None = None, since_us: int | None = None,
+                   until_us: int | None = None) -> Reachability:
+        """Whether ``target`` was seen on a call path, in one container or any, within the
+        time range, with the evidence and what the answer covers."""
+        query.Matcher(target)  # a malformed question fails before any read
+        return query.reachability(target, self.summaries(container, since_us=since_us, until_us=until_us))
+
+    def _latest_summaries(self) -> list[Summary]:
+        topic = self.topics.summaries
+        latest: dict[bytes | None, Summary] = {}
+        for record in self.reader.read(topic, self.reader.whole_topic(topic)):
+            if record.value is None:  # a tombstone deletes the window
+                latest.pop(record.key, None)
+                continue
+            decoded = self._decode(record.value, SUMMARY, f"{topic}[{record.partition}]@{record.offset}")
+            if decoded is not None:
+                latest[record.key] = Summary.from_record(decoded)
+        return list(latest.values())
+
+    def _state_from_topic(self, container: str) -> ContainerState | None:
+        topic = self.topics.latest
+        wanted = container.encode()
+        found: dict[str, Any] | None = None
+        try:
+            ranges = self.reader.whole_topic(topic)
+        except TopicNotFoundError:
+            return None
+        for record in self.reader.read(topic, ranges):
+            if record.key != wanted:
+                continue
+            if record.value is None:
+                found = None
+                continue
+            found = self._decode(record.value, CONTAINER_STATE, f"{topic}[{record.partition}]@{record.offset}")
+        return None if found is None else state_from_record(found)
+
+    def _decode(self, value: bytes, schema: str, where: str) -> dict[str, Any] | None:
+        try:
+            return codec.decode(value, self.registry, schema).record
+        except SchemaError as exc:
+            self.skipped[type(exc).__name__] += 1
+            log.warning("%s: record skipped: %s", where, exc)
+            return None
+
+
+def state_from_record(record: Mapping[str, Any]) -> ContainerState:
+    """A decoded ContainerState record (schemas/ContainerState.avsc) as the typed view."""
+    paths = []
+    for path in record["call_paths"]:
+        symbols = tuple(path["symbols"])
+        paths.append(PathTotal(
+            symbols=symbols,
+            function_signatures=tuple(path["function_signatures"]) or symbols,
+            node_hashes=tuple(path["node_hashes"]) or (None,) * len(symbols),
+            libraries=tuple(path["libraries"]) or (None,) * len(symbols),
+            purl=path.get("purl"),
+            runtime_type=path["runtime_type"],
+            path_hash=path["path_hash"],
+            callstack_hash=path["callstack_hash"],
+            observation_count=path["observation_count"],
+            first_observed_at_us=path["first_observed_at_us"],
+            last_observed_at_us=path["last_observed_at_us"],
+            windows=path["windows"],
+        ))
+    return ContainerState(
+        container_id=record["container_id"],
+        first_window_start_us=record["first_window_start_us"],
+        last_window_start_us=record["last_window_start_us"],
+        windows=record["windows"],
+        total_events=record["total_events"],
+        late_events=record["late_events"],
+        first_observed_at_us=record["first_observed_at_us"],
+        last_observed_at_us=record["last_observed_at_us"],
+        paths=tuple(paths),
+        raw_records=record["raw_records"],
+        detected_runtimes=tuple(record["detected_runtimes"]),
+    )

@@ -1,0 +1,277 @@
+"""The processor's Kafka clients: a thin layer over confluent-kafka, no logic.
+
+- OutputWriter: one idempotent producer (acks=all) for every output, with delivery
+  reports tracked so that a checkpoint is written only after what it covers was acked.
+- CheckpointStore: the worker group's checkpoint topic (processor/checkpoint.py).
+- BinaryFeed: the symbols and modules topics, read from the beginning into the SymbolStore.
+- read_partition: a whole partition up to its end (restoring the latest state).
+Errors from the clients are re-raised as ProcessorError subclasses naming the topic,
+partition or key, with librdkafka's error code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+
+from schemas import codec
+from schemas.errors import SchemaError
+
+from .checkpoint import Checkpoint
+from .engine import Output
+from .errors import CheckpointError, ConfigError, DeliveryError
+from .symbol_store import SymbolStore
+
+log = logging.getLogger(__name__)
+
+SYMBOL_TABLE = "io.runtimesignals.SymbolTable"
+MODULE_MAP = "io.runtimesignals.ModuleMap"
+
+
+# `connection` below: librdkafka settings that reach the cluster (bootstrap.servers and the
+# security settings of runtime_signals/config.py), shared by every client of the worker.
+Connection = Mapping[str, Any]
+
+
+def _reader(connection: Connection, group_id: str) -> Consumer:
+    # Assign-only consumers: a group id is required by librdkafka, nothing is committed.
+    # A short fetch wait: these read bounded ranges, and a long-polling fetch would delay
+    # the next assign() by up to fetch.wait.max.ms (500 ms by default) on every restore.
+    return Consumer({**connection, "group.id": group_id, "enable.auto.commit": False,
+                     "enable.partition.eof": True, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10})
+
+
+def is_eof(message: Message) -> bool:
+    error = message.error()
+    return error is not None and error.code() == KafkaError._PARTITION_EOF
+
+
+def located(message: Message) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a fetched record: librdkafka sets all three on records,
+    the client's types leave them optional."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return topic, partition, offset
+
+
+def headers_of(message: Message) -> tuple[tuple[str, bytes], ...]:
+    """A record's headers as (name, bytes) pairs, in order (a null value reads as b"")."""
+    raw = message.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return tuple((name, value if isinstance(value, bytes) else (value or "").encode()) for name, value in pairs)
+
+
+def partition_count(admin: AdminClient, topic: str, timeout_s: float = 10.0) -> int:
+    """Partitions of an existing topic; ConfigError naming it if it does not exist."""
+    described = admin.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    if described is None or described.error is not None or not described.partitions:
+        raise ConfigError(f"topic {topic!r} does not exist on the broker: create the pipeline's topics "
+                          f"first (`signals kafka topics --topic-prefix PREFIX`)")
+    return len(described.partitions)
+
+
+class OutputWriter:
+    """Writes outputs; flush() raises DeliveryError if any write failed for good."""
+
+    def __init__(self, connection: Connection, topics: dict[str, str], latest_partitions: int) -> None:
+        self._topics = topics
+        self._latest_partitions = latest_partitions
+        self._failures: list[str] = []
+        self._producer = Producer({
+            **connection,
+            "enable.idempotence": True,  # implies acks=all; no duplicates from retries
+            "linger.ms": 5,
+            "compression.type": "zstd",
+            # The Java client's partitioner, as the agent uses: keys land where other clients put them.
+            "partitioner": "murmur2_random",
+        })
+
+    def _on_delivery(self, err: KafkaError | None, message: Message) -> None:
+        if err is not None:
+            self._failures.append(f"{message.topic()} key={message.key()!r}: {err.str()} (code {err.code()})")
+
+    def write(self, output: Output) -> None:
+        partition = None
+        if output.kind == "latest":
+            # Next to the raw partition's other states, so a new owner reads one partition back.
+            partition = output.source_partition % self._latest_partitions
+        self.write_raw(self._topics[output.kind], output.key, output.value, partition, output.headers)
+
+    def write_raw(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None,
+                  headers: Any = None) -> None:
+        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
+        if partition is not None:
+            kwargs["partition"] = partition
+        if headers:
+            kwargs["headers"] = list(headers)
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, **kwargs)
+                return
+            except BufferError:  # local queue full: let deliveries drain
+                self._producer.poll(0.1)
+            except KafkaException as exc:
+                raise DeliveryError(f"cannot write to {topic}: {exc.args[0]}") from exc
+
+    def poll(self) -> None:
+        self._producer.poll(0)
+
+    def in_flight(self) -> int:
+        return len(self._producer)
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Wait until the broker acknowledged every write so far."""
+        remaining = self._producer.flush(timeout_s)
+        if self._failures:
+            raise DeliveryError(f"{len(self._failures)} output(s) refused by the broker, first: "
+                                f"{self._failures[0]}; offsets were not advanced past them")
+        if remaining:
+            raise DeliveryError(f"{remaining} output(s) not acknowledged within {timeout_s:.0f}s; "
+                                f"is the broker reachable?")
+
+
+class CheckpointStore:
+    """Partition p of the checkpoint topic holds the checkpoints of raw partition p."""
+
+    def __init__(self, connection: Connection, topic: str, registry: codec.SchemaRegistry, group_id: str) -> None:
+        self.topic = topic
+        self._registry = registry
+        self._admin = AdminClient(dict(connection))
+        self._reader = _reader(connection, group_id)
+
+    def ensure(self, partitions: int, timeout_s: float = 30.0) -> None:
+        """Create the topic (compacted) with at least `partitions` partitions."""
+        described = self._admin.list_topics(timeout=timeout_s).topics.get(self.topic)
+        if described is None:
+            futures = self._admin.create_topics([NewTopic(
+                self.topic, num_partitions=partitions, replication_factor=-1,
+                config={"cleanup.policy": "compact", "segment.ms": "3600000"})])
+        elif len(described.partitions) < partitions:
+            futures = self._admin.create_partitions([NewPartitions(self.topic, partitions)])
+        else:
+            return
+        for future in futures.values():
+            try:
+                future.result(timeout_s)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # another worker won the race
+                    raise CheckpointError(f"cannot create checkpoint topic {self.topic}: {exc.args[0]}") from exc
+
+    def read(self, partition: int, timeout_s: float = 15.0) -> Checkpoint | None:
+        """The last checkpoint written for a raw partition, or None."""
+        tp = TopicPartition(self.topic, partition)
+        low, high = self._reader.get_watermark_offsets(tp, timeout=timeout_s)
+        if high <= low:
+            return None
+        self._reader.assign([TopicPartition(self.topic, partition, high - 1)])
+        try:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                message = self._reader.poll(0.2)
+                if message is None:
+                    continue
+                if is_eof(message):
+                    continue
+                if message.error():
+                    raise CheckpointError(f"reading {self.topic}[{partition}]: {message.error()}")
+                return Checkpoint.decode(message.value() or b"", self._registry,
+                                         f"{self.topic}[{partition}]@{message.offset()}")
+        finally:
+            self._reader.unassign()
+        raise CheckpointError(f"{self.topic}[{partition}]: no record within {timeout_s:.0f}s although the "
+                              f"partition ends at offset {high}; is the broker healthy?")
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+def read_partition(connection: Connection, topic: str, partition: int, group_id: str,
+                   timeout_s: float = 60.0) -> Iterator[Message]:
+    """Every record of one partition, from the beginning to its end now."""
+    reader = _reader(connection, group_id)
+    try:
+        low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+        if high <= low:
+            return
+        reader.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            message = reader.poll(0.2)
+            if message is None:
+                continue
+            if is_eof(message):
+                return
+            if message.error():
+                raise ConfigError(f"reading {topic}[{partition}]: {message.error()}")
+            yield message
+            if located(message)[2] >= high - 1:
+                return
+        raise ConfigError(f"reading {topic}[{partition}] to offset {high} took over {timeout_s:.0f}s")
+    finally:
+        reader.close()
+
+
+class BinaryFeed:
+    """The symbols and modules topics, every partition from the beginning, into a SymbolStore."""
+
+    def __init__(self, connection: Connection, symbols_topic: str, modules_topic: str, store: SymbolStore,
+                 registry: codec.SchemaRegistry, group_id: str) -> None:
+        self._store = store
+        self._registry = registry
+        self._consumer = _reader(connection, group_id)
+        admin = AdminClient(dict(connection))
+        self._kinds = {symbols_topic: SYMBOL_TABLE, modules_topic: MODULE_MAP}
+        assigned = [TopicPartition(topic, p) for topic in self._kinds for p in range(partition_count(admin, topic))]
+        self._ends = {(tp.topic, tp.partition): self._consumer.get_watermark_offsets(tp, timeout=10)[1]
+                      for tp in assigned}
+        self._consumer.assign([TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in assigned])
+
+    def catch_up(self, timeout_s: float = 60.0) -> None:
+        """Read what the topics held at start-up before any raw record is processed, so a
+        replay finds the tables and maps a live run had (docs/processor.md, "Determinism")."""
+        behind = {tp for tp, end in self._ends.items() if end > 0}
+        deadline = time.monotonic() + timeout_s
+        while behind and time.monotonic() < deadline:
+            for message in self._consumer.consume(500, 0.2):
+                if message.error():
+                    if is_eof(message):
+                        behind.discard((message.topic() or "", message.partition() or 0))
+                    continue
+                topic, partition, offset = located(message)
+                self._add(message)
+                if offset >= self._ends[(topic, partition)] - 1:
+                    behind.discard((topic, partition))
+        if behind:
+            log.warning("partitions %s not read to their end within %.0fs; continuing", sorted(behind), timeout_s)
+        log.info("loaded %d symbol tables and %d module maps from %s", len(self._store),
+                 self._store.counts["module_maps"], ", ".join(self._kinds))
+
+    def poll(self, max_records: int = 500) -> int:
+        """Take what arrived since; returns how many records were added."""
+        added = 0
+        for message in self._consumer.consume(max_records, 0):
+            if not message.error():
+                self._add(message)
+                added += 1
+        return added
+
+    def _add(self, message: Message) -> None:
+        kind = self._kinds[located(message)[0]]
+        try:
+            record = codec.decode(message.value() or b"", self._registry, kind).record
+        except SchemaError as exc:
+            self._store.counts["bad_records"] += 1
+            log.warning("%s[%d]@%d: skipped: %s", message.topic(), message.partition(), message.offset(), exc)
+            return
+        if kind == SYMBOL_TABLE:
+            self._store.add(record)
+        else:
+            self._store.add_module_map(record)
+
+    def close(self) -> None:
+        self._consumer.close()

@@ -1,0 +1,126 @@
+"""Findings as an OpenVEX 0.2.0 document.
+
+Status choice, per finding:
+- reached -> ``affected``: the vulnerable function ran in the product. ``status_notes``
+  carries the evidence (calls, first/last observed, each call path) and
+  ``action_statement`` (required for affected) says what to do.
+- not reached -> ``under_investigation``, never ``not_affected``: runtime observation only
+  shows what ran while it watched, in the containers it watched, for the functions the
+  agents probed. ``status_notes`` states that window and coverage plainly, so a reader
+  can decide with a static analysis or a longer observation whether to claim
+  ``vulnerable_code_not_in_execute_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote
+
+from consumer.models import Reachability, iso
+
+from .export import Finding
+
+CONTEXT = "https://openvex.dev/ns/v0.2.0"
+_MAX_PATHS_IN_NOTES = 10
+
+
+def container_iri(container_id: str) -> str:
+    """A URI naming a container (OpenVEX products are IRIs)."""
+    return "urn:runtime-signals:container:" + quote(container_id, safe="")
+
+
+def path_text(symbols: Sequence[str], matched_frame: int) -> str:
+    return " -> ".join(f"[{s}]" if i == matched_frame else s for i, s in enumerate(symbols))
+
+
+def evidence_notes(finding: Finding) -> str:
+    answer = finding.answer
+    functions = ", ".join(finding.functions)
+    where = f"in {finding.scope}"
+    lines = [f"runtime-signals observed {functions} running {where}: {answer.observation_count} calls "
+             f"on {len(answer.paths)} call path(s), first {iso(answer.first_observed_at_us)}, "
+             f"last {iso(answer.last_observed_at_us)}."]
+    for evidence in answer.paths[:_MAX_PATHS_IN_NOTES]:
+        unverified = "" if evidence.purl_verified else " (package not confirmed: matched by name)"
+        lines.append(f"Path ({evidence.observation_count} calls, {evidence.windows} window(s), "
+                     f"container {evidence.container_id}{unverified}): "
+                     f"{path_text(evidence.symbols, evidence.matched_frame)}")
+    if len(answer.paths) > _MAX_PATHS_IN_NOTES:
+        lines.append(f"... and {len(answer.paths) - _MAX_PATHS_IN_NOTES} more path(s).")
+    return "\n".join(lines)
+
+
+def coverage_notes(finding: Finding) -> str:
+    coverage = finding.answer.coverage
+    functions = ", ".join(finding.functions)
+    if coverage.windows == 0:
+        return (f"No runtime observation: runtime-signals had no summary for "
+                f"{finding.scope} in the requested range, so nothing is known about "
+                f"whether {functions} runs. This is not a not_affected claim.")
+    probed = ", ".join(coverage.probed_functions) or "none"
+    return (f"Not observed: runtime-signals saw no call of {functions} in "
+            f"{', '.join(coverage.containers)} between {iso(coverage.first_window_start_us)} and "
+            f"{iso(coverage.last_window_end_us)} ({coverage.windows} window(s); {coverage.total_events} calls "
+            f"of probed functions were observed, {coverage.dropped_events} dropped, {coverage.late_events} late; "
+            f"probed functions seen called: {probed}). Runtime observation covers only that window and only "
+            f"the functions the agents probed: make sure {functions} was probed. This is not a "
+            f"not_affected claim.")
+
+
+def statement(finding: Finding, timestamp: str) -> dict[str, Any]:
+    # The product is what the statement is about: the named product, else the container,
+    # else (nothing observed at all) the vulnerable package itself.
+    product: dict[str, Any]
+    if finding.product or finding.container:
+        product = {"@id": finding.product or container_iri(finding.container or "")}
+        if finding.product and finding.product.startswith("pkg:"):
+            product["identifiers"] = {"purl": finding.product}
+        if finding.purl:
+            product["subcomponents"] = [{"@id": finding.purl, "identifiers": {"purl": finding.purl}}]
+    elif finding.purl:
+        product = {"@id": finding.purl, "identifiers": {"purl": finding.purl}}
+    else:
+        product = {"@id": "urn:runtime-signals:unobserved"}
+    vulnerability: dict[str, Any] = {"name": finding.vulnerability}
+    if finding.aliases:
+        vulnerability["aliases"] = sorted(set(finding.aliases))
+    out: dict[str, Any] = {"vulnerability": vulnerability, "timestamp": timestamp, "products": [product]}
+    if finding.answer.reached:
+        out["status"] = "affected"
+        out["status_notes"] = evidence_notes(finding)
+        out["action_statement"] = (
+            f"The vulnerable code of {finding.vulnerability} runs in this product: update "
+            f"{finding.purl or 'the package'} to a fixed version, or remove the call paths listed in status_notes.")
+    else:
+        out["status"] = "under_investigation"
+        out["status_notes"] = coverage_notes(finding)
+    return out
+
+
+def document(findings: Sequence[Finding], *, author: str, tooling: str,
+             now: datetime | None = None) -> dict[str, Any]:
+    """The OpenVEX document; its @id is derived from the statements, so the same
+    evidence gives the same id."""
+    timestamp = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
+    statements = [statement(f, timestamp) for f in findings]
+    if not statements:
+        raise ValueError("an OpenVEX document needs at least one statement: no vulnerable function was given")
+    digest = uuid.uuid5(uuid.NAMESPACE_URL, json.dumps(
+        [{k: v for k, v in s.items() if k != "timestamp"} for s in statements], sort_keys=True))
+    return {
+        "@context": CONTEXT,
+        "@id": f"urn:uuid:{digest}",
+        "author": author,
+        "timestamp": timestamp,
+        "version": 1,
+        "tooling": tooling,
+        "statements": statements,
+    }
+
+
+def answer_status(answer: Reachability) -> str:
+    return "affected" if answer.reached else "under_investigation"

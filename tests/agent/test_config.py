@@ -1,0 +1,144 @@
+"""One configuration for every part: file, SIGNALS_* variables and flags; errors name the
+setting and its source; secrets never printed; `signals agent --check` resolves targets
+on this host without attaching."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime_signals.config import SignalsConfig, load_config, reference_table, render
+from runtime_signals.settings import SettingsError
+from tests.agent.programs import compile_c
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+SECRET = "correct-horse-battery-staple"
+
+CONFIG = """
+[kafka]
+bootstrap_servers = "kafka-0.kafka:9093,kafka-1.kafka:9093"
+security_protocol = "SASL_SSL"
+sasl_mechanism = "SCRAM-SHA-512"
+sasl_username = "agent"
+ssl_endpoint_identification_algorithm = "none"
+
+[agent]
+ringbuf_pages = 2048
+
+[[agent.targets]]
+binary = "z"
+symbols = ["crc32", "inflate*"]
+containers = ["host", "/kubepods.slice"]
+
+[processor]
+window_ms = 10000
+"""
+
+
+def _signals(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALS_")}
+    return subprocess.run([sys.executable, "-m", "runtime_signals.cli", *args], capture_output=True, text=True,
+                          env={**clean, **(env or {})}, timeout=120)
+
+
+def test_file_then_environment_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "signals.toml"
+    path.write_text(CONFIG)
+    env = {"SIGNALS_KAFKA__SASL_PASSWORD": SECRET, "SIGNALS_AGENT__RINGBUF_PAGES": "4096",
+           "SIGNALS_PROCESSOR__ALLOWED_LATENESS_MS": "2500"}
+    config = load_config(path, env=env, flags={"agent.ringbuf_pages": 512, "kafka.topic_prefix": None})
+    assert config.agent.ringbuf_pages == 512  # flag over environment over file
+    assert config.processor.window_ms == 10_000 and config.processor.allowed_lateness_ms == 2500
+    assert config.agent.targets[0].symbols == ["crc32", "inflate*"]
+    assert config.kafka.librdkafka_config() == {
+        "bootstrap.servers": "kafka-0.kafka:9093,kafka-1.kafka:9093",
+        "client.id": "runtime-signals",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "agent",
+        "sasl.password": SECRET,
+        "ssl.endpoint.identification.algorithm": "none",
+    }
+    assert SECRET not in repr(config) and SECRET not in render(config)
+    assert 'sasl_password = "***"' in render(config)
+    # The rendering is itself a valid configuration file.
+    again = tmp_path / "rendered.toml"
+    again.write_text(render(config))
+    assert load_config(again, env={"SIGNALS_KAFKA__SASL_PASSWORD": SECRET}).agent.ringbuf_pages == 512
+
+
+def test_every_problem_names_its_setting_and_where_it_came_from(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[kafka]\nsecurity_protocol = "SASL_SSL"\nsasl_mechanism = "GSSAPI"\n'
+                    '[agent]\nringbuf_pages = 3000\n[[agent.targets]]\nbinary = "c"\nsymbols = []\n'
+                    'containers = ["not-an-id"]\n')
+    with pytest.raises(SettingsError) as caught:
+        load_config(path, env={})
+    text = str(caught.value)
+    for expected in (f"kafka.sasl_mechanism (from config file {path}): 'GSSAPI'",
+                     "kafka.sasl_username: required", "kafka.sasl_password: required",
+                     f"agent.ringbuf_pages (from config file {path}): 3000 is not a power of two",
+                     "agent.targets[0].symbols", "agent.targets[0].containers[0]"):
+        assert expected in text, text
+    with pytest.raises(SettingsError, match=r"SIGNALS_AGENT__RINGBUF_PAGS: no setting agent.ringbuf_pags; "
+                                            r"did you mean 'ringbuf_pages'"):
+        load_config(None, env={"SIGNALS_AGENT__RINGBUF_PAGS": "8"})
+    with pytest.raises(SettingsError, match=r"agent.watermark_interval_ms \(from environment variable "
+                                            r"SIGNALS_AGENT__WATERMARK_INTERVAL_MS\): expected an integer"):
+        load_config(None, env={"SIGNALS_AGENT__WATERMARK_INTERVAL_MS": "fast"})
+    with pytest.raises(SettingsError, match=r"agent.targets\[0\].symbolz .*did you mean 'symbols'"):
+        load_config(None, env={"SIGNALS_AGENT__TARGETS": '[{"binary": "c", "symbolz": ["malloc"]}]'})
+
+
+def test_signals_config_check_prints_the_effective_configuration_without_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "signals.toml"
+    path.write_text(CONFIG)
+    done = _signals("config", "check", "--config", str(path), env={"SIGNALS_KAFKA__SASL_PASSWORD": SECRET})
+    assert done.returncode == 0, done.stderr
+    assert SECRET not in done.stdout + done.stderr
+    assert 'sasl_password = "***"' in done.stdout and "ringbuf_pages = 2048" in done.stdout
+    failed = _signals("config", "check", "--config", str(path))  # SASL_SSL without a password
+    assert failed.returncode == 1
+    assert "kafka.sasl_password" in failed.stderr and "required with security_protocol SASL_SSL" in failed.stderr
+
+
+def test_agent_check_resolves_targets_on_this_host_without_attaching(tmp_path: Path) -> None:
+    program = compile_c("int handle_request(int x) { return x + 1; }\nint main(void) { return handle_request(1); }\n",
+                        tmp_path / "app")
+    good = tmp_path / "good.toml"
+    good.write_text(f'[[agent.targets]]\nbinary = "{program}"\nsymbols = ["handle_*", "main"]\n'
+                    '[[agent.targets]]\nbinary = "z"\nsymbols = ["crc32"]\n')
+    done = _signals("agent", "--check", str(good))
+    assert done.returncode == 0, done.stderr
+    assert "3 probe(s) would attach, 0 problem(s)" in done.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[[agent.targets]]\nbinary = "{program}"\nsymbols = ["handle_request", "no_such_function"]\n'
+                   '[[agent.targets]]\nbinary = "/opt/not-installed/server"\nsymbols = ["main"]\n'
+                   '[[agent.targets]]\nbinary = "c"\nsymbols = ["*"]\n')
+    done = _signals("agent", "--check", str(bad), "--probe", "z:no_such_zlib_function")
+    assert done.returncode == 1
+    assert f"agent.targets[0].symbols[1]: symbol 'no_such_function' not found in {program}" in done.stderr
+    assert "agent.targets[1].binary: /opt/not-installed/server not found" in done.stderr
+    assert "agent.targets[2].symbols[0]: '*' matches" in done.stderr and "max_symbols_per_pattern" in done.stderr
+    assert "--probe z:no_such_zlib_function.symbols[0]: symbol 'no_such_zlib_function' not found" in done.stderr
+    assert "agent.targets[0].symbols[0]" not in done.stderr  # handle_request was found
+    assert _signals("agent", "--check", str(bad), "--ringbuf-pages", "3").returncode == 1
+
+
+def test_the_readme_documents_every_setting() -> None:
+    readme = README.read_text()
+    table = reference_table()
+    missing = [line for line in table.splitlines() if line not in readme]
+    assert not missing, "README's settings table is stale; paste `signals config reference`:\n" + "\n".join(missing)
+    assert SignalsConfig().kafka.security_protocol == "PLAINTEXT"
+
+
+def test_the_processor_reads_the_same_configuration() -> None:
+    done = _signals("processor", env={"SIGNALS_PROCESSOR__WINDOW_MS": "0"})
+    assert done.returncode == 1
+    assert "processor.window_ms (from environment variable SIGNALS_PROCESSOR__WINDOW_MS): must be positive" \
+        in done.stderr

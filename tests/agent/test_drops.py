@@ -1,0 +1,85 @@
+"""Drop accounting against real BPF: every call the kernel saw is delivered or counted as
+dropped, by reason, exactly."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from agent.probes import CallTracer, ProbeLimits, ProbeSpec, RawCall, TracerSettings
+from runtime_signals.demo import create_topics
+from schemas.topics import TopicNames
+from tests.agent.agent_runs import (
+    CALL_EVENT,
+    STATISTICS,
+    AgentProcess,
+    build_target,
+    decode_all,
+    read_all,
+    target_tally,
+)
+from tests.bpf_support import bpf_unavailable_reason
+
+pytestmark = pytest.mark.bpf
+
+
+@pytest.fixture(scope="module")
+def hotloop(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    reason = bpf_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    return build_target("hotloop", tmp_path_factory.mktemp("hotloop"))
+
+
+@pytest.mark.broker
+def test_a_full_ring_buffer_drops_are_counted_and_calls_add_up(kafka_bootstrap: str, hotloop: Path,
+                                                               tmp_path: Path) -> None:
+    prefix = f"drops-{uuid.uuid4().hex[:8]}."
+    names = TopicNames().with_prefix(prefix)
+    create_topics(kafka_bootstrap, names)
+    # One page holds six records; without dedup every call needs one, and the agent
+    # cannot read them as fast as a tight loop makes them.
+    flags = ["--ringbuf-pages", "1", "--no-dedup", "--no-budget", "--statistics-interval-ms", "300"]
+    with AgentProcess(kafka_bootstrap, prefix, [f"{hotloop}:hot"], tmp_path / "agent.log", flags) as agent:
+        run = subprocess.run([str(hotloop), "800", "0", "1000"], check=True, capture_output=True, text=True)
+        assert agent.stop() == 0, agent.log()[-4000:]
+    tally = target_tally(run.stdout)
+    reports = decode_all(read_all(kafka_bootstrap, names.statistics), STATISTICS)
+    final = max(reports, key=lambda r: r["reported_at_us"])
+    delivered = sum(e["observation_count"] for e in decode_all(read_all(kafka_bootstrap, names.raw), CALL_EVENT))
+
+    attached = sum(a for a, _d, _m in tally.values())
+    ambiguous = sum(m for _a, _d, m in tally.values())
+    assert attached <= final["total_events"] <= attached + ambiguous, (tally, final)
+    assert final["dropped_by_reason"]["ringbuf_full"] > 0, final
+    assert final["dropped_events"] == sum(final["dropped_by_reason"].values())
+    # calls = delivered + dropped, exactly, and the raw topic holds what was delivered.
+    assert final["delivered_events"] + final["dropped_events"] == final["total_events"], final
+    assert final["pending_events"] == 0, final
+    assert delivered == final["delivered_events"], (delivered, final)
+    assert max(r["buffer_utilization_percent"] for r in reports) > 0, reports
+
+
+def test_rate_limited_calls_are_counted_not_captured(hotloop: Path) -> None:
+    tracer = CallTracer(TracerSettings(ringbuf_pages=16))
+    try:
+        collected: list[RawCall] = []
+        tracer.on_event(collected.append)
+        probe = tracer.attach(ProbeSpec(str(hotloop), "hot"), ProbeLimits(dedup=True, rate_per_cpu_s=200, burst=20))
+        run = subprocess.run([str(hotloop), "500", "0", "0"], check=True, capture_output=True, text=True)
+        tracer.detach(probe)
+        tracer.collect()
+        counters = tracer.probe_counters(probe)
+    finally:
+        tracer.close()
+    tally = target_tally(run.stdout)
+    attached = sum(a for a, _d, _m in tally.values())
+    ambiguous = sum(m for _a, _d, m in tally.values())
+    assert attached <= counters["hits"] <= attached + ambiguous, (tally, counters)
+    captured = sum(call.count for call in collected)
+    assert counters["drop_rate_limited"] > captured > 0, counters
+    assert captured == counters["folded"], (captured, counters)
+    assert counters["calls"] == counters["folded"] + counters["drop_rate_limited"], counters

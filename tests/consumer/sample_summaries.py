@@ -1,0 +1,102 @@
+"""Summary records as the processor writes them (schemas/RuntimeSignalSummary.avsc), built by
+hand so the consumer tests know every count, time and hash they should get back."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import Producer
+
+from schemas import codec, hashing
+
+SUMMARY = "io.runtimesignals.RuntimeSignalSummary"
+WINDOW_US = 60_000_000
+T0_US = (int(time.time()) // 60 * 60 - 3600) * 1_000_000  # an hour ago, on a minute
+LIBIMAGE = "pkg:deb/debian/libimage@1.2.3?arch=amd64"
+LIBSCALE = "pkg:deb/debian/libscale@0.9"
+XNET = "pkg:golang/golang.org/x/net@v0.17.0"
+
+UPLOAD = ("_start", "main", "handle_upload", "decode_image", "parse_image_header")
+PREVIEW = ("_start", "main", "handle_preview", "parse_image_header")
+RESIZE = ("main", "resize", "scale_rows")
+GO_PARSE = ("main.main", "net/http.(*conn).serve", "golang.org/x/net/html.Parse")
+
+
+def path_record(container: str, window: int, symbols: tuple[str, ...], count: int, purl: str | None,
+                first_offset_us: int = 1_000_000, libraries: tuple[str | None, ...] | None = None) -> dict[str, Any]:
+    start = T0_US + window * WINDOW_US
+    node_hashes = [hashing.node_hash(purl if i == len(symbols) - 1 else None, s) for i, s in enumerate(symbols)]
+    identities = [hashing.frame_identity("sha256:" + "cd" * 32, int(hashlib.sha256(s.encode()).hexdigest()[:5], 16), 0)
+                  for s in symbols]
+    return {
+        "symbols": list(symbols),
+        "observation_count": count,
+        "purl": purl,
+        "runtime_type": "GO" if symbols is GO_PARSE else "NATIVE",
+        "first_observed_at_us": start + first_offset_us,
+        "last_observed_at_us": start + first_offset_us + (count - 1) * 1000,
+        "node_hashes": node_hashes,
+        "path_hash": hashing.path_hash(node_hashes),
+        "callstack_hash": hashing.callstack_hash(identities),
+        "function_signatures": list(symbols),
+        "binary_digests": [None] * len(symbols),
+        "binary_offsets": [None] * len(symbols),
+        "container_id": container,
+        "window_start_us": start,
+        "window_end_us": start + WINDOW_US,
+        "libraries": list(libraries) if libraries else ["/usr/lib/libimage.so.1"] * len(symbols),
+    }
+
+
+def summary_record(container: str, window: int, paths: list[dict[str, Any]], dropped: int = 0,
+                   late: int = 0) -> dict[str, Any]:
+    start = T0_US + window * WINDOW_US
+    paths = sorted(paths, key=lambda p: (p["path_hash"], p["callstack_hash"]))
+    path_hashes = sorted({p["path_hash"] for p in paths})
+    return {
+        "container_id": container,
+        "started_at_us": start,
+        "stopped_at_us": start + WINDOW_US,
+        "total_events": sum(p["observation_count"] for p in paths),
+        "call_paths": paths,
+        "observed_symbols": sorted({s for p in paths for s in p["symbols"]}),
+        "dropped_events": dropped,
+        "detected_runtimes": sorted({p["runtime_type"] for p in paths}),
+        "observed_node_hashes": sorted({h for p in paths for h in p["node_hashes"]}),
+        "observed_path_hashes": path_hashes,
+        "combined_path_hash": hashing.combined_path_hash(path_hashes),
+        "raw_records": sum(p["observation_count"] for p in paths),
+        "late_events": late,
+    }
+
+
+def samples() -> list[dict[str, Any]]:
+    """web-1: parse_image_header by two paths over two windows (7 + 5, then 2 calls);
+    worker-2: scale_rows (4 calls, 3 dropped, 1 late), then html.Parse (2 calls)."""
+    return [
+        summary_record("web-1", 0, [path_record("web-1", 0, UPLOAD, 7, LIBIMAGE),
+                                    path_record("web-1", 0, PREVIEW, 5, LIBIMAGE, 2_000_000)]),
+        summary_record("worker-2", 0, [path_record("worker-2", 0, RESIZE, 4, LIBSCALE)], dropped=3, late=1),
+        summary_record("web-1", 1, [path_record("web-1", 1, UPLOAD, 2, LIBIMAGE, 5_000_000)]),
+        summary_record("worker-2", 1, [path_record("worker-2", 1, GO_PARSE, 2, XNET,
+                                                   libraries=("/app/server",) * 3)]),
+    ]
+
+
+def summary_key(summary: dict[str, Any]) -> bytes:
+    return f"{summary['container_id']}|{summary['started_at_us']}".encode()
+
+
+def produce(bootstrap: str, topic: str, summaries: list[dict[str, Any]],
+            extra: Sequence[tuple[bytes, bytes | None]] = ()) -> None:
+    """The summaries keyed as the processor keys them, then the ``extra`` (key, value) records."""
+    registry = codec.SchemaRegistry.default()
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "partitioner": "murmur2_random"})
+    for summary in summaries:
+        producer.produce(topic, key=summary_key(summary), value=codec.encode(summary, SUMMARY, registry))
+    for key, value in extra:
+        producer.produce(topic, key=key, value=value)
+    assert producer.flush(30) == 0

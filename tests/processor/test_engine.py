@@ -1,0 +1,271 @@
+"""The engine without a broker: exact counts across simulated crashes, late and bad records,
+and symbol tables that arrive while a window waits."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+
+import pytest
+
+from processor.checkpoint import Checkpoint
+from processor.engine import Engine, EngineSettings, Output
+from processor.symbol_store import SymbolStore
+from processor.symbolize import NoSymbols
+from processor.windows import WindowSpec
+from schemas import codec
+from schemas import hashing
+from tests.processor.raw_records import (
+    APP_DIGEST,
+    APP_PURL,
+    LIBC_PURL,
+    BASE_US,
+    REGISTRY,
+    call_event,
+    encode_call,
+    encode_watermark,
+    module_map,
+    scenario,
+    symbol_tables,
+)
+
+SPEC = WindowSpec(size_ms=1000, allowed_lateness_ms=200)
+SETTINGS = EngineSettings(SPEC, raw_topic="raw", agent_idle_ms=10_000)
+SUMMARY = "io.runtimesignals.RuntimeSignalSummary"
+
+
+def _records(seed: int) -> list[tuple[bytes, bytes]]:
+    """One partition's records: calls of three containers, watermarks, a few late calls
+    and a few bad records sprinkled in."""
+    rng = random.Random(seed)
+    base = scenario(["c1", "c2", "c3"], steps=60, step_us=100_000, window_us=1_000_000,
+                    partitions=1, seed=seed)
+    records = [(key, value) for key, value, _ in base.records]
+    for _ in range(4):  # late: a call 3 s behind the watermark at that point
+        at = rng.randrange(40, len(records))
+        records.insert(at, (b"c2", encode_call(call_event("c2", BASE_US + 100, count=2, seed=at))))
+    for junk in (b"\x00garbage", encode_call(call_event("c1", BASE_US, count=-1)), b""):
+        records.insert(rng.randrange(len(records)), (b"c1", junk))
+    return records
+
+
+def _run(engine: Engine, records: list[tuple[bytes, bytes]], start: int, stop: int) -> list[Output]:
+    outputs: list[Output] = []
+    for offset in range(start, stop):
+        key, value = records[offset]
+        outputs += engine.handle(0, offset, key, value)
+    return outputs
+
+
+def _by_key(outputs: list[Output], kind: str) -> dict[bytes | None, set[bytes]]:
+    found: dict[bytes | None, set[bytes]] = defaultdict(set)
+    for output in outputs:
+        if output.kind == kind:
+            found[output.key].add(output.value)
+    return found
+
+
+def _source_offsets(outputs: list[Output], kind: str) -> set[int]:
+    return {int(dict(o.headers)["signals.source.offset"]) for o in outputs if o.kind == kind}
+
+
+def _crashing_run(records: list[tuple[bytes, bytes]], seed: int) -> tuple[list[Output], int]:
+    """Process with checkpoints every few records and a crash every so often: the worker
+    loses its memory and outputs written since its last checkpoint may or may not have
+    reached the broker. Returns everything that reached the broker and the restart count."""
+    rng = random.Random(seed)
+    written: list[Output] = []
+    checkpoint: Checkpoint | None = None
+    restarts = 0
+    offset = 0
+    while True:
+        engine = Engine(SETTINGS, NoSymbols(), REGISTRY, monotonic_s=lambda: 0.0)
+        latest = {}
+        for output in written:
+            if output.kind == "latest":
+                latest[output.key] = codec.decode(output.value, REGISTRY).record
+        resume = engine.assign(0, checkpoint, latest.values())
+        offset = 0 if resume is None else resume
+        unacked: list[Output] = []
+        crash_at = offset + rng.randrange(5, 80)
+        while offset < len(records):
+            unacked += _run(engine, records, offset, offset + 1)
+            offset += 1
+            if rng.random() < 0.15:  # a checkpoint: everything before it was acknowledged
+                written += unacked
+                unacked = []
+                checkpoint = engine.checkpoint(0)
+            if offset >= crash_at:
+                break
+        if offset >= len(records):
+            written += unacked
+            return written, restarts
+        written += unacked[: rng.randrange(len(unacked) + 1)]  # some writes made it, some not
+        restarts += 1
+        assert restarts < 500, "no progress across restarts"
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_crashes_and_restarts_write_exactly_what_an_uninterrupted_run_writes(seed: int) -> None:
+    records = _records(seed)
+    uninterrupted = Engine(SETTINGS, NoSymbols(), REGISTRY)
+    uninterrupted.assign(0, None)
+    reference = _run(uninterrupted, records, 0, len(records))
+    written, restarts = _crashing_run(records, seed)
+    assert restarts >= 3
+
+    for kind in ("summary", "path"):
+        expected = _by_key(reference, kind)
+        got = _by_key(written, kind)
+        assert got.keys() == expected.keys(), kind
+        # Every emission of a window, before or after a crash, is byte-identical.
+        assert all(got[key] == expected[key] and len(expected[key]) == 1 for key in expected), kind
+    # The latest state of each container ends where the uninterrupted run's ended.
+    last_reference = {o.key: o.value for o in reference if o.kind == "latest"}
+    last_written = {o.key: o.value for o in written if o.kind == "latest"}
+    assert last_written == last_reference
+    # Late and dead-lettered records all reach their topics (a few perhaps twice,
+    # recognisable by their source offset header).
+    assert _source_offsets(written, "late") == _source_offsets(reference, "late") != set()
+    assert _source_offsets(written, "dlq") == _source_offsets(reference, "dlq") != set()
+
+
+def test_counts_are_calls_and_late_calls_go_to_the_window_current_on_arrival() -> None:
+    engine = Engine(SETTINGS, NoSymbols(), REGISTRY)
+    engine.assign(0, None)
+    feed = [
+        encode_call(call_event("c1", BASE_US + 10, count=3)),
+        encode_call(call_event("c1", BASE_US + 20, count=2, path=1)),
+        encode_watermark(BASE_US + 1_300_000, 1),            # closes [BASE, BASE+1s)
+        encode_call(call_event("c1", BASE_US + 30, count=4)),  # late
+        encode_call(call_event("c1", BASE_US + 1_400_000, count=1)),
+        encode_watermark(BASE_US + 2_300_000, 2),
+    ]
+    outputs = [o for offset, value in enumerate(feed) for o in engine.handle(0, offset, b"c1", value)]
+    summaries = [codec.decode(o.value, REGISTRY).record for o in outputs if o.kind == "summary"]
+    assert [(s["started_at_us"], s["total_events"], s["raw_records"], s["late_events"]) for s in summaries] == [
+        (BASE_US, 5, 2, 0), (BASE_US + 1_000_000, 1, 1, 4)]
+    late = [o for o in outputs if o.kind == "late"]
+    assert len(late) == 1 and late[0].value == feed[3] and late[0].key == b"c1"
+    headers = dict(late[0].headers)
+    assert headers["signals.late.window_start_us"] == str(BASE_US).encode()
+    assert headers["signals.source.offset"] == b"3"
+    assert engine.counts["late_events"] == 4 and engine.counts["events"] == 6
+
+
+@pytest.mark.parametrize("value, reason", [
+    (b"\xc3\x01\x00\x01\x02\x03\x04\x05\x06\x07body", "unknown_fingerprint"),
+    (b"not avro at all", "undecodable"),
+    (None, "undecodable"),
+    (encode_call(call_event("c1", BASE_US, count=0)), "out_of_range"),
+    (encode_call(call_event("c1", BASE_US, pid=-1)), "out_of_range"),
+    (encode_call(call_event("c1", 0, received_at_us=0)), "out_of_range"),
+    (encode_call(call_event("c1", BASE_US, stack_trace=[1])), "out_of_range"),
+    (codec.encode({"binary_digest": APP_DIGEST, "chunk_index": 0, "chunk_count": 1, "symbol_count": 0,
+                   "symbols": []}, "SymbolTable", REGISTRY), "unexpected_schema"),
+])
+def test_bad_records_go_to_the_dead_letter_topic_with_their_reason(value: bytes | None, reason: str) -> None:
+    engine = Engine(SETTINGS, NoSymbols(), REGISTRY)
+    engine.assign(0, None)
+    [output] = engine.handle(0, 7, b"k", value, (("trace", b"1"),))
+    headers = dict(output.headers)
+    assert output.kind == "dlq" and output.key == b"k" and output.value == (value or b"")
+    assert headers["signals.dlq.reason"] == reason.encode()
+    assert headers["signals.source.topic"] == b"raw" and headers["signals.source.offset"] == b"7"
+    assert headers["trace"] == b"1" and headers["signals.dlq.error"]
+    assert engine.counts[f"dlq:{reason}"] == 1
+    # And the loop goes on.
+    assert engine.handle(0, 8, b"c1", encode_call(call_event("c1", BASE_US))) == []
+    assert engine.counts["events"] == 1
+
+
+def test_an_old_writer_without_observed_at_falls_back_to_received_at() -> None:
+    engine = Engine(SETTINGS, NoSymbols(), REGISTRY)
+    engine.assign(0, None)
+    engine.handle(0, 0, b"c1", encode_call(call_event("c1", 0, received_at_us=BASE_US + 5)))
+    [summary] = [o for o in engine.handle(0, 1, b"a", encode_watermark(BASE_US + 5_000_000, 1)) if o.kind == "summary"]
+    assert codec.decode(summary.value, REGISTRY).record["started_at_us"] == BASE_US
+
+
+def test_a_window_waits_for_its_symbol_tables_so_live_and_replay_agree() -> None:
+    now = [0.0]
+    feed = [encode_call(call_event("c1", BASE_US + 10, path=0)), encode_call(call_event("c1", BASE_US + 20, path=2)),
+            encode_watermark(BASE_US + 2_000_000, 1)]
+
+    live_store = SymbolStore()
+    live = Engine(SETTINGS, live_store, REGISTRY, monotonic_s=lambda: now[0])
+    live.assign(0, None)
+    assert [o for i, v in enumerate(feed) for o in live.handle(0, i, b"c1", v)] == []  # waits
+    assert live.pending_windows() == 1
+    now[0] = 5.0
+    app_table, libc_table = symbol_tables()
+    live_store.add(app_table)
+    assert live.release() == []  # still waits: the libc frames' table is missing too
+    live_store.add(libc_table)
+    assert live.release() == []  # and for the module map that names the binaries' packages
+    live_store.add_module_map(module_map())
+    live_outputs = live.release()
+
+    replay_store = SymbolStore()
+    replay_store.add_module_map(module_map())
+    replay_store.add(libc_table)
+    replay_store.add(app_table)
+    replay = Engine(SETTINGS, replay_store, REGISTRY)
+    replay.assign(0, None)
+    replay_outputs = [o for i, v in enumerate(feed) for o in replay.handle(0, i, b"c1", v)]
+
+    assert live_outputs == replay_outputs and live_outputs
+    summary = codec.decode(live_outputs[0].value, REGISTRY).record
+    signatures = {s for p in summary["call_paths"] for s in p["function_signatures"]}
+    assert "image::Parser::decode(std::vector<unsigned char, std::allocator<unsigned char>> const&)" in signatures
+    assert "image::header::parse" in signatures and "__libc_start_call_main" in signatures
+    path = next(p for p in summary["call_paths"] if len(p["symbols"]) == 4)
+    assert path["purl"] == APP_PURL
+    assert path["node_hashes"][0] == hashing.node_hash(LIBC_PURL, "__libc_start_call_main")
+    assert live.counts["windows_unresolved"] == 0 and live.counts["windows_emitted"] == 1
+
+
+def test_a_window_whose_tables_never_come_goes_out_after_the_wait_and_is_counted() -> None:
+    now = [0.0]
+    engine = Engine(EngineSettings(SPEC, "raw", symbol_wait_ms=3_000), SymbolStore(), REGISTRY,
+                    monotonic_s=lambda: now[0])
+    engine.assign(0, None)
+    engine.handle(0, 0, b"c1", encode_call(call_event("c1", BASE_US + 10)))
+    assert engine.handle(0, 1, b"a", encode_watermark(BASE_US + 2_000_000, 1)) == []
+    now[0] = 2.9
+    assert engine.release() == []
+    now[0] = 3.0
+    [summary] = [o for o in engine.release() if o.kind == "summary"]
+    record = codec.decode(summary.value, REGISTRY).record
+    assert record["call_paths"][0]["symbols"][0].startswith("sha256:cdcd")  # its frame identity
+    assert record["call_paths"][0]["symbols"][-1] == "parse_image_header"  # the agent named the top
+    assert engine.counts["windows_unresolved"] == 1 and engine.counts["unresolved_frames"] == 3
+    assert engine.counts["windows_waited_out"] == 1
+
+
+def test_a_checkpoint_from_other_window_settings_is_refused_with_what_to_do() -> None:
+    engine = Engine(SETTINGS, NoSymbols(), REGISTRY)
+    engine.assign(0, None)
+    engine.handle(0, 0, b"c1", encode_call(call_event("c1", BASE_US)))
+    checkpoint = engine.checkpoint(0)
+    other = Engine(EngineSettings(WindowSpec(2000, 200), "raw", agent_idle_ms=10_000), NoSymbols(), REGISTRY)
+    with pytest.raises(Exception, match="--window-ms 1000.*new --app-id"):
+        other.assign(0, checkpoint)
+
+
+def test_a_checkpoint_survives_its_trip_through_avro() -> None:
+    engine = Engine(SETTINGS, NoSymbols(), REGISTRY)
+    engine.assign(0, None)
+    _run(engine, _records(3), 0, 200)
+    checkpoint = engine.checkpoint(0)
+    assert checkpoint is not None and checkpoint.emitted_through is not None and checkpoint.clock.agents
+    assert Checkpoint.decode(checkpoint.encode(REGISTRY), REGISTRY, "test") == checkpoint
+
+
+def test_an_incomplete_symbol_table_names_nothing() -> None:
+    store = SymbolStore()
+    app_table, _ = symbol_tables()
+    store.add(app_table | {"chunk_count": 2})
+    assert store.lookup(APP_DIGEST, 0x1_300) is None and not store.has(APP_DIGEST)
+    store.add(app_table | {"chunk_count": 2, "chunk_index": 1, "symbols": []})
+    assert store.lookup(APP_DIGEST, 0x1_300) == "parse_image_header" and store.has_all([APP_DIGEST])
