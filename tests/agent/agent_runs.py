@@ -15,9 +15,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-
 from agent.symtab import read_symbol_table
+from consumer.kafka import TopicReader
 from runtime_signals.pipeline import signals_command
 from schemas import codec
 
@@ -105,28 +104,8 @@ class AgentProcess:
 
 def read_all(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[tuple[bytes | None, bytes]]:
     """Every (key, value) on every partition of topic, from the beginning to its current end."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "agent-tests", "enable.auto.commit": False,
-                         "enable.partition.eof": True})
-    try:
-        described = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
-        partitions = sorted(described.partitions)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        remaining, records = set(partitions), []
-        deadline = time.monotonic() + timeout_s
-        while remaining and time.monotonic() < deadline:
-            message = consumer.poll(0.2)
-            if message is None:
-                continue
-            if message.error():
-                if message.error().code() == KafkaError._PARTITION_EOF:
-                    remaining.discard(message.partition())
-                    continue
-                raise AssertionError(f"reading {topic}[{message.partition()}]: {message.error()}")
-            records.append((message.key(), message.value()))
-        assert not remaining, f"{topic}: partitions {sorted(remaining)} not read to their end in {timeout_s}s"
-        return records
-    finally:
-        consumer.close()
+    reader = TopicReader(bootstrap, timeout_s=timeout_s)
+    return [(r.key, r.value) for r in reader.read(topic, reader.whole_topic(topic)) if r.value is not None]
 
 
 def decode_all(records: list[tuple[bytes | None, bytes]], schema: str) -> list[dict[str, Any]]:

@@ -11,8 +11,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
 
+from consumer.kafka import TopicReader
 from schemas import codec
 from tests.processor.raw_records import REGISTRY, Scenario, encoded_binaries
 
@@ -76,28 +77,10 @@ class Record:
 
 def read_all(bootstrap: str, topic: str, timeout_s: float = 20.0) -> list[Record]:
     """Every record of the topic now, in partition then offset order (no group commits)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "processor-tests-reader",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
-    try:
-        described = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
-        partitions = sorted(described.partitions)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        remaining, records = set(partitions), []
-        deadline = time.monotonic() + timeout_s
-        while remaining and time.monotonic() < deadline:
-            message = consumer.poll(0.2)
-            if message is None:
-                continue
-            if message.error():
-                assert message.error().code() == KafkaError._PARTITION_EOF, message.error()
-                remaining.discard(message.partition())
-                continue
-            headers = {k: v for k, v in (message.headers() or [])}
-            records.append(Record(message.partition(), message.offset(), message.key(), message.value(), headers))
-        assert not remaining, f"{topic}: partitions {remaining} not read to their end"
-        return sorted(records, key=lambda r: (r.partition, r.offset))
-    finally:
-        consumer.close()
+    reader = TopicReader(bootstrap, timeout_s=timeout_s)
+    records = [Record(r.partition, r.offset, r.key, r.value, {k: v for k, v in r.headers})
+               for r in reader.read(topic, reader.whole_topic(topic))]
+    return sorted(records, key=lambda r: (r.partition, r.offset))
 
 
 def values_by_key(records: list[Record]) -> dict[bytes | None, list[bytes | None]]:
