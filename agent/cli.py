@@ -14,7 +14,7 @@ from typing import Any
 from schemas.topics import TopicNames
 
 from . import tuning
-from .config import TargetSettings
+from .config import AgentSettings, TargetSettings
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -51,13 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser, default_bootstrap: str) -> No
     parser.add_argument("--bootstrap", default=None,
                         help=f"Kafka bootstrap servers (kafka.bootstrap_servers; default {default_bootstrap})")
     parser.add_argument("--topic-prefix", default=None, help="prefix of every topic name (kafka.topic_prefix)")
-    parser.add_argument("--ringbuf-pages", type=int, default=None,
-                        help="BPF ring buffer size in 4 KiB pages, a power of two (agent.ringbuf_pages; 1024)")
-    parser.add_argument("--watermark-interval-ms", type=int, default=None,
-                        help="how often event time is promised to the processor (agent.watermark_interval_ms; 500)")
-    parser.add_argument("--target-rescan-interval-ms", type=int, default=None,
-                        help="how often new target files are looked for (agent.target_rescan_interval_ms; 2000)")
-    tuning.add_arguments(parser)
+    tuning.add_arguments(parser)  # one flag per agent.* setting operators change per run
 
 
 def load(args: argparse.Namespace, config_path: str | None = None) -> Any:
@@ -69,10 +63,9 @@ def load(args: argparse.Namespace, config_path: str | None = None) -> Any:
         config = load_config(config_path or args.config, flags={
             "kafka.bootstrap_servers": args.bootstrap,
             "kafka.topic_prefix": args.topic_prefix,
-            "agent.ringbuf_pages": args.ringbuf_pages,
-            "agent.watermark_interval_ms": args.watermark_interval_ms,
-            "agent.target_rescan_interval_ms": args.target_rescan_interval_ms,
-        })
+            **tuning.flag_settings(args),
+        }, flag_names={"kafka.bootstrap_servers": "--bootstrap", "kafka.topic_prefix": "--topic-prefix",
+                       **tuning.flag_names()})
         config.agent.targets.extend(TargetSettings.from_probe_flag(text) for text in args.probe)
     except SettingsError as exc:
         raise ConfigError(str(exc)) from exc
@@ -121,6 +114,18 @@ def _check_kafka_access(kafka: Any) -> None:
         raise ConfigError(str(exc)) from exc
 
 
+def _open_spool(agent: AgentSettings) -> Any:
+    """The on-disk spool of agent.spool_dir (agent/spool.Spool), or None without one."""
+    from .spool import Spool
+
+    if agent.spool_dir is None:
+        return None
+    try:
+        return Spool(Path(agent.spool_dir), agent.spool_max_bytes)
+    except ConfigError as exc:
+        raise ConfigError(f"agent.spool_dir: {exc}") from exc
+
+
 def run(args: argparse.Namespace) -> int:
     """Attach every target that can be attached, then pump until SIGINT/SIGTERM; targets
     that appear later (libraries, containers) are attached by a rescan thread."""
@@ -129,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     from .collector import Collector, CollectorSettings
     from .probes import CallTracer
     from .processes import NodeFiles
-    from .publisher import Publisher
+    from .publisher import ProducerSettings, Publisher
     from .identity import PodDirectory
     from .metrics import HealthServer
     from .selectors import TargetFilters
@@ -140,23 +145,28 @@ def run(args: argparse.Namespace) -> int:
     if not agent.targets:
         raise ConfigError("no targets: pass --probe BINARY:SYMBOL, or [[agent.targets]] in --config")
     _check_kafka_access(kafka)
-    tune = tuning.Tuning.from_args(args)
-    tracer = CallTracer(tune.tracer_settings(agent.ringbuf_pages))
-    tracer.default_limits = tune.limits
+    tracer = CallTracer(agent.tracer_settings())
+    tracer.default_limits = agent.probe_limits()
     security = {k: v for k, v in kafka.librdkafka_config().items() if k != "bootstrap.servers"}
-    publisher = Publisher(tune.producer_settings(kafka.bootstrap_servers, security), spool=tune.open_spool())
+    producer = ProducerSettings(bootstrap_servers=kafka.bootstrap_servers, extra=security,
+                                queue_max_kbytes=agent.producer_queue_max_kbytes,
+                                queue_max_messages=agent.producer_queue_max_messages)
+    publisher = Publisher(producer, spool=_open_spool(agent))
     node = NodeFiles(pods=PodDirectory(Path(agent.kubernetes_pods_dir)))
     filters = TargetFilters()
     settings = CollectorSettings(topics=TopicNames().with_prefix(kafka.topic_prefix),
                                  watermark_interval_ms=agent.watermark_interval_ms,
                                  process_sweep_interval_ms=agent.process_sweep_interval_ms,
-                                 symbol_chunk_max_bytes=agent.symbol_chunk_max_bytes)
+                                 symbol_chunk_max_bytes=agent.symbol_chunk_max_bytes,
+                                 statistics_interval_ms=agent.statistics_interval_ms,
+                                 shutdown_flush_timeout_s=agent.shutdown_flush_timeout_ms / 1000,
+                                 budget=agent.budget_settings())
     if agent.host_name:
         settings.host = agent.host_name
-    collector = Collector(tune.collector_settings(settings), tracer, publisher, node=node, filters=filters)
+    collector = Collector(settings, tracer, publisher, node=node, filters=filters)
     metrics = None
-    if tune.metrics_port is not None:
-        metrics = HealthServer(tune.metrics_address, tune.metrics_port, lambda: collector.latest,
+    if agent.metrics_port is not None:
+        metrics = HealthServer(agent.metrics_address, agent.metrics_port, lambda: collector.latest,
                                collector.healthy, collector.ready)
         metrics.start()
         print(f"agent metrics on port {metrics.port}: /metrics /healthz /readyz", file=sys.stderr, flush=True)
@@ -164,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
                             on_attached=collector.register_probe, filters=filters,
                             proc_root=Path(agent.proc_root), host_root=Path(agent.host_root),
                             max_symbols_per_pattern=agent.max_symbols_per_pattern, purls=node.purls,
-                            pods=node.pods)
+                            pods=node.pods, attach_lock=collector.attach_lock)
     targets.scan()
 
     stop = threading.Event()

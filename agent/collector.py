@@ -77,7 +77,9 @@ class Collector:
         self._registry = registry or codec.SchemaRegistry.default()
         self._clock = BootClock()
         self._lock = threading.Lock()  # probes are registered from the target scanner's thread
-        self._probes: dict[int, AttachedProbe] = {}
+        # Held by the target scanner from attaching a probe until it is registered (see _handle).
+        self.attach_lock = threading.Lock()
+        self._probes: dict[int, AttachedProbe] = {}  # by the tracer's index
         self._watermark_sequence = 0
         self.events_published = 0  # records
         self.calls_published = 0
@@ -100,19 +102,21 @@ class Collector:
         tracer.on_event(self._handle)
 
     def register_probe(self, probe: AttachedProbe) -> None:
-        """Learn an attached probe, to name the calls it reports and to budget it. The
-        probe's index comes from the tracer (callers may pass a copy with another spec)."""
-        index = self._tracer.index_of(probe.path, probe.file_offset)
-        if index is None:
-            log.error("probe %s is not attached by this tracer; its calls stay unnamed", probe.spec.probe_id)
-            return
+        """Learn a probe the tracer attached (its index is the tracer's), to name the calls
+        it reports and to budget it. Called from the target scanner's thread."""
         with self._lock:
-            self._probes[index] = AttachedProbe(probe.spec, probe.path, probe.file_offset, index)
-            self._budget.track(index, time.monotonic_ns())
+            self._probes[probe.index] = probe
+            self._budget.track(probe.index, time.monotonic_ns())
 
     # --- records ------------------------------------------------------------------
 
     def _handle(self, call: RawCall) -> None:
+        if call.probe_index not in self._probes:
+            # A probe fires as soon as the tracer links it, before the scanner thread has
+            # registered it: wait out an attach in progress, so the call gets its name and
+            # its target's filter. Only such calls wait; the lock is free otherwise.
+            with self.attach_lock:
+                pass
         try:
             self._publish_call(call)
         except Exception:  # a bad record is counted and logged; it never stops the pump

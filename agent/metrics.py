@@ -113,7 +113,8 @@ class HealthServer:
         try:
             self._server = ThreadingHTTPServer((address, port), Handler)
         except OSError as exc:
-            raise ConfigError(f"--metrics-port {port}: cannot listen on {address}:{port}: {exc.strerror}") from exc
+            raise ConfigError(f"agent.metrics_port (--metrics-port) {port}: cannot listen on {address}:{port}: "
+                              f"{exc.strerror}") from exc
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)

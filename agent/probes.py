@@ -210,14 +210,6 @@ class CallTracer:
             raise ProbeError(f"probe {probe.spec.probe_id}: writing its config failed: "
                              f"{os.strerror(ctypes.get_errno())}")
 
-    def index_of(self, path: str, file_offset: int) -> int | None:
-        """The index of the probe attached at file_offset of path, if any."""
-        with self._lock:
-            for probe in self.attached:
-                if probe.file_offset == file_offset and probe.path == path:
-                    return probe.index
-        return None
-
     def is_attached(self, probe: AttachedProbe) -> bool:
         return self._links.get(probe.index) is not None
 

@@ -20,6 +20,11 @@ error code and not retried. On shutdown whatever librdkafka still holds after th
 timeout is purged from it and written to the spool's head, so the next run sends it
 first. A record purged while in flight may have reached the broker: it can arrive twice
 (same event_id), which is the only duplicate this design allows.
+
+Watermarks go to every partition of the raw topic, so they need its partition count. An
+agent started while the broker is away asks for it on a background thread
+(known_partition_count), never on the event pump; until the broker answers, calls are
+spooled as usual and watermarks are skipped (a later one covers them).
 """
 
 from __future__ import annotations
@@ -53,6 +58,11 @@ class ProducerSettings:
     queue_max_messages: int = 100_000
     queue_max_kbytes: int = 64 * 1024
     message_timeout_ms: int = 0  # 0: retry until delivered; the spool bounds what is held
+    # Topic metadata (partition counts, for watermarks) is asked for off the caller's
+    # thread: each attempt waits up to metadata_timeout_ms, the next starts
+    # metadata_retry_ms after a failed one.
+    metadata_timeout_ms: int = 5_000
+    metadata_retry_ms: int = 1_000
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def librdkafka_config(self) -> dict[str, object]:
@@ -88,8 +98,10 @@ class Publisher:
         self.spooled_records = 0  # records written to the spool, ever
         self.failed_by_reason: Counter[str] = Counter()  # records
         self.dropped_calls_by_reason: Counter[str] = Counter()
-        self._partitions: dict[str, int] = {}
-        self._metadata_retry_at = 0.0
+        self._partitions: dict[str, int] = {}  # written by metadata threads, read by anyone
+        self._metadata_lock = threading.Lock()
+        self._metadata_threads: dict[str, threading.Thread] = {}
+        self._metadata_stop = threading.Event()
         self._closing = False
         self._purged: list[SpoolRecord] = []
         if spool is not None:
@@ -190,18 +202,41 @@ class Publisher:
         self._partitions[topic] = len(described.partitions)
         return self._partitions[topic]
 
-    def known_partition_count(self, topic: str, retry_interval_s: float = 5.0) -> int | None:
-        """partition_count without stalling the caller while the broker is away: a short
-        attempt at most every retry_interval_s, None until one succeeds."""
+    def known_partition_count(self, topic: str) -> int | None:
+        """partition_count without ever blocking the caller (the event pump): the cached
+        count, or None while a background thread asks the broker for it, again and again
+        until the broker answers. Once known, a count is kept through later outages."""
         cached = self._partitions.get(topic)
-        if cached or time.monotonic() < self._metadata_retry_at:
+        if cached:
             return cached
-        try:
-            return self.partition_count(topic, timeout_s=1.0)
-        except KafkaException as exc:
-            self._metadata_retry_at = time.monotonic() + retry_interval_s
-            log.warning("no metadata for %s yet (%s); retrying in %.0fs", topic, exc, retry_interval_s)
-            return None
+        with self._metadata_lock:
+            if topic in self._metadata_threads or self._metadata_stop.is_set():
+                return None
+            thread = threading.Thread(target=self._fetch_metadata, args=(topic,), name=f"metadata {topic}",
+                                      daemon=True)
+            self._metadata_threads[topic] = thread
+        thread.start()
+        return None
+
+    def _fetch_metadata(self, topic: str) -> None:
+        timeout_s = self._settings.metadata_timeout_ms / 1000
+        retry_s = self._settings.metadata_retry_ms / 1000
+        attempts = 0
+        while not self._metadata_stop.is_set():
+            attempts += 1
+            try:
+                partitions = self.partition_count(topic, timeout_s=timeout_s)
+            except KafkaException as exc:
+                # Once, then quietly: an outage at start is expected, and the spool holds records.
+                (log.warning if attempts == 1 else log.debug)(
+                    "no metadata for %s yet (%s); asking again every %.0fs", topic, exc, timeout_s + retry_s)
+            except Exception:  # never let the thread die silently: watermarks depend on it
+                log.exception("asking for the metadata of %s failed", topic)
+            else:
+                if attempts > 1:
+                    log.info("metadata for %s: %d partition(s), after %d attempts", topic, partitions, attempts)
+                return
+            self._metadata_stop.wait(retry_s)
 
     def has_metadata(self, topic: str) -> bool:
         return topic in self._partitions
@@ -229,6 +264,9 @@ class Publisher:
         records left in the spool."""
         remaining = self.flush(timeout_s)
         self._closing = True
+        # A metadata thread still waiting on an absent broker is a daemon: it ends after
+        # its attempt, and holds nothing that needs delivering.
+        self._metadata_stop.set()
         if len(self._producer):
             log.warning("shutdown: %d record(s) still in librdkafka after %.1fs; %s", len(self._producer), timeout_s,
                         "spooling them" if self._spool is not None else "dropping them (counted)")

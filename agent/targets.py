@@ -20,7 +20,7 @@ import os
 import subprocess
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -93,11 +93,14 @@ class TargetManager:
                  on_attached: Callable[[AttachedProbe], None] | None = None,
                  filters: TargetFilters | None = None, *, proc_root: Path = Path("/proc"),
                  host_root: Path = Path("/"), max_symbols_per_pattern: int = 100,
-                 purls: PurlResolver | None = None, pods: PodDirectory | None = None) -> None:
+                 purls: PurlResolver | None = None, pods: PodDirectory | None = None,
+                 attach_lock: threading.Lock | None = None) -> None:
         self.targets = targets
         self.names = names  # how each target is named in messages: its setting path or flag
         self._attach = attach  # None: only resolve (signals agent --check)
         self._on_attached = on_attached
+        # Held from attaching a probe until on_attached returns (Collector.attach_lock).
+        self._attach_lock = attach_lock or threading.Lock()
         self.filters = filters or TargetFilters()
         self._proc_root = proc_root
         self._host_root = host_root
@@ -243,19 +246,24 @@ class TargetManager:
             self._probe_ids[key] = spec.probe_id
             self.counts["probes_attached"] += 1
             return
-        try:
-            attached = self._attach(ProbeSpec(str(found.host_path), symbol))
-        except ProbeError as exc:
-            self.counts["attach_failures"] += 1
-            self._set_missing(f"{self.names[index]}.symbols ({symbol})", f"attaching in {found.host_path}: {exc}")
-            return
-        probe = AttachedProbe(spec, attached.path, attached.file_offset)
-        self._probe_ids[key] = spec.probe_id
+        # The selector is known before the probe fires: its first calls are filtered too.
         self.filters.add(spec.probe_id, selector)
+        with self._attach_lock:
+            try:
+                attached = self._attach(ProbeSpec(str(found.host_path), symbol))
+            except ProbeError as exc:
+                self.counts["attach_failures"] += 1
+                self._set_missing(f"{self.names[index]}.symbols ({symbol})",
+                                  f"attaching in {found.host_path}: {exc}")
+                return
+            # The tracer's own probe (its index is the BPF cookie every call carries), named as
+            # the target names it ("c:malloc", not the /proc/<pid>/root/... path it was found at).
+            probe = replace(attached, spec=spec)
+            if self._on_attached is not None:
+                self._on_attached(probe)
+        self._probe_ids[key] = spec.probe_id
         self.counts["probes_attached"] += 1
         log.info("attached %s in %s (+0x%x)", spec.probe_id, found.host_path, attached.file_offset)
-        if self._on_attached is not None:
-            self._on_attached(probe)
 
     # --- reporting -----------------------------------------------------------------
     def _report(self) -> None:

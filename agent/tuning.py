@@ -1,124 +1,79 @@
-"""`signals agent` flags for overhead control, statistics and delivery, and the objects
-they configure. agent/cli.py adds them to its parser and applies them in run().
+"""The command-line layer of the agent's settings: one flag per setting of agent/config.py
+that operators change per run (sizes, overhead control, statistics, delivery).
 
-Defaults and why they keep the workload's slowdown small are in the README
-("Overhead, drops and delivery").
+The flags only override: each defaults to None, so whatever the command line does not
+say comes from the TOML file, then SIGNALS_AGENT__* variables, then the schema's
+default (runtime_signals/config.load_config). A flag's help is its setting's doc, so the
+two cannot drift; validation is the schema's, and names the setting.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+import dataclasses
+import typing
+from typing import Any
 
-from .budget import BudgetSettings
-from .errors import ConfigError
-from .probes import ProbeLimits, TracerSettings
-from .publisher import ProducerSettings
-from .spool import Spool
+from .config import AgentSettings
 
-if TYPE_CHECKING:
-    from .collector import CollectorSettings
+# (argparse group, flag, setting of AgentSettings). A flag spelled --no-X turns the
+# boolean setting off; there is no --X, since X is on by default.
+FLAGS: tuple[tuple[str, str, str], ...] = (
+    ("probes", "--ringbuf-pages", "ringbuf_pages"),
+    ("probes", "--watermark-interval-ms", "watermark_interval_ms"),
+    ("probes", "--target-rescan-interval-ms", "target_rescan_interval_ms"),
+    ("overhead control", "--no-dedup", "dedup"),
+    ("overhead control", "--dedup-entries", "dedup_entries"),
+    ("overhead control", "--rate-limit", "rate_limit_per_s"),
+    ("overhead control", "--rate-burst", "rate_burst"),
+    ("overhead control", "--no-budget", "budget"),
+    ("overhead control", "--budget-quiet-s", "budget_quiet_s"),
+    ("overhead control", "--budget-min-rate", "budget_min_rate_per_s"),
+    ("overhead control", "--budget-backoff-s", "budget_backoff_s"),
+    ("overhead control", "--budget-max-backoff-s", "budget_max_backoff_s"),
+    ("statistics and health", "--statistics-interval-ms", "statistics_interval_ms"),
+    ("statistics and health", "--metrics-port", "metrics_port"),
+    ("statistics and health", "--metrics-address", "metrics_address"),
+    ("delivery", "--spool-dir", "spool_dir"),
+    ("delivery", "--spool-max-bytes", "spool_max_bytes"),
+    ("delivery", "--producer-queue-max-kbytes", "producer_queue_max_kbytes"),
+    ("delivery", "--producer-queue-max-messages", "producer_queue_max_messages"),
+    ("delivery", "--shutdown-flush-timeout-ms", "shutdown_flush_timeout_ms"),
+)
 
-_NS_PER_S = 1_000_000_000
+_DEST_PREFIX = "agent__"  # argparse dest of each flag: agent__<setting>
+
+
+def _field_type(name: str) -> type:
+    kind = typing.get_type_hints(AgentSettings)[name]
+    inner = [a for a in typing.get_args(kind) if a is not type(None)]
+    return inner[0] if inner else kind
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    overhead = parser.add_argument_group("overhead control")
-    overhead.add_argument("--no-dedup", action="store_true",
-                          help="send every call as its own record instead of folding identical calls in the kernel")
-    overhead.add_argument("--dedup-entries", type=int, default=16384,
-                          help="distinct (probe, process, stack) keys folded per watermark interval (default: "
-                               "%(default)s); beyond, calls go one by one through the ring buffer")
-    overhead.add_argument("--rate-limit", type=int, default=0, metavar="CALLS_PER_S",
-                          help="stack captures per second per probe per CPU; calls above are counted as "
-                               "dropped 'rate_limited' (default: 0 = no limit)")
-    overhead.add_argument("--rate-burst", type=int, default=1000,
-                          help="captures allowed at once after a quiet spell (default: %(default)s)")
-    overhead.add_argument("--no-budget", action="store_true",
-                          help="never detach probes (the adaptive budget is on by default)")
-    overhead.add_argument("--budget-quiet-s", type=float, default=5.0,
-                          help="detach a probe after this long without a new call path... (default: %(default)s)")
-    overhead.add_argument("--budget-min-rate", type=float, default=1000.0, metavar="CALLS_PER_S",
-                          help="...while it is called at least this often (default: %(default)s)")
-    overhead.add_argument("--budget-backoff-s", type=float, default=60.0,
-                          help="re-arm a detached probe after this long, doubling while nothing new turns up "
-                               "(default: %(default)s)")
-    overhead.add_argument("--budget-max-backoff-s", type=float, default=600.0,
-                          help="longest detached spell (default: %(default)s)")
-    stats = parser.add_argument_group("statistics and health")
-    stats.add_argument("--statistics-interval-ms", type=int, default=10_000,
-                       help="how often SignalStatistics is published (default: %(default)s)")
-    stats.add_argument("--metrics-port", type=int, default=None,
-                       help="serve /metrics (Prometheus), /healthz and /readyz on this port (0: any free port; "
-                            "default: off)")
-    stats.add_argument("--metrics-address", default="0.0.0.0",
-                       help="address the metrics server listens on (default: %(default)s)")
-    delivery = parser.add_argument_group("delivery")
-    delivery.add_argument("--spool-dir", type=Path, default=None,
-                          help="directory of the on-disk spool used while Kafka cannot take records "
-                               "(default: none; without it such records are dropped and counted)")
-    delivery.add_argument("--spool-max-bytes", type=int, default=256 << 20,
-                          help="bound of the spool; records beyond are dropped and counted (default: %(default)s)")
-    delivery.add_argument("--producer-queue-max-kbytes", type=int, default=64 * 1024,
-                          help="memory librdkafka may hold before records go to the spool (default: %(default)s)")
-    delivery.add_argument("--producer-queue-max-messages", type=int, default=100_000,
-                          help="records librdkafka may hold before records go to the spool (default: %(default)s)")
-    delivery.add_argument("--shutdown-flush-timeout-ms", type=int, default=30_000,
-                          help="on SIGTERM, how long to wait for Kafka before spooling the rest (default: %(default)s)")
+    fields = {f.name: f for f in dataclasses.fields(AgentSettings)}
+    groups: dict[str, Any] = {}
+    for group_name, flag, name in FLAGS:
+        group = groups.get(group_name)
+        if group is None:
+            group = groups[group_name] = parser.add_argument_group(group_name)
+        field = fields[name]
+        doc = str(field.metadata.get("doc", "")).replace("%", "%%")
+        default = "unset" if field.default is None else field.default
+        dest = _DEST_PREFIX + name
+        if flag.startswith("--no-"):
+            group.add_argument(flag, dest=dest, action="store_false", default=None,
+                               help=f"agent.{name} = false: {doc} (default: on)")
+            continue
+        group.add_argument(flag, dest=dest, type=_field_type(name), default=None, metavar=name.upper(),
+                           help=f"{doc} (agent.{name}; default: {default})")
 
 
-@dataclass(frozen=True)
-class Tuning:
-    limits: ProbeLimits
-    dedup_entries: int
-    budget: BudgetSettings
-    statistics_interval_ms: int
-    metrics_port: int | None
-    metrics_address: str
-    spool_dir: Path | None
-    spool_max_bytes: int
-    producer_queue_max_kbytes: int
-    producer_queue_max_messages: int
-    shutdown_flush_timeout_s: float
+def flag_names() -> dict[str, str]:
+    """{"agent.<setting>": "--flag"}, for messages that name the flag that set a value."""
+    return {f"agent.{name}": flag for _, flag, name in FLAGS}
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "Tuning":
-        if args.statistics_interval_ms <= 0:
-            raise ConfigError(f"--statistics-interval-ms {args.statistics_interval_ms}: must be positive")
-        if args.producer_queue_max_kbytes <= 0 or args.producer_queue_max_messages <= 0:
-            raise ConfigError("--producer-queue-max-kbytes and --producer-queue-max-messages must be positive")
-        limits = ProbeLimits(dedup=not args.no_dedup, rate_per_cpu_s=args.rate_limit, burst=args.rate_burst)
-        limits.config()  # validates
-        return cls(
-            limits=limits,
-            dedup_entries=args.dedup_entries,
-            budget=BudgetSettings(enabled=not args.no_budget, quiet_ns=int(args.budget_quiet_s * _NS_PER_S),
-                                  min_rate_per_s=args.budget_min_rate,
-                                  backoff_ns=int(args.budget_backoff_s * _NS_PER_S),
-                                  max_backoff_ns=int(args.budget_max_backoff_s * _NS_PER_S)),
-            statistics_interval_ms=args.statistics_interval_ms,
-            metrics_port=args.metrics_port,
-            metrics_address=args.metrics_address,
-            spool_dir=args.spool_dir,
-            spool_max_bytes=args.spool_max_bytes,
-            producer_queue_max_kbytes=args.producer_queue_max_kbytes,
-            producer_queue_max_messages=args.producer_queue_max_messages,
-            shutdown_flush_timeout_s=args.shutdown_flush_timeout_ms / 1000,
-        )
 
-    def tracer_settings(self, ringbuf_pages: int) -> TracerSettings:
-        return TracerSettings(ringbuf_pages=ringbuf_pages, dedup_entries=self.dedup_entries)
-
-    def producer_settings(self, bootstrap_servers: str, extra: Mapping[str, str]) -> ProducerSettings:
-        return ProducerSettings(bootstrap_servers=bootstrap_servers, extra=dict(extra),
-                                queue_max_kbytes=self.producer_queue_max_kbytes,
-                                queue_max_messages=self.producer_queue_max_messages)
-
-    def open_spool(self) -> Spool | None:
-        return Spool(self.spool_dir, self.spool_max_bytes) if self.spool_dir is not None else None
-
-    def collector_settings(self, settings: CollectorSettings) -> CollectorSettings:
-        return replace(settings, budget=self.budget, statistics_interval_ms=self.statistics_interval_ms,
-                       shutdown_flush_timeout_s=self.shutdown_flush_timeout_s)
+def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """{"agent.<setting>": value} for each flag of FLAGS; None where the flag was not given."""
+    return {f"agent.{name}": getattr(args, _DEST_PREFIX + name) for _, _, name in FLAGS}

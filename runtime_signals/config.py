@@ -144,11 +144,13 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
-                flags: Mapping[str, Any] | None = None) -> SignalsConfig:
+                flags: Mapping[str, Any] | None = None,
+                flag_names: Mapping[str, str] | None = None) -> SignalsConfig:
     """The effective configuration; raises SettingsError naming every bad setting.
 
     flags maps dotted setting names to command-line values; None values are ignored, so
-    argparse defaults of None leave the file and environment in charge."""
+    argparse defaults of None leave the file and environment in charge. flag_names maps
+    a dotted setting to the flag that set it, so an error names the flag too."""
     env = os.environ if env is None else env
     path = path or env.get(CONFIG_ENV) or None
     data: dict[str, Any] = {}
@@ -162,7 +164,9 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     given = {dotted: value for dotted, value in (flags or {}).items() if value is not None}
     for dotted, value in given.items():
         _set_path(data, dotted, value)
-    return build(SignalsConfig, data, origin, {dotted: "command-line flag" for dotted in given})
+    names = flag_names or {}
+    return build(SignalsConfig, data, origin,
+                 {dotted: " ".join(("command-line flag", names.get(dotted, ""))).strip() for dotted in given})
 
 
 def render(config: SignalsConfig) -> str:

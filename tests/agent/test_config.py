@@ -94,6 +94,65 @@ def test_every_problem_names_its_setting_and_where_it_came_from(tmp_path: Path) 
         load_config(None, env={"SIGNALS_AGENT__TARGETS": '[{"binary": "c", "symbolz": ["malloc"]}]'})
 
 
+def test_overhead_statistics_and_delivery_settings_come_from_file_environment_and_flags(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every setting `signals agent` flags once held alone is in the schema: the agent's
+    own argument parser, then load(), sees file < environment < flag."""
+    from agent import cli as agent_cli
+    from runtime_signals.cli import _parser
+
+    spool = tmp_path / "spool"
+    path = tmp_path / "signals.toml"
+    path.write_text(f'[agent]\ndedup = false\nrate_limit_per_s = 200\nbudget_quiet_s = 2.5\n'
+                    f'metrics_port = 9100\nspool_dir = "{spool}"\nstatistics_interval_ms = 750\n')
+    for name in [n for n in os.environ if n.startswith("SIGNALS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("SIGNALS_AGENT__METRICS_PORT", "9200")
+    monkeypatch.setenv("SIGNALS_AGENT__BUDGET", "off")
+    monkeypatch.setenv("SIGNALS_AGENT__SPOOL_MAX_BYTES", "1048576")
+    args = _parser().parse_args(["agent", "--config", str(path), "--metrics-port", "9300", "--rate-limit", "10",
+                                 "--shutdown-flush-timeout-ms", "1500", "--probe", "c:malloc"])
+    agent = agent_cli.load(args).agent
+    assert agent.metrics_port == 9300 and agent.rate_limit_per_s == 10  # flag over environment over file
+    assert agent.budget is False and agent.spool_max_bytes == 1 << 20  # environment over default
+    assert agent.dedup is False and agent.spool_dir == str(spool) and agent.statistics_interval_ms == 750
+    assert agent.shutdown_flush_timeout_ms == 1500 and agent.metrics_address == "0.0.0.0"
+    # The objects the agent runs with carry the values.
+    assert agent.probe_limits().dedup is False and agent.probe_limits().rate_per_cpu_s == 10
+    assert agent.budget_settings().enabled is False and agent.budget_settings().quiet_ns == 2_500_000_000
+    # A flag not given leaves the file's value; --no-dedup only ever turns dedup off.
+    monkeypatch.delenv("SIGNALS_AGENT__METRICS_PORT")
+    again = agent_cli.load(_parser().parse_args(["agent", "--config", str(path), "--no-budget"])).agent
+    assert again.metrics_port == 9100 and again.dedup is False and again.budget is False
+
+
+def test_agent_settings_are_validated_at_start_naming_the_setting_and_the_flag(tmp_path: Path) -> None:
+    path = tmp_path / "signals.toml"
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    path.write_text(f'[agent]\nspool_dir = "{not_a_dir}"\nbudget_backoff_s = 30.0\nbudget_max_backoff_s = 10.0\n'
+                    '[[agent.targets]]\nbinary = "z"\nsymbols = ["crc32"]\n')
+    done = _signals("agent", "--check", str(path), "--dedup-entries", "0", "--metrics-port", "70000",
+                    env={"SIGNALS_AGENT__PRODUCER_QUEUE_MAX_MESSAGES": "0", "SIGNALS_AGENT__DEDUP": "maybe"})
+    assert done.returncode == 1
+    assert ("agent.dedup (from environment variable SIGNALS_AGENT__DEDUP): expected true or false, got 'maybe'"
+            in done.stderr), done.stderr
+    done = _signals("agent", "--check", str(path), "--dedup-entries", "0", "--metrics-port", "70000",
+                    env={"SIGNALS_AGENT__PRODUCER_QUEUE_MAX_MESSAGES": "0"})
+    assert done.returncode == 1
+    for expected in ("agent.dedup_entries (from command-line flag --dedup-entries): 0 is outside",
+                     "agent.metrics_port (from command-line flag --metrics-port): 70000 is not a TCP port",
+                     "agent.producer_queue_max_messages (from environment variable "
+                     "SIGNALS_AGENT__PRODUCER_QUEUE_MAX_MESSAGES): 0 is outside",
+                     f"agent.spool_dir (from config file {path}): {not_a_dir} exists and is not a directory",
+                     f"agent.budget_max_backoff_s (from config file {path}): 10.0 is shorter than budget_backoff_s"):
+        assert expected in done.stderr, done.stderr
+    help_text = _signals("agent", "--help").stdout
+    for flag, setting in (("--no-dedup", "agent.dedup"), ("--rate-limit", "agent.rate_limit_per_s"),
+                          ("--spool-dir", "agent.spool_dir"), ("--metrics-port", "agent.metrics_port")):
+        assert flag in help_text and setting in help_text, (flag, setting)
+
+
 def test_signals_config_check_prints_the_effective_configuration_without_secrets(tmp_path: Path) -> None:
     path = tmp_path / "signals.toml"
     path.write_text(CONFIG)
@@ -101,6 +160,11 @@ def test_signals_config_check_prints_the_effective_configuration_without_secrets
     assert done.returncode == 0, done.stderr
     assert SECRET not in done.stdout + done.stderr
     assert 'sasl_password = "***"' in done.stdout and "ringbuf_pages = 2048" in done.stdout
+    shown = _signals("config", "check", env={"SIGNALS_AGENT__SPOOL_DIR": "/var/lib/runtime-signals/spool",
+                                             "SIGNALS_AGENT__RATE_LIMIT_PER_S": "500"})
+    assert shown.returncode == 0, shown.stderr
+    assert 'spool_dir = "/var/lib/runtime-signals/spool"' in shown.stdout and "rate_limit_per_s = 500" in shown.stdout
+    assert "dedup = true" in shown.stdout and "# metrics_port =" in shown.stdout  # defaults, and what is off
     failed = _signals("config", "check", "--config", str(path))  # SASL_SSL without a password
     assert failed.returncode == 1
     assert "kafka.sasl_password" in failed.stderr and "required with security_protocol SASL_SSL" in failed.stderr

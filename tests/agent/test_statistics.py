@@ -65,7 +65,10 @@ def test_statistics_topic_and_metrics_endpoint_report_the_same_figures(kafka_boo
     names = TopicNames().with_prefix(prefix)
     create_topics(kafka_bootstrap, names)
     probe_id = f"{workload}:{PROBED_SYMBOL}"
-    flags = ["--metrics-port", "0", "--metrics-address", "127.0.0.1", "--statistics-interval-ms", "500"]
+    # Set in the configuration file, as a DaemonSet's ConfigMap would.
+    config = tmp_path / "signals.toml"
+    config.write_text('[agent]\nmetrics_port = 0\nmetrics_address = "127.0.0.1"\nstatistics_interval_ms = 500\n')
+    flags = ["--config", str(config)]
     with AgentProcess(kafka_bootstrap, prefix, [probe_id], tmp_path / "agent.log", flags) as agent:
         port = agent.metrics_port
         _wait(lambda: _get(port, "/readyz")[0] == 200, 30, "/readyz")
@@ -103,10 +106,14 @@ def test_statistics_topic_and_metrics_endpoint_report_the_same_figures(kafka_boo
     assert {r["agent_id"] for r in reports} == {final["agent_id"]} and final["host"]
 
 
-def test_readyz_waits_for_the_broker_while_healthz_answers(workload: Path, tmp_path: Path) -> None:
+def test_readyz_waits_for_the_broker_while_healthz_answers(workload: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     unreachable = f"127.0.0.1:{free_port_pair()[0]}"  # nothing listens there
-    flags = ["--metrics-port", "0", "--metrics-address", "127.0.0.1", "--shutdown-flush-timeout-ms", "500"]
-    with AgentProcess(unreachable, "", [f"{workload}:{PROBED_SYMBOL}"], tmp_path / "agent.log", flags) as agent:
+    # Set in the environment, as a pod spec's env would (the agent inherits it).
+    monkeypatch.setenv("SIGNALS_AGENT__METRICS_PORT", "0")
+    monkeypatch.setenv("SIGNALS_AGENT__METRICS_ADDRESS", "127.0.0.1")
+    monkeypatch.setenv("SIGNALS_AGENT__SHUTDOWN_FLUSH_TIMEOUT_MS", "500")
+    with AgentProcess(unreachable, "", [f"{workload}:{PROBED_SYMBOL}"], tmp_path / "agent.log") as agent:
         port = agent.metrics_port
         time.sleep(2)
         assert _get(port, "/healthz")[0] == 200
