@@ -85,6 +85,11 @@ def _run_mode(bootstrap: str, work_dir: Path, copies: dict[str, Path], mode: str
                 ended_us = time.time_ns() // 1000
                 _wait_for_watermarks(tail, bootstrap, names.raw, ended_us, timeout_s=300)
             after = native.run_timed(unprobed, calls, paths, work)
+            # Once the budget has detached the probe, the workload runs at full speed until
+            # the probe is re-armed (60 s later by default): a second run shows that state.
+            again = None
+            if "budget: detached" in agent.log():
+                again = native.run_timed(probed, calls, paths, work).ns_per_call
             reported = _reported_paths(tail)
         finally:
             tail.close()
@@ -107,6 +112,7 @@ def _run_mode(bootstrap: str, work_dir: Path, copies: dict[str, Path], mode: str
         "calls_reported": reported["calls"], "records": reported["records"],
         "budget_detached": detached_at is not None, "attached_s_before_detach": attached_s,
         "probed_run_s": target.timed.ns_per_call * calls / 1e9,
+        "second_run_slowdown_percent": None if again is None else (again - unprobed_ns) / unprobed_ns * 100,
     }
 
 

@@ -119,16 +119,18 @@ def read_range(bootstrap: str, topic: str, start: Offsets, end: Offsets,
             if time.monotonic() > deadline:
                 raise BenchmarkError(f"reading {topic}: partitions {sorted(pending)} not read "
                                      f"to their end within {timeout_s:.0f}s")
-            batch = []
+            batch: list[tuple[int, bytes | None, bytes]] = []
             for message in consumer.consume(10_000, 0.5):
                 error = message.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
                         continue
                     raise BenchmarkError(f"reading {topic}[{message.partition()}]: {error}")
-                partition, offset = message.partition(), message.offset()
+                partition, offset, value = message.partition(), message.offset(), message.value()
+                if partition is None or offset is None or value is None:
+                    continue  # not a record (no tombstones are written to these topics)
                 if partition in pending and offset < pending[partition]:
-                    batch.append((partition, message.key(), message.value()))
+                    batch.append((partition, message.key(), value))
                     if offset + 1 >= pending[partition]:
                         del pending[partition]
             read += len(batch)
@@ -171,12 +173,15 @@ class Tail:
         try:
             while not self._stop.is_set():
                 for message in self._consumer.consume(1000, 0.02):
-                    if message.error() is not None:
-                        if message.error().code() == KafkaError._PARTITION_EOF:
+                    error = message.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
                             continue
-                        raise BenchmarkError(f"tailing {self.topic}: {message.error()}")
-                    self.arrivals.append(Arrival(time.time(), time.monotonic(), message.partition(),
-                                                 message.key(), message.value()))
+                        raise BenchmarkError(f"tailing {self.topic}: {error}")
+                    partition, value = message.partition(), message.value()
+                    if partition is None or value is None:
+                        continue
+                    self.arrivals.append(Arrival(time.time(), time.monotonic(), partition, message.key(), value))
         except BaseException as exc:  # handed to the caller by check()
             self._error = exc
 

@@ -75,7 +75,8 @@ class RunningTarget:
         self.finished_monotonic_s = time.monotonic()
         if not line.startswith("calls="):
             self.release()
-            raise BenchmarkError(f"{' '.join(argv)} printed {line!r}: {self.process.stderr.read() if self.process.stderr else ''}")
+            stderr = self.process.stderr.read() if self.process.stderr else ""
+            raise BenchmarkError(f"{' '.join(argv)} printed {line!r} instead of its timing: {stderr}")
         fields = dict(part.split("=", 1) for part in line.split())
         self.timed = Timed(int(fields["calls"]), int(fields["paths"]), int(fields["work"]),
                            float(fields["ns_per_call"]))

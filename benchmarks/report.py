@@ -80,7 +80,7 @@ def _hot(section: dict[str, Any] | None) -> list[str]:
     rows = []
     for r in section["rows"]:
         if "skipped" in r:
-            rows.append([r["mode"], r["skipped"]] + [""] * 7)
+            rows.append([r["mode"], r["skipped"]] + [""] * 8)
             continue
         ratio = (r["probed_ns_per_call"] - r["unprobed_ns_per_call"]) / max(
             r["noop_ns_per_call"] - r["unprobed_ns_per_call"], 1e-9)
@@ -88,13 +88,14 @@ def _hot(section: dict[str, Any] | None) -> list[str]:
                      _f(r["noop_slowdown_percent"]), _f(ratio, 2), f"{r['paths_reported']}/{r['paths']}",
                      f"{_f(r['calls_reported'])} / {_f(r['calls'])}", _f(r["records"]),
                      f"after {r['attached_s_before_detach']:.1f} s of {r['probed_run_s']:.1f} s"
-                     if r["budget_detached"] else "no"])
+                     if r["budget_detached"] else "no", _f(r.get("second_run_slowdown_percent"))])
     return [f"## {title}", "",
             f"{section['paths']} call paths, {_f(section['calls_per_run'])} calls per run; slowdown = "
             "(probed − unprobed) / unprobed time of the whole run.", ""] + _table(
         ["mode", "unprobed M calls/s", "slowdown %", "no-op uprobe slowdown %",
          "(probed − unprobed) / (no-op − unprobed)", "paths reported",
-         "calls reported / made", "raw records", "budget detached the probe"], rows)
+         "calls reported / made", "raw records", "budget detached the probe",
+         "slowdown % of a second run (probe detached)"], rows)
 
 
 def _agent(section: dict[str, Any] | None) -> list[str]:
@@ -121,7 +122,7 @@ def _processor(section: dict[str, Any] | None) -> list[str]:
     rows = [[r["kind"], _f(r["workers"]), _f(r["events"]), _f(r["containers"]), _f(r["paths"]),
              _f(r["events_per_s"]), _f(r["floor_events_per_s"]), _f(r["worker_vs_floor"], 2),
              _f(r.get("engine_events_per_s")), _f(r["worker_cpu_s_per_million"], 1),
-             _f(r["peak_rss_bytes"] / MIB, 1)] for r in timed]
+             _f(r.get("floor_cpu_s_per_million"), 1), _f(r["peak_rss_bytes"] / MIB, 1)] for r in timed]
     memory = [[_f(r["distinct_paths_per_window"]), _f(r["events"]), _f(r["windows"]),
                f"{_f(r['containers'])} × {_f(r['paths'])}", _f(r["peak_rss_bytes"] / MIB, 1),
                _f(r["rss_bytes"] / MIB, 1)] for r in section["rows"] if r["kind"] == "memory"]
@@ -132,9 +133,10 @@ def _processor(section: dict[str, Any] | None) -> list[str]:
             "processor.engine.Engine in-process, no Kafka. Peak RSS here includes the consumer's "
             "backlog (records are produced faster than one worker takes them).", ""] + _table(
         ["stage", "workers", "events", "containers", "paths per container", "worker events/s",
-         "floor events/s", "worker / floor", "engine events/s", "worker CPU s per M", "peak RSS MiB"], rows) + [
-        "Memory of one worker against the paths it holds: one window (10,000 calls) produced at a time, "
-        "so no backlog builds up.", ""] + _table(
+         "floor events/s", "worker / floor", "engine events/s", "worker CPU s per M", "floor CPU s per M",
+         "peak RSS MiB"], rows) + [
+        "Memory of a fresh worker against the paths it holds: one window produced at a time (then its "
+        "summaries awaited), so no backlog builds up.", ""] + _table(
         ["distinct paths per window", "events", "windows", "containers × paths", "peak RSS MiB",
          "RSS at the end MiB"], memory)
 

@@ -37,10 +37,10 @@ class Plan:
     latency_seconds_per_rate: float
 
 
-# Sizes for the 2-core VM the figures in docs/benchmarks.md come from: about 8 minutes.
+# Sizes for the 2-core VM the figures in docs/benchmarks.md come from: 5 to 8 minutes.
 FULL = Plan(
     probe=probe_agent.ProbeAgentPlan(sizes=[5_000, 15_000, 45_000], repeats=3, leaf_calls=5_000),
-    hot=hot.HotPlan(paths=16, run_s=2.0),
+    hot=hot.HotPlan(paths=16, run_s=3.0),
     processor=processor_bench.ProcessorPlan(
         throughput=[Dataset(20_000, 8, 16, 10), Dataset(60_000, 8, 16, 10), Dataset(180_000, 8, 16, 10)],
         containers=[Dataset(40_000, 1, 16, 10), Dataset(40_000, 10, 16, 10), Dataset(40_000, 100, 16, 10)],
@@ -56,7 +56,7 @@ FULL = Plan(
 # Every code path at toy sizes, for tests/test_benchmarks_smoke.py: figures mean nothing.
 QUICK = Plan(
     probe=probe_agent.ProbeAgentPlan(sizes=[300, 600, 900], repeats=1, leaf_calls=200, drain_timeout_s=120),
-    hot=hot.HotPlan(paths=4, run_s=0.05, extra_flags=("--budget-quiet-s=1",)),
+    hot=hot.HotPlan(paths=4, run_s=0.5, extra_flags=("--budget-quiet-s=1",)),
     processor=processor_bench.ProcessorPlan(
         throughput=[Dataset(400, 4, 4, 2)], containers=[Dataset(200, 8, 2, 2)],
         memory=[Dataset(200, 2, 8, 2)],
@@ -120,7 +120,8 @@ def run_suite(plan: Plan, stages: list[str], bootstrap: str | None, work_dir: Pa
     with dedicated_broker(bootstrap) as broker:
         offered = flags_offered("agent")
         results["meta"]["agent_flags_offered"] = sorted(offered)
-        full_probe_flags = [f for f in ("--no-dedup", "--no-budget") if f in offered]
+        # The full probe: every call through the ring buffer, never detached.
+        full_probe_flags: list[str] = [f for f in ("--no-dedup", "--no-budget") if f in offered]
         runners: dict[str, Callable[[], dict[str, Any]]] = {
             "probe_agent": lambda: probe_agent.run(broker, work_dir, plan.probe, full_probe_flags),
             "hot": lambda: hot.run(broker, work_dir, plan.hot, offered),

@@ -1,89 +1,81 @@
-"""The worker: Kafka in, Engine, Kafka out, checkpoints. No logic lives here.
+"""The worker, a faust-streaming app: raw topic in, Engine, outputs out, checkpoints.
 
-One consumer-group member (cooperative-sticky assignment) reads the raw topic; partitions
-are the unit of state, so a partition moves between workers whole. On assignment the
-worker restores the partition from its checkpoint and seeks to the checkpoint's replay
-offset; on revocation it checkpoints the partition first. docs/processor.md explains why
-this counts every call exactly once across kill -9, restarts and rebalances.
+No logic lives here: processor/engine.py decides everything; this wires it to faust.
 
-faust-streaming is not used for this stage: its commits cover every acknowledged
-offset with no room for the replay point and state a checkpoint needs, and its
-exactly-once mode has open bugs. confluent-kafka gives the three controls the mechanism
-needs: the offset to seek to on assignment, a delivery report per output, and commits
-made only when the worker decides.
+What faust does: it runs the consumer group (aiokafka), the fetch loop, one agent that hands
+every raw record to the Engine in partition order, the producer, the timers, and the web
+server for /metrics, /healthz and /readyz.
+
+What is built on top of it, for exactness (docs/processor.md, "Exactness"): faust commits
+"every offset acknowledged so far", and a restart from there loses the calls of windows
+still open; its exactly-once mode (transactions) has open bugs and commits the same offsets.
+So faust's offset management is switched off for the raw topic (declared acks=False, read
+with noack(): faust never acks a raw record, so never commits one) and the worker
+checkpoints instead:
+- a faust timer, every --checkpoint-interval-ms: flush the producer and check the delivery
+  report of every output since the last checkpoint, write the partitions' checkpoints and
+  wait for their acks, then commit each partition's replay offset through faust's consumer;
+- on assignment: restore each partition from its checkpoint. faust's recovery then seeks
+  every assigned partition to its committed offset (faust/tables/recovery.py,
+  _resume_streams -> Consumer.perform_seek), which is the checkpoint's replay offset, or an
+  earlier one if the worker died between writing a checkpoint and committing: the Engine
+  skips records below its position, so faust's seek and the checkpoint always agree;
+- on revocation (faust has stopped the flow and cleared the agent's buffer by then):
+  checkpoint the revoked partitions, then forget them. faust rebalances eagerly: each
+  rebalance revokes every partition and assigns anew, and each is restored from its
+  checkpoint. On SIGTERM faust sends no revocation: the worker checkpoints before it leaves.
+One asyncio lock makes "handle a record and send its outputs", a checkpoint, and a
+rebalance step atomic with respect to each other, so a checkpoint never covers a record
+whose outputs are not yet sent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import signal
-import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, cast
 
-from confluent_kafka import OFFSET_STORED, Consumer, KafkaException, TopicPartition
+import faust
 from confluent_kafka.admin import AdminClient
+from faust.transport.consumer import Consumer as TransportConsumer
+from faust.types import TP
+from faust.web import Request, Response, View
 
 from schemas import codec
 from schemas.errors import SchemaError
-from schemas.topics import TopicNames
 
 from . import metrics
 from .checkpoint import checkpoint_topic
-from .engine import Engine, EngineSettings
-from .errors import ConfigError
-from .kafka_io import (
-    BinaryFeed,
-    CheckpointStore,
-    OutputWriter,
-    headers_of,
-    located,
-    partition_count,
-    read_partition,
-)
+from .engine import Engine, EngineSettings, Output
+from .errors import DeliveryError, ProcessorError
+from .faust_config import build_app, check_port_free
+from .kafka_io import BinaryFeed, CheckpointStore, partition_count, read_partition
+from .settings import ProcessorSettings
 from .symbol_store import SymbolStore
-from .windows import WindowSpec
 
 log = logging.getLogger(__name__)
 
 CONTAINER_STATE = "io.runtimesignals.ContainerState"
+_FEED_INTERVAL_S = 0.1     # new symbol tables, and windows whose wait for them ran out
+_ACK_TIMEOUT_S = 30.0
 
 
-@dataclass(frozen=True)
-class ProcessorSettings:
-    bootstrap_servers: str
-    window: WindowSpec
-    topics: TopicNames = field(default_factory=TopicNames)       # raw, symbols, modules are read here
-    output_topics: TopicNames | None = None                      # default: topics
-    app_id: str = "runtime-signals-processor"
-    group_instance_id: str | None = None
-    agent_idle_ms: int = 30_000
-    symbol_wait_ms: int = 10_000
-    max_pending_windows: int = 10_000
-    checkpoint_interval_ms: int = 1_000
-    session_timeout_ms: int = 10_000
-    metrics_port: int | None = None
-    # librdkafka connection settings (security, client id) laid over bootstrap_servers:
-    # runtime_signals/config.py's KafkaSettings.librdkafka_config().
-    kafka_config: dict[str, Any] = field(default_factory=dict)
-
-    def connection(self) -> dict[str, Any]:
-        return {"bootstrap.servers": self.bootstrap_servers, **self.kafka_config}
-
-    def __post_init__(self) -> None:
-        if self.checkpoint_interval_ms <= 0:
-            raise ConfigError(f"checkpoint_interval_ms={self.checkpoint_interval_ms}: must be positive "
-                              f"(--checkpoint-interval-ms)")
-
-    @property
-    def outputs(self) -> TopicNames:
-        return self.output_topics or self.topics
+def is_ready(*, joined: bool, stopping: bool, rebalancing: bool, consuming: bool,
+             assigned: set[int], restored: set[int]) -> bool:
+    """/readyz: in the group, not stopping or rebalancing, consuming, and every assigned raw
+    partition restored from its checkpoint. A worker the group gave no partition is ready
+    too: with more replicas than partitions such pods would otherwise stay unready and
+    stall a rolling update."""
+    return joined and not stopping and not rebalancing and consuming and assigned <= restored
 
 
 class Worker:
     def __init__(self, settings: ProcessorSettings) -> None:
         self.settings = settings
+        if settings.metrics_port is not None:
+            check_port_free(settings.metrics_port)
         raw = settings.topics.raw
         self._registry = codec.SchemaRegistry.default()
         self._symbols = SymbolStore()
@@ -94,182 +86,313 @@ class Worker:
         admin = AdminClient(connection)
         raw_partitions = partition_count(admin, raw)
         out = settings.outputs
-        topics = {"summary": out.summaries, "path": out.paths, "latest": out.latest, "late": out.late,
-                  "dlq": out.dlq}
-        for topic in topics.values():
+        names = {"summary": out.summaries, "path": out.paths, "latest": out.latest, "late": out.late,
+                 "dlq": out.dlq}
+        for topic in names.values():
             partition_count(admin, topic)  # fail now, naming the topic, rather than on the first write
-        self._latest_topic = out.latest
         self._latest_partitions = partition_count(admin, out.latest)
-        self._writer = OutputWriter(connection, topics, self._latest_partitions)
+        # Side readers (confluent-kafka, assign-only, never in the group): checkpoints and
+        # latest state on assignment, symbol tables and module maps all along.
         self._checkpoints = CheckpointStore(connection, checkpoint_topic(raw, settings.app_id), self._registry,
                                             f"{settings.app_id}.checkpoint-reader")
         self._checkpoints.ensure(raw_partitions)
         self._feed = BinaryFeed(connection, settings.topics.symbols, settings.topics.modules, self._symbols,
                                 self._registry, f"{settings.app_id}.binaries")
-        self._written: dict[int, bytes] = {}   # last checkpoint written per partition
-        config: dict[str, Any] = {
-            **connection,
-            "group.id": settings.app_id,
-            "partition.assignment.strategy": "cooperative-sticky",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": settings.session_timeout_ms,
-            # Notice a rebalance (a worker joining) within a third of the session timeout.
-            "heartbeat.interval.ms": max(100, min(3000, settings.session_timeout_ms // 3)),
-        }
-        if settings.group_instance_id:
-            # Static membership: a restarted worker takes its partitions back at once.
-            config["group.instance.id"] = settings.group_instance_id
-        self._consumer = Consumer(config)
-        self._collector = metrics.serve(settings.metrics_port) if settings.metrics_port else None
+        self._written: dict[int, bytes] = {}       # last checkpoint written per partition
+        self._unacked: list[tuple[Awaitable[Any], str, bytes | None]] = []   # (delivery, topic, key)
+        self._lock = asyncio.Lock()
+        self._stopping = False
+        self._ready_logged = False
+        self._joined = False  # an assignment (possibly empty) has been handled
+        self.fatal: BaseException | None = None
+        self._worker: faust.Worker | None = None
+        self._status = (0, time.monotonic())
+        self._exposition = metrics.Exposition() if settings.metrics_port is not None else None
 
-    # -- rebalancing -----------------------------------------------------------------
+        self.app = app = build_app(settings)
+        self._outputs = {kind: app.topic(name, key_type=bytes, value_type=bytes) for kind, name in names.items()}
+        self._checkpoint_out = app.topic(self._checkpoints.topic, key_type=bytes, value_type=bytes)
+        raw_topic = app.topic(raw, key_type=bytes, value_type=bytes, acks=False)
+        app.agent(raw_topic, name="raw-records")(self._process)
+        interval_s = settings.checkpoint_interval_ms / 1000
+        app.timer(interval_s, name="checkpoint")(self._on_checkpoint_timer)
+        app.timer(interval_s, name="status")(self._publish_status)
+        app.timer(_FEED_INTERVAL_S, name="binaries")(self._on_feed_timer)
+        # mode types a receiver as (sender, *args, signal=..., **kwargs): these take the
+        # one argument faust sends, by name.
+        app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
+        app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        app.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]
+        if self._exposition is not None:
+            self._add_pages()
 
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            checkpoint = self._checkpoints.read(tp.partition)
-            latest = self._latest_records(tp.partition)
-            offset = self.engine.assign(tp.partition, checkpoint, latest)
-            tp.offset = OFFSET_STORED if offset is None else offset
-            if checkpoint is None:
-                log.info("assigned %s[%d]: no checkpoint, from the committed offset (else the earliest)",
-                         tp.topic, tp.partition)
-            else:
-                log.info("assigned %s[%d]: checkpoint restored, replay from offset %d, outputs resume at %d",
-                         tp.topic, tp.partition, checkpoint.replay_from_offset, checkpoint.suppress_until_offset)
-            if checkpoint is not None:
-                self._written[tp.partition] = checkpoint.encode(self._registry)
-        consumer.incremental_assign(partitions)
+    # -- records ---------------------------------------------------------------------
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        owned = [tp.partition for tp in partitions if self.engine.owns(tp.partition)]
-        self.checkpoint(owned)
-        for partition in owned:
-            self.engine.revoke(partition)
-            self._written.pop(partition, None)
-        log.info("revoked %s: checkpointed and dropped", sorted(owned))
-        consumer.incremental_unassign(partitions)
+    async def _process(self, stream: faust.StreamT[bytes]) -> None:
+        # noack() is Stream's, not in faust's StreamT interface.
+        async for event in cast(faust.Stream[bytes], stream).noack().events():
+            message = event.message
+            async with self._lock:
+                # A record fetched before the last rebalance: the partition was restored
+                # since, and faust seeked it back to the replay offset.
+                if self._stopping or message.generation_id != self.app.consumer_generation_id:
+                    continue
+                try:
+                    if not self.engine.owns(message.partition) and not await self._restore(message.partition):
+                        continue  # not assigned here (any more)
+                    await self._send(self.engine.handle(message.partition, message.offset, message.key,
+                                                        message.value, tuple(message.headers or ())))
+                except Exception as exc:  # noqa: BLE001 -- a worker error, not a record's: stop
+                    await self._fail(exc)
 
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Another member owns them already: its checkpoints count, not ours.
-        for tp in partitions:
-            self.engine.revoke(tp.partition)
-            self._written.pop(tp.partition, None)
-        log.warning("lost %s without a revoke (session timed out?); dropped", [tp.partition for tp in partitions])
-        consumer.incremental_unassign(partitions)
+    async def _send(self, outputs: list[Output]) -> None:
+        for output in outputs:
+            partition = None
+            if output.kind == "latest":
+                # Next to the raw partition's other states, so a new owner reads one partition back.
+                partition = output.source_partition % self._latest_partitions
+            topic = self._outputs[output.kind]
+            delivery = await topic.send(key=output.key, value=output.value, partition=partition,
+                                        headers=list(output.headers) or None)
+            self._unacked.append((delivery, topic.get_topic_name(), output.key))
 
-    def _latest_records(self, partition: int) -> list[dict[str, Any]]:
-        records = []
-        source = partition % self._latest_partitions
-        for message in read_partition(self.settings.connection(), self._latest_topic, source,
-                                      f"{self.settings.app_id}.latest-reader"):
-            try:
-                records.append(codec.decode(message.value() or b"", self._registry, CONTAINER_STATE).record)
-            except SchemaError as exc:
-                log.warning("%s[%d]@%d: latest-state record skipped: %s", self._latest_topic, source,
-                            message.offset(), exc)
-        return records
+    async def _acknowledged(self) -> None:
+        """Return when the broker acknowledged every output sent so far (acks=all), or raise
+        DeliveryError naming the first it refused."""
+        await self.app.producer.flush()
+        unacked, self._unacked = self._unacked, []
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*(delivery for delivery, _, _ in unacked), return_exceptions=True), _ACK_TIMEOUT_S)
+        except asyncio.TimeoutError as exc:
+            raise DeliveryError(f"{len(unacked)} output(s) not acknowledged within {_ACK_TIMEOUT_S:.0f}s; is the "
+                                f"broker reachable?") from exc
+        for (_, topic, key), result in zip(unacked, results):
+            if isinstance(result, BaseException):
+                raise DeliveryError(f"{topic} key={key!r}: refused by the broker: {result!r}; offsets were not "
+                                    f"advanced past it") from result
 
     # -- checkpoints -----------------------------------------------------------------
 
-    def checkpoint(self, partitions: list[int] | None = None) -> None:
-        """Flush every output, then write and commit the partitions' checkpoints."""
+    async def checkpoint(self, partitions: list[int] | None = None) -> None:
+        """Acknowledge every output, then write and commit the partitions' checkpoints.
+        Call it holding the lock."""
         chosen = self.engine.partitions() if partitions is None else partitions
         checkpoints = [c for c in (self.engine.checkpoint(p) for p in chosen) if c is not None]
         changed = [(c, c.encode(self._registry)) for c in checkpoints]
         changed = [(c, value) for c, value in changed if self._written.get(c.partition) != value]
         if not changed:
             return
-        self._writer.flush()  # everything a checkpoint covers is acknowledged first
+        await self._acknowledged()  # everything a checkpoint covers is acknowledged first
         for checkpoint_, value in changed:
-            self._writer.write_raw(self._checkpoints.topic, f"{checkpoint_.raw_topic}|{checkpoint_.partition}".encode(),
-                                   value, checkpoint_.partition)
-        self._writer.flush()
+            key = f"{checkpoint_.raw_topic}|{checkpoint_.partition}".encode()
+            delivery = await self._checkpoint_out.send(key=key, value=value, partition=checkpoint_.partition)
+            self._unacked.append((delivery, self._checkpoints.topic, key))
+        await self._acknowledged()
         for checkpoint_, value in changed:
             self._written[checkpoint_.partition] = value
-        try:
-            # For lag tools and as the fallback start; the checkpoint is what restarts use.
-            self._consumer.commit(offsets=[TopicPartition(self.settings.topics.raw, c.partition,
-                                                          c.replay_from_offset) for c, _ in changed],
-                                  asynchronous=False)
-        except KafkaException as exc:
-            log.warning("committing offsets failed (checkpoints were written): %s", exc.args[0])
-
-    # -- the loop --------------------------------------------------------------------
-
-    def run(self, stop: threading.Event) -> None:
-        self._feed.catch_up()
+        # So that faust's seek-to-committed on the next assignment lands on the replay
+        # offset. Consumer._commit is the transport's "commit exactly these offsets" (faust's
+        # own commit path ends in it); it skips partitions no longer assigned and returns
+        # False when the group has rebalanced meanwhile: the checkpoint still counts.
         raw = self.settings.topics.raw
-        self._consumer.subscribe([raw], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                 on_lost=self._on_lost)
-        log.info("processor ready: group %s reads %s, writes %s, %s, %s", self.settings.app_id, raw,
-                 self.settings.outputs.summaries, self.settings.outputs.paths, self.settings.outputs.latest)
-        interval_s = self.settings.checkpoint_interval_ms / 1000
-        next_checkpoint = next_status = time.monotonic() + interval_s
-        status_events, status_at = 0, time.monotonic()
-        try:
-            while not stop.is_set():
-                if self._feed.poll():
-                    self._write(self.engine.release())
-                for message in self._consumer.consume(500, 0.1):
-                    if message.error():
-                        log.warning("consuming %s: %s", raw, message.error())
-                        continue
-                    _, partition, offset = located(message)
-                    if not self.engine.owns(partition):
-                        continue  # fetched before its partition was revoked
-                    self._write(self.engine.handle(partition, offset, message.key(), message.value(),
-                                                   headers_of(message)))
-                self._write(self.engine.release())
-                self._writer.poll()
-                now = time.monotonic()
-                if now >= next_checkpoint:
-                    self.checkpoint()
-                    next_checkpoint = now + interval_s
-                if now >= next_status:
-                    events = self.engine.counts["events"]
-                    self._publish_status((events - status_events) / (now - status_at))
-                    status_events, status_at, next_status = events, now, now + interval_s
-            self.checkpoint()
-        finally:
-            self._consumer.close()  # revokes (and so checkpoints) what is still assigned
-            self._writer.flush()
-            self._feed.close()
-            self._checkpoints.close()
+        offsets = {TP(raw, c.partition): c.replay_from_offset for c, _ in changed}
+        if not await cast(TransportConsumer, self.app.consumer)._commit(offsets):
+            log.info("committing %s not done (rebalancing); the checkpoints were written", sorted(offsets.values()))
+
+    async def _on_checkpoint_timer(self) -> None:
+        async with self._lock:
+            if self._stopping:
+                return
+            try:
+                await self.checkpoint()
+            except Exception as exc:  # noqa: BLE001
+                await self._fail(exc)
+
+    async def _on_feed_timer(self) -> None:
+        if self._lock.locked():
+            return  # a checkpoint or a rebalance step; the next tick comes soon enough
+        async with self._lock:
+            if self._stopping:
+                return
+            try:
+                self._feed.poll()
+                await self._send(self.engine.release())
+            except Exception as exc:  # noqa: BLE001
+                await self._fail(exc)
+
+    # -- rebalancing -----------------------------------------------------------------
+
+    async def _on_assigned(self, app: faust.App, assigned: set[TP], **_: Any) -> None:
+        raw = self.settings.topics.raw
+        partitions = sorted(tp.partition for tp in assigned if tp.topic == raw)
+        async with self._lock:
+            self._joined = True
+            for lost in set(self.engine.partitions()) - set(partitions):
+                # Assigned elsewhere without a revoke here: its owner restores it.
+                self.engine.revoke(lost)
+                self._written.pop(lost, None)
+            for partition in partitions:
+                try:
+                    await self._restore(partition)
+                except Exception as exc:  # noqa: BLE001
+                    await self._fail(exc)
+                    return
+
+    async def _restore(self, partition: int) -> bool:
+        """Take a partition assigned to this worker from its checkpoint, unless it is
+        already. Called on assignment, and by the agent should a record of the partition
+        come first (faust resumes fetching concurrently with the assignment signal)."""
+        if self.engine.owns(partition):
+            return True
+        raw = self.settings.topics.raw
+        if TP(raw, partition) not in self.app.consumer.assignment():
+            return False
+        checkpoint = await asyncio.to_thread(self._checkpoints.read, partition)
+        latest = await asyncio.to_thread(self._latest_records, partition)
+        self.engine.assign(partition, checkpoint, latest)
+        if checkpoint is None:
+            log.info("assigned %s[%d]: no checkpoint, from the committed offset (else the earliest)", raw, partition)
+        else:
+            log.info("assigned %s[%d]: checkpoint restored, replay from offset %d, outputs resume at %d",
+                     raw, partition, checkpoint.replay_from_offset, checkpoint.suppress_until_offset)
+            self._written[partition] = checkpoint.encode(self._registry)
+        return True
+
+    async def _on_revoked(self, app: faust.App, revoked: set[TP], **_: Any) -> None:
+        raw = self.settings.topics.raw
+        async with self._lock:
+            owned = sorted(tp.partition for tp in revoked if tp.topic == raw and self.engine.owns(tp.partition))
+            try:
+                await self.checkpoint(owned)
+            except Exception as exc:  # noqa: BLE001
+                await self._fail(exc)
+            for partition in owned:
+                self.engine.revoke(partition)
+                self._written.pop(partition, None)
+            log.info("revoked %s: checkpointed and dropped", owned)
+
+    async def _on_shutdown(self, app: faust.App, **_: Any) -> None:
+        # faust leaves the group after this without sending on_partitions_revoked.
+        async with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            try:
+                await self.checkpoint()
+            except Exception as exc:  # noqa: BLE001
+                self.fatal = self.fatal or exc
+                log.error("final checkpoint failed: %s", exc)
         log.info("processor stopped: %s", dict(sorted(self.engine.counts.items())))
 
-    def _write(self, outputs: list[Any]) -> None:
-        for output in outputs:
-            self._writer.write(output)
-
-    def _publish_status(self, events_per_second: float) -> None:
-        if self._collector is None:
-            return
-        lag: dict[int, int] = {}
-        previous = self._collector.status.lag_records
-        for partition, position in self.engine.positions().items():
-            tp = TopicPartition(self.settings.topics.raw, partition)
+    def _latest_records(self, partition: int) -> list[dict[str, Any]]:
+        records = []
+        topic, source = self.settings.outputs.latest, partition % self._latest_partitions
+        for message in read_partition(self.settings.connection(), topic, source,
+                                      f"{self.settings.app_id}.latest-reader"):
             try:
-                # The end offset the last fetch reported; a broker query when none is known yet.
-                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-                if high is None or high < 0:
-                    _, high = self._consumer.get_watermark_offsets(tp, timeout=0.5, cached=False)
-            except KafkaException:
-                if partition in previous:
-                    lag[partition] = previous[partition]
-                continue
-            lag[partition] = max(0, high - position)
-        self._collector.status = metrics.Status(
-            counts=dict(self.engine.counts), events_per_second=events_per_second,
+                records.append(codec.decode(message.value() or b"", self._registry, CONTAINER_STATE).record)
+            except SchemaError as exc:
+                log.warning("%s[%d]@%d: latest-state record skipped: %s", topic, source, message.offset(), exc)
+        return records
+
+    # -- failure, health, metrics ----------------------------------------------------
+
+    async def _fail(self, exc: BaseException) -> None:
+        """Stop the worker: an output refused for good, a checkpoint that cannot be read or
+        written. Nothing is checkpointed past it; a restart resumes from the last checkpoint."""
+        if self.fatal is None:
+            self.fatal = exc
+            log.error("stopping: %s", exc)
+        self._stopping = True
+        if self._worker is not None:
+            asyncio.ensure_future(self._worker.stop())
+
+    def ready(self) -> bool:
+        try:
+            assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.settings.topics.raw}
+        except Exception:  # noqa: BLE001 -- consumer not started yet
+            return False
+        return is_ready(joined=self._joined, stopping=self._stopping, rebalancing=bool(self.app.rebalancing),
+                        consuming=self.app.flow_control.is_active(), assigned=assigned,
+                        restored=set(self.engine.partitions()))
+
+    def _add_pages(self) -> None:
+        worker, exposition = self, self._exposition
+        assert exposition is not None
+
+        @self.app.page("/metrics")
+        async def metrics_page(view: View, request: Request) -> Response:
+            return view.bytes(exposition.render(), content_type=exposition.content_type)
+
+        @self.app.page("/healthz")
+        async def healthz(view: View, request: Request) -> Response:
+            # Served by the event loop that runs the worker: an answer means it is alive.
+            return view.text("ok\n")
+
+        @self.app.page("/readyz")
+        async def readyz(view: View, request: Request) -> Response:
+            if worker.ready():
+                return view.text("ready\n")
+            return view.text("not ready: joining the group, restoring partitions or rebalancing\n", status=503)
+
+    async def _publish_status(self) -> None:
+        if not self._ready_logged and self.ready():
+            self._ready_logged = True
+            log.info("consuming partitions %s", self.engine.partitions())
+        if self._exposition is None:
+            return
+        events, at = self._status
+        now, total = time.monotonic(), self.engine.counts["events"]
+        self._status = (total, now)
+        raw = self.settings.topics.raw
+        positions = self.engine.positions()
+        previous = self._exposition.collector.status.lag_records
+        lag: dict[int, int] = {}
+        consumer = self.app.consumer
+        for partition, position in positions.items():
+            tp = TP(raw, partition)
+            try:
+                high = consumer.highwater(tp)  # the end offset the last fetch reported
+                if high is None:
+                    high = (await consumer.highwaters(tp)).get(tp)
+            except Exception:  # noqa: BLE001 -- not assigned any more, broker unreachable
+                high = None
+            if high is not None:
+                lag[partition] = max(0, high - position)
+            elif partition in previous:
+                lag[partition] = previous[partition]
+        self._exposition.collector.status = metrics.Status(
+            counts=dict(self.engine.counts), events_per_second=(total - events) / max(1e-3, now - at),
             open_windows=self.engine.open_windows(), pending_windows=self.engine.pending_windows(),
             symbol_tables=len(self._symbols), lag_records=lag, watermarks_us=self.engine.watermarks_us())
 
+    # -- running ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Read the symbol tables and module maps to their end, then run faust until
+        SIGINT/SIGTERM. Raises the error that stopped the worker, if any."""
+        self._feed.catch_up()
+        out = self.settings.outputs
+        log.info("processor ready: group %s reads %s, writes %s, %s, %s", self.settings.app_id,
+                 self.settings.topics.raw, out.summaries, out.paths, out.latest)
+        self._worker = faust.Worker(self.app, loglevel=logging.getLevelName(logging.getLogger().level).lower(),
+                                    quiet=True, override_logging=False)
+        self._worker.spinner = None  # a terminal progress spinner; the log says the same
+        try:
+            self._worker.execute_from_commandline()
+        except SystemExit as exc:
+            if exc.code not in (0, None) and self.fatal is None:
+                raise ProcessorError(f"faust worker exited with status {exc.code}; see the log above") from exc
+        finally:
+            self._feed.close()
+            self._checkpoints.close()
+        if self.fatal is not None:
+            if isinstance(self.fatal, ProcessorError):
+                raise self.fatal
+            raise ProcessorError(f"worker stopped: {self.fatal!r}") from self.fatal
+
 
 def run_worker(settings: ProcessorSettings) -> None:
-    """Run one worker in the foreground until SIGINT/SIGTERM."""
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    worker = Worker(settings)
-    worker.run(stop)
+    """Run one faust worker in the foreground until SIGINT/SIGTERM."""
+    Worker(settings).run()

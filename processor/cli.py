@@ -67,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser, default_bootstrap: str) -> No
 def run(args: argparse.Namespace) -> int:
     from runtime_signals.config import load_config
 
-    from .app import ProcessorSettings, run_worker
+    from .app import run_worker
+    from .settings import ProcessorSettings
 
     config = load_config(args.config, flags={  # raises SettingsError naming the setting
         "kafka.bootstrap_servers": args.bootstrap, "kafka.topic_prefix": args.topic_prefix,

@@ -5,6 +5,7 @@ dead-letter topic (processor/intake.py). These are for the worker itself::
 
     ProcessorError
      ├── ConfigError       a setting is wrong (names the setting and the allowed range)
+     ├── BrokerError       the cluster does not answer at start (names the bootstrap servers)
      ├── CheckpointError   a checkpoint cannot be read, or was written with other settings
      └── DeliveryError     the broker refused an output for good (names topic, key, error)
 
@@ -21,6 +22,10 @@ class ProcessorError(Exception):
 
 class ConfigError(ProcessorError, ValueError):
     """A processor setting or command-line flag is invalid."""
+
+
+class BrokerError(ProcessorError):
+    """The Kafka cluster could not be reached or asked at start."""
 
 
 class CheckpointError(ProcessorError):

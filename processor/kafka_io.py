@@ -1,12 +1,14 @@
-"""The processor's Kafka clients: a thin layer over confluent-kafka, no logic.
+"""The processor's side readers: assign-only confluent-kafka clients outside the consumer
+group, no logic. faust (processor/app.py) runs the group, the raw topic and every write;
+these read what a worker needs whole, whichever partitions it owns:
 
-- OutputWriter: one idempotent producer (acks=all) for every output, with delivery
-  reports tracked so that a checkpoint is written only after what it covers was acked.
-- CheckpointStore: the worker group's checkpoint topic (processor/checkpoint.py).
-- BinaryFeed: the symbols and modules topics, read from the beginning into the SymbolStore.
+- CheckpointStore: the worker group's checkpoint topic (processor/checkpoint.py): created
+  here, read on assignment (faust's producer writes it).
+- BinaryFeed: the symbols and modules topics, every partition from the beginning, into the
+  SymbolStore (a faust agent would share their partitions among the workers).
 - read_partition: a whole partition up to its end (restoring the latest state).
-Errors from the clients are re-raised as ProcessorError subclasses naming the topic,
-partition or key, with librdkafka's error code.
+Errors from the clients are re-raised as ProcessorError subclasses naming the topic and
+partition, with librdkafka's error code.
 """
 
 from __future__ import annotations
@@ -16,15 +18,14 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
 from schemas import codec
 from schemas.errors import SchemaError
 
 from .checkpoint import Checkpoint
-from .engine import Output
-from .errors import CheckpointError, ConfigError, DeliveryError
+from .errors import BrokerError, CheckpointError, ConfigError
 from .symbol_store import SymbolStore
 
 log = logging.getLogger(__name__)
@@ -59,80 +60,19 @@ def located(message: Message) -> tuple[str, int, int]:
     return topic, partition, offset
 
 
-def headers_of(message: Message) -> tuple[tuple[str, bytes], ...]:
-    """A record's headers as (name, bytes) pairs, in order (a null value reads as b"")."""
-    raw = message.headers() or []
-    pairs = raw.items() if isinstance(raw, dict) else raw
-    return tuple((name, value if isinstance(value, bytes) else (value or "").encode()) for name, value in pairs)
-
-
 def partition_count(admin: AdminClient, topic: str, timeout_s: float = 10.0) -> int:
-    """Partitions of an existing topic; ConfigError naming it if it does not exist."""
-    described = admin.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    """Partitions of an existing topic; ConfigError naming it if it does not exist,
+    BrokerError if the cluster does not answer."""
+    try:
+        described = admin.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    except KafkaException as exc:
+        raise BrokerError(f"kafka.bootstrap_servers: no answer about topic {topic!r} within {timeout_s:.0f}s "
+                          f"({exc.args[0].str() if exc.args else exc}); is the broker up and reachable, "
+                          f"and are the kafka.security_* settings right?") from exc
     if described is None or described.error is not None or not described.partitions:
         raise ConfigError(f"topic {topic!r} does not exist on the broker: create the pipeline's topics "
                           f"first (`signals kafka topics --topic-prefix PREFIX`)")
     return len(described.partitions)
-
-
-class OutputWriter:
-    """Writes outputs; flush() raises DeliveryError if any write failed for good."""
-
-    def __init__(self, connection: Connection, topics: dict[str, str], latest_partitions: int) -> None:
-        self._topics = topics
-        self._latest_partitions = latest_partitions
-        self._failures: list[str] = []
-        self._producer = Producer({
-            **connection,
-            "enable.idempotence": True,  # implies acks=all; no duplicates from retries
-            "linger.ms": 5,
-            "compression.type": "zstd",
-            # The Java client's partitioner, as the agent uses: keys land where other clients put them.
-            "partitioner": "murmur2_random",
-        })
-
-    def _on_delivery(self, err: KafkaError | None, message: Message) -> None:
-        if err is not None:
-            self._failures.append(f"{message.topic()} key={message.key()!r}: {err.str()} (code {err.code()})")
-
-    def write(self, output: Output) -> None:
-        partition = None
-        if output.kind == "latest":
-            # Next to the raw partition's other states, so a new owner reads one partition back.
-            partition = output.source_partition % self._latest_partitions
-        self.write_raw(self._topics[output.kind], output.key, output.value, partition, output.headers)
-
-    def write_raw(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None,
-                  headers: Any = None) -> None:
-        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
-        if partition is not None:
-            kwargs["partition"] = partition
-        if headers:
-            kwargs["headers"] = list(headers)
-        while True:
-            try:
-                self._producer.produce(topic, value=value, key=key, **kwargs)
-                return
-            except BufferError:  # local queue full: let deliveries drain
-                self._producer.poll(0.1)
-            except KafkaException as exc:
-                raise DeliveryError(f"cannot write to {topic}: {exc.args[0]}") from exc
-
-    def poll(self) -> None:
-        self._producer.poll(0)
-
-    def in_flight(self) -> int:
-        return len(self._producer)
-
-    def flush(self, timeout_s: float = 30.0) -> None:
-        """Wait until the broker acknowledged every write so far."""
-        remaining = self._producer.flush(timeout_s)
-        if self._failures:
-            raise DeliveryError(f"{len(self._failures)} output(s) refused by the broker, first: "
-                                f"{self._failures[0]}; offsets were not advanced past them")
-        if remaining:
-            raise DeliveryError(f"{remaining} output(s) not acknowledged within {timeout_s:.0f}s; "
-                                f"is the broker reachable?")
 
 
 class CheckpointStore:

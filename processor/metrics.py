@@ -1,7 +1,8 @@
-"""Prometheus metrics of one worker, served on /metrics (prometheus-client).
+"""Prometheus metrics of one worker, rendered by prometheus-client for /metrics (served by
+faust's web server, processor/app.py).
 
-The worker loop publishes a Status snapshot about once a second; the HTTP thread only
-reads the latest snapshot, so it never touches the engine while it changes.
+The worker publishes a Status snapshot once per checkpoint interval; /metrics renders the
+latest snapshot, so it never reads the engine half-way through a change.
 Counters count since the worker started and exclude records replayed after a restart.
 """
 
@@ -10,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .errors import ConfigError
 from .intake import REASONS
 
 PREFIX = "signals_processor_"
@@ -80,14 +80,16 @@ class StatusCollector(Collector):
         yield watermark
 
 
-def serve(port: int, address: str = "0.0.0.0") -> StatusCollector:
-    """Start the /metrics endpoint in a background thread."""
-    collector = StatusCollector()
-    registry = CollectorRegistry()
-    registry.register(collector)
-    try:
-        start_http_server(port, addr=address, registry=registry)
-    except OSError as exc:
-        raise ConfigError(f"--metrics-port {port}: cannot listen on {address}:{port} ({exc}); "
-                          f"choose a free port") from exc
-    return collector
+class Exposition:
+    """The text of /metrics: a worker's StatusCollector in Prometheus' format."""
+
+    # Prometheus' text format; aiohttp refuses a charset in the content type (it adds one).
+    content_type = "text/plain; version=0.0.4"
+
+    def __init__(self) -> None:
+        self.collector = StatusCollector()
+        self._registry = CollectorRegistry()
+        self._registry.register(self.collector)
+
+    def render(self) -> bytes:
+        return generate_latest(self._registry)

@@ -19,7 +19,8 @@ DESCRIPTION = """\
 runtime-signals: which functions really run inside your containers.
 
   agent       observe probed functions with eBPF uprobes and publish raw call events
-  processor   turn raw call events into per-container call-path summaries (faust worker)
+  processor   turn raw call events into per-container call-path summaries (faust-streaming
+              worker; checkpoints of its own keep it exact across kill -9 and rebalances)
   summaries   print the summaries on the summary topic
   reachable   was a function called, by which call paths? (with the evidence)
   export      OpenVEX or CycloneDX evidence for a list of vulnerable functions
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from agent.errors import AgentError
+    from processor.errors import ProcessorError
     from consumer.errors import ConsumerError
     from schemas.errors import SchemaError
 
@@ -142,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import run_demo
 
             return run_demo(args.uploads, args.previews)
-    except (AgentError, SchemaError, LookupError, ConsumerError, CaptureError, ReplayError, ExportError,
-            SettingsError) as exc:
+    except (AgentError, ProcessorError, SchemaError, LookupError, ConsumerError, CaptureError, ReplayError,
+            ExportError, SettingsError) as exc:
         print(f"signals {args.command}: {exc}", file=sys.stderr)
         return 1
     return 2

@@ -113,7 +113,8 @@ class ProcessorSection:
     allowed_lateness_ms: int = field(default=5_000, metadata=_doc(
         "how long after its end a window still takes calls"))
     app_id: str = field(default="runtime-signals-processor", metadata=_doc(
-        "consumer group and faust app id; workers with the same id share the partitions"))
+        "consumer group and faust app id, also in the checkpoint topic's name; workers with the same id share "
+        "the partitions"))
     loglevel: str = field(default="info", metadata=_doc("debug, info, warning or error"))
 
     def problems(self) -> list[tuple[str, str]]:

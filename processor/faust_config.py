@@ -1,0 +1,138 @@
+"""The faust App of a processor worker: settings, security, producer. No logic.
+
+Every setting here serves the exactness mechanism of docs/processor.md:
+- the raw topic is declared with acks=False and the agent reads it with noack(), so faust
+  never commits an offset on its own: the worker commits a partition's replay offset after
+  its checkpoint is written (processor/faust_app.py);
+- the producer is idempotent with acks=all, like the agent's, so a retried output is never
+  written twice and never reordered;
+- no faust tables, no leader topic, no topic declaration: the topics exist (created with
+  explicit settings by `signals kafka topics`), and state lives in checkpoints.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Mapping
+from typing import Any
+
+import faust
+from faust.tables import TableManager
+from faust.transport.drivers import aiokafka as aiokafka_driver
+from faust.types import ProducerT
+
+from .errors import ConfigError
+from .settings import ProcessorSettings
+
+
+class IdempotentProducer(aiokafka_driver.Producer):
+    """faust's aiokafka producer with enable_idempotence, which faust turns on only for
+    its exactly-once mode (faust/transport/drivers/aiokafka.py, Producer._settings_extra)."""
+
+    def _settings_extra(self) -> Mapping[str, Any]:
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+
+class NoTablesManager(TableManager):
+    """faust's table manager without its fixed one-second wait at start for tables to
+    register (faust/tables/manager.py, TableManager.on_start): this app has no tables, and
+    the second delays every restart's first record."""
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
+
+
+class ProcessorApp(faust.App):
+    """faust.App whose producer is idempotent."""
+
+    def _new_producer(self) -> ProducerT:
+        return IdempotentProducer(self.transport, loop=self.loop, beacon=self.beacon)
+
+
+def broker_urls(bootstrap_servers: str) -> list[str]:
+    return [f"kafka://{server.strip()}" for server in bootstrap_servers.split(",") if server.strip()]
+
+
+def ssl_context(kafka_config: Mapping[str, Any]) -> ssl.SSLContext:
+    """The TLS settings (librdkafka keys ssl.*) as the ssl.SSLContext aiokafka takes."""
+    try:
+        context = ssl.create_default_context(purpose=ssl.Purpose.SERVER_AUTH,
+                                             cafile=kafka_config.get("ssl.ca.location"))
+        certificate = kafka_config.get("ssl.certificate.location")
+        if certificate:
+            context.load_cert_chain(certificate, keyfile=kafka_config.get("ssl.key.location"),
+                                    password=kafka_config.get("ssl.key.password"))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"kafka.ssl_ca_location / ssl_certificate_location / ssl_key_location: cannot load "
+                          f"them for TLS ({exc}); check the paths and the key password") from exc
+    if kafka_config.get("ssl.endpoint.identification.algorithm", "https") == "none":
+        context.check_hostname = False  # as librdkafka: the chain is still verified
+    return context
+
+
+def credentials(kafka_config: Mapping[str, Any]) -> dict[str, Any]:
+    """faust settings (broker_credentials, ssl_context) for the librdkafka security keys of
+    runtime_signals/config.py: security.protocol, sasl.mechanism|username|password, ssl.*."""
+    protocol = str(kafka_config.get("security.protocol", "PLAINTEXT")).upper()
+    if protocol == "PLAINTEXT":
+        return {}
+    context = ssl_context(kafka_config) if protocol.endswith("SSL") else None
+    if protocol == "SSL":
+        return {"broker_credentials": faust.SSLCredentials(context), "ssl_context": context}
+    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        return {"broker_credentials": faust.SASLCredentials(
+            username=kafka_config.get("sasl.username"), password=kafka_config.get("sasl.password"),
+            mechanism=kafka_config.get("sasl.mechanism", "PLAIN"), ssl_context=context)}
+    raise ConfigError(f"kafka.security_protocol {protocol!r}: the processor supports PLAINTEXT, SSL, "
+                      f"SASL_PLAINTEXT and SASL_SSL")
+
+
+def check_port_free(port: int, address: str = "0.0.0.0") -> None:
+    """Fail at start, naming the flag, when another process listens on the metrics port:
+    faust's web server would only log its failure to bind."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds
+        try:
+            probe.bind((address, port))
+        except OSError as exc:
+            raise ConfigError(f"--metrics-port {port}: cannot listen on {address}:{port} ({exc}); "
+                              f"choose a free port") from exc
+
+
+def build_app(settings: ProcessorSettings) -> ProcessorApp:
+    session_timeout_s = settings.session_timeout_ms / 1000
+    web: dict[str, Any] = {"web_enabled": False}
+    if settings.metrics_port is not None:
+        # faust's web server (aiohttp, on the worker's event loop) serves /metrics, /healthz
+        # and /readyz; faust's own statistics pages are left off.
+        web = {"web_enabled": True, "web_port": settings.metrics_port, "web_bind": "0.0.0.0",
+               "web_stats_enabled": False, "web_graph_enabled": False, "web_tables_enabled": False,
+               "web_router_enabled": False}
+    return ProcessorApp(
+        settings.app_id,
+        broker=broker_urls(settings.bootstrap_servers),
+        broker_client_id=str(settings.kafka_config.get("client.id", "runtime-signals")),
+        **credentials(settings.kafka_config),
+        autodiscover=False,
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        consumer_group_instance_id=settings.group_instance_id,  # static membership: fast restarts
+        broker_session_timeout=session_timeout_s,
+        # Notice a rebalance (a worker joining) within a third of the session timeout.
+        broker_heartbeat_interval=max(0.1, min(3.0, session_timeout_s / 3)),
+        broker_request_timeout=max(90.0, session_timeout_s),  # faust requires >= session timeout
+        # faust's own commit loop has nothing to commit (no acks); the worker commits.
+        broker_commit_interval=3600.0,
+        producer_acks=-1,
+        producer_linger=0.005,
+        producer_compression_type="zstd",
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        TableManager=NoTablesManager,
+        **web,
+    )
