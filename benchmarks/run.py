@@ -84,6 +84,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _keep_last_good(results: dict[str, Any], results_path: Path, stages: list[str]) -> dict[str, Any]:
+    """A stage that failed this time keeps the figures it had (marked with this run's
+    error), so one broken stage does not erase the recorded results of the last good run."""
+    try:
+        previous = json.loads(results_path.read_text())
+    except (OSError, ValueError):
+        return results
+    merged = dict(results)
+    for stage in stages:
+        if "error" in results.get(stage, {}) and stage in previous and "error" not in previous[stage]:
+            merged[stage] = {**previous[stage], "stale": True, "last_error": results[stage]["error"]}
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -99,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         work_dir = args.work_dir or Path(temp)
         results = run_suite(plan, stages, args.bootstrap, work_dir, quick=args.quick,
                             command=" ".join(["python -m benchmarks", *map(shlex.quote, argv or sys.argv[1:])]))
+    results = _keep_last_good(results, results_path, stages)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     table_path.write_text(report.markdown(results))
@@ -110,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("no plot: matplotlib is not installed (pip install -e '.[bench]')")
     print(report.markdown(results))
     print(f"wrote {', '.join(map(str, written))}", file=sys.stderr)
-    return 1 if any("error" in results[s] for s in stages) else 0
+    return 1 if any("error" in results[s] or results[s].get("stale") for s in stages) else 0
 
 
 def run_suite(plan: Plan, stages: list[str], bootstrap: str | None, work_dir: Path, quick: bool,

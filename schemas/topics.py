@@ -10,6 +10,10 @@ from dataclasses import dataclass, field, replace
 
 # Raw events are kept long enough to reprocess a day's capture after a processor fix.
 RAW_RETENTION_MS = 7 * 24 * 3600 * 1000
+# A summary or latest state carries every path of its container (about 1.4 KB each), so the
+# broker's default 1 MiB would refuse a container with more than ~700 distinct paths.
+# Producers of those records raise their request size to match (processor/app.py).
+LARGE_RECORD_MAX_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ def topic_settings(names: TopicNames, partitions: int = 3) -> list[TopicSettings
     compact = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
     return [
         TopicSettings(names.raw, partitions, {"retention.ms": str(RAW_RETENTION_MS), "compression.type": "producer"}),
-        TopicSettings(names.summaries, partitions, dict(compact)),
+        TopicSettings(names.summaries, partitions, {**compact, "max.message.bytes": str(LARGE_RECORD_MAX_BYTES)}),
         TopicSettings(names.paths, partitions, dict(compact)),
         TopicSettings(names.statistics, 1, {"retention.ms": str(24 * 3600 * 1000)}),
         # Symbol tables are needed for as long as any raw event may be reprocessed.
@@ -55,7 +59,8 @@ def topic_settings(names: TopicNames, partitions: int = 3) -> list[TopicSettings
         # after the raw events that could refer to them have gone.
         TopicSettings(names.modules, partitions, {"cleanup.policy": "compact,delete",
                                                   "retention.ms": str(RAW_RETENTION_MS)}),
-        TopicSettings(names.latest, partitions, {"cleanup.policy": "compact"}),
+        TopicSettings(names.latest, partitions, {"cleanup.policy": "compact",
+                                                 "max.message.bytes": str(LARGE_RECORD_MAX_BYTES)}),
         TopicSettings(names.late, partitions, {"retention.ms": str(RAW_RETENTION_MS)}),
         TopicSettings(names.dlq, partitions, {"retention.ms": str(RAW_RETENTION_MS)}),
     ]

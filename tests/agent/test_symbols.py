@@ -131,12 +131,15 @@ fn main() { println!("{}", parser::parse_header(&vec![0u8; std::env::args().coun
 """
 
 
-def test_demangled_rust_names_resolve_to_mangled_symbols(tmp_path: Path) -> None:
+# rustc's default is still the legacy mangling; v0 is chosen with a stable flag.
+@pytest.mark.parametrize("flags, prefix", [([], "_ZN4demo6parser12parse_header17h"),
+                                           (["-C", "symbol-mangling-version=v0"], "_R")], ids=["legacy", "v0"])
+def test_demangled_rust_names_resolve_to_mangled_symbols(tmp_path: Path, flags: list[str], prefix: str) -> None:
     rustc = shutil.which("rustc") or str(Path.home() / ".cargo/bin/rustc")
     if not Path(rustc).exists():
         pytest.skip("no Rust toolchain on this machine")
     (tmp_path / "demo.rs").write_text(RUST_PROGRAM)
-    subprocess.run([rustc, "-C", "opt-level=0", "-o", str(tmp_path / "demo"), str(tmp_path / "demo.rs")],
-                   check=True, capture_output=True)
+    subprocess.run([rustc, "-C", "opt-level=0", *flags,
+                    "-o", str(tmp_path / "demo"), str(tmp_path / "demo.rs")], check=True, capture_output=True)
     mangled = SymbolIndex.of_file(tmp_path / "demo").resolve("demo::parser::parse_header")
-    assert len(mangled) == 1 and mangled[0].startswith("_ZN4demo6parser12parse_header17h")
+    assert len(mangled) == 1 and mangled[0].startswith(prefix), mangled
