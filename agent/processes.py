@@ -2,9 +2,10 @@
 pod), executable, runtime and executable mappings, learned once per process and forgotten
 when it exits.
 
-Every binary seen in a stack is reported through `on_new_binary` (the symbol-table
-publisher keeps only the first report of each digest); the process's module map is
-reported through `on_module_map` when first seen and whenever its mappings change.
+Every binary seen in a stack is reported through `on_new_binary` once per (process,
+mapping) (the symbol-table publisher keeps only the first report of each digest); the
+process's module map is reported through `on_module_map` when first seen and whenever
+its mappings change.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class ProcessTable:
         self._proc_root = proc_root
         node = node or NodeFiles()
         self.digests = node.digests
-        self.maps = ProcessMaps(self.digests, proc_root)
+        self.maps = ProcessMaps(self.digests, proc_root, on_new_file=self._new_file)
         self.purls = node.purls
         self._containers = ContainerResolver(proc_root, cgroups=node.cgroups)
         self._runtimes = RuntimeResolver(proc_root)
@@ -75,6 +76,8 @@ class ProcessTable:
         self._on_module_map = on_module_map
         self._info: dict[int, ProcessInfo] = {}
         self._reported_versions: dict[int, int] = {}
+        # Purl of the probed function's file, per process: (maps version, {path: purl}).
+        self._purls: dict[int, tuple[int, dict[str, str | None]]] = {}
 
     def describe(self, pid: int, cgroup_id: int = 0) -> ProcessInfo:
         """What is known of pid; cgroup_id (the call record's) still names the container of a
@@ -114,20 +117,31 @@ class ProcessTable:
         """Each address as (file, digest, offset), innermost first like the input; the first
         (the probed function's) also carries the purl of its file."""
         frames = self.maps.resolve(pid, addresses)
-        root = self._proc_root / str(pid) / "root"
-        if self._on_new_binary is not None:
-            for frame in frames:
-                if frame.binary_digest is not None and frame.path is not None:
-                    self._on_new_binary(frame.binary_digest, root / frame.path.lstrip("/"), root)
+        version = self.maps.version(pid)
         top = frames[0] if frames else None
         if top is not None and top.path is not None:
             frames[0] = ResolvedAddress(top.address, top.path, top.binary_digest, top.binary_offset,
-                                        self.purls.purl(root, top.path))
-        version = self.maps.version(pid)
+                                        self._purl(pid, version, top.path))
         if self._on_module_map is not None and version and self._reported_versions.get(pid) != version:
             self._reported_versions[pid] = version
             self._on_module_map(self.describe(pid), self.maps.mappings(pid), version)
         return frames
+
+    def _new_file(self, pid: int, mapping: Mapping, digest: str) -> None:
+        """A file first met in pid's mappings (ProcessMaps calls once per mapping)."""
+        if self._on_new_binary is not None:
+            root = self._proc_root / str(pid) / "root"
+            self._on_new_binary(digest, root / mapping.path.lstrip("/"), root)
+
+    def _purl(self, pid: int, version: int, path: str) -> str | None:
+        cached = self._purls.get(pid)
+        if cached is None or cached[0] != version:
+            cached = (version, {})
+            self._purls[pid] = cached
+        by_path = cached[1]
+        if path not in by_path:
+            by_path[path] = self.purls.purl(self._proc_root / str(pid) / "root", path)
+        return by_path[path]
 
     def forget_exited(self) -> int:
         """Drop what is known of processes that have exited; returns how many."""
@@ -138,4 +152,5 @@ class ProcessTable:
             self._runtimes.forget(pid)
             self._info.pop(pid, None)
             self._reported_versions.pop(pid, None)
+            self._purls.pop(pid, None)
         return len(gone)

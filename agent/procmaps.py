@@ -3,6 +3,8 @@
 The agent turns each frame address into (binary digest, file offset) so that the
 processor can symbolize without access to the node's files. Digests are cached by
 (device, inode, mtime, size), so each file is hashed once however many processes map it.
+Each process's mappings are resolved to their digests once (ProcessMaps), so a frame
+costs a bisect and dict lookups once the process is known.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,14 +114,43 @@ class DigestCache:
             return value
 
 
-class ProcessMaps:
-    """Per-process executable mappings, re-read when an address falls outside them
-    (a library loaded with dlopen after the first read)."""
+NewFileCallback = Callable[[int, Mapping, str], None]  # (pid, mapping, digest of its file)
+# Per-process caches of resolved addresses are cleared past this many entries: a stack
+# walked through code without frame pointers can yield any number of distinct words.
+MAX_CACHED_ADDRESSES = 1 << 16
 
-    def __init__(self, digests: DigestCache, proc_root: Path = Path("/proc")) -> None:
+
+class _ProcessView:
+    """One process's executable mappings and what has been resolved against them. Built
+    again whenever the mappings read differ, so nothing in it outlives its mappings."""
+
+    __slots__ = ("mappings", "starts", "digests", "addresses", "misses")
+
+    def __init__(self, mappings: list[Mapping]) -> None:
+        self.mappings = mappings
+        self.starts = [m.start for m in mappings]  # sorted: bisect finds the mapping
+        self.digests: dict[Mapping, str | None] = {}  # once per (process, mapping)
+        self.addresses: dict[int, ResolvedAddress] = {}
+        # Addresses in no mapping as of the last read: re-reading the maps for them again
+        # would cost a read per call when a walk yields junk words.
+        self.misses: set[int] = set()
+
+
+class ProcessMaps:
+    """Per-process executable mappings, re-read when an address falls outside them (a
+    library loaded with dlopen after the first read).
+
+    The event pump resolves every frame of every call here, so the steady state is dict
+    lookups: each mapping's file is found and digested once per process (no path built,
+    no stat per frame), each address resolved once per version of the mappings. A new
+    file is reported through on_new_file once per (process, mapping)."""
+
+    def __init__(self, digests: DigestCache, proc_root: Path = Path("/proc"),
+                 on_new_file: NewFileCallback | None = None) -> None:
         self._digests = digests
         self._proc_root = proc_root
-        self._by_pid: dict[int, list[Mapping]] = {}
+        self._on_new_file = on_new_file
+        self._by_pid: dict[int, _ProcessView] = {}
         self._versions: dict[int, int] = {}
 
     def forget(self, pid: int) -> None:
@@ -133,37 +165,59 @@ class ProcessMaps:
         return list(self._by_pid)
 
     def mappings(self, pid: int, refresh: bool = False) -> list[Mapping]:
-        if refresh or pid not in self._by_pid:
-            try:
-                text = (self._proc_root / str(pid) / "maps").read_text()
-            except OSError:
-                # The process exited before we looked: its frames stay unresolved.
-                text = ""
-            mappings = parse_maps(text)
-            if mappings != self._by_pid.get(pid):
-                self._versions[pid] = self._versions.get(pid, 0) + 1
-            self._by_pid[pid] = mappings
-        return self._by_pid[pid]
+        return self._view(pid, refresh).mappings
+
+    def _view(self, pid: int, refresh: bool = False) -> _ProcessView:
+        view = self._by_pid.get(pid)
+        if view is not None and not refresh:
+            return view
+        try:
+            text = (self._proc_root / str(pid) / "maps").read_text()
+        except OSError:
+            # The process exited before we looked: its frames stay unresolved.
+            text = ""
+        mappings = parse_maps(text)
+        if view is None or mappings != view.mappings:
+            self._versions[pid] = self._versions.get(pid, 0) + 1
+            kept = view.digests if view is not None else {}
+            view = _ProcessView(mappings)
+            # A mapping still there, same range, offset and path, is the same file: its
+            # digest (and its one offer) carry over; a dlopen does not re-hash the rest.
+            view.digests = {m: kept[m] for m in mappings if m in kept}
+            self._by_pid[pid] = view
+        return view
 
     def resolve(self, pid: int, addresses: Iterable[int]) -> list[ResolvedAddress]:
-        addresses = list(addresses)
-        mappings = self.mappings(pid)
-        resolved = [self._resolve_one(pid, mappings, a) for a in addresses]
-        if any(r.path is None for r in resolved):
-            mappings = self.mappings(pid, refresh=True)
-            resolved = [r if r.path is not None else self._resolve_one(pid, mappings, r.address)
-                        for r in resolved]
+        view = self._view(pid)
+        resolved: list[ResolvedAddress] = []
+        unknown = False
+        for address in addresses:
+            known = view.addresses.get(address)
+            if known is None:
+                known = self._resolve_one(pid, view, address)
+                unknown = unknown or (known.path is None and address not in view.misses)
+            resolved.append(known)
+        if unknown:
+            view = self._view(pid, refresh=True)
+            resolved = [r if r.path is not None else self._resolve_one(pid, view, r.address) for r in resolved]
+            view.misses.update(r.address for r in resolved if r.path is None)
         return resolved
 
-    def _resolve_one(self, pid: int, mappings: list[Mapping], address: int) -> ResolvedAddress:
-        for mapping in mappings:
-            if mapping.contains(address):
-                # Read through the process's root so files inside containers are found.
-                file_path = self._proc_root / str(pid) / "root" / mapping.path.lstrip("/")
-                return ResolvedAddress(
-                    address=address,
-                    path=mapping.path,
-                    binary_digest=self._digests.digest(file_path),
-                    binary_offset=address - mapping.start + mapping.file_offset,
-                )
-        return ResolvedAddress(address, None, None, None)
+    def _resolve_one(self, pid: int, view: _ProcessView, address: int) -> ResolvedAddress:
+        index = bisect_right(view.starts, address) - 1
+        if index < 0 or not view.mappings[index].contains(address):
+            return ResolvedAddress(address, None, None, None)
+        mapping = view.mappings[index]
+        if mapping in view.digests:
+            digest = view.digests[mapping]
+        else:
+            # Read through the process's root so files inside containers are found.
+            digest = self._digests.digest(self._proc_root / str(pid) / "root" / mapping.path.lstrip("/"))
+            view.digests[mapping] = digest
+            if digest is not None and self._on_new_file is not None:
+                self._on_new_file(pid, mapping, digest)
+        result = ResolvedAddress(address, mapping.path, digest, address - mapping.start + mapping.file_offset)
+        if len(view.addresses) >= MAX_CACHED_ADDRESSES:
+            view.addresses.clear()
+        view.addresses[address] = result
+        return result

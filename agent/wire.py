@@ -20,6 +20,9 @@ COUNTER_NAMES: tuple[str, ...] = (
 )
 FLAG_STACK_TRUNCATED = 1 << 0
 FLAG_STACK_ERROR = 1 << 1
+# The kernel's walk held the caller already (newer kernels at a `push %rbp` entry); the
+# BPF program dropped the copy, so the frames need nothing more: for statistics and tests.
+FLAG_KERNEL_ADDED_CALLER = 1 << 2
 
 
 @cache

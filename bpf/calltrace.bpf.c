@@ -94,6 +94,68 @@ static __always_inline u64 hash_frames(struct call_event *event)
     return hash;
 }
 
+/* Did bpf_get_stack already put the caller's return address after ip?
+ *
+ * At a function's first instruction the callee has not pushed its frame yet, so a walk of
+ * the frame pointers starts at the caller's frame and skips the caller itself: its return
+ * address is at the top of the stack, ret = *(sp). Older kernels (Debian's 6.1) return
+ * K = [ip, F...], F being the frame-pointer chain's return addresses (F[0] = *(rbp + 8));
+ * newer ones, for a uprobe on `push %rbp` or `endbr64` (the x86 unwinder's uprobe-at-entry
+ * fix), return K = [ip, ret, F...]. A probe on any other first instruction gets the old
+ * form on every kernel, so this is decided per call, not per kernel.
+ *
+ * The rule: let run_k be how many of K[1], K[2], ... in a row equal ret, and run_f how
+ * many of F[0], F[1], ... do. Old form: K[1..] is F, so run_k == run_f (or less, when
+ * the buffer cut K). New form: K[1..] is ret then F, so run_k == run_f + 1. Hence the
+ * kernel added the caller exactly when run_f < run_k. In the usual call, ret != F[0]:
+ * run_k is 0 (old) or 1 (new) and reading F[0] decides. A function that recurses from one
+ * call site has ret == F[0] == F[1] ...: comparing K[1] with ret and K[2] with F[0] alone
+ * would take an old kernel's three-deep recursion for the new form and lose a level; the
+ * run lengths tell them apart, at the cost of walking run_k frames, only then. When the
+ * buffer cut a run of ret, both forms give the same frames (all ret), so either answer
+ * yields the same record and the same dedup key.
+ *
+ * One loop walks both runs in step (a loop nested in another is more paths than the
+ * verifier follows): at step j, K[j + 1] != ret means run_k == j <= run_f, the old form;
+ * else F[j] != ret means run_f == j < run_k, the new form. K sits in frames[1..walked],
+ * K[i] in frames[i + 1]; the empty asm keeps the index a bounded register the verifier
+ * can check (see hash_frames). */
+static __always_inline bool kernel_added_caller(struct pt_regs *ctx, struct call_event *event, u32 walked,
+                                                u64 return_address)
+{
+    u64 frame[2]; /* at each frame pointer: { next frame pointer, return address } */
+    u64 fp = PT_REGS_FP(ctx);
+    for (u32 j = 0; j < CALLTRACE_MAX_FRAMES - 2; j++) {
+        if (j + 1 >= walked)
+            return false; /* K ended: run_k == j */
+        u32 index = j + 2;
+        asm volatile("" : "+r"(index));
+        if (index >= CALLTRACE_MAX_FRAMES)
+            return false;
+        if (event->frames[index] != return_address)
+            return false; /* run_k == j */
+        if (bpf_probe_read_user(frame, sizeof(frame), (void *)fp) != 0 || frame[1] != return_address)
+            return true; /* run_f == j < run_k */
+        fp = frame[0];
+    }
+    return false; /* the buffer is full of ret: both forms give the same frames */
+}
+
+/* Removes frames[1] (K's ip copy, replaced by ret when the kernel added it too): moves
+ * frames[2..walked] one slot down. */
+static __always_inline void drop_slot_one(struct call_event *event, u32 walked)
+{
+    for (u32 i = 1; i < CALLTRACE_MAX_FRAMES - 1; i++) {
+        if (i >= walked)
+            break;
+        u32 index = i;
+        asm volatile("" : "+r"(index));
+        if (index >= CALLTRACE_MAX_FRAMES - 1)
+            break;
+        event->frames[index] = event->frames[index + 1];
+    }
+}
+
 static __always_inline void capture(struct pt_regs *ctx, struct call_event *event, u32 probe, u64 now)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -108,29 +170,32 @@ static __always_inline void capture(struct pt_regs *ctx, struct call_event *even
     event->probe_index = probe;
     event->reserved = 0;
 
-    /* At a function's first instruction the callee has not pushed its frame yet, so a
-     * frame-pointer walk starts at the caller's frame and skips the caller itself. The
-     * return address into the caller sits at the top of the stack: read it, and let
-     * bpf_get_stack fill the rest from slot 1 (its own slot 1 copy of ip is replaced). */
+    /* The kernel's walk K goes from slot 1, so that slot 1 (K's copy of ip) can take the
+     * return address into the caller, ret = *(sp), when the kernel left it out (see
+     * kernel_added_caller), and be dropped when it did not. */
     long stack_bytes = bpf_get_stack(ctx, &event->frames[1],
                                      (CALLTRACE_MAX_FRAMES - 1) * sizeof(u64),
                                      BPF_F_USER_STACK);
     event->frames[0] = PT_REGS_IP(ctx);
     u64 return_address = 0;
     bpf_probe_read_user(&return_address, sizeof(return_address), (void *)PT_REGS_SP(ctx));
-    event->frames[1] = return_address;
     if (stack_bytes < 0) {
         count(probe, COUNTER_STACK_ERROR);
         event->flags |= CALL_FLAG_STACK_ERROR;
+        event->frames[1] = return_address;
         event->frame_count = return_address ? 2 : 1;
     } else {
-        u32 walked = (u32)stack_bytes / sizeof(u64);
-        /* walked counts slot 1 (the ip copy, now the return address) and what follows */
-        event->frame_count = walked + 1;
+        u32 walked = (u32)stack_bytes / sizeof(u64); /* K's length, ip included */
         if (walked >= CALLTRACE_MAX_FRAMES - 1)
             event->flags |= CALL_FLAG_STACK_TRUNCATED;
-        if (walked == 0)
-            event->frame_count = return_address ? 2 : 1;
+        if (return_address && walked >= 2 && kernel_added_caller(ctx, event, walked, return_address)) {
+            drop_slot_one(event, walked);
+            event->frame_count = walked;
+            event->flags |= CALL_FLAG_KERNEL_ADDED_CALLER;
+        } else {
+            event->frames[1] = return_address;
+            event->frame_count = walked > 0 ? walked + 1 : (return_address ? 2 : 1);
+        }
     }
     event->stack_hash = hash_frames(event);
 }

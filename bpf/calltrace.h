@@ -35,6 +35,10 @@ enum calltrace_counter {
 /* Bits of call_event.flags. */
 #define CALL_FLAG_STACK_TRUNCATED (1U << 0) /* frames filled the buffer: deeper callers are cut */
 #define CALL_FLAG_STACK_ERROR     (1U << 1) /* bpf_get_stack returned an error */
+/* The kernel's walk already held the caller's return address (newer kernels read *(sp)
+ * themselves for a uprobe on `push %rbp` or `endbr64`): its copy was dropped, so frames[]
+ * is the same as an older kernel's. Informational: the frames need no further fixing. */
+#define CALL_FLAG_KERNEL_ADDED_CALLER (1U << 2)
 
 /* One call, or `count` identical calls folded together. The same layout is a ring-buffer
  * record (count == 1) and a dedup map value (count >= 1). Fields are ordered largest
@@ -53,7 +57,8 @@ struct call_event {
     __u32 probe_index;      /* the probe that fired: its BPF cookie, an index into probe_config */
     __u32 reserved;         /* explicit padding, always 0 */
     /* User stack, innermost first: frames[0] is the probed function's entry, frames[1]
-     * the return address into its caller, then the frame-pointer chain. */
+     * the return address into its caller, then the frame-pointer chain, whichever way
+     * the kernel's unwinder treats a function entry (see CALL_FLAG_KERNEL_ADDED_CALLER). */
     __u64 frames[CALLTRACE_MAX_FRAMES];
 };
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import bpf
+from agent import wire
 from agent.wire import COUNTER_NAMES, DedupKey, ProbeConfig, RateState, call_event_type
 
 
@@ -64,3 +65,10 @@ def test_counter_names_follow_the_enum() -> None:
     names = re.findall(r"^\s*COUNTER_([A-Z_]+)", re.sub(r"/\*.*?\*/", "", body.group(1), flags=re.S), re.M)
     assert names[-1] == "MAX"
     assert tuple(n.lower() for n in names[:-1]) == COUNTER_NAMES
+
+
+def test_flag_bits_follow_the_header() -> None:
+    header = bpf.CALLTRACE_HEADER.read_text()
+    bits = {name: int(bit) for name, bit in re.findall(r"#define CALL_FLAG_(\w+)\s+\(1U << (\d+)\)", header)}
+    assert bits, "no CALL_FLAG_* in calltrace.h"
+    assert {name: getattr(wire, f"FLAG_{name}") for name in bits} == {name: 1 << bit for name, bit in bits.items()}
