@@ -140,8 +140,10 @@ class Worker:
                 try:
                     if not self.engine.owns(message.partition) and not await self._restore(message.partition):
                         continue  # not assigned here (any more)
-                    await self._send(self.engine.handle(message.partition, message.offset, message.key,
-                                                        message.value, tuple(message.headers or ())))
+                    outputs = self.engine.handle(message.partition, message.offset, message.key, message.value,
+                                                 tuple(message.headers or ()))
+                    if outputs:  # most records cause none: no await for them
+                        await self._send(outputs)
                 except Exception as exc:  # noqa: BLE001 -- a worker error, not a record's: stop
                     await self._fail(exc)
 

@@ -14,13 +14,19 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Mapping
+import types
+from collections.abc import Coroutine, Generator, Mapping
 from typing import Any
 
 import faust
 from faust.tables import TableManager
 from faust.transport.drivers import aiokafka as aiokafka_driver
-from faust.types import ProducerT
+from faust.types import ConsumerT, ProducerT
+from mode import Service
+from mode.services import WaitArgT, WaitResults
+from mode.utils.times import Seconds
+
+from schemas.topics import LARGE_RECORD_MAX_BYTES
 
 from .errors import ConfigError
 from .settings import ProcessorSettings
@@ -32,6 +38,67 @@ class IdempotentProducer(aiokafka_driver.Producer):
 
     def _settings_extra(self) -> Mapping[str, Any]:
         return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+
+class StepFirst(Service):
+    """A mode Service whose wait_first steps its first coroutine in place: what takes four
+    asyncio tasks per record out of faust's consumer (StepFirstConsumer).
+
+    faust's fetch loop (faust/transport/consumer.py, Consumer._drain_messages) hands every
+    record to the topic conductor as ``await self.wait_first(callback(message),
+    self.suspend_flow.wait())``: mode's wait_first wraps each argument, and the service's
+    stopped and crashed events, in a task, then asyncio.wait()s them. Per record that is four
+    tasks and a dozen event-loop callbacks, most of a worker's time. The callback nearly
+    always finishes without suspending (flow active, room in the agent's buffer), so this
+    steps it once, in place: finished, it is the first to complete, and the other waitables
+    are dropped unstarted. Only if it suspends (a rebalance suspended the flow, a full
+    buffer) is the rest of it raced against the others exactly as faust does, so a rebalance
+    still cuts a blocked delivery short."""
+
+    # mode's own signature, whose annotation omits the None that is its default ("no timeout").
+    async def wait_first(self, *coros: WaitArgT,
+                         timeout: Seconds = None) -> WaitResults:  # type: ignore[assignment]
+        first = coros[0] if coros else None
+        if len(coros) < 2 or not isinstance(first, Coroutine) or self.should_stop:
+            return await super().wait_first(*coros, timeout=timeout)
+        try:
+            pending = first.send(None)
+        except BaseException as exc:  # noqa: BLE001 -- finished, or failed: the others are dropped
+            for other in coros[1:]:
+                if isinstance(other, Coroutine):
+                    other.close()  # never started: no "never awaited" warning
+            if isinstance(exc, StopIteration):
+                return WaitResults([first], [exc.value], False)
+            raise
+        return await super().wait_first(_finish(first, pending), *coros[1:], timeout=timeout)
+
+
+class StepFirstConsumer(StepFirst, aiokafka_driver.Consumer):
+    """faust's aiokafka consumer, each record delivered without a task when it can be."""
+
+
+async def _finish(coro: Coroutine[Any, Any, Any], pending: Any) -> Any:
+    return await _resumed(coro, pending)
+
+
+@types.coroutine
+def _resumed(coro: Coroutine[Any, Any, Any], pending: Any) -> Generator[Any, None, Any]:
+    """Run a coroutine already stepped once, which yielded ``pending`` (the future it waits
+    on), to its end under the awaiting task: hand each yield up, each wake-up or
+    cancellation down."""
+    while True:
+        try:
+            yield pending
+        except BaseException as exc:  # noqa: BLE001 -- a cancellation, passed down as await would
+            try:
+                pending = coro.throw(exc)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                pending = coro.send(None)
+            except StopIteration as done:
+                return done.value
 
 
 class NoTablesManager(TableManager):
@@ -46,7 +113,13 @@ class NoTablesManager(TableManager):
 
 
 class ProcessorApp(faust.App):
-    """faust.App whose producer is idempotent."""
+    """faust.App whose producer is idempotent and whose consumer steps each record in place."""
+
+    def _new_consumer(self) -> ConsumerT:
+        return StepFirstConsumer(self.transport, callback=self.topics.on_message,
+                                 on_partitions_revoked=self._on_partitions_revoked,
+                                 on_partitions_assigned=self._on_partitions_assigned,
+                                 beacon=self.beacon, loop=self.transport.loop)
 
     def _new_producer(self) -> ProducerT:
         return IdempotentProducer(self.transport, loop=self.loop, beacon=self.beacon)
@@ -121,6 +194,9 @@ def build_app(settings: ProcessorSettings) -> ProcessorApp:
         key_serializer="raw",
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
+        # Records fetched ahead of the agent (faust's default 4096): past a share of it faust
+        # pauses the partition's fetching, and a deeper buffer pauses it less often.
+        stream_buffer_maxsize=16_384,
         consumer_group_instance_id=settings.group_instance_id,  # static membership: fast restarts
         broker_session_timeout=session_timeout_s,
         # Notice a rebalance (a worker joining) within a third of the session timeout.
@@ -131,6 +207,9 @@ def build_app(settings: ProcessorSettings) -> ProcessorApp:
         producer_acks=-1,
         producer_linger=0.005,
         producer_compression_type="zstd",
+        # A summary or latest state of a container with many paths can pass the 1 MiB
+        # default; their topics accept up to this (schemas/topics.py).
+        producer_max_request_size=LARGE_RECORD_MAX_BYTES,
         topic_allow_declare=False,
         topic_disable_leader=True,
         TableManager=NoTablesManager,

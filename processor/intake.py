@@ -16,9 +16,10 @@ reasons are a closed set, used as the DLQ header and the metrics label:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-from schemas import codec
+from schemas import codec, hashing
 from schemas.errors import (
     CorruptMessageError,
     HashInputError,
@@ -32,6 +33,17 @@ from .symbolize import Frame
 CALL_EVENT = "io.runtimesignals.RuntimeCallEvent"
 WATERMARK = "io.runtimesignals.AgentWatermark"
 REASONS = ("undecodable", "unknown_fingerprint", "incompatible_schema", "unexpected_schema", "out_of_range")
+
+
+@lru_cache(maxsize=65_536)
+def _frame(address: int, binary_digest: str | None, binary_offset: int | None,
+           library: str | None) -> tuple[Frame, str]:
+    """A frame and its identity. Both are pure functions of the four fields, and a workload's
+    calls repeat a few thousand distinct frames, so each is built, normalised and checked
+    once (a frozen Frame is safe to share). A malformed digest raises HashInputError, and
+    errors are not cached: every record that carries it is rejected."""
+    return Frame(address, binary_digest, binary_offset, library), \
+        hashing.frame_identity(binary_digest, binary_offset, address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,20 +117,21 @@ def _call(event: dict[str, Any]) -> Intake:
     if located and len(located) != len(event["stack_trace"]):
         return Rejected("out_of_range", f"{len(located)} stack_frames for {len(event['stack_trace'])} "
                         f"stack_trace addresses: they must be parallel")
-    if located:
-        frames = tuple(Frame(f["address"], f["binary_digest"], f["binary_offset"], f["library"])
-                       for f in located)
-    elif event["stack_trace"]:
-        frames = tuple(Frame(address, None, None, None) for address in event["stack_trace"])
-    else:
-        # No stack at all: the probed function alone is still a (one-frame) path.
-        frames = (Frame(event["function_address"], event["binary_digest"], event["binary_offset"],
-                        event["library"]),)
     try:
-        # Computed once, at the door: this also checks every digest's and offset's shape.
-        identities = tuple(frame.identity for frame in frames)
+        # Built once per distinct frame, at the door: this also checks every digest's and
+        # offset's shape.
+        if located:
+            pairs = [_frame(f["address"], f["binary_digest"], f["binary_offset"], f["library"]) for f in located]
+        elif event["stack_trace"]:
+            pairs = [_frame(address, None, None, None) for address in event["stack_trace"]]
+        else:
+            # No stack at all: the probed function alone is still a (one-frame) path.
+            pairs = [_frame(event["function_address"], event["binary_digest"], event["binary_offset"],
+                            event["library"])]
     except HashInputError as exc:
         return Rejected("out_of_range", str(exc))
+    frames = tuple(frame for frame, _ in pairs)
+    identities = tuple(identity for _, identity in pairs)
     return CallRecord(
         container_id=event["container_id"],
         observed_at_us=observed_us,
