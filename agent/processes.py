@@ -22,6 +22,19 @@ from .runtime import RuntimeResolver
 NewBinaryCallback = Callable[[str, Path, Path], None]  # (digest, host-visible path, process root)
 
 
+def process_names(proc: Path) -> tuple[str, str]:
+    """(executable path, comm) of the process at /proc/<pid>; empty strings once it exited."""
+    try:
+        executable = str((proc / "exe").readlink())
+    except OSError:
+        executable = ""
+    try:
+        comm = (proc / "comm").read_text().strip()
+    except OSError:
+        comm = ""
+    return executable, comm
+
+
 @dataclass(frozen=True, slots=True)
 class ProcessInfo:
     pid: int
@@ -88,14 +101,7 @@ class ProcessTable:
         proc = self._proc_root / str(pid)
         identity = self._containers.identity(pid, cgroup_id)
         pod = self._pods.lookup(identity.pod_uid) if identity.pod_uid else None
-        try:
-            executable = str((proc / "exe").readlink())
-        except OSError:
-            executable = ""
-        try:
-            comm = (proc / "comm").read_text().strip()
-        except OSError:
-            comm = ""
+        executable, comm = process_names(proc)
         info = ProcessInfo(
             pid=pid,
             container_id=identity.container_id,

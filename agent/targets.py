@@ -28,7 +28,7 @@ from .config import TargetSettings
 from .errors import ProbeError
 from .identity import ContainerResolver, PodDirectory
 from .probes import AttachedProbe, ProbeSpec
-from .processes import ProcessInfo
+from .processes import ProcessInfo, process_names
 from .procmaps import parse_maps
 from .purl import PurlResolver
 from .selectors import ProcessSelector, SymbolIndex, TargetFilters
@@ -196,14 +196,7 @@ class TargetManager:
         proc = self._proc_root / str(pid)
         identity = self._containers.identity(pid)
         pod = self._pods.lookup(identity.pod_uid) if identity.pod_uid else None
-        try:
-            executable = str((proc / "exe").readlink())
-        except OSError:
-            executable = ""
-        try:
-            comm = (proc / "comm").read_text().strip()
-        except OSError:
-            comm = ""
+        executable, comm = process_names(proc)
         return ProcessInfo(pid, identity.container_id, "UNKNOWN", proc / "root", executable, comm,
                            identity.cgroup_paths, identity.pod_uid, pod.namespace if pod else None,
                            pod.name if pod else None)
