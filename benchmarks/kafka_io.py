@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import random
-import socket
 import tempfile
 import threading
 import time
@@ -23,24 +21,6 @@ from .procs import BenchmarkError
 Offsets = dict[int, int]  # partition -> offset
 
 
-def _free_port_pair(host: str = "127.0.0.1") -> tuple[int, int]:
-    """Two adjacent free ports below the ephemeral range (client, controller)."""
-    for _ in range(200):
-        port = random.randrange(20000, 32000, 2)
-        if all(_bindable(host, p) for p in (port, port + 1)):
-            return port, port + 1
-    raise BenchmarkError(f"no two adjacent free ports on {host} in 20000-32000")
-
-
-def _bindable(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 @contextlib.contextmanager
 def dedicated_broker(bootstrap: str | None) -> Iterator[str]:
     """The given broker, or a fresh local KRaft broker on free ports, stopped on exit.
@@ -48,7 +28,7 @@ def dedicated_broker(bootstrap: str | None) -> Iterator[str]:
     if bootstrap:
         yield bootstrap
         return
-    port, controller_port = _free_port_pair()
+    port, controller_port = localkafka.free_port_pair()
     with tempfile.TemporaryDirectory(prefix="rs-bench-kafka-") as state_dir:
         cfg = localkafka.LocalKafkaConfig.from_env(state_dir=Path(state_dir), port=port,
                                                    controller_port=controller_port)

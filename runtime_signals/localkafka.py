@@ -28,6 +28,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -455,6 +456,26 @@ def _wait_exited(pid: int, timeout_s: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.1)
+    return True
+
+
+def free_port_pair(host: str = DEFAULT_HOST) -> tuple[int, int]:
+    """Two adjacent free ports (client, controller) for a second broker, below the kernel's
+    ephemeral range, so a client's outgoing connection cannot take them between this check
+    and the broker's bind."""
+    for _ in range(200):
+        port = random.randrange(20000, 32000, 2)
+        if _bindable(host, port) and _bindable(host, port + 1):
+            return port, port + 1
+    raise LocalKafkaError(f"no two adjacent free ports on {host} in 20000-32000")
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
     return True
 
 

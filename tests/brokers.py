@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import re
-import socket
 import uuid
 from pathlib import Path
 from typing import Iterator, Mapping, Protocol
@@ -53,26 +51,7 @@ def kafka_container() -> Iterator[str]:
         yield container.get_bootstrap_server()
 
 
-def free_port_pair(host: str = "127.0.0.1") -> tuple[int, int]:
-    """Two adjacent free ports (client, controller) below the kernel's ephemeral range, so a
-    client's outgoing connection cannot take them between this check and the broker's bind."""
-    for _ in range(200):
-        port = random.randrange(20000, 32000, 2)
-        if _bindable(host, port) and _bindable(host, port + 1):
-            return port, port + 1
-    raise RuntimeError(f"no two adjacent free ports on {host} in 20000-32000")
-
-
 def unique_topic_name(test_name: str) -> str:
     """A topic name no other test (or earlier run on the same broker) uses."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", test_name)[:80].strip("-.")
     return f"t-{stem}-{uuid.uuid4().hex[:10]}"
-
-
-def _bindable(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True

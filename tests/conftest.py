@@ -26,7 +26,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             yield bootstrap
         return
     # Free ports rather than the defaults: a developer's demo broker may hold 19092/19093.
-    port, controller_port = brokers.free_port_pair()
+    port, controller_port = localkafka.free_port_pair()
     cfg = localkafka.LocalKafkaConfig.from_env(
         state_dir=tmp_path_factory.mktemp("kafka-broker"), port=port,
         controller_port=controller_port)

@@ -23,7 +23,6 @@ from runtime_signals.config import load_config
 from runtime_signals.demo import create_topics
 from runtime_signals.security import KafkaAuthenticationError, acl_bindings, check_access
 from schemas.topics import TopicNames
-from tests import brokers
 
 REPO = Path(__file__).resolve().parent.parent
 KAFKA_USERS = REPO / "deploy" / "k8s" / "overlays" / "strimzi" / "kafkausers.yaml"
@@ -170,8 +169,8 @@ def _wait_until_credentials_work(kafka: SecureKafka, user: str, timeout_s: float
 def secure_kafka(work_dir: Path) -> Iterator[SecureKafka]:
     """A fresh broker (own state dir and free ports) for the block; stopped afterwards."""
     pki = make_pki(work_dir / "pki")
-    port, controller_port = brokers.free_port_pair()
-    sasl_port, mtls_port = brokers.free_port_pair()
+    port, controller_port = localkafka.free_port_pair()
+    sasl_port, mtls_port = localkafka.free_port_pair()
     cfg = dataclasses.replace(
         localkafka.LocalKafkaConfig.from_env(state_dir=work_dir / "broker", port=port,
                                              controller_port=controller_port),

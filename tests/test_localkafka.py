@@ -107,7 +107,7 @@ def spare_broker(tmp_path: Path) -> Iterator[LocalKafkaConfig]:
         localkafka._java_binary()
     except localkafka.ToolNotFoundError as exc:
         pytest.skip(f"the up/down tests run a local broker: {exc}")
-    port, controller_port = brokers.free_port_pair()
+    port, controller_port = localkafka.free_port_pair()
     cfg = LocalKafkaConfig.from_env(state_dir=tmp_path / "broker", port=port,
                                     controller_port=controller_port)
     yield cfg

@@ -19,7 +19,6 @@ from runtime_signals.demo import create_topics
 from runtime_signals.workload import PROBED_SYMBOL, build_workload
 from schemas import codec
 from schemas.topics import TopicNames
-from tests import brokers
 from tests.agent.agent_runs import CALL_EVENT, STATISTICS, AgentProcess, decode_all, read_all
 from tests.bpf_support import bpf_unavailable_reason
 
@@ -32,7 +31,7 @@ WATERMARK = "io.runtimesignals.AgentWatermark"
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[localkafka.LocalKafkaConfig]:
     """A broker of this test's own, on free ports, with its state under tmp_path."""
-    port, controller_port = brokers.free_port_pair()
+    port, controller_port = localkafka.free_port_pair()
     cfg = localkafka.LocalKafkaConfig.from_env(state_dir=tmp_path / "broker", port=port,
                                                controller_port=controller_port)
     try:

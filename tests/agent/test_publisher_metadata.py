@@ -11,10 +11,9 @@ import pytest
 
 from agent.publisher import ProducerSettings, Publisher
 from runtime_signals import localkafka
-from tests.brokers import free_port_pair
 
 def test_the_pump_never_waits_for_metadata_while_the_broker_is_away() -> None:
-    nothing_listens = f"127.0.0.1:{free_port_pair()[0]}"
+    nothing_listens = f"127.0.0.1:{localkafka.free_port_pair()[0]}"
     # Each metadata attempt waits 30 s for a broker, so a call made on the caller's thread
     # would take 30 s. The bound below only tells "did not wait for the broker" from
     # "waited": it is a third of that wait, not a performance figure.

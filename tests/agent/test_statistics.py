@@ -14,11 +14,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from runtime_signals.demo import create_topics
+from runtime_signals.localkafka import free_port_pair
 from runtime_signals.workload import PROBED_SYMBOL, build_workload
 from schemas.topics import TopicNames
 from tests.agent.agent_runs import STATISTICS, AgentProcess, decode_all, read_all
 from tests.bpf_support import bpf_unavailable_reason
-from tests.brokers import free_port_pair
 
 pytestmark = [pytest.mark.bpf, pytest.mark.broker]
 
