@@ -17,7 +17,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BpfLoadError, ProbeError
+from runtime_signals.agent.errors import BpfLoadError, ProbeError
 
 # Syscall numbers differ per architecture; these are the two the agent runs on.
 _SYSCALLS = {

@@ -18,7 +18,7 @@ import enum
 from collections import deque
 from dataclasses import dataclass, field
 
-from .errors import ConfigError
+from runtime_signals.agent.errors import ConfigError
 
 _NS_PER_S = 1_000_000_000
 

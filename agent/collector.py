@@ -24,20 +24,20 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
-from schemas import codec
-from schemas.topics import TopicNames
+from runtime_signals.schemas import codec
+from runtime_signals.schemas.topics import TopicNames
 
-from .budget import Action, Budget, BudgetSettings
-from .clock import BootClock
-from .errors import ProbeError
-from .modules import ModuleMapBuilder, ModuleMapPublisher
-from .probes import FLAG_STACK_TRUNCATED, AttachedProbe, CallTracer, RawCall
-from .processes import NodeFiles, ProcessTable
-from .procmaps import signed64
-from .publisher import Publisher
-from .selectors import TargetFilters
-from .stats import DeliveryFigures, KernelFigures, ProbeFigures, Snapshot, StatsTracker
-from .symbols_publisher import MAX_CHUNK_BYTES, SymbolTablePublisher
+from runtime_signals.agent.budget import Action, Budget, BudgetSettings
+from runtime_signals.agent.clock import BootClock
+from runtime_signals.agent.errors import ProbeError
+from runtime_signals.agent.modules import ModuleMapBuilder, ModuleMapPublisher
+from runtime_signals.agent.probes import FLAG_STACK_TRUNCATED, AttachedProbe, CallTracer, RawCall
+from runtime_signals.agent.processes import NodeFiles, ProcessTable
+from runtime_signals.agent.procmaps import signed64
+from runtime_signals.agent.publisher import Publisher
+from runtime_signals.agent.selectors import TargetFilters
+from runtime_signals.agent.stats import DeliveryFigures, KernelFigures, ProbeFigures, Snapshot, StatsTracker
+from runtime_signals.agent.symbols_publisher import MAX_CHUNK_BYTES, SymbolTablePublisher
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .budget import BudgetSettings
-from .probes import ProbeLimits, ProbeSpec, TracerSettings
+from runtime_signals.agent.budget import BudgetSettings
+from runtime_signals.agent.probes import ProbeLimits, ProbeSpec, TracerSettings
 
 _GLOB_CHARS = frozenset("*?[")
 _NS_PER_S = 1_000_000_000

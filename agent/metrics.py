@@ -19,8 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .errors import ConfigError
-from .stats import Snapshot
+from runtime_signals.agent.errors import ConfigError
+from runtime_signals.agent.stats import Snapshot
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from schemas import codec
+from runtime_signals.schemas import codec
 
-from .processes import NodeFiles, ProcessInfo
-from .procmaps import FileIdentity, Mapping, file_identity, signed64
-from .publisher import Publisher
-from .symtab import read_build_id
+from runtime_signals.agent.processes import NodeFiles, ProcessInfo
+from runtime_signals.agent.procmaps import FileIdentity, Mapping, file_identity, signed64
+from runtime_signals.agent.publisher import Publisher
+from runtime_signals.agent.symtab import read_build_id
 
 log = logging.getLogger(__name__)
 

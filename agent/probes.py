@@ -19,19 +19,12 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-import bpf as bpf_sources
+from runtime_signals import bpf as bpf_sources
 
-from . import bpfsys
-from .errors import BpfLoadError, ConfigError, ProbeError
-from .tracefs import UprobeEvents
-from .wire import (
-    COUNTER_NAMES,
-    FLAG_STACK_ERROR,
-    FLAG_STACK_TRUNCATED,
-    DedupKey,
-    ProbeConfig,
-    call_event_type,
-)
+from runtime_signals.agent import bpfsys
+from runtime_signals.agent.errors import BpfLoadError, ConfigError, ProbeError
+from runtime_signals.agent.tracefs import UprobeEvents
+from runtime_signals.agent.wire import COUNTER_NAMES, FLAG_STACK_ERROR, FLAG_STACK_TRUNCATED, DedupKey, ProbeConfig, call_event_type
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .identity import CgroupDirectory, ContainerResolver, PodDirectory
-from .procmaps import DigestCache, Mapping, ProcessMaps, ResolvedAddress
-from .purl import PurlResolver
-from .runtime import RuntimeResolver
+from runtime_signals.agent.identity import CgroupDirectory, ContainerResolver, PodDirectory
+from runtime_signals.agent.procmaps import DigestCache, Mapping, ProcessMaps, ResolvedAddress
+from runtime_signals.agent.purl import PurlResolver
+from runtime_signals.agent.runtime import RuntimeResolver
 
 NewBinaryCallback = Callable[[str, Path, Path], None]  # (digest, host-visible path, process root)
 

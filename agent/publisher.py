@@ -39,7 +39,7 @@ from typing import Mapping
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from .spool import Spool, SpoolRecord
+from runtime_signals.agent.spool import Spool, SpoolRecord
 
 log = logging.getLogger(__name__)
 

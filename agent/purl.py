@@ -25,8 +25,8 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from packageurl import PackageURL
 
-from .pkgdb import OsPackage, OsRelease, os_package_index, path_variants, read_os_release
-from .procmaps import FileIdentity, file_identity
+from runtime_signals.agent.pkgdb import OsPackage, OsRelease, os_package_index, path_variants, read_os_release
+from runtime_signals.agent.procmaps import FileIdentity, file_identity
 
 log = logging.getLogger(__name__)
 

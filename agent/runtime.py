@@ -14,7 +14,7 @@ from typing import Callable
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from schemas.codec import RuntimeType
+from runtime_signals.schemas.codec import RuntimeType
 
 # Library names are matched on the basename of each mapped file.
 _LIBRARY_MARKERS: tuple[tuple[re.Pattern[str], RuntimeType], ...] = (

@@ -21,9 +21,9 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from .config import TargetSettings, is_pattern
-from .demangle import demangle_all, without_parameters
-from .processes import ProcessInfo
+from runtime_signals.agent.config import TargetSettings, is_pattern
+from runtime_signals.agent.demangle import demangle_all, without_parameters
+from runtime_signals.agent.processes import ProcessInfo
 
 
 @dataclass(frozen=True, slots=True)

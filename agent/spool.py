@@ -22,7 +22,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError
+from runtime_signals.agent.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .bpfsys import ProgramStats
+from runtime_signals.agent.bpfsys import ProgramStats
 
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 

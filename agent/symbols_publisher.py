@@ -13,10 +13,10 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from schemas import codec
+from runtime_signals.schemas import codec
 
-from .publisher import Publisher
-from .symtab import SymbolTableError, chunk_symbols, read_symbol_table
+from runtime_signals.agent.publisher import Publisher
+from runtime_signals.agent.symtab import SymbolTableError, chunk_symbols, read_symbol_table
 
 log = logging.getLogger(__name__)
 

@@ -24,14 +24,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from .config import TargetSettings
-from .errors import ProbeError
-from .identity import ContainerResolver, PodDirectory
-from .probes import AttachedProbe, ProbeSpec
-from .processes import ProcessInfo, process_names
-from .procmaps import parse_maps
-from .purl import PurlResolver
-from .selectors import ProcessSelector, SymbolIndex, TargetFilters
+from runtime_signals.agent.config import TargetSettings
+from runtime_signals.agent.errors import ProbeError
+from runtime_signals.agent.identity import ContainerResolver, PodDirectory
+from runtime_signals.agent.probes import AttachedProbe, ProbeSpec
+from runtime_signals.agent.processes import ProcessInfo, process_names
+from runtime_signals.agent.procmaps import parse_maps
+from runtime_signals.agent.purl import PurlResolver
+from runtime_signals.agent.selectors import ProcessSelector, SymbolIndex, TargetFilters
 
 log = logging.getLogger(__name__)
 

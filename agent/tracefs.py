@@ -22,7 +22,7 @@ import re
 import time
 from pathlib import Path
 
-from .errors import ProbeError
+from runtime_signals.agent.errors import ProbeError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from schemas import codec
+from runtime_signals.schemas import codec
 
 from .kafka_io import Offsets, read_range
 from .procs import BenchmarkError

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from schemas import codec
+from runtime_signals.schemas import codec
 
 from . import native
 from .kafka_io import OffsetWatch, Tail, pipeline_topics

@@ -12,9 +12,9 @@ from typing import Callable, Iterator
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from runtime_signals import localkafka
-from runtime_signals.demo import create_topics
-from schemas.topics import TopicNames
+from runtime_signals.devtools import localkafka
+from runtime_signals.devtools.demo import create_topics
+from runtime_signals.schemas.topics import TopicNames
 
 from .procs import BenchmarkError
 

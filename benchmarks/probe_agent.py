@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from schemas import codec
+from runtime_signals.schemas import codec
 
 from . import native
 from .floors import CALL_EVENT, run_floor_process

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schemas import codec
+from runtime_signals.schemas import codec
 
 from .floors import finish_floor_process, range_args, start_floor_process
 from .kafka_io import OffsetWatch, Offsets, Tail, fast_producer, pipeline_topics, produce_all
@@ -175,9 +175,9 @@ def _engine_seconds(records: list[tuple[int, bytes | None, bytes]], raw_topic: s
                     max_paths: int) -> float:
     """The same records through processor.engine.Engine in this process: the processor's own
     logic without Kafka."""
-    from processor.engine import Engine, EngineSettings
-    from processor.symbol_store import SymbolStore
-    from processor.windows import WindowSpec
+    from runtime_signals.processor.engine import Engine, EngineSettings
+    from runtime_signals.processor.symbol_store import SymbolStore
+    from runtime_signals.processor.windows import WindowSpec
 
     symbols = SymbolStore()
     for table in symbol_tables(max_paths):

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from schemas import codec
+from runtime_signals.schemas import codec
 
 CALL_EVENT = "io.runtimesignals.RuntimeCallEvent"
 WATERMARK = "io.runtimesignals.AgentWatermark"

@@ -13,20 +13,10 @@ Pure logic lives in consumer.query (usable on Summary objects from anywhere, suc
 capture file); consumer.kafka is the only module that talks to Kafka.
 """
 
-from .client import SignalsClient
-from .errors import ConsumerError, QueryError, ReadError, TopicNotFoundError
-from .kafka import KafkaRecord, OffsetRange, TimestampType, TopicReader
-from .models import (
-    CallPath,
-    ContainerState,
-    Coverage,
-    PathEvidence,
-    PathTotal,
-    Reachability,
-    Summary,
-    Target,
-    iso,
-)
+from runtime_signals.consumer.client import SignalsClient
+from runtime_signals.consumer.errors import ConsumerError, QueryError, ReadError, TopicNotFoundError
+from runtime_signals.consumer.kafka import KafkaRecord, OffsetRange, TimestampType, TopicReader
+from runtime_signals.consumer.models import CallPath, ContainerState, Coverage, PathEvidence, PathTotal, Reachability, Summary, Target, iso
 
 __all__ = [
     "CallPath", "ConsumerError", "ContainerState", "Coverage", "KafkaRecord", "OffsetRange",

@@ -26,7 +26,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from .errors import ReadError, TopicNotFoundError
+from runtime_signals.consumer.errors import ReadError, TopicNotFoundError
 
 _POLL_S = 0.2
 _T = TypeVar("_T")

@@ -20,19 +20,10 @@ from dataclasses import dataclass
 
 from packageurl import PackageURL
 
-from schemas import hashing
+from runtime_signals.schemas import hashing
 
-from .errors import QueryError
-from .models import (
-    CallPath,
-    ContainerState,
-    Coverage,
-    PathEvidence,
-    PathTotal,
-    Reachability,
-    Summary,
-    Target,
-)
+from runtime_signals.consumer.errors import QueryError
+from runtime_signals.consumer.models import CallPath, ContainerState, Coverage, PathEvidence, PathTotal, Reachability, Summary, Target
 
 # A Rust legacy-mangled name demangles with its hash: `krate::f::h0123456789abcdef`.
 _RUST_HASH = re.compile(r"::h[0-9a-f]{16}")

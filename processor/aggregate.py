@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from schemas import hashing
-from schemas.codec import RuntimeType
+from runtime_signals.schemas import hashing
+from runtime_signals.schemas.codec import RuntimeType
 
-from .intake import CallRecord
-from .symbolize import Frame, SymbolSource, digests_to_resolve, resolve_frames
-from .windows import WindowKey
+from runtime_signals.processor.intake import CallRecord
+from runtime_signals.processor.symbolize import Frame, SymbolSource, digests_to_resolve, resolve_frames
+from runtime_signals.processor.windows import WindowKey
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 

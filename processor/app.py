@@ -43,17 +43,17 @@ from faust.transport.consumer import Consumer as TransportConsumer
 from faust.types import TP
 from faust.web import Request, Response, View
 
-from schemas import codec
-from schemas.errors import SchemaError
+from runtime_signals.schemas import codec
+from runtime_signals.schemas.errors import SchemaError
 
-from . import metrics
-from .checkpoint import checkpoint_topic
-from .engine import Engine, EngineSettings, Output
-from .errors import DeliveryError, ProcessorError
-from .faust_config import build_app, check_port_free
-from .kafka_io import BinaryFeed, CheckpointStore, partition_count, read_partition
-from .settings import ProcessorSettings
-from .symbol_store import SymbolStore
+from runtime_signals.processor import metrics
+from runtime_signals.processor.checkpoint import checkpoint_topic
+from runtime_signals.processor.engine import Engine, EngineSettings, Output
+from runtime_signals.processor.errors import DeliveryError, ProcessorError
+from runtime_signals.processor.faust_config import build_app, check_port_free
+from runtime_signals.processor.kafka_io import BinaryFeed, CheckpointStore, partition_count, read_partition
+from runtime_signals.processor.settings import ProcessorSettings
+from runtime_signals.processor.symbol_store import SymbolStore
 
 log = logging.getLogger(__name__)
 

@@ -20,16 +20,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from schemas import codec
+from runtime_signals.schemas import codec
 
-from .aggregate import WindowAggregate, window_output
-from .checkpoint import Checkpoint, WindowMarker
-from .errors import ConfigError
-from .intake import CallRecord, Rejected, WatermarkRecord, read_raw
-from .latest import ContainerState
-from .symbolize import SymbolSource
-from .watermarks import ClockState, EventClock
-from .windows import PartitionWindows, WindowSpec
+from runtime_signals.processor.aggregate import WindowAggregate, window_output
+from runtime_signals.processor.checkpoint import Checkpoint, WindowMarker
+from runtime_signals.processor.errors import ConfigError
+from runtime_signals.processor.intake import CallRecord, Rejected, WatermarkRecord, read_raw
+from runtime_signals.processor.latest import ContainerState
+from runtime_signals.processor.symbolize import SymbolSource
+from runtime_signals.processor.watermarks import ClockState, EventClock
+from runtime_signals.processor.windows import PartitionWindows, WindowSpec
 
 log = logging.getLogger(__name__)
 

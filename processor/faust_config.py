@@ -26,10 +26,10 @@ from mode import Service
 from mode.services import WaitArgT, WaitResults
 from mode.utils.times import Seconds
 
-from schemas.topics import LARGE_RECORD_MAX_BYTES
+from runtime_signals.schemas.topics import LARGE_RECORD_MAX_BYTES
 
-from .errors import ConfigError
-from .settings import ProcessorSettings
+from runtime_signals.processor.errors import ConfigError
+from runtime_signals.processor.settings import ProcessorSettings
 
 
 class IdempotentProducer(aiokafka_driver.Producer):

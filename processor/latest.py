@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.codec import RuntimeType
+from runtime_signals.schemas.codec import RuntimeType
 
 _PATH_FIELDS = ("path_hash", "symbols", "function_signatures", "node_hashes", "binary_digests",
                 "binary_offsets", "libraries", "purl", "runtime_type")

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .intake import REASONS
+from runtime_signals.processor.intake import REASONS
 
 PREFIX = "signals_processor_"
 # engine counter -> (metric name without prefix and _total, help)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.topics import TopicNames
+from runtime_signals.schemas.topics import TopicNames
 
-from .errors import ConfigError
-from .windows import WindowSpec
+from runtime_signals.processor.errors import ConfigError
+from runtime_signals.processor.windows import WindowSpec
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import pydemumble  # type: ignore[import-untyped]  # ships no type information
 
-from schemas import hashing
+from runtime_signals.schemas import hashing
 
 # Itanium C++ (and Rust legacy, which borrows it), macOS-style extra underscore, Rust v0.
 _MANGLED_PREFIXES = ("_Z", "__Z", "_R")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from runtime_signals.processor.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Generic, Iterator, TypeVar
 
-from .errors import ConfigError
+from runtime_signals.processor.errors import ConfigError
 
 State = TypeVar("State")
 

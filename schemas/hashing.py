@@ -14,7 +14,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 
-from schemas.errors import HashInputError
+from runtime_signals.schemas.errors import HashInputError
 
 HASH_PREFIX = "sha256:"
 UNKNOWN_PURL = "pkg:generic/unknown"

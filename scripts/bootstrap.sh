@@ -89,5 +89,5 @@ if ! command -v kubectl >/dev/null 2>&1 && ! command -v kustomize >/dev/null 2>&
 fi
 
 # --- Kafka jars from Maven Central (cached).
-"$venv/bin/python" -m runtime_signals.localkafka provision >&2
+"$venv/bin/python" -m runtime_signals.devtools.localkafka provision >&2
 say "ready: $venv"

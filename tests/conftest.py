@@ -7,7 +7,7 @@ from typing import Iterator, Mapping
 
 import pytest
 
-from runtime_signals import localkafka
+from runtime_signals.devtools import localkafka
 from tests import brokers
 
 

@@ -18,11 +18,11 @@ import yaml
 from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, AdminClient, ResourcePatternType,
                                    ResourceType, ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion)
 
-from runtime_signals import localkafka
+from runtime_signals.devtools import localkafka
 from runtime_signals.config import load_config
-from runtime_signals.demo import create_topics
-from runtime_signals.security import KafkaAuthenticationError, acl_bindings, check_access
-from schemas.topics import TopicNames
+from runtime_signals.devtools.demo import create_topics
+from runtime_signals.kafka.security import KafkaAuthenticationError, acl_bindings, check_access
+from runtime_signals.schemas.topics import TopicNames
 
 REPO = Path(__file__).resolve().parent.parent
 KAFKA_USERS = REPO / "deploy" / "k8s" / "overlays" / "strimzi" / "kafkausers.yaml"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Producer
 
-from schemas import codec
+from runtime_signals.schemas import codec
 
 CALL_EVENT = "io.runtimesignals.RuntimeCallEvent"
 WATERMARK = "io.runtimesignals.AgentWatermark"

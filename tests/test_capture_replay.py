@@ -23,14 +23,14 @@ import fastavro
 import pytest
 from confluent_kafka import Producer
 
-from consumer import SignalsClient, Target
-from consumer.kafka import TimestampType, TopicReader
-from runtime_signals.capture import CaptureRequest, capture, read_capture
-from runtime_signals.demo import create_topics, wait_for_summaries
-from runtime_signals.pipeline import signals_command
-from runtime_signals.summaries import read_topic
-from schemas import codec
-from schemas.topics import TopicNames
+from runtime_signals.consumer import SignalsClient, Target
+from runtime_signals.consumer.kafka import TimestampType, TopicReader
+from runtime_signals.capture.writer import CaptureRequest, capture, read_capture
+from runtime_signals.devtools.demo import create_topics, wait_for_summaries
+from runtime_signals.devtools.pipeline import signals_command
+from runtime_signals.consumer.summaries import read_topic
+from runtime_signals.schemas import codec
+from runtime_signals.schemas.topics import TopicNames
 from tests import synthetic_raw
 from tests.brokers import TopicFactory
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.identity import host_id
-from runtime_signals.demo import create_topics, wait_for_summaries
-from runtime_signals.pipeline import LocalPipeline
-from runtime_signals.summaries import latest_summaries, read_topic
-from runtime_signals.workload import PROBED_SYMBOL, build_workload
-from schemas.topics import TopicNames
+from runtime_signals.agent.identity import host_id
+from runtime_signals.devtools.demo import create_topics, wait_for_summaries
+from runtime_signals.devtools.pipeline import LocalPipeline
+from runtime_signals.consumer.summaries import latest_summaries, read_topic
+from runtime_signals.devtools.workload import PROBED_SYMBOL, build_workload
+from runtime_signals.schemas.topics import TopicNames
 from tests.bpf_support import bpf_unavailable_reason
 
 pytestmark = [pytest.mark.bpf, pytest.mark.broker]

@@ -18,11 +18,11 @@ import pytest
 import vexipy
 from referencing import Registry, Resource
 
-from consumer import Summary
-from runtime_signals import cyclonedx, export, openvex
-from runtime_signals.demo import create_topics
-from runtime_signals.pipeline import signals_command
-from schemas.topics import TopicNames
+from runtime_signals.consumer import Summary
+from runtime_signals.evidence import cyclonedx, export, openvex
+from runtime_signals.devtools.demo import create_topics
+from runtime_signals.devtools.pipeline import signals_command
+from runtime_signals.schemas.topics import TopicNames
 from tests.consumer import sample_summaries as sample
 
 DATA = Path(__file__).parent / "data"

@@ -26,11 +26,11 @@ from typing import Iterator
 
 import pytest
 
-from runtime_signals.demo import create_topics
-from runtime_signals.summaries import read_topic
-from runtime_signals.workload import PROBED_SYMBOL, build_workload
-from schemas import codec
-from schemas.topics import TopicNames
+from runtime_signals.devtools.demo import create_topics
+from runtime_signals.consumer.summaries import read_topic
+from runtime_signals.devtools.workload import PROBED_SYMBOL, build_workload
+from runtime_signals.schemas import codec
+from runtime_signals.schemas.topics import TopicNames
 from tests.bpf_support import bpf_unavailable_reason
 from tests.deploy.manifests import agent_capabilities
 

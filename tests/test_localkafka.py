@@ -15,17 +15,8 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
-from runtime_signals import localkafka
-from runtime_signals.localkafka import (
-    BrokerStartError,
-    LocalKafkaConfig,
-    TopicCreationError,
-    TopicSpec,
-    down,
-    ensure_topics,
-    status,
-    up,
-)
+from runtime_signals.devtools import localkafka
+from runtime_signals.devtools.localkafka import BrokerStartError, LocalKafkaConfig, TopicCreationError, TopicSpec, down, ensure_topics, status, up
 from tests import brokers
 
 

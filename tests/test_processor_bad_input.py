@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from runtime_signals.demo import create_topics
-from runtime_signals.pipeline import LocalPipeline
-from schemas.topics import TopicNames
+from runtime_signals.devtools.demo import create_topics
+from runtime_signals.devtools.pipeline import LocalPipeline
+from runtime_signals.schemas.topics import TopicNames
 from tests.processor.harness import Record, latest_by_key, produce, publish_binaries, read_all, scrape, wait_until
 from tests.processor.raw_records import (
     BASE_US,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime_signals.demo import create_topics
-from runtime_signals.pipeline import LocalPipeline
-from schemas.topics import TopicNames
+from runtime_signals.devtools.demo import create_topics
+from runtime_signals.devtools.pipeline import LocalPipeline
+from runtime_signals.schemas.topics import TopicNames
 from tests.processor.harness import latest_by_key, produce, publish_binaries, read_all, values_by_key, wait_until
 from tests.processor.raw_records import scenario
 

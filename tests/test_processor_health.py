@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime_signals.demo import create_topics
-from runtime_signals.pipeline import LocalPipeline
-from schemas.topics import TopicNames
-from processor.app import is_ready
+from runtime_signals.devtools.demo import create_topics
+from runtime_signals.devtools.pipeline import LocalPipeline
+from runtime_signals.schemas.topics import TopicNames
+from runtime_signals.processor.app import is_ready
 from tests.processor.harness import wait_until
 
 pytestmark = pytest.mark.broker

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from processor.checkpoint import checkpoint_topic
-from runtime_signals import localkafka
-from runtime_signals.pipeline import signals_command
-from schemas.topics import TopicNames
+from runtime_signals.processor.checkpoint import checkpoint_topic
+from runtime_signals.devtools import localkafka
+from runtime_signals.devtools.pipeline import signals_command
+from runtime_signals.schemas.topics import TopicNames
 from tests.processor.harness import produce, read_all, wait_until
 from tests.secure_kafka import PROCESSOR, secure_kafka
 

@@ -15,14 +15,13 @@ from typing import Any, Iterator
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
-from agent.publisher import ProducerSettings
-from runtime_signals import localkafka
-from runtime_signals.pipeline import signals_command
-from runtime_signals.security import (AclSpecError, KafkaAuthenticationError, KafkaAuthorizationError,
-                                      KafkaTlsError, acl_bindings, check_access, redacted)
-from runtime_signals.workload import PROBED_SYMBOL, build_workload
-from schemas import codec
-from schemas.topics import TopicNames
+from runtime_signals.agent.publisher import ProducerSettings
+from runtime_signals.devtools import localkafka
+from runtime_signals.devtools.pipeline import signals_command
+from runtime_signals.kafka.security import AclSpecError, KafkaAuthenticationError, KafkaAuthorizationError, KafkaTlsError, acl_bindings, check_access, redacted
+from runtime_signals.devtools.workload import PROBED_SYMBOL, build_workload
+from runtime_signals.schemas import codec
+from runtime_signals.schemas.topics import TopicNames
 from tests.bpf_support import bpf_unavailable_reason
 from tests.secure_kafka import ADMIN, AGENT, PROCESSOR, SecureKafka, secure_kafka
 

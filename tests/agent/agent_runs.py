@@ -15,10 +15,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from agent.symtab import read_symbol_table
-from consumer.kafka import TopicReader
-from runtime_signals.pipeline import signals_command
-from schemas import codec
+from runtime_signals.agent.symtab import read_symbol_table
+from runtime_signals.consumer.kafka import TopicReader
+from runtime_signals.devtools.pipeline import signals_command
+from runtime_signals.schemas import codec
 
 TARGETS = Path(__file__).resolve().parent / "targets"
 CALL_EVENT = "io.runtimesignals.RuntimeCallEvent"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.budget import Action, Budget, BudgetSettings
+from runtime_signals.agent.budget import Action, Budget, BudgetSettings
 
 S = 1_000_000_000
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from runtime_signals.config import SignalsConfig, load_config, reference_table, render
-from runtime_signals.settings import SettingsError
+from runtime_signals.config.engine import SettingsError
 from tests.agent.programs import compile_c
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -98,7 +98,7 @@ def test_overhead_statistics_and_delivery_settings_come_from_file_environment_an
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every setting `signals agent` flags once held alone is in the schema: the agent's
     own argument parser, then load(), sees file < environment < flag."""
-    from agent import cli as agent_cli
+    from runtime_signals.cli import agent as agent_cli
     from runtime_signals.cli import _parser
 
     spool = tmp_path / "spool"

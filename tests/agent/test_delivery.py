@@ -14,11 +14,11 @@ from typing import Iterator
 
 import pytest
 
-from runtime_signals import localkafka
-from runtime_signals.demo import create_topics
-from runtime_signals.workload import PROBED_SYMBOL, build_workload
-from schemas import codec
-from schemas.topics import TopicNames
+from runtime_signals.devtools import localkafka
+from runtime_signals.devtools.demo import create_topics
+from runtime_signals.devtools.workload import PROBED_SYMBOL, build_workload
+from runtime_signals.schemas import codec
+from runtime_signals.schemas.topics import TopicNames
 from tests.agent.agent_runs import CALL_EVENT, STATISTICS, AgentProcess, decode_all, read_all
 from tests.bpf_support import bpf_unavailable_reason
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.probes import CallTracer, ProbeLimits, ProbeSpec, RawCall, TracerSettings
-from runtime_signals.demo import create_topics
-from schemas.topics import TopicNames
+from runtime_signals.agent.probes import CallTracer, ProbeLimits, ProbeSpec, RawCall, TracerSettings
+from runtime_signals.devtools.demo import create_topics
+from runtime_signals.schemas.topics import TopicNames
 from tests.agent.agent_runs import (
     CALL_EVENT,
     STATISTICS,

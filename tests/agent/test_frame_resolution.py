@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.processes import ProcessTable
-from agent.procmaps import parse_maps
-from agent.symtab import read_symbol_table
+from runtime_signals.agent.processes import ProcessTable
+from runtime_signals.agent.procmaps import parse_maps
+from runtime_signals.agent.symtab import read_symbol_table
 from tests.agent.programs import PLUGIN
 
 # Loads the library named on stdin's first line, then says where plugin_entry is, then waits.

@@ -10,15 +10,8 @@ from typing import Iterator
 
 import pytest
 
-from agent.identity import (
-    CgroupDirectory,
-    ContainerResolver,
-    PodDirectory,
-    container_id_from_cgroup,
-    host_id,
-    pod_uid_from_cgroup,
-)
-from agent.processes import NodeFiles, ProcessTable
+from runtime_signals.agent.identity import CgroupDirectory, ContainerResolver, PodDirectory, container_id_from_cgroup, host_id, pod_uid_from_cgroup
+from runtime_signals.agent.processes import NodeFiles, ProcessTable
 from tests.agent.cgroups import CgroupSandbox, cgroup_unavailable_reason, iter_engine_layouts
 
 CID = "4f1c3a9be2d0" + "a" * 52

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime_signals.demo import create_topics
-from schemas.topics import TopicNames
+from runtime_signals.devtools.demo import create_topics
+from runtime_signals.schemas.topics import TopicNames
 from tests.agent.agent_runs import (
     CALL_EVENT,
     AgentProcess,

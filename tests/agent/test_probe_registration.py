@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.collector import Collector, CollectorSettings
-from agent.config import TargetSettings
-from agent.probes import AttachedProbe, CallTracer, ProbeLimits, TracerSettings
-from agent.publisher import ProducerSettings, Publisher
-from agent.selectors import TargetFilters
-from agent.targets import TargetManager
-from runtime_signals.demo import create_topics
-from schemas.topics import TopicNames
+from runtime_signals.agent.collector import Collector, CollectorSettings
+from runtime_signals.agent.config import TargetSettings
+from runtime_signals.agent.probes import AttachedProbe, CallTracer, ProbeLimits, TracerSettings
+from runtime_signals.agent.publisher import ProducerSettings, Publisher
+from runtime_signals.agent.selectors import TargetFilters
+from runtime_signals.agent.targets import TargetManager
+from runtime_signals.devtools.demo import create_topics
+from runtime_signals.schemas.topics import TopicNames
 from tests.agent.agent_runs import CALL_EVENT, decode_all, read_all
 from tests.agent.programs import compile_c
 from tests.bpf_support import bpf_unavailable_reason

@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from agent.publisher import ProducerSettings, Publisher
-from runtime_signals import localkafka
+from runtime_signals.agent.publisher import ProducerSettings, Publisher
+from runtime_signals.devtools import localkafka
 
 def test_the_pump_never_waits_for_metadata_while_the_broker_is_away() -> None:
     nothing_listens = f"127.0.0.1:{localkafka.free_port_pair()[0]}"

@@ -14,9 +14,9 @@ from pathlib import Path
 from packageurl import PackageURL
 
 import confluent_kafka
-from agent.pkgdb import read_os_release
-from agent.procmaps import DigestCache
-from agent.purl import PurlResolver
+from runtime_signals.agent.pkgdb import read_os_release
+from runtime_signals.agent.procmaps import DigestCache
+from runtime_signals.agent.purl import PurlResolver
 from tests.agent.programs import GO_MODULE, GO_VERSION_TAG, build_go_program
 
 ROOT = Path("/")

@@ -10,9 +10,9 @@ from typing import Iterator
 
 import pytest
 
-from agent.processes import ProcessTable
-from agent.runtime import detect_runtime
-from schemas.codec import RuntimeType
+from runtime_signals.agent.processes import ProcessTable
+from runtime_signals.agent.runtime import detect_runtime
+from runtime_signals.schemas.codec import RuntimeType
 from tests.agent.programs import build_go_program, compile_c
 
 C_SLEEPER = r"""

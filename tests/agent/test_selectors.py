@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.config import TargetSettings
-from agent.processes import ProcessInfo
-from agent.selectors import ProcessSelector, TargetFilters
+from runtime_signals.agent.config import TargetSettings
+from runtime_signals.agent.processes import ProcessInfo
+from runtime_signals.agent.selectors import ProcessSelector, TargetFilters
 
 CID = "4f1c3a9be2d0" + "b" * 52
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.spool import Spool, SpoolRecord
+from runtime_signals.agent.spool import Spool, SpoolRecord
 
 
 def _record(n: int, calls: int = 1, size: int = 20) -> SpoolRecord:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.symtab import FunctionSymbol, read_symbol_table
-from runtime_signals.demo import create_topics
-from schemas.topics import TopicNames
+from runtime_signals.agent.symtab import FunctionSymbol, read_symbol_table
+from runtime_signals.devtools.demo import create_topics
+from runtime_signals.schemas.topics import TopicNames
 from tests.agent.agent_runs import CALL_EVENT, AgentProcess, build_target, decode_all, read_all
 from tests.bpf_support import bpf_unavailable_reason
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from runtime_signals.demo import create_topics
-from runtime_signals.localkafka import free_port_pair
-from runtime_signals.workload import PROBED_SYMBOL, build_workload
-from schemas.topics import TopicNames
+from runtime_signals.devtools.demo import create_topics
+from runtime_signals.devtools.localkafka import free_port_pair
+from runtime_signals.devtools.workload import PROBED_SYMBOL, build_workload
+from runtime_signals.schemas.topics import TopicNames
 from tests.agent.agent_runs import STATISTICS, AgentProcess, decode_all, read_all
 from tests.bpf_support import bpf_unavailable_reason
 

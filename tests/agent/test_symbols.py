@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.publisher import ProducerSettings, Publisher
-from agent.selectors import SymbolIndex
-from agent.symbols_publisher import SymbolTablePublisher
-from agent.symtab import read_build_id, read_symbol_table
-from processor.symbol_store import SymbolStore
-from runtime_signals.summaries import read_topic
-from schemas import codec
+from runtime_signals.agent.publisher import ProducerSettings, Publisher
+from runtime_signals.agent.selectors import SymbolIndex
+from runtime_signals.agent.symbols_publisher import SymbolTablePublisher
+from runtime_signals.agent.symtab import read_build_id, read_symbol_table
+from runtime_signals.processor.symbol_store import SymbolStore
+from runtime_signals.consumer.summaries import read_topic
+from runtime_signals.schemas import codec
 from tests.agent.programs import container_rootfs
 
 # The broker's default max.message.bytes; librdkafka's own message.max.bytes is 1,000,000.

@@ -25,13 +25,13 @@ from typing import Any
 import pytest
 from packageurl import PackageURL
 
-from agent.pkgdb import read_os_release
-from agent.symtab import read_build_id
-from runtime_signals.demo import create_topics
-from runtime_signals.pipeline import signals_command
-from runtime_signals.summaries import read_topic
-from schemas import codec
-from schemas.topics import TopicNames
+from runtime_signals.agent.pkgdb import read_os_release
+from runtime_signals.agent.symtab import read_build_id
+from runtime_signals.devtools.demo import create_topics
+from runtime_signals.devtools.pipeline import signals_command
+from runtime_signals.consumer.summaries import read_topic
+from runtime_signals.schemas import codec
+from runtime_signals.schemas.topics import TopicNames
 from tests.agent.cgroups import CgroupSandbox, cgroup_unavailable_reason
 from tests.agent.programs import DLOPEN_HOST, PLUGIN, ZLIB_CALLER, compile_c, container_rootfs, mini_container
 from tests.bpf_support import bpf_unavailable_reason

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import bpf
-from agent import wire
-from agent.wire import COUNTER_NAMES, DedupKey, ProbeConfig, RateState, call_event_type
+from runtime_signals import bpf
+from runtime_signals.agent import wire
+from runtime_signals.agent.wire import COUNTER_NAMES, DedupKey, ProbeConfig, RateState, call_event_type
 
 
 def _c_layout(tmp_path: Path, max_frames: int, structs: dict[str, list[str]]) -> dict[str, tuple[int, int]]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from schemas import codec, hashing
+from runtime_signals.schemas import codec, hashing
 
 SUMMARY = "io.runtimesignals.RuntimeSignalSummary"
 WINDOW_US = 60_000_000

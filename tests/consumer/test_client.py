@@ -8,11 +8,11 @@ import uuid
 
 import pytest
 
-from consumer import SignalsClient, Target
-from runtime_signals.demo import create_topics
-from runtime_signals.pipeline import signals_command
-from schemas import codec, hashing
-from schemas.topics import TopicNames
+from runtime_signals.consumer import SignalsClient, Target
+from runtime_signals.devtools.demo import create_topics
+from runtime_signals.devtools.pipeline import signals_command
+from runtime_signals.schemas import codec, hashing
+from runtime_signals.schemas.topics import TopicNames
 from tests.consumer import sample_summaries as sample
 from tests.consumer.sample_summaries import LIBIMAGE, T0_US, WINDOW_US
 

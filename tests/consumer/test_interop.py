@@ -15,8 +15,8 @@ from typing import Any
 import fastavro
 import pytest
 
-from runtime_signals import localkafka
-from schemas import codec
+from runtime_signals.devtools import localkafka
+from runtime_signals.schemas import codec
 from tests.brokers import unique_topic_name
 from tests.consumer import sample_summaries as sample
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from runtime_signals.config import load_config
-from runtime_signals.localkafka import KAFKA_VERSION
+from runtime_signals.devtools.localkafka import KAFKA_VERSION
 from tests.deploy import manifests
 from tests.deploy.manifests import COMPOSE_FILE, REPO
 

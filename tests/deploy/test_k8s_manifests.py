@@ -16,8 +16,8 @@ import pytest
 import tomllib
 
 from runtime_signals.config import load_config
-from runtime_signals.security import acl_bindings
-from schemas.topics import TopicNames, topic_settings
+from runtime_signals.kafka.security import acl_bindings
+from runtime_signals.schemas.topics import TopicNames, topic_settings
 from tests.deploy import manifests
 from tests.deploy.manifests import KUSTOMIZATIONS, POD_KINDS, containers, one, pod_spec, render
 

@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 from confluent_kafka import Producer
 
-from consumer.kafka import TopicReader
-from schemas import codec
+from runtime_signals.consumer.kafka import TopicReader
+from runtime_signals.schemas import codec
 from tests.processor.raw_records import REGISTRY, Scenario, encoded_binaries
 
 T = TypeVar("T")

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas import codec
+from runtime_signals.schemas import codec
 
 CALL_EVENT = "io.runtimesignals.RuntimeCallEvent"
 WATERMARK = "io.runtimesignals.AgentWatermark"

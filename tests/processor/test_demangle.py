@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from processor.symbol_store import SymbolStore
-from processor.symbolize import Frame, demangle, resolve_frames
-from schemas import hashing
+from runtime_signals.processor.symbol_store import SymbolStore
+from runtime_signals.processor.symbolize import Frame, demangle, resolve_frames
+from runtime_signals.schemas import hashing
 
 CPP = r"""
 #include <string>

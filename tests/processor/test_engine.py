@@ -8,13 +8,13 @@ from collections import defaultdict
 
 import pytest
 
-from processor.checkpoint import Checkpoint
-from processor.engine import Engine, EngineSettings, Output
-from processor.symbol_store import SymbolStore
-from processor.symbolize import NoSymbols
-from processor.windows import WindowSpec
-from schemas import codec
-from schemas import hashing
+from runtime_signals.processor.checkpoint import Checkpoint
+from runtime_signals.processor.engine import Engine, EngineSettings, Output
+from runtime_signals.processor.symbol_store import SymbolStore
+from runtime_signals.processor.symbolize import NoSymbols
+from runtime_signals.processor.windows import WindowSpec
+from runtime_signals.schemas import codec
+from runtime_signals.schemas import hashing
 from tests.processor.raw_records import (
     APP_DIGEST,
     APP_PURL,

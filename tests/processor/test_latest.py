@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from processor.latest import ContainerState
-from schemas import codec
+from runtime_signals.processor.latest import ContainerState
+from runtime_signals.schemas import codec
 
 REGISTRY = codec.SchemaRegistry.default()
 

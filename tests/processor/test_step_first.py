@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from processor.faust_config import StepFirst
+from runtime_signals.processor.faust_config import StepFirst
 
 
 def _run(body: Any) -> Any:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from processor.errors import ConfigError
-from processor.watermarks import EventClock
+from runtime_signals.processor.errors import ConfigError
+from runtime_signals.processor.watermarks import EventClock
 
 
 def test_the_slowest_agent_sets_the_watermark_so_its_calls_are_not_late() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from processor.windows import PartitionWindows, WindowKey, WindowSpec
+from runtime_signals.processor.windows import PartitionWindows, WindowKey, WindowSpec
 
 
 def _collect(windows: PartitionWindows[list[int]], container: str, at_us: int) -> None:

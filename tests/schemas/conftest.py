@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from schemas.codec import SchemaRegistry
+from runtime_signals.schemas.codec import SchemaRegistry
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 

@@ -12,15 +12,8 @@ from typing import Any
 import avro.schema
 import pytest
 
-from schemas.codec import (
-    SCHEMA_DIR,
-    SCHEMA_ORDER,
-    RuntimeType,
-    load_schemas,
-    read_schema_files,
-    self_contained_schema,
-)
-from schemas.errors import SchemaLoadError
+from runtime_signals.schemas.codec import SCHEMA_DIR, SCHEMA_ORDER, RuntimeType, load_schemas, read_schema_files, self_contained_schema
+from runtime_signals.schemas.errors import SchemaLoadError
 from tests.schemas.seed_map import RUNTIME_TYPE_CODES, SEED_FIELDS, SEED_NULLABLE
 
 DOCUMENTS = {name.rpartition(".")[2]: doc for name, doc in read_schema_files().items()}

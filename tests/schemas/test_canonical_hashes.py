@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from schemas import hashing
-from schemas.errors import HashInputError
+from runtime_signals.schemas import hashing
+from runtime_signals.schemas.errors import HashInputError
 
 SCHEMA_DIR = Path(hashing.__file__).resolve().parent
 VECTORS: dict[str, Any] = json.loads((SCHEMA_DIR / "hash-vectors.json").read_text("utf-8"))

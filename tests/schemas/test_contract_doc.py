@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from schemas.codec import SCHEMA_DIR, SCHEMA_ORDER, fingerprint_hex, read_schema_files
+from runtime_signals.schemas.codec import SCHEMA_DIR, SCHEMA_ORDER, fingerprint_hex, read_schema_files
 from tests.schemas.seed_map import RUNTIME_TYPE_CODES, SEED_FIELDS
 
 CONTRACT = (SCHEMA_DIR.parent / "docs" / "contract.md").read_text("utf-8")

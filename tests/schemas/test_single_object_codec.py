@@ -13,21 +13,8 @@ import avro.io
 import avro.schema
 import pytest
 
-from schemas.codec import (
-    SchemaRegistry,
-    decode,
-    encode,
-    fingerprint_hex,
-    self_contained_schema,
-)
-from schemas.errors import (
-    CorruptMessageError,
-    EncodeError,
-    IncompatibleSchemaError,
-    SchemaError,
-    UnknownFingerprintError,
-    UnknownSchemaError,
-)
+from runtime_signals.schemas.codec import SchemaRegistry, decode, encode, fingerprint_hex, self_contained_schema
+from runtime_signals.schemas.errors import CorruptMessageError, EncodeError, IncompatibleSchemaError, SchemaError, UnknownFingerprintError, UnknownSchemaError
 
 TOP_LEVEL = ["RuntimeCallEvent", "AgentWatermark", "ObservedCallPath", "RuntimeSignalSummary",
              "SignalStatistics", "StackFrame"]

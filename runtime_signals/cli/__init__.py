@@ -7,11 +7,11 @@ import logging
 import os
 import sys
 
-from agent import cli as agent_cli
-from processor import cli as processor_cli
+from runtime_signals.cli import agent as agent_cli
+from runtime_signals.cli import processor as processor_cli
 
-from . import cli_answers, cli_capture
-from . import config as config_cli
+from runtime_signals.cli import answers as cli_answers, capture as cli_capture
+from runtime_signals import config as config_cli
 
 DEFAULT_BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
 
@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo", help="run the pipeline against the bundled workload", formatter_class=formatter,
-        description="Start a local broker, the processor and the agent; run deploy/demo/workload.c; "
+        description="Start a local broker, the processor and the agent; run the bundled workload (runtime_signals/devtools/data/workload.c); "
                     "print the summary it produced.",
     )
     demo.add_argument("--uploads", type=int, default=7, help="calls through handle_upload (default: %(default)s)")
@@ -111,15 +111,15 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from agent.errors import AgentError
-    from processor.errors import ProcessorError
-    from consumer.errors import ConsumerError
-    from schemas.errors import SchemaError
+    from runtime_signals.agent.errors import AgentError
+    from runtime_signals.processor.errors import ProcessorError
+    from runtime_signals.consumer.errors import ConsumerError
+    from runtime_signals.schemas.errors import SchemaError
 
-    from .capture import CaptureError
-    from .export import ExportError
-    from .replay import ReplayError
-    from .settings import SettingsError
+    from runtime_signals.capture.writer import CaptureError
+    from runtime_signals.evidence.export import ExportError
+    from runtime_signals.capture.replay import ReplayError
+    from runtime_signals.config.engine import SettingsError
 
     try:
         if args.command == "agent":
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             return config_cli.run(args)
         if args.command == "demo":
-            from .demo import run_demo
+            from runtime_signals.devtools.demo import run_demo
 
             return run_demo(args.uploads, args.previews)
     except (AgentError, ProcessorError, SchemaError, LookupError, ConsumerError, CaptureError, ReplayError,
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _kafka(args: argparse.Namespace) -> int:
-    from . import localkafka
+    from runtime_signals.devtools import localkafka
 
     config = localkafka.LocalKafkaConfig.from_env()
     if args.action == "up":
@@ -169,11 +169,11 @@ def _kafka(args: argparse.Namespace) -> int:
 def _create_topics(args: argparse.Namespace, local_bootstrap: str) -> int:
     """`signals kafka topics`: on the cluster the configuration names (TLS and SASL
     included), else on the local broker."""
-    from schemas.topics import TopicNames, topic_settings
+    from runtime_signals.schemas.topics import TopicNames, topic_settings
 
-    from . import localkafka
-    from .config import CONFIG_ENV, load_config
-    from .security import KafkaSecurityError, check_access
+    from runtime_signals.devtools import localkafka
+    from runtime_signals.config import CONFIG_ENV, load_config
+    from runtime_signals.kafka.security import KafkaSecurityError, check_access
 
     configured = args.config or any(os.environ.get(name) for name in (
         CONFIG_ENV, "KAFKA_BOOTSTRAP_SERVERS", "SIGNALS_KAFKA__BOOTSTRAP_SERVERS"))

@@ -20,9 +20,9 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
-from consumer.models import Reachability, iso
+from runtime_signals.consumer.models import Reachability, iso
 
-from .export import Finding
+from runtime_signals.evidence.export import Finding
 
 CONTEXT = "https://openvex.dev/ns/v0.2.0"
 _MAX_PATHS_IN_NOTES = 10

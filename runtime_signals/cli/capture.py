@@ -107,9 +107,9 @@ def _stop_on_signals() -> threading.Event:
 
 
 def run_capture(args: argparse.Namespace) -> int:
-    from consumer.kafka import TopicReader
+    from runtime_signals.consumer.kafka import TopicReader
 
-    from .capture import CaptureRequest, capture, parse_partitions
+    from runtime_signals.capture.writer import CaptureRequest, capture, parse_partitions
 
     request = CaptureRequest(args.topic, parse_partitions(args.partitions), args.from_offset,
                              args.to_offset, args.since, args.until, args.follow)
@@ -124,10 +124,10 @@ def run_capture(args: argparse.Namespace) -> int:
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    from consumer.kafka import TopicReader
+    from runtime_signals.consumer.kafka import TopicReader
 
-    from .capture import CaptureError, CaptureRequest, open_capture, parse_partitions, read_ranges
-    from .replay import ReplaySettings, replay
+    from runtime_signals.capture.writer import CaptureError, CaptureRequest, open_capture, parse_partitions, read_ranges
+    from runtime_signals.capture.replay import ReplaySettings, replay
 
     if (args.file is None) == (args.from_topic is None):
         raise CaptureError("give a capture FILE or --from-topic TOPIC (one of them)")

@@ -14,7 +14,7 @@ import dataclasses
 import typing
 from typing import Any
 
-from .config import AgentSettings
+from runtime_signals.agent.config import AgentSettings
 
 # (argparse group, flag, setting of AgentSettings). A flag spelled --no-X turns the
 # boolean setting off; there is no --X, since X is on by default.

@@ -28,21 +28,11 @@ from typing import IO, Any
 import fastavro
 from tqdm import tqdm
 
-from consumer.errors import ConsumerError
-from consumer.kafka import KafkaRecord, OffsetRange, TopicReader
-from schemas import codec
+from runtime_signals.consumer.errors import ConsumerError
+from runtime_signals.consumer.kafka import KafkaRecord, OffsetRange, TopicReader
+from runtime_signals.schemas import codec
 
-from .capturefile import (
-    CAPTURE_SCHEMA,
-    FORMAT,
-    PARSED_SCHEMA,
-    CaptureError,
-    CaptureHeader,
-    metadata,
-    open_capture,
-    read_capture,
-    to_avro,
-)
+from runtime_signals.capture.file import CAPTURE_SCHEMA, FORMAT, PARSED_SCHEMA, CaptureError, CaptureHeader, metadata, open_capture, read_capture, to_avro
 
 log = logging.getLogger(__name__)
 

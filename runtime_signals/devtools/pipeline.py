@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from schemas.topics import TopicNames
+from runtime_signals.schemas.topics import TopicNames
 
 
 class PipelineError(RuntimeError):

@@ -6,10 +6,10 @@ import argparse
 import logging
 import sys
 
-from schemas.topics import TopicNames
+from runtime_signals.schemas.topics import TopicNames
 
-from .errors import ProcessorError
-from .windows import WindowSpec
+from runtime_signals.processor.errors import ProcessorError
+from runtime_signals.processor.windows import WindowSpec
 
 EPILOG = """\
 examples:
@@ -67,8 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser, default_bootstrap: str) -> No
 def run(args: argparse.Namespace) -> int:
     from runtime_signals.config import load_config
 
-    from .app import run_worker
-    from .settings import ProcessorSettings
+    from runtime_signals.processor.app import run_worker
+    from runtime_signals.processor.settings import ProcessorSettings
 
     config = load_config(args.config, flags={  # raises SettingsError naming the setting
         "kafka.bootstrap_servers": args.bootstrap, "kafka.topic_prefix": args.topic_prefix,

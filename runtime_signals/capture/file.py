@@ -22,7 +22,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import parse_schema
 
-from consumer.kafka import KafkaRecord, TimestampType
+from runtime_signals.consumer.kafka import KafkaRecord, TimestampType
 
 FORMAT = "runtime-signals-capture/1"
 META = "signals."

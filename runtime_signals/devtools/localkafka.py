@@ -1,7 +1,7 @@
 """A real single-node Apache Kafka broker on loopback, for tests and the local demo.
 
 The broker runs in KRaft mode as one combined broker+controller process. Its classpath comes
-from Maven Central through deploy/local/pom.xml, copied once into a cache dir, so this machine
+from Maven Central through runtime_signals/devtools/data/pom.xml, copied once into a cache dir, so this machine
 needs only `java` (17+) and `mvn`; no Docker, no Kafka tarball.
 
 On disk:
@@ -43,20 +43,20 @@ from typing import Iterator, Mapping, Sequence
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-# A copy of <kafka.version> in deploy/local/pom.xml; tests/test_localkafka.py keeps them equal.
+# A copy of <kafka.version> in runtime_signals/devtools/data/pom.xml; tests/test_localkafka.py keeps them equal.
 KAFKA_VERSION = "4.3.1"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 19092
 DEFAULT_CONTROLLER_PORT = 19093
 DEFAULT_CACHE_ROOT = Path("~/.cache/runtime-signals")
-_DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy" / "local"
+_DATA_DIR = Path(__file__).resolve().parent / "data"
 _MAVEN_TIMEOUT_S = 900.0
 _FORMAT_TIMEOUT_S = 120.0
 _LOG_TAIL_LINES = 25
 
 
 class LocalKafkaError(Exception):
-    """Root of the errors raised by runtime_signals.localkafka."""
+    """Root of the errors raised by runtime_signals.devtools.localkafka."""
 
 
 class ToolNotFoundError(LocalKafkaError):
@@ -96,8 +96,8 @@ class LocalKafkaConfig:
     port: int = DEFAULT_PORT
     controller_port: int = DEFAULT_CONTROLLER_PORT
     heap_max_mb: int = 512
-    pom_path: Path = _DEPLOY_DIR / "pom.xml"
-    log4j_config_path: Path = _DEPLOY_DIR / "log4j2.properties"
+    pom_path: Path = _DATA_DIR / "pom.xml"
+    log4j_config_path: Path = _DATA_DIR / "log4j2.properties"
     # Broker settings laid over the defaults of _broker_properties() (e.g. for one test).
     extra_properties: Mapping[str, str] = field(default_factory=dict)
     # Further listeners on host, name -> port; the name is also the listener's security
@@ -552,12 +552,12 @@ def _env_port(env: Mapping[str, str], name: str, default: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m runtime_signals.localkafka",
+        prog="python -m runtime_signals.devtools.localkafka",
         description="Run the local single-node Kafka broker (KRaft) used by tests and the demo.",
-        epilog="examples:\n  python -m runtime_signals.localkafka provision\n"
-               "  python -m runtime_signals.localkafka up\n"
-               "  python -m runtime_signals.localkafka status\n"
-               "  python -m runtime_signals.localkafka down --state-dir /tmp/broker",
+        epilog="examples:\n  python -m runtime_signals.devtools.localkafka provision\n"
+               "  python -m runtime_signals.devtools.localkafka up\n"
+               "  python -m runtime_signals.devtools.localkafka status\n"
+               "  python -m runtime_signals.devtools.localkafka down --state-dir /tmp/broker",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("provision", "up", "down", "status"))
     parser.add_argument("--state-dir", type=Path, help="default: <cache root>/broker")

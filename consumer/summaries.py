@@ -8,11 +8,11 @@ import logging
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from consumer.kafka import TopicReader
-from consumer.models import Summary, Target
-from consumer.query import Matcher, in_time
-from schemas import codec
-from schemas.errors import SchemaError
+from runtime_signals.consumer.kafka import TopicReader
+from runtime_signals.consumer.models import Summary, Target
+from runtime_signals.consumer.query import Matcher, in_time
+from runtime_signals.schemas import codec
+from runtime_signals.schemas.errors import SchemaError
 
 log = logging.getLogger(__name__)
 

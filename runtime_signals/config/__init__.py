@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from agent.config import AgentSettings
+from runtime_signals.agent.config import AgentSettings
 
-from .settings import SettingsError, build, env_layer, merge, read_toml, reference_rows, render_toml
+from runtime_signals.config.engine import SettingsError, build, env_layer, merge, read_toml, reference_rows, render_toml
 
 CONFIG_ENV = "SIGNALS_CONFIG"
 _PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")

@@ -1,4 +1,4 @@
-"""Building the demo workload (deploy/demo/workload.c) with the system C compiler."""
+"""Building the demo workload (runtime_signals/devtools/data/workload.c) with the system C compiler."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-WORKLOAD_SOURCE = Path(__file__).resolve().parent.parent / "deploy" / "demo" / "workload.c"
+WORKLOAD_SOURCE = Path(__file__).resolve().parent / "data" / "workload.c"
 PROBED_SYMBOL = "parse_image_header"
 
 

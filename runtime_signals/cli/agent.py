@@ -11,11 +11,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from schemas.topics import TopicNames
+from runtime_signals.schemas.topics import TopicNames
 
-from . import tuning
-from .config import AgentSettings, TargetSettings
-from .errors import ConfigError
+from runtime_signals.cli import agent_flags as tuning
+from runtime_signals.agent.config import AgentSettings, TargetSettings
+from runtime_signals.agent.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser, default_bootstrap: str) -> No
 def load(args: argparse.Namespace, config_path: str | None = None) -> Any:
     """The effective configuration (runtime_signals.config.SignalsConfig) for these flags."""
     from runtime_signals.config import load_config
-    from runtime_signals.settings import SettingsError
+    from runtime_signals.config.engine import SettingsError
 
     try:
         config = load_config(config_path or args.config, flags={
@@ -80,7 +80,7 @@ def target_names(config: Any, probe_flags: list[str]) -> list[str]:
 
 def check(args: argparse.Namespace) -> int:
     """`signals agent --check`: settings, then every target's files and symbols on this host."""
-    from .targets import TargetManager
+    from runtime_signals.agent.targets import TargetManager
 
     config = load(args, args.check or None)
     agent = config.agent
@@ -102,7 +102,7 @@ def _check_kafka_access(kafka: Any) -> None:
     """Refuse to start with credentials, certificates or ACLs the cluster rejects: librdkafka
     would retry them forever while records pile up. A cluster that does not answer is no
     reason to stop: the spool holds records until it does."""
-    from runtime_signals.security import KafkaAccessError, KafkaUnreachableError, check_access
+    from runtime_signals.kafka.security import KafkaAccessError, KafkaUnreachableError, check_access
 
     names = TopicNames().with_prefix(kafka.topic_prefix)
     try:
@@ -116,7 +116,7 @@ def _check_kafka_access(kafka: Any) -> None:
 
 def _open_spool(agent: AgentSettings) -> Any:
     """The on-disk spool of agent.spool_dir (agent/spool.Spool), or None without one."""
-    from .spool import Spool
+    from runtime_signals.agent.spool import Spool
 
     if agent.spool_dir is None:
         return None
@@ -131,14 +131,14 @@ def run(args: argparse.Namespace) -> int:
     that appear later (libraries, containers) are attached by a rescan thread."""
     if args.check is not None:
         return check(args)
-    from .collector import Collector, CollectorSettings
-    from .probes import CallTracer
-    from .processes import NodeFiles
-    from .publisher import ProducerSettings, Publisher
-    from .identity import PodDirectory
-    from .metrics import HealthServer
-    from .selectors import TargetFilters
-    from .targets import TargetManager
+    from runtime_signals.agent.collector import Collector, CollectorSettings
+    from runtime_signals.agent.probes import CallTracer
+    from runtime_signals.agent.processes import NodeFiles
+    from runtime_signals.agent.publisher import ProducerSettings, Publisher
+    from runtime_signals.agent.identity import PodDirectory
+    from runtime_signals.agent.metrics import HealthServer
+    from runtime_signals.agent.selectors import TargetFilters
+    from runtime_signals.agent.targets import TargetManager
 
     config = load(args)
     agent, kafka = config.agent, config.kafka

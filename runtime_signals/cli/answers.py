@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .cli_capture import parse_time_ms
+from runtime_signals.cli.capture import parse_time_ms
 
 SUMMARIES_EPILOG = """\
 examples:
@@ -82,7 +82,7 @@ def _us(time_ms: int | None) -> int | None:
 
 
 def _target(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from consumer.models import Target
+    from runtime_signals.consumer.models import Target
 
     if not (args.function or args.purl or args.node_hash):
         return None
@@ -90,9 +90,9 @@ def _target(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def run_summaries(args: argparse.Namespace) -> int:
-    from schemas.topics import TopicNames
+    from runtime_signals.schemas.topics import TopicNames
 
-    from .summaries import format_table, latest_summaries, read_topic, select_records, to_json
+    from runtime_signals.consumer.summaries import format_table, latest_summaries, read_topic, select_records, to_json
 
     topic = TopicNames().with_prefix(args.topic_prefix).summaries
     records = select_records(latest_summaries(read_topic(args.bootstrap, topic, args.timeout_s)),
@@ -103,9 +103,9 @@ def run_summaries(args: argparse.Namespace) -> int:
 
 
 def run_reachable(args: argparse.Namespace) -> int:
-    from consumer import SignalsClient
-    from consumer.errors import QueryError
-    from schemas.topics import TopicNames
+    from runtime_signals.consumer import SignalsClient
+    from runtime_signals.consumer.errors import QueryError
+    from runtime_signals.schemas.topics import TopicNames
 
     target = _target(args)
     if target is None:
@@ -122,9 +122,9 @@ def run_reachable(args: argparse.Namespace) -> int:
 
 def format_answer(answer) -> str:  # type: ignore[no-untyped-def]
     """A Reachability for people: the verdict, the evidence table, the coverage."""
-    from consumer.models import iso
+    from runtime_signals.consumer.models import iso
 
-    from .summaries import short_symbol
+    from runtime_signals.consumer.summaries import short_symbol
 
     coverage = answer.coverage
     span = f"{iso(coverage.first_window_start_us)} .. {iso(coverage.last_window_end_us)}"
@@ -156,11 +156,11 @@ def format_answer(answer) -> str:  # type: ignore[no-untyped-def]
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from consumer import SignalsClient
-    from schemas.topics import TopicNames
+    from runtime_signals.consumer import SignalsClient
+    from runtime_signals.schemas.topics import TopicNames
 
-    from . import cyclonedx, export, openvex
-    from .capture import tool_version
+    from runtime_signals.evidence import cyclonedx, export, openvex
+    from runtime_signals.capture.writer import tool_version
 
     functions = export.load_vulnerable_functions(args.functions, args.vulnerability)
     if not functions:

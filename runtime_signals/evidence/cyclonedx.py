@@ -22,10 +22,10 @@ from typing import Any
 
 from packageurl import PackageURL
 
-from consumer.models import PathEvidence
+from runtime_signals.consumer.models import PathEvidence
 
-from .export import Finding
-from .openvex import coverage_notes, evidence_notes, path_text
+from runtime_signals.evidence.export import Finding
+from runtime_signals.evidence.openvex import coverage_notes, evidence_notes, path_text
 
 SPEC_VERSIONS = ("1.5", "1.6")
 

@@ -1,4 +1,4 @@
-"""`signals demo`: the whole pipeline on this machine against deploy/demo/workload.c."""
+"""`signals demo`: the whole pipeline on this machine against the bundled workload (runtime_signals/devtools/data/workload.c)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from schemas.topics import TopicNames, topic_settings
+from runtime_signals.schemas.topics import TopicNames, topic_settings
 
-from . import localkafka
-from .pipeline import LocalPipeline
-from .summaries import format_table, latest_summaries, read_topic
-from .workload import PROBED_SYMBOL, build_workload
+from runtime_signals.devtools import localkafka
+from runtime_signals.devtools.pipeline import LocalPipeline
+from runtime_signals.consumer.summaries import format_table, latest_summaries, read_topic
+from runtime_signals.devtools.workload import PROBED_SYMBOL, build_workload
 
 
 def cache_dir() -> Path:

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from consumer import query
-from consumer.models import Coverage, Reachability, Summary, Target
+from runtime_signals.consumer import query
+from runtime_signals.consumer.models import Coverage, Reachability, Summary, Target
 
 log = logging.getLogger(__name__)
 
