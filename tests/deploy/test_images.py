@@ -97,7 +97,9 @@ def test_every_package_is_copied_from_a_context_that_holds_it(image: str) -> Non
             assert _dockerignore_keeps(path), f"Dockerfile.{image}: COPY {source}: excluded by .dockerignore"
             copied.add(path)
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
-    packages = set(project["tool"]["setuptools"]["packages"])
+    # runtime_signals, and the design card's folders it links in (runtime_signals/agent -> ../agent).
+    package = REPO / "runtime_signals"
+    packages = {"runtime_signals"} | {link.resolve().name for link in package.iterdir() if link.is_symlink()}
     assert packages | {"pyproject.toml", project["project"]["readme"]} <= copied, \
         "a package of pyproject.toml is not copied into the image"
     assert not _dockerignore_keeps("tests") and not _dockerignore_keeps(".git")
