@@ -19,12 +19,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from runtime_signals import METRIC_NAMESPACE
 from runtime_signals.agent.errors import ConfigError
 from runtime_signals.agent.stats import Snapshot
 
 log = logging.getLogger(__name__)
 
-PREFIX = "runtime_signals_agent"
+PREFIX = f"{METRIC_NAMESPACE}_agent"
 
 
 class SnapshotCollector(Collector):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from runtime_signals.agent.config import TargetSettings
+from runtime_signals.config.schema import TargetSettings
 from runtime_signals.agent.errors import ProbeError
 from runtime_signals.agent.identity import ContainerResolver, PodDirectory
 from runtime_signals.agent.probes import AttachedProbe, ProbeSpec

@@ -30,6 +30,9 @@ from runtime_signals.processor.latest import ContainerState
 from runtime_signals.processor.symbolize import SymbolSource
 from runtime_signals.processor.watermarks import ClockState, EventClock
 from runtime_signals.processor.windows import PartitionWindows, WindowSpec
+from runtime_signals.config.schema import ProcessorSection
+
+_DEFAULTS = ProcessorSection()  # the one place of the defaults
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +59,12 @@ class SymbolIndex(SymbolSource, Protocol):
 class EngineSettings:
     window: WindowSpec
     raw_topic: str
-    agent_idle_ms: int = 30_000
+    agent_idle_ms: int = _DEFAULTS.agent_idle_ms
     # A closed window waits at most this long (wall clock) for the symbol tables and module
     # maps of its frames' binaries, then goes out with what has arrived (counted).
-    symbol_wait_ms: int = 10_000
+    symbol_wait_ms: int = _DEFAULTS.symbol_wait_ms
     # And at most this many windows per partition wait; beyond it the oldest goes out.
-    max_pending_windows: int = 10_000
+    max_pending_windows: int = _DEFAULTS.max_pending_windows
 
     def __post_init__(self) -> None:
         if self.agent_idle_ms <= 0:

@@ -15,9 +15,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from runtime_signals import METRIC_NAMESPACE
 from runtime_signals.processor.intake import REASONS
 
-PREFIX = "signals_processor_"
+PREFIX = f"{METRIC_NAMESPACE}_processor_"
 # engine counter -> (metric name without prefix and _total, help)
 COUNTERS = {
     "raw_records": ("raw_records", "Raw-topic records handled (calls, watermarks, rejected)."),

@@ -4,26 +4,19 @@ The processor never sees the nodes' files: it symbolizes from the symbol tables 
 agents publish. A frame nobody can name keeps a stable stand-in, its frame identity
 "<digest>+0x<offset>", so it still hashes and groups the same way on every run.
 
-Signatures are demangled with LLVM's demanglers (the pydemumble package): C++ (Itanium)
-and Rust, legacy and v0 manglings. The Rust forms drop the legacy hash and the v0 crate
-disambiguator, which change with every build, so a node hash stays the same across
-rebuilds of the same code. The demangler's version is pinned: its output enters node
-hashes.
+Signatures are demangled by runtime_signals.schemas.demangle (LLVM's demanglers, the same
+the agent matches targets with); its output enters node hashes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-import pydemumble  # type: ignore[import-untyped]  # ships no type information
-
 from runtime_signals.schemas import hashing
+from runtime_signals.schemas.demangle import readable
 
-# Itanium C++ (and Rust legacy, which borrows it), macOS-style extra underscore, Rust v0.
-_MANGLED_PREFIXES = ("_Z", "__Z", "_R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,19 +67,6 @@ class NoSymbols:
         return True
 
 
-@lru_cache(maxsize=65_536)
-def demangle(name: str) -> str:
-    """The readable signature of a symbol: demangled when it is a C++ or Rust mangled
-    name the demangler reads, else the name itself (C names, unreadable manglings)."""
-    if not name.startswith(_MANGLED_PREFIXES):
-        return name
-    try:
-        readable = pydemumble.demangle(name)
-    except Exception:  # a native demangler failing on odd input must not stop a window
-        return name
-    return readable or name
-
-
 def lookup_offset(frame: Frame, is_top: bool) -> int | None:
     """Where to look a frame up. Caller frames hold return addresses, which point just
     past the call instruction, so they are looked up at offset - 1 (still inside the
@@ -119,7 +99,7 @@ def resolve_frames(frames: Sequence[Frame], identities: Sequence[str], top_symbo
         if name is None:
             resolved.append(ResolvedFrame(frame, identity, identity, identity, purl, False))
             continue
-        signature = top_signature if is_top and top_signature else demangle(name)
+        signature = top_signature if is_top and top_signature else readable(name)
         resolved.append(ResolvedFrame(frame, identity, name, signature, purl, True))
     return resolved
 

@@ -8,6 +8,8 @@ from typing import Iterator, Mapping
 import pytest
 
 from runtime_signals.devtools import localkafka
+
+from runtime_signals.kafka import admin
 from tests import brokers
 
 
@@ -48,8 +50,8 @@ def unique_topic(kafka_bootstrap: str, request: pytest.FixtureRequest) -> broker
 
     def make(partitions: int = 1, config: Mapping[str, str] | None = None) -> str:
         name = brokers.unique_topic_name(request.node.name)
-        localkafka.ensure_topics(
-            kafka_bootstrap, [localkafka.TopicSpec(name, partitions, dict(config or {}))])
+        admin.ensure_topics(
+            kafka_bootstrap, [admin.TopicSpec(name, partitions, dict(config or {}))])
         return name
 
     return make

@@ -8,10 +8,12 @@ import os
 import sys
 
 from runtime_signals.cli import agent as agent_cli
+from runtime_signals.cli import answers as cli_answers
+from runtime_signals.cli import capture as cli_capture
+from runtime_signals.cli import config as config_cli
+from runtime_signals.cli import demo as demo_cli
+from runtime_signals.cli import kafka as kafka_cli
 from runtime_signals.cli import processor as processor_cli
-
-from runtime_signals.cli import answers as cli_answers, capture as cli_capture
-from runtime_signals import config as config_cli
 
 DEFAULT_BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
 
@@ -41,12 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     agent = commands.add_parser("agent", help="run the eBPF node agent", epilog=agent_cli.EPILOG,
                                 formatter_class=formatter,
                                 description="Attach uprobes to functions and publish every call to Kafka.")
-    agent_cli.add_arguments(agent, DEFAULT_BOOTSTRAP)
+    agent_cli.add_arguments(agent)
 
     processor = commands.add_parser("processor", help="run a processor worker", epilog=processor_cli.EPILOG,
                                     formatter_class=formatter,
                                     description="Window, aggregate and summarize raw call events.")
-    processor_cli.add_arguments(processor, DEFAULT_BOOTSTRAP)
+    processor_cli.add_arguments(processor)
 
     summaries = commands.add_parser(
         "summaries", help="print summaries", formatter_class=formatter, epilog=cli_answers.SUMMARIES_EPILOG,
@@ -75,30 +77,18 @@ def _parser() -> argparse.ArgumentParser:
     cli_capture.add_replay_arguments(replay, DEFAULT_BOOTSTRAP)
 
     kafka = commands.add_parser(
-        "kafka", help="local Kafka broker for development", formatter_class=formatter,
+        "kafka", help="local Kafka broker for development", formatter_class=formatter, epilog=kafka_cli.EPILOG,
         description="Provision Apache Kafka from Maven Central into a cache outside the repo and run it "
-                    "in KRaft mode on loopback.",
-        epilog="examples:\n  signals kafka up\n  signals kafka topics --partitions 3\n  signals kafka down",
+                    "in KRaft mode on loopback; create the topics on any cluster.",
     )
-    kafka.add_argument("action", choices=["up", "down", "status", "topics"])
-    kafka.add_argument("--topic-prefix", default="", help="with topics: prefix of the topic names")
-    kafka.add_argument("--partitions", type=int, default=3, help="with topics: partitions (default: %(default)s)")
-    kafka.add_argument("--bootstrap", default=None,
-                       help="with topics: the cluster to create them on (default: $KAFKA_BOOTSTRAP_SERVERS, "
-                            "else the local broker)")
-    kafka.add_argument("--replication-factor", type=int, default=1,
-                       help="with topics: replicas of each topic (default: %(default)s; 3 on a production cluster)")
-    kafka.add_argument("--config", metavar="FILE",
-                       help="with topics: configuration whose [kafka] settings (address, TLS, SASL) reach the "
-                            "cluster (default: $SIGNALS_CONFIG)")
+    kafka_cli.add_arguments(kafka)
 
     demo = commands.add_parser(
         "demo", help="run the pipeline against the bundled workload", formatter_class=formatter,
-        description="Start a local broker, the processor and the agent; run the bundled workload (runtime_signals/devtools/data/workload.c); "
-                    "print the summary it produced.",
+        description="Start a local broker, the processor and the agent; run the bundled workload "
+                    "(runtime_signals/devtools/data/workload.c); print the summary it produced.",
     )
-    demo.add_argument("--uploads", type=int, default=7, help="calls through handle_upload (default: %(default)s)")
-    demo.add_argument("--previews", type=int, default=5, help="calls through handle_preview (default: %(default)s)")
+    demo_cli.add_arguments(demo)
     config = commands.add_parser("config", help="check or document the configuration", formatter_class=formatter,
                                  epilog=config_cli.EPILOG, description="The settings of every part: file + SIGNALS_*.")
     config_cli.add_arguments(config)
@@ -137,62 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "replay":
             return cli_capture.run_replay(args)
         if args.command == "kafka":
-            return _kafka(args)
+            return kafka_cli.run(args)
         if args.command == "config":
             return config_cli.run(args)
         if args.command == "demo":
-            from runtime_signals.devtools.demo import run_demo
-
-            return run_demo(args.uploads, args.previews)
+            return demo_cli.run(args)
     except (AgentError, ProcessorError, SchemaError, LookupError, ConsumerError, CaptureError, ReplayError,
             ExportError, SettingsError) as exc:
         print(f"signals {args.command}: {exc}", file=sys.stderr)
         return 1
     return 2
-
-
-def _kafka(args: argparse.Namespace) -> int:
-    from runtime_signals.devtools import localkafka
-
-    config = localkafka.LocalKafkaConfig.from_env()
-    if args.action == "up":
-        print(localkafka.up(config))
-    elif args.action == "down":
-        localkafka.down(config)
-    elif args.action == "status":
-        print(localkafka.status(config))
-    else:
-        return _create_topics(args, config.bootstrap)
-    return 0
-
-
-def _create_topics(args: argparse.Namespace, local_bootstrap: str) -> int:
-    """`signals kafka topics`: on the cluster the configuration names (TLS and SASL
-    included), else on the local broker."""
-    from runtime_signals.schemas.topics import TopicNames, topic_settings
-
-    from runtime_signals.devtools import localkafka
-    from runtime_signals.config import CONFIG_ENV, load_config
-    from runtime_signals.kafka.security import KafkaSecurityError, check_access
-
-    configured = args.config or any(os.environ.get(name) for name in (
-        CONFIG_ENV, "KAFKA_BOOTSTRAP_SERVERS", "SIGNALS_KAFKA__BOOTSTRAP_SERVERS"))
-    bootstrap = args.bootstrap or (None if configured else local_bootstrap)
-    client = load_config(args.config, flags={"kafka.bootstrap_servers": bootstrap}).kafka.librdkafka_config()
-    names = TopicNames().with_prefix(args.topic_prefix)
-    try:
-        # A refused password or certificate is reported now, not as a create timeout.
-        check_access(client)
-        localkafka.ensure_topics(client["bootstrap.servers"], [
-            localkafka.TopicSpec(t.name, t.partitions, t.config, args.replication_factor)
-            for t in topic_settings(names, args.partitions)
-        ], client_config=client)
-    except (KafkaSecurityError, localkafka.LocalKafkaError) as exc:
-        print(f"signals kafka topics: {exc}", file=sys.stderr)
-        return 1
-    print(f"topics ready on {client['bootstrap.servers']}: {', '.join(t.name for t in topic_settings(names))}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,11 +11,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from runtime_signals.schemas.topics import TopicNames
-
-from runtime_signals.cli import agent_flags as tuning
-from runtime_signals.agent.config import AgentSettings, TargetSettings
 from runtime_signals.agent.errors import ConfigError
+from runtime_signals.cli import flags
+from runtime_signals.config import SettingsError, SignalsConfig, load_config
+from runtime_signals.config.schema import AgentSettings, KafkaSettings, TargetSettings
+from runtime_signals.schemas.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,10 @@ SIGINT/SIGTERM: drains the ring buffer and flushes every event read to Kafka.
 """
 
 
-def add_arguments(parser: argparse.ArgumentParser, default_bootstrap: str) -> None:
+_FLAGS = flags.KAFKA_FLAGS + flags.AGENT_FLAGS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Flags default to None so that the config file and SIGNALS_* variables decide
     # whatever the command line does not say.
     parser.add_argument("--config", metavar="FILE", help="TOML configuration file (default: $SIGNALS_CONFIG)")
@@ -48,31 +51,25 @@ def add_arguments(parser: argparse.ArgumentParser, default_bootstrap: str) -> No
     parser.add_argument("--probe", action="append", default=[], metavar="BINARY:SYMBOL",
                         help="function to observe (repeatable, added to the config's targets); BINARY is a "
                              "path or a library name such as 'c'")
-    parser.add_argument("--bootstrap", default=None,
-                        help=f"Kafka bootstrap servers (kafka.bootstrap_servers; default {default_bootstrap})")
-    parser.add_argument("--topic-prefix", default=None, help="prefix of every topic name (kafka.topic_prefix)")
-    tuning.add_arguments(parser)  # one flag per agent.* setting operators change per run
+    flags.add_arguments(parser, _FLAGS)  # one flag per setting operators change per run
 
 
-def load(args: argparse.Namespace, config_path: str | None = None) -> Any:
-    """The effective configuration (runtime_signals.config.SignalsConfig) for these flags."""
-    from runtime_signals.config import load_config
-    from runtime_signals.config.engine import SettingsError
+def load(args: argparse.Namespace, config_path: str | None = None) -> SignalsConfig:
+    """The effective configuration for these flags, --probe targets added."""
+    from runtime_signals.agent.probes import ProbeSpec
 
     try:
-        config = load_config(config_path or args.config, flags={
-            "kafka.bootstrap_servers": args.bootstrap,
-            "kafka.topic_prefix": args.topic_prefix,
-            **tuning.flag_settings(args),
-        }, flag_names={"kafka.bootstrap_servers": "--bootstrap", "kafka.topic_prefix": "--topic-prefix",
-                       **tuning.flag_names()})
-        config.agent.targets.extend(TargetSettings.from_probe_flag(text) for text in args.probe)
+        config = load_config(config_path or args.config, flags=flags.flag_settings(args, _FLAGS),
+                             flag_names=flags.flag_names(_FLAGS))
     except SettingsError as exc:
         raise ConfigError(str(exc)) from exc
+    for text in args.probe:
+        spec = ProbeSpec.parse(text)
+        config.agent.targets.append(TargetSettings(binary=spec.binary, symbols=[spec.symbol]))
     return config
 
 
-def target_names(config: Any, probe_flags: list[str]) -> list[str]:
+def target_names(config: SignalsConfig, probe_flags: list[str]) -> list[str]:
     """How messages name each target: its place in the file, or the flag that made it."""
     from_file = len(config.agent.targets) - len(probe_flags)
     return [f"agent.targets[{i}]" for i in range(from_file)] + [f"--probe {text}" for text in probe_flags]
@@ -98,7 +95,7 @@ def check(args: argparse.Namespace) -> int:
     return 1 if manager.missing else 0
 
 
-def _check_kafka_access(kafka: Any) -> None:
+def _check_kafka_access(kafka: KafkaSettings) -> None:
     """Refuse to start with credentials, certificates or ACLs the cluster rejects: librdkafka
     would retry them forever while records pile up. A cluster that does not answer is no
     reason to stop: the spool holds records until it does."""
@@ -132,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     if args.check is not None:
         return check(args)
     from runtime_signals.agent.collector import Collector, CollectorSettings
+    from runtime_signals.agent.config import budget_settings, probe_limits, tracer_settings
     from runtime_signals.agent.probes import CallTracer
     from runtime_signals.agent.processes import NodeFiles
     from runtime_signals.agent.publisher import ProducerSettings, Publisher
@@ -145,8 +143,8 @@ def run(args: argparse.Namespace) -> int:
     if not agent.targets:
         raise ConfigError("no targets: pass --probe BINARY:SYMBOL, or [[agent.targets]] in --config")
     _check_kafka_access(kafka)
-    tracer = CallTracer(agent.tracer_settings())
-    tracer.default_limits = agent.probe_limits()
+    tracer = CallTracer(tracer_settings(agent))
+    tracer.default_limits = probe_limits(agent)
     security = {k: v for k, v in kafka.librdkafka_config().items() if k != "bootstrap.servers"}
     producer = ProducerSettings(bootstrap_servers=kafka.bootstrap_servers, extra=security,
                                 queue_max_kbytes=agent.producer_queue_max_kbytes,
@@ -160,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
                                  symbol_chunk_max_bytes=agent.symbol_chunk_max_bytes,
                                  statistics_interval_ms=agent.statistics_interval_ms,
                                  shutdown_flush_timeout_s=agent.shutdown_flush_timeout_ms / 1000,
-                                 budget=agent.budget_settings())
+                                 budget=budget_settings(agent))
     if agent.host_name:
         settings.host = agent.host_name
     collector = Collector(settings, tracer, publisher, node=node, filters=filters)

@@ -12,6 +12,8 @@ from typing import Any
 from runtime_signals.schemas.topics import TopicNames, topic_settings
 
 from runtime_signals.devtools import localkafka
+
+from runtime_signals.kafka import admin
 from runtime_signals.devtools.pipeline import LocalPipeline
 from runtime_signals.consumer.summaries import format_table, latest_summaries, read_topic
 from runtime_signals.devtools.workload import PROBED_SYMBOL, build_workload
@@ -22,8 +24,8 @@ def cache_dir() -> Path:
 
 
 def create_topics(bootstrap: str, names: TopicNames, partitions: int = 3) -> None:
-    localkafka.ensure_topics(bootstrap, [
-        localkafka.TopicSpec(t.name, t.partitions, t.config) for t in topic_settings(names, partitions)
+    admin.ensure_topics(bootstrap, [
+        admin.TopicSpec(t.name, t.partitions, t.config) for t in topic_settings(names, partitions)
     ])
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime_signals.agent.config import budget_settings, probe_limits
 from runtime_signals.config import SignalsConfig, load_config, reference_table, render
 from runtime_signals.config.engine import SettingsError
 from tests.agent.programs import compile_c
@@ -118,8 +119,8 @@ def test_overhead_statistics_and_delivery_settings_come_from_file_environment_an
     assert agent.dedup is False and agent.spool_dir == str(spool) and agent.statistics_interval_ms == 750
     assert agent.shutdown_flush_timeout_ms == 1500 and agent.metrics_address == "0.0.0.0"
     # The objects the agent runs with carry the values.
-    assert agent.probe_limits().dedup is False and agent.probe_limits().rate_per_cpu_s == 10
-    assert agent.budget_settings().enabled is False and agent.budget_settings().quiet_ns == 2_500_000_000
+    assert probe_limits(agent).dedup is False and probe_limits(agent).rate_per_cpu_s == 10
+    assert budget_settings(agent).enabled is False and budget_settings(agent).quiet_ns == 2_500_000_000
     # A flag not given leaves the file's value; --no-dedup only ever turns dedup off.
     monkeypatch.delenv("SIGNALS_AGENT__METRICS_PORT")
     again = agent_cli.load(_parser().parse_args(["agent", "--config", str(path), "--no-budget"])).agent
