@@ -17,7 +17,7 @@ import os
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from runtime_signals import bpf as bpf_sources
 
@@ -124,7 +124,7 @@ class RawCall:
     probe_index: int = 0
 
 
-def _import_bcc():  # type: ignore[no-untyped-def]
+def _import_bcc() -> Any:
     try:
         import bcc  # Debian's python3-bpfcc; see scripts/bootstrap.sh
     except ImportError as exc:
@@ -346,7 +346,7 @@ class CallTracer:
         """Bytes written to the ring buffer and not yet consumed (BPF_RB_AVAIL_DATA)."""
         if self._ringbuf_positions is None:
             return 0
-        consumer, producer = (struct.unpack_from("<Q", page, 0)[0] for page in self._ringbuf_positions)
+        consumer, producer = (int(struct.unpack_from("<Q", page, 0)[0]) for page in self._ringbuf_positions)
         return max(0, producer - consumer)
 
     def program_stats(self) -> bpfsys.ProgramStats:

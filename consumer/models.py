@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, cast
 
 
 def iso(time_us: int | None) -> str | None:
@@ -224,7 +224,7 @@ class Reachability:
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-ready data, with an ISO-8601 twin of every time."""
-        return _with_iso(asdict(self))
+        return cast(dict[str, Any], _with_iso(asdict(self)))
 
 
 def _with_iso(value: Any) -> Any:

@@ -355,7 +355,7 @@ class Worker:
         for partition, position in positions.items():
             tp = TP(raw, partition)
             try:
-                high = consumer.highwater(tp)  # the end offset the last fetch reported
+                high: int | None = consumer.highwater(tp)  # the end offset the last fetch reported
                 if high is None:
                     high = (await consumer.highwaters(tp)).get(tp)
             except Exception:  # noqa: BLE001 -- not assigned any more, broker unreachable

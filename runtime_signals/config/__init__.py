@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any, cast
 
 from runtime_signals.config.engine import SettingsError, build, env_layer, merge, read_toml, reference_rows, render_toml
 from runtime_signals.config.schema import (AgentSettings, KafkaSettings, ProcessorSection, SignalsConfig,
@@ -52,8 +53,8 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     for dotted, value in given.items():
         _set_path(data, dotted, value)
     names = flag_names or {}
-    return build(SignalsConfig, data, origin,
-                 {dotted: " ".join(("command-line flag", names.get(dotted, ""))).strip() for dotted in given})
+    return cast(SignalsConfig, build(SignalsConfig, data, origin,
+                 {dotted: " ".join(("command-line flag", names.get(dotted, ""))).strip() for dotted in given}))
 
 
 def render(config: SignalsConfig) -> str:
