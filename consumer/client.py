@@ -1,7 +1,7 @@
 """SignalsClient: the summary and latest-state topics, read and asked about.
 
-Reading is done by consumer.kafka (bounded reads, no consumer group); deciding is done by
-consumer.query (pure functions). This module only joins the two and decodes records.
+Reading is done by runtime_signals.consumer.kafka (bounded reads, no consumer group); deciding
+is done by runtime_signals.consumer.query (pure functions). This module only joins the two and decodes records.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ MODULE_MAP = "io.runtimesignals.ModuleMap"
 
 
 # `connection` below: librdkafka settings that reach the cluster (bootstrap.servers and the
-# security settings of runtime_signals/config.py), shared by every client of the worker.
+# security settings of runtime_signals.config), shared by every client of the worker.
 Connection = Mapping[str, Any]
 
 

@@ -17,7 +17,7 @@ from tests import brokers
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Bootstrap address of the session's broker, from the first source that works:
     KAFKA_BOOTSTRAP_SERVERS, a testcontainers broker if Docker answers, or the local broker of
-    runtime_signals.localkafka in a fresh state dir (stopped at session end)."""
+    runtime_signals.devtools.localkafka in a fresh state dir (stopped at session end)."""
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if external:
         yield external

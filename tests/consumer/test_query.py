@@ -1,4 +1,4 @@
-"""consumer.query on plain summaries: matching, evidence totals, coverage. No broker."""
+"""runtime_signals.consumer.query on plain summaries: matching, evidence totals, coverage. No broker."""
 
 from __future__ import annotations
 
