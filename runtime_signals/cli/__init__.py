@@ -11,6 +11,7 @@ from runtime_signals.cli import agent as agent_cli
 from runtime_signals.cli import processor as processor_cli
 
 from runtime_signals.cli import answers as cli_answers, capture as cli_capture
+from runtime_signals.cli import report as cli_report, watch as cli_watch
 from runtime_signals import config as config_cli
 
 DEFAULT_BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
@@ -23,7 +24,9 @@ runtime-signals: which functions really run inside your containers.
               worker; checkpoints of its own keep it exact across kill -9 and rebalances)
   summaries   print the summaries on the summary topic
   reachable   was a function called, by which call paths? (with the evidence)
-  export      OpenVEX or CycloneDX evidence for a list of vulnerable functions
+  watch       calls and paths as they arrive on the raw topic (provisional: before windows close)
+  export      OpenVEX / CycloneDX evidence, or a flame graph / folded stacks / speedscope profile
+  report      a static HTML page for a list of advisories, with the evidence documents beside it
   capture     a topic's records (offsets or time range) into an Avro container file
   replay      a capture file, or a topic's range, back into a topic
   kafka       run a local Apache Kafka broker for development (up, down, status, topics)
@@ -58,11 +61,25 @@ def _parser() -> argparse.ArgumentParser:
         description="Answer whether a function, node hash or package was seen on a call path, with the evidence.",
     )
     cli_answers.add_reachable_arguments(reachable, DEFAULT_BOOTSTRAP)
+    watch = commands.add_parser(
+        "watch", help="live, provisional: calls as they arrive", formatter_class=formatter, epilog=cli_watch.EPILOG,
+        description="Follow the raw topic and print each call with its call path, named with the processor's own "
+                    "symbolization. Provisional: nothing is windowed yet.",
+    )
+    cli_watch.add_arguments(watch, DEFAULT_BOOTSTRAP)
     export = commands.add_parser(
-        "export", help="OpenVEX / CycloneDX evidence", formatter_class=formatter, epilog=cli_answers.EXPORT_EPILOG,
-        description="Emit OpenVEX or CycloneDX for a list of vulnerable functions, with observed paths as evidence.",
+        "export", help="OpenVEX / CycloneDX evidence, flame graphs", formatter_class=formatter,
+        epilog=cli_answers.EXPORT_EPILOG,
+        description="Emit OpenVEX or CycloneDX for a list of vulnerable functions, with observed paths as evidence; "
+                    "or a picture of the observed call paths (flame graph SVG/HTML, folded stacks, speedscope).",
     )
     cli_answers.add_export_arguments(export, DEFAULT_BOOTSTRAP)
+    report = commands.add_parser(
+        "report", help="HTML report for a list of advisories", formatter_class=formatter, epilog=cli_report.EPILOG,
+        description="Write a static HTML page: for each advisory, what was reached, by which call paths, where, "
+                    "and what the observation covered, with links to OpenVEX and CycloneDX documents.",
+    )
+    cli_report.add_arguments(report, DEFAULT_BOOTSTRAP)
     capture = commands.add_parser(
         "capture", help="topic -> Avro container file", formatter_class=formatter, epilog=cli_capture.CAPTURE_EPILOG,
         description="Copy a topic's records, every byte kept, into an Avro Object Container File.",
@@ -81,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n  signals kafka up\n  signals kafka topics --partitions 3\n  signals kafka down",
     )
     kafka.add_argument("action", choices=["up", "down", "status", "topics"])
-    kafka.add_argument("--topic-prefix", default="", help="with topics: prefix of the topic names")
+    kafka.add_argument("--topic-prefix", default=None,
+                       help="with topics: prefix of the topic names (setting: kafka.topic_prefix)")
     kafka.add_argument("--partitions", type=int, default=3, help="with topics: partitions (default: %(default)s)")
     kafka.add_argument("--bootstrap", default=None,
                        help="with topics: the cluster to create them on (default: $KAFKA_BOOTSTRAP_SERVERS, "
@@ -99,6 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--uploads", type=int, default=7, help="calls through handle_upload (default: %(default)s)")
     demo.add_argument("--previews", type=int, default=5, help="calls through handle_preview (default: %(default)s)")
+    demo.add_argument("--topic-prefix", default=None,
+                      help="prefix of the demo's topics (default: demo-<unix time>.); they are created if missing")
     config = commands.add_parser("config", help="check or document the configuration", formatter_class=formatter,
                                  epilog=config_cli.EPILOG, description="The settings of every part: file + SIGNALS_*.")
     config_cli.add_arguments(config)
@@ -111,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # librdkafka's own log (one line per failed connection attempt) stays quiet unless asked
+    # for: a failure reaches the user once, as the command's error naming the cause.
+    logging.getLogger("runtime_signals.librdkafka").setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
     from runtime_signals.agent.errors import AgentError
     from runtime_signals.processor.errors import ProcessorError
     from runtime_signals.consumer.errors import ConsumerError
@@ -132,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             return cli_answers.run_reachable(args)
         if args.command == "export":
             return cli_answers.run_export(args)
+        if args.command == "watch":
+            return cli_watch.run(args)
+        if args.command == "report":
+            return cli_report.run(args)
         if args.command == "capture":
             return cli_capture.run_capture(args)
         if args.command == "replay":
@@ -143,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from runtime_signals.devtools.demo import run_demo
 
-            return run_demo(args.uploads, args.previews)
+            return run_demo(args.uploads, args.previews, topic_prefix=args.topic_prefix)
     except (AgentError, ProcessorError, SchemaError, LookupError, ConsumerError, CaptureError, ReplayError,
             ExportError, SettingsError) as exc:
         print(f"signals {args.command}: {exc}", file=sys.stderr)
@@ -160,7 +187,16 @@ def _kafka(args: argparse.Namespace) -> int:
     elif args.action == "down":
         localkafka.down(config)
     elif args.action == "status":
-        print(localkafka.status(config))
+        state = localkafka.status(config)
+        if state.running and state.answering:
+            print(f"local broker running (pid {state.pid}) and answering on {state.bootstrap}")
+        elif state.running:
+            print(f"local broker running (pid {state.pid}) but not answering on {state.bootstrap}; "
+                  f"see its log under {config.state_dir}")
+            return 1
+        else:
+            print(f"no local broker running (would listen on {state.bootstrap}); start it with `signals kafka up`")
+            return 3
     else:
         return _create_topics(args, config.bootstrap)
     return 0
@@ -178,8 +214,10 @@ def _create_topics(args: argparse.Namespace, local_bootstrap: str) -> int:
     configured = args.config or any(os.environ.get(name) for name in (
         CONFIG_ENV, "KAFKA_BOOTSTRAP_SERVERS", "SIGNALS_KAFKA__BOOTSTRAP_SERVERS"))
     bootstrap = args.bootstrap or (None if configured else local_bootstrap)
-    client = load_config(args.config, flags={"kafka.bootstrap_servers": bootstrap}).kafka.librdkafka_config()
-    names = TopicNames().with_prefix(args.topic_prefix)
+    config_obj = load_config(args.config, flags={"kafka.bootstrap_servers": bootstrap,
+                                                 "kafka.topic_prefix": args.topic_prefix})
+    names = TopicNames().with_prefix(config_obj.kafka.topic_prefix)
+    client = config_obj.kafka.librdkafka_config()
     try:
         # A refused password or certificate is reported now, not as a create timeout.
         check_access(client)

@@ -40,10 +40,12 @@ def wait_for_summaries(bootstrap: str, topic: str, expected_calls: int,
     return summaries
 
 
-def run_demo(uploads: int, previews: int) -> int:
+def run_demo(uploads: int, previews: int, topic_prefix: str | None = None) -> int:
+    """The pipeline against the bundled workload, on topics under ``topic_prefix`` (default:
+    ``demo-<unix time>.``, so each run has its own)."""
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or localkafka.up(localkafka.LocalKafkaConfig.from_env())
-    prefix = f"demo-{int(time.time())}."
-    names = TopicNames().with_prefix(prefix)
+    names = TopicNames().with_prefix(topic_prefix or f"demo-{int(time.time())}.")
+    prefix = names.raw.removesuffix(TopicNames().raw)
     create_topics(bootstrap, names)
     workload = build_workload(cache_dir() / "demo")
     log_dir = cache_dir() / "demo" / "logs" / prefix.rstrip(".")
@@ -58,6 +60,9 @@ def run_demo(uploads: int, previews: int) -> int:
         pipeline.stop_agent()
         pipeline.stop_processor()
     print(format_table(summaries), end="")
+    print(f"topics under prefix {prefix}: try `signals reachable --topic-prefix {prefix} --function "
+          f"decode_image` or `signals export --topic-prefix {prefix} --format flamegraph -o paths.svg`",
+          file=sys.stderr)
     got = sum(s["total_events"] for s in summaries)
     if got != uploads + previews:
         print(f"demo: expected {uploads + previews} calls in the summaries, found {got}; see {log_dir}",
