@@ -14,6 +14,7 @@ from runtime_signals.cli.common import add_connection_arguments, connection
 from runtime_signals.consumer.errors import QueryError
 from runtime_signals.consumer.models import Reachability, Summary, Target, iso
 from runtime_signals.consumer.summaries import short_symbol
+from runtime_signals.evidence.export import Finding
 
 TEXT_LIMIT = 20
 # `reachable` (and `summaries`) exit status: 0 reached (or summaries printed); 1 an error;
@@ -252,8 +253,8 @@ def run_export(args: argparse.Namespace) -> int:
     if args.format in ("openvex", "cyclonedx"):
         if args.functions is None:
             raise QueryError(f"--format {args.format} needs --functions FILE (OSV JSON or PURL FUNCTION [ID] lines)")
-        text = evidence_document(args, summaries)
-        found = f"{args.format} document"
+        text, findings = evidence_document(args, summaries)
+        found = f"{len(findings)} finding(s), {sum(1 for f in findings if f.answer.reached)} reached"
     else:
         target = _target(args)
         stacks = flamegraph.stacks_of(summaries, target)
@@ -286,8 +287,10 @@ def _picture_title(topic: str, args: argparse.Namespace, target: Target | None) 
     return f"observed call paths — {', '.join(scope)} ({topic})"
 
 
-def evidence_document(args: argparse.Namespace, summaries: Sequence[Summary], fmt: str | None = None) -> str:
-    """The OpenVEX or CycloneDX document of --functions over the summaries, as JSON text."""
+def evidence_document(args: argparse.Namespace, summaries: Sequence[Summary],
+                      fmt: str | None = None) -> tuple[str, list[Finding]]:
+    """The OpenVEX or CycloneDX document of --functions over the summaries, as JSON text, and
+    the findings it states."""
     from runtime_signals.capture.writer import tool_version
     from runtime_signals.evidence import cyclonedx, export, openvex
 
@@ -301,4 +304,4 @@ def evidence_document(args: argparse.Namespace, summaries: Sequence[Summary], fm
     else:
         name, _, version = tool.partition(" ")
         document = cyclonedx.bom(found, tool_name=name, tool_version=version, spec_version=args.spec_version)
-    return json.dumps(document, indent=2) + "\n"
+    return json.dumps(document, indent=2) + "\n", found

@@ -55,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
     documents = {"OpenVEX": output.with_name(f"{stem}.openvex.json"),
                  "CycloneDX": output.with_name(f"{stem}.cdx.json")}
     for label, path in documents.items():
-        path.write_text(evidence_document(args, summaries, "openvex" if label == "OpenVEX" else "cyclonedx"),
-                        encoding="utf-8")
+        text, _ = evidence_document(args, summaries, "openvex" if label == "OpenVEX" else "cyclonedx")
+        path.write_text(text, encoding="utf-8")
     page = report.render(found, title=args.title, source=f"{link.topics.summaries} on {link.bootstrap}",
                          documents={label: path.name for label, path in documents.items()})
     output.write_text(page, encoding="utf-8")
