@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka.admin import AdminClient
+
 from runtime_signals.schemas.topics import TopicNames, topic_settings
 
 from runtime_signals.devtools import localkafka
@@ -21,10 +23,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RUNTIME_SIGNALS_CACHE", Path.home() / ".cache" / "runtime-signals"))
 
 
-def create_topics(bootstrap: str, names: TopicNames, partitions: int = 3) -> None:
-    localkafka.ensure_topics(bootstrap, [
-        localkafka.TopicSpec(t.name, t.partitions, t.config) for t in topic_settings(names, partitions)
-    ])
+def create_topics(bootstrap: str, names: TopicNames, partitions: int = 3, timeout_s: float = 30.0) -> None:
+    """Create the pipeline's topics and wait until every partition has a leader: a worker
+    started on a topic whose leaders are still being elected fails its first offset request
+    (NOT_LEADER_FOR_PARTITION)."""
+    specs = topic_settings(names, partitions)
+    localkafka.ensure_topics(bootstrap, [localkafka.TopicSpec(t.name, t.partitions, t.config) for t in specs])
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout_s
+    while True:
+        topics = admin.list_topics(timeout=10).topics
+        waiting = [t.name for t in specs if t.name not in topics or topics[t.name].error is not None
+                   or any(p.leader < 0 for p in topics[t.name].partitions.values())]
+        if not waiting or time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
 
 
 def wait_for_summaries(bootstrap: str, topic: str, expected_calls: int,
@@ -44,7 +57,12 @@ def run_demo(uploads: int, previews: int, topic_prefix: str | None = None) -> in
     """The pipeline against the bundled workload, on topics under ``topic_prefix`` (default:
     ``demo-<unix time>.``, so each run has its own)."""
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or localkafka.up(localkafka.LocalKafkaConfig.from_env())
-    names = TopicNames().with_prefix(topic_prefix or f"demo-{int(time.time())}.")
+    # The configured prefix ($SIGNALS_CONFIG's, or SIGNALS_KAFKA__TOPIC_PREFIX) when no flag
+    # gives one, so the commands run after the demo read the demo's topics.
+    from runtime_signals.config import load_config
+
+    configured = load_config().kafka.topic_prefix
+    names = TopicNames().with_prefix(topic_prefix or configured or f"demo-{int(time.time())}.")
     prefix = names.raw.removesuffix(TopicNames().raw)
     create_topics(bootstrap, names)
     workload = build_workload(cache_dir() / "demo")
