@@ -184,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
     deadline = None if args.duration_s is None else time.monotonic() + args.duration_s
     try:
         feed.catch_up(timeout_s=30.0)
+        print(f"following {topics.raw} ({len(watch.store)} symbol tables loaded)", file=sys.stderr, flush=True)
 
         def idle() -> None:
             feed.poll()
