@@ -45,7 +45,7 @@ def prefix(kafka_bootstrap: str) -> str:
 
 
 def signals(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(signals_command(*args), capture_output=True, text=True, timeout=120,
+    return subprocess.run(signals_command(*args), check=False, capture_output=True, text=True, timeout=120,
                           env={**os.environ, **(env or {})})
 
 
