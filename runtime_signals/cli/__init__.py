@@ -95,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
         "kafka", help="local Kafka broker for development", formatter_class=formatter,
         description="Provision Apache Kafka from Maven Central into a cache outside the repo and run it "
                     "in KRaft mode on loopback.",
-        epilog="examples:\n  signals kafka up\n  signals kafka topics --partitions 3\n  signals kafka down",
+        epilog="examples:\n  signals kafka up\n  signals kafka topics --partitions 3\n  signals kafka down\n"
+               "  signals kafka status    # exit 0 running and answering, 1 running but silent, 3 not running",
     )
     kafka.add_argument("action", choices=["up", "down", "status", "topics"])
     kafka.add_argument("--topic-prefix", default=None,

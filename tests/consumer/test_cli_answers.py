@@ -119,3 +119,11 @@ def test_no_summaries_yet_says_why_with_its_own_exit_code(kafka_bootstrap: str) 
     done = signals("summaries", "--bootstrap", kafka_bootstrap, "--topic-prefix", names.raw.split("signals.")[0])
     assert done.returncode == 4
     assert "signals watch" in done.stderr
+
+
+def test_kafka_status_speaks_plainly(tmp_path: Path) -> None:
+    # A cache with no broker state: nothing runs there.
+    done = signals("kafka", "status", env={"RUNTIME_SIGNALS_CACHE": str(tmp_path)})
+    assert done.returncode == 3
+    assert done.stdout.startswith("no local broker running (would listen on 127.0.0.1:")
+    assert "signals kafka up" in done.stdout and "BrokerStatus(" not in done.stdout
