@@ -13,10 +13,6 @@ from dataclasses import dataclass
 
 from runtime_signals.schemas.topics import TopicNames, normalize_prefix
 
-EXIT_CODES = """\
-exit status: 0 success; 1 an error (its message names the cause); 2 a usage error"""
-
-
 @dataclass(frozen=True)
 class Connection:
     """The effective connection of one command."""
