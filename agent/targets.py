@@ -114,6 +114,7 @@ class TargetManager:
         self._done: set[tuple[tuple[int, int], int]] = set()          # (file, target) handled
         self._files: list[dict[tuple[int, int], str]] = [{} for _ in targets]
         self._resolved: set[tuple[int, int]] = set()                  # (target, pattern) found
+        self._found_symbols: dict[tuple[int, tuple[int, int]], set[str]] = {}  # (target, file) -> symbols
         self._broad: dict[tuple[int, int], str] = {}
         self.missing: dict[str, str] = {}
         self.counts: Counter[str] = Counter()
@@ -220,6 +221,7 @@ class TargetManager:
                 continue
             if mangled:
                 self._resolved.add((index, pattern_index))
+                self._found_symbols.setdefault((index, found.identity), set()).update(mangled)
             for name in mangled:
                 self._attach_one(index, found, name)
         if self._purls is not None:
@@ -259,6 +261,13 @@ class TargetManager:
         log.info("attached %s in %s (+0x%x)", spec.probe_id, found.host_path, attached.file_offset)
 
     # --- reporting -----------------------------------------------------------------
+    def resolved(self) -> list[tuple[str, str, list[str]]]:
+        """(target name, file as found, symbols resolved in it) per file of each target, for
+        `signals agent --check`; a file where no symbol resolved lists none."""
+        return [(self.names[index], path, sorted(self._found_symbols.get((index, identity), ())))
+                for index, files in enumerate(self._files) for identity, path in sorted(files.items(),
+                                                                                       key=lambda item: item[1])]
+
     def _report(self) -> None:
         for index, target in enumerate(self.targets):
             name = self.names[index]

@@ -47,7 +47,7 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     lines += _probe(results.get("probe_agent")) + _hot(results.get("hot"))
     lines += _agent(results.get("probe_agent")) + _processor(results.get("processor"))
-    lines += _latency(results.get("latency"))
+    lines += _latency(results.get("latency")) + _watch(results.get("watch"))
     return "\n".join(lines)
 
 
@@ -157,6 +157,23 @@ def _latency(section: dict[str, Any] | None) -> list[str]:
             f"lateness + up to one watermark interval after its end ({floor_ms} ms at most).", ""] + _table(
         ["calls/s", "calls", "p50 ms", "p99 ms", "p50 − window ms", "p99 − window ms",
          "after window end p50 ms", "after window end p99 ms"], rows)
+
+
+def _watch(section: dict[str, Any] | None) -> list[str]:
+    title = "5. First (provisional) answer: call → its line in `signals watch`"
+    failed = _failed(section, title)
+    if failed:
+        return failed
+    assert section is not None
+    return [f"## {title}", "",
+            f"Agent defaults (in-kernel dedup, watermarks every {section['watermark_interval_ms']} ms: a call is "
+            f"sent when its interval ends), no processor: the floor is one interval. Start-up: the time "
+            f"`signals watch` took to read the symbols and modules topics and reach the raw topic.", ""] + _table(
+        ["calls/s", "calls", "lines", "p50 ms", "p99 ms", "max ms", "after 2 s: p50 ms", "after 2 s: p99 ms",
+         "watch start-up s"],
+        [[_f(section["rate_per_s"]), _f(section["calls"]), _f(section["lines"]), _f(section["p50_ms"]),
+          _f(section["p99_ms"]), _f(section["max_ms"]), _f(section["steady_p50_ms"]),
+          _f(section["steady_p99_ms"]), _f(section["watch_startup_s"], 1)]])
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

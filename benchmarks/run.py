@@ -18,13 +18,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from . import hot, latency, probe_agent, processor_bench, report
+from . import hot, latency, probe_agent, processor_bench, report, watch_latency
 from .kafka_io import dedicated_broker
 from .procs import flags_offered
 from .synthetic import Dataset
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("probe_agent", "hot", "processor", "latency")
+STAGES = ("probe_agent", "hot", "processor", "latency", "watch")
 log = logging.getLogger("benchmarks")
 
 
@@ -35,6 +35,8 @@ class Plan:
     processor: processor_bench.ProcessorPlan
     latency_rates_per_s: list[int]
     latency_seconds_per_rate: float
+    watch_rate_per_s: int = 100
+    watch_seconds: float = 5.0
 
 
 # Sizes for the 2-core VM the figures in docs/benchmarks.md come from: 5 to 8 minutes.
@@ -63,6 +65,8 @@ QUICK = Plan(
     ),
     latency_rates_per_s=[50],
     latency_seconds_per_rate=1.0,
+    watch_rate_per_s=50,
+    watch_seconds=1.0,
 )
 
 
@@ -144,6 +148,7 @@ def run_suite(plan: Plan, stages: list[str], bootstrap: str | None, work_dir: Pa
                                                      flags_offered("processor")),
             "latency": lambda: latency.run(broker, work_dir, plan.latency_rates_per_s,
                                            plan.latency_seconds_per_rate),
+            "watch": lambda: watch_latency.run(broker, work_dir, plan.watch_rate_per_s, plan.watch_seconds),
         }
         for stage in stages:
             log.info("stage %s ...", stage)

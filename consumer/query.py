@@ -66,9 +66,26 @@ def select(summaries: Iterable[Summary], *, container: str | None = None, since_
     (window start, container) order."""
     if since_us is not None and until_us is not None and until_us <= since_us:
         raise QueryError(f"empty time range: until ({until_us} µs) is not after since ({since_us} µs)")
-    chosen = [s for s in summaries if (container is None or s.container_id == container)
+    summaries = list(summaries)
+    wanted = None if container is None else resolve_container(container, {s.container_id for s in summaries})
+    chosen = [s for s in summaries if (wanted is None or s.container_id == wanted)
               and in_time(s, since_us, until_us)]
     return sorted(chosen, key=lambda s: (s.started_at_us, s.container_id))
+
+
+def resolve_container(container: str, known: Iterable[str]) -> str:
+    """The container id ``container`` names among ``known``: itself when known, else the one
+    id it is a prefix of (``host:3d1219c7`` for ``host:3d1219c7c4c5…``). An id known nowhere
+    is returned as given (the answer is then "nothing known"); a prefix of several ids is an
+    error listing them, never a silent pick."""
+    ids = set(known)
+    if container in ids:
+        return container
+    matches = sorted(i for i in ids if i.startswith(container))
+    if len(matches) > 1:
+        shown = ", ".join(matches[:5]) + (f", … ({len(matches)} in all)" if len(matches) > 5 else "")
+        raise QueryError(f"--container {container!r} is a prefix of several containers: {shown}; give more of it")
+    return matches[0] if matches else container
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,17 @@ class TopicNames:
     dlq: str = "signals.dlq.v1"                 # undecodable/invalid raw records, reason in headers
 
     def with_prefix(self, prefix: str) -> "TopicNames":
+        """Every name prefixed; ``ux.svc`` is read as ``ux.svc.`` (normalize_prefix)."""
+        prefix = normalize_prefix(prefix)
         return replace(self, **{name: prefix + value for name, value in self.__dict__.items()})
+
+
+def normalize_prefix(prefix: str) -> str:
+    """A topic prefix as it is used: empty, or ending in ``.``. ``ux.svc`` would otherwise
+    name ``ux.svcsignals.raw.v1``, a topic nobody writes; every part normalises the same way,
+    so agents, processors and readers always meet on the same names."""
+    prefix = prefix.strip()
+    return prefix if not prefix or prefix.endswith(".") else prefix + "."
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ dpkg -s zlib1g-dev >/dev/null 2>&1 || need+=(zlib1g-dev)  # a program calling li
 command -v kcat >/dev/null 2>&1 || need+=(kcat)  # the interop tests read topics with it
 command -v capsh >/dev/null 2>&1 || need+=(libcap2-bin)  # runs the agent with the DaemonSet's capabilities only
 command -v openssl >/dev/null 2>&1 || need+=(openssl)  # the security tests' CA and certificates
+command -v chromium >/dev/null 2>&1 || need+=(chromium)  # renders `signals report` pages in the tests (headless)
 kernel=$(uname -r)
 if [ ! -e "/lib/modules/$kernel/build/Makefile" ] && [ ! -e /sys/kernel/kheaders.tar.xz ]; then
   # Headers for the running kernel when Debian has them; otherwise Debian's current
@@ -91,6 +92,22 @@ if ! command -v kubectl >/dev/null 2>&1 && ! command -v kustomize >/dev/null 2>&
    && [ ! -x "$cache/bin/kustomize" ] && command -v go >/dev/null 2>&1; then
   say "installing kustomize into $cache/bin"
   GOBIN=$cache/bin go install sigs.k8s.io/kustomize/kustomize/v5@v5.5.0
+fi
+
+# --- helm, to render deploy/helm in the tests: Debian 12 has no package; build it from the Go
+# module proxy like kustomize (tests/deploy/test_helm_chart.py finds it in $cache/bin).
+if ! command -v helm >/dev/null 2>&1 && [ ! -x "$cache/bin/helm" ] && command -v go >/dev/null 2>&1; then
+  say "installing helm into $cache/bin (go install; a few minutes the first time)"
+  # Not fatal: without helm only the chart's tests skip (and say so).
+  GOBIN=$cache/bin timeout 1800 go install helm.sh/helm/v3/cmd/helm@v3.16.4 \
+    || say "helm could not be built; tests/deploy/test_helm_chart.py will skip"
+fi
+
+# --- `signals` on the PATH, as the README runs it: a link to the virtualenv's entry point.
+if [ -w /usr/local/bin ] || [ "$(id -u)" = 0 ]; then
+  as_root ln -sfn "$venv/bin/signals" /usr/local/bin/signals
+else
+  say "add $venv/bin to PATH for the signals command (or: sudo ln -s $venv/bin/signals /usr/local/bin/signals)"
 fi
 
 # --- Kafka jars from Maven Central (cached).

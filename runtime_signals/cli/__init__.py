@@ -15,6 +15,9 @@ from runtime_signals.cli import demo as demo_cli
 from runtime_signals.cli import kafka as kafka_cli
 from runtime_signals.cli import processor as processor_cli
 
+from runtime_signals.cli import report as cli_report
+from runtime_signals.cli import watch as cli_watch
+
 DEFAULT_BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
 
 DESCRIPTION = """\
@@ -25,7 +28,9 @@ runtime-signals: which functions really run inside your containers.
               worker; checkpoints of its own keep it exact across kill -9 and rebalances)
   summaries   print the summaries on the summary topic
   reachable   was a function called, by which call paths? (with the evidence)
-  export      OpenVEX or CycloneDX evidence for a list of vulnerable functions
+  watch       calls and paths as they arrive on the raw topic (provisional: before windows close)
+  export      OpenVEX / CycloneDX evidence, or a flame graph / folded stacks / speedscope profile
+  report      a static HTML page for a list of advisories, with the evidence documents beside it
   capture     a topic's records (offsets or time range) into an Avro container file
   replay      a capture file, or a topic's range, back into a topic
   kafka       run a local Apache Kafka broker for development (up, down, status, topics)
@@ -60,11 +65,25 @@ def _parser() -> argparse.ArgumentParser:
         description="Answer whether a function, node hash or package was seen on a call path, with the evidence.",
     )
     cli_answers.add_reachable_arguments(reachable, DEFAULT_BOOTSTRAP)
+    watch = commands.add_parser(
+        "watch", help="live, provisional: calls as they arrive", formatter_class=formatter, epilog=cli_watch.EPILOG,
+        description="Follow the raw topic and print each call with its call path, named with the processor's own "
+                    "symbolization. Provisional: nothing is windowed yet.",
+    )
+    cli_watch.add_arguments(watch, DEFAULT_BOOTSTRAP)
     export = commands.add_parser(
-        "export", help="OpenVEX / CycloneDX evidence", formatter_class=formatter, epilog=cli_answers.EXPORT_EPILOG,
-        description="Emit OpenVEX or CycloneDX for a list of vulnerable functions, with observed paths as evidence.",
+        "export", help="OpenVEX / CycloneDX evidence, flame graphs", formatter_class=formatter,
+        epilog=cli_answers.EXPORT_EPILOG,
+        description="Emit OpenVEX or CycloneDX for a list of vulnerable functions, with observed paths as evidence; "
+                    "or a picture of the observed call paths (flame graph SVG/HTML, folded stacks, speedscope).",
     )
     cli_answers.add_export_arguments(export, DEFAULT_BOOTSTRAP)
+    report = commands.add_parser(
+        "report", help="HTML report for a list of advisories", formatter_class=formatter, epilog=cli_report.EPILOG,
+        description="Write a static HTML page: for each advisory, what was reached, by which call paths, where, "
+                    "and what the observation covered, with links to OpenVEX and CycloneDX documents.",
+    )
+    cli_report.add_arguments(report, DEFAULT_BOOTSTRAP)
     capture = commands.add_parser(
         "capture", help="topic -> Avro container file", formatter_class=formatter, epilog=cli_capture.CAPTURE_EPILOG,
         description="Copy a topic's records, every byte kept, into an Avro Object Container File.",
@@ -101,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # librdkafka's own log (one line per failed connection attempt) stays quiet unless asked
+    # for: a failure reaches the user once, as the command's error naming the cause.
+    logging.getLogger("runtime_signals.librdkafka").setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
     from runtime_signals.agent.errors import AgentError
     from runtime_signals.processor.errors import ProcessorError
     from runtime_signals.consumer.errors import ConsumerError
@@ -122,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             return cli_answers.run_reachable(args)
         if args.command == "export":
             return cli_answers.run_export(args)
+        if args.command == "watch":
+            return cli_watch.run(args)
+        if args.command == "report":
+            return cli_report.run(args)
         if args.command == "capture":
             return cli_capture.run_capture(args)
         if args.command == "replay":

@@ -87,11 +87,21 @@ def check(args: argparse.Namespace) -> int:
     manager = TargetManager(agent.targets, target_names(config, args.probe), attach=None,
                             proc_root=Path(agent.proc_root), host_root=Path(agent.host_root),
                             max_symbols_per_pattern=agent.max_symbols_per_pattern)
-    manager.scan()
-    for problem in sorted(manager.missing.items()):
-        print(f"{problem[0]}: {problem[1]}", file=sys.stderr)
-    print(f"settings valid; {manager.counts['probes_attached']} probe(s) would attach, "
-          f"{len(manager.missing)} problem(s)")
+    # The scan logs each problem as it finds it (a running agent's log wants that); here they
+    # are printed once, below, with what resolved.
+    targets_log = logging.getLogger("runtime_signals.agent.targets")
+    level = targets_log.level
+    targets_log.setLevel(logging.CRITICAL)
+    try:
+        manager.scan()
+    finally:
+        targets_log.setLevel(level)
+    for name, path, symbols in manager.resolved():
+        print(f"{name}: {path}: {', '.join(symbols) if symbols else 'no symbol resolved'}")
+    for key, reason in sorted(manager.missing.items()):
+        print(f"problem: {key}: {reason}", file=sys.stderr)
+    print(f"settings valid; {len(manager.resolved())} file(s) resolved, {manager.counts['probes_attached']} "
+          f"probe(s) would attach, {len(manager.missing)} problem(s)")
     return 1 if manager.missing else 0
 
 

@@ -12,12 +12,14 @@ from runtime_signals.kafka import admin
 from runtime_signals.kafka.security import KafkaSecurityError, check_access
 from runtime_signals.schemas.topics import TopicNames, topic_settings
 
-EPILOG = "examples:\n  signals kafka up\n  signals kafka topics --partitions 3\n  signals kafka down"
+EPILOG = ("examples:\n  signals kafka up\n  signals kafka topics --partitions 3\n  signals kafka down\n"
+          "  signals kafka status    # exit 0 running and answering, 1 running but silent, 3 not running")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["up", "down", "status", "topics"])
-    parser.add_argument("--topic-prefix", default="", help="with topics: prefix of the topic names")
+    parser.add_argument("--topic-prefix", default=None,
+                        help="with topics: prefix of the topic names (setting: kafka.topic_prefix)")
     parser.add_argument("--partitions", type=int, default=3, help="with topics: partitions (default: %(default)s)")
     parser.add_argument("--bootstrap", default=None,
                         help="with topics: the cluster to create them on (default: $KAFKA_BOOTSTRAP_SERVERS, "
@@ -37,7 +39,16 @@ def run(args: argparse.Namespace) -> int:
     elif args.action == "down":
         localkafka.down(config)
     elif args.action == "status":
-        print(localkafka.status(config))
+        state = localkafka.status(config)
+        if state.running and state.answering:
+            print(f"local broker running (pid {state.pid}) and answering on {state.bootstrap}")
+        elif state.running:
+            print(f"local broker running (pid {state.pid}) but not answering on {state.bootstrap}; "
+                  f"see its log under {config.state_dir}")
+            return 1
+        else:
+            print(f"no local broker running (would listen on {state.bootstrap}); start it with `signals kafka up`")
+            return 3
     else:
         return _create_topics(args, config.bootstrap)
     return 0
@@ -49,8 +60,10 @@ def _create_topics(args: argparse.Namespace, local_bootstrap: str) -> int:
     configured = args.config or any(os.environ.get(name) for name in (
         CONFIG_ENV, "KAFKA_BOOTSTRAP_SERVERS", "SIGNALS_KAFKA__BOOTSTRAP_SERVERS"))
     bootstrap = args.bootstrap or (None if configured else local_bootstrap)
-    client = load_config(args.config, flags={"kafka.bootstrap_servers": bootstrap}).kafka.librdkafka_config()
-    names = TopicNames().with_prefix(args.topic_prefix)
+    config = load_config(args.config, flags={"kafka.bootstrap_servers": bootstrap,
+                                             "kafka.topic_prefix": args.topic_prefix})
+    names = TopicNames().with_prefix(config.kafka.topic_prefix)
+    client = config.kafka.librdkafka_config()
     try:
         # A refused password or certificate is reported now, not as a create timeout.
         check_access(client)

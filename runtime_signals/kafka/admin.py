@@ -6,6 +6,7 @@ security.protocol, sasl.* and ssl.*)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -49,3 +50,18 @@ def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], timeout_s: float =
             error: KafkaError = exc.args[0]
             if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise TopicCreationError(name, bootstrap, error) from exc
+    _wait_for_leaders(admin, [s.name for s in specs], timeout_s)
+
+
+def _wait_for_leaders(admin: AdminClient, names: Sequence[str], timeout_s: float) -> None:
+    """Return once every partition of the topics has a leader: a client started on a topic
+    whose leaders are still being elected fails its first offset request
+    (NOT_LEADER_FOR_PARTITION). Past the timeout, return anyway: clients retry."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        topics = admin.list_topics(timeout=10).topics
+        waiting = [name for name in names if name not in topics or topics[name].error is not None
+                   or any(p.leader < 0 for p in topics[name].partitions.values())]
+        if not waiting or time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
