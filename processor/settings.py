@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from runtime_signals.schemas.topics import TopicNames
@@ -22,6 +24,10 @@ class ProcessorSettings:
     agent_idle_ms: int = 30_000
     symbol_wait_ms: int = 10_000
     max_pending_windows: int = 10_000
+    max_event_ahead_ms: int = 120_000
+    # Where each partition's in-flight offset is kept (processor/inflight.py); None: off.
+    # Must survive a restart of the worker process (an emptyDir in Kubernetes).
+    inflight_dir: Path | None = field(default_factory=lambda: Path(tempfile.gettempdir()) / "runtime-signals-inflight")
     checkpoint_interval_ms: int = 1_000
     session_timeout_ms: int = 10_000
     metrics_port: int | None = None

@@ -24,6 +24,13 @@ from runtime_signals.schemas import hashing
 
 # Itanium C++ (and Rust legacy, which borrows it), macOS-style extra underscore, Rust v0.
 _MANGLED_PREFIXES = ("_Z", "__Z", "_R")
+# LLVM's Itanium demangler recurses once per nesting level with no limit of its own: an
+# 80 KB name of nested templates overflows the C stack and kills the worker (SIGSEGV, no
+# Python exception to catch). The deepest shapes tried (tests/hostile/test_demangle_bound.py:
+# nested templates, pointers to functions, pack expansions) survive 16 KiB, also in a
+# thread; names are demangled only up to a quarter of that. Longer names stay as they are
+# (still correct, only mangled): real C++ names beyond 4 KiB are rare.
+DEMANGLE_MAX_CHARS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +84,9 @@ class NoSymbols:
 @lru_cache(maxsize=65_536)
 def demangle(name: str) -> str:
     """The readable signature of a symbol: demangled when it is a C++ or Rust mangled
-    name the demangler reads, else the name itself (C names, unreadable manglings)."""
-    if not name.startswith(_MANGLED_PREFIXES):
+    name the demangler reads, else the name itself (C names, unreadable manglings, names
+    longer than DEMANGLE_MAX_CHARS)."""
+    if not name.startswith(_MANGLED_PREFIXES) or len(name) > DEMANGLE_MAX_CHARS:
         return name
     try:
         readable = pydemumble.demangle(name)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
+from typing import Any
 
 from runtime_signals.schemas.topics import TopicNames
 
@@ -48,6 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser, default_bootstrap: str) -> No
                              "it goes out with frames unnamed (default: %(default)s)")
     parser.add_argument("--max-pending-windows", type=int, default=10_000,
                         help="closed windows per partition that may wait for symbol tables (default: %(default)s)")
+    parser.add_argument("--max-event-ahead-ms", type=int, default=None,
+                        help="a call dated further than this after its record's broker timestamp goes to the "
+                             "dead-letter topic (setting: processor.max_event_ahead_ms; default 120000)")
+    parser.add_argument("--inflight-dir", default=None, metavar="DIR",
+                        help="keeps each partition's in-flight offset across restarts, so a record that kills "
+                             "the worker twice is dead-lettered; 'off' disables (setting: processor.inflight_dir; "
+                             "default: the system temporary directory)")
     parser.add_argument("--app-id", default=None,
                         help="consumer group id; also names the checkpoint topic (setting: processor.app_id; "
                              "default runtime-signals-processor)")
@@ -74,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         "kafka.bootstrap_servers": args.bootstrap, "kafka.topic_prefix": args.topic_prefix,
         "processor.window_ms": args.window_ms, "processor.allowed_lateness_ms": args.allowed_lateness_ms,
         "processor.app_id": args.app_id, "processor.loglevel": args.loglevel,
+        "processor.max_event_ahead_ms": args.max_event_ahead_ms, "processor.inflight_dir": args.inflight_dir,
     })
     args.bootstrap, args.topic_prefix = config.kafka.bootstrap_servers, config.kafka.topic_prefix
     args.window_ms, args.allowed_lateness_ms = config.processor.window_ms, config.processor.allowed_lateness_ms
@@ -81,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(args.loglevel.upper())
     topics = TopicNames().with_prefix(args.topic_prefix)
     outputs = None if args.output_topic_prefix is None else TopicNames().with_prefix(args.output_topic_prefix)
+    inflight: dict[str, Any] = {}
+    if config.processor.inflight_dir == "off":
+        inflight["inflight_dir"] = None
+    elif config.processor.inflight_dir:
+        inflight["inflight_dir"] = Path(config.processor.inflight_dir)
     try:
         settings = ProcessorSettings(
             bootstrap_servers=args.bootstrap,
@@ -92,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
             agent_idle_ms=args.agent_idle_ms,
             symbol_wait_ms=args.symbol_wait_ms,
             max_pending_windows=args.max_pending_windows,
+            max_event_ahead_ms=config.processor.max_event_ahead_ms,
+            **inflight,
             checkpoint_interval_ms=args.checkpoint_interval_ms,
             session_timeout_ms=args.session_timeout_ms,
             metrics_port=args.metrics_port,

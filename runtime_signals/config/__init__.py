@@ -116,9 +116,17 @@ class ProcessorSection:
         "consumer group and faust app id, also in the checkpoint topic's name; workers with the same id share "
         "the partitions"))
     loglevel: str = field(default="info", metadata=_doc("debug, info, warning or error"))
+    max_event_ahead_ms: int = field(default=120_000, metadata=_doc(
+        "a call dated further than this after its record's broker timestamp goes to the dead-letter topic "
+        "(clock_skew)"))
+    inflight_dir: str = field(default="", metadata=_doc(
+        "directory that keeps each partition's in-flight offset across worker restarts, so a record that "
+        "kills the worker twice is dead-lettered (empty: the system temporary directory; \"off\": disabled)"))
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
+        if self.max_event_ahead_ms < 0:
+            found.append(("max_event_ahead_ms", f"must not be negative, got {self.max_event_ahead_ms}"))
         if self.window_ms <= 0:
             found.append(("window_ms", f"must be positive, got {self.window_ms}"))
         if self.allowed_lateness_ms < 0:
