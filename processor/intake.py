@@ -57,9 +57,10 @@ class Limits:
     # The agent's BPF program unwinds at most 127 frames (agent/probes.py); twice that.
     max_frames: int = 256
     max_observation_count: int = MAX_OBSERVATION_COUNT
-    # Agents tracked per partition (AgentMark entries): a checkpoint holds each, with its id,
-    # so max_agents * max_id_bytes stays under a Kafka record's default 1 MiB.
-    max_agents: int = 2048
+    # Agents tracked per partition (AgentMark entries): one agent per node, so tens of
+    # thousands in a large fleet. A checkpoint holds each, with its id (at most ~280 bytes
+    # encoded), so it stays under the checkpoint topic's 16 MiB records (kafka_io.py).
+    max_agents: int = 50_000
 
 
 DEFAULT_LIMITS = Limits()
