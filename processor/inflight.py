@@ -57,7 +57,11 @@ class InflightLog:
                 os.close(fd)
         offset, in_flight, deaths = _SLOT.unpack_from(self._slots[partition], 0)
         if not in_flight or offset < 0:
-            self._deaths.pop(partition, None)
+            # A suspect not reached again before the last worker stopped stays a suspect.
+            if offset >= 0 and deaths > 0:
+                self._deaths[partition] = (offset, deaths)
+            else:
+                self._deaths.pop(partition, None)
             return None
         self._deaths[partition] = (offset, deaths + 1)
         _SLOT.pack_into(self._slots[partition], 0, offset, 0, deaths + 1)
