@@ -19,6 +19,7 @@ from runtime_signals.agent.probes import ProbeLimits, ProbeSpec, TracerSettings
 
 _GLOB_CHARS = frozenset("*?[")
 _NS_PER_S = 1_000_000_000
+_RINGBUF_MAX_PAGES = 1 << 18  # 4 KiB pages: 1 GiB
 # librdkafka's own bounds for queue.buffering.max.kbytes and .max.messages.
 _QUEUE_MAX_KBYTES = 2_147_483_647
 _QUEUE_MAX_MESSAGES = 2_147_483_647
@@ -163,6 +164,11 @@ class AgentSettings:
         found = []
         if self.ringbuf_pages <= 0 or self.ringbuf_pages & (self.ringbuf_pages - 1):
             found.append(("ringbuf_pages", f"{self.ringbuf_pages} is not a power of two (e.g. 1024 = 4 MiB)"))
+        elif self.ringbuf_pages > _RINGBUF_MAX_PAGES:
+            # The kernel takes a ring buffer's size as a u32 of bytes; beyond this it fails to
+            # load, after clang has run, with an error that names nothing of ours.
+            found.append(("ringbuf_pages", f"{self.ringbuf_pages} is above {_RINGBUF_MAX_PAGES} "
+                                           f"(= 1 GiB of ring buffer)"))
         for name in ("watermark_interval_ms", "target_rescan_interval_ms", "process_sweep_interval_ms",
                      "max_symbols_per_pattern", "statistics_interval_ms", "budget_quiet_s", "budget_backoff_s",
                      "spool_max_bytes", "rate_burst"):

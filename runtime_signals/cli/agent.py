@@ -69,7 +69,29 @@ def load(args: argparse.Namespace, config_path: str | None = None) -> Any:
         config.agent.targets.extend(TargetSettings.from_probe_flag(text) for text in args.probe)
     except SettingsError as exc:
         raise ConfigError(str(exc)) from exc
+    for text, target in zip(args.probe, config.agent.targets[-len(args.probe):] if args.probe else []):
+        check_probe_file(text, target.binary)
     return config
+
+
+def check_probe_file(flag: str, binary: str) -> None:
+    """A --probe naming a file by path must name an ELF file: a directory or a text file
+    would otherwise surface later as "symbol not found", which sends one looking for the
+    wrong mistake. Library names (`c`, `ssl`) are resolved per process later."""
+    if "/" not in binary:
+        return
+    path = Path(binary)
+    if path.is_dir():
+        raise ConfigError(f"--probe {flag}: {binary} is a directory; name the executable or library file")
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except FileNotFoundError:
+        return  # may appear later, or exist only inside containers: the target scanner waits for it
+    except OSError as exc:
+        raise ConfigError(f"--probe {flag}: {binary} cannot be read: {exc.strerror or exc}") from exc
+    if magic != b"\x7fELF":
+        raise ConfigError(f"--probe {flag}: {binary} is not an ELF executable or library")
 
 
 def target_names(config: Any, probe_flags: list[str]) -> list[str]:
