@@ -160,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     from runtime_signals.agent.identity import PodDirectory
     from runtime_signals.agent.metrics import HealthServer
     from runtime_signals.agent.selectors import TargetFilters
+    from runtime_signals.agent.filewatch import FileWatch
     from runtime_signals.agent.targets import TargetManager
 
     config = load(args)
@@ -192,14 +193,18 @@ def run(args: argparse.Namespace) -> int:
                                collector.healthy, collector.ready)
         metrics.start()
         print(f"agent metrics on port {metrics.port}: /metrics /healthz /readyz", file=sys.stderr, flush=True)
-    targets = TargetManager(agent.targets, target_names(config, args.probe), attach=tracer.attach,
+    # Every attach goes through the file watch: a probed file written in place loses its
+    # probes at the first write (agent/filewatch.py), and is probed afresh once rewritten.
+    watch = FileWatch(tracer.attach, tracer.retire)
+    targets = TargetManager(agent.targets, target_names(config, args.probe), attach=watch.attach,
                             on_attached=collector.register_probe, filters=filters,
                             proc_root=Path(agent.proc_root), host_root=Path(agent.host_root),
                             max_symbols_per_pattern=agent.max_symbols_per_pattern, purls=node.purls,
                             pods=node.pods, attach_lock=collector.attach_lock)
-    targets.scan()
-
+    watch.on_changed = targets.forget_file
     stop = threading.Event()
+    watch.start(stop)
+    targets.scan()
 
     def _request_stop(signum: int, _frame: object) -> None:
         log.info("received %s: draining and flushing", signal.Signals(signum).name)
