@@ -27,6 +27,9 @@ from runtime_signals.processor.checkpoint import Checkpoint, WindowMarker
 from runtime_signals.processor.errors import ConfigError
 from runtime_signals.processor.intake import DEFAULT_LIMITS, CallRecord, Limits, Rejected, WatermarkRecord, read_raw
 from runtime_signals.processor.latest import ContainerState
+from runtime_signals.processor.output_bounds import fit_summary, refresh_summary, unnamed_path
+from runtime_signals.schemas.hashing import callstack_hash
+from runtime_signals.schemas.topics import LARGE_RECORD_MAX_BYTES
 from runtime_signals.processor.symbolize import SymbolSource
 from runtime_signals.processor.watermarks import ClockState, EventClock
 from runtime_signals.processor.windows import PartitionWindows, WindowSpec
@@ -69,6 +72,11 @@ class EngineSettings:
     # memory of that window (docs/processor.md, "What the clock trusts").
     max_event_ahead_ms: int = 120_000
     limits: Limits = DEFAULT_LIMITS
+    # Outputs larger than their topics take are reduced, visibly (processor/output_bounds.py):
+    # the paths topic keeps the broker's default 1 MiB records, the summaries and latest
+    # topics take 16 MiB (schemas/topics.py); a margin for the record's own framing.
+    max_path_bytes: int = 1_000_000
+    max_summary_bytes: int = LARGE_RECORD_MAX_BYTES - 65_536
 
     def __post_init__(self) -> None:
         if self.agent_idle_ms <= 0:
@@ -353,18 +361,39 @@ class Engine:
         window = closed.window
         built = window_output(window, self._symbols)
         container, start_us = window.key.container_id, window.key.start_us
-        outputs = [Output("summary", summary_key(container, start_us),
-                          codec.encode(built.summary, SUMMARY, self._registry), (), state.partition)]
+        path_outputs = []
+        identities = None
         for path in built.paths:
             path_key = f"{container}|{start_us}|{path['callstack_hash']}".encode()
-            outputs.append(Output("path", path_key, codec.encode(path, CALL_PATH, self._registry),
-                                  (), state.partition))
+            encoded = codec.encode(path, CALL_PATH, self._registry)
+            if len(encoded) > self.settings.max_path_bytes:
+                if identities is None:
+                    identities = {callstack_hash(p.identities): p.identities for p in window.paths.values()}
+                unnamed_path(path, identities[path["callstack_hash"]])  # also in the summary: same dict
+                encoded = codec.encode(path, CALL_PATH, self._registry)
+                self.counts["paths_unnamed_oversize"] += 1
+            path_outputs.append(Output("path", path_key, encoded, (), state.partition))
+        if identities is not None:
+            refresh_summary(built.summary)
+        summary, dropped = fit_summary(built.summary, lambda r: codec.encode(r, SUMMARY, self._registry),
+                                       self.settings.max_summary_bytes)
+        if dropped:
+            self.counts["summary_paths_dropped_oversize"] += dropped
+            log.warning("summary of %s window %d: %d call paths left out to fit %d bytes (their calls are in "
+                        "dropped_events; every path is on the paths topic)", container, start_us, dropped,
+                        self.settings.max_summary_bytes)
+        outputs = [Output("summary", summary_key(container, start_us), summary, (), state.partition)]
+        outputs += path_outputs
         latest = state.latest.get(container) or ContainerState(container, state.partition)
         if latest.fold(built.summary):
             state.latest[container] = latest
-            outputs.append(Output("latest", container.encode(),
-                                  codec.encode(latest.record(), CONTAINER_STATE, self._registry),
-                                  (), state.partition))
+            encoded = codec.encode(latest.record(), CONTAINER_STATE, self._registry)
+            if len(encoded) <= self.settings.max_summary_bytes:
+                outputs.append(Output("latest", container.encode(), encoded, (), state.partition))
+            else:
+                # Not sent: the topic would refuse it and stop the worker. Counted; the
+                # container's summaries still say everything.
+                self.counts["latest_oversize"] += 1
         state.emitted_through = closed.marker
         self.counts["windows_emitted"] += 1
         if built.unresolved_frames:

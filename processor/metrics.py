@@ -38,6 +38,11 @@ COUNTERS = {
                                        "above the agent's last: duplicates, or two writers using one agent id."),
     "records_without_timestamp": ("records_without_timestamp", "Raw records without a broker timestamp (event "
                                   "times not bounded)."),
+    "paths_unnamed_oversize": ("paths_unnamed_oversize", "Path records too large for the paths topic, sent "
+                               "unnamed (frame identities only)."),
+    "summary_paths_dropped_oversize": ("summary_paths_dropped_oversize", "Call paths left out of summaries too "
+                                       "large for their topic (their calls are in dropped_events)."),
+    "latest_oversize": ("latest_oversize", "Container states too large for the latest topic, not sent."),
     "worker_deaths_in_flight": ("worker_deaths_in_flight", "Partitions restored with a record found in flight: "
                                 "a worker died while processing it."),
 }

@@ -158,3 +158,35 @@ def test_forty_thousand_agents_cost_linear_time() -> None:
 
     small, large = run(10_000), run(40_000)
     assert large < 8 * small
+
+
+def test_a_path_too_large_for_its_topic_goes_out_unnamed_and_a_huge_summary_is_trimmed_visibly() -> None:
+    from runtime_signals.processor.symbol_store import SymbolStore
+    from tests.processor.raw_records import APP_DIGEST
+
+    store = SymbolStore()
+    store.add({"binary_digest": APP_DIGEST, "chunk_index": 0, "chunk_count": 1, "symbol_count": 256,
+               "symbols": [{"file_offset": 0x1000 * (i + 1), "size_bytes": 0x1000, "name": f"f{i}_" + "x" * 4000}
+                           for i in range(256)]})
+    store.add_module_map({"modules": [{"binary_digest": APP_DIGEST, "purl": "pkg:generic/app@1"}]})
+    engine = Engine(EngineSettings(SPEC, raw_topic="raw", symbol_wait_ms=0, max_summary_bytes=200_000),
+                    store, REGISTRY)
+    engine.assign(0, None)
+    frames = [{"address": 0x1000 * (i + 1) + 1, "binary_digest": APP_DIGEST, "binary_offset": 0x1000 * (i + 1) + 1,
+               "library": "/" + "l" * 4000} for i in range(256)]
+    huge = call_event("c1", T0_US + 10, count=7, symbol=None, stack_frames=frames,
+                      stack_trace=[f["address"] for f in frames])
+    outputs = engine.handle(0, 0, b"c1", encode_call(huge), (), NOW_US)
+    for n in range(300):  # 300 small distinct paths: far more than 200 kB of summary
+        small = call_event("c1", T0_US + 20 + n, count=1, stack_trace=[0x7000 + n], stack_frames=[])
+        outputs += engine.handle(0, n + 1, b"c1", encode_call(small), (), NOW_US)
+    outputs += engine.handle(0, 400, b"a", encode_watermark(T0_US + 5_000_000, 1), (), NOW_US)
+    paths = [o for o in outputs if o.kind == "path"]
+    assert len(paths) == 301 and max(len(o.value) for o in paths) < 1_000_000
+    big = next(codec.decode(o.value, REGISTRY).record for o in paths
+               if codec.decode(o.value, REGISTRY).record["observation_count"] == 7)
+    assert big["symbols"][0] == f"{APP_DIGEST}+0x1001" and big["libraries"][0] is None
+    [summary] = [codec.decode(o.value, REGISTRY).record for o in outputs if o.kind == "summary"]
+    assert summary["total_events"] == 307
+    assert summary["dropped_events"] + sum(p["observation_count"] for p in summary["call_paths"]) == 307
+    assert summary["dropped_events"] > 0 and engine.counts["paths_unnamed_oversize"] == 1
