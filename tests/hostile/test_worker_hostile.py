@@ -133,3 +133,38 @@ def test_hostile_records_neither_stop_nor_freeze_nor_falsify_the_worker(kafka_bo
     assert metrics["signals_processor_symbol_table_conflicts_total"] >= 1
     assert metrics['signals_processor_dlq_records_total{reason="over_limit"}'] == 28
     assert metrics['signals_processor_dlq_records_total{reason="clock_skew"}'] == 1
+
+
+def test_a_record_that_killed_two_workers_goes_to_the_dlq_on_restart(kafka_bootstrap: str, tmp_path: Path) -> None:
+    from runtime_signals.processor.inflight import InflightLog
+
+    prefix = f"poison-{uuid.uuid4().hex[:8]}."
+    names = TopicNames().with_prefix(prefix)
+    create_topics(kafka_bootstrap, names, partitions=1)
+    publish_binaries(kafka_bootstrap, names)
+    now_us = time.time_ns() // 1000
+    t0 = now_us - now_us % 1_000_000 - 10_000_000
+    records = [(b"c1", encode_call(call_event("c1", t0 + 100 + n, count=n + 1)), 0) for n in range(3)]
+    records.append((b"agent-1", encode_watermark(t0 + 5_000_000, 1), 0))
+    produce(kafka_bootstrap, names.raw, records)
+    app_id = f"{prefix}processor"
+    # What two workers that died handling offset 1 of the partition left in the in-flight
+    # directory: the slot is the worker's own, written as it writes it.
+    directory = tmp_path / "inflight" / app_id
+    for _ in range(2):
+        dying = InflightLog(directory, names.raw)
+        dying.open(0)
+        dying.begin(0, 1)
+        dying.close()
+    with LocalPipeline(kafka_bootstrap, [], topic_prefix=prefix, window_ms=1000, lateness_ms=200,
+                       log_dir=tmp_path, processor_app_id=app_id) as pipeline:
+        pipeline.start_processor(extra_args=["--inflight-dir", str(tmp_path / "inflight"), "--symbol-wait-ms",
+                                             "1000"], wait_ready_s=60)
+        summaries = wait_until(lambda: latest_by_key(read_all(kafka_bootstrap, names.summaries)), 60,
+                               "the window summarized")
+        assert pipeline.stop_processor() == 0
+    [dead] = read_all(kafka_bootstrap, names.dlq)
+    assert dead.headers["signals.dlq.reason"] == b"killed_worker" and dead.headers["signals.source.offset"] == b"1"
+    assert dead.value == records[1][1]
+    [summary] = summaries.values()
+    assert summary["total_events"] == 1 + 3   # offsets 0 and 2; offset 1 (2 calls) is in the DLQ
