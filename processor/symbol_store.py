@@ -249,7 +249,8 @@ class SymbolStore:
         return False
 
     def has_all(self, binary_digests: Iterable[str]) -> bool:
-        return all([self.has(d) for d in binary_digests])  # all asked: each evicted one is wanted
+        # A list, not a generator: every digest is asked, so each evicted one is marked wanted.
+        return all([self.has(d) for d in binary_digests])  # noqa: C419
 
     def lookup(self, binary_digest: str, binary_offset: int) -> str | None:
         """The function whose [start, start + size) holds the offset. A symbol of unknown

@@ -11,7 +11,12 @@ from runtime_signals.processor.intake import DEFAULT_LIMITS
 from runtime_signals.processor.symbolize import NoSymbols
 from runtime_signals.processor.windows import WindowSpec
 from runtime_signals.schemas import codec
-from tests.processor.raw_records import REGISTRY, call_event, encode_call, encode_watermark
+from tests.processor.raw_records import (
+    REGISTRY,
+    call_event,
+    encode_call,
+    encode_watermark,
+)
 
 SPEC = WindowSpec(size_ms=1000, allowed_lateness_ms=200)
 SETTINGS = EngineSettings(SPEC, raw_topic="raw", agent_idle_ms=30_000, symbol_wait_ms=0)

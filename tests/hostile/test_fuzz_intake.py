@@ -10,12 +10,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runtime_signals.processor.engine import Engine, EngineSettings
-from runtime_signals.processor.intake import REASONS, CallRecord, Rejected, WatermarkRecord, read_raw
+from runtime_signals.processor.intake import (
+    REASONS,
+    CallRecord,
+    Rejected,
+    WatermarkRecord,
+    read_raw,
+)
 from runtime_signals.processor.symbolize import NoSymbols
 from runtime_signals.processor.windows import WindowSpec
 from runtime_signals.schemas import codec
 from runtime_signals.schemas.errors import SchemaError
-from tests.processor.raw_records import BASE_US, REGISTRY, call_event, encode_call, encode_watermark
+from tests.processor.raw_records import (
+    BASE_US,
+    REGISTRY,
+    call_event,
+    encode_call,
+    encode_watermark,
+)
 
 LONG = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 TEXT = st.one_of(st.text(max_size=40), st.text(min_size=5000, max_size=5001), st.just("_Z" + "N1aI" * 2000))

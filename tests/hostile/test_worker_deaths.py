@@ -17,7 +17,7 @@ EIGHTY_KB_NAME = "_ZN" + "1aI" * 20_000 + "i" + "E" * 20_000 + "1bEv"
 
 def _python(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", str(Path(__file__).parents[2]))}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, check=False,
                           cwd=tmp_path)
 
 

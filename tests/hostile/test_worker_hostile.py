@@ -17,7 +17,14 @@ from runtime_signals.devtools.demo import create_topics
 from runtime_signals.devtools.pipeline import LocalPipeline
 from runtime_signals.schemas import codec
 from runtime_signals.schemas.topics import TopicNames
-from tests.processor.harness import latest_by_key, produce, publish_binaries, read_all, scrape, wait_until
+from tests.processor.harness import (
+    latest_by_key,
+    produce,
+    publish_binaries,
+    read_all,
+    scrape,
+    wait_until,
+)
 from tests.processor.raw_records import (
     APP_DIGEST,
     APP_PURL,
