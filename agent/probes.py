@@ -173,6 +173,7 @@ class CallTracer:
         self._lock = threading.RLock()  # the target scanner attaches while the pump detaches
         self.attached: list[AttachedProbe] = []
         self._links: dict[int, bpfsys.UprobeLink | None] = {}
+        self._retired: set[int] = set()
 
     # --- probes -------------------------------------------------------------------
 
@@ -214,10 +215,17 @@ class CallTracer:
                 link.close()
                 self._links[probe.index] = None
 
+    def retire(self, probe: AttachedProbe) -> None:
+        """Detach for good: its file changed (agent/filewatch.py), so the offset may no longer
+        start the function, and nothing (the probe budget) may re-arm it."""
+        with self._lock:
+            self._retired.add(probe.index)
+            self.detach(probe)
+
     def rearm(self, probe: AttachedProbe) -> None:
         """Attach a detached probe again, with its index and config unchanged."""
         with self._lock:
-            if self._links.get(probe.index) is None:
+            if self._links.get(probe.index) is None and probe.index not in self._retired:
                 self._links[probe.index] = self._link(probe)
 
     def _link(self, probe: AttachedProbe) -> bpfsys.UprobeLink:

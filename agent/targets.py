@@ -119,12 +119,15 @@ class TargetManager:
         self.missing: dict[str, str] = {}
         self.counts: Counter[str] = Counter()
         self._own_pid = os.getpid()
+        self._forget_pending: list[str] = []  # files changed in place (forget_file)
 
     # --- one pass -------------------------------------------------------------------
     def scan(self) -> int:
         """Look for target files everywhere and attach what is new; returns probes added."""
         before = self.counts["probes_attached"]
         self.counts["rescans"] += 1
+        while self._forget_pending:
+            self._forget(self._forget_pending.pop())
         for index, target in enumerate(self.targets):
             if self._wants_host(index):
                 for found in self._host_files(target):
@@ -295,6 +298,25 @@ class TargetManager:
     def _clear_missing(self, key: str) -> None:
         if self.missing.pop(key, None) is not None:
             log.info("%s: found now", key)
+
+    def forget_file(self, host_path: str) -> None:
+        """A probed file changed in place (agent/filewatch.py retired its probes): resolve its
+        symbols and attach afresh on the next scan, as for a file never seen. Called from the
+        file watcher's thread; the scan thread does the forgetting."""
+        self._forget_pending.append(host_path)
+
+    def _forget(self, host_path: str) -> None:
+        try:
+            st = os.stat(host_path)
+            inode: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except OSError:
+            inode = None
+        stale = {identity for files in self._files for identity, path in files.items()
+                 if path == host_path or identity == inode}
+        self._done = {(identity, index) for identity, index in self._done if identity not in stale}
+        self._probe_ids = {key: probe for key, probe in self._probe_ids.items() if key[0] not in stale}
+        for identity in stale:
+            self._symbols.pop(identity, None)
 
     def counters(self) -> dict[str, int]:
         """For the statistics: targets whose binary or symbols are missing, probes in place."""

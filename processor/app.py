@@ -51,6 +51,8 @@ from runtime_signals.processor.checkpoint import checkpoint_topic
 from runtime_signals.processor.engine import Engine, EngineSettings, Output
 from runtime_signals.processor.errors import DeliveryError, ProcessorError
 from runtime_signals.processor.faust_config import build_app, check_port_free
+from runtime_signals.processor.inflight import InflightLog
+from runtime_signals.processor.intake import Rejected
 from runtime_signals.processor.kafka_io import BinaryFeed, CheckpointStore, partition_count, read_partition
 from runtime_signals.processor.settings import ProcessorSettings
 from runtime_signals.processor.symbol_store import SymbolStore
@@ -80,8 +82,11 @@ class Worker:
         self._registry = codec.SchemaRegistry.default()
         self._symbols = SymbolStore()
         self.engine = Engine(EngineSettings(settings.window, raw, settings.agent_idle_ms,
-                                            settings.symbol_wait_ms, settings.max_pending_windows),
+                                            settings.symbol_wait_ms, settings.max_pending_windows,
+                                            settings.max_event_ahead_ms),
                              self._symbols, self._registry)
+        self._inflight = InflightLog(settings.inflight_dir / settings.app_id, raw) \
+            if settings.inflight_dir is not None else None
         connection = settings.connection()
         admin = AdminClient(connection)
         raw_partitions = partition_count(admin, raw)
@@ -140,12 +145,29 @@ class Worker:
                 try:
                     if not self.engine.owns(message.partition) and not await self._restore(message.partition):
                         continue  # not assigned here (any more)
-                    outputs = self.engine.handle(message.partition, message.offset, message.key, message.value,
-                                                 tuple(message.headers or ()))
+                    outputs = self._handle(message)
                     if outputs:  # most records cause none: no await for them
                         await self._send(outputs)
                 except Exception as exc:  # noqa: BLE001 -- a worker error, not a record's: stop
                     await self._fail(exc)
+
+    def _handle(self, message: Any) -> list[Output]:
+        partition, offset = message.partition, message.offset
+        headers = tuple(message.headers or ())
+        inflight = self._inflight
+        if inflight is not None and inflight.is_poison(partition, offset):
+            return self.engine.reject(partition, offset, message.key, message.value, headers, Rejected(
+                "killed_worker", "a worker died while processing this record, twice; not processed again "
+                                 "(processor/inflight.py)"))
+        # Kafka timestamps are whole milliseconds; faust hands them over as float seconds.
+        timestamp_us = round(message.timestamp * 1000) * 1000 if message.timestamp_type and message.timestamp \
+            else None
+        if inflight is not None:
+            inflight.begin(partition, offset)
+        outputs = self.engine.handle(partition, offset, message.key, message.value, headers, timestamp_us)
+        if inflight is not None:
+            inflight.end(partition, offset)
+        return outputs
 
     async def _send(self, outputs: list[Output]) -> None:
         for output in outputs:
@@ -234,6 +256,8 @@ class Worker:
                 # Assigned elsewhere without a revoke here: its owner restores it.
                 self.engine.revoke(lost)
                 self._written.pop(lost, None)
+                if self._inflight is not None:
+                    self._inflight.close(lost)
             for partition in partitions:
                 try:
                     await self._restore(partition)
@@ -253,6 +277,10 @@ class Worker:
         checkpoint = await asyncio.to_thread(self._checkpoints.read, partition)
         latest = await asyncio.to_thread(self._latest_records, partition)
         self.engine.assign(partition, checkpoint, latest)
+        if self._inflight is not None:
+            suspect = self._inflight.open(partition)
+            if suspect is not None:
+                self.engine.counts["worker_deaths_in_flight"] += 1
         if checkpoint is None:
             log.info("assigned %s[%d]: no checkpoint, from the committed offset (else the earliest)", raw, partition)
         else:
@@ -271,6 +299,8 @@ class Worker:
                 await self._fail(exc)
             for partition in owned:
                 self.engine.revoke(partition)
+                if self._inflight is not None:
+                    self._inflight.close(partition)
                 self._written.pop(partition, None)
             log.info("revoked %s: checkpointed and dropped", owned)
 
@@ -367,7 +397,8 @@ class Worker:
         self._exposition.collector.status = metrics.Status(
             counts=dict(self.engine.counts), events_per_second=(total - events) / max(1e-3, now - at),
             open_windows=self.engine.open_windows(), pending_windows=self.engine.pending_windows(),
-            symbol_tables=len(self._symbols), lag_records=lag, watermarks_us=self.engine.watermarks_us())
+            symbol_tables=len(self._symbols), symbols_held=self._symbols.symbols_held,
+            store_counts=dict(self._symbols.counts), lag_records=lag, watermarks_us=self.engine.watermarks_us())
 
     # -- running ---------------------------------------------------------------------
 

@@ -10,7 +10,16 @@ reasons are a closed set, used as the DLQ header and the metrics label:
 - ``unexpected_schema``: a valid record of a type that does not belong on the raw topic;
 - ``out_of_range``: a field outside what the contract allows (observation_count < 1,
   pid or tid < 0, no event time, a malformed binary digest, stack_frames not parallel to
-  stack_trace, a watermark <= 0).
+  stack_trace, a watermark <= 0);
+- ``over_limit``: a record larger than any agent writes (Limits below): a string, a stack,
+  an observation count. Rejected, never truncated or saturated: a cut name or count would
+  be a falsified fact, and the whole record stays in the DLQ for whoever investigates;
+- ``clock_skew``: a call dated further after its record's broker timestamp than
+  max_event_ahead_ms allows (processor/engine.py; docs/processor.md, "What the clock trusts");
+- ``too_many_agents``: a watermark from a new agent id when a partition already tracks
+  Limits.max_agents of them (the checkpoint holds one entry per agent, and must fit a record);
+- ``killed_worker``: a record that was being processed when a worker died (processor/inflight.py):
+  on restart it goes here instead of being processed again, so it cannot kill every worker.
 """
 
 from __future__ import annotations
@@ -26,7 +35,38 @@ from runtime_signals.processor.symbolize import Frame
 
 CALL_EVENT = "io.runtimesignals.RuntimeCallEvent"
 WATERMARK = "io.runtimesignals.AgentWatermark"
-REASONS = ("undecodable", "unknown_fingerprint", "incompatible_schema", "unexpected_schema", "out_of_range")
+REASONS = ("undecodable", "unknown_fingerprint", "incompatible_schema", "unexpected_schema", "out_of_range",
+           "over_limit", "clock_skew", "too_many_agents", "killed_worker")
+# observation_count is a long on the wire, and sums of it are longs in every output: one count
+# near 2^63 would overflow the first sum it joins (and fail to encode). An agent folds the calls
+# of one probe and one stack over one flush interval into a record; 2^32 of them is far beyond
+# any probe's rate (the BPF side caps it in the millions per second).
+MAX_OBSERVATION_COUNT = 2**32
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The largest record the processor takes. Everything a record carries ends up in
+    windows, outputs and checkpoints, so bounding it here bounds all of them: a path record
+    holds at most max_frames frames, each with strings of at most max_string_bytes."""
+
+    # Identifiers: they key windows, summaries and checkpoint entries (one per agent).
+    max_id_bytes: int = 256
+    # Symbol, signature, PURL, library path, host: generous for C++ template names.
+    max_string_bytes: int = 4096
+    # The agent's BPF program unwinds at most 127 frames (agent/probes.py); twice that.
+    max_frames: int = 256
+    max_observation_count: int = MAX_OBSERVATION_COUNT
+    # Agents tracked per partition (AgentMark entries): one agent per node, so tens of
+    # thousands in a large fleet. A checkpoint holds each, with its id (at most ~280 bytes
+    # encoded), so it stays under the checkpoint topic's 16 MiB records (kafka_io.py).
+    max_agents: int = 50_000
+
+
+DEFAULT_LIMITS = Limits()
+_ID_FIELDS = ("container_id", "agent_id")
+_STRING_FIELDS = ("event_id", "symbol", "function_signature", "purl", "library", "host", "binary_digest",
+                  "node_hash", "callstack_hash")
 
 
 @lru_cache(maxsize=65_536)
@@ -71,7 +111,7 @@ class Rejected:
 Intake = CallRecord | WatermarkRecord | Rejected
 
 
-def read_raw(value: bytes | None, registry: codec.SchemaRegistry) -> Intake:
+def read_raw(value: bytes | None, registry: codec.SchemaRegistry, limits: Limits = DEFAULT_LIMITS) -> Intake:
     """Decode and check one raw-topic value."""
     try:
         decoded = codec.decode(value, registry)  # type: ignore[arg-type]  # None is a tombstone
@@ -84,19 +124,47 @@ def read_raw(value: bytes | None, registry: codec.SchemaRegistry) -> Intake:
     except SchemaError as exc:
         return Rejected("undecodable", str(exc))
     if decoded.schema_name == WATERMARK:
-        return _watermark(decoded.record)
+        return _watermark(decoded.record, limits)
     if decoded.schema_name == CALL_EVENT:
-        return _call(decoded.record)
+        return _call(decoded.record, limits)
     return Rejected("unexpected_schema", f"a {decoded.schema_name} record does not belong on the raw topic")
 
 
-def _watermark(record: dict[str, Any]) -> Intake:
+def _too_long(record: dict[str, Any], names: tuple[str, ...], limit: int) -> Rejected | None:
+    for name in names:
+        text = record.get(name)
+        # UTF-8 takes at most 4 bytes a character: most strings are judged without encoding.
+        if isinstance(text, str) and len(text) * 4 > limit and len(text.encode("utf-8", "replace")) > limit:
+            return Rejected("over_limit", f"{name} is {len(text.encode('utf-8', 'replace'))} bytes; "
+                            f"at most {limit} are taken")
+    return None
+
+
+def _watermark(record: dict[str, Any], limits: Limits) -> Intake:
+    too_long = _too_long(record, ("agent_id",), limits.max_id_bytes) or \
+        _too_long(record, ("host",), limits.max_string_bytes)
+    if too_long:
+        return too_long
     if record["watermark_us"] <= 0:
         return Rejected("out_of_range", f"watermark_us={record['watermark_us']}: must be positive")
     return WatermarkRecord(record["agent_id"], record["watermark_us"], record["sequence"])
 
 
-def _call(event: dict[str, Any]) -> Intake:
+def _call(event: dict[str, Any], limits: Limits) -> Intake:
+    too_long = _too_long(event, _ID_FIELDS, limits.max_id_bytes) or \
+        _too_long(event, _STRING_FIELDS, limits.max_string_bytes)
+    if too_long:
+        return too_long
+    frame_count = max(len(event["stack_trace"]), len(event["stack_frames"] or ()))
+    if frame_count > limits.max_frames:
+        return Rejected("over_limit", f"{frame_count} stack frames; at most {limits.max_frames} are taken")
+    for frame in event["stack_frames"] or ():
+        too_long = _too_long(frame, ("library", "binary_digest"), limits.max_string_bytes)
+        if too_long:
+            return too_long
+    if event["observation_count"] > limits.max_observation_count:
+        return Rejected("over_limit", f"observation_count={event['observation_count']}: at most "
+                        f"{limits.max_observation_count} are taken in one record")
     for name in ("pid", "tid"):
         if event[name] < 0:
             return Rejected("out_of_range", f"{name}={event[name]}: must not be negative")

@@ -33,6 +33,29 @@ COUNTERS = {
                            "arrived (the wait ran out, or too many windows waited)."),
     "windows_suppressed": ("windows_suppressed", "Windows rebuilt on replay but not emitted again (already were)."),
     "replayed_records": ("replayed_records", "Records re-read after a restart or rebalance to rebuild state."),
+    "watermarks_clamped": ("watermarks_clamped", "Agent watermarks ahead of their record's broker timestamp, "
+                           "taken as the broker timestamp."),
+    "watermark_sequence_regressions": ("watermark_sequence_regressions", "Agent watermarks whose sequence was not "
+                                       "above the agent's last: duplicates, or two writers using one agent id."),
+    "records_without_timestamp": ("records_without_timestamp", "Raw records without a broker timestamp (event "
+                                  "times not bounded)."),
+    "paths_unnamed_oversize": ("paths_unnamed_oversize", "Path records too large for the paths topic, sent "
+                               "unnamed (frame identities only)."),
+    "summary_paths_dropped_oversize": ("summary_paths_dropped_oversize", "Call paths left out of summaries too "
+                                       "large for their topic (their calls are in dropped_events)."),
+    "latest_oversize": ("latest_oversize", "Container states too large for the latest topic, not sent."),
+    "worker_deaths_in_flight": ("worker_deaths_in_flight", "Partitions restored with a record found in flight: "
+                                "a worker died while processing it."),
+}
+# symbol store counter -> (metric name without prefix and _total, help)
+STORE_COUNTERS = {
+    "symbol_table_conflicts": ("symbol_table_conflicts", "Symbol-table chunks that disagreed with the table "
+                               "taken first for their binary (kept aside, never applied)."),
+    "module_purl_conflicts": ("module_purl_conflicts", "Module-map PURLs that disagreed with the first one "
+                              "given for their binary (never applied)."),
+    "symbol_tables_evicted": ("symbol_tables_evicted", "Symbol tables evicted from memory (least recently used)."),
+    "symbol_table_reloads": ("symbol_table_reloads", "Re-reads of the symbols topic for evicted tables."),
+    "symbols_oversize": ("symbols_oversize", "Symbols not kept: names longer than 4 KiB."),
 }
 
 
@@ -43,6 +66,8 @@ class Status:
     open_windows: int = 0
     pending_windows: int = 0
     symbol_tables: int = 0
+    symbols_held: int = 0
+    store_counts: Mapping[str, int] = field(default_factory=dict)
     lag_records: Mapping[int, int] = field(default_factory=dict)
     watermarks_us: Mapping[int, int] = field(default_factory=dict)
 
@@ -55,6 +80,8 @@ class StatusCollector(Collector):
         status = self.status
         for key, (name, doc) in COUNTERS.items():
             yield CounterMetricFamily(PREFIX + name, doc, value=status.counts.get(key, 0))
+        for key, (name, doc) in STORE_COUNTERS.items():
+            yield CounterMetricFamily(PREFIX + name, doc, value=status.store_counts.get(key, 0))
         dlq = CounterMetricFamily(PREFIX + "dlq_records", "Raw records sent to the dead-letter topic.",
                                   labels=["reason"])
         for reason in REASONS:
@@ -68,6 +95,8 @@ class StatusCollector(Collector):
                                 value=status.pending_windows)
         yield GaugeMetricFamily(PREFIX + "symbol_tables", "Binaries with a symbol table loaded.",
                                 value=status.symbol_tables)
+        yield GaugeMetricFamily(PREFIX + "symbols_held", "Symbols held in memory over all tables (bounded).",
+                                value=status.symbols_held)
         lag = GaugeMetricFamily(PREFIX + "consumer_lag_records", "Raw records not yet handled, per partition.",
                                 labels=["partition"])
         for partition, records in sorted(status.lag_records.items()):

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from runtime_signals.config.schema import ProcessorSection, SignalsConfig
@@ -11,6 +13,13 @@ from runtime_signals.processor.windows import WindowSpec
 from runtime_signals.schemas.topics import TopicNames
 
 _DEFAULTS = ProcessorSection()
+
+
+def _inflight_dir(setting: str) -> Path | None:
+    """processor.inflight_dir: empty for the system temporary directory, "off" for none."""
+    if setting == "off":
+        return None
+    return Path(setting) if setting else Path(tempfile.gettempdir()) / "runtime-signals-inflight"
 
 
 @dataclass(frozen=True)
@@ -24,6 +33,10 @@ class ProcessorSettings:
     agent_idle_ms: int = _DEFAULTS.agent_idle_ms
     symbol_wait_ms: int = _DEFAULTS.symbol_wait_ms
     max_pending_windows: int = _DEFAULTS.max_pending_windows
+    max_event_ahead_ms: int = _DEFAULTS.max_event_ahead_ms
+    # Where each partition's in-flight offset is kept (processor/inflight.py); None: off.
+    # Must survive a restart of the worker process (an emptyDir in Kubernetes).
+    inflight_dir: Path | None = field(default_factory=lambda: _inflight_dir(_DEFAULTS.inflight_dir))
     checkpoint_interval_ms: int = _DEFAULTS.checkpoint_interval_ms
     session_timeout_ms: int = _DEFAULTS.session_timeout_ms
     metrics_port: int | None = None
@@ -47,6 +60,7 @@ class ProcessorSettings:
                    topics=topics, output_topics=outputs, app_id=section.app_id,
                    group_instance_id=section.group_instance_id, agent_idle_ms=section.agent_idle_ms,
                    symbol_wait_ms=section.symbol_wait_ms, max_pending_windows=section.max_pending_windows,
+                   max_event_ahead_ms=section.max_event_ahead_ms, inflight_dir=_inflight_dir(section.inflight_dir),
                    checkpoint_interval_ms=section.checkpoint_interval_ms,
                    session_timeout_ms=section.session_timeout_ms, metrics_port=section.metrics_port,
                    kafka_config=kafka.librdkafka_config())

@@ -20,13 +20,20 @@ import pydemumble
 
 # Itanium C++ (and Rust legacy, which borrows it), macOS-style extra underscore, Rust v0.
 _MANGLED_PREFIXES = ("_Z", "__Z", "_R")
+# LLVM's Itanium demangler recurses once per nesting level with no limit of its own: an
+# 80 KB name of nested templates overflows the C stack and kills the process (SIGSEGV, no
+# Python exception to catch). The deepest shapes tried (tests/hostile/test_worker_deaths.py:
+# nested templates, pointers to functions, pack expansions) survive 16 KiB, also in a
+# thread; names are demangled only up to a quarter of that. Longer names stay as they are
+# (still correct, only mangled): real C++ names beyond 4 KiB are rare.
+DEMANGLE_MAX_CHARS = 4096
 
 
 @lru_cache(maxsize=65_536)
 def demangle(name: str) -> str | None:
     """The demangled form of a C++ or Rust mangled name, or None for anything else
     (plain C names, and manglings the demangler cannot read)."""
-    if not name.startswith(_MANGLED_PREFIXES):
+    if not name.startswith(_MANGLED_PREFIXES) or len(name) > DEMANGLE_MAX_CHARS:
         return None
     try:
         text = pydemumble.demangle(name)

@@ -59,7 +59,11 @@ def topic_settings(names: TopicNames, partitions: int = 3) -> list[TopicSettings
     # window, so a re-emitted window replaces rather than adds.
     compact = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
     return [
-        TopicSettings(names.raw, partitions, {"retention.ms": str(RAW_RETENTION_MS), "compression.type": "producer"}),
+        # Log-append time: the broker, not the writer, stamps each raw record, and the
+        # processor bounds event times and watermarks by that stamp (docs/processor.md,
+        # "What the clock trusts"); a writer-set CreateTime would let a writer move it.
+        TopicSettings(names.raw, partitions, {"retention.ms": str(RAW_RETENTION_MS), "compression.type": "producer",
+                                              "message.timestamp.type": "LogAppendTime"}),
         TopicSettings(names.summaries, partitions, {**compact, "max.message.bytes": str(LARGE_RECORD_MAX_BYTES)}),
         TopicSettings(names.paths, partitions, dict(compact)),
         TopicSettings(names.statistics, 1, {"retention.ms": str(24 * 3600 * 1000)}),

@@ -162,4 +162,14 @@ def main(argv: list[str] | None = None) -> int:
             ExportError, SettingsError) as exc:
         print(f"signals {args.command}: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a file or device the command was pointed at
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"signals {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 -- the last line of defence: one line, never a traceback
+        if args.verbose:
+            raise
+        print(f"signals {args.command}: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback; "
+              f"please report it)", file=sys.stderr)
+        return 1
     return 2

@@ -65,8 +65,29 @@ def load(args: argparse.Namespace, config_path: str | None = None) -> SignalsCon
         raise ConfigError(str(exc)) from exc
     for text in args.probe:
         spec = ProbeSpec.parse(text)
+        check_probe_file(text, spec.binary)
         config.agent.targets.append(TargetSettings(binary=spec.binary, symbols=[spec.symbol]))
     return config
+
+
+def check_probe_file(flag: str, binary: str) -> None:
+    """A --probe naming a file by path must name an ELF file: a directory or a text file
+    would otherwise surface later as "symbol not found", which sends one looking for the
+    wrong mistake. Library names (`c`, `ssl`) are resolved per process later."""
+    if "/" not in binary:
+        return
+    path = Path(binary)
+    if path.is_dir():
+        raise ConfigError(f"--probe {flag}: {binary} is a directory; name the executable or library file")
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except FileNotFoundError:
+        return  # may appear later, or exist only inside containers: the target scanner waits for it
+    except OSError as exc:
+        raise ConfigError(f"--probe {flag}: {binary} cannot be read: {exc.strerror or exc}") from exc
+    if magic != b"\x7fELF":
+        raise ConfigError(f"--probe {flag}: {binary} is not an ELF executable or library")
 
 
 def target_names(config: SignalsConfig, probe_flags: list[str]) -> list[str]:
@@ -146,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
     from runtime_signals.agent.identity import PodDirectory
     from runtime_signals.agent.metrics import HealthServer
     from runtime_signals.agent.selectors import TargetFilters
+    from runtime_signals.agent.filewatch import FileWatch
     from runtime_signals.agent.targets import TargetManager
 
     config = load(args)
@@ -178,14 +200,18 @@ def run(args: argparse.Namespace) -> int:
                                collector.healthy, collector.ready)
         metrics.start()
         print(f"agent metrics on port {metrics.port}: /metrics /healthz /readyz", file=sys.stderr, flush=True)
-    targets = TargetManager(agent.targets, target_names(config, args.probe), attach=tracer.attach,
+    # Every attach goes through the file watch: a probed file written in place loses its
+    # probes at the first write (agent/filewatch.py), and is probed afresh once rewritten.
+    watch = FileWatch(tracer.attach, tracer.retire)
+    targets = TargetManager(agent.targets, target_names(config, args.probe), attach=watch.attach,
                             on_attached=collector.register_probe, filters=filters,
                             proc_root=Path(agent.proc_root), host_root=Path(agent.host_root),
                             max_symbols_per_pattern=agent.max_symbols_per_pattern, purls=node.purls,
                             pods=node.pods, attach_lock=collector.attach_lock)
-    targets.scan()
-
+    watch.on_changed = targets.forget_file
     stop = threading.Event()
+    watch.start(stop)
+    targets.scan()
 
     def _request_stop(signum: int, _frame: object) -> None:
         log.info("received %s: draining and flushing", signal.Signals(signum).name)

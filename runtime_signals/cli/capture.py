@@ -55,10 +55,13 @@ def parse_time_ms(text: str, now: datetime | None = None) -> int:
     relative = _RELATIVE.match(value)
     if relative:
         seconds = float(relative.group(1)) * _UNITS_S[relative.group(2)]
-        return int((now - timedelta(seconds=seconds)).timestamp() * 1000)
+        try:
+            return int((now - timedelta(seconds=seconds)).timestamp() * 1000)
+        except (OverflowError, ValueError) as exc:  # before year 1, or beyond what a timedelta holds
+            raise argparse.ArgumentTypeError(f"{text!r} is further back than year 1") from exc
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a time: use ISO-8601 (2026-11-26T13:45Z), epoch ms, now, or 30m/2h/1d (ago)") from exc
     if moment.tzinfo is None:
@@ -136,6 +139,7 @@ def run_capture(args: argparse.Namespace) -> int:
 def run_replay(args: argparse.Namespace) -> int:
     from runtime_signals.consumer.kafka import TopicReader
 
+    from runtime_signals.capture.file import verify_capture
     from runtime_signals.capture.writer import CaptureError, CaptureRequest, open_capture, parse_partitions, read_ranges
     from runtime_signals.capture.replay import ReplaySettings, replay
 
@@ -148,6 +152,7 @@ def run_replay(args: argparse.Namespace) -> int:
     if args.file is not None:
         if any(v is not None for v in (args.partitions, args.from_offset, args.to_offset, args.since, args.until)):
             raise CaptureError("offset and time bounds apply to --from-topic; a file is replayed whole")
+        verify_capture(args.file)  # a damaged file is refused before one record is sent
         header, records = open_capture(args.file)
         source, partitions, total = str(args.file), header.partition_count, header.records
     else:

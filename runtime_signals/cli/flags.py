@@ -74,11 +74,13 @@ PROCESSOR_FLAGS: tuple[Flag, ...] = tuple(Flag(group, flag, "processor", name) f
     ("windows", "--agent-idle-ms", "agent_idle_ms"),
     ("windows", "--symbol-wait-ms", "symbol_wait_ms"),
     ("windows", "--max-pending-windows", "max_pending_windows"),
+    ("windows", "--max-event-ahead-ms", "max_event_ahead_ms"),
     ("group", "--app-id", "app_id"),
     ("group", "--group-instance-id", "group_instance_id"),
     ("group", "--output-topic-prefix", "output_topic_prefix"),
     ("group", "--checkpoint-interval-ms", "checkpoint_interval_ms"),
     ("group", "--session-timeout-ms", "session_timeout_ms"),
+    ("group", "--inflight-dir", "inflight_dir"),
     ("operations", "--metrics-port", "metrics_port"),
     ("operations", "--loglevel", "loglevel"),
 ))

@@ -16,6 +16,7 @@ from typing import Any
 
 _PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_RINGBUF_MAX_PAGES = 1 << 18  # 4 KiB pages: 1 GiB
 # librdkafka's own bounds for queue.buffering.max.kbytes and .max.messages.
 _QUEUE_MAX_KBYTES = 2_147_483_647
 _QUEUE_MAX_MESSAGES = 2_147_483_647
@@ -226,6 +227,11 @@ class AgentSettings:
         found = []
         if self.ringbuf_pages <= 0 or self.ringbuf_pages & (self.ringbuf_pages - 1):
             found.append(("ringbuf_pages", f"{self.ringbuf_pages} is not a power of two (e.g. 1024 = 4 MiB)"))
+        elif self.ringbuf_pages > _RINGBUF_MAX_PAGES:
+            # The kernel takes a ring buffer's size as a u32 of bytes; beyond this it fails to
+            # load, after clang has run, with an error that names nothing of ours.
+            found.append(("ringbuf_pages", f"{self.ringbuf_pages} is above {_RINGBUF_MAX_PAGES} "
+                                           f"(= 1 GiB of ring buffer)"))
         for name in ("watermark_interval_ms", "target_rescan_interval_ms", "process_sweep_interval_ms",
                      "max_symbols_per_pattern", "statistics_interval_ms", "budget_quiet_s", "budget_backoff_s",
                      "spool_max_bytes", "rate_burst"):
@@ -283,6 +289,12 @@ class ProcessorSection:
         "out with frames unnamed"))
     max_pending_windows: int = field(default=10_000, metadata=_doc(
         "closed windows per partition that may wait for symbol tables"))
+    max_event_ahead_ms: int = field(default=120_000, metadata=_doc(
+        "a call dated further than this after its record's broker timestamp goes to the dead-letter topic "
+        "(clock_skew)"))
+    inflight_dir: str = field(default="", metadata=_doc(
+        "directory that keeps each partition's in-flight offset across worker restarts, so a record that "
+        "kills the worker twice is dead-lettered (empty: the system temporary directory; \"off\": disabled)"))
     checkpoint_interval_ms: int = field(default=1_000, metadata=_doc(
         "how often each partition's outputs are flushed and its checkpoint written (docs/processor.md)"))
     session_timeout_ms: int = field(default=10_000, metadata=_doc(
@@ -296,7 +308,7 @@ class ProcessorSection:
         for name in ("window_ms", "agent_idle_ms", "checkpoint_interval_ms", "session_timeout_ms"):
             if getattr(self, name) <= 0:
                 found.append((name, f"must be positive, got {getattr(self, name)}"))
-        for name in ("allowed_lateness_ms", "symbol_wait_ms", "max_pending_windows"):
+        for name in ("allowed_lateness_ms", "symbol_wait_ms", "max_pending_windows", "max_event_ahead_ms"):
             if getattr(self, name) < 0:
                 found.append((name, f"must not be negative, got {getattr(self, name)}"))
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:

@@ -118,7 +118,19 @@ def load_vulnerable_functions(path: Path, default_vulnerability: str | None = No
         except ValueError as exc:
             raise ExportError(f"{path}: not valid JSON: {exc}") from exc
         entries = data.get("vulns", [data]) if isinstance(data, dict) else data
-        return [f for entry in entries for f in from_osv(entry, str(path))]
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise ExportError(f"{path}: not OSV: expected an object, a list of objects, or {{\"vulns\": [...]}}")
+        found_osv: list[VulnerableFunction] = []
+        for entry in entries:
+            try:
+                found_osv += from_osv(entry, str(path))
+            except (AttributeError, TypeError, KeyError, ValueError) as exc:
+                # A field of the wrong JSON type somewhere inside (a string for a list, a
+                # list for an object): say which entry, not where in this code it broke.
+                raise ExportError(f"{path}: OSV entry {entry.get('id')!r} has an unexpected shape "
+                                  f"({type(exc).__name__}: {exc}); see the OSV schema "
+                                  f"(affected[].package, affected[].ecosystem_specific)") from exc
+        return found_osv
     found = []
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split("#", 1)[0].split()
