@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime_signals.agent.config import TargetSettings
+from runtime_signals.config.schema import TargetSettings
 from runtime_signals.agent.filewatch import FileWatch
 from runtime_signals.agent.probes import CallTracer, TracerSettings
 from runtime_signals.agent.targets import TargetManager
