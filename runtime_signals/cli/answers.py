@@ -14,7 +14,7 @@ from runtime_signals.cli.common import add_connection_arguments, connection
 from runtime_signals.consumer.errors import QueryError
 from runtime_signals.consumer.models import Reachability, Summary, Target, iso
 from runtime_signals.consumer.summaries import short_symbol
-from runtime_signals.evidence.export import Finding
+from runtime_signals.evidence.export import Finding, VulnerableFunction
 
 TEXT_LIMIT = 20
 # `reachable` (and `summaries`) exit status: 0 reached (or summaries printed); 1 an error;
@@ -247,13 +247,16 @@ def run_export(args: argparse.Namespace) -> int:
 
     from runtime_signals.evidence import flamegraph
 
-    link = connection(args)
-    client = SignalsClient(link.bootstrap, link.topics, kafka_config=link.kafka_config)
-    summaries = list(client.summaries(args.container, since_us=_us(args.since), until_us=_us(args.until)))
+    functions = None
     if args.format in ("openvex", "cyclonedx"):
         if args.functions is None:
             raise QueryError(f"--format {args.format} needs --functions FILE (OSV JSON or PURL FUNCTION [ID] lines)")
-        text, findings = evidence_document(args, summaries)
+        functions = _vulnerable_functions(args)  # a bad file is reported before any connection is tried
+    link = connection(args)
+    client = SignalsClient(link.bootstrap, link.topics, kafka_config=link.kafka_config)
+    summaries = list(client.summaries(args.container, since_us=_us(args.since), until_us=_us(args.until)))
+    if functions is not None:
+        text, findings = evidence_document(args, summaries, functions=functions)
         found = f"{len(findings)} finding(s), {sum(1 for f in findings if f.answer.reached)} reached"
     else:
         target = _target(args)
@@ -287,16 +290,24 @@ def _picture_title(topic: str, args: argparse.Namespace, target: Target | None) 
     return f"observed call paths — {', '.join(scope)} ({topic})"
 
 
-def evidence_document(args: argparse.Namespace, summaries: Sequence[Summary],
-                      fmt: str | None = None) -> tuple[str, list[Finding]]:
+def _vulnerable_functions(args: argparse.Namespace) -> list[VulnerableFunction]:
+    from runtime_signals.evidence import export
+
+    functions = export.load_vulnerable_functions(args.functions, args.vulnerability)
+    if not functions:
+        raise export.ExportError(f"{args.functions}: no vulnerable function named in it")
+    return functions
+
+
+def evidence_document(args: argparse.Namespace, summaries: Sequence[Summary], fmt: str | None = None,
+                      functions: list[VulnerableFunction] | None = None) -> tuple[str, list[Finding]]:
     """The OpenVEX or CycloneDX document of --functions over the summaries, as JSON text, and
     the findings it states."""
     from runtime_signals.capture.writer import tool_version
     from runtime_signals.evidence import cyclonedx, export, openvex
 
-    functions = export.load_vulnerable_functions(args.functions, args.vulnerability)
-    if not functions:
-        raise export.ExportError(f"{args.functions}: no vulnerable function named in it")
+    if functions is None:
+        functions = _vulnerable_functions(args)
     found = export.findings(functions, summaries, product=args.product)
     tool = tool_version()
     if (fmt or args.format) == "openvex":
