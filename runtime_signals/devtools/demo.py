@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from runtime_signals.schemas.topics import TopicNames, topic_settings
@@ -31,11 +32,14 @@ def create_topics(bootstrap: str, names: TopicNames, partitions: int = 3, timeou
     localkafka.ensure_topics(bootstrap, [localkafka.TopicSpec(t.name, t.partitions, t.config) for t in specs])
     admin = AdminClient({"bootstrap.servers": bootstrap})
     deadline = time.monotonic() + timeout_s
-    while True:
-        topics = admin.list_topics(timeout=10).topics
+    while time.monotonic() < deadline:
+        try:
+            topics = admin.list_topics(timeout=10).topics
+        except KafkaException:
+            continue  # a busy broker's slow metadata answer: ask again until the deadline
         waiting = [t.name for t in specs if t.name not in topics or topics[t.name].error is not None
                    or any(p.leader < 0 for p in topics[t.name].partitions.values())]
-        if not waiting or time.monotonic() > deadline:
+        if not waiting:
             return
         time.sleep(0.2)
 
