@@ -111,7 +111,7 @@ class CheckpointStore:
     def read(self, partition: int, timeout_s: float = 15.0) -> Checkpoint | None:
         """The last checkpoint written for a raw partition, or None."""
         tp = TopicPartition(self.topic, partition)
-        low, high = self._reader.get_watermark_offsets(tp, timeout=timeout_s)
+        low, high = _watermarks_settled(self._reader, tp, timeout_s)
         if high <= low:
             return None
         self._reader.assign([TopicPartition(self.topic, partition, high - 1)])
@@ -134,6 +134,26 @@ class CheckpointStore:
 
     def close(self) -> None:
         self._reader.close()
+
+
+# What a partition answers while a just-created topic's metadata reaches this client and its
+# leader is elected (the checkpoint topic is created at start-up, then read at once).
+_SETTLING = frozenset({KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART,
+                       KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
+
+
+def _watermarks_settled(reader: Consumer, tp: TopicPartition, timeout_s: float) -> tuple[int, int]:
+    """(low, high) of a partition, asked again while its topic is still settling."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = reader.get_watermark_offsets(tp, timeout=timeout_s)
+            return int(low), int(high)
+        except KafkaException as exc:
+            code = exc.args[0].code() if exc.args else None
+            if code not in _SETTLING or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
 
 
 def read_partition(connection: Connection, topic: str, partition: int, group_id: str,
@@ -173,8 +193,7 @@ class BinaryFeed:
         admin = AdminClient(dict(connection))
         self._kinds = {symbols_topic: SYMBOL_TABLE, modules_topic: MODULE_MAP}
         assigned = [TopicPartition(topic, p) for topic in self._kinds for p in range(partition_count(admin, topic))]
-        self._ends = {(tp.topic, tp.partition): self._consumer.get_watermark_offsets(tp, timeout=10)[1]
-                      for tp in assigned}
+        self._ends = {(tp.topic, tp.partition): _watermarks_settled(self._consumer, tp, 10)[1] for tp in assigned}
         self._consumer.assign([TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in assigned])
         self._symbol_partitions = [tp.partition for tp in assigned if tp.topic == symbols_topic]
         self._symbols_topic = symbols_topic

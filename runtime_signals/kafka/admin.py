@@ -59,7 +59,12 @@ def _wait_for_leaders(admin: AdminClient, names: Sequence[str], timeout_s: float
     (NOT_LEADER_FOR_PARTITION). Past the timeout, return anyway: clients retry."""
     deadline = time.monotonic() + timeout_s
     while True:
-        topics = admin.list_topics(timeout=10).topics
+        try:
+            topics = admin.list_topics(timeout=10).topics
+        except KafkaException:  # a busy broker's slow metadata answer: ask again until the deadline
+            if time.monotonic() > deadline:
+                return
+            continue
         waiting = [name for name in names if name not in topics or topics[name].error is not None
                    or any(p.leader < 0 for p in topics[name].partitions.values())]
         if not waiting or time.monotonic() > deadline:
