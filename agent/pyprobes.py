@@ -25,18 +25,27 @@ import mmap
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from runtime_signals import bpf as bpf_sources
-
 from runtime_signals.agent import bpfsys
 from runtime_signals.agent.errors import BpfLoadError, ConfigError, ProbeError
 from runtime_signals.agent.probes import ProbeLimits
-from runtime_signals.agent.pywire import (COUNTER_NAMES, DEFAULT_MAX_FRAMES, GLOBAL_COUNTER_NAMES, SITE_ENTRY,
-                                          SITE_FIRES_PROBES, SITE_RETURN, SITE_TRACKS_STACK, PyfuncProbe,
-                                          PyfuncSite, UsdtArgC, py_call_event_type)
+from runtime_signals.agent.pywire import (
+    COUNTER_NAMES,
+    DEFAULT_MAX_FRAMES,
+    GLOBAL_COUNTER_NAMES,
+    SITE_ENTRY,
+    SITE_FIRES_PROBES,
+    SITE_RETURN,
+    SITE_TRACKS_STACK,
+    PyfuncProbe,
+    PyfuncSite,
+    UsdtArgC,
+    py_call_event_type,
+)
 from runtime_signals.agent.tracefs import UprobeEvents
 from runtime_signals.agent.usdt import UsdtMarker, read_markers
 
@@ -56,7 +65,7 @@ class PythonProbeSpec:
     qualname: str
 
     @classmethod
-    def parse(cls, text: str) -> "PythonProbeSpec":
+    def parse(cls, text: str) -> PythonProbeSpec:
         if not text.startswith(PREFIX):
             raise ConfigError(f"--probe {text!r}: a Python probe starts with {PREFIX!r}")
         module, sep, qualname = text[len(PREFIX):].partition(":")
@@ -143,7 +152,7 @@ def interpreter_markers(path: Path) -> dict[str, UsdtMarker]:
 
 def _import_bcc():  # type: ignore[no-untyped-def]
     try:
-        import bcc
+        import bcc  # type: ignore[import-untyped]  # Debian's python3-bpfcc ships no types
     except ImportError as exc:
         raise BpfLoadError("the bcc Python module is not importable: install Debian's python3-bpfcc") from exc
     return bcc
@@ -167,7 +176,7 @@ class PythonTracer:
         cflags = [f"-I{bpf_sources.SOURCE_DIR}", f"-DPYFUNC_MAX_FRAMES={max_frames}",
                   f"-DPYFUNC_MAX_PROBES={max_probes}", f"-DPYFUNC_MAX_SITES={max_sites}",
                   f"-DRINGBUF_PAGES={ringbuf_pages}"]
-        bcc = _import_bcc()
+        bcc = _import_bcc()  # type: ignore[no-untyped-call]
         self._lib = bcc.libbcc.lib
         source = bpf_sources.SOURCE_DIR / "pyfunc.bpf.c"
         try:

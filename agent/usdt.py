@@ -16,6 +16,7 @@ from pathlib import Path
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import NoteSection
 
 from runtime_signals.agent.errors import ProbeError
 
@@ -56,17 +57,18 @@ class UsdtArg:
     value: int = 0     # the constant, or the displacement from the base register
 
     @classmethod
-    def parse(cls, text: str) -> "UsdtArg":
+    def parse(cls, text: str) -> UsdtArg:
         match = _ARG.match(text)
         if match is None:
             raise ProbeError(f"USDT argument {text!r}: not a form this agent reads (N@%reg, N@disp(%reg), N@$const)")
         size = int(match["size"])
-        common = {"size_bytes": abs(size), "is_signed": size < 0}
+        size_bytes, is_signed = abs(size), size < 0
         if match["const"] is not None:
-            return cls(ARG_CONST, value=int(match["const"]), **common)
+            return cls(ARG_CONST, size_bytes, is_signed, value=int(match["const"]))
         if match["base"] is not None:
-            return cls(ARG_MEM, reg_offset=pt_regs_offset(match["base"]), value=int(match["disp"] or 0), **common)
-        return cls(ARG_REG, reg_offset=pt_regs_offset(match["reg"]), **common)
+            return cls(ARG_MEM, size_bytes, is_signed, reg_offset=pt_regs_offset(match["base"]),
+                       value=int(match["disp"] or 0))
+        return cls(ARG_REG, size_bytes, is_signed, reg_offset=pt_regs_offset(match["reg"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +93,7 @@ def read_markers(path: Path, provider: str | None = None) -> list[UsdtMarker]:
         with open(path, "rb") as handle:
             elf = ELFFile(handle)
             notes = elf.get_section_by_name(".note.stapsdt")
-            if notes is None:
+            if not isinstance(notes, NoteSection):
                 return []
             base_section = elf.get_section_by_name(".stapsdt.base")
             actual_base = base_section["sh_addr"] if base_section is not None else None
