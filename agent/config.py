@@ -40,7 +40,9 @@ class TargetSettings:
         "or a library name: 'c', 'ssl', 'libssl.so.3'"))
     symbols: list[str] = field(metadata=_doc(
         "functions: exact symbol names, globs over the symbol table ('png_read_*'), or "
-        "demangled C++/Rust names ('imgproc::Parser::parse', 'mycrate::decode')"))
+        "demangled C++/Rust names ('imgproc::Parser::parse', 'mycrate::decode'); or Python functions "
+        "'python:MODULE:QUALNAME' with globs ('python:json.decoder:JSONDecoder.decode'), served by "
+        "every CPython with USDT markers (docs/managed-runtimes.md)"))
     containers: list[str] = field(default_factory=list, metadata=_doc(
         "only these containers: ids (full or 12+ character prefix), cgroup paths ('/kubepods.slice/...'), "
         "or 'host' for processes outside containers"))
@@ -80,9 +82,18 @@ class TargetSettings:
         return bool(self.containers or self.kubernetes_namespaces or self.kubernetes_pods
                     or self.pids or self.executables)
 
+    @property
+    def is_python(self) -> bool:
+        """A target of Python functions: every symbol is python:MODULE:QUALNAME (agent/pyprobes.py).
+        Its binary is not searched: every interpreter with USDT markers serves it; the
+        selectors choose the processes."""
+        return bool(self.symbols) and all(s.startswith("python:") for s in self.symbols)
+
     @classmethod
     def from_probe_flag(cls, text: str) -> "TargetSettings":
-        """--probe BINARY:SYMBOL as a target."""
+        """--probe BINARY:SYMBOL, or --probe python:MODULE:QUALNAME, as a target."""
+        if text.startswith("python:"):
+            return cls(binary="python", symbols=[text])
         spec = ProbeSpec.parse(text)
         return cls(binary=spec.binary, symbols=[spec.symbol])
 

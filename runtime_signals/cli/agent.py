@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser, default_bootstrap: str) -> No
                              "without attaching anything; exit 0 when valid, 1 otherwise")
     parser.add_argument("--probe", action="append", default=[], metavar="BINARY:SYMBOL",
                         help="function to observe (repeatable, added to the config's targets); BINARY is a "
-                             "path or a library name such as 'c'")
+                             "path or a library name such as 'c'; python:MODULE:QUALNAME probes a Python "
+                             "function in every CPython built with USDT markers")
     parser.add_argument("--bootstrap", default=None,
                         help=f"Kafka bootstrap servers (kafka.bootstrap_servers; default {default_bootstrap})")
     parser.add_argument("--topic-prefix", default=None, help="prefix of every topic name (kafka.topic_prefix)")
@@ -87,7 +88,9 @@ def check(args: argparse.Namespace) -> int:
     if not agent.targets:
         print("signals agent --check: agent.targets: no targets (add [[agent.targets]] or --probe)", file=sys.stderr)
         return 1
-    manager = TargetManager(agent.targets, target_names(config, args.probe), attach=None,
+    names = target_names(config, args.probe)
+    native = [(t, n) for t, n in zip(agent.targets, names) if not t.is_python]
+    manager = TargetManager([t for t, _ in native], [n for _, n in native], attach=None,
                             proc_root=Path(agent.proc_root), host_root=Path(agent.host_root),
                             max_symbols_per_pattern=agent.max_symbols_per_pattern)
     manager.scan()
@@ -124,6 +127,31 @@ def _open_spool(agent: AgentSettings) -> Any:
         return Spool(Path(agent.spool_dir), agent.spool_max_bytes)
     except ConfigError as exc:
         raise ConfigError(f"agent.spool_dir: {exc}") from exc
+
+
+def _start_python_targets(targets: list[TargetSettings], collector: Any, filters: Any, settings: Any,
+                          agent: AgentSettings) -> Any:
+    """The Python-function probes (agent/pytargets.PythonTargets), fed into the collector; None without any."""
+    if not targets:
+        return None
+    from runtime_signals.agent.pycalls import PythonCallNamer
+    from runtime_signals.agent.pyprobes import PythonProbeSpec, PythonTracer
+    from runtime_signals.agent.pysource import PythonSources
+    from runtime_signals.agent.pytargets import PythonTargets
+    from runtime_signals.agent.selectors import ProcessSelector
+
+    node = collector.node_files
+    namer = PythonCallNamer(PythonSources(node.purls), node.digests, Path(agent.proc_root))
+    python = PythonTargets(PythonTracer(), namer, collector.describe_process, filters, host=settings.host,
+                           agent_id=settings.agent_id, proc_root=Path(agent.proc_root),
+                           rescan_interval_ms=agent.target_rescan_interval_ms)
+    for target in targets:
+        for symbol in target.symbols:
+            probe = python.add(PythonProbeSpec.parse(symbol))
+            filters.add(probe.spec.probe_id, ProcessSelector.of(target))
+    python.scan()
+    collector.add_source(python)
+    return python
 
 
 def run(args: argparse.Namespace) -> int:
@@ -170,7 +198,10 @@ def run(args: argparse.Namespace) -> int:
                                collector.healthy, collector.ready)
         metrics.start()
         print(f"agent metrics on port {metrics.port}: /metrics /healthz /readyz", file=sys.stderr, flush=True)
-    targets = TargetManager(agent.targets, target_names(config, args.probe), attach=tracer.attach,
+    names = target_names(config, args.probe)
+    native = [(t, n) for t, n in zip(agent.targets, names) if not t.is_python]
+    python = _start_python_targets([t for t in agent.targets if t.is_python], collector, filters, settings, agent)
+    targets = TargetManager([t for t, _ in native], [n for _, n in native], attach=tracer.attach,
                             on_attached=collector.register_probe, filters=filters,
                             proc_root=Path(agent.proc_root), host_root=Path(agent.host_root),
                             max_symbols_per_pattern=agent.max_symbols_per_pattern, purls=node.purls,
@@ -193,6 +224,8 @@ def run(args: argparse.Namespace) -> int:
         collector.run(stop)
     finally:
         tracer.close()
+        if python is not None:
+            python.close()
         if metrics is not None:
             metrics.close()
     return 0

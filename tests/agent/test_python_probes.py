@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import textwrap
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -160,3 +161,58 @@ def test_interpreter_versions_from_file_names() -> None:
     assert interpreter_version("/usr/bin/python3.11") == (3, 11)
     assert interpreter_version("/opt/lib/libpython3.9.so.1.0") == (3, 9)
     assert interpreter_version("/usr/bin/env") is None
+
+
+@pytest.mark.skipif(not DEBIAN_PYTHON.exists() or not interpreter_markers(DEBIAN_PYTHON),
+                    reason="Debian's python3.11 with USDT markers is not installed")
+def test_the_agent_publishes_python_function_calls_with_exact_counts(tmp_path: Path) -> None:
+    """`signals agent --probe python:...` on a process already running when the agent
+    starts (no restart), through the real broker: RuntimeCallEvents with the exact count."""
+    import os
+    import uuid
+
+    from runtime_signals.devtools.demo import create_topics
+    from runtime_signals.schemas.topics import TopicNames
+    from tests.agent.agent_runs import (
+        CALL_EVENT,
+        STATISTICS,
+        AgentProcess,
+        decode_all,
+        read_all,
+    )
+
+    reason = bpf_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        pytest.skip("KAFKA_BOOTSTRAP_SERVERS is not set: this test needs a broker")
+    prefix = f"pyprobe-{uuid.uuid4().hex[:8]}."
+    names = TopicNames().with_prefix(prefix)
+    create_topics(bootstrap, names)
+    script = tmp_path / "workload.py"
+    script.write_text(WORKLOAD)
+    workload = subprocess.Popen([str(DEBIAN_PYTHON), str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert workload.stdin is not None and workload.stdout is not None
+    try:
+        agent = AgentProcess(bootstrap, prefix, ["python:json.decoder:JSONDecoder.decode"], tmp_path / "agent.log",
+                             ["--statistics-interval-ms", "1000"])
+        with agent:
+            workload.stdin.write(b"go\n")
+            workload.stdin.flush()
+            assert workload.stdout.readline() == b"done\n"
+            time.sleep(1.0)  # a watermark tick or two: the records are built while the process lives
+            assert agent.stop() == 0, agent.log()[-3000:]
+    finally:
+        workload.kill()
+        workload.wait()
+    events = [e for e in decode_all(read_all(bootstrap, names.raw), CALL_EVENT)
+              if e["pid"] == workload.pid]
+    assert sum(e["observation_count"] for e in events) == 11, agent.log()[-3000:]
+    assert {(e["probe_id"], e["symbol"], e["runtime_type"]) for e in events} == {
+        ("python:json.decoder:JSONDecoder.decode", "json.decoder.JSONDecoder.decode", "PYTHON")}
+    # The process ran Python before the agent started: its callers are unknown, and said so.
+    assert all(e["stack_truncated"] for e in events)
+    statistics = max(decode_all(read_all(bootstrap, names.statistics), STATISTICS),
+                     key=lambda r: r["reported_at_us"])
+    assert statistics["dropped_by_reason"].get("not_selected", 0) >= 1  # Other.decode, by its full name
