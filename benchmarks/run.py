@@ -18,13 +18,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from . import hot, latency, probe_agent, processor_bench, report
+from . import hot, latency, probe_agent, processor_bench, python_probe, report
 from .kafka_io import dedicated_broker
 from .procs import flags_offered
 from .synthetic import Dataset
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("probe_agent", "hot", "processor", "latency")
+STAGES = ("probe_agent", "hot", "processor", "latency", "python_probe")
 log = logging.getLogger("benchmarks")
 
 
@@ -35,6 +35,7 @@ class Plan:
     processor: processor_bench.ProcessorPlan
     latency_rates_per_s: list[int]
     latency_seconds_per_rate: float
+    python_probe: python_probe.PythonProbePlan = python_probe.PythonProbePlan()
 
 
 # Sizes for the 2-core VM the figures in docs/benchmarks.md come from: 5 to 8 minutes.
@@ -63,6 +64,7 @@ QUICK = Plan(
     ),
     latency_rates_per_s=[50],
     latency_seconds_per_rate=1.0,
+    python_probe=python_probe.PythonProbePlan(calls=2_000, repeats=1),
 )
 
 
@@ -144,6 +146,7 @@ def run_suite(plan: Plan, stages: list[str], bootstrap: str | None, work_dir: Pa
                                                      flags_offered("processor")),
             "latency": lambda: latency.run(broker, work_dir, plan.latency_rates_per_s,
                                            plan.latency_seconds_per_rate),
+            "python_probe": lambda: python_probe.run(plan.python_probe),
         }
         for stage in stages:
             log.info("stage %s ...", stage)
