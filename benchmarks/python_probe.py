@@ -84,7 +84,11 @@ class _NoopMarker:
 
 
 def run(plan: PythonProbePlan) -> dict[str, Any]:
-    from runtime_signals.agent.pyprobes import PythonProbeSpec, PythonTracer, interpreter_markers
+    from runtime_signals.agent.pyprobes import (
+        PythonProbeSpec,
+        PythonTracer,
+        interpreter_markers,
+    )
 
     markers = interpreter_markers(PYTHON)
     if not markers:
@@ -139,13 +143,12 @@ def markdown(section: dict[str, Any] | None) -> list[str]:
     if "error" in section:
         return [f"## {title}", "", f"FAILED: {section['error']}", ""]
     counters = section["probed_kernel_counters"]
-    return [f"## {title}", "",
-            f"{section['interpreter']}, {section['calls']:,} calls of a one-line function per run, median of "
-            f"{section['repeats']} runs. Probed run: kernel counters {counters}, {section['records_read']:,} "
-            "records read.", "",
-            "| unprobed ns/call | no-op marker ns/call | attached (other function) ns/call | probed ns/call "
-            "| attached extra / no-op extra |",
-            "|---:|---:|---:|---:|---:|",
-            f"| {section['unprobed_ns_per_call']:,.1f} | {section['noop_ns_per_call']:,.0f} | "
-            f"{section['attached_other_ns_per_call']:,.0f} | {section['probed_ns_per_call']:,.0f} | "
-            f"{section['attached_over_floor'] or 0:.2f} |", ""]
+    intro = (f"{section['interpreter']}, {section['calls']:,} calls of a one-line function per run, median of "
+             f"{section['repeats']} runs. Probed run: kernel counters {counters}, {section['records_read']:,} "
+             "records read.")
+    header = ("| unprobed ns/call | no-op marker ns/call | attached (other function) ns/call | probed ns/call "
+              "| attached extra / no-op extra |")
+    row = (f"| {section['unprobed_ns_per_call']:,.1f} | {section['noop_ns_per_call']:,.0f} | "
+           f"{section['attached_other_ns_per_call']:,.0f} | {section['probed_ns_per_call']:,.0f} | "
+           f"{section['attached_over_floor'] or 0:.2f} |")
+    return [f"## {title}", "", intro, "", header, "|---:|---:|---:|---:|---:|", row, ""]
