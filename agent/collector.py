@@ -33,6 +33,7 @@ from runtime_signals.agent.budget import Action, Budget, BudgetSettings
 from runtime_signals.agent.clock import BootClock
 from runtime_signals.agent.errors import ProbeError
 from runtime_signals.agent.modules import ModuleMapBuilder, ModuleMapPublisher
+from runtime_signals.agent.perfmap import PerfMaps
 from runtime_signals.agent.probes import FLAG_STACK_TRUNCATED, AttachedProbe, CallTracer, RawCall
 from runtime_signals.agent.processes import NodeFiles, ProcessInfo, ProcessTable
 from runtime_signals.agent.procmaps import signed64
@@ -85,6 +86,8 @@ class CollectorSettings:
     symbol_chunk_max_bytes: int = MAX_CHUNK_BYTES
     statistics_interval_ms: int = 10_000
     budget: BudgetSettings = field(default_factory=BudgetSettings)
+    jit_perf_maps: bool = True   # name JIT frames from perf maps (agent/perfmap.py)
+    jvm_jcmd: str = "jcmd"       # "" never asks a JVM to write its map
 
 
 class Collector:
@@ -119,8 +122,10 @@ class Collector:
         self.node_files = node
         self._module_maps = ModuleMapPublisher(publisher, settings.topics.modules, self._registry,
                                                ModuleMapBuilder(node, settings.host, settings.agent_id))
+        perf_maps = PerfMaps(jcmd=settings.jvm_jcmd or None) if settings.jit_perf_maps else None
         self._processes = ProcessTable(on_new_binary=self._symbol_tables.offer,
-                                       on_module_map=self._module_maps.offer, node=node)
+                                       on_module_map=self._module_maps.offer, node=node,
+                                       perf_maps=perf_maps, on_jit_code=self._symbol_tables.offer_jit)
         self._filters = filters or TargetFilters()
         self._sources = list(sources)
         tracer.on_event(self._handle)

@@ -122,6 +122,12 @@ class AgentSettings:
     symbol_chunk_max_bytes: int = field(default=512 * 1024, metadata=_doc(
         "symbol tables are split into records of at most this many bytes; keep it under the "
         "symbols topic's max.message.bytes (broker default 1 MiB)"))
+    jit_perf_maps: bool = field(default=True, metadata=_doc(
+        "name frames in JIT code from the runtime's /tmp/perf-<pid>.map (JVM, Node --perf-basic-prof, "
+        ".NET DOTNET_PerfMapEnabled=1), read through the process's root; docs/managed-runtimes.md"))
+    jvm_jcmd: str = field(default="jcmd", metadata=_doc(
+        "command the agent runs as `jcmd <pid> Compiler.perfmap` to have a JVM (JDK 17+) write its perf "
+        "map when a stack holds unnamed JIT frames; empty: never ask"))
     host_root: str = field(default="/", metadata=_doc(
         "the node's root filesystem as the agent sees it, for library names (its ld.so.cache); "
         "in a pod with hostPID: /proc/1/root"))

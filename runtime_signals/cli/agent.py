@@ -188,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
                                  symbol_chunk_max_bytes=agent.symbol_chunk_max_bytes,
                                  statistics_interval_ms=agent.statistics_interval_ms,
                                  shutdown_flush_timeout_s=agent.shutdown_flush_timeout_ms / 1000,
-                                 budget=agent.budget_settings())
+                                 budget=agent.budget_settings(), jit_perf_maps=agent.jit_perf_maps,
+                                 jvm_jcmd=agent.jvm_jcmd)
     if agent.host_name:
         settings.host = agent.host_name
     collector = Collector(settings, tracer, publisher, node=node, filters=filters)
