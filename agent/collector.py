@@ -137,6 +137,10 @@ class Collector:
     def describe_process(self, pid: int, cgroup_id: int = 0) -> ProcessInfo:
         return self._processes.describe(pid, cgroup_id)
 
+    def note_source_file(self, pid: int, path: str, binary_digest: str, purl: str | None) -> None:
+        """A Python source file in a record of pid: into its module map (call on the pump's thread)."""
+        self._processes.add_source_file(pid, path, binary_digest, purl)
+
     def register_probe(self, probe: AttachedProbe) -> None:
         """Learn a probe the tracer attached (its index is the tracer's), to name the calls
         it reports and to budget it. Called from the target scanner's thread."""

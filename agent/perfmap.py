@@ -180,7 +180,8 @@ class PerfMaps:
 
 @dataclass(frozen=True, slots=True)
 class JitModule:
-    """A named JIT code blob met in a stack: what the process's module map lists for it."""
+    """A unit of managed code met in a stack that is no mapping of a file, as the process's
+    module map lists it: a named JIT code blob, or (start = size = 0) a Python source file."""
 
     start: int
     size: int

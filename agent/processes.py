@@ -138,18 +138,31 @@ class ProcessTable:
         frames = self.maps.resolve(pid, addresses)
         if self._perf_maps is not None and any(f.path is None for f in frames):
             frames = self._name_jit_frames(pid, frames)
-        # Published version: the mappings' version plus the JIT blobs met, both only grow.
         maps_version = self.maps.version(pid)
-        version = maps_version + len(self._jit_modules.get(pid, ())) if maps_version else 0
         top = frames[0] if frames else None
         if top is not None and top.path is not None:
             frames[0] = ResolvedAddress(top.address, top.path, top.binary_digest, top.binary_offset,
                                         self._purl(pid, maps_version, top.path))
+        self._report_module_map(pid)
+        return frames
+
+    def add_source_file(self, pid: int, path: str, binary_digest: str, purl: str | None) -> None:
+        """A Python source file named in a frame of pid (agent/pycalls.py): listed in the
+        process's module map with start = end = 0, so consumers know its package."""
+        units = self._jit_modules.setdefault(pid, {})
+        if (0, path) not in units:
+            units[(0, path)] = JitModule(0, 0, path, path, binary_digest, purl)
+            self.maps.mappings(pid)  # the map lists the process's mappings too
+            self._report_module_map(pid)
+
+    def _report_module_map(self, pid: int) -> None:
+        # Published version: the mappings' version plus the code units met, both only grow.
+        maps_version = self.maps.version(pid)
+        version = maps_version + len(self._jit_modules.get(pid, ())) if maps_version else 0
         if self._on_module_map is not None and version and self._reported_versions.get(pid) != version:
             self._reported_versions[pid] = version
             self._on_module_map(self.describe(pid), self.maps.mappings(pid), version,
                                 tuple(self._jit_modules.get(pid, {}).values()))
-        return frames
 
     def _name_jit_frames(self, pid: int, frames: list[ResolvedAddress]) -> list[ResolvedAddress]:
         """Frames in anonymous memory that the process's perf map names: located in their

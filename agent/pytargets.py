@@ -64,7 +64,8 @@ class PythonTargets:
 
     def __init__(self, tracer: PythonTracer, namer: PythonCallNamer, describe: Callable[[int, int], ProcessInfo],
                  filters: TargetFilters, *, host: str, agent_id: str, proc_root: Path = Path("/proc"),
-                 rescan_interval_ms: int = 10_000) -> None:
+                 rescan_interval_ms: int = 10_000,
+                 on_source_file: Callable[[int, str, str, str | None], None] | None = None) -> None:
         self._tracer = tracer
         self._namer = namer
         self._describe = describe
@@ -73,6 +74,7 @@ class PythonTargets:
         self._agent_id = agent_id
         self._proc_root = proc_root
         self._rescan_s = rescan_interval_ms / 1000
+        self._on_source_file = on_source_file  # (pid, path, digest, purl): for the module map
         self._next_scan = 0.0
         self._clock = BootClock()
         self._pending: list[PythonCall] = []
@@ -157,6 +159,10 @@ class PythonTargets:
             # The kernel compared co_name only: another function of that name. Not a loss.
             self.dropped_calls["not_selected"] += count
             return None
+        if self._on_source_file is not None:
+            for frame in frames:
+                if frame.binary_digest is not None:
+                    self._on_source_file(call.pid, frame.path, frame.binary_digest, frame.purl)
         return call_record(call, count, frames, probe.spec, container_id=process.container_id, host=self._host,
                            agent_id=self._agent_id, wall_us=self._clock.wall_us(call.boot_ns), last_boot_ns=last_ns)
 

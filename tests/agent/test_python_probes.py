@@ -216,3 +216,11 @@ def test_the_agent_publishes_python_function_calls_with_exact_counts(tmp_path: P
     statistics = max(decode_all(read_all(bootstrap, names.statistics), STATISTICS),
                      key=lambda r: r["reported_at_us"])
     assert statistics["dropped_by_reason"].get("not_selected", 0) >= 1  # Other.decode, by its full name
+    # The source file is in the process's module map, with its package: the processor needs
+    # no wait for it.
+    modules = [m for r in decode_all(read_all(bootstrap, names.modules), "io.runtimesignals.ModuleMap")
+               if r["pid"] == workload.pid for m in r["modules"]]
+    sources = {m["path"]: m for m in modules if m["path"].endswith(".py")}
+    decoder = sources["/usr/lib/python3.11/json/decoder.py"]
+    assert decoder["binary_digest"] == events[0]["binary_digest"] and decoder["start_address"] == 0
+    assert decoder["purl"] == events[0]["purl"]
