@@ -21,6 +21,7 @@ from typing import Any
 
 from runtime_signals.agent.clock import BootClock
 from runtime_signals.agent.errors import ProbeError
+from runtime_signals.agent.probes import ProbeLimits
 from runtime_signals.agent.processes import ProcessInfo
 from runtime_signals.agent.pycalls import PythonCallNamer, call_record
 from runtime_signals.agent.pyprobes import (
@@ -88,8 +89,9 @@ class PythonTargets:
     def probes(self) -> list[AttachedPythonProbe]:
         return self._tracer.probes
 
-    def add(self, spec: PythonProbeSpec) -> AttachedPythonProbe:
-        return self._tracer.add_probe(spec)
+    def add(self, spec: PythonProbeSpec, limits: ProbeLimits | None = None) -> AttachedPythonProbe:
+        """A probe with the agent's rate limit (its dedup flag does not apply: calls are folded per tick)."""
+        return self._tracer.add_probe(spec, limits)
 
     def scan(self) -> int:
         """Attach the markers of interpreters not seen before; returns files attached."""

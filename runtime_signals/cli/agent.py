@@ -148,7 +148,7 @@ def _start_python_targets(targets: list[TargetSettings], collector: Any, filters
                            on_source_file=collector.note_source_file)
     for target in targets:
         for symbol in target.symbols:
-            probe = python.add(PythonProbeSpec.parse(symbol))
+            probe = python.add(PythonProbeSpec.parse(symbol), agent.probe_limits())
             filters.add(probe.spec.probe_id, ProcessSelector.of(target))
     python.scan()
     collector.add_source(python)
