@@ -37,7 +37,7 @@ class SymbolTablePublisher:
         self._registry = registry
         self._max_chunk_bytes = max_chunk_bytes
         self._offered: set[str] = set()
-        self._queue: queue.Queue[tuple[str, Path, Path] | JitModule | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, Path, Path] | None] = queue.Queue()
         self.counts: Counter[str] = Counter()
         self._thread = threading.Thread(target=self._work, name="symbol-tables", daemon=True)
         self._thread.start()
@@ -50,11 +50,13 @@ class SymbolTablePublisher:
         self._queue.put((binary_digest, path, root))
 
     def offer_jit(self, blob: JitModule) -> None:
-        """Publish the one-name table of a JIT code blob (agent/perfmap.py) unless done already."""
+        """Publish the one-name table of a JIT code blob (agent/perfmap.py) unless done already.
+        Produced at once, not queued: it is one small record, and behind a JVM's large ELF
+        tables it would miss the processor's wait for the window that needs it."""
         if blob.binary_digest in self._offered:
             return
         self._offered.add(blob.binary_digest)
-        self._queue.put(blob)
+        self._publish_jit(blob)
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Finish the tables already offered, then stop the worker."""
@@ -63,9 +65,6 @@ class SymbolTablePublisher:
 
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
-            if isinstance(item, JitModule):
-                self._publish_jit(item)
-                continue
             digest, path, root = item
             try:
                 self._publish(digest, path, root)

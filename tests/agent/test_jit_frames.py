@@ -209,3 +209,92 @@ def test_node_paths_into_zlib_show_the_javascript_functions_and_their_package(tr
 
     _run([node, "--perf-basic-prof", "--interpreted-frames-native-stack", "main.js", "7", "5"], tmp_path, tracer,
          ProbeSpec(node, "deflate"), check)
+
+
+@pytest.mark.skipif(not shutil.which("javac") or not shutil.which("jar"), reason="no JDK (javac, jar) installed")
+def test_summaries_name_the_java_methods_in_paths_into_libz(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """Agent + processor through the broker: the processor names JIT frames from the symbol
+    tables and module maps the agent publishes, as it does native frames."""
+    import uuid
+
+    from runtime_signals.devtools.demo import create_topics
+    from runtime_signals.devtools.pipeline import LocalPipeline
+    from runtime_signals.schemas.topics import TopicNames
+
+    reason = bpf_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "Zipper.java").write_text(JAVA)
+    subprocess.run(["javac", "-d", str(tmp_path / "classes"), str(tmp_path / "src" / "Zipper.java")], check=True)
+    prefix = f"jit-{uuid.uuid4().hex[:8]}."
+    names = TopicNames().with_prefix(prefix)
+    create_topics(kafka_bootstrap, names)
+    _wait_for_topic(kafka_bootstrap, names.raw)
+    java = subprocess.Popen(["java", "-XX:+PreserveFramePointer", "-cp", str(tmp_path / "classes"), "Zipper",
+                             "7", "5"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert java.stdin is not None and java.stdout is not None
+    try:
+        assert java.stdout.readline() == b"ready\n"  # compiled before the probe: the paths are JIT code
+        with LocalPipeline(kafka_bootstrap, ["z:deflate"], topic_prefix=prefix, window_ms=1000, lateness_ms=300,
+                           log_dir=tmp_path, processor_app_id=f"{prefix}processor") as pipeline:
+            # A JVM's libjvm.so table (48,000 symbols) can take tens of seconds on a loaded
+            # machine; the JIT names must not be emitted before it.
+            pipeline.start_processor(extra_args=["--symbol-wait-ms", "120000"])
+            pipeline.start_agent()
+            java.stdin.write(b"go\n")
+            java.stdin.flush()
+            assert java.stdout.readline() == b"done\n"
+            by_caller = _java_callers(kafka_bootstrap, names.summaries, 12, timeout_s=180)
+            assert pipeline.stop_agent() == 0, pipeline.log("agent")
+            # Read again after the agent's last watermark: a double count would show.
+            by_caller = _java_callers(kafka_bootstrap, names.summaries, 12, timeout_s=5)
+            pipeline.stop_processor()
+    finally:
+        java.kill()
+        java.wait()
+    assert by_caller == {"int Zipper.compressA()": 7, "int Zipper.compressB()": 5}, \
+        f"{dict(by_caller)}\n" + pipeline.log("agent")[-2000:] + pipeline.log("processor")[-2000:]
+
+
+def _java_callers(bootstrap: str, topic: str, expected: int, timeout_s: float) -> Counter[str]:
+    """Calls per Zipper caller in the summaries, polled until they add up to expected. Other
+    processes on this machine call libz too: their paths are left out."""
+    import time
+
+    from runtime_signals.consumer.errors import TopicNotFoundError
+    from runtime_signals.consumer.summaries import latest_summaries, read_topic
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        by_caller: Counter[str] = Counter()
+        try:
+            records = read_topic(bootstrap, topic, timeout_s=5)
+        except TopicNotFoundError:  # a new topic's metadata may lag on a busy broker
+            records = []
+        for summary in latest_summaries(records):
+            for path in summary["call_paths"]:
+                callers = [s for s in path["symbols"] if s in ("int Zipper.compressA()", "int Zipper.compressB()")]
+                if callers:
+                    assert len(callers) == 1 and "int Zipper.compress(int)" in path["symbols"], path["symbols"]
+                    assert path["runtime_type"] == "JVM" and path["symbols"][-1] == "deflate", path
+                    by_caller[callers[0]] += path["observation_count"]
+        if sum(by_caller.values()) >= expected or time.monotonic() >= deadline:
+            if not by_caller:
+                print("paths seen:", [p["symbols"] for s in latest_summaries(records) for p in s["call_paths"]])
+            return by_caller
+        time.sleep(0.5)
+
+
+def _wait_for_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> None:
+    """A new topic can take seconds to show in a loaded broker's metadata; the agent refuses
+    to start without it."""
+    import time
+
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout_s
+    while topic not in admin.list_topics(timeout=10).topics:
+        assert time.monotonic() < deadline, f"topic {topic} not visible on {bootstrap} after {timeout_s:.0f}s"
+        time.sleep(0.5)
