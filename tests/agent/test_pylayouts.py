@@ -67,7 +67,7 @@ def test_offsets_equal_the_builds_debug_information(library: Path) -> None:
     for name, (ctype, member) in queries.items():
         args += ["-ex", f'printf "{name} %d\\n", (long)&(({ctype} *)0)->{member}']
     args += ["-ex", 'printf "ascii_object_bytes %d\\n", (long)sizeof(PyASCIIObject)']
-    output = subprocess.run(["gdb", "-batch", "-nx", *args, str(library)], capture_output=True, text=True,
+    output = subprocess.run(["gdb", "-batch", "-nx", *args, str(library)], capture_output=True, text=True, check=True,
                             timeout=600).stdout
     found = {m[0]: int(m[1]) for m in re.findall(r"^(\w+) (-?\d+)$", output, re.MULTILINE)}
     expected = LAYOUTS[version]
