@@ -54,9 +54,9 @@ def test_ctypes_layouts_equal_the_compiled_header(tmp_path: Path, max_frames: in
 
 
 def _enum(name: str, prefix: str) -> tuple[str, ...]:
-    body = re.search(rf"enum {name} \{{(.*?)\}};", HEADER.read_text(), re.S)
+    body = re.search(rf"enum {name} \{{(.*?)\}};", HEADER.read_text(), re.DOTALL)
     assert body, f"enum {name} not found in pyfunc.h"
-    names = re.findall(rf"^\s*{prefix}([A-Z_]+)", re.sub(r"/\*.*?\*/", "", body.group(1), flags=re.S), re.M)
+    names = re.findall(rf"^\s*{prefix}([A-Z_]+)", re.sub(r"/\*.*?\*/", "", body.group(1), flags=re.DOTALL), re.MULTILINE)
     assert names[-1] == "MAX"
     return tuple(n.lower() for n in names[:-1])
 
