@@ -69,6 +69,8 @@ class CallSource(Protocol):
 
     def collect(self) -> Sequence[BuiltCall]: ...
 
+    def poll(self) -> None: ...  # read what the kernel has, without waiting (between collections)
+
     def kernel_totals(self) -> dict[str, int]: ...
 
     def stop(self) -> None: ...  # no more calls: the last collection then holds every one
@@ -334,6 +336,8 @@ class Collector:
             self.heartbeat_ns = time.monotonic_ns()
             self._sample_ringbuf()
             self._tracer.poll(self.settings.poll_timeout_ms)
+            for source in self._sources:
+                source.poll()
             self._publisher.pump()
             self._publisher.poll(0)
             now = time.monotonic()

@@ -169,7 +169,7 @@ def _c_arg(marker: UsdtMarker, index: int) -> UsdtArgC:
 class PythonTracer:
     """The loaded bpf/pyfunc.bpf.c: interpreter files attached, probes set, calls read."""
 
-    def __init__(self, *, max_frames: int = DEFAULT_MAX_FRAMES, ringbuf_pages: int = 256, max_probes: int = 8,
+    def __init__(self, *, max_frames: int = DEFAULT_MAX_FRAMES, ringbuf_pages: int = 1024, max_probes: int = 8,
                  max_sites: int = 64) -> None:
         if ringbuf_pages <= 0 or ringbuf_pages & (ringbuf_pages - 1):
             raise ConfigError(f"ringbuf_pages={ringbuf_pages}: must be a power of two")

@@ -127,6 +127,11 @@ class PythonTargets:
         self.counts["scans"] += 1
         return attached
 
+    def poll(self) -> None:
+        """Move what the kernel has sent into the pending calls (the pump calls this every
+        turn, so the ring buffer empties between collections)."""
+        self._tracer.drain()
+
     def collect(self) -> list[BuiltRecord]:
         """Every Python call read so far, folded and built into records."""
         if time.monotonic() >= self._next_scan:
