@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,7 +123,6 @@ class PythonTargets:
                     log.warning("python probes: %s", exc)
         # Processes running Python when the markers came on: their outer frames were entered unseen.
         self._tracer.mark_preexisting(running)
-        self._next_scan = time.monotonic() + self._rescan_s
         self.counts["scans"] += 1
         return attached
 
@@ -132,10 +131,24 @@ class PythonTargets:
         turn, so the ring buffer empties between collections)."""
         self._tracer.drain()
 
+    def start(self, stop: threading.Event) -> threading.Thread:
+        """Rescan for interpreters every rescan interval on a thread of its own: reading every
+        process's maps must not hold up the event pump."""
+
+        def loop() -> None:
+            while not stop.wait(self._rescan_s):
+                try:
+                    self.scan()
+                except Exception:  # a scan that fails is retried at the next interval
+                    self.counts["scan_failed"] += 1
+                    log.exception("python probes: scanning for interpreters failed")
+
+        thread = threading.Thread(target=loop, name="python-targets", daemon=True)
+        thread.start()
+        return thread
+
     def collect(self) -> list[BuiltRecord]:
         """Every Python call read so far, folded and built into records."""
-        if time.monotonic() >= self._next_scan:
-            self.scan()
         self._tracer.drain()
         calls, self._pending[:] = list(self._pending), []
         folded: dict[tuple[Any, ...], tuple[PythonCall, int, int]] = {}

@@ -219,6 +219,8 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _request_stop)
     signal.signal(signal.SIGTERM, _request_stop)
     targets.start(stop, agent.target_rescan_interval_ms)
+    if python is not None:
+        python.start(stop)
     # Tests and wrappers wait for this line before starting the workload.
     print(f"agent ready: {targets.counts['probes_attached']} probe(s) attached, "
           f"{len(targets.missing)} target problem(s) on {socket.gethostname()}", file=sys.stderr, flush=True)
