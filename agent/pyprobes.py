@@ -178,7 +178,7 @@ class PythonTracer:
                   f"-DRINGBUF_PAGES={ringbuf_pages}"]
         bcc = _import_bcc()  # type: ignore[no-untyped-call]
         self._lib = bcc.libbcc.lib
-        source = bpf_sources.SOURCE_DIR / "pyfunc.bpf.c"
+        source = bpf_sources.PYFUNC_SOURCE
         try:
             self._bpf = bcc.BPF(src_file=str(source).encode(), cflags=cflags)
             self._prog_fd: int = self._bpf.load_func(b"on_marker", bcc.BPF.KPROBE).fd

@@ -14,7 +14,7 @@ import pytest
 from runtime_signals import bpf
 from runtime_signals.agent import pywire
 
-HEADER = bpf.SOURCE_DIR / "pyfunc.h"
+HEADER = bpf.PYFUNC_HEADER
 
 
 def _layout(tmp_path: Path, max_frames: int, structs: dict[str, list[str]]) -> dict[str, tuple[int, int]]:
