@@ -22,7 +22,9 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from runtime_signals.schemas import codec
 from runtime_signals.schemas.topics import TopicNames
@@ -31,8 +33,9 @@ from runtime_signals.agent.budget import Action, Budget, BudgetSettings
 from runtime_signals.agent.clock import BootClock
 from runtime_signals.agent.errors import ProbeError
 from runtime_signals.agent.modules import ModuleMapBuilder, ModuleMapPublisher
+from runtime_signals.agent.perfmap import PerfMaps
 from runtime_signals.agent.probes import FLAG_STACK_TRUNCATED, AttachedProbe, CallTracer, RawCall
-from runtime_signals.agent.processes import NodeFiles, ProcessTable
+from runtime_signals.agent.processes import NodeFiles, ProcessInfo, ProcessTable
 from runtime_signals.agent.procmaps import signed64
 from runtime_signals.agent.publisher import Publisher
 from runtime_signals.agent.selectors import TargetFilters
@@ -51,6 +54,28 @@ WATERMARK_SAFETY_NS = 5_000_000
 HEALTHY_WITHIN_NS = 30_000_000_000
 
 
+class BuiltCall(Protocol):
+    @property
+    def record(self) -> dict[str, Any]: ...  # a RuntimeCallEvent
+
+    @property
+    def calls(self) -> int: ...
+
+
+class CallSource(Protocol):
+    """Another program's calls, already built into records (agent/pytargets.py)."""
+
+    dropped_calls: Counter[str]
+
+    def collect(self) -> Sequence[BuiltCall]: ...
+
+    def poll(self) -> None: ...  # read what the kernel has, without waiting (between collections)
+
+    def kernel_totals(self) -> dict[str, int]: ...
+
+    def stop(self) -> None: ...  # no more calls: the last collection then holds every one
+
+
 @dataclass
 class CollectorSettings:
     topics: TopicNames = field(default_factory=TopicNames)
@@ -63,6 +88,8 @@ class CollectorSettings:
     symbol_chunk_max_bytes: int = MAX_CHUNK_BYTES
     statistics_interval_ms: int = 10_000
     budget: BudgetSettings = field(default_factory=BudgetSettings)
+    jit_perf_maps: bool = True   # name JIT frames from perf maps (agent/perfmap.py)
+    jvm_jcmd: str = "jcmd"       # "" never asks a JVM to write its map
 
 
 class Collector:
@@ -70,7 +97,7 @@ class Collector:
 
     def __init__(self, settings: CollectorSettings, tracer: CallTracer, publisher: Publisher,
                  registry: codec.SchemaRegistry | None = None, node: NodeFiles | None = None,
-                 filters: TargetFilters | None = None) -> None:
+                 filters: TargetFilters | None = None, sources: Sequence[CallSource] = ()) -> None:
         self.settings = settings
         self._tracer = tracer
         self._publisher = publisher
@@ -94,12 +121,27 @@ class Collector:
         self._symbol_tables = SymbolTablePublisher(publisher, settings.topics.symbols, self._registry,
                                                    settings.symbol_chunk_max_bytes)
         node = node or NodeFiles()
+        self.node_files = node
         self._module_maps = ModuleMapPublisher(publisher, settings.topics.modules, self._registry,
                                                ModuleMapBuilder(node, settings.host, settings.agent_id))
+        perf_maps = PerfMaps(jcmd=settings.jvm_jcmd or None) if settings.jit_perf_maps else None
         self._processes = ProcessTable(on_new_binary=self._symbol_tables.offer,
-                                       on_module_map=self._module_maps.offer, node=node)
+                                       on_module_map=self._module_maps.offer, node=node,
+                                       perf_maps=perf_maps, on_jit_code=self._symbol_tables.offer_jit)
         self._filters = filters or TargetFilters()
+        self._sources = list(sources)
         tracer.on_event(self._handle)
+
+    def add_source(self, source: CallSource) -> None:
+        """Publish another program's calls at each collection, under the same watermarks."""
+        self._sources.append(source)
+
+    def describe_process(self, pid: int, cgroup_id: int = 0) -> ProcessInfo:
+        return self._processes.describe(pid, cgroup_id)
+
+    def note_source_file(self, pid: int, path: str, binary_digest: str, purl: str | None) -> None:
+        """A Python source file in a record of pid: into its module map (call on the pump's thread)."""
+        self._processes.add_source_file(pid, path, binary_digest, purl)
 
     def register_probe(self, probe: AttachedProbe) -> None:
         """Learn a probe the tracer attached (its index is the tracer's), to name the calls
@@ -184,6 +226,7 @@ class Collector:
         collect_started_boot_ns = BootClock.now_boot_ns()
         self._sample_ringbuf()
         self._tracer.collect()
+        self._collect_sources()
         topic = self.settings.topics.raw
         partitions = self._publisher.known_partition_count(topic)
         if partitions is None:
@@ -198,6 +241,15 @@ class Collector:
         }, WATERMARK, self._registry)
         for partition in range(partitions):
             self._publisher.produce(topic, self.settings.agent_id.encode(), value, partition=partition)
+
+    def _collect_sources(self) -> None:
+        for source in self._sources:
+            for built in source.collect():
+                value = codec.encode(built.record, CALL_EVENT, self._registry)
+                self._publisher.produce(self.settings.topics.raw, built.record["container_id"].encode(), value,
+                                        calls=built.calls)
+                self.events_published += 1
+                self.calls_published += built.calls
 
     def _sample_ringbuf(self) -> None:
         self._ringbuf_peak_bytes = max(self._ringbuf_peak_bytes, self._tracer.ringbuf_used_bytes())
@@ -241,14 +293,19 @@ class Collector:
                                         counters.get(probe.index, {}).get("hits", 0),
                                         self._budget.detached_ns(probe.index, now_ns),
                                         state.detach_count if state else 0))
-        kernel = KernelFigures(self._tracer.counters(counters), self._tracer.program_stats(),
+        totals = self._tracer.counters(counters)
+        agent_dropped = Counter(self.agent_dropped_calls)
+        for source in self._sources:
+            for name, value in source.kernel_totals().items():
+                totals[name] = totals.get(name, 0) + value
+            agent_dropped.update(source.dropped_calls)
+        kernel = KernelFigures(totals, self._tracer.program_stats(),
                                self._ringbuf_peak_bytes, self._tracer.ringbuf_bytes, self._tracer.memory_bytes())
         self._ringbuf_peak_bytes = 0
         publisher = self._publisher
         delivery = DeliveryFigures(publisher.delivered_calls, publisher.pending_calls,
                                    dict(publisher.dropped_calls_by_reason), publisher.spool_bytes)
-        self.latest = self._stats.take(kernel, delivery, len(self._paths), dict(self.agent_dropped_calls),
-                                       tuple(figures))
+        self.latest = self._stats.take(kernel, delivery, len(self._paths), dict(agent_dropped), tuple(figures))
         return self.latest
 
     def publish_statistics(self) -> Snapshot:
@@ -265,7 +322,7 @@ class Collector:
 
     def ready(self) -> bool:
         with self._lock:
-            any_probe = bool(self._probes)
+            any_probe = bool(self._probes) or bool(self._sources)
         return any_probe and self._publisher.has_metadata(self.settings.topics.raw)
 
     def run(self, stop: threading.Event) -> None:
@@ -279,6 +336,8 @@ class Collector:
             self.heartbeat_ns = time.monotonic_ns()
             self._sample_ringbuf()
             self._tracer.poll(self.settings.poll_timeout_ms)
+            for source in self._sources:
+                source.poll()
             self._publisher.pump()
             self._publisher.poll(0)
             now = time.monotonic()
@@ -298,6 +357,8 @@ class Collector:
         """Detach, collect every call made, publish it and the last statistics, then hand
         everything to Kafka (or to the spool if Kafka cannot take it in time)."""
         self._tracer.detach_all()
+        for source in self._sources:
+            source.stop()
         self.publish_watermark()  # after detaching: nothing is left in the kernel
         self._symbol_tables.close()
         self._module_maps.close()

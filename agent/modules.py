@@ -14,10 +14,11 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from runtime_signals.schemas import codec
 
+from runtime_signals.agent.perfmap import JitModule
 from runtime_signals.agent.processes import NodeFiles, ProcessInfo
 from runtime_signals.agent.procmaps import FileIdentity, Mapping, file_identity, signed64
 from runtime_signals.agent.publisher import Publisher
@@ -51,8 +52,9 @@ class ModuleMapBuilder:
             self._build_ids[identity] = read_build_id(path)
         return self._build_ids[identity]
 
-    def record(self, process: ProcessInfo, mappings: list[Mapping], version: int) -> dict[str, Any]:
-        modules = []
+    def record(self, process: ProcessInfo, mappings: list[Mapping], version: int,
+               jit: Sequence[JitModule] = ()) -> dict[str, Any]:
+        modules: list[dict[str, Any]] = []
         for mapping in sorted(mappings, key=lambda m: m.start):
             host_path = process.root / mapping.path.lstrip("/")
             modules.append({
@@ -64,6 +66,13 @@ class ModuleMapBuilder:
                 "build_id": self._build_id(host_path),
                 "purl": self._purls.purl(process.root, mapping.path),
             })
+        # JIT code the runtime named in its perf map: its address range, the map as path,
+        # the digest of its name (agent/perfmap.py), no build id.
+        for blob in sorted(jit, key=lambda b: (b.start, b.name)):
+            modules.append({"path": blob.map_path, "start_address": signed64(blob.start),
+                            "end_address": signed64(blob.start + blob.size), "file_offset": 0,
+                            "binary_digest": blob.binary_digest, "build_id": None, "purl": blob.purl})
+        modules.sort(key=lambda m: (m["start_address"] & 0xFFFFFFFFFFFFFFFF, m["path"]))
         return {
             "host": self.host,
             "agent_id": self._agent_id,
@@ -87,14 +96,16 @@ class ModuleMapPublisher:
         self._topic = topic
         self._registry = registry
         self._builder = builder
-        self._queue: queue.Queue[tuple[ProcessInfo, list[Mapping], int] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[ProcessInfo, list[Mapping], int, Sequence[JitModule]] | None] = \
+            queue.Queue()
         self.counts: Counter[str] = Counter()
         self._thread = threading.Thread(target=self._work, name="module-maps", daemon=True)
         self._thread.start()
 
-    def offer(self, process: ProcessInfo, mappings: list[Mapping], version: int) -> None:
+    def offer(self, process: ProcessInfo, mappings: list[Mapping], version: int,
+              jit: Sequence[JitModule] = ()) -> None:
         """Queue the map of process (ProcessTable calls this on first sight and on change)."""
-        self._queue.put((process, list(mappings), version))
+        self._queue.put((process, list(mappings), version, tuple(jit)))
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Publish the maps already offered, then stop the worker."""
@@ -103,9 +114,9 @@ class ModuleMapPublisher:
 
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
-            process, mappings, version = item
+            process, mappings, version, jit = item
             try:
-                record = self._builder.record(process, mappings, version)
+                record = self._builder.record(process, mappings, version, jit)
                 value = codec.encode(record, MODULE_MAP, self._registry)
                 key = module_map_key(self._builder.host, process.pid, process.start_ticks)
                 self._publisher.produce(self._topic, key.encode(), value)

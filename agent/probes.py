@@ -124,7 +124,8 @@ class RawCall:
     probe_index: int = 0
 
 
-def _import_bcc() -> Any:
+def import_bcc() -> Any:
+    """Debian's bcc module (python3-bpfcc), or a BpfLoadError that says how to get it."""
     try:
         import bcc  # Debian's python3-bpfcc; see scripts/bootstrap.sh
     except ImportError as exc:
@@ -146,7 +147,7 @@ class CallTracer:
                                       max_frames=max_frames or settings.max_frames,
                                       max_probes=settings.max_probes, dedup_entries=settings.dedup_entries)
         cflags = settings.cflags()
-        bcc = _import_bcc()
+        bcc = import_bcc()
         self._bcc = bcc
         self._lib = bcc.libbcc.lib
         try:

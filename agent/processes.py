@@ -10,11 +10,14 @@ its mappings change.
 
 from __future__ import annotations
 
+import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from runtime_signals.agent.identity import CgroupDirectory, ContainerResolver, PodDirectory
+from runtime_signals.agent.perfmap import _JDK_PACKAGES, JitModule, PerfMaps, jit_digest, jvm_class_name, node_source_path
 from runtime_signals.agent.procmaps import DigestCache, Mapping, ProcessMaps, ResolvedAddress
 from runtime_signals.agent.purl import PurlResolver
 from runtime_signals.agent.runtime import RuntimeResolver
@@ -61,7 +64,11 @@ class NodeFiles:
     cgroups: CgroupDirectory = field(default_factory=CgroupDirectory)
 
 
-ModuleMapCallback = Callable[[ProcessInfo, list[Mapping], int], None]  # (process, mappings, version)
+# (process, mappings, version, named JIT code met in its stacks)
+ModuleMapCallback = Callable[[ProcessInfo, list[Mapping], int, Sequence[JitModule]], None]
+JitCodeCallback = Callable[[JitModule], None]  # a JIT code blob first met: publish its one-name table
+# Jars of one JVM indexed for class -> jar (its open .jar files); more are not read.
+MAX_JARS_PER_PROCESS = 256
 
 
 def read_start_ticks(proc: Path) -> int:
@@ -76,7 +83,8 @@ def read_start_ticks(proc: Path) -> int:
 
 class ProcessTable:
     def __init__(self, on_new_binary: NewBinaryCallback | None = None, proc_root: Path = Path("/proc"),
-                 on_module_map: ModuleMapCallback | None = None, node: NodeFiles | None = None) -> None:
+                 on_module_map: ModuleMapCallback | None = None, node: NodeFiles | None = None,
+                 perf_maps: PerfMaps | None = None, on_jit_code: JitCodeCallback | None = None) -> None:
         self._proc_root = proc_root
         node = node or NodeFiles()
         self.digests = node.digests
@@ -91,6 +99,11 @@ class ProcessTable:
         self._reported_versions: dict[int, int] = {}
         # Purl of the probed function's file, per process: (maps version, {path: purl}).
         self._purls: dict[int, tuple[int, dict[str, str | None]]] = {}
+        self._perf_maps = perf_maps
+        self._on_jit_code = on_jit_code
+        self._jit_modules: dict[int, dict[tuple[int, str], JitModule]] = {}  # pid -> (start, name) -> module
+        self._jit_digests: set[str] = set()
+        self._jars: dict[int, dict[str, str]] = {}  # pid -> class -> jar path (as the process sees it)
 
     def describe(self, pid: int, cgroup_id: int = 0) -> ProcessInfo:
         """What is known of pid; cgroup_id (the call record's) still names the container of a
@@ -123,15 +136,96 @@ class ProcessTable:
         """Each address as (file, digest, offset), innermost first like the input; the first
         (the probed function's) also carries the purl of its file."""
         frames = self.maps.resolve(pid, addresses)
-        version = self.maps.version(pid)
+        if self._perf_maps is not None and any(f.path is None for f in frames):
+            frames = self._name_jit_frames(pid, frames)
+        maps_version = self.maps.version(pid)
         top = frames[0] if frames else None
         if top is not None and top.path is not None:
             frames[0] = ResolvedAddress(top.address, top.path, top.binary_digest, top.binary_offset,
-                                        self._purl(pid, version, top.path))
+                                        self._purl(pid, maps_version, top.path))
+        self._report_module_map(pid)
+        return frames
+
+    def add_source_file(self, pid: int, path: str, binary_digest: str, purl: str | None) -> None:
+        """A Python source file named in a frame of pid (agent/pycalls.py): listed in the
+        process's module map with start = end = 0, so consumers know its package."""
+        units = self._jit_modules.setdefault(pid, {})
+        if (0, path) not in units:
+            units[(0, path)] = JitModule(0, 0, path, path, binary_digest, purl)
+            self.maps.mappings(pid)  # the map lists the process's mappings too
+            self._report_module_map(pid)
+
+    def _report_module_map(self, pid: int) -> None:
+        # Published version: the mappings' version plus the code units met, both only grow.
+        maps_version = self.maps.version(pid)
+        version = maps_version + len(self._jit_modules.get(pid, ())) if maps_version else 0
         if self._on_module_map is not None and version and self._reported_versions.get(pid) != version:
             self._reported_versions[pid] = version
-            self._on_module_map(self.describe(pid), self.maps.mappings(pid), version)
-        return frames
+            self._on_module_map(self.describe(pid), self.maps.mappings(pid), version,
+                                tuple(self._jit_modules.get(pid, {}).values()))
+
+    def _name_jit_frames(self, pid: int, frames: list[ResolvedAddress]) -> list[ResolvedAddress]:
+        """Frames in anonymous memory that the process's perf map names: located in their
+        code blob (agent/perfmap.py). The rest stay as they are."""
+        assert self._perf_maps is not None
+        runtime = self.describe(pid).runtime_type
+        named = []
+        for frame in frames:
+            found = self._perf_maps.lookup(pid, frame.address, runtime) if frame.path is None else None
+            if found is None:
+                named.append(frame)
+                continue
+            symbol, map_path = found
+            digest = jit_digest(symbol.name)
+            modules = self._jit_modules.setdefault(pid, {})
+            if (symbol.start, symbol.name) not in modules:
+                module = JitModule(symbol.start, symbol.size, symbol.name, map_path, digest,
+                                   self._jit_purl(pid, runtime, symbol.name))
+                modules[(symbol.start, symbol.name)] = module
+                if digest not in self._jit_digests:
+                    self._jit_digests.add(digest)
+                    if self._on_jit_code is not None:
+                        self._on_jit_code(module)
+            named.append(ResolvedAddress(frame.address, map_path, digest, frame.address - symbol.start))
+        return named
+
+    def _jit_purl(self, pid: int, runtime: str, name: str) -> str | None:
+        """The package of a JIT blob: a JVM method's class in an open jar (Maven coordinates),
+        a JDK class the JVM's own package; a V8 function's script by its path (npm)."""
+        root = self._proc_root / str(pid) / "root"
+        if runtime == "NODE":
+            script = node_source_path(name)
+            return self.purls.purl(root, script) if script else None
+        if runtime != "JVM":
+            return None
+        cls = jvm_class_name(name)
+        if cls is None:
+            return None
+        if cls.startswith(_JDK_PACKAGES):
+            jvm = next((m.path for m in self.maps.mappings(pid) if m.path.endswith("/libjvm.so")), None)
+            return self.purls.purl(root, jvm) if jvm else None
+        jar = self._jar_index(pid).get(cls.split("$", 1)[0])
+        return self.purls.purl(root, jar) if jar else None
+
+    def _jar_index(self, pid: int) -> dict[str, str]:
+        if pid not in self._jars:
+            index: dict[str, str] = {}
+            fd_dir = self._proc_root / str(pid) / "fd"
+            try:
+                links = sorted({os.readlink(fd_dir / fd) for fd in os.listdir(fd_dir)})
+            except OSError:
+                links = []
+            root = self._proc_root / str(pid) / "root"
+            for jar in [link for link in links if link.endswith(".jar")][:MAX_JARS_PER_PROCESS]:
+                try:
+                    with zipfile.ZipFile(root / jar.lstrip("/")) as archive:
+                        for entry in archive.namelist():
+                            if entry.endswith(".class"):
+                                index.setdefault(entry[:-len(".class")].replace("/", "."), jar)
+                except (OSError, zipfile.BadZipFile):
+                    continue
+            self._jars[pid] = index
+        return self._jars[pid]
 
     def _new_file(self, pid: int, mapping: Mapping, digest: str) -> None:
         """A file first met in pid's mappings (ProcessMaps calls once per mapping)."""
@@ -159,4 +253,8 @@ class ProcessTable:
             self._info.pop(pid, None)
             self._reported_versions.pop(pid, None)
             self._purls.pop(pid, None)
+            self._jit_modules.pop(pid, None)
+            self._jars.pop(pid, None)
+            if self._perf_maps is not None:
+                self._perf_maps.forget(pid)
         return len(gone)

@@ -48,6 +48,10 @@ def markdown(results: dict[str, Any]) -> str:
     lines += _probe(results.get("probe_agent")) + _hot(results.get("hot"))
     lines += _agent(results.get("probe_agent")) + _processor(results.get("processor"))
     lines += _latency(results.get("latency")) + _watch(results.get("watch"))
+    if "python_probe" in results:
+        from .python_probe import markdown as python_probe_markdown
+
+        lines += python_probe_markdown(results["python_probe"])
     return "\n".join(lines)
 
 

@@ -18,13 +18,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from . import hot, latency, probe_agent, processor_bench, report, watch_latency
+from . import hot, latency, probe_agent, processor_bench, python_probe, report, watch_latency
 from .kafka_io import dedicated_broker
 from .procs import flags_offered
 from .synthetic import Dataset
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("probe_agent", "hot", "processor", "latency", "watch")
+STAGES = ("probe_agent", "hot", "processor", "latency", "watch", "python_probe")
 log = logging.getLogger("benchmarks")
 
 
@@ -37,6 +37,7 @@ class Plan:
     latency_seconds_per_rate: float
     watch_rate_per_s: int = 100
     watch_seconds: float = 5.0
+    python_probe: python_probe.PythonProbePlan = python_probe.PythonProbePlan()
 
 
 # Sizes for the 2-core VM the figures in docs/benchmarks.md come from: 5 to 8 minutes.
@@ -67,6 +68,7 @@ QUICK = Plan(
     latency_seconds_per_rate=1.0,
     watch_rate_per_s=50,
     watch_seconds=1.0,
+    python_probe=python_probe.PythonProbePlan(calls=2_000, repeats=1),
 )
 
 
@@ -149,6 +151,7 @@ def run_suite(plan: Plan, stages: list[str], bootstrap: str | None, work_dir: Pa
             "latency": lambda: latency.run(broker, work_dir, plan.latency_rates_per_s,
                                            plan.latency_seconds_per_rate),
             "watch": lambda: watch_latency.run(broker, work_dir, plan.watch_rate_per_s, plan.watch_seconds),
+            "python_probe": lambda: python_probe.run(plan.python_probe),
         }
         for stage in stages:
             log.info("stage %s ...", stage)

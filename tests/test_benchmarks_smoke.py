@@ -34,7 +34,7 @@ def test_quick_suite_writes_every_figure_table_and_plot(kafka_bootstrap: str, tm
     assert done.returncode == 0, logs
 
     results = json.loads((out / "results.json").read_text())
-    for stage in ("probe_agent", "hot", "processor", "latency", "watch"):
+    for stage in ("probe_agent", "hot", "processor", "latency", "watch", "python_probe"):
         assert "error" not in results[stage], f"{stage}: {results[stage].get('traceback')}"
     probe = results["probe_agent"]
     assert [row["calls"] for row in probe["rows"]] == [300, 600, 900]

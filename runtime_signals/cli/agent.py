@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "without attaching anything; exit 0 when valid, 1 otherwise")
     parser.add_argument("--probe", action="append", default=[], metavar="BINARY:SYMBOL",
                         help="function to observe (repeatable, added to the config's targets); BINARY is a "
-                             "path or a library name such as 'c'")
+                             "path or a library name such as 'c'; python:MODULE:QUALNAME probes a Python "
+                             "function in every CPython built with USDT markers")
     flags.add_arguments(parser, _FLAGS)  # one flag per setting operators change per run
 
 
@@ -64,6 +65,9 @@ def load(args: argparse.Namespace, config_path: str | None = None) -> SignalsCon
     except SettingsError as exc:
         raise ConfigError(str(exc)) from exc
     for text in args.probe:
+        if text.startswith("python:"):  # python:MODULE:QUALNAME: every interpreter with USDT markers serves it
+            config.agent.targets.append(TargetSettings(binary="python", symbols=[text]))
+            continue
         spec = ProbeSpec.parse(text)
         check_probe_file(text, spec.binary)
         config.agent.targets.append(TargetSettings(binary=spec.binary, symbols=[spec.symbol]))
@@ -105,7 +109,9 @@ def check(args: argparse.Namespace) -> int:
     if not agent.targets:
         print("signals agent --check: agent.targets: no targets (add [[agent.targets]] or --probe)", file=sys.stderr)
         return 1
-    manager = TargetManager(agent.targets, target_names(config, args.probe), attach=None,
+    names = target_names(config, args.probe)
+    native = [(t, n) for t, n in zip(agent.targets, names) if not t.is_python]
+    manager = TargetManager([t for t, _ in native], [n for _, n in native], attach=None,
                             proc_root=Path(agent.proc_root), host_root=Path(agent.host_root),
                             max_symbols_per_pattern=agent.max_symbols_per_pattern)
     # The scan logs each problem as it finds it (a running agent's log wants that); here they
@@ -154,6 +160,33 @@ def _open_spool(agent: AgentSettings) -> Any:
         raise ConfigError(f"agent.spool_dir: {exc}") from exc
 
 
+def _start_python_targets(targets: list[TargetSettings], collector: Any, filters: Any, settings: Any,
+                          agent: AgentSettings) -> Any:
+    """The Python-function probes (agent/pytargets.PythonTargets), fed into the collector; None without any."""
+    if not targets:
+        return None
+    from runtime_signals.agent.config import probe_limits
+    from runtime_signals.agent.pycalls import PythonCallNamer
+    from runtime_signals.agent.pyprobes import PythonProbeSpec, PythonTracer
+    from runtime_signals.agent.pysource import PythonSources
+    from runtime_signals.agent.pytargets import PythonTargets
+    from runtime_signals.agent.selectors import ProcessSelector
+
+    node = collector.node_files
+    namer = PythonCallNamer(PythonSources(node.purls), node.digests, Path(agent.proc_root))
+    python = PythonTargets(PythonTracer(), namer, collector.describe_process, filters, host=settings.host,
+                           agent_id=settings.agent_id, proc_root=Path(agent.proc_root),
+                           rescan_interval_ms=agent.target_rescan_interval_ms,
+                           on_source_file=collector.note_source_file)
+    for target in targets:
+        for symbol in target.symbols:
+            probe = python.add(PythonProbeSpec.parse(symbol), probe_limits(agent))
+            filters.add(probe.spec.probe_id, ProcessSelector.of(target))
+    python.scan()
+    collector.add_source(python)
+    return python
+
+
 def run(args: argparse.Namespace) -> int:
     """Attach every target that can be attached, then pump until SIGINT/SIGTERM; targets
     that appear later (libraries, containers) are attached by a rescan thread."""
@@ -190,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
                                  symbol_chunk_max_bytes=agent.symbol_chunk_max_bytes,
                                  statistics_interval_ms=agent.statistics_interval_ms,
                                  shutdown_flush_timeout_s=agent.shutdown_flush_timeout_ms / 1000,
-                                 budget=budget_settings(agent))
+                                 budget=budget_settings(agent), jit_perf_maps=agent.jit_perf_maps,
+                                 jvm_jcmd=agent.jvm_jcmd)
     if agent.host_name:
         settings.host = agent.host_name
     collector = Collector(settings, tracer, publisher, node=node, filters=filters)
@@ -200,10 +234,13 @@ def run(args: argparse.Namespace) -> int:
                                collector.healthy, collector.ready)
         metrics.start()
         print(f"agent metrics on port {metrics.port}: /metrics /healthz /readyz", file=sys.stderr, flush=True)
+    names = target_names(config, args.probe)
+    native = [(t, n) for t, n in zip(agent.targets, names) if not t.is_python]
+    python = _start_python_targets([t for t in agent.targets if t.is_python], collector, filters, settings, agent)
     # Every attach goes through the file watch: a probed file written in place loses its
     # probes at the first write (agent/filewatch.py), and is probed afresh once rewritten.
     watch = FileWatch(tracer.attach, tracer.retire)
-    targets = TargetManager(agent.targets, target_names(config, args.probe), attach=watch.attach,
+    targets = TargetManager([t for t, _ in native], [n for _, n in native], attach=watch.attach,
                             on_attached=collector.register_probe, filters=filters,
                             proc_root=Path(agent.proc_root), host_root=Path(agent.host_root),
                             max_symbols_per_pattern=agent.max_symbols_per_pattern, purls=node.purls,
@@ -220,6 +257,8 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _request_stop)
     signal.signal(signal.SIGTERM, _request_stop)
     targets.start(stop, agent.target_rescan_interval_ms)
+    if python is not None:
+        python.start(stop)
     # Tests and wrappers wait for this line before starting the workload.
     print(f"agent ready: {targets.counts['probes_attached']} probe(s) attached, "
           f"{len(targets.missing)} target problem(s) on {socket.gethostname()}", file=sys.stderr, flush=True)
@@ -227,6 +266,8 @@ def run(args: argparse.Namespace) -> int:
         collector.run(stop)
     finally:
         tracer.close()
+        if python is not None:
+            python.close()
         if metrics is not None:
             metrics.close()
     return 0

@@ -114,7 +114,9 @@ class TargetSettings:
         "or a library name: 'c', 'ssl', 'libssl.so.3'"))
     symbols: list[str] = field(metadata=_doc(
         "functions: exact symbol names, globs over the symbol table ('png_read_*'), or "
-        "demangled C++/Rust names ('imgproc::Parser::parse', 'mycrate::decode')"))
+        "demangled C++/Rust names ('imgproc::Parser::parse', 'mycrate::decode'); or Python functions "
+        "'python:MODULE:QUALNAME' with globs ('python:json.decoder:JSONDecoder.decode'), served by "
+        "every CPython with USDT markers (docs/managed-runtimes.md)"))
     containers: list[str] = field(default_factory=list, metadata=_doc(
         "only these containers: ids (full or 12+ character prefix), cgroup paths ('/kubepods.slice/...'), "
         "or 'host' for processes outside containers"))
@@ -150,6 +152,13 @@ class TargetSettings:
         return f"{self.binary}:{','.join(self.symbols)}"
 
     @property
+    def is_python(self) -> bool:
+        """A target of Python functions: every symbol is python:MODULE:QUALNAME (agent/pyprobes.py).
+        Its binary is not searched: every interpreter with USDT markers serves it; the
+        selectors choose the processes."""
+        return bool(self.symbols) and all(s.startswith("python:") for s in self.symbols)
+
+    @property
     def has_selectors(self) -> bool:
         return bool(self.containers or self.kubernetes_namespaces or self.kubernetes_pods
                     or self.pids or self.executables)
@@ -175,6 +184,12 @@ class AgentSettings:
     symbol_chunk_max_bytes: int = field(default=512 * 1024, metadata=_doc(
         "symbol tables are split into records of at most this many bytes; keep it under the "
         "symbols topic's max.message.bytes (broker default 1 MiB)"))
+    jit_perf_maps: bool = field(default=True, metadata=_doc(
+        "name frames in JIT code from the runtime's /tmp/perf-<pid>.map (JVM, Node --perf-basic-prof, "
+        ".NET DOTNET_PerfMapEnabled=1), read through the process's root; docs/managed-runtimes.md"))
+    jvm_jcmd: str = field(default="jcmd", metadata=_doc(
+        "command the agent runs as `jcmd <pid> Compiler.perfmap` to have a JVM (JDK 17+) write its perf "
+        "map when a stack holds unnamed JIT frames; empty: never ask"))
     host_root: str = field(default="/", metadata=_doc(
         "the node's root filesystem as the agent sees it, for library names (its ld.so.cache); "
         "in a pod with hostPID: /proc/1/root"))
