@@ -8,6 +8,7 @@ import logging
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
+from runtime_signals.consumer.display import PathFrames, path_labels, readable
 from runtime_signals.consumer.kafka import TopicReader
 from runtime_signals.consumer.models import Summary, Target
 from runtime_signals.consumer.query import Matcher, in_time
@@ -82,11 +83,8 @@ def to_json(summaries: list[dict[str, Any]]) -> str:
 
 
 def short_symbol(symbol: str) -> str:
-    # Unresolved frames are "<sha256:digest>+0x<offset>": keep them readable.
-    if symbol.startswith("sha256:") and "+" in symbol:
-        digest, offset = symbol.split("+", 1)
-        return f"{digest[:15]}…+{offset}"
-    return symbol
+    """A frame's name for people (consumer.display.readable): demangled, unresolved frames shortened."""
+    return readable(symbol)
 
 
 def format_table(summaries: list[dict[str, Any]]) -> str:
@@ -101,8 +99,12 @@ def format_table(summaries: list[dict[str, Any]]) -> str:
             f"paths {len(summary['call_paths'])}  runtimes {','.join(summary['detected_runtimes'])}"
         )
         lines.append(f"  {'calls':>8}  call path (entry point → probed function)")
-        for path in summary["call_paths"]:
-            lines.append(f"  {path['observation_count']:>8}  " + " → ".join(short_symbol(s) for s in path["symbols"]))
+        paths = summary["call_paths"]
+        labels = path_labels([PathFrames(p["symbols"], p.get("function_signatures") or (),
+                                         p.get("binary_offsets") or (), p.get("binary_digests") or ())
+                              for p in paths])
+        for path, names in zip(paths, labels):
+            lines.append(f"  {path['observation_count']:>8}  " + " → ".join(names))
         lines.append(f"  combined path hash {summary['combined_path_hash']}")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

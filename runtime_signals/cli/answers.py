@@ -124,7 +124,7 @@ def format_answer(answer) -> str:  # type: ignore[no-untyped-def]
     """A Reachability for people: the verdict, the evidence table, the coverage."""
     from runtime_signals.consumer.models import iso
 
-    from runtime_signals.consumer.summaries import short_symbol
+    from runtime_signals.consumer.display import PathFrames, path_labels, readable
 
     coverage = answer.coverage
     span = f"{iso(coverage.first_window_start_us)} .. {iso(coverage.last_window_end_us)}"
@@ -135,8 +135,9 @@ def format_answer(answer) -> str:  # type: ignore[no-untyped-def]
                      f"{answer.observation_count} calls, first {iso(answer.first_observed_at_us)}, "
                      f"last {iso(answer.last_observed_at_us)}")
         lines.append(f"  {'calls':>8}  {'windows':>7}  {'container':<20}  call path (entry point → [target] → probed function)")
-        for path in answer.paths:
-            symbols = [short_symbol(s) for s in path.symbols]
+        labels = path_labels([PathFrames(p.symbols, p.function_signatures, p.binary_offsets, p.binary_digests)
+                              for p in answer.paths])
+        for path, symbols in zip(answer.paths, labels):
             symbols[path.matched_frame] = f"[{symbols[path.matched_frame]}]"
             note = "" if path.purl_verified else "  (package unconfirmed)"
             lines.append(f"  {path.observation_count:>8}  {path.windows:>7}  {path.container_id:<20}  "
@@ -151,7 +152,7 @@ def format_answer(answer) -> str:  # type: ignore[no-untyped-def]
         lines.append(f"coverage: {len(coverage.containers)} container(s), {coverage.windows} window(s) {span}, "
                      f"{coverage.total_events} calls of probed functions, {coverage.dropped_events} dropped, "
                      f"{coverage.late_events} late; probed functions seen: "
-                     f"{', '.join(short_symbol(s) for s in coverage.probed_functions) or 'none'}")
+                     f"{', '.join(readable(s) for s in coverage.probed_functions) or 'none'}")
     return "\n".join(lines) + "\n"
 
 
