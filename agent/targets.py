@@ -4,7 +4,8 @@ every rescan, so libraries loaded later and containers started later are probed 
 
 A uprobe is set on a file (an inode) and fires in every process that maps it, so a file
 is attached once however many processes use it; a container's copy is reached through
-/proc/<pid>/root/<path>, which is the same inode the container sees. A rescan reads each
+/proc/<pid>/root/<path>. Files are keyed by the inode the kernel attaches to, under any
+overlayfs (agent/fileid.py): containers started from one image share one uprobe. A rescan reads each
 process's /proc/<pid>/maps (a substring test first, so most are never parsed) and costs
 attach work only for files not seen before.
 
@@ -26,6 +27,7 @@ from typing import Callable
 
 from runtime_signals.agent.config import TargetSettings
 from runtime_signals.agent.errors import ProbeError
+from runtime_signals.agent.fileid import BackingFiles, FileKey
 from runtime_signals.agent.identity import ContainerResolver, PodDirectory
 from runtime_signals.agent.probes import AttachedProbe, ProbeSpec
 from runtime_signals.agent.processes import ProcessInfo, process_names
@@ -45,7 +47,7 @@ class FoundFile:
     host_path: Path      # where the agent opens it: <host root>/<path> or /proc/<pid>/root/<path>
     root: Path           # the root it was found under
     path_in_root: str    # the path as processes under that root see it
-    identity: tuple[int, int]  # (device, inode): what a uprobe is attached to
+    identity: FileKey      # (device, inode) of the file underneath overlays: what a uprobe is attached to
 
 
 def library_matches(name: str, basename: str) -> bool:
@@ -109,6 +111,7 @@ class TargetManager:
         self._selectors = [ProcessSelector.of(t) for t in targets]
         self._containers = ContainerResolver(proc_root)
         self._pods = pods or PodDirectory()
+        self.backing = BackingFiles(host_root)
         self._symbols: dict[tuple[int, int], SymbolIndex] = {}
         self._probe_ids: dict[tuple[tuple[int, int], str], str] = {}  # (file, symbol) -> probe id
         self._done: set[tuple[tuple[int, int], int]] = set()          # (file, target) handled
@@ -159,11 +162,12 @@ class TargetManager:
 
     def _found(self, root: Path, path: str) -> FoundFile | None:
         host_path = root / path.lstrip("/")
-        try:
-            st = os.stat(host_path)
-        except OSError:
+        # A process's root is /proc/<pid>/root: its mounts are in /proc/<pid>/mountinfo.
+        mountinfo = self.backing.host_mountinfo if root == self._host_root else root.parent / "mountinfo"
+        identity = self.backing.identity(host_path, mountinfo, path)
+        if identity is None:
             return None
-        return FoundFile(host_path, root, path, (st.st_dev, st.st_ino))
+        return FoundFile(host_path, root, path, identity)
 
     def _process_maps(self) -> list[tuple[int, str]]:
         needles = {t.binary if "/" in t.binary else (t.binary if t.binary.startswith("lib") else f"lib{t.binary}")
@@ -295,6 +299,7 @@ class TargetManager:
             "missing_binaries": sum(1 for k in self.missing if k.endswith(".binary")),
             "missing_symbols": sum(1 for k in self.missing if ".symbols" in k),
             "rescans": self.counts["rescans"],
+            "overlay_files_unresolved": sum(self.backing.unresolved.values()),
         }
 
     # --- background rescans --------------------------------------------------------
