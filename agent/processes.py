@@ -10,6 +10,7 @@ its mappings change.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -91,10 +92,19 @@ class ProcessTable:
         self._reported_versions: dict[int, int] = {}
         # Purl of the probed function's file, per process: (maps version, {path: purl}).
         self._purls: dict[int, tuple[int, dict[str, str | None]]] = {}
+        # The event pump describes and resolves; the loader-hold thread captures.
+        self._lock = threading.RLock()
+        # Exited processes are forgotten one sweep after they were first seen gone: calls
+        # they made may still be in the kernel's dedup map, flushed at the next watermark.
+        self._gone: set[int] = set()
 
     def describe(self, pid: int, cgroup_id: int = 0) -> ProcessInfo:
         """What is known of pid; cgroup_id (the call record's) still names the container of a
         process that exited before its calls were read."""
+        with self._lock:
+            return self._describe(pid, cgroup_id)
+
+    def _describe(self, pid: int, cgroup_id: int = 0) -> ProcessInfo:
         cached = self._info.get(pid)
         if cached is not None:
             return cached
@@ -122,6 +132,23 @@ class ProcessTable:
     def resolve_frames(self, pid: int, addresses: tuple[int, ...]) -> list[ResolvedAddress]:
         """Each address as (file, digest, offset), innermost first like the input; the first
         (the probed function's) also carries the purl of its file."""
+        with self._lock:
+            return self._resolve_frames(pid, addresses)
+
+    def capture(self, pid: int) -> tuple[ProcessInfo, list[Mapping], int]:
+        """Learn now, while pid is alive (held), all that its calls need later: identity,
+        runtime, mappings with their digests, the packages of its files. Returns (process,
+        mappings, maps version) for its module map, which the caller builds now too."""
+        with self._lock:
+            info = self._describe(pid)
+            mappings = self.maps.prime(pid)
+            version = self.maps.version(pid)
+            root = self._proc_root / str(pid) / "root"
+            self._purls[pid] = (version, {m.path: self.purls.purl(root, m.path) for m in mappings})
+            self._reported_versions[pid] = version  # the caller publishes this version's map
+            return info, mappings, version
+
+    def _resolve_frames(self, pid: int, addresses: tuple[int, ...]) -> list[ResolvedAddress]:
         frames = self.maps.resolve(pid, addresses)
         version = self.maps.version(pid)
         top = frames[0] if frames else None
@@ -130,7 +157,7 @@ class ProcessTable:
                                         self._purl(pid, version, top.path))
         if self._on_module_map is not None and version and self._reported_versions.get(pid) != version:
             self._reported_versions[pid] = version
-            self._on_module_map(self.describe(pid), self.maps.mappings(pid), version)
+            self._on_module_map(self._describe(pid), self.maps.mappings(pid), version)
         return frames
 
     def _new_file(self, pid: int, mapping: Mapping, digest: str) -> None:
@@ -150,13 +177,16 @@ class ProcessTable:
         return by_path[path]
 
     def forget_exited(self) -> int:
-        """Drop what is known of processes that have exited; returns how many."""
-        gone = [pid for pid in self.maps.known_pids() if not (self._proc_root / str(pid)).exists()]
-        for pid in gone:
-            self.maps.forget(pid)
-            self._containers.forget(pid)
-            self._runtimes.forget(pid)
-            self._info.pop(pid, None)
-            self._reported_versions.pop(pid, None)
-            self._purls.pop(pid, None)
-        return len(gone)
+        """Drop what is known of processes seen gone at the previous sweep too; returns how many."""
+        with self._lock:
+            gone_now = {pid for pid in self.maps.known_pids() if not (self._proc_root / str(pid)).exists()}
+            forget = gone_now & self._gone
+            self._gone = gone_now - forget
+            for pid in forget:
+                self.maps.forget(pid)
+                self._containers.forget(pid)
+                self._runtimes.forget(pid)
+                self._info.pop(pid, None)
+                self._reported_versions.pop(pid, None)
+                self._purls.pop(pid, None)
+            return len(forget)

@@ -121,31 +121,60 @@ class TargetManager:
         self.missing: dict[str, str] = {}
         self.counts: Counter[str] = Counter()
         self._own_pid = os.getpid()
+        self._late = False  # set while a rescan (not a hold) is attaching
+        # The rescan thread and the loader-hold thread (scan_pid) both attach.
+        self._scan_lock = threading.RLock()
 
     # --- one pass -------------------------------------------------------------------
     def scan(self) -> int:
         """Look for target files everywhere and attach what is new; returns probes added."""
+        with self._scan_lock:
+            return self._scan()
+
+    def _scan(self) -> int:
         before = self.counts["probes_attached"]
         self.counts["rescans"] += 1
         for index, target in enumerate(self.targets):
             if self._wants_host(index):
                 for found in self._host_files(target):
                     self._consider(index, found)
-        for pid, text in self._process_maps():
-            for index, target in enumerate(self.targets):
-                paths = self._mapped_paths(target, text)
-                if not paths:
-                    continue
-                selector = self._selectors[index]
-                if selector is not None and not selector.matches(self.describe(pid)):
-                    continue
-                root = self._proc_root / str(pid) / "root"
-                for path in paths:
-                    in_process = self._found(root, path)
-                    if in_process is not None:
-                        self._consider(index, in_process)
+        # A file first found by a rescan was mapped before it was attached: calls made in
+        # between were not observed (the loader hook, agent/loadwatch.py, attaches without
+        # that gap; a rescan finding something new means it did not).
+        self._late = self.counts["rescans"] > 1
+        try:
+            for pid, text in self._process_maps():
+                self._scan_process(pid, text)
+        finally:
+            self._late = False
         self._report()
         return self.counts["probes_attached"] - before
+
+    def scan_pid(self, pid: int) -> int:
+        """Attach what pid maps that targets name, now (the process is held for it: see
+        agent/loadwatch.py); returns probes added."""
+        try:
+            text = (self._proc_root / str(pid) / "maps").read_text()
+        except OSError:
+            return 0
+        with self._scan_lock:
+            before = self.counts["probes_attached"]
+            self._scan_process(pid, text)
+            return self.counts["probes_attached"] - before
+
+    def _scan_process(self, pid: int, text: str) -> None:
+        for index, target in enumerate(self.targets):
+            paths = self._mapped_paths(target, text)
+            if not paths:
+                continue
+            selector = self._selectors[index]
+            if selector is not None and not selector.matches(self.describe(pid)):
+                continue
+            root = self._proc_root / str(pid) / "root"
+            for path in paths:
+                in_process = self._found(root, path)
+                if in_process is not None:
+                    self._consider(index, in_process)
 
     def _wants_host(self, index: int) -> bool:
         target = self.targets[index]
@@ -261,6 +290,10 @@ class TargetManager:
         self._probe_ids[key] = spec.probe_id
         self.counts["probes_attached"] += 1
         log.info("attached %s in %s (+0x%x)", spec.probe_id, found.host_path, attached.file_offset)
+        if self._late:
+            self.counts["late_attaches"] += 1
+            log.warning("%s in %s was attached by a rescan, after a process had mapped it: calls made "
+                        "before now were not observed (late_attaches)", spec.probe_id, found.host_path)
 
     # --- reporting -----------------------------------------------------------------
     def _report(self) -> None:
@@ -300,6 +333,7 @@ class TargetManager:
             "missing_symbols": sum(1 for k in self.missing if ".symbols" in k),
             "rescans": self.counts["rescans"],
             "overlay_files_unresolved": sum(self.backing.unresolved.values()),
+            "late_attaches": self.counts["late_attaches"],
         }
 
     # --- background rescans --------------------------------------------------------

@@ -41,10 +41,13 @@ def tracefs_root() -> Path:
 class UprobeEvents:
     """The tracefs uprobe events of this agent process."""
 
-    def __init__(self, root: Path | None = None, owner_pid: int | None = None) -> None:
+    def __init__(self, root: Path | None = None, owner_pid: int | None = None, name_prefix: str = "") -> None:
         self.root = root or tracefs_root()
         self.owner_pid = owner_pid or os.getpid()
         self.group = f"rsig_{self.owner_pid}"
+        # Tells apart the events of the agent's programs in its one group ("ld" for the
+        # loader hooks of agent/loadwatch.py, "" for the probes).
+        self.name_prefix = name_prefix
         self._names: dict[int, str] = {}
         self.remove_stale()
 
@@ -52,7 +55,7 @@ class UprobeEvents:
         """Define the event for probe `index` at file_offset of path; returns its tracefs id."""
         if any(c.isspace() for c in path):
             raise ProbeError(f"{path}: tracefs cannot name a file whose path holds whitespace")
-        name = f"{self.group}_{index}"
+        name = f"{self.group}_{self.name_prefix}{index}"
         self._write(f"p:{self.group}/{name} {path}:0x{file_offset:x}", f"defining uprobe {path}+0x{file_offset:x}")
         self._names[index] = name
         try:

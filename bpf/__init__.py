@@ -5,3 +5,5 @@ from pathlib import Path
 SOURCE_DIR: Path = Path(__file__).resolve().parent
 CALLTRACE_SOURCE: Path = SOURCE_DIR / "calltrace.bpf.c"
 CALLTRACE_HEADER: Path = SOURCE_DIR / "calltrace.h"
+LOADWATCH_SOURCE: Path = SOURCE_DIR / "loadwatch.bpf.c"
+LOADWATCH_HEADER: Path = SOURCE_DIR / "loadwatch.h"

@@ -176,8 +176,21 @@ def run(args: argparse.Namespace) -> int:
                             max_symbols_per_pattern=agent.max_symbols_per_pattern, purls=node.purls,
                             pods=node.pods, attach_lock=collector.attach_lock)
     targets.scan()
-
     stop = threading.Event()
+    loadwatch = None
+    if agent.hold_processes:
+        from runtime_signals.agent.loadwatch import KIND_NEW_ROOT, LoadWatch
+
+        def _answer_hold(pid: int, kind: int) -> None:
+            targets.scan_pid(pid)
+            if kind != KIND_NEW_ROOT:  # a new root's loader is hooked (LoadWatch); its process maps no target yet
+                collector.capture(pid)
+
+        loadwatch = LoadWatch(agent.targets, _answer_hold, backing=targets.backing, proc_root=Path(agent.proc_root),
+                              host_root=Path(agent.host_root), heartbeat_ms=agent.hold_heartbeat_ms)
+        hooked = loadwatch.hook_all()
+        log.info("loader hooks: %d loader file(s) hooked", hooked)
+        loadwatch_thread = loadwatch.run(stop)
 
     def _request_stop(signum: int, _frame: object) -> None:
         log.info("received %s: draining and flushing", signal.Signals(signum).name)
@@ -192,6 +205,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         collector.run(stop)
     finally:
+        if loadwatch is not None:
+            stop.set()
+            loadwatch_thread.join(10)
+            log.info("loader holds: %s", loadwatch.counters())
         tracer.close()
         if metrics is not None:
             metrics.close()
