@@ -39,10 +39,13 @@ _MAP_NAMES = (b"events", b"counters", b"probe_config", b"rate_state", b"scratch"
 
 @dataclass(frozen=True, slots=True)
 class ProbeSpec:
-    """What to probe: a binary (path, or library name such as "c") and a symbol in it."""
+    """What to probe: a binary (path, or library name such as "c") and a symbol in it; with
+    file_offset, that place of the binary instead of the symbol's entry (an inlined copy of
+    the function, agent/inlined.py)."""
 
     binary: str
     symbol: str
+    file_offset: int | None = None
 
     @classmethod
     def parse(cls, text: str) -> "ProbeSpec":
@@ -209,11 +212,14 @@ class CallTracer:
 
     def attach(self, spec: ProbeSpec, limits: ProbeLimits | None = None) -> AttachedProbe:
         """Attach the handler at the entry of spec.symbol in spec.binary (all processes)."""
-        try:
-            path, file_offset = self._bcc.BPF._check_path_symbol(spec.binary.encode(), spec.symbol.encode(),
-                                                                 None, -1)
-        except Exception as exc:
-            raise ProbeError(f"probe {spec.probe_id}: {self._explain(spec, exc)}") from exc
+        if spec.file_offset is not None:
+            path, file_offset = spec.binary.encode(), spec.file_offset
+        else:
+            try:
+                path, file_offset = self._bcc.BPF._check_path_symbol(spec.binary.encode(), spec.symbol.encode(),
+                                                                     None, -1)
+            except Exception as exc:
+                raise ProbeError(f"probe {spec.probe_id}: {self._explain(spec, exc)}") from exc
         with self._lock:
             index = len(self.attached)
             if index >= self.settings.max_probes:

@@ -25,10 +25,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from runtime_signals.agent.config import TargetSettings
+from runtime_signals.agent.config import TargetSettings, is_pattern
 from runtime_signals.agent.errors import ProbeError
 from runtime_signals.agent.fileid import BackingFiles, FileKey
 from runtime_signals.agent.identity import ContainerResolver, PodDirectory
+from runtime_signals.agent.inlined import InlineReport, inlined_copies
 from runtime_signals.agent.probes import AttachedProbe, ProbeSpec
 from runtime_signals.agent.processes import ProcessInfo, process_names
 from runtime_signals.agent.procmaps import parse_maps
@@ -118,6 +119,9 @@ class TargetManager:
         self._files: list[dict[tuple[int, int], str]] = [{} for _ in targets]
         self._resolved: set[tuple[int, int]] = set()                  # (target, pattern) found
         self._broad: dict[tuple[int, int], str] = {}
+        # (target, pattern) not found where no DWARF could show inlined copies: why not.
+        self._no_dwarf: dict[tuple[int, int], str] = {}
+        self._inline_reports: dict[tuple[FileKey, frozenset[str]], InlineReport] = {}
         self.missing: dict[str, str] = {}
         self.counts: Counter[str] = Counter()
         self._own_pid = os.getpid()
@@ -251,16 +255,37 @@ class TargetManager:
                     f"{pattern!r} matches {len(mangled)} functions in {found.host_path}, more than "
                     f"agent.max_symbols_per_pattern={self._max_symbols}: narrow the pattern")
                 continue
-            if mangled:
+            # A function inlined into its callers runs there, not at its symbol (which an -O2
+            # build may not even keep): its inlined copies are probed too, where DWARF says.
+            wanted = set(mangled) if mangled or is_pattern(pattern) else {pattern.strip()}
+            report = self._inlined(found, frozenset(wanted)) if wanted else InlineReport((), None)
+            if mangled or report.copies:
                 self._resolved.add((index, pattern_index))
+            elif report.dwarf_source is None and wanted:
+                self._no_dwarf[(index, pattern_index)] = report.reason
             for name in mangled:
                 self._attach_one(index, found, name)
+            for copy in report.copies:
+                self._attach_one(index, found, copy.function, copy.file_offset)
         if self._purls is not None:
             # Resolved here, off the event pump, so the first call's lookup is a cache hit.
             self._purls.purl(found.root, found.path_in_root)
 
-    def _attach_one(self, index: int, found: FoundFile, symbol: str) -> None:
-        key = (found.identity, symbol)
+    def _inlined(self, found: FoundFile, names: frozenset[str]) -> InlineReport:
+        key = (found.identity, names)
+        report = self._inline_reports.get(key)
+        if report is None:
+            report = inlined_copies(found.host_path, names)
+            self._inline_reports[key] = report
+            if report.copies:
+                log.info("%s: %d inlined cop%s of %s found in DWARF (%s)", found.host_path, len(report.copies),
+                         "y" if len(report.copies) == 1 else "ies", ", ".join(sorted({c.function for c in report.copies})),
+                         report.dwarf_source)
+        return report
+
+    def _attach_one(self, index: int, found: FoundFile, symbol: str, file_offset: int | None = None) -> None:
+        # An inlined copy is its own uprobe, reporting under the function's name.
+        key = (found.identity, symbol if file_offset is None else f"{symbol}@0x{file_offset:x}")
         selector = self._selectors[index]
         existing = self._probe_ids.get(key)
         if existing is not None:
@@ -268,6 +293,8 @@ class TargetManager:
             self.filters.add(existing, selector)
             return
         spec = ProbeSpec(self.targets[index].binary, symbol)
+        if file_offset is not None:
+            self.counts["inlined_copies"] += 1
         if self._attach is None:
             self._probe_ids[key] = spec.probe_id
             self.counts["probes_attached"] += 1
@@ -276,7 +303,7 @@ class TargetManager:
         self.filters.add(spec.probe_id, selector)
         with self._attach_lock:
             try:
-                attached = self._attach(ProbeSpec(str(found.host_path), symbol))
+                attached = self._attach(ProbeSpec(str(found.host_path), symbol, file_offset))
             except ProbeError as exc:
                 self.counts["attach_failures"] += 1
                 self._set_missing(f"{self.names[index]}.symbols ({symbol})",
@@ -312,6 +339,11 @@ class TargetManager:
                     self._clear_missing(key)
                 elif (index, pattern_index) in self._broad:
                     self._set_missing(key, self._broad[(index, pattern_index)])
+                elif (index, pattern_index) in self._no_dwarf:
+                    self._set_missing(key, f"symbol {pattern!r} has no out-of-line calls we can see in "
+                                      f"{', '.join(sorted(files.values()))}: it is not in the symbol table, and "
+                                      "without DWARF (build with -g, or install the debug file) copies inlined into "
+                                      f"its callers cannot be found ({self._no_dwarf[(index, pattern_index)]})")
                 else:
                     self._set_missing(key, f"symbol {pattern!r} not found in {', '.join(sorted(files.values()))}")
 
@@ -334,6 +366,7 @@ class TargetManager:
             "rescans": self.counts["rescans"],
             "overlay_files_unresolved": sum(self.backing.unresolved.values()),
             "late_attaches": self.counts["late_attaches"],
+            "inlined_copies": self.counts["inlined_copies"],
         }
 
     # --- background rescans --------------------------------------------------------

@@ -93,7 +93,9 @@ def check(args: argparse.Namespace) -> int:
     manager.scan()
     for problem in sorted(manager.missing.items()):
         print(f"{problem[0]}: {problem[1]}", file=sys.stderr)
-    print(f"settings valid; {manager.counts['probes_attached']} probe(s) would attach, "
+    inlined = manager.counts["inlined_copies"]
+    print(f"settings valid; {manager.counts['probes_attached']} probe(s) would attach"
+          f"{f' ({inlined} at inlined copies)' if inlined else ''}, "
           f"{len(manager.missing)} problem(s)")
     return 1 if manager.missing else 0
 
