@@ -136,3 +136,34 @@ def test_a_process_that_calls_and_exits_at_once_keeps_its_attribution(
     assert latest["executable"] == str(program)
     paths = {m["path"]: m for m in latest["modules"]}
     assert paths[str(library)]["binary_digest"] and paths[str(program)]["binary_digest"]
+
+
+def test_debians_python_calling_a_debian_library_and_exiting_gets_its_package(
+        bpf_host: None, kafka_bootstrap: str, tmp_path: Path) -> None:
+    # libcrypt through Python's crypt module: a Debian library few processes here load, so
+    # the test holds hardly anyone else's processes.
+    python = Path("/usr/bin/python3")
+    if not python.exists():
+        pytest.skip("no Debian python3 at /usr/bin/python3")
+    tag = uuid.uuid4().hex[:8]
+    prefix = f"pycrypt-{tag}."
+    names = TopicNames().with_prefix(prefix)
+    create_topics(kafka_bootstrap, names, partitions=1)
+    with AgentProcess(kafka_bootstrap, prefix, ["crypt:crypt_r"], tmp_path / "agent.log",
+                      ["--target-rescan-interval-ms", "60000"]) as agent:
+        run = subprocess.Popen([str(python), "-W", "ignore", "-c", "import crypt; crypt.crypt('x', 'ab')"])
+        assert run.wait(30) == 0
+        assert agent.stop() == 0, agent.log()[-4000:]
+        log = agent.log()
+    events = _events(kafka_bootstrap, names.raw, run.pid)
+    assert sum(e["observation_count"] for e in events) >= 1, log[-3000:]
+    package = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${Version}", "libcrypt1"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    for event in events:
+        assert event["purl"] and event["purl"].startswith(f"pkg:deb/debian/{package[0]}@"), event["purl"]
+        assert event["runtime_type"] == "PYTHON" and event["container_id"].startswith("host:")
+        top, caller = event["stack_frames"][-1], event["stack_frames"][-2]
+        assert top["binary_digest"] and "libcrypt.so" in top["library"]
+        assert caller["binary_digest"] and "_crypt" in caller["library"], caller
+    maps = _module_maps(kafka_bootstrap, names.modules, run.pid)
+    assert maps and any("libcrypt.so" in m["path"] and m["purl"] for m in maps[-1]["modules"])
