@@ -139,6 +139,21 @@ def loader_hook(path: str | os.PathLike[str]) -> LoaderHook | None:
     return None
 
 
+_CAP_KILL = 5
+
+
+def can_resume_any_process(status: Path = Path("/proc/self/status")) -> bool:
+    """Whether the agent may SIGCONT processes of any user (CAP_KILL in its effective set):
+    without it, a process stopped for the agent could stay stopped, so holds stay off."""
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> _CAP_KILL & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
 def kernel_device(st_dev: int) -> int:
     """A device number as the kernel keeps it in struct super_block (MKDEV: major << 20)."""
     return (os.major(st_dev) << 20) | os.minor(st_dev)

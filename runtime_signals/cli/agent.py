@@ -180,7 +180,12 @@ def run(args: argparse.Namespace) -> int:
     targets.scan()
     stop = threading.Event()
     loadwatch = None
-    if agent.hold_processes:
+    from runtime_signals.agent.loadwatch import can_resume_any_process
+
+    if agent.hold_processes and not can_resume_any_process():
+        log.warning("agent.hold_processes: off, the agent lacks CAP_KILL and could not resume a process it held; "
+                    "libraries are attached by the rescan and calls before it are counted as late_attaches")
+    elif agent.hold_processes:
         from runtime_signals.agent.loadwatch import KIND_NEW_ROOT, LoadWatch
 
         def _answer_hold(pid: int, kind: int) -> None:

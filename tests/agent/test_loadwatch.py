@@ -22,6 +22,7 @@ from runtime_signals.agent.loadwatch import (
     LoadEvent,
     NameKey,
     RootKey,
+    can_resume_any_process,
     library_stem,
     loader_hook,
     watched_names,
@@ -100,3 +101,11 @@ def test_mountinfo_overlay_lines_give_their_layers_top_first() -> None:
     assert mounts[os.makedev(0, 34)].mount_point == "/srv/with space"
     assert mounts[os.makedev(0, 34)].layers == ("/up", "/l/one", "/l/two")
     assert mounts[os.makedev(0, 35)].layers == ("/a:b", "/c") and mounts[os.makedev(0, 35)].root == "/sub"
+
+
+def test_holds_need_the_right_to_resume_any_process(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    status.write_text("Name:\tagent\nCapEff:\t00000000000000e0\n")  # KILL (5), SETGID, SETUID
+    assert can_resume_any_process(status)
+    status.write_text("Name:\tagent\nCapEff:\t000000c000000000\n")  # BPF + PERFMON only
+    assert not can_resume_any_process(status)
