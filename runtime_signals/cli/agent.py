@@ -178,6 +178,9 @@ def run(args: argparse.Namespace) -> int:
                             max_symbols_per_pattern=agent.max_symbols_per_pattern, purls=node.purls,
                             pods=node.pods, attach_lock=collector.attach_lock)
     targets.scan()
+    if metrics is not None:
+        metrics.add_counters("targets", "Target files and probes: late_attaches are files attached by a rescan after "
+                             "a process had mapped them (calls before were not observed)", targets.counters)
     stop = threading.Event()
     loadwatch = None
     from runtime_signals.agent.loadwatch import can_resume_any_process
@@ -198,6 +201,9 @@ def run(args: argparse.Namespace) -> int:
         hooked = loadwatch.hook_all()
         log.info("loader hooks: %d loader file(s) hooked", hooked)
         loadwatch_thread = loadwatch.run(stop)
+        if metrics is not None:
+            metrics.add_counters("loader_holds", "Processes held for the agent at exec or library load "
+                                 "(docs/attribution.md)", loadwatch.counters)
 
     def _request_stop(signum: int, _frame: object) -> None:
         log.info("received %s: draining and flushing", signal.Signals(signum).name)
@@ -216,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
             stop.set()
             loadwatch_thread.join(10)
             log.info("loader holds: %s", loadwatch.counters())
+        log.info("targets: %s", targets.counters())
         tracer.close()
         if metrics is not None:
             metrics.close()

@@ -109,3 +109,15 @@ def test_holds_need_the_right_to_resume_any_process(tmp_path: Path) -> None:
     assert can_resume_any_process(status)
     status.write_text("Name:\tagent\nCapEff:\t000000c000000000\n")  # BPF + PERFMON only
     assert not can_resume_any_process(status)
+
+
+def test_a_parts_counters_appear_on_metrics() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from runtime_signals.agent.metrics import CountersCollector
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(CountersCollector("targets", "Target files", lambda: {"late_attaches": 2, "inlined_copies": 3}))
+    text = generate_latest(registry).decode()
+    assert 'runtime_signals_agent_targets_total{counter="late_attaches"} 2.0' in text
+    assert 'runtime_signals_agent_targets_total{counter="inlined_copies"} 3.0' in text
