@@ -277,6 +277,8 @@ class TargetManager:
         if report is None:
             report = inlined_copies(found.host_path, names)
             self._inline_reports[key] = report
+            if report.dwarf_source is None and report.reason and "more than" in report.reason:
+                log.warning("inlined copies of %s not looked for: %s", ", ".join(sorted(names)), report.reason)
             if report.copies:
                 log.info("%s: %d inlined cop%s of %s found in DWARF (%s)", found.host_path, len(report.copies),
                          "y" if len(report.copies) == 1 else "ies", ", ".join(sorted({c.function for c in report.copies})),
