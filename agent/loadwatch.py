@@ -298,20 +298,25 @@ class LoadWatch:
         been waiting for half of heartbeat_ms: a stuck answer stops new holds, yet a slow one
         (the first sight of a big library) does not leave the next process unheld."""
 
+        def loop() -> None:
+            try:
+                while not stop.is_set():
+                    self._bpf.ring_buffer_poll(poll_ms)
+            except Exception:  # holds must not outlive the thread that answers them
+                log.exception("the loader-hold thread failed: holds are off from now on")
+            finally:
+                self.close()
+
+        thread = threading.Thread(target=loop, name="loadwatch", daemon=True)
+
         def beat() -> None:
-            while not stop.wait(self._heartbeat_ns / 4e9):
+            while not stop.wait(self._heartbeat_ns / 4e9) and thread.is_alive():
                 busy = self._busy_since_ns
                 if not busy or time.monotonic_ns() - busy < self._heartbeat_ns // 2:
                     self.beat()
 
-        def loop() -> None:
-            while not stop.is_set():
-                self._bpf.ring_buffer_poll(poll_ms)
-            self.close()
-
-        threading.Thread(target=beat, name="loadwatch-heartbeat", daemon=True).start()
-        thread = threading.Thread(target=loop, name="loadwatch", daemon=True)
         thread.start()
+        threading.Thread(target=beat, name="loadwatch-heartbeat", daemon=True).start()
         return thread
 
     def poll(self, timeout_ms: int) -> None:
