@@ -7,8 +7,8 @@ then at the executable's name, then for Go's build-info section.
 
 from __future__ import annotations
 
-import re
 import os
+import re
 from pathlib import Path
 from typing import Callable
 

@@ -65,7 +65,7 @@ def main() -> None:
         watch.hook_all()
         stop = threading.Event()
         thread = watch.run(stop)
-        stems = watch._bpf[b"library_stems"]  # noqa: SLF001  # a benchmark reaches in to switch holds
+        stems = watch._bpf[b"library_stems"]  # a benchmark reaches in to switch holds
         key = NameKey(f"libholdbench{tag}.so".encode())
         free: list[float] = []
         held: list[float] = []
