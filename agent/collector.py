@@ -150,6 +150,13 @@ class Collector:
             self._probes[probe.index] = probe
             self._budget.track(probe.index, time.monotonic_ns())
 
+    def capture(self, pid: int) -> None:
+        """Learn all a held process's calls need (agent/loadwatch.py), and publish its module
+        map, before it is resumed: attribution then survives its exit."""
+        process, mappings, version = self._processes.capture(pid)
+        if version and mappings:
+            self._module_maps.offer_now(process, mappings, version)
+
     # --- records ------------------------------------------------------------------
 
     def _handle(self, call: RawCall) -> None:

@@ -81,12 +81,25 @@ class SnapshotCollector(Collector):
         yield detached
 
 
+class CountersCollector(Collector):
+    """A part's own counters (dict name -> count) as one labelled counter family."""
+
+    def __init__(self, name: str, documentation: str, read: Callable[[], dict[str, int]]) -> None:
+        self._name, self._documentation, self._read = name, documentation, read
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(f"{PREFIX}_{self._name}", self._documentation, labels=["counter"])
+        for counter, value in sorted(self._read().items()):
+            family.add_metric([counter], value)
+        yield family
+
+
 class HealthServer:
     """Serves /metrics, /healthz and /readyz on a background thread."""
 
     def __init__(self, address: str, port: int, latest: Callable[[], Snapshot | None],
                  healthy: Callable[[], bool], ready: Callable[[], bool]) -> None:
-        registry = CollectorRegistry(auto_describe=False)
+        registry = self._registry = CollectorRegistry(auto_describe=False)
         registry.register(SnapshotCollector(latest))
         checks = {"/healthz": healthy, "/readyz": ready}
 
@@ -119,6 +132,10 @@ class HealthServer:
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
+
+    def add_counters(self, name: str, documentation: str, read: Callable[[], dict[str, int]]) -> None:
+        """Expose a part's counters as runtime_signals_agent_<name>{counter="..."}."""
+        self._registry.register(CountersCollector(name, documentation, read))
 
     def start(self) -> None:
         self._thread.start()

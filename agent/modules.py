@@ -96,8 +96,9 @@ class ModuleMapPublisher:
         self._topic = topic
         self._registry = registry
         self._builder = builder
-        self._queue: queue.Queue[tuple[ProcessInfo, list[Mapping], int, Sequence[JitModule]] | None] = \
-            queue.Queue()
+        # (process, its mappings or its record already built, version, its JIT code units)
+        self._queue: queue.Queue[tuple[ProcessInfo, list[Mapping] | dict[str, Any], int, Sequence[JitModule]]
+                                 | None] = queue.Queue()
         self.counts: Counter[str] = Counter()
         self._thread = threading.Thread(target=self._work, name="module-maps", daemon=True)
         self._thread.start()
@@ -106,6 +107,18 @@ class ModuleMapPublisher:
               jit: Sequence[JitModule] = ()) -> None:
         """Queue the map of process (ProcessTable calls this on first sight and on change)."""
         self._queue.put((process, list(mappings), version, tuple(jit)))
+
+    def offer_now(self, process: ProcessInfo, mappings: list[Mapping], version: int,
+                  jit: Sequence[JitModule] = ()) -> None:
+        """Build the map of process now, while it is alive (digests, build ids and packages
+        are read through /proc/<pid>/root), and publish it from the worker."""
+        try:
+            record = self._builder.record(process, mappings, version, jit)
+        except Exception:  # noqa: BLE001  # one bad process must not stop a hold being answered
+            self.counts["failed"] += 1
+            log.exception("building the module map of pid %d failed", process.pid)
+            return
+        self._queue.put((process, record, version, tuple(jit)))
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Publish the maps already offered, then stop the worker."""
@@ -116,7 +129,8 @@ class ModuleMapPublisher:
         while (item := self._queue.get()) is not None:
             process, mappings, version, jit = item
             try:
-                record = self._builder.record(process, mappings, version, jit)
+                record = (mappings if isinstance(mappings, dict)
+                          else self._builder.record(process, mappings, version, jit))
                 value = codec.encode(record, MODULE_MAP, self._registry)
                 key = module_map_key(self._builder.host, process.pid, process.start_ticks)
                 self._publisher.produce(self._topic, key.encode(), value)

@@ -29,7 +29,7 @@ from runtime_signals.agent.wire import COUNTER_NAMES, FLAG_STACK_ERROR, FLAG_STA
 log = logging.getLogger(__name__)
 
 __all__ = ["COUNTER_NAMES", "FLAG_STACK_ERROR", "FLAG_STACK_TRUNCATED", "AttachedProbe", "CallTracer",
-           "ProbeLimits", "ProbeSpec", "RawCall", "TracerSettings"]
+           "ProbeLimits", "ProbeSpec", "RawCall", "TracerSettings", "split_points"]
 
 _PAGE_BYTES = mmap.PAGESIZE
 _DEDUP_READ_CHUNK = 1024
@@ -39,17 +39,32 @@ _MAP_NAMES = (b"events", b"counters", b"probe_config", b"rate_state", b"scratch"
 
 @dataclass(frozen=True, slots=True)
 class ProbeSpec:
-    """What to probe: a binary (path, or library name such as "c") and a symbol in it."""
+    """What to probe: a binary (path, or library name such as "c") and a symbol in it; with
+    file_offset, that place of the binary instead of the symbol's entry (an inlined copy of
+    the function, agent/inlined.py)."""
 
     binary: str
     symbol: str
+    file_offset: int | None = None
 
     @classmethod
     def parse(cls, text: str) -> "ProbeSpec":
-        """Parse "BINARY:SYMBOL"; the last ':' splits, so paths may contain ':'."""
-        binary, sep, symbol = text.rpartition(":")
-        if not sep or not binary or not symbol:
-            raise ConfigError(f"--probe {text!r}: expected BINARY:SYMBOL, e.g. /usr/bin/app:handle_request")
+        """Parse "BINARY:SYMBOL". BINARY is a path or a library name; SYMBOL may be a
+        demangled C++ or Rust name ("imgproc::Parser::parse", "mycrate::a::b") or a Go
+        name ("golang.org/x/net/html.Parse"). The split is at the first lone ':' (one that
+        is not part of a "::"); a path that itself holds a lone ':' is split after it when
+        the part before it names an existing file."""
+        candidates = split_points(text)
+        if not candidates:
+            raise ConfigError(f"--probe {text!r}: expected BINARY:SYMBOL, e.g. /usr/bin/app:handle_request "
+                              "or /app/server:imgproc::Parser::parse")
+        index = candidates[0]
+        if text.startswith("/") and len(candidates) > 1:
+            # "/srv/a:b/server:f": prefer the split whose binary part exists here.
+            index = next((i for i in candidates if os.path.isfile(text[:i])), index)
+        binary, symbol = text[:index], text[index + 1:]
+        if not binary or not symbol:
+            raise ConfigError(f"--probe {text!r}: expected BINARY:SYMBOL with both parts non-empty")
         return cls(binary, symbol)
 
     @property
@@ -124,6 +139,25 @@ class RawCall:
     probe_index: int = 0
 
 
+def split_points(text: str) -> list[int]:
+    """Indexes of the ':' in text that can separate BINARY from SYMBOL: each lone ':' and,
+    in a run of an odd number of colons ("f:::g"), its first one; the pairs of a run are
+    a symbol's "::"."""
+    points = []
+    index = 0
+    while index < len(text):
+        if text[index] != ":":
+            index += 1
+            continue
+        end = index
+        while end < len(text) and text[end] == ":":
+            end += 1
+        if (end - index) % 2 == 1:
+            points.append(index)
+        index = end
+    return points
+
+
 def import_bcc() -> Any:
     """Debian's bcc module (python3-bpfcc), or a BpfLoadError that says how to get it."""
     try:
@@ -180,11 +214,14 @@ class CallTracer:
 
     def attach(self, spec: ProbeSpec, limits: ProbeLimits | None = None) -> AttachedProbe:
         """Attach the handler at the entry of spec.symbol in spec.binary (all processes)."""
-        try:
-            path, file_offset = self._bcc.BPF._check_path_symbol(spec.binary.encode(), spec.symbol.encode(),
-                                                                 None, -1)
-        except Exception as exc:
-            raise ProbeError(f"probe {spec.probe_id}: {self._explain(spec, exc)}") from exc
+        if spec.file_offset is not None:
+            path, file_offset = spec.binary.encode(), spec.file_offset
+        else:
+            try:
+                path, file_offset = self._bcc.BPF._check_path_symbol(spec.binary.encode(), spec.symbol.encode(),
+                                                                     None, -1)
+            except Exception as exc:
+                raise ProbeError(f"probe {spec.probe_id}: {self._explain(spec, exc)}") from exc
         with self._lock:
             index = len(self.attached)
             if index >= self.settings.max_probes:

@@ -11,6 +11,7 @@ its mappings change.
 from __future__ import annotations
 
 import os
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,10 +105,19 @@ class ProcessTable:
         self._jit_modules: dict[int, dict[tuple[int, str], JitModule]] = {}  # pid -> (start, name) -> module
         self._jit_digests: set[str] = set()
         self._jars: dict[int, dict[str, str]] = {}  # pid -> class -> jar path (as the process sees it)
+        # The event pump describes and resolves; the loader-hold thread captures.
+        self._lock = threading.RLock()
+        # Exited processes are forgotten one sweep after they were first seen gone: calls
+        # they made may still be in the kernel's dedup map, flushed at the next watermark.
+        self._gone: set[int] = set()
 
     def describe(self, pid: int, cgroup_id: int = 0) -> ProcessInfo:
         """What is known of pid; cgroup_id (the call record's) still names the container of a
         process that exited before its calls were read."""
+        with self._lock:
+            return self._describe(pid, cgroup_id)
+
+    def _describe(self, pid: int, cgroup_id: int = 0) -> ProcessInfo:
         cached = self._info.get(pid)
         if cached is not None:
             return cached
@@ -135,6 +145,23 @@ class ProcessTable:
     def resolve_frames(self, pid: int, addresses: tuple[int, ...]) -> list[ResolvedAddress]:
         """Each address as (file, digest, offset), innermost first like the input; the first
         (the probed function's) also carries the purl of its file."""
+        with self._lock:
+            return self._resolve_frames(pid, addresses)
+
+    def capture(self, pid: int) -> tuple[ProcessInfo, list[Mapping], int]:
+        """Learn now, while pid is alive (held), all that its calls need later: identity,
+        runtime, mappings with their digests, the packages of its files. Returns (process,
+        mappings, maps version) for its module map, which the caller builds now too."""
+        with self._lock:
+            info = self._describe(pid)
+            mappings = self.maps.prime(pid)
+            version = self.maps.version(pid)
+            root = self._proc_root / str(pid) / "root"
+            self._purls[pid] = (version, {m.path: self.purls.purl(root, m.path) for m in mappings})
+            self._reported_versions[pid] = version  # the caller publishes this version's map
+            return info, mappings, version
+
+    def _resolve_frames(self, pid: int, addresses: tuple[int, ...]) -> list[ResolvedAddress]:
         frames = self.maps.resolve(pid, addresses)
         if self._perf_maps is not None and any(f.path is None for f in frames):
             frames = self._name_jit_frames(pid, frames)
@@ -149,11 +176,12 @@ class ProcessTable:
     def add_source_file(self, pid: int, path: str, binary_digest: str, purl: str | None) -> None:
         """A Python source file named in a frame of pid (agent/pycalls.py): listed in the
         process's module map with start = end = 0, so consumers know its package."""
-        units = self._jit_modules.setdefault(pid, {})
-        if (0, path) not in units:
-            units[(0, path)] = JitModule(0, 0, path, path, binary_digest, purl)
-            self.maps.mappings(pid)  # the map lists the process's mappings too
-            self._report_module_map(pid)
+        with self._lock:
+            units = self._jit_modules.setdefault(pid, {})
+            if (0, path) not in units:
+                units[(0, path)] = JitModule(0, 0, path, path, binary_digest, purl)
+                self.maps.mappings(pid)  # the map lists the process's mappings too
+                self._report_module_map(pid)
 
     def _report_module_map(self, pid: int) -> None:
         # Published version: the mappings' version plus the code units met, both only grow.
@@ -161,7 +189,7 @@ class ProcessTable:
         version = maps_version + len(self._jit_modules.get(pid, ())) if maps_version else 0
         if self._on_module_map is not None and version and self._reported_versions.get(pid) != version:
             self._reported_versions[pid] = version
-            self._on_module_map(self.describe(pid), self.maps.mappings(pid), version,
+            self._on_module_map(self._describe(pid), self.maps.mappings(pid), version,
                                 tuple(self._jit_modules.get(pid, {}).values()))
 
     def _name_jit_frames(self, pid: int, frames: list[ResolvedAddress]) -> list[ResolvedAddress]:
@@ -244,17 +272,20 @@ class ProcessTable:
         return by_path[path]
 
     def forget_exited(self) -> int:
-        """Drop what is known of processes that have exited; returns how many."""
-        gone = [pid for pid in self.maps.known_pids() if not (self._proc_root / str(pid)).exists()]
-        for pid in gone:
-            self.maps.forget(pid)
-            self._containers.forget(pid)
-            self._runtimes.forget(pid)
-            self._info.pop(pid, None)
-            self._reported_versions.pop(pid, None)
-            self._purls.pop(pid, None)
-            self._jit_modules.pop(pid, None)
-            self._jars.pop(pid, None)
-            if self._perf_maps is not None:
-                self._perf_maps.forget(pid)
-        return len(gone)
+        """Drop what is known of processes seen gone at the previous sweep too; returns how many."""
+        with self._lock:
+            gone_now = {pid for pid in self.maps.known_pids() if not (self._proc_root / str(pid)).exists()}
+            forget = gone_now & self._gone
+            self._gone = gone_now - forget
+            for pid in forget:
+                self.maps.forget(pid)
+                self._containers.forget(pid)
+                self._runtimes.forget(pid)
+                self._info.pop(pid, None)
+                self._reported_versions.pop(pid, None)
+                self._purls.pop(pid, None)
+                self._jit_modules.pop(pid, None)
+                self._jars.pop(pid, None)
+                if self._perf_maps is not None:
+                    self._perf_maps.forget(pid)
+            return len(forget)

@@ -174,7 +174,11 @@ class ProcessMaps:
         try:
             text = (self._proc_root / str(pid) / "maps").read_text()
         except OSError:
-            # The process exited before we looked: its frames stay unresolved.
+            if view is not None:
+                # Gone: the mappings read while it lived (at a hold, agent/loadwatch.py, or
+                # at an earlier call) still resolve the calls it made.
+                return view
+            # The process exited before we ever looked: its frames stay unresolved.
             text = ""
         mappings = parse_maps(text)
         if view is None or mappings != view.mappings:
@@ -203,19 +207,30 @@ class ProcessMaps:
             view.misses.update(r.address for r in resolved if r.path is None)
         return resolved
 
+    def prime(self, pid: int) -> list[Mapping]:
+        """Read pid's mappings now and digest every file they map, so that its calls resolve
+        after it has exited; returns the mappings."""
+        view = self._view(pid, refresh=True)
+        for mapping in view.mappings:
+            self._digest_of(pid, view, mapping)
+        return view.mappings
+
+    def _digest_of(self, pid: int, view: _ProcessView, mapping: Mapping) -> str | None:
+        if mapping in view.digests:
+            return view.digests[mapping]
+        # Read through the process's root so files inside containers are found.
+        digest = self._digests.digest(self._proc_root / str(pid) / "root" / mapping.path.lstrip("/"))
+        view.digests[mapping] = digest
+        if digest is not None and self._on_new_file is not None:
+            self._on_new_file(pid, mapping, digest)
+        return digest
+
     def _resolve_one(self, pid: int, view: _ProcessView, address: int) -> ResolvedAddress:
         index = bisect_right(view.starts, address) - 1
         if index < 0 or not view.mappings[index].contains(address):
             return ResolvedAddress(address, None, None, None)
         mapping = view.mappings[index]
-        if mapping in view.digests:
-            digest = view.digests[mapping]
-        else:
-            # Read through the process's root so files inside containers are found.
-            digest = self._digests.digest(self._proc_root / str(pid) / "root" / mapping.path.lstrip("/"))
-            view.digests[mapping] = digest
-            if digest is not None and self._on_new_file is not None:
-                self._on_new_file(pid, mapping, digest)
+        digest = self._digest_of(pid, view, mapping)
         result = ResolvedAddress(address, mapping.path, digest, address - mapping.start + mapping.file_offset)
         if len(view.addresses) >= MAX_CACHED_ADDRESSES:
             view.addresses.clear()

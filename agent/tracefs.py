@@ -45,8 +45,9 @@ class UprobeEvents:
         self.root = root or tracefs_root()
         self.owner_pid = owner_pid or os.getpid()
         self.group = f"rsig_{self.owner_pid}"
-        # Two programs of one agent (native probes, Python markers) keep their indexes apart.
-        self._name_prefix = name_prefix
+        # Tells apart the events of the agent's programs in its one group ("ld" for the loader
+        # hooks of agent/loadwatch.py, a prefix for the Python markers, "" for the probes).
+        self.name_prefix = name_prefix
         self._names: dict[int, str] = {}
         self.remove_stale()
 
@@ -56,7 +57,7 @@ class UprobeEvents:
         every process mapping the file while the event is in use (and lowers after)."""
         if any(c.isspace() for c in path):
             raise ProbeError(f"{path}: tracefs cannot name a file whose path holds whitespace")
-        name = f"{self.group}_{self._name_prefix}{index}"
+        name = f"{self.group}_{self.name_prefix}{index}"
         ref_ctr = f"(0x{ref_ctr_offset:x})" if ref_ctr_offset else ""
         self._write(f"p:{self.group}/{name} {path}:0x{file_offset:x}{ref_ctr}",
                     f"defining uprobe {path}+0x{file_offset:x}{ref_ctr}")

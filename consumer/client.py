@@ -123,6 +123,8 @@ def state_from_record(record: Mapping[str, Any]) -> ContainerState:
             first_observed_at_us=path["first_observed_at_us"],
             last_observed_at_us=path["last_observed_at_us"],
             windows=path["windows"],
+            binary_digests=tuple(path.get("binary_digests") or ()),
+            binary_offsets=tuple(path.get("binary_offsets") or ()),
         ))
     return ContainerState(
         container_id=record["container_id"],

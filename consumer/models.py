@@ -127,6 +127,9 @@ class PathTotal:
     first_observed_at_us: int
     last_observed_at_us: int
     windows: int
+    # Where each frame is (parallel to symbols): tells apart paths whose names agree.
+    binary_digests: tuple[str | None, ...] = ()
+    binary_offsets: tuple[int | None, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +195,11 @@ class PathEvidence:
     # False when the target names a package but the path cannot confirm it (the frame's
     # package is not resolved): the function matched by name only.
     purl_verified: bool = True
+    # Parallel to symbols: demangled names, and where each frame is (its binary and the
+    # offset in it), so paths whose names agree can be told apart when printed.
+    function_signatures: tuple[str, ...] = ()
+    binary_digests: tuple[str | None, ...] = ()
+    binary_offsets: tuple[int | None, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -217,7 +217,8 @@ def reachability_in_state(target: Target, state: ContainerState) -> Reachability
                 state.container_id, path.symbols, path.libraries, path.purl, found.frame,
                 path.node_hashes[found.frame] if found.frame < len(path.node_hashes) else None,
                 path.path_hash, path.callstack_hash, path.observation_count,
-                path.first_observed_at_us, path.last_observed_at_us, path.windows, found.purl_verified))
+                path.first_observed_at_us, path.last_observed_at_us, path.windows, found.purl_verified,
+                path.function_signatures, path.binary_digests, path.binary_offsets))
     # The latest-state record does not say where its last window ends, nor what was dropped:
     # its last window's start and 0 are what it can vouch for.
     end_us = state.last_window_end_us if state.last_window_end_us is not None else state.last_window_start_us
@@ -252,13 +253,14 @@ class _Totals:
             p.container_id, p.symbols, p.libraries, p.purl, frame,
             p.node_hashes[frame] if frame < len(p.node_hashes) else None,
             p.path_hash, p.callstack_hash, self.count, self.first_us or 0, self.last_us,
-            len(self.windows), self.found.purl_verified)
+            len(self.windows), self.found.purl_verified, p.function_signatures, p.binary_digests,
+            p.binary_offsets)
 
     def total(self) -> PathTotal:
         p = self.path
         return PathTotal(p.symbols, p.function_signatures, p.node_hashes, p.libraries, p.purl,
                          p.runtime_type, p.path_hash, p.callstack_hash, self.count,
-                         self.first_us or 0, self.last_us, len(self.windows))
+                         self.first_us or 0, self.last_us, len(self.windows), p.binary_digests, p.binary_offsets)
 
 
 class _CoverageBuilder:

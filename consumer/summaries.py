@@ -8,6 +8,7 @@ import logging
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
+from runtime_signals.consumer.display import PathFrames, path_labels, readable
 from runtime_signals.consumer.kafka import TopicReader
 from runtime_signals.consumer.models import Summary, Target
 from runtime_signals.consumer.query import Matcher, in_time, resolve_container
@@ -86,22 +87,24 @@ def to_json(summaries: list[dict[str, Any]]) -> str:
 
 
 def short_symbol(symbol: str) -> str:
-    # Unresolved frames are "<sha256:digest>+0x<offset>": keep them readable.
-    if symbol.startswith("sha256:") and "+" in symbol:
-        digest, offset = symbol.split("+", 1)
-        return f"{digest[:15]}…+{offset}"
-    return symbol
+    """A frame's name for people (consumer.display.readable): demangled, unresolved frames shortened."""
+    return readable(symbol)
 
 
 def path_rows(call_paths: Iterable[dict[str, Any]]) -> list[tuple[int, int, tuple[str, ...]]]:
-    """(calls, stacks, symbols) of a window's paths, most calls first: paths whose names are the
-    same (they differ in binary locations only) are one row, so no printed row repeats."""
+    """(calls, stacks, frame labels) of a window's paths, most calls first. Labels are the
+    demangled names, with the call site where paths that print alike differ (consumer.display);
+    paths whose labels are still the same are one row, so no printed row repeats."""
+    paths = list(call_paths)
+    labels = path_labels([PathFrames(p["symbols"], p.get("function_signatures") or (),
+                                     p.get("binary_offsets") or (), p.get("binary_digests") or ())
+                          for p in paths])
     calls: dict[tuple[str, ...], list[int]] = {}
-    for path in call_paths:
-        entry = calls.setdefault(tuple(short_symbol(s) for s in path["symbols"]), [0, 0])
+    for path, names in zip(paths, labels):
+        entry = calls.setdefault(tuple(names), [0, 0])
         entry[0] += path["observation_count"]
         entry[1] += 1
-    return sorted(((c, n, symbols) for symbols, (c, n) in calls.items()), key=lambda row: (-row[0], row[2]))
+    return sorted(((c, n, names) for names, (c, n) in calls.items()), key=lambda row: (-row[0], row[2]))
 
 
 def format_table(summaries: list[dict[str, Any]], limit: int | None = None) -> str:

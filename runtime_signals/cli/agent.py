@@ -127,8 +127,10 @@ def check(args: argparse.Namespace) -> int:
         print(f"{name}: {path}: {', '.join(symbols) if symbols else 'no symbol resolved'}")
     for key, reason in sorted(manager.missing.items()):
         print(f"problem: {key}: {reason}", file=sys.stderr)
+    inlined = manager.counts["inlined_copies"]
     print(f"settings valid; {len(manager.resolved())} file(s) resolved, {manager.counts['probes_attached']} "
-          f"probe(s) would attach, {len(manager.missing)} problem(s)")
+          f"probe(s) would attach{f' ({inlined} at inlined copies)' if inlined else ''}, "
+          f"{len(manager.missing)} problem(s)")
     return 1 if manager.missing else 0
 
 
@@ -249,6 +251,31 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     watch.start(stop)
     targets.scan()
+    if metrics is not None:
+        metrics.add_counters("targets", "Target files and probes: late_attaches are files attached by a rescan after "
+                             "a process had mapped them (calls before were not observed)", targets.counters)
+    loadwatch = None
+    from runtime_signals.agent.loadwatch import can_resume_any_process
+
+    if agent.hold_processes and not can_resume_any_process():
+        log.warning("agent.hold_processes: off, the agent lacks CAP_KILL and could not resume a process it held; "
+                    "libraries are attached by the rescan and calls before it are counted as late_attaches")
+    elif agent.hold_processes:
+        from runtime_signals.agent.loadwatch import KIND_NEW_ROOT, LoadWatch
+
+        def _answer_hold(pid: int, kind: int) -> None:
+            targets.scan_pid(pid)
+            if kind != KIND_NEW_ROOT:  # a new root's loader is hooked (LoadWatch); its process maps no target yet
+                collector.capture(pid)
+
+        loadwatch = LoadWatch(agent.targets, _answer_hold, backing=targets.backing, proc_root=Path(agent.proc_root),
+                              host_root=Path(agent.host_root), heartbeat_ms=agent.hold_heartbeat_ms)
+        hooked = loadwatch.hook_all()
+        log.info("loader hooks: %d loader file(s) hooked", hooked)
+        loadwatch_thread = loadwatch.run(stop)
+        if metrics is not None:
+            metrics.add_counters("loader_holds", "Processes held for the agent at exec or library load "
+                                 "(docs/attribution.md)", loadwatch.counters)
 
     def _request_stop(signum: int, _frame: object) -> None:
         log.info("received %s: draining and flushing", signal.Signals(signum).name)
@@ -265,6 +292,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         collector.run(stop)
     finally:
+        if loadwatch is not None:
+            stop.set()
+            loadwatch_thread.join(10)
+            log.info("loader holds: %s", loadwatch.counters())
+        log.info("targets: %s", targets.counters())
         tracer.close()
         if python is not None:
             python.close()

@@ -211,7 +211,7 @@ def format_answer(answer: Reachability, *, limit: int | None = TEXT_LIMIT,
                      f"last {iso(answer.last_observed_at_us)}")
         lines.append(f"  {'calls':>8}  {'container':<20}  call path (entry point → [target] → probed function)")
         for row in shown[:limit]:
-            symbols = [short_symbol(s) for s in row.symbols]
+            symbols = list(row.symbols)
             symbols[row.matched_frame] = f"[{symbols[row.matched_frame]}]"
             note = "" if row.purl_verified else "  (package unconfirmed)"
             stacks = f"  ({row.stacks} stacks)" if row.stacks > 1 else ""

@@ -199,6 +199,15 @@ class AgentSettings:
         "cgroup's pod uid; mount it read-only. Without it pods are known by uid only"))
     host_name: str | None = field(default=None, metadata=_doc(
         "node name in records (default: the hostname; in Kubernetes pass spec.nodeName)"))
+    hold_processes: bool = field(default=True, metadata=_doc(
+        "stop a process for a moment (SIGSTOP, then SIGCONT) when its loader maps a library a "
+        "target names, when it execs a target executable, and at its first exec in a new root, so "
+        "the library is attached before it can be called and the process's maps are read while it "
+        "lives (docs/attribution.md); false: libraries are attached by the rescan and the calls "
+        "before it are counted as late_attaches"))
+    hold_heartbeat_ms: int = field(default=2000, metadata=_doc(
+        "processes are held only while the agent answered within this long: an agent that dies "
+        "stops holding after it"))
     # --- overhead control (README "Agent overhead, drop accounting and delivery") ---
     dedup: bool = field(default=True, metadata=_doc(
         "fold identical calls (same probe, process and stack) in the kernel into one record "

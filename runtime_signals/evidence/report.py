@@ -15,6 +15,7 @@ from runtime_signals.consumer.models import PathEvidence, iso
 from runtime_signals.consumer.summaries import short_symbol
 from runtime_signals.evidence import flamegraph
 from runtime_signals.evidence.export import Finding
+from runtime_signals.consumer.display import PathFrames, path_labels
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
@@ -46,11 +47,14 @@ class Row:
 
 
 def rows(paths: Sequence[PathEvidence]) -> list[Row]:
-    """Evidence folded so that no displayed row repeats another: stacks that differ only in
-    binary locations (two builds, two call sites in one caller) add up, most calls first."""
+    """Evidence folded so that no displayed row repeats another, most calls first."""
+    # Labels are the demangled names, with the call site where paths that print alike differ
+    # (consumer.display): stacks that still print alike are one row.
+    labels = path_labels([PathFrames(p.symbols, p.function_signatures, p.binary_offsets, p.binary_digests)
+                          for p in paths])
     grouped: dict[tuple[str, tuple[str, ...], int], list[PathEvidence]] = {}
-    for path in paths:
-        grouped.setdefault((path.container_id, path.symbols, path.matched_frame), []).append(path)
+    for path, label in zip(paths, labels):
+        grouped.setdefault((path.container_id, tuple(label), path.matched_frame), []).append(path)
     folded = [Row(container, symbols, frame, sum(p.observation_count for p in group), len(group),
                   min(p.first_observed_at_us for p in group), max(p.last_observed_at_us for p in group),
                   all(p.purl_verified for p in group))
