@@ -307,6 +307,8 @@ class Engine:
                                   (), state.partition))
         state.emitted_through = closed.marker
         self.counts["windows_emitted"] += 1
+        if built.executables_omitted:
+            self.counts["executables_omitted"] += built.executables_omitted
         if built.unresolved_frames:
             self.counts["windows_unresolved"] += 1
             self.counts["unresolved_frames"] += built.unresolved_frames
