@@ -142,6 +142,7 @@ class Collector:
             self._new_paths[call.probe_index] += 1
         container_id = process.container_id
         bottom_to_top = list(reversed(frames))
+        executable = self._processes.executable(call.pid)
         record = {
             "event_id": str(uuid.uuid4()),
             "container_id": container_id,
@@ -169,10 +170,14 @@ class Collector:
             "last_timestamp_ns": call.last_boot_ns if call.count > 1 else None,
             "stack_frames": [
                 {"address": signed64(f.address), "binary_digest": f.binary_digest,
-                 "binary_offset": f.binary_offset, "library": f.path}
+                 "binary_offset": f.binary_offset, "library": f.path, "purl": f.purl}
                 for f in bottom_to_top
             ],
             "stack_truncated": bool(call.flags & FLAG_STACK_TRUNCATED),
+            "executable": executable.path,
+            "executable_digest": executable.binary_digest,
+            "executable_purl": executable.purl,
+            "comm": executable.comm,
         }
         value = codec.encode(record, CALL_EVENT, self._registry)
         self._publisher.produce(self.settings.topics.raw, container_id.encode(), value, calls=call.count)

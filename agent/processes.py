@@ -50,6 +50,16 @@ class ProcessInfo:
     start_ticks: int = 0  # /proc/<pid>/stat field 22: with the pid, names the process uniquely
 
 
+@dataclass(frozen=True, slots=True)
+class ExecutableIdentity:
+    """What RuntimeCallEvent says of the calling process's executable."""
+
+    path: str | None     # as the process sees it
+    binary_digest: str | None
+    purl: str | None
+    comm: str
+
+
 @dataclass
 class NodeFiles:
     """Caches about the node's files that the event pump, the module-map worker and the
@@ -89,8 +99,10 @@ class ProcessTable:
         self._on_module_map = on_module_map
         self._info: dict[int, ProcessInfo] = {}
         self._reported_versions: dict[int, int] = {}
-        # Purl of the probed function's file, per process: (maps version, {path: purl}).
+        # Purl of each mapped file met in a stack, per process: (maps version, {path: purl}).
         self._purls: dict[int, tuple[int, dict[str, str | None]]] = {}
+        # Executable identity per process: (maps version, identity). Dropped with the process.
+        self._executables: dict[int, tuple[int, ExecutableIdentity]] = {}
 
     def describe(self, pid: int, cgroup_id: int = 0) -> ProcessInfo:
         """What is known of pid; cgroup_id (the call record's) still names the container of a
@@ -120,18 +132,37 @@ class ProcessTable:
         return info
 
     def resolve_frames(self, pid: int, addresses: tuple[int, ...]) -> list[ResolvedAddress]:
-        """Each address as (file, digest, offset), innermost first like the input; the first
-        (the probed function's) also carries the purl of its file."""
+        """Each address as (file, digest, offset, purl of the file), innermost first like the
+        input. Every frame names its package, so every node hash can be recomputed from the
+        published path (schemas/HASHING.md v2); the purl is looked up once per file and
+        mappings version."""
         frames = self.maps.resolve(pid, addresses)
         version = self.maps.version(pid)
-        top = frames[0] if frames else None
-        if top is not None and top.path is not None:
-            frames[0] = ResolvedAddress(top.address, top.path, top.binary_digest, top.binary_offset,
-                                        self._purl(pid, version, top.path))
+        frames = [ResolvedAddress(f.address, f.path, f.binary_digest, f.binary_offset,
+                                  self._purl(pid, version, f.path)) if f.path is not None else f
+                  for f in frames]
         if self._on_module_map is not None and version and self._reported_versions.get(pid) != version:
             self._reported_versions[pid] = version
             self._on_module_map(self.describe(pid), self.maps.mappings(pid), version)
         return frames
+
+    def executable(self, pid: int) -> ExecutableIdentity:
+        """The process's executable: its path as the process sees it, digest and package.
+        Cached per process (a process's executable does not change without exec, which
+        makes a new mappings version: the cache follows that)."""
+        version = self.maps.version(pid)
+        cached = self._executables.get(pid)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        info = self.describe(pid)
+        digest = purl = None
+        if info.executable:
+            digest = self.digests.digest(self._proc_root / str(pid) / "exe")
+            purl = self._purl(pid, version, info.executable)
+        identity = ExecutableIdentity(info.executable or None, digest, purl, info.comm)
+        if info.executable:
+            self._executables[pid] = (version, identity)
+        return identity
 
     def _new_file(self, pid: int, mapping: Mapping, digest: str) -> None:
         """A file first met in pid's mappings (ProcessMaps calls once per mapping)."""
@@ -159,4 +190,5 @@ class ProcessTable:
             self._info.pop(pid, None)
             self._reported_versions.pop(pid, None)
             self._purls.pop(pid, None)
+            self._executables.pop(pid, None)
         return len(gone)
