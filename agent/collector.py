@@ -142,7 +142,7 @@ class Collector:
             self._new_paths[call.probe_index] += 1
         container_id = process.container_id
         bottom_to_top = list(reversed(frames))
-        executable = self._processes.executable(call.pid)
+        executable = self._processes.executable(call.pid, frames)
         record = {
             "event_id": str(uuid.uuid4()),
             "container_id": container_id,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Callable
 
 from runtime_signals.agent.identity import CgroupDirectory, ContainerResolver, PodDirectory
@@ -146,18 +147,21 @@ class ProcessTable:
             self._on_module_map(self.describe(pid), self.maps.mappings(pid), version)
         return frames
 
-    def executable(self, pid: int) -> ExecutableIdentity:
+    def executable(self, pid: int, frames: Sequence[ResolvedAddress] = ()) -> ExecutableIdentity:
         """The process's executable: its path as the process sees it, digest and package.
+        The digest comes from a frame in the executable when there is one (a short-lived
+        process may be gone by the time its calls are read, /proc/<pid>/exe with it).
         Cached per process (a process's executable does not change without exec, which
         makes a new mappings version: the cache follows that)."""
         version = self.maps.version(pid)
         cached = self._executables.get(pid)
-        if cached is not None and cached[0] == version:
+        if cached is not None and cached[0] == version and cached[1].binary_digest is not None:
             return cached[1]
         info = self.describe(pid)
         digest = purl = None
         if info.executable:
-            digest = self.digests.digest(self._proc_root / str(pid) / "exe")
+            digest = next((f.binary_digest for f in frames if f.path == info.executable and f.binary_digest), None)
+            digest = digest or self.digests.digest(self._proc_root / str(pid) / "exe")
             purl = self._purl(pid, version, info.executable)
         identity = ExecutableIdentity(info.executable or None, digest, purl, info.comm)
         if info.executable:
