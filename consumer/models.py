@@ -242,6 +242,7 @@ class PathEvidence:
     package_purl: str | None = None
     module: str | None = None          # the matched frame's module identity (HASHING.md v2)
     executables: tuple[Executable, ...] = ()
+    frame_purls: tuple[str | None, ...] = ()  # every frame's module identity, as symbols
 
 
 @dataclass(frozen=True, slots=True)

@@ -207,7 +207,7 @@ def reachability_in_state(target: Target, state: ContainerState) -> Reachability
                 path.path_hash, path.callstack_hash, path.observation_count,
                 path.first_observed_at_us, path.last_observed_at_us, path.windows, found.purl_verified,
                 path.package_of(found.frame), path.purls[found.frame] if found.frame < len(path.purls) else None,
-                path.executables))
+                path.executables, path.purls))
     # The latest-state record does not say where its last window ends, nor what was dropped:
     # its last window's start and 0 are what it can vouch for.
     end_us = state.last_window_end_us if state.last_window_end_us is not None else state.last_window_start_us
@@ -245,7 +245,7 @@ class _Totals:
             p.node_hashes[frame] if frame < len(p.node_hashes) else None,
             p.path_hash, p.callstack_hash, self.count, self.first_us or 0, self.last_us,
             len(self.windows), self.found.purl_verified, p.package_of(frame),
-            p.purls[frame] if frame < len(p.purls) else None, tuple(sorted(self.executables)))
+            p.purls[frame] if frame < len(p.purls) else None, tuple(sorted(self.executables)), p.purls)
 
     def total(self) -> PathTotal:
         p = self.path
