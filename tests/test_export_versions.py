@@ -7,7 +7,7 @@ per ecosystem by univers."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +15,17 @@ import pytest
 
 from runtime_signals.consumer import Summary
 from runtime_signals.evidence import cyclonedx, export, openvex
-from runtime_signals.evidence.versions import AFFECTED, NOT_AFFECTED, UNKNOWN, AffectedVersions, judge
+from runtime_signals.evidence.versions import (
+    AFFECTED,
+    NOT_AFFECTED,
+    UNKNOWN,
+    AffectedVersions,
+    judge,
+)
 from tests.consumer import sample_summaries as sample
 from tests.test_export import assert_valid, cyclonedx_validator, openvex_validator
 
-NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 # GO-2023-2102 (golang.org/x/net HTTP/2 rapid reset), as vuln.go.dev serves it.
 GO_VULNDB = {"package": {"ecosystem": "Go", "name": "golang.org/x/net"},

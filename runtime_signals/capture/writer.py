@@ -12,7 +12,6 @@ leaves ``<file>.partial``, a valid container file up to its last flushed block.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
-from runtime_signals.consumer.models import Reachability, iso
+from runtime_signals.consumer.models import iso
 
 from runtime_signals.evidence import export
 from runtime_signals.evidence.export import Finding

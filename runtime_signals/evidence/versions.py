@@ -123,18 +123,13 @@ def _in_range(version: uv.Version, events: Sequence[tuple[str, str]], cls: type[
         bound = None if value == "0" else _parse(cls, value, kind)
         keyed.append((bound, name))
     # "0" sorts first; at equal versions an introduced comes before the event closing it.
-    keyed.sort(key=lambda item: (item[0] is not None, item[0] if item[0] is not None else 0))  # type: ignore[arg-type]
+    keyed.sort(key=lambda item: (item[0] is not None, item[0] if item[0] is not None else 0))
     inside = False
     for bound, name in keyed:
-        if name == "introduced":
-            if bound is None or version >= bound:
-                inside = True
-        elif name in ("fixed", "limit"):
-            if bound is not None and version >= bound:
-                inside = False
-        elif name == "last_affected":
-            if bound is not None and version > bound:
-                inside = False
+        if name == "introduced" and (bound is None or version >= bound):
+            inside = True
+        elif name in ("fixed", "limit") and bound is not None and version >= bound or name == "last_affected" and bound is not None and version > bound:
+            inside = False
     return inside
 
 

@@ -32,10 +32,8 @@ def _text(value: str) -> str:
         else:
             out.append(char)
     joined = "".join(out)
-    if joined.startswith(" "):
-        joined = joined[1:]
-    if joined.endswith(" "):
-        joined = joined[:-1]
+    joined = joined.removeprefix(" ")
+    joined = joined.removesuffix(" ")
     return joined
 
 
