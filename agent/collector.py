@@ -6,6 +6,12 @@ swaps the kernel's dedup maps, drains the ring buffer and reads the old map (see
 CallTracer.collect), so each distinct (probe, process, stack) reaches the raw topic
 within one tick, as one record carrying the count of calls it stands for.
 
+Flushes are aligned to the wall clock: the pump collects just after each multiple of the
+watermark interval since the Unix epoch, and the BPF program keys its dedup maps by that
+interval too (flush_clock in calltrace.bpf.c), so a folded record never holds calls of two
+intervals and lands whole in the event-time window of every one of its calls when the
+window length is a multiple of the interval (the processor reports records that do not).
+
 Ordering promise to the processor: before each AgentWatermark(T) is produced, every call
 made before T has been collected and produced, so every RuntimeCallEvent produced after
 it has observed_at_us >= T. The processor closes event-time windows on it. A folded
@@ -47,6 +53,9 @@ STATISTICS = "io.runtimesignals.SignalStatistics"
 # Calls stamped just before a collection started may still be in flight to the ring
 # buffer; the watermark stays this far behind the collection's start.
 WATERMARK_SAFETY_NS = 5_000_000
+# Collections run this long after an interval boundary, so that the maps swapped out hold
+# the interval that just ended whole (not correctness: records never span epochs anyway).
+_FLUSH_AFTER_BOUNDARY_S = 0.002
 # The pump is healthy while its loop has turned within this long.
 HEALTHY_WITHIN_NS = 30_000_000_000
 
@@ -100,6 +109,8 @@ class Collector:
                                        on_module_map=self._module_maps.offer, node=node)
         self._filters = filters or TargetFilters()
         tracer.on_event(self._handle)
+        self._flush_interval_ns = settings.watermark_interval_ms * 1_000_000
+        tracer.set_flush_clock(self._flush_interval_ns, self._clock.offset_ns())
 
     def register_probe(self, probe: AttachedProbe) -> None:
         """Learn a probe the tracer attached (its index is the tracer's), to name the calls
@@ -188,6 +199,9 @@ class Collector:
         """Collect every call made so far, then promise the processor no earlier call will follow."""
         collect_started_boot_ns = BootClock.now_boot_ns()
         self._sample_ringbuf()
+        # The offset follows NTP slews; the program's epochs follow the same offset as the
+        # records' times.
+        self._tracer.set_flush_clock(self._flush_interval_ns, self._clock.offset_ns())
         self._tracer.collect()
         topic = self.settings.topics.raw
         partitions = self._publisher.known_partition_count(topic)
@@ -203,6 +217,13 @@ class Collector:
         }, WATERMARK, self._registry)
         for partition in range(partitions):
             self._publisher.produce(topic, self.settings.agent_id.encode(), value, partition=partition)
+
+    def _until_next_flush_s(self, interval_s: float) -> float:
+        """Seconds to just after the next multiple of the interval on the wall clock: the
+        kernel's epochs change there (a little after, so the swap follows the change)."""
+        wall_ns = time.time_ns()
+        next_ns = (wall_ns // self._flush_interval_ns + 1) * self._flush_interval_ns
+        return min(interval_s, (next_ns - wall_ns) / 1e9) + _FLUSH_AFTER_BOUNDARY_S
 
     def _sample_ringbuf(self) -> None:
         self._ringbuf_peak_bytes = max(self._ringbuf_peak_bytes, self._tracer.ringbuf_used_bytes())
@@ -290,7 +311,7 @@ class Collector:
             if now >= next_watermark:
                 self.publish_watermark()
                 self.apply_budget()
-                next_watermark = now + interval_s
+                next_watermark = now + self._until_next_flush_s(interval_s)
             if now >= next_statistics:
                 self.publish_statistics()
                 next_statistics = now + statistics_s

@@ -54,6 +54,8 @@ class CallRecord:
     top_purl: str | None
     runtime_type: str
     executable: Executable | None = None  # the calling process's, when the agent said
+    # Event time of the last call a folded record stands for (observed_at_us for one call).
+    last_observed_at_us: int = 0
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -155,7 +157,15 @@ def _call(event: dict[str, Any]) -> Intake:
         top_purl=event["purl"],
         runtime_type=event["runtime_type"],
         executable=_executable(event),
+        last_observed_at_us=observed_us + _folded_span_us(event),
     )
+
+
+def _folded_span_us(event: dict[str, Any]) -> int:
+    last_ns = event["last_timestamp_ns"]
+    if last_ns is None or event["observation_count"] < 2 or last_ns < event["timestamp_ns"]:
+        return 0
+    return (last_ns - event["timestamp_ns"]) // 1000
 
 
 @lru_cache(maxsize=4096)
