@@ -100,7 +100,8 @@ class ProcessTable:
         self._on_module_map = on_module_map
         self._info: dict[int, ProcessInfo] = {}
         self._reported_versions: dict[int, int] = {}
-        # Purl of each mapped file met in a stack, per process: (maps version, {path: purl}).
+        # Purl of the probed function's file (and the executable's), per process:
+        # (maps version, {path: purl}).
         self._purls: dict[int, tuple[int, dict[str, str | None]]] = {}
         # Executable identity per process: (maps version, identity). Dropped with the process.
         self._executables: dict[int, tuple[int, ExecutableIdentity]] = {}
@@ -133,15 +134,17 @@ class ProcessTable:
         return info
 
     def resolve_frames(self, pid: int, addresses: tuple[int, ...]) -> list[ResolvedAddress]:
-        """Each address as (file, digest, offset, purl of the file), innermost first like the
-        input. Every frame names its package, so every node hash can be recomputed from the
-        published path (schemas/HASHING.md v2); the purl is looked up once per file and
-        mappings version."""
+        """Each address as (file, digest, offset), innermost first like the input; the first
+        (the probed function's) also carries the purl of its file. The other frames' packages
+        reach the processor through the module maps, looked up off the event pump: a first
+        package lookup costs up to a second (building a root's package index), which the pump
+        must not spend on every new library of a stack."""
         frames = self.maps.resolve(pid, addresses)
         version = self.maps.version(pid)
-        frames = [ResolvedAddress(f.address, f.path, f.binary_digest, f.binary_offset,
-                                  self._purl(pid, version, f.path)) if f.path is not None else f
-                  for f in frames]
+        top = frames[0] if frames else None
+        if top is not None and top.path is not None:
+            frames[0] = ResolvedAddress(top.address, top.path, top.binary_digest, top.binary_offset,
+                                        self._purl(pid, version, top.path))
         if self._on_module_map is not None and version and self._reported_versions.get(pid) != version:
             self._reported_versions[pid] = version
             self._on_module_map(self.describe(pid), self.maps.mappings(pid), version)

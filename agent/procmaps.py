@@ -39,7 +39,7 @@ class ResolvedAddress:
     path: str | None
     binary_digest: str | None
     binary_offset: int | None
-    purl: str | None = None  # the package of the file, set by ProcessTable.resolve_frames
+    purl: str | None = None  # set for the probed function's frame only (ProcessTable)
 
 
 def parse_maps(text: str) -> list[Mapping]:
