@@ -13,7 +13,7 @@ from typing import Any
 
 import fastavro
 
-from runtime_signals.capture.file import PARSED_SCHEMA, FORMAT, metadata, read_capture
+from runtime_signals.capture.file import FORMAT, PARSED_SCHEMA, metadata, read_capture
 from runtime_signals.consumer.models import Summary
 from runtime_signals.processor.engine import Engine, EngineSettings
 from runtime_signals.processor.symbolize import NoSymbols
