@@ -162,10 +162,11 @@ def _call(event: dict[str, Any]) -> Intake:
 
 
 def _folded_span_us(event: dict[str, Any]) -> int:
-    last_ns = event["last_timestamp_ns"]
-    if last_ns is None or event["observation_count"] < 2 or last_ns < event["timestamp_ns"]:
+    last_ns: int | None = event["last_timestamp_ns"]
+    first_ns: int = event["timestamp_ns"]
+    if last_ns is None or event["observation_count"] < 2 or last_ns < first_ns:
         return 0
-    return (last_ns - event["timestamp_ns"]) // 1000
+    return (last_ns - first_ns) // 1000
 
 
 @lru_cache(maxsize=4096)
