@@ -18,13 +18,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from . import hot, latency, probe_agent, processor_bench, report
+from . import hot, latency, probe_agent, processor_bench, report, windows
 from .kafka_io import dedicated_broker
 from .procs import flags_offered
 from .synthetic import Dataset
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("probe_agent", "hot", "processor", "latency")
+STAGES = ("probe_agent", "hot", "processor", "latency", "windows")
 log = logging.getLogger("benchmarks")
 
 
@@ -35,6 +35,10 @@ class Plan:
     processor: processor_bench.ProcessorPlan
     latency_rates_per_s: list[int]
     latency_seconds_per_rate: float
+    # Window attribution: paced calls (count, one every interval µs) across window boundaries.
+    windows_calls: int = 20_000
+    windows_interval_us: int = 1000
+    windows_window_ms: int = 5000
 
 
 # Sizes for the 2-core VM the figures in docs/benchmarks.md come from: 5 to 8 minutes.
@@ -63,6 +67,9 @@ QUICK = Plan(
     ),
     latency_rates_per_s=[50],
     latency_seconds_per_rate=1.0,
+    windows_calls=600,
+    windows_interval_us=2000,
+    windows_window_ms=1000,
 )
 
 
@@ -144,6 +151,8 @@ def run_suite(plan: Plan, stages: list[str], bootstrap: str | None, work_dir: Pa
                                                      flags_offered("processor")),
             "latency": lambda: latency.run(broker, work_dir, plan.latency_rates_per_s,
                                            plan.latency_seconds_per_rate),
+            "windows": lambda: windows.run(broker, work_dir, plan.windows_calls, plan.windows_interval_us,
+                                           plan.windows_window_ms),
         }
         for stage in stages:
             log.info("stage %s ...", stage)
