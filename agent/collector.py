@@ -53,8 +53,9 @@ STATISTICS = "io.runtimesignals.SignalStatistics"
 # Calls stamped just before a collection started may still be in flight to the ring
 # buffer; the watermark stays this far behind the collection's start.
 WATERMARK_SAFETY_NS = 5_000_000
-# Collections run this long after an interval boundary, so that the maps swapped out hold
-# the interval that just ended whole (not correctness: records never span epochs anyway).
+# Collections run this long after an interval boundary, so that a swapped-out map holds the
+# interval that just ended whole, plus only the first moments of the next (not correctness:
+# records never span epochs anyway).
 _FLUSH_AFTER_BOUNDARY_S = 0.002
 # The pump is healthy while its loop has turned within this long.
 HEALTHY_WITHIN_NS = 30_000_000_000
