@@ -6,6 +6,12 @@ swaps the kernel's dedup maps, drains the ring buffer and reads the old map (see
 CallTracer.collect), so each distinct (probe, process, stack) reaches the raw topic
 within one tick, as one record carrying the count of calls it stands for.
 
+Flushes are aligned to the wall clock: the pump collects just after each multiple of the
+watermark interval since the Unix epoch, and the BPF program keys its dedup maps by that
+interval too (flush_clock in calltrace.bpf.c), so a folded record never holds calls of two
+intervals and lands whole in the event-time window of every one of its calls when the
+window length is a multiple of the interval (the processor reports records that do not).
+
 Ordering promise to the processor: before each AgentWatermark(T) is produced, every call
 made before T has been collected and produced, so every RuntimeCallEvent produced after
 it has observed_at_us >= T. The processor closes event-time windows on it. A folded
@@ -50,6 +56,10 @@ STATISTICS = "io.runtimesignals.SignalStatistics"
 # Calls stamped just before a collection started may still be in flight to the ring
 # buffer; the watermark stays this far behind the collection's start.
 WATERMARK_SAFETY_NS = 5_000_000
+# Collections run this long after an interval boundary, so that a swapped-out map holds the
+# interval that just ended whole, plus only the first moments of the next (not correctness:
+# records never span epochs anyway).
+_FLUSH_AFTER_BOUNDARY_S = 0.002
 # The pump is healthy while its loop has turned within this long.
 HEALTHY_WITHIN_NS = 30_000_000_000
 
@@ -131,6 +141,8 @@ class Collector:
         self._filters = filters or TargetFilters()
         self._sources = list(sources)
         tracer.on_event(self._handle)
+        self._flush_interval_ns = settings.watermark_interval_ms * 1_000_000
+        tracer.set_flush_clock(self._flush_interval_ns, self._clock.offset_ns())
 
     def add_source(self, source: CallSource) -> None:
         """Publish another program's calls at each collection, under the same watermarks."""
@@ -191,6 +203,7 @@ class Collector:
             self._new_paths[call.probe_index] += 1
         container_id = process.container_id
         bottom_to_top = list(reversed(frames))
+        executable = self._processes.executable(call.pid, frames)
         record = {
             "event_id": str(uuid.uuid4()),
             "container_id": container_id,
@@ -218,10 +231,14 @@ class Collector:
             "last_timestamp_ns": call.last_boot_ns if call.count > 1 else None,
             "stack_frames": [
                 {"address": signed64(f.address), "binary_digest": f.binary_digest,
-                 "binary_offset": f.binary_offset, "library": f.path}
+                 "binary_offset": f.binary_offset, "library": f.path, "purl": f.purl}
                 for f in bottom_to_top
             ],
             "stack_truncated": bool(call.flags & FLAG_STACK_TRUNCATED),
+            "executable": executable.path,
+            "executable_digest": executable.binary_digest,
+            "executable_purl": executable.purl,
+            "comm": executable.comm,
         }
         value = codec.encode(record, CALL_EVENT, self._registry)
         self._publisher.produce(self.settings.topics.raw, container_id.encode(), value, calls=call.count)
@@ -232,6 +249,9 @@ class Collector:
         """Collect every call made so far, then promise the processor no earlier call will follow."""
         collect_started_boot_ns = BootClock.now_boot_ns()
         self._sample_ringbuf()
+        # The offset follows NTP slews; the program's epochs follow the same offset as the
+        # records' times.
+        self._tracer.set_flush_clock(self._flush_interval_ns, self._clock.offset_ns())
         self._tracer.collect()
         self._collect_sources()
         topic = self.settings.topics.raw
@@ -257,6 +277,13 @@ class Collector:
                                         calls=built.calls)
                 self.events_published += 1
                 self.calls_published += built.calls
+
+    def _until_next_flush_s(self, interval_s: float) -> float:
+        """Seconds to just after the next multiple of the interval on the wall clock: the
+        kernel's epochs change there (a little after, so the swap follows the change)."""
+        wall_ns = time.time_ns()
+        next_ns = (wall_ns // self._flush_interval_ns + 1) * self._flush_interval_ns
+        return min(interval_s, (next_ns - wall_ns) / 1e9) + _FLUSH_AFTER_BOUNDARY_S
 
     def _sample_ringbuf(self) -> None:
         self._ringbuf_peak_bytes = max(self._ringbuf_peak_bytes, self._tracer.ringbuf_used_bytes())
@@ -351,7 +378,7 @@ class Collector:
             if now >= next_watermark:
                 self.publish_watermark()
                 self.apply_budget()
-                next_watermark = now + interval_s
+                next_watermark = now + self._until_next_flush_s(interval_s)
             if now >= next_statistics:
                 self.publish_statistics()
                 next_statistics = now + statistics_s

@@ -320,6 +320,14 @@ class CallTracer:
         self.drain()
         return self._flush_dedup(self._dedup_fds[old])
 
+    def set_flush_clock(self, interval_ns: int, boot_to_wall_ns: int) -> None:
+        """Tell the program the flush interval and the boot-to-wall offset the agent converts
+        times with, so it never folds calls of two wall-clock intervals into one record
+        (flush_clock in calltrace.bpf.c)."""
+        table = self._bpf["flush_clock"]
+        table[ctypes.c_int(0)] = ctypes.c_uint64(interval_ns)
+        table[ctypes.c_int(1)] = ctypes.c_uint64(boot_to_wall_ns % (1 << 64))
+
     def _set_active_dedup(self, which: int) -> None:
         # bcc's MapInMapArray takes the inner map's fd as the value.
         self._bpf["dedup_active"][ctypes.c_int(0)] = ctypes.c_int(self._dedup_fds[which])

@@ -15,7 +15,8 @@ import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from collections.abc import Sequence
+from typing import Callable
 
 from runtime_signals.agent.identity import CgroupDirectory, ContainerResolver, PodDirectory
 from runtime_signals.agent.perfmap import _JDK_PACKAGES, JitModule, PerfMaps, jit_digest, jvm_class_name, node_source_path
@@ -52,6 +53,16 @@ class ProcessInfo:
     pod_namespace: str | None = None
     pod_name: str | None = None
     start_ticks: int = 0  # /proc/<pid>/stat field 22: with the pid, names the process uniquely
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutableIdentity:
+    """What RuntimeCallEvent says of the calling process's executable."""
+
+    path: str | None     # as the process sees it
+    binary_digest: str | None
+    purl: str | None
+    comm: str
 
 
 @dataclass
@@ -98,7 +109,8 @@ class ProcessTable:
         self._on_module_map = on_module_map
         self._info: dict[int, ProcessInfo] = {}
         self._reported_versions: dict[int, int] = {}
-        # Purl of the probed function's file, per process: (maps version, {path: purl}).
+        # Purl of the probed function's file (and the executable's), per process:
+        # (maps version, {path: purl}).
         self._purls: dict[int, tuple[int, dict[str, str | None]]] = {}
         self._perf_maps = perf_maps
         self._on_jit_code = on_jit_code
@@ -110,6 +122,8 @@ class ProcessTable:
         # Exited processes are forgotten one sweep after they were first seen gone: calls
         # they made may still be in the kernel's dedup map, flushed at the next watermark.
         self._gone: set[int] = set()
+        # Executable identity per process: (maps version, identity). Dropped with the process.
+        self._executables: dict[int, tuple[int, ExecutableIdentity]] = {}
 
     def describe(self, pid: int, cgroup_id: int = 0) -> ProcessInfo:
         """What is known of pid; cgroup_id (the call record's) still names the container of a
@@ -144,7 +158,10 @@ class ProcessTable:
 
     def resolve_frames(self, pid: int, addresses: tuple[int, ...]) -> list[ResolvedAddress]:
         """Each address as (file, digest, offset), innermost first like the input; the first
-        (the probed function's) also carries the purl of its file."""
+        (the probed function's) also carries the purl of its file. The other frames' packages
+        reach the processor through the module maps, looked up off the event pump: a first
+        package lookup costs up to a second (building a root's package index), which the pump
+        must not spend on every new library of a stack."""
         with self._lock:
             return self._resolve_frames(pid, addresses)
 
@@ -255,6 +272,27 @@ class ProcessTable:
             self._jars[pid] = index
         return self._jars[pid]
 
+    def executable(self, pid: int, frames: Sequence[ResolvedAddress] = ()) -> ExecutableIdentity:
+        """The process's executable: its path as the process sees it, digest and package.
+        The digest comes from a frame in the executable when there is one (a short-lived
+        process may be gone by the time its calls are read, /proc/<pid>/exe with it).
+        Cached per process (a process's executable does not change without exec, which
+        makes a new mappings version: the cache follows that)."""
+        version = self.maps.version(pid)
+        cached = self._executables.get(pid)
+        if cached is not None and cached[0] == version and cached[1].binary_digest is not None:
+            return cached[1]
+        info = self.describe(pid)
+        digest = purl = None
+        if info.executable:
+            digest = next((f.binary_digest for f in frames if f.path == info.executable and f.binary_digest), None)
+            digest = digest or self.digests.digest(self._proc_root / str(pid) / "exe")
+            purl = self._purl(pid, version, info.executable)
+        identity = ExecutableIdentity(info.executable or None, digest, purl, info.comm)
+        if info.executable:
+            self._executables[pid] = (version, identity)
+        return identity
+
     def _new_file(self, pid: int, mapping: Mapping, digest: str) -> None:
         """A file first met in pid's mappings (ProcessMaps calls once per mapping)."""
         if self._on_new_binary is not None:
@@ -286,6 +324,7 @@ class ProcessTable:
                 self._purls.pop(pid, None)
                 self._jit_modules.pop(pid, None)
                 self._jars.pop(pid, None)
+                self._executables.pop(pid, None)
                 if self._perf_maps is not None:
                     self._perf_maps.forget(pid)
             return len(forget)

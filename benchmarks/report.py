@@ -52,6 +52,7 @@ def markdown(results: dict[str, Any]) -> str:
         from .python_probe import markdown as python_probe_markdown
 
         lines += python_probe_markdown(results["python_probe"])
+    lines += _windows(results.get("windows"))
     return "\n".join(lines)
 
 
@@ -178,6 +179,24 @@ def _watch(section: dict[str, Any] | None) -> list[str]:
         [[_f(section["rate_per_s"]), _f(section["calls"]), _f(section["lines"]), _f(section["p50_ms"]),
           _f(section["p99_ms"]), _f(section["max_ms"]), _f(section["steady_p50_ms"]),
           _f(section["steady_p99_ms"]), _f(section["watch_startup_s"], 1)]])
+
+
+def _windows(section: dict[str, Any] | None) -> list[str]:
+    title = "6. Window attribution: each call in its own window"
+    failed = _failed(section, title)
+    if failed:
+        return failed
+    assert section is not None
+    rows = [[_f(section["calls"]), _f(section["windows"]), _f(section["raw_records"]),
+             _f(section["records_spanning_windows"]), _f(section["calls_in_spanning_records"]),
+             _f(section["calls_in_another_window"]), _f(section["calls_within_1ms_of_a_boundary"])]]
+    return [f"## {title}", "",
+            f"{section['window_ms']} ms windows, agent flushes every {section['watermark_interval_ms']} ms, "
+            f"paced calls on a few stacks (folded in the kernel). Floor: 0 records spanning a window; calls "
+            f"counted in another window than their own clock's at most the calls stamped within 1 ms of a "
+            f"boundary.", ""] + _table(
+        ["calls", "windows", "raw records", "records spanning windows", "calls in them",
+         "calls in another window", "calls within 1 ms of a boundary"], rows)
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

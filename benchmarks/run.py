@@ -18,13 +18,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from . import hot, latency, probe_agent, processor_bench, python_probe, report, watch_latency
+from . import hot, latency, probe_agent, processor_bench, python_probe, report, watch_latency, windows
 from .kafka_io import dedicated_broker
 from .procs import flags_offered
 from .synthetic import Dataset
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("probe_agent", "hot", "processor", "latency", "watch", "python_probe")
+STAGES = ("probe_agent", "hot", "processor", "latency", "watch", "python_probe", "windows")
 log = logging.getLogger("benchmarks")
 
 
@@ -38,6 +38,10 @@ class Plan:
     watch_rate_per_s: int = 100
     watch_seconds: float = 5.0
     python_probe: python_probe.PythonProbePlan = python_probe.PythonProbePlan()
+    # Window attribution: paced calls (count, one every interval µs) across window boundaries.
+    windows_calls: int = 20_000
+    windows_interval_us: int = 1000
+    windows_window_ms: int = 5000
 
 
 # Sizes for the 2-core VM the figures in docs/benchmarks.md come from: 5 to 8 minutes.
@@ -69,6 +73,9 @@ QUICK = Plan(
     watch_rate_per_s=50,
     watch_seconds=1.0,
     python_probe=python_probe.PythonProbePlan(calls=2_000, repeats=1),
+    windows_calls=600,
+    windows_interval_us=2000,
+    windows_window_ms=1000,
 )
 
 
@@ -152,6 +159,8 @@ def run_suite(plan: Plan, stages: list[str], bootstrap: str | None, work_dir: Pa
                                            plan.latency_seconds_per_rate),
             "watch": lambda: watch_latency.run(broker, work_dir, plan.watch_rate_per_s, plan.watch_seconds),
             "python_probe": lambda: python_probe.run(plan.python_probe),
+            "windows": lambda: windows.run(broker, work_dir, plan.windows_calls, plan.windows_interval_us,
+                                           plan.windows_window_ms),
         }
         for stage in stages:
             log.info("stage %s ...", stage)

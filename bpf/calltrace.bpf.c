@@ -41,6 +41,27 @@ BPF_PERCPU_ARRAY(nesting, u64, 1);
 BPF_F_TABLE("hash", struct dedup_key, struct call_event, dedup_a, DEDUP_ENTRIES, BPF_F_NO_PREALLOC);
 BPF_F_TABLE("hash", struct dedup_key, struct call_event, dedup_b, DEDUP_ENTRIES, BPF_F_NO_PREALLOC);
 BPF_ARRAY_OF_MAPS(dedup_active, "dedup_a", 1);
+/* The agent's flush clock: [0] the flush interval in ns, [1] CLOCK_REALTIME - CLOCK_BOOTTIME
+ * in ns as the agent converts times. A call's flush epoch is (boot_ns + [1]) / [0]: the
+ * wall-clock interval it falls in, aligned to the Unix epoch. It is part of the dedup key,
+ * so a folded record never holds calls of two epochs, and so never spans the boundary of
+ * a window whose length is a multiple of the interval, whenever the agent swaps the maps.
+ * [0] == 0 (not set yet) puts every call in epoch 0. */
+BPF_ARRAY(flush_clock, u64, 2);
+
+/* A 64-bit odd constant (2^64 / golden ratio) spreads consecutive epochs over the key's
+ * hash: distinct epochs of one stack never collide unless their hashes do. */
+#define EPOCH_MIX 0x9E3779B97F4A7C15ULL
+
+static __always_inline u64 flush_epoch(u64 boot_ns)
+{
+    u32 interval_key = 0, offset_key = 1;
+    u64 *interval_ns = flush_clock.lookup(&interval_key);
+    u64 *offset_ns = flush_clock.lookup(&offset_key);
+    if (!interval_ns || !offset_ns || !*interval_ns)
+        return 0;
+    return (boot_ns + *offset_ns) / *interval_ns;
+}
 
 static __always_inline void count(u32 probe, u32 index)
 {
@@ -233,8 +254,8 @@ static __always_inline void handle(struct pt_regs *ctx, u32 probe, u32 slot)
     if (config->dedup) {
         void *dedup = dedup_active.lookup(&zero);
         if (dedup) {
-            struct dedup_key key = {.stack_hash = event->stack_hash, .pid = event->pid,
-                                    .probe_index = probe};
+            struct dedup_key key = {.stack_hash = event->stack_hash ^ (flush_epoch(now) * EPOCH_MIX),
+                                    .pid = event->pid, .probe_index = probe};
             struct call_event *entry = bpf_map_lookup_elem(dedup, &key);
             if (entry) {
                 fold(entry, now);

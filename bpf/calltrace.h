@@ -62,7 +62,9 @@ struct call_event {
     __u64 frames[CALLTRACE_MAX_FRAMES];
 };
 
-/* Key of the dedup maps: calls of one probe in one process with one stack. Two distinct
+/* Key of the dedup maps: calls of one probe in one process with one stack in one flush
+ * epoch (stack_hash is the stack's hash mixed with the epoch, see flush_clock in
+ * calltrace.bpf.c; the value's call_event.stack_hash stays the stack's). Two distinct
  * stacks collide only if their 64-bit hashes do; the count stays exact either way,
  * only its attribution to a path would be shared. */
 struct dedup_key {

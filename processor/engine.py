@@ -295,6 +295,16 @@ class Engine:
             return WindowAggregate(window_key, window_key.start_us + spec.size_us, first_offset=offset)
 
         windows = state.windows
+        if not replaying and spec.start_of(call.last_observed_at_us) != spec.start_of(call.observed_at_us):
+            # The agent folded calls of two windows into one record: the window length is not
+            # a multiple of its flush interval. Counted in the first call's window, reported.
+            self.counts["records_spanning_windows"] += 1
+            self.counts["calls_spanning_windows"] += call.observation_count
+            if self.counts["records_spanning_windows"] <= _LOGGED_PER_REASON:
+                log.warning("%s[%d]@%d: a folded record of %d calls spans windows (%d..%d us) and is counted in "
+                            "the first: make the window (%d ms) a multiple of the agents' "
+                            "--watermark-interval-ms", self.settings.raw_topic, state.partition, offset,
+                            call.observation_count, call.observed_at_us, call.last_observed_at_us, spec.size_ms)
         if not windows.is_late(call.observed_at_us):
             windows.window_for(call.container_id, call.observed_at_us, create).add(call)
             if not replaying:
@@ -399,6 +409,8 @@ class Engine:
                 self.counts["latest_oversize"] += 1
         state.emitted_through = closed.marker
         self.counts["windows_emitted"] += 1
+        if built.executables_omitted:
+            self.counts["executables_omitted"] += built.executables_omitted
         if built.unresolved_frames:
             self.counts["windows_unresolved"] += 1
             self.counts["unresolved_frames"] += built.unresolved_frames

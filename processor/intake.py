@@ -71,12 +71,12 @@ _STRING_FIELDS = ("event_id", "symbol", "function_signature", "purl", "library",
 
 @lru_cache(maxsize=65_536)
 def _frame(address: int, binary_digest: str | None, binary_offset: int | None,
-           library: str | None) -> tuple[Frame, str]:
+           library: str | None, purl: str | None = None) -> tuple[Frame, str]:
     """A frame and its identity. Both are pure functions of the four fields, and a workload's
     calls repeat a few thousand distinct frames, so each is built, normalised and checked
     once (a frozen Frame is safe to share). A malformed digest raises HashInputError, and
     errors are not cached: every record that carries it is rejected."""
-    return Frame(address, binary_digest, binary_offset, library), \
+    return Frame(address, binary_digest, binary_offset, library, purl), \
         hashing.frame_identity(binary_digest, binary_offset, address)
 
 
@@ -93,6 +93,25 @@ class CallRecord:
     top_signature: str | None
     top_purl: str | None
     runtime_type: str
+    executable: Executable | None = None  # the calling process's, when the agent said
+    # Event time of the last call a folded record stands for (observed_at_us for one call).
+    last_observed_at_us: int = 0
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Executable:
+    """The executable of the calling process (ObservedCallPath.ProcessExecutable)."""
+
+    path: str | None
+    binary_digest: str | None
+    purl: str | None
+    comm: str
+
+    def record(self) -> dict[str, Any]:
+        return {"path": self.path, "binary_digest": self.binary_digest, "purl": self.purl, "comm": self.comm}
+
+    def sort_key(self) -> tuple[str, str, str, str]:
+        return (self.path or "", self.binary_digest or "", self.purl or "", self.comm)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,13 +202,14 @@ def _call(event: dict[str, Any], limits: Limits) -> Intake:
         # Built once per distinct frame, at the door: this also checks every digest's and
         # offset's shape.
         if located:
-            pairs = [_frame(f["address"], f["binary_digest"], f["binary_offset"], f["library"]) for f in located]
+            pairs = [_frame(f["address"], f["binary_digest"], f["binary_offset"], f["library"], f["purl"])
+                     for f in located]
         elif event["stack_trace"]:
             pairs = [_frame(address, None, None, None) for address in event["stack_trace"]]
         else:
             # No stack at all: the probed function alone is still a (one-frame) path.
             pairs = [_frame(event["function_address"], event["binary_digest"], event["binary_offset"],
-                            event["library"])]
+                            event["library"], event["purl"])]
     except HashInputError as exc:
         return Rejected("out_of_range", str(exc))
     frames = tuple(frame for frame, _ in pairs)
@@ -204,4 +224,25 @@ def _call(event: dict[str, Any], limits: Limits) -> Intake:
         top_signature=event["function_signature"],
         top_purl=event["purl"],
         runtime_type=event["runtime_type"],
+        executable=_executable(event),
+        last_observed_at_us=observed_us + _folded_span_us(event),
     )
+
+
+def _folded_span_us(event: dict[str, Any]) -> int:
+    last_ns: int | None = event["last_timestamp_ns"]
+    first_ns: int = event["timestamp_ns"]
+    if last_ns is None or event["observation_count"] < 2 or last_ns < first_ns:
+        return 0
+    return (last_ns - first_ns) // 1000
+
+
+@lru_cache(maxsize=4096)
+def _executable_of(path: str | None, digest: str | None, purl: str | None, comm: str) -> Executable:
+    return Executable(path, digest, purl, comm)  # one shared value per distinct executable
+
+
+def _executable(event: dict[str, Any]) -> Executable | None:
+    if event["executable"] is None and event["executable_digest"] is None and not event["comm"]:
+        return None  # an agent older than these fields
+    return _executable_of(event["executable"], event["executable_digest"], event["executable_purl"], event["comm"])

@@ -32,6 +32,13 @@ COUNTERS = {
     "windows_waited_out": ("windows_waited_out", "Windows emitted before all their symbol tables and module maps "
                            "arrived (the wait ran out, or too many windows waited)."),
     "windows_suppressed": ("windows_suppressed", "Windows rebuilt on replay but not emitted again (already were)."),
+    "executables_omitted": ("executables_omitted", ("Records whose executable was not listed on their path "
+                                                    "(more distinct executables than a path keeps per window).")),
+    "records_spanning_windows": ("records_spanning_windows", ("Folded raw records whose first and last calls lie "
+                                                              "in different windows: counted wholly in the first "
+                                                              "call's window (the window is not a multiple of the "
+                                                              "agents' flush interval).")),
+    "calls_spanning_windows": ("calls_spanning_windows", "Calls in records_spanning_windows."),
     "replayed_records": ("replayed_records", "Records re-read after a restart or rebalance to rebuild state."),
     "watermarks_clamped": ("watermarks_clamped", "Agent watermarks ahead of their record's broker timestamp, "
                            "taken as the broker timestamp."),

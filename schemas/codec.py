@@ -111,6 +111,19 @@ def read_schema_files(schema_dir: Path = SCHEMA_DIR) -> dict[str, dict[str, Any]
     return documents
 
 
+def read_history_files(schema_dir: Path = SCHEMA_DIR) -> list[dict[str, Any]]:
+    """Earlier versions of the records (``history/<Name>.v<N>.avsc``), each self-contained
+    (every named type inlined as that version had it), so that messages and capture files
+    written with them still decode: a registry reads them, never writes them."""
+    documents = []
+    for path in sorted((schema_dir / "history").glob("*.avsc")):
+        try:
+            documents.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            raise SchemaLoadError(f"{path}: cannot read schema: {exc}") from exc
+    return documents
+
+
 def load_schemas(schema_dir: Path = SCHEMA_DIR) -> dict[str, dict[str, Any]]:
     """All schemas of ``schema_dir`` parsed by fastavro with a shared ``named_schemas``,
     by full name (references between files resolve through that dict)."""
@@ -178,6 +191,8 @@ class SchemaRegistry:
                 registry.register(document, current=True)
             else:
                 registry._definitions[name] = document
+        for document in read_history_files(schema_dir):
+            registry.register(document)
         return registry
 
     def register(self, schema: Mapping[str, Any], *, current: bool = False) -> str:

@@ -84,8 +84,8 @@ def add_capture_arguments(parser: argparse.ArgumentParser, default_bootstrap: st
     add_connection_arguments(parser, default_bootstrap)
     _add_source_range(parser)
     parser.add_argument("--follow", action="store_true", help="no end: keep capturing until Ctrl-C")
-    parser.add_argument("--codec", choices=["zstandard", "deflate", "null"],
-                        help="block compression (default: zstandard when installed, else deflate)")
+    parser.add_argument("--codec", choices=["deflate", "zstandard", "null"],
+                        help="block compression (default: deflate, which every Avro reader reads; zstandard needs avro[zstandard] to read)")
 
 
 def add_replay_arguments(parser: argparse.ArgumentParser, default_bootstrap: str) -> None:

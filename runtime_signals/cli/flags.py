@@ -76,6 +76,7 @@ PROCESSOR_FLAGS: tuple[Flag, ...] = tuple(Flag(group, flag, "processor", name) f
     ("windows", "--symbol-wait-ms", "symbol_wait_ms"),
     ("windows", "--max-pending-windows", "max_pending_windows"),
     ("windows", "--max-event-ahead-ms", "max_event_ahead_ms"),
+    ("windows", "--agent-flush-interval-ms", "agent_flush_interval_ms"),
     ("group", "--app-id", "app_id"),
     ("group", "--group-instance-id", "group_instance_id"),
     ("group", "--output-topic-prefix", "output_topic_prefix"),

@@ -326,9 +326,19 @@ class ProcessorSection:
     metrics_port: int | None = field(default=None, metadata=_doc(
         "serve /metrics (Prometheus), /healthz and /readyz on this port (unset: off)"))
     loglevel: str = field(default="info", metadata=_doc("debug, info, warning or error"))
+    agent_flush_interval_ms: int = field(default=500, metadata=_doc(
+        "the agents' watermark (dedup flush) interval; window_ms must be a multiple of it, so that no "
+        "record of calls the agent folded spans a window boundary (each call counts in its own window)"))
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
+        if self.agent_flush_interval_ms <= 0:
+            found.append(("agent_flush_interval_ms", f"must be positive, got {self.agent_flush_interval_ms}"))
+        elif self.window_ms > 0 and self.window_ms % self.agent_flush_interval_ms:
+            found.append(("window_ms", f"{self.window_ms} is not a multiple of agent_flush_interval_ms "
+                                       f"{self.agent_flush_interval_ms}: folded records would span windows and "
+                                       f"count calls in the wrong one; choose a multiple (or set the agents' "
+                                       f"watermark_interval_ms and agent_flush_interval_ms to a divisor)"))
         for name in ("window_ms", "agent_idle_ms", "checkpoint_interval_ms", "session_timeout_ms"):
             if getattr(self, name) <= 0:
                 found.append((name, f"must be positive, got {getattr(self, name)}"))

@@ -22,7 +22,8 @@ TOP_LEVEL = ["RuntimeCallEvent", "AgentWatermark", "ObservedCallPath", "RuntimeS
 EXTENSION_DEFAULTS = {
     "observed_at_us": 0, "host": "", "agent_id": "", "cgroup_id": 0, "probe_id": "",
     "observation_count": 1, "last_timestamp_ns": None, "stack_frames": [],
-    "stack_truncated": False,
+    "stack_truncated": False, "executable": None, "executable_digest": None, "executable_purl": None,
+    "comm": "",
 }
 
 
