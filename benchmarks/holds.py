@@ -22,7 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
-from runtime_signals.agent.config import TargetSettings
+from runtime_signals.config.schema import TargetSettings
 from runtime_signals.agent.fileid import BackingFiles
 from runtime_signals.agent.loadwatch import LoadWatch, NameKey
 from runtime_signals.agent.processes import ProcessTable

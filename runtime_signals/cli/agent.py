@@ -57,21 +57,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load(args: argparse.Namespace, config_path: str | None = None) -> SignalsConfig:
     """The effective configuration for these flags, --probe targets added."""
-    from runtime_signals.agent.probes import ProbeSpec
-
     try:
         config = load_config(config_path or args.config, flags=flags.flag_settings(args, _FLAGS),
                              flag_names=flags.flag_names(_FLAGS))
     except SettingsError as exc:
         raise ConfigError(str(exc)) from exc
     for text in args.probe:
-        if text.startswith("python:"):  # python:MODULE:QUALNAME: every interpreter with USDT markers serves it
-            config.agent.targets.append(TargetSettings(binary="python", symbols=[text]))
-            continue
-        spec = ProbeSpec.parse(text)
-        check_probe_file(text, spec.binary)
-        config.agent.targets.append(TargetSettings(binary=spec.binary, symbols=[spec.symbol]))
+        target = target_of_probe_flag(text)
+        check_probe_file(text, target.binary)
+        config.agent.targets.append(target)
     return config
+
+
+def target_of_probe_flag(text: str) -> TargetSettings:
+    """--probe BINARY:SYMBOL, or --probe python:MODULE:QUALNAME (every interpreter with USDT
+    markers serves it), as a target."""
+    from runtime_signals.agent.probes import ProbeSpec
+
+    if text.startswith("python:"):
+        return TargetSettings(binary="python", symbols=[text])
+    spec = ProbeSpec.parse(text)
+    return TargetSettings(binary=spec.binary, symbols=[spec.symbol])
 
 
 def check_probe_file(flag: str, binary: str) -> None:

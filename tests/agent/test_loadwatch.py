@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from runtime_signals import bpf
-from runtime_signals.agent.config import TargetSettings
+from runtime_signals.config.schema import TargetSettings
 from runtime_signals.agent.fileid import overlay_mounts
 from runtime_signals.agent.loadwatch import (
     COUNTER_NAMES,

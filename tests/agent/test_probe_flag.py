@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime_signals.agent.config import TargetSettings
+from runtime_signals.cli.agent import target_of_probe_flag
 from runtime_signals.agent.errors import ConfigError
 from runtime_signals.agent.probes import ProbeSpec
 
@@ -27,7 +27,7 @@ from runtime_signals.agent.probes import ProbeSpec
 def test_the_binary_is_split_from_a_symbol_that_holds_double_colons(text: str, binary: str, symbol: str) -> None:
     spec = ProbeSpec.parse(text)
     assert (spec.binary, spec.symbol) == (binary, symbol)
-    target = TargetSettings.from_probe_flag(text)
+    target = target_of_probe_flag(text)
     assert (target.binary, target.symbols) == (binary, [symbol])
 
 
