@@ -87,6 +87,7 @@ def examples() -> dict[str, dict[str, Any]]:
                  "library": None},
             ],
             "stack_truncated": True,
+            "truncation_reason": "depth_limit",
         },
         "AgentWatermark": {
             "agent_id": "agent-7-1",
