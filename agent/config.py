@@ -127,6 +127,10 @@ class AgentSettings:
     dedup_entries: int = field(default=16384, metadata=_doc(
         "distinct (probe, process, stack) keys folded per watermark interval; beyond, calls go "
         "one by one through the ring buffer"))
+    unwind_rows: int = field(default=1 << 21, metadata=_doc(
+        "unwind rule rows all binaries share (a power of two; 12 bytes each, preallocated: 2^21 = "
+        "24 MiB). A binary whose rules do not fit is walked by frame pointers and counted "
+        "(docs/unwinding.md)"))
     rate_limit_per_s: int = field(default=0, metadata=_doc(
         "stack captures per second per probe per CPU; calls above are counted as dropped "
         "'rate_limited' (0: no limit)"))
@@ -208,4 +212,5 @@ class AgentSettings:
                               max_backoff_ns=int(self.budget_max_backoff_s * _NS_PER_S))
 
     def tracer_settings(self) -> TracerSettings:
-        return TracerSettings(ringbuf_pages=self.ringbuf_pages, dedup_entries=self.dedup_entries)
+        return TracerSettings(ringbuf_pages=self.ringbuf_pages, dedup_entries=self.dedup_entries,
+                              unwind_rows=self.unwind_rows)

@@ -25,21 +25,34 @@ import multiprocessing
 import os
 import threading
 import time
+from bisect import bisect_right
+from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from elftools.common.exceptions import ELFError
 from elftools.dwarf.callframe import FDE, CFARule, RegisterRule
 from elftools.elf.elffile import ELFFile
 
 from runtime_signals.agent.procmaps import DigestCache, Mapping, ResolvedAddress
-from runtime_signals.agent.wire import (FLAG_UNCHECKED, STACK_END_COMPLETE, STACK_END_NAMES, STACK_END_NO_UNWIND_INFO,
-                                        UNWIND_CFA_END, UNWIND_CFA_NONE, UNWIND_CFA_RBP, UNWIND_CFA_RSP,
-                                        UNWIND_CFA_UNSUPPORTED, UNWIND_RBP_AT_CFA, UNWIND_RBP_SAME,
-                                        UNWIND_RBP_UNKNOWN, ExecMapping, UnwindRow, UnwindTable,
-                                        process_mappings_type)
+from runtime_signals.agent.wire import (
+    FLAG_UNCHECKED,
+    STACK_END_COMPLETE,
+    STACK_END_NAMES,
+    STACK_END_NO_UNWIND_INFO,
+    UNWIND_CFA_END,
+    UNWIND_CFA_NONE,
+    UNWIND_CFA_RBP,
+    UNWIND_CFA_RSP,
+    UNWIND_CFA_UNSUPPORTED,
+    UNWIND_RBP_AT_CFA,
+    UNWIND_RBP_SAME,
+    UNWIND_RBP_UNKNOWN,
+    UnwindRow,
+    UnwindTable,
+    process_mappings_type,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +114,9 @@ def _rule(row: dict[object, object]) -> Rule:
     rbp = row.get(_DWARF_RBP)
     if rbp is None or (isinstance(rbp, RegisterRule) and rbp.type == RegisterRule.SAME_VALUE):
         return (register, offset, UNWIND_RBP_SAME, 0)
-    if isinstance(rbp, RegisterRule) and rbp.type == RegisterRule.OFFSET and -(1 << 15) <= int(rbp.arg) < 1 << 15:
-        return (register, offset, UNWIND_RBP_AT_CFA, int(rbp.arg))
+    saved_at = rbp.arg if isinstance(rbp, RegisterRule) and rbp.type == RegisterRule.OFFSET else None
+    if isinstance(saved_at, int) and -(1 << 15) <= saved_at < 1 << 15:
+        return (register, offset, UNWIND_RBP_AT_CFA, saved_at)
     return (register, offset, UNWIND_RBP_UNKNOWN, 0)
 
 
@@ -110,8 +124,9 @@ def _fde_ranges(entries: Sequence[object]) -> list[tuple[int, int, FDE]]:
     ranges = []
     for entry in entries:
         if isinstance(entry, FDE):
-            start = int(entry.header["initial_location"])
-            ranges.append((start, start + int(entry.header["address_range"]), entry))
+            start, length = entry.header["initial_location"], entry.header["address_range"]
+            if isinstance(start, int) and isinstance(length, int):
+                ranges.append((start, start + length, entry))
     return ranges
 
 
@@ -186,7 +201,6 @@ def build_rules(path: str) -> UnwindRules:
 
 
 def _overlaps(sorted_ranges: list[tuple[int, int]], start: int, end: int) -> bool:
-    from bisect import bisect_right
     index = bisect_right(sorted_ranges, (start, _U32_LIMIT << 32)) - 1
     if index >= 0 and sorted_ranges[index][1] > start:
         return True
@@ -256,7 +270,7 @@ class UnwindLoader:
     def __init__(self, map_fds: tuple[int, int, int], *, unwind_rows: int, unwind_tables: int,
                  max_processes: int, max_mappings: int, digests: DigestCache,
                  proc_root: Path = Path("/proc"), build_workers: int = 1) -> None:
-        import bcc  # Debian's python3-bpfcc (the tracer already imported it)
+        import bcc  # type: ignore[import-untyped]  # Debian's python3-bpfcc (the tracer imported it)
         self._lib = bcc.libbcc.lib
         self._rows_fd, self._tables_fd, self._processes_fd = map_fds
         self._row_capacity = unwind_rows
@@ -335,7 +349,7 @@ class UnwindLoader:
     def _built(self, digest: str, future: Future[UnwindRules]) -> None:
         try:
             rules = future.result()
-        except Exception as exc:  # a worker crash loses one binary's rules, never the agent
+        except Exception as exc:  # noqa: BLE001 - a worker crash loses one binary's rules, never the agent
             rules = UnwindRules(b"", 0, 0, 0, (), (), 0, f"building rules failed: {exc!r}")
         with self._lock:
             if self._closed:
