@@ -31,7 +31,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from elftools.common.exceptions import ELFError
+from elftools.common.exceptions import DWARFError, ELFError
 from elftools.dwarf.callframe import FDE, CFARule, RegisterRule
 from elftools.elf.elffile import ELFFile
 
@@ -171,7 +171,15 @@ def build_rules(path: str) -> UnwindRules:
                     continue  # empty, or overlapping an FDE already taken: the first one wins
                 if rows and start > covered_to:
                     rows.append((covered_to, _NO_RULE))
-                table = fde.get_decoded().table
+                try:
+                    table = fde.get_decoded().table
+                except (DWARFError, ELFError, ValueError, KeyError, AssertionError):
+                    # pyelftools cannot decode some opcodes (DW_CFA_GNU_args_size): this one
+                    # function is walked by frame pointers, the rest of the binary by rules.
+                    rows.append((start, _UNSUPPORTED))
+                    unsupported += 1
+                    covered_to = end
+                    continue
                 for index, decoded in enumerate(table):
                     pc = int(decoded["pc"])
                     if pc >= end:
@@ -182,7 +190,7 @@ def build_rules(path: str) -> UnwindRules:
                 covered_to = end
             if rows:
                 rows.append((covered_to, _NO_RULE))
-    except (OSError, ELFError, ValueError, KeyError) as exc:
+    except (OSError, DWARFError, ELFError, ValueError, KeyError) as exc:
         return failed(f"{path}: {exc}")
     merged: list[tuple[int, Rule]] = []
     for address, rule in rows:
