@@ -18,13 +18,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from . import hot, latency, probe_agent, processor_bench, report
+from . import hot, latency, probe_agent, processor_bench, report, unwind_cost
 from .kafka_io import dedicated_broker
 from .procs import flags_offered
 from .synthetic import Dataset
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("probe_agent", "hot", "processor", "latency")
+STAGES = ("probe_agent", "unwind", "hot", "processor", "latency")
 log = logging.getLogger("benchmarks")
 
 
@@ -35,6 +35,7 @@ class Plan:
     processor: processor_bench.ProcessorPlan
     latency_rates_per_s: list[int]
     latency_seconds_per_rate: float
+    unwind: unwind_cost.UnwindPlan = unwind_cost.UnwindPlan(calls=2_000, repeats=1)
 
 
 # Sizes for the 2-core VM the figures in docs/benchmarks.md come from: 5 to 8 minutes.
@@ -51,6 +52,7 @@ FULL = Plan(
     ),
     latency_rates_per_s=[10, 100, 1000],
     latency_seconds_per_rate=4.0,
+    unwind=unwind_cost.UnwindPlan(calls=200_000, repeats=3),
 )
 
 # Every code path at toy sizes, for tests/test_benchmarks_smoke.py: figures mean nothing.
@@ -139,6 +141,7 @@ def run_suite(plan: Plan, stages: list[str], bootstrap: str | None, work_dir: Pa
         full_probe_flags: list[str] = [f for f in ("--no-dedup", "--no-budget") if f in offered]
         runners: dict[str, Callable[[], dict[str, Any]]] = {
             "probe_agent": lambda: probe_agent.run(broker, work_dir, plan.probe, full_probe_flags),
+            "unwind": lambda: unwind_cost.run(broker, work_dir, plan.unwind),
             "hot": lambda: hot.run(broker, work_dir, plan.hot, offered),
             "processor": lambda: processor_bench.run(broker, work_dir, plan.processor,
                                                      flags_offered("processor")),
