@@ -350,11 +350,18 @@ class UnwindLoader:
         with self._lock:
             if digest in self._binaries or self._closed:
                 return
+            # The worker reads the file through a descriptor held here: the process that
+            # mapped it (its /proc/<pid>/root) may be gone before the worker starts.
+            try:
+                fd = os.open(readable_path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return  # gone already: the next process that maps it offers it again
             self._binaries[digest] = BinaryRules(path)
-        future: Future[UnwindRules] = self._pool.submit(build_rules, readable_path)
-        future.add_done_callback(lambda done: self._built(digest, done))
+        future: Future[UnwindRules] = self._pool.submit(build_rules, f"/proc/{os.getpid()}/fd/{fd}")
+        future.add_done_callback(lambda done: self._built(digest, done, fd))
 
-    def _built(self, digest: str, future: Future[UnwindRules]) -> None:
+    def _built(self, digest: str, future: Future[UnwindRules], fd: int) -> None:
+        os.close(fd)
         try:
             rules = future.result()
         except Exception as exc:  # noqa: BLE001 - a worker crash loses one binary's rules, never the agent
