@@ -179,7 +179,7 @@ def _rule_figures(work_dir: Path) -> list[dict[str, Any]]:
         source.write_text(GO_MAIN)
         binary = source.parent / "gorules"
         done = subprocess.run([go, "build", "-o", str(binary), str(source)], cwd=source.parent,
-                              capture_output=True, text=True, env=None)
+                              capture_output=True, text=True, check=False)
         if done.returncode == 0:
             binaries["go (hello world)"] = str(binary)
     figures = []
