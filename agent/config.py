@@ -180,6 +180,9 @@ class AgentSettings:
         if not 1 <= self.dedup_entries <= _DEDUP_MAX_ENTRIES:
             found.append(("dedup_entries", f"{self.dedup_entries} is outside 1..{_DEDUP_MAX_ENTRIES} (each entry "
                           "holds a call record in each of two kernel maps)"))
+        if not 2 <= self.unwind_rows <= 1 << 26 or self.unwind_rows & (self.unwind_rows - 1):
+            found.append(("unwind_rows", f"{self.unwind_rows} is not a power of two in 2..67108864 (the walker's "
+                          "search masks row indexes; 2^26 rows are 768 MiB)"))
         if self.budget_max_backoff_s < self.budget_backoff_s:
             found.append(("budget_max_backoff_s", f"{self.budget_max_backoff_s} is shorter than "
                           f"budget_backoff_s {self.budget_backoff_s}"))
