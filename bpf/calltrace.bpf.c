@@ -107,10 +107,11 @@ static __always_inline u64 hash_frames(struct call_event *event)
     return hash;
 }
 
-/* Both searches below run a fixed number of steps and choose their next bound with a
- * mask instead of a branch: a branch per step would give the verifier two states per
- * step to follow, 2^steps per frame, far past its limit over 64 frames. The asm hides
- * each index from the compiler so the mask that bounds it for the verifier stays. */
+/* Both searches below choose their next bound with a mask instead of a branch: a branch
+ * per step would give the verifier two states per step to follow, 2^steps per frame, far
+ * past its limit over 64 frames. They stop once one candidate is left (log2 of the rows
+ * steps), a branch out of the loop that the verifier follows without doubling. The asm
+ * hides each index from the compiler so the mask that bounds it for the verifier stays. */
 
 /* Index of the mapping of pm that holds address, or -1. */
 static __always_inline int find_mapping(struct process_mappings *pm, u64 address)
@@ -120,6 +121,8 @@ static __always_inline int find_mapping(struct process_mappings *pm, u64 address
         return -1;
     u32 base = 0, length = count;
     for (u32 step = 0; step < MAPPING_SEARCH_STEPS; step++) {
+        if (length <= 1)
+            break; /* found: the exit leaves no state the rest of the walk depends on */
         u32 half = length / 2;
         u32 mid = base + half;
         asm volatile("" : "+r"(mid));
@@ -145,6 +148,8 @@ static __always_inline struct unwind_row *find_row(u32 table_id, u32 address)
         return NULL;
     u32 base = table->first_row, length = table->row_count;
     for (u32 step = 0; step < ROW_SEARCH_STEPS; step++) {
+        if (length <= 1)
+            break; /* a small binary's search ends after log2(its rows) steps */
         u32 half = length / 2;
         u32 mid = base + half;
         asm volatile("" : "+r"(mid));
@@ -177,24 +182,25 @@ static __always_inline void walk(struct pt_regs *ctx, struct call_event *event)
     u64 pc = PT_REGS_IP(ctx), sp = PT_REGS_SP(ctx), bp = PT_REGS_FP(ctx);
     u32 pid = event->pid;
     struct process_mappings *pm = proc_mappings.lookup(&pid);
-    if (!pm)
+    /* The mapping of the frame being unwound, found when its address was checked. */
+    int m = pm ? find_mapping(pm, pc) : -1;
+    if (m < 0) {
+        /* No table yet, or the probed function lies in code mapped after the table was
+         * written (a dlopen): frame pointers, checked by the agent, which reads the
+         * process's mappings again and rewrites its table. */
+        pm = NULL;
         event->flags |= CALL_FLAG_UNCHECKED;
+    }
     event->frames[0] = pc;
     event->frame_count = 1;
     event->end_reason = STACK_END_DEPTH_LIMIT;
     for (u32 i = 0; i < CALLTRACE_MAX_FRAMES - 1; i++) {
-        u64 lookup = i == 0 ? pc : pc - 1;
         struct unwind_row *row = NULL;
         if (pm) {
-            int m = find_mapping(pm, lookup);
-            if (m < 0) { /* frame 0 only: later frames were checked before being emitted */
-                event->end_reason = STACK_END_NOT_EXECUTABLE;
-                break;
-            }
             u32 mi = (u32)m & (CALLTRACE_MAX_MAPPINGS - 1);
             u32 table_id = pm->mappings[mi].table_id;
             if (table_id)
-                row = find_row(table_id, (u32)(lookup - pm->mappings[mi].bias));
+                row = find_row(table_id, (u32)((i == 0 ? pc : pc - 1) - pm->mappings[mi].bias));
         }
         u64 return_address = 0;
         u32 cfa_register = row ? row->cfa_register : UNWIND_CFA_NONE;
@@ -243,12 +249,15 @@ static __always_inline void walk(struct pt_regs *ctx, struct call_event *event)
             event->end_reason = STACK_END_COMPLETE;
             break;
         }
-        if (pm && find_mapping(pm, return_address - 1) < 0) {
-            /* Found by rules, the address is right and its code has no file (JIT,
-             * anonymous); found by frame pointers, it is most likely a word of a frame
-             * that kept no frame pointer. */
-            event->end_reason = by_rules ? STACK_END_NOT_EXECUTABLE : STACK_END_NO_UNWIND_INFO;
-            break;
+        if (pm) {
+            m = find_mapping(pm, return_address - 1);
+            if (m < 0) {
+                /* Found by rules, the address is right and its code has no file (JIT,
+                 * anonymous); found by frame pointers, it is most likely a word of a frame
+                 * that kept no frame pointer. */
+                event->end_reason = by_rules ? STACK_END_NOT_EXECUTABLE : STACK_END_NO_UNWIND_INFO;
+                break;
+            }
         }
         u32 index = i + 1;
         asm volatile("" : "+r"(index));

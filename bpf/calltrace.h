@@ -35,9 +35,10 @@ enum calltrace_counter {
 /* Bits of call_event.flags. */
 #define CALL_FLAG_STACK_TRUNCATED (1U << 0) /* the walk stopped before the outermost frame: see end_reason */
 #define CALL_FLAG_STACK_ERROR     (1U << 1) /* the walk ended on a read fault (end_reason STACK_END_READ_FAULT) */
-/* The process had no mapping table in proc_mappings yet (the agent loads it when it first
- * meets the process): the walk followed frame pointers and could not check its return
- * addresses against the process's executable mappings. The agent checks them against
+/* The process had no mapping table in proc_mappings yet (the agent writes it when it first
+ * meets the process), or the probed function lies in code mapped after it was written (a
+ * dlopen): the walk followed frame pointers and could not check its return addresses
+ * against the process's executable mappings. The agent checks them against
  * /proc/<pid>/maps and cuts the path at the first one that lies in none. */
 #define CALL_FLAG_UNCHECKED       (1U << 2)
 /* At least one frame was walked by frame pointers because its binary had no rules loaded

@@ -7,7 +7,9 @@ the agent reports in. gdb unwinds with the binaries' CFI (and its own analysis w
 there is none).
 
 Environment: TRUTH_PROGRAM, TRUTH_ARGS (JSON list), TRUTH_SYMBOL (an expression whose
-address is the function's entry, e.g. "deflate"), TRUTH_OUT (a JSON file written at exit).
+address is the function's entry, e.g. "deflate"), TRUTH_OUT (a JSON file written at exit),
+and TRUTH_AFTER_LOAD (optional: a regular expression naming the library that defines the
+symbol, for a stripped program without `main`; the breakpoint is set once it is loaded).
 """
 
 import json
@@ -57,8 +59,10 @@ def main():
     gdb.execute("set backtrace past-entry on")
     gdb.execute(f"file {os.environ['TRUTH_PROGRAM']}")
     args = " ".join(json.loads(os.environ["TRUTH_ARGS"]))
-    gdb.execute("break main")
+    after_load = os.environ.get("TRUTH_AFTER_LOAD")
+    gdb.execute(f"catch load {after_load}" if after_load else "break main")
     gdb.execute(f"run {args}")
+    gdb.execute("delete")
     entry = int(gdb.parse_and_eval(f"(long)&{os.environ['TRUTH_SYMBOL']}"))
     gdb.execute(f"break *{entry}")
     backtraces = []

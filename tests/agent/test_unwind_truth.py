@@ -51,13 +51,14 @@ Path_ = tuple[Frame, ...]  # innermost first
 @dataclass(frozen=True)
 class Case:
     name: str
-    source: str
-    compiler: str
+    source: str  # in tests/agent/targets
+    compiler: str  # or "python3": the source is a script Debian's python3 runs
     flags: tuple[str, ...]
     probe_binary: str | None  # None: the program itself
     probe_symbol: str  # as the agent's --probe takes it
     gdb_symbol: str  # as gdb evaluates it
     true_paths: int  # distinct paths the program makes after its warm-up
+    after_load: str = ""  # see gdb_backtraces.py TRUTH_AFTER_LOAD
 
 
 CASES = [
@@ -72,10 +73,24 @@ CASES = [
     # C++ at -O2: a template recursion, a std::function and a virtual call.
     Case("cxx-O2", "unwind_corpus.cc", "g++", ("-O2", "-g"), None, "_ZN7imgproc6Parser5parseEPKc",
          "'imgproc::Parser::parse'", 3),
+    # Debian's python3 (frameless, stripped) calling libz through its zlib module: the
+    # interpreter's own C frames, down to _start. Two paths: the eval loop's generic call
+    # and, once the call site is specialized, its specialized form.
+    Case("python3-zlib", "unwind_corpus.py", "python3", (), "/usr/lib/x86_64-linux-gnu/libz.so.1", "deflate",
+         "deflate", 2, after_load="libz"),
 ]
 
 
+def _command(case: Case, binary: Path) -> list[str]:
+    """The program and its first arguments (before CALLS [GOFILE])."""
+    return ["/usr/bin/python3", str(binary)] if case.compiler == "python3" else [str(binary)]
+
+
 def _build(case: Case, out_dir: Path) -> Path:
+    if case.compiler == "python3":
+        if not Path("/usr/bin/python3").exists():
+            pytest.skip("Debian's python3 is not installed")
+        return TARGETS / case.source
     compiler = shutil.which(case.compiler)
     if compiler is None:
         pytest.skip(f"{case.compiler} is not installed (scripts/bootstrap.sh installs it)")
@@ -88,10 +103,11 @@ def _build(case: Case, out_dir: Path) -> Path:
 
 
 def _gdb_paths(binary: Path, case: Case, out_dir: Path) -> Counter[Path_]:
-    """Distinct paths gdb sees after the warm-up call, with calls per CALLS=1 run."""
+    """The paths gdb sees after the warm-up call, each with its calls."""
     out = out_dir / f"{case.name}.gdb.json"
-    env = dict(os.environ, TRUTH_PROGRAM=str(binary), TRUTH_ARGS=json.dumps(["1"]),
-               TRUTH_SYMBOL=case.gdb_symbol, TRUTH_OUT=str(out))
+    program, *first_args = _command(case, binary)
+    env = dict(os.environ, TRUTH_PROGRAM=program, TRUTH_ARGS=json.dumps([*first_args, str(CALLS)]),
+               TRUTH_SYMBOL=case.gdb_symbol, TRUTH_OUT=str(out), TRUTH_AFTER_LOAD=case.after_load)
     done = subprocess.run(["gdb", "-batch", "-nx", "-x", str(GDB_SCRIPT)], env=env, capture_output=True, check=False,
                           text=True, timeout=300)
     assert out.exists(), f"gdb wrote no backtraces:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -122,7 +138,8 @@ def _agent_paths(binary: Path, case: Case, kafka_bootstrap: str, tmp_path: Path)
     probe = f"{case.probe_binary or binary}:{case.probe_symbol}"
     go = tmp_path / "go"
     with AgentProcess(kafka_bootstrap, prefix, [probe], tmp_path / "agent.log", ["--no-budget"]) as agent:
-        program = subprocess.Popen([str(binary), str(CALLS), str(go)], stdout=subprocess.PIPE, text=True)
+        program = subprocess.Popen([*_command(case, binary), str(CALLS), str(go)], stdout=subprocess.PIPE,
+                                   text=True)
         try:
             assert program.stdout is not None and program.stdout.readline().strip() == "warm"
             _wait_for_rules(agent, program.pid)
@@ -178,7 +195,7 @@ def test_paths_equal_gdbs_backtraces(case: Case, kafka_bootstrap: str, tmp_path:
         assert candidates, f"a reported path with a frame gdb does not have (junk) or out of order: {path}"
         true_path = max(candidates, key=len)
         assert len(path) >= 0.95 * len(true_path), f"{len(path)} of gdb's {len(true_path)} frames: {path}"
-        assert calls == CALLS * truth[true_path], f"{calls} calls reported on {path}"
-    assert sorted(observed.values()) == sorted(CALLS * n for n in truth.values())
+        assert calls == truth[true_path], f"{calls} calls reported on {path}, gdb saw {truth[true_path]}"
+    assert sorted(observed.values()) == sorted(truth.values())
     complete = [e for e in events if not e["stack_truncated"]]
     assert complete == events, [e["truncation_reason"] for e in events]
