@@ -4,9 +4,10 @@ pointing at them (see bpf/calltrace.h and docs/unwinding.md).
 
 Three parts, top down:
 - `build_rules(path)`: pure, a binary's `.eh_frame` (and `.debug_frame` for addresses the
-  former does not cover) as sorted rows of `struct unwind_row`. Runs in a worker process:
-  pyelftools decodes a large library (libcrypto) in seconds, which must not hold the event
-  pump's interpreter.
+  former does not cover) as sorted rows of `struct unwind_row`. Runs in a child process
+  (`python -m runtime_signals.agent.unwind FILE`): pyelftools decodes a large library
+  (libcrypto) in seconds, which must not hold the event pump's interpreter, and a child
+  started by name re-imports nothing of whatever program embeds the agent.
 - `UnwindLoader`: owns the kernel side. Rows of all binaries share one array map, handed
   out once per digest and kept for the agent's life; a binary that does not fit, or whose
   addresses do not fit 32 bits, is flagged and walked by frame pointers. Each process gets
@@ -21,13 +22,15 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import multiprocessing
 import os
+import pickle
+import subprocess
+import sys
 import threading
 import time
 from bisect import bisect_right
 from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -215,6 +218,21 @@ def _overlaps(sorted_ranges: list[tuple[int, int]], start: int, end: int) -> boo
     return index + 1 < len(sorted_ranges) and sorted_ranges[index + 1][0] < end
 
 
+def build_rules_in_child(fd: int, timeout_s: float = 600.0) -> UnwindRules:
+    """build_rules of the file open at fd, in a child interpreter (see the module doc)."""
+    started_ns = time.monotonic_ns()
+    done = subprocess.run([sys.executable, "-m", "runtime_signals.agent.unwind", f"/dev/fd/{fd}"],
+                          pass_fds=(fd,), capture_output=True, timeout=timeout_s, check=False)
+    if done.returncode != 0:
+        error = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+        return UnwindRules(b"", 0, 0, 0, (), (), time.monotonic_ns() - started_ns,
+                           f"building rules failed: {error[0]}")
+    rules = pickle.loads(done.stdout)  # our own child's output, never a peer's
+    if not isinstance(rules, UnwindRules):
+        raise TypeError(f"the rules builder returned {type(rules).__name__}")
+    return rules
+
+
 def mapping_bias(mapping: Mapping, segments: Sequence[Segment]) -> int | None:
     """address - bias = the ELF virtual address, for addresses in mapping; None when no
     executable segment holds the mapping's file offset."""
@@ -289,14 +307,14 @@ class UnwindLoader:
         self._digests = digests
         self._proc_root = proc_root
         self._lock = threading.RLock()
+        self._build_workers = build_workers
         self._binaries: dict[str, BinaryRules] = {}
         self._processes: dict[int, list[tuple[Mapping, str | None]]] = {}  # pid -> mappings, digests
         self._over_limit: set[int] = set()
         self._next_row = 0
         self._next_table = 1  # id 0 means "no rules"
-        # spawn: a forked child would inherit the agent's threads' locks and BPF fds.
-        self._pool = ProcessPoolExecutor(max_workers=build_workers,
-                                         mp_context=multiprocessing.get_context("spawn"))
+        # Threads that each wait on one child building rules (build_rules_in_child).
+        self._pool = ThreadPoolExecutor(max_workers=build_workers, thread_name_prefix="unwind-rules")
         self._closed = False
 
     # --- processes ------------------------------------------------------------------
@@ -350,14 +368,14 @@ class UnwindLoader:
         with self._lock:
             if digest in self._binaries or self._closed:
                 return
-            # The worker reads the file through a descriptor held here: the process that
-            # mapped it (its /proc/<pid>/root) may be gone before the worker starts.
+            # The child reads the file through a descriptor held here: the process that
+            # mapped it (its /proc/<pid>/root) may be gone before the build starts.
             try:
                 fd = os.open(readable_path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 return  # gone already: the next process that maps it offers it again
             self._binaries[digest] = BinaryRules(path)
-        future: Future[UnwindRules] = self._pool.submit(build_rules, f"/proc/{os.getpid()}/fd/{fd}")
+        future: Future[UnwindRules] = self._pool.submit(build_rules_in_child, fd)
         future.add_done_callback(lambda done: self._built(digest, done, fd))
 
     def _built(self, digest: str, future: Future[UnwindRules], fd: int) -> None:
@@ -450,3 +468,19 @@ class UnwindLoader:
         with self._lock:
             self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m runtime_signals.agent.unwind FILE`: the rules of FILE, pickled, on stdout."""
+    if len(argv) != 1:
+        print("usage: python -m runtime_signals.agent.unwind FILE", file=sys.stderr)
+        return 2
+    # Run as __main__, this module's classes would pickle as __main__'s: build with the
+    # package's own, which the agent unpickles.
+    from runtime_signals.agent.unwind import build_rules as packaged_build_rules
+    sys.stdout.buffer.write(pickle.dumps(packaged_build_rules(argv[0])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -9,6 +9,10 @@ agent's path must be gdb's: at least 95 % of gdb's frames, in order, and no fram
 not have (a junk word would be one); as many distinct paths as gdb saw; each path with
 exactly the calls made through it.
 
+Debian's libz is used as a private copy of the file (same bytes, loaded through
+LD_LIBRARY_PATH): a uprobe anyone else on the host holds on the shared file would take the
+trap before gdb's breakpoint and hide the calls from gdb.
+
 The programs make one warm-up call first and wait: the agent loads a process's mapping
 table when it meets the process, and the rules of its binaries in the background; calls
 made before that are walked by frame pointers and checked by the agent (docs/unwinding.md),
@@ -102,11 +106,24 @@ def _build(case: Case, out_dir: Path) -> Path:
     return binary
 
 
-def _gdb_paths(binary: Path, case: Case, out_dir: Path) -> Counter[Path_]:
+def _private_library(case: Case, out_dir: Path) -> dict[str, str]:
+    """The environment that loads a private copy of case.probe_binary, and the copy's path
+    as PROBE_BINARY; empty when the probe is in the program itself."""
+    if case.probe_binary is None:
+        return {}
+    library_dir = out_dir / "lib"
+    library_dir.mkdir(exist_ok=True)
+    source = Path(case.probe_binary)
+    copy = library_dir / source.name
+    shutil.copy2(source.resolve(), copy)
+    return {"LD_LIBRARY_PATH": str(library_dir), "PROBE_BINARY": str(copy)}
+
+
+def _gdb_paths(binary: Path, case: Case, out_dir: Path, private: dict[str, str]) -> Counter[Path_]:
     """The paths gdb sees after the warm-up call, each with its calls."""
     out = out_dir / f"{case.name}.gdb.json"
     program, *first_args = _command(case, binary)
-    env = dict(os.environ, TRUTH_PROGRAM=program, TRUTH_ARGS=json.dumps([*first_args, str(CALLS)]),
+    env = dict(os.environ, **private, TRUTH_PROGRAM=program, TRUTH_ARGS=json.dumps([*first_args, str(CALLS)]),
                TRUTH_SYMBOL=case.gdb_symbol, TRUTH_OUT=str(out), TRUTH_AFTER_LOAD=case.after_load)
     done = subprocess.run(["gdb", "-batch", "-nx", "-x", str(GDB_SCRIPT)], env=env, capture_output=True, check=False,
                           text=True, timeout=300)
@@ -131,15 +148,31 @@ def _wait_for_rules(agent: AgentProcess, pid: int, timeout_s: float = 240.0) -> 
     raise AssertionError(f"the agent did not load the rules of {waiting} in {timeout_s:.0f}s:\n{agent.log()[-3000:]}")
 
 
-def _agent_paths(binary: Path, case: Case, kafka_bootstrap: str, tmp_path: Path) -> tuple[Counter[Path_], list[dict]]:
+def _wait_for_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> None:
+    """Until the broker lists topic: a busy shared broker may answer "created" before every
+    listener's metadata has it, and the agent refuses to start without its topics."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if topic in admin.list_topics(topic, timeout=10).topics and not admin.list_topics(topic).topics[topic].error:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"topic {topic} not listed by {bootstrap} within {timeout_s:.0f}s")
+
+
+def _agent_paths(binary: Path, case: Case, kafka_bootstrap: str, tmp_path: Path,
+                 private: dict[str, str]) -> tuple[Counter[Path_], list[dict]]:
     prefix = f"unwind-{uuid.uuid4().hex[:8]}."
     names = TopicNames().with_prefix(prefix)
     create_topics(kafka_bootstrap, names)
-    probe = f"{case.probe_binary or binary}:{case.probe_symbol}"
+    _wait_for_topic(kafka_bootstrap, names.raw)
+    probe = f"{private.get('PROBE_BINARY', binary)}:{case.probe_symbol}"
     go = tmp_path / "go"
     with AgentProcess(kafka_bootstrap, prefix, [probe], tmp_path / "agent.log", ["--no-budget"]) as agent:
         program = subprocess.Popen([*_command(case, binary), str(CALLS), str(go)], stdout=subprocess.PIPE,
-                                   text=True)
+                                   text=True, env=dict(os.environ, **private))
         try:
             assert program.stdout is not None and program.stdout.readline().strip() == "warm"
             _wait_for_rules(agent, program.pid)
@@ -181,11 +214,12 @@ def test_paths_equal_gdbs_backtraces(case: Case, kafka_bootstrap: str, tmp_path:
     if shutil.which("gdb") is None:
         pytest.skip("gdb is not installed (scripts/bootstrap.sh installs it)")
     binary = _build(case, tmp_path)
-    truth = _gdb_paths(binary, case, tmp_path)
+    private = _private_library(case, tmp_path)
+    truth = _gdb_paths(binary, case, tmp_path, private)
     assert len(truth) == case.true_paths, f"the premise: gdb saw {len(truth)} paths: {list(truth)}"
     assert min(len(p) for p in truth) >= 5, "the premise: paths several frames deep"
 
-    observed, events = _agent_paths(binary, case, kafka_bootstrap, tmp_path)
+    observed, events = _agent_paths(binary, case, kafka_bootstrap, tmp_path, private)
 
     # As many distinct paths as gdb saw, each one gdb's (>= 95 % of its frames, in order,
     # nothing gdb does not have), with exactly the calls made through it.
