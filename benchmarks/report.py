@@ -88,7 +88,7 @@ def _unwind(section: dict[str, Any] | None) -> list[str]:
                      "agent / no-op", "agent / stackcount", "agent's paths (calls)"], rows)
     rules = [[r["binary"], _f(r.get("file_bytes")), _f(r.get("fdes")), _f(r.get("rows")), _f(r.get("row_bytes")),
               _f(r.get("build_s"), 1), r.get("error") or ""] for r in section["rules"]]
-    lines += ["Unwind rules per binary (built once per digest, in the agent's worker process):", ""]
+    lines += ["Unwind rules per binary (built once per digest, by a child interpreter of the agent):", ""]
     lines += _table(["binary", "file bytes", "FDEs", "rows", "map bytes", "build s", "note"], rules)
     return lines
 

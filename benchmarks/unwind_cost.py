@@ -16,7 +16,7 @@ mapping table before the timed loop (docs/unwinding.md: a process's first calls 
 by frame pointers). The reported paths are read back to show how deep each walk went.
 
 Also: the time to build the rules, and their map bytes, for Debian's libcrypto, libpython
-and a Go binary (agent/unwind.py build_rules, as the agent's worker runs it).
+and a Go binary (agent/unwind.py build_rules, as the agent's child interpreter runs it).
 """
 
 from __future__ import annotations
