@@ -34,7 +34,8 @@ __all__ = ["COUNTER_NAMES", "FLAG_STACK_ERROR", "FLAG_STACK_TRUNCATED", "Attache
 _PAGE_BYTES = mmap.PAGESIZE
 _DEDUP_READ_CHUNK = 1024
 _MAP_NAMES = (b"events", b"counters", b"probe_config", b"rate_state", b"scratch", b"nesting",
-              b"dedup_a", b"dedup_b", b"dedup_active", b"unwind_rows", b"unwind_tables", b"proc_mappings")
+              b"dedup_a", b"dedup_b", b"dedup_active", b"unwind_rows", b"unwind_tables", b"proc_mappings",
+              b"announced")
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,10 +375,11 @@ class CallTracer:
     def program_stats(self) -> bpfsys.ProgramStats:
         return bpfsys.program_stats(self._prog_fd)
 
-    def unwind_map_fds(self) -> tuple[int, int, int]:
-        """File descriptors of (unwind_rows, unwind_tables, proc_mappings), for agent/unwind.py."""
+    def unwind_map_fds(self) -> tuple[int, int, int, int]:
+        """File descriptors of (unwind_rows, unwind_tables, proc_mappings, announced), for
+        agent/unwind.py."""
         return (self._bpf["unwind_rows"].get_fd(), self._bpf["unwind_tables"].get_fd(),
-                self._bpf["proc_mappings"].get_fd())
+                self._bpf["proc_mappings"].get_fd(), self._bpf["announced"].get_fd())
 
     def map_memory_bytes(self, name: str) -> int:
         """Kernel memory held by one of the program's maps."""

@@ -293,12 +293,12 @@ class UnwindFigures:
 class UnwindLoader:
     """Loads unwind rules and process mapping tables into the tracer's maps."""
 
-    def __init__(self, map_fds: tuple[int, int, int], *, unwind_rows: int, unwind_tables: int,
+    def __init__(self, map_fds: tuple[int, int, int, int], *, unwind_rows: int, unwind_tables: int,
                  max_processes: int, max_mappings: int, digests: DigestCache,
                  proc_root: Path = Path("/proc"), build_workers: int = 1) -> None:
         import bcc  # type: ignore[import-untyped]  # Debian's python3-bpfcc (the tracer imported it)
         self._lib = bcc.libbcc.lib
-        self._rows_fd, self._tables_fd, self._processes_fd = map_fds
+        self._rows_fd, self._tables_fd, self._processes_fd, self._announced_fd = map_fds
         self._row_capacity = unwind_rows
         self._table_capacity = unwind_tables
         self._max_processes = max_processes
@@ -338,10 +338,13 @@ class UnwindLoader:
             self._write_process(pid)
 
     def forget(self, pid: int) -> None:
+        """pid exited: drop its table, and its announcement so a process that reuses the pid
+        is announced in turn."""
         with self._lock:
+            key = ctypes.c_uint32(pid)
             if self._processes.pop(pid, None) is not None:
-                key = ctypes.c_uint32(pid)
                 self._lib.bpf_delete_elem(self._processes_fd, ctypes.byref(key))
+            self._lib.bpf_delete_elem(self._announced_fd, ctypes.byref(key))
             self._over_limit.discard(pid)
 
     def _write_process(self, pid: int) -> None:

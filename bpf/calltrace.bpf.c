@@ -46,6 +46,8 @@ BPF_ARRAY_OF_MAPS(dedup_active, "dedup_a", 1);
 BPF_ARRAY(unwind_rows, struct unwind_row, CALLTRACE_UNWIND_ROWS);
 BPF_ARRAY(unwind_tables, struct unwind_table, CALLTRACE_UNWIND_TABLES);
 BPF_F_TABLE("hash", u32, struct process_mappings, proc_mappings, CALLTRACE_MAX_PROCESSES, BPF_F_NO_PREALLOC);
+/* Processes whose first call without a mapping table was sent to the agent (see announce). */
+BPF_TABLE("lru_hash", u32, u8, announced, CALLTRACE_MAX_PROCESSES);
 
 /* Steps of the binary searches: ceil(log2(entries)) + 1, set by the agent with the sizes. */
 #ifndef MAPPING_SEARCH_STEPS
@@ -300,6 +302,23 @@ static __always_inline void fold(struct call_event *entry, u64 now)
     entry->last_boot_ns = now;
 }
 
+/* Should this call skip the dedup map? The first unchecked call of a process does: the
+ * ring buffer wakes the agent within its poll interval, and it writes the process's mapping
+ * table then, instead of at its next collection, so fewer of the process's calls are
+ * walked without the rules. A process is announced once (an LRU map, the agent deletes
+ * its entry when the process exits); two CPUs racing may both announce it, harmlessly. */
+static __always_inline bool announce(struct call_event *event)
+{
+    if (!(event->flags & CALL_FLAG_UNCHECKED))
+        return false;
+    u32 pid = event->pid;
+    if (announced.lookup(&pid))
+        return false;
+    u8 one = 1;
+    announced.update(&pid, &one);
+    return true;
+}
+
 static __always_inline void handle(struct pt_regs *ctx, u32 probe, u32 slot)
 {
     struct probe_config *config = probe_config.lookup(&probe);
@@ -321,7 +340,7 @@ static __always_inline void handle(struct pt_regs *ctx, u32 probe, u32 slot)
     capture(ctx, event, probe, now);
     u32 zero = 0;
 
-    if (config->dedup) {
+    if (config->dedup && !announce(event)) {
         void *dedup = dedup_active.lookup(&zero);
         if (dedup) {
             struct dedup_key key = {.stack_hash = event->stack_hash, .pid = event->pid,
