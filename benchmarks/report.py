@@ -72,7 +72,7 @@ def _probe(section: dict[str, Any] | None) -> list[str]:
 
 
 def _unwind(section: dict[str, Any] | None) -> list[str]:
-    title = "1b. Stack walk cost per call, 14+ frames: frame pointers and CFI rules vs `stackcount -U`"
+    title = "1c. Stack walk cost per call, 17 frames: frame pointers and CFI rules vs `stackcount -U`"
     failed = _failed(section, title)
     if failed:
         return failed
@@ -88,6 +88,8 @@ def _unwind(section: dict[str, Any] | None) -> list[str]:
                      "agent / no-op", "agent / stackcount", "agent's paths (calls)"], rows)
     rules = [[r["binary"], _f(r.get("file_bytes")), _f(r.get("fdes")), _f(r.get("rows")), _f(r.get("row_bytes")),
               _f(r.get("build_s"), 1), r.get("error") or ""] for r in section["rules"]]
+    if not section["rules"]:
+        return lines
     lines += ["Unwind rules per binary (built once per digest, by a child interpreter of the agent):", ""]
     lines += _table(["binary", "file bytes", "FDEs", "rows", "map bytes", "build s", "note"], rules)
     return lines

@@ -35,7 +35,7 @@ class Plan:
     processor: processor_bench.ProcessorPlan
     latency_rates_per_s: list[int]
     latency_seconds_per_rate: float
-    unwind: unwind_cost.UnwindPlan = unwind_cost.UnwindPlan(calls=2_000, repeats=1)
+    unwind: unwind_cost.UnwindPlan = unwind_cost.UnwindPlan(calls=2_000, repeats=1, rule_figures=False)
 
 
 # Sizes for the 2-core VM the figures in docs/benchmarks.md come from: 5 to 8 minutes.
