@@ -40,13 +40,18 @@ from runtime_signals.agent.clock import BootClock
 from runtime_signals.agent.errors import ProbeError
 from runtime_signals.agent.modules import ModuleMapBuilder, ModuleMapPublisher
 from runtime_signals.agent.perfmap import PerfMaps
-from runtime_signals.agent.probes import FLAG_STACK_TRUNCATED, AttachedProbe, CallTracer, RawCall
+from runtime_signals.agent.probes import AttachedProbe, CallTracer, RawCall
 from runtime_signals.agent.processes import NodeFiles, ProcessInfo, ProcessTable
 from runtime_signals.agent.procmaps import signed64
 from runtime_signals.agent.publisher import Publisher
 from runtime_signals.agent.selectors import TargetFilters
 from runtime_signals.agent.stats import DeliveryFigures, KernelFigures, ProbeFigures, Snapshot, StatsTracker
 from runtime_signals.agent.symbols_publisher import MAX_CHUNK_BYTES, SymbolTablePublisher
+from runtime_signals.agent.unwind import UnwindLoader, checked_frames
+from runtime_signals.agent.wire import (
+    STACK_END_NO_UNWIND_INFO,
+    STACK_END_NOT_EXECUTABLE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,9 @@ WATERMARK_SAFETY_NS = 5_000_000
 _FLUSH_AFTER_BOUNDARY_S = 0.002
 # The pump is healthy while its loop has turned within this long.
 HEALTHY_WITHIN_NS = 30_000_000_000
+# A walk that ended outside the known code may mean the process mapped new code since its
+# mapping table was written (dlopen): its maps are read again, at most this often.
+UNWIND_REFRESH_NS = 1_000_000_000
 
 
 class BuiltCall(Protocol):
@@ -140,6 +148,12 @@ class Collector:
                                        perf_maps=perf_maps, on_jit_code=self._symbol_tables.offer_jit)
         self._filters = filters or TargetFilters()
         self._sources = list(sources)
+        tracer_settings = tracer.settings
+        self._unwind = UnwindLoader(tracer.unwind_map_fds(), unwind_rows=tracer_settings.unwind_rows,
+                                    unwind_tables=tracer_settings.unwind_tables,
+                                    max_processes=tracer_settings.max_processes,
+                                    max_mappings=tracer_settings.max_mappings, digests=node.digests)
+        self._unwind_versions: dict[int, tuple[int, int]] = {}  # pid -> (maps version, refreshed at ns)
         tracer.on_event(self._handle)
         self._flush_interval_ns = settings.watermark_interval_ms * 1_000_000
         tracer.set_flush_clock(self._flush_interval_ns, self._clock.offset_ns())
@@ -154,6 +168,10 @@ class Collector:
     def note_source_file(self, pid: int, path: str, binary_digest: str, purl: str | None) -> None:
         """A Python source file in a record of pid: into its module map (call on the pump's thread)."""
         self._processes.add_source_file(pid, path, binary_digest, purl)
+
+    @property
+    def unwind(self) -> UnwindLoader:
+        return self._unwind
 
     def register_probe(self, probe: AttachedProbe) -> None:
         """Learn a probe the tracer attached (its index is the tracer's), to name the calls
@@ -194,6 +212,8 @@ class Collector:
             self.agent_dropped_calls["not_selected"] += call.count
             return
         frames = self._processes.resolve_frames(call.pid, call.frames)
+        self._load_unwind(call.pid, call.end_reason)
+        frames, truncation_reason = checked_frames(frames, call.flags, call.end_reason)
         top = frames[0]
         path_key = hashlib.blake2b(repr((call.probe_index, [(f.binary_digest, f.binary_offset) if f.binary_digest
                                                             else f.address for f in frames])).encode(),
@@ -234,7 +254,8 @@ class Collector:
                  "binary_offset": f.binary_offset, "library": f.path, "purl": f.purl}
                 for f in bottom_to_top
             ],
-            "stack_truncated": bool(call.flags & FLAG_STACK_TRUNCATED),
+            "stack_truncated": truncation_reason is not None,
+            "truncation_reason": truncation_reason,
             "executable": executable.path,
             "executable_digest": executable.binary_digest,
             "executable_purl": executable.purl,
@@ -244,6 +265,22 @@ class Collector:
         self._publisher.produce(self.settings.topics.raw, container_id.encode(), value, calls=call.count)
         self.events_published += 1
         self.calls_published += call.count
+
+    def _load_unwind(self, pid: int, end_reason: int) -> None:
+        """Give pid's walks its mapping table (first call, changed mappings), so its later
+        calls are unwound by its binaries' rules and checked against its code."""
+        maps = self._processes.maps
+        now_ns = time.monotonic_ns()
+        loaded = self._unwind_versions.get(pid)
+        if (loaded is not None and end_reason in (STACK_END_NO_UNWIND_INFO, STACK_END_NOT_EXECUTABLE)
+                and now_ns - loaded[1] >= UNWIND_REFRESH_NS):
+            maps.mappings(pid, refresh=True)
+            loaded = (loaded[0], now_ns)
+            self._unwind_versions[pid] = loaded
+        version = maps.version(pid)
+        if version and (loaded is None or loaded[0] != version):
+            self._unwind.load_process(pid, maps.mappings(pid))
+            self._unwind_versions[pid] = (version, now_ns)
 
     def publish_watermark(self) -> None:
         """Collect every call made so far, then promise the processor no earlier call will follow."""
@@ -339,8 +376,21 @@ class Collector:
         publisher = self._publisher
         delivery = DeliveryFigures(publisher.delivered_calls, publisher.pending_calls,
                                    dict(publisher.dropped_calls_by_reason), publisher.spool_bytes)
-        self.latest = self._stats.take(kernel, delivery, len(self._paths), dict(agent_dropped), tuple(figures))
+        self.latest = self._stats.take(kernel, delivery, len(self._paths), dict(agent_dropped),
+                                       tuple(figures), self._unwind_figures())
         return self.latest
+
+    def _unwind_figures(self) -> dict[str, int]:
+        figures = self._unwind.figures()
+        return {"rows_used": figures.rows_used, "rows_capacity": figures.rows_capacity,
+                "row_map_bytes": self._tracer.map_memory_bytes("unwind_rows"),
+                "table_map_bytes": self._tracer.map_memory_bytes("unwind_tables"),
+                "process_map_bytes": self._tracer.map_memory_bytes("proc_mappings"),
+                "binaries_loaded": figures.binaries_loaded, "binaries_building": figures.binaries_building,
+                "binaries_without_rules": figures.binaries_without_rules,
+                "binaries_not_fitting": figures.binaries_not_fitting,
+                "processes_loaded": figures.processes_loaded,
+                "processes_over_mapping_limit": figures.processes_over_mapping_limit}
 
     def publish_statistics(self) -> Snapshot:
         snapshot = self.take_snapshot()
@@ -384,6 +434,9 @@ class Collector:
                 next_statistics = now + statistics_s
             if now >= next_sweep:
                 self._processes.forget_exited()
+                for pid in [p for p in self._unwind_versions if not os.path.exists(f"/proc/{p}")]:
+                    self._unwind.forget(pid)
+                    del self._unwind_versions[pid]
                 next_sweep = now + sweep_s
         self.shutdown()
 
@@ -396,6 +449,7 @@ class Collector:
         self.publish_watermark()  # after detaching: nothing is left in the kernel
         self._symbol_tables.close()
         self._module_maps.close()
+        self._unwind.close()
         timeout_s = self.settings.shutdown_flush_timeout_s
         self._publisher.flush(timeout_s)
         snapshot = self.publish_statistics()

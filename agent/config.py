@@ -22,4 +22,5 @@ def budget_settings(agent: AgentSettings) -> BudgetSettings:
 
 
 def tracer_settings(agent: AgentSettings) -> TracerSettings:
-    return TracerSettings(ringbuf_pages=agent.ringbuf_pages, dedup_entries=agent.dedup_entries)
+    return TracerSettings(ringbuf_pages=agent.ringbuf_pages, dedup_entries=agent.dedup_entries,
+                          unwind_rows=agent.unwind_rows)

@@ -28,6 +28,21 @@ log = logging.getLogger(__name__)
 PREFIX = f"{METRIC_NAMESPACE}_agent"
 
 
+_UNWIND_HELP = {
+    "rows_used": "Unwind rule rows loaded (all binaries)",
+    "rows_capacity": "Unwind rule rows the map holds (unwind_rows)",
+    "row_map_bytes": "Kernel memory of the unwind rows map",
+    "table_map_bytes": "Kernel memory of the unwind tables map",
+    "process_map_bytes": "Kernel memory of the per-process mapping tables",
+    "binaries_loaded": "Binaries whose unwind rules are loaded",
+    "binaries_building": "Binaries whose unwind rules are being built",
+    "binaries_without_rules": "Binaries without CFI: walked by frame pointers",
+    "binaries_not_fitting": "Binaries whose rules did not fit the rows map: walked by frame pointers",
+    "processes_loaded": "Processes with a mapping table in the kernel",
+    "processes_over_mapping_limit": "Processes with more executable mappings than max_mappings",
+}
+
+
 class SnapshotCollector(Collector):
     """Exposes the latest Snapshot; nothing until the first one is taken."""
 
@@ -79,6 +94,8 @@ class SnapshotCollector(Collector):
         yield attached
         yield probe_calls
         yield detached
+        for name, value in sorted(snapshot.unwind.items()):
+            yield GaugeMetricFamily(f"{PREFIX}_unwind_{name}", _UNWIND_HELP.get(name, name), value=value)
 
 
 class CountersCollector(Collector):

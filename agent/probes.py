@@ -34,7 +34,8 @@ __all__ = ["COUNTER_NAMES", "FLAG_STACK_ERROR", "FLAG_STACK_TRUNCATED", "Attache
 _PAGE_BYTES = mmap.PAGESIZE
 _DEDUP_READ_CHUNK = 1024
 _MAP_NAMES = (b"events", b"counters", b"probe_config", b"rate_state", b"scratch", b"nesting",
-              b"dedup_a", b"dedup_b", b"dedup_active")
+              b"dedup_a", b"dedup_b", b"dedup_active", b"unwind_rows", b"unwind_tables", b"proc_mappings",
+              b"announced")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,13 @@ class TracerSettings:
     max_frames: int = 64
     max_probes: int = 1024
     dedup_entries: int = 16384
+    # Unwinding (bpf/calltrace.h): rows shared by all binaries' rules (12 bytes each,
+    # preallocated), binaries they can hold, processes with a mapping table, executable
+    # mappings per process. Rows and mappings are powers of two (the searches mask).
+    unwind_rows: int = 1 << 21
+    unwind_tables: int = 4096
+    max_processes: int = 4096
+    max_mappings: int = 256
 
     def cflags(self) -> list[str]:
         if self.ringbuf_pages <= 0 or self.ringbuf_pages & (self.ringbuf_pages - 1):
@@ -107,9 +115,22 @@ class TracerSettings:
             raise ConfigError(f"max_frames={self.max_frames}: must be between 2 and 127")
         if self.max_probes < 1 or self.dedup_entries < 1:
             raise ConfigError(f"max_probes={self.max_probes}, dedup_entries={self.dedup_entries}: must be >= 1")
+        for name in ("unwind_rows", "max_mappings"):
+            value = getattr(self, name)
+            if value < 2 or value & (value - 1):
+                raise ConfigError(f"{name}={value}: must be a power of two >= 2")
+        if self.unwind_rows > 1 << 31 or self.unwind_tables < 2 or self.max_processes < 1:
+            raise ConfigError(f"unwind_rows={self.unwind_rows}, unwind_tables={self.unwind_tables}, "
+                              f"max_processes={self.max_processes}: rows <= 2^31, tables >= 2, processes >= 1")
         return [f"-I{bpf_sources.SOURCE_DIR}", f"-DRINGBUF_PAGES={self.ringbuf_pages}",
                 f"-DCALLTRACE_MAX_FRAMES={self.max_frames}", f"-DCALLTRACE_MAX_PROBES={self.max_probes}",
-                f"-DDEDUP_ENTRIES={self.dedup_entries}"]
+                f"-DDEDUP_ENTRIES={self.dedup_entries}", f"-DCALLTRACE_UNWIND_ROWS={self.unwind_rows}",
+                f"-DCALLTRACE_UNWIND_TABLES={self.unwind_tables}",
+                f"-DCALLTRACE_MAX_PROCESSES={self.max_processes}",
+                f"-DCALLTRACE_MAX_MAPPINGS={self.max_mappings}",
+                # A search over n entries needs ceil(log2 n) + 1 steps (bit_length of n).
+                f"-DMAPPING_SEARCH_STEPS={self.max_mappings.bit_length()}",
+                f"-DROW_SEARCH_STEPS={self.unwind_rows.bit_length()}"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +158,7 @@ class RawCall:
     count: int = 1
     last_boot_ns: int = 0
     probe_index: int = 0
+    end_reason: int = 0  # enum stack_end (wire.STACK_END_*)
 
 
 def split_points(text: str) -> list[int]:
@@ -300,7 +322,8 @@ class CallTracer:
         count = min(raw.frame_count, self.max_frames)
         return RawCall(boot_ns=raw.boot_ns, cgroup_id=raw.cgroup_id, function_address=raw.function_address,
                        pid=raw.pid, tid=raw.tid, flags=raw.flags, frames=tuple(raw.frames[:count]),
-                       count=raw.count, last_boot_ns=raw.last_boot_ns, probe_index=raw.probe_index)
+                       count=raw.count, last_boot_ns=raw.last_boot_ns, probe_index=raw.probe_index,
+                       end_reason=raw.end_reason)
 
     def poll(self, timeout_ms: int) -> None:
         """Wait up to timeout_ms for ring-buffer records and deliver them to the callback."""
@@ -405,6 +428,16 @@ class CallTracer:
 
     def program_stats(self) -> bpfsys.ProgramStats:
         return bpfsys.program_stats(self._prog_fd)
+
+    def unwind_map_fds(self) -> tuple[int, int, int, int]:
+        """File descriptors of (unwind_rows, unwind_tables, proc_mappings, announced), for
+        agent/unwind.py."""
+        return (self._bpf["unwind_rows"].get_fd(), self._bpf["unwind_tables"].get_fd(),
+                self._bpf["proc_mappings"].get_fd(), self._bpf["announced"].get_fd())
+
+    def map_memory_bytes(self, name: str) -> int:
+        """Kernel memory held by one of the program's maps."""
+        return bpfsys.map_memlock_bytes(self._bpf[name].get_fd())
 
     def memory_bytes(self) -> int:
         """Kernel memory held by the program's maps."""

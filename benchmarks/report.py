@@ -45,7 +45,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{meta.get('load_average_end', [0])[0]:.1f} at the end"
         + (" · QUICK: toy sizes, the figures mean nothing" if meta["quick"] else ""), "",
     ]
-    lines += _probe(results.get("probe_agent")) + _hot(results.get("hot"))
+    lines += _probe(results.get("probe_agent")) + _unwind(results.get("unwind")) + _hot(results.get("hot"))
     lines += _agent(results.get("probe_agent")) + _processor(results.get("processor"))
     lines += _latency(results.get("latency")) + _watch(results.get("watch"))
     if "python_probe" in results:
@@ -74,6 +74,30 @@ def _probe(section: dict[str, Any] | None) -> list[str]:
             f"{_f(section['calls_sent'])} calls; kernel counters {section['kernel_counters']}).", ""] + _table(
         ["calls per run", "unprobed ns/call", "no-op uprobe ns/call", "full probe ns/call",
          "(full − unprobed) / (no-op − unprobed)"], rows)
+
+
+def _unwind(section: dict[str, Any] | None) -> list[str]:
+    title = "1c. Stack walk cost per call, 17 frames: frame pointers and CFI rules vs `stackcount -U`"
+    failed = _failed(section, title)
+    if failed:
+        return failed
+    assert section is not None
+    rows = [[r["build"], _f(r["unprobed_ns_per_call"], 1), _f(r["noop_ns_per_call"]),
+             _f(r["stackcount_ns_per_call"]), _f(r["agent_ns_per_call"]), _f(r["stackcount_vs_floor"], 2),
+             _f(r["agent_vs_floor"], 2), _f(r["agent_vs_stackcount"], 2),
+             "; ".join(f"{k}: {_f(v)}" for k, v in r.get("reported_frames_and_end", {}).items())]
+            for r in section["rows"]]
+    lines = [f"## {title}", "", f"{_f(section['calls'])} calls per run, median of {section['repeats']} runs; "
+             "ratios are (probed - unprobed) / (floor - unprobed).", ""]
+    lines += _table(["build", "unprobed ns", "no-op ns", "stackcount -U ns", "agent ns", "stackcount / no-op",
+                     "agent / no-op", "agent / stackcount", "agent's paths (calls)"], rows)
+    rules = [[r["binary"], _f(r.get("file_bytes")), _f(r.get("fdes")), _f(r.get("rows")), _f(r.get("row_bytes")),
+              _f(r.get("build_s"), 1), r.get("error") or ""] for r in section["rules"]]
+    if not section["rules"]:
+        return lines
+    lines += ["Unwind rules per binary (built once per digest, by a child interpreter of the agent):", ""]
+    lines += _table(["binary", "file bytes", "FDEs", "rows", "map bytes", "build s", "note"], rules)
+    return lines
 
 
 def _hot(section: dict[str, Any] | None) -> list[str]:

@@ -52,6 +52,7 @@ AGENT_FLAGS: tuple[Flag, ...] = tuple(Flag(group, flag, "agent", name) for group
     ("probes", "--no-hold-processes", "hold_processes"),
     ("overhead control", "--no-dedup", "dedup"),
     ("overhead control", "--dedup-entries", "dedup_entries"),
+    ("probes", "--unwind-rows", "unwind_rows"),
     ("overhead control", "--rate-limit", "rate_limit_per_s"),
     ("overhead control", "--rate-burst", "rate_burst"),
     ("overhead control", "--no-budget", "budget"),

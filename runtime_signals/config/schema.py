@@ -215,6 +215,10 @@ class AgentSettings:
     dedup_entries: int = field(default=16384, metadata=_doc(
         "distinct (probe, process, stack) keys folded per watermark interval; beyond, calls go "
         "one by one through the ring buffer"))
+    unwind_rows: int = field(default=1 << 21, metadata=_doc(
+        "unwind rule rows all binaries share (a power of two; 12 bytes each, preallocated: 2^21 = "
+        "24 MiB). A binary whose rules do not fit is walked by frame pointers and counted "
+        "(docs/unwinding.md)"))
     rate_limit_per_s: int = field(default=0, metadata=_doc(
         "stack captures per second per probe per CPU; calls above are counted as dropped "
         "'rate_limited' (0: no limit)"))
@@ -266,6 +270,9 @@ class AgentSettings:
                 found.append((name, f"must not be negative, got {getattr(self, name)}"))
         if not 4096 <= self.symbol_chunk_max_bytes <= 64 * 1024 * 1024:
             found.append(("symbol_chunk_max_bytes", f"{self.symbol_chunk_max_bytes} is outside 4096..67108864"))
+        if not 2 <= self.unwind_rows <= 1 << 26 or self.unwind_rows & (self.unwind_rows - 1):
+            found.append(("unwind_rows", f"{self.unwind_rows} is not a power of two in 2..67108864 (the walker's "
+                          "search masks row indexes; 2^26 rows are 768 MiB)"))
         if not 1 <= self.dedup_entries <= _DEDUP_MAX_ENTRIES:
             found.append(("dedup_entries", f"{self.dedup_entries} is outside 1..{_DEDUP_MAX_ENTRIES} (each entry "
                           "holds a call record in each of two kernel maps)"))

@@ -92,6 +92,7 @@ def examples() -> dict[str, dict[str, Any]]:
                  "library": None, "purl": None},
             ],
             "stack_truncated": True,
+            "truncation_reason": "depth_limit",
             "executable": "/app/server",
             "executable_digest": DIGEST_APP,
             "executable_purl": "pkg:oci/server@sha256%3A" + "c" * 64,

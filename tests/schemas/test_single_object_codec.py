@@ -22,8 +22,8 @@ TOP_LEVEL = ["RuntimeCallEvent", "AgentWatermark", "ObservedCallPath", "RuntimeS
 EXTENSION_DEFAULTS = {
     "observed_at_us": 0, "host": "", "agent_id": "", "cgroup_id": 0, "probe_id": "",
     "observation_count": 1, "last_timestamp_ns": None, "stack_frames": [],
-    "stack_truncated": False, "executable": None, "executable_digest": None, "executable_purl": None,
-    "comm": "",
+    "stack_truncated": False, "truncation_reason": None, "executable": None, "executable_digest": None,
+    "executable_purl": None, "comm": "",
 }
 
 
@@ -53,6 +53,11 @@ def apache_canonical_form(name: str) -> str:
 
 def v0_schema(data_dir: Path) -> dict[str, Any]:
     return json.loads((data_dir / "RuntimeCallEvent.v0.avsc").read_text())
+
+
+def v1_schema(data_dir: Path) -> dict[str, Any]:
+    """RuntimeCallEvent before truncation_reason: stack_truncated without a reason."""
+    return json.loads((data_dir / "RuntimeCallEvent.v1.avsc").read_text())
 
 
 def seed_only(event: dict[str, Any]) -> dict[str, Any]:
@@ -145,6 +150,19 @@ def test_a_message_from_an_older_schema_version_reads_in_the_current_shape(
     # Reading an old version does not make the registry write it.
     current = encode(examples["RuntimeCallEvent"], "RuntimeCallEvent", registry)
     assert current[2:10].hex() == fingerprint_hex("RuntimeCallEvent")
+
+
+def test_a_record_from_before_truncation_reason_reads_with_a_null_reason(
+    registry: SchemaRegistry, examples: dict[str, dict[str, Any]], data_dir: Path
+) -> None:
+    old_agent = SchemaRegistry.default()
+    old_agent.register(v1_schema(data_dir), current=True)
+    event = {key: value for key, value in examples["RuntimeCallEvent"].items() if key != "truncation_reason"}
+    message = encode(event, "RuntimeCallEvent", old_agent)
+    registry.register(v1_schema(data_dir))
+    record = decode(message, registry).record
+    assert record == {**event, "truncation_reason": None}
+    assert record["stack_truncated"] is True
 
 
 def test_a_newer_writer_s_unknown_runtime_and_extra_field_are_absorbed(
