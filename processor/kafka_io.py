@@ -111,7 +111,17 @@ class CheckpointStore:
     def read(self, partition: int, timeout_s: float = 15.0) -> Checkpoint | None:
         """The last checkpoint written for a raw partition, or None."""
         tp = TopicPartition(self.topic, partition)
-        low, high = self._reader.get_watermark_offsets(tp, timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                low, high = self._reader.get_watermark_offsets(tp, timeout=timeout_s)
+                break
+            except KafkaException as exc:
+                # Just created (ensure()): a busy broker may not know the partition for a while.
+                unknown = exc.args[0].code() in (KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART)
+                if not unknown or time.monotonic() > deadline:
+                    raise CheckpointError(f"reading {self.topic}[{partition}]: {exc.args[0]}") from exc
+                time.sleep(0.2)
         if high <= low:
             return None
         self._reader.assign([TopicPartition(self.topic, partition, high - 1)])
