@@ -160,7 +160,9 @@ class Worker:
                 "killed_worker", "a worker died while processing this record, twice; not processed again "
                                  "(processor/inflight.py)"))
         # Kafka timestamps are whole milliseconds; faust hands them over as float seconds.
-        timestamp_us = round(message.timestamp * 1000) * 1000 if message.timestamp_type and message.timestamp \
+        # Log-append time on the raw topic (schemas/topics.py); on a topic left at create
+        # time the producer chose it, and the bounds are only as good as the writers.
+        timestamp_us = round(message.timestamp * 1000) * 1000 if message.timestamp and message.timestamp > 0 \
             else None
         if inflight is not None:
             inflight.begin(partition, offset)

@@ -111,7 +111,10 @@ class CheckpointStore:
     def read(self, partition: int, timeout_s: float = 15.0) -> Checkpoint | None:
         """The last checkpoint written for a raw partition, or None."""
         tp = TopicPartition(self.topic, partition)
-        low, high = _watermarks_settled(self._reader, tp, timeout_s)
+        try:
+            low, high = _watermarks_settled(self._reader, tp, timeout_s)
+        except KafkaException as exc:
+            raise CheckpointError(f"reading {self.topic}[{partition}]: {exc.args[0]}") from exc
         if high <= low:
             return None
         self._reader.assign([TopicPartition(self.topic, partition, high - 1)])

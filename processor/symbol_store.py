@@ -142,6 +142,8 @@ class SymbolStore:
                 dropped += 1
                 continue
             entries.append((symbol["file_offset"], symbol["size_bytes"], name))
+        if digest in self._evicted and digest not in self._wanted:
+            return  # re-read while reloading another table: it stays out until a window needs it
         table = self._tables.get(digest)
         if table is not None:
             if table.chunks.get(index) != entries:

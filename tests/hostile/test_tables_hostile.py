@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from runtime_signals.processor.symbol_store import SymbolStore
 from tests.processor.raw_records import APP_DIGEST, APP_PURL, module_map, symbol_tables
 
@@ -93,3 +95,41 @@ def test_tables_are_bounded_least_recently_used_and_reloaded_only_identical() ->
     assert not store.has(evicted) and store.counts["symbol_table_conflicts"] == 1
     store.add(table(1))                          # the compacted topic's copy: taken back
     assert store.lookup(evicted, 32) == "f2" and store.wanted() == set()
+
+
+@pytest.mark.broker
+def test_an_evicted_table_is_reloaded_from_the_compacted_topic(kafka_bootstrap: str) -> None:
+    import time
+    import uuid
+
+    from runtime_signals.devtools.demo import create_topics
+    from runtime_signals.processor.kafka_io import BinaryFeed
+    from runtime_signals.schemas import codec
+    from runtime_signals.schemas.topics import TopicNames
+    from tests.processor.harness import produce
+    from tests.processor.raw_records import REGISTRY
+
+    names = TopicNames().with_prefix(f"reload-{uuid.uuid4().hex[:8]}.")
+    create_topics(kafka_bootstrap, names, partitions=2)
+    tables = [{"binary_digest": f"sha256:{n:064x}", "chunk_index": 0, "chunk_count": 1, "symbol_count": 1000,
+               "symbols": [{"file_offset": i * 16, "size_bytes": 16, "name": f"t{n}_f{i}"} for i in range(1000)]}
+              for n in range(3)]
+    produce(kafka_bootstrap, names.symbols, [(f"{t['binary_digest']}/0".encode(),
+                                             codec.encode(t, "SymbolTable", REGISTRY), None) for t in tables])
+    store = SymbolStore(max_symbols=2000)  # room for two of the three tables
+    feed = BinaryFeed({"bootstrap.servers": kafka_bootstrap}, names.symbols, names.modules, store, REGISTRY,
+                      "reload-test")
+    try:
+        feed.catch_up(30)
+        assert store.counts["symbol_tables_evicted"] == 1 and store.symbols_held <= 2000
+        evicted = next(t["binary_digest"] for t in tables if not store.has(t["binary_digest"]))
+        assert store.wanted() == {evicted}
+        deadline = time.monotonic() + 30
+        while not store.has(evicted) and time.monotonic() < deadline:
+            feed.poll()
+            time.sleep(0.1)
+        assert store.has(evicted), dict(store.counts)
+        assert store.lookup(evicted, 32) == f"t{int(evicted[7:], 16)}_f2"
+        assert store.counts["symbol_table_reloads"] == 1 and store.counts["symbol_table_conflicts"] == 0
+    finally:
+        feed.close()

@@ -71,44 +71,45 @@ def test_hostile_records_neither_stop_nor_freeze_nor_falsify_the_worker(kafka_bo
     create_topics(kafka_bootstrap, names, partitions=1)
     publish_binaries(kafka_bootstrap, names)
     port = _free_port()
-    # Event times of a live pipeline: just behind the broker's clock (log-append time).
-    now_us = time.time_ns() // 1000
-    t0 = now_us - now_us % 1_000_000 - 10_000_000
-
-    def call(at_us: int, count: int = 1, **overrides: Any) -> bytes:
-        return encode_call(call_event("c1", at_us, count=count, **overrides))
-
-    def mark(at_us: int, sequence: int, agent: str = "agent-1") -> tuple[bytes, bytes, int, list[Any]]:
-        return (agent.encode(), encode_watermark(at_us, sequence, agent), 0, [])
-
-    bad: list[tuple[bytes, str]] = [
-        (call(t0 + 300, symbol="_ZN" + "1aI" * 27_000 + "i" + "E" * 27_000 + "1bEv"), "over_limit"),
-        (call(t0 + 310, count=2**62), "over_limit"),
-        (call(t0 + 320, count=2**62), "over_limit"),
-        (call(t0 + 330, stack_trace=list(range(1, 50_001)), stack_frames=[]), "over_limit"),
-        (call(t0 + TEN_YEARS_US), "clock_skew"),
-        (b"\x00 not avro", "undecodable"),
-    ]
-    huge_ids = [(f"{n}".encode(), encode_watermark(t0, 1, f"{n}" + "a" * 120_000), 0, [])
-                for n in range(24)]
-    records: list[tuple[Any, ...]] = [
-        mark(t0 - 1_000_000, 2**63 - 1),                    # not the real agent-1
-        mark(t0 + TEN_YEARS_US, 1, agent="evil-future"),    # a promise ten years ahead
-        mark(now_us + 40_000_000, 1, agent="fast-clock"),   # a node whose clock runs 40 s fast
-        (b"c1", call(t0 + 100, count=2), 0),
-        (b"c1", call(t0 + 200, count=3, path=1), 0),
-        *[(b"c1", value, 0) for value, _ in bad],
-        *huge_ids,
-        mark(t0 + 5_000_000, 1),                            # the real agent-1, sequence 1
-        (b"c1", call(t0 + 6_000_000, count=4, path=2), 0),
-        mark(t0 + 9_000_000, 2),
-        mark(now_us + 60_000_000, 2, agent="fast-clock"),
-        mark(t0 + TEN_YEARS_US, 2, agent="evil-future"),
-    ]
     with LocalPipeline(kafka_bootstrap, [], topic_prefix=prefix, window_ms=1000, lateness_ms=200,
                        log_dir=tmp_path, processor_app_id=f"{prefix}processor") as pipeline:
         pipeline.start_processor(extra_args=["--metrics-port", str(port), "--symbol-wait-ms", "5000",
                                              "--inflight-dir", str(tmp_path / "inflight")], wait_ready_s=60)
+        # Event times of a live pipeline: just behind the broker's clock (log-append time),
+        # taken once the worker is up, as a live agent's would be.
+        now_us = time.time_ns() // 1000
+        t0 = now_us - now_us % 1_000_000 - 10_000_000
+
+        def call(at_us: int, count: int = 1, **overrides: Any) -> bytes:
+            return encode_call(call_event("c1", at_us, count=count, **overrides))
+
+        def mark(at_us: int, sequence: int, agent: str = "agent-1") -> tuple[bytes, bytes, int, list[Any]]:
+            return (agent.encode(), encode_watermark(at_us, sequence, agent), 0, [])
+
+        bad: list[tuple[bytes, str]] = [
+            (call(t0 + 300, symbol="_ZN" + "1aI" * 27_000 + "i" + "E" * 27_000 + "1bEv"), "over_limit"),
+            (call(t0 + 310, count=2**62), "over_limit"),
+            (call(t0 + 320, count=2**62), "over_limit"),
+            (call(t0 + 330, stack_trace=list(range(1, 50_001)), stack_frames=[]), "over_limit"),
+            (call(t0 + TEN_YEARS_US), "clock_skew"),
+            (b"\x00 not avro", "undecodable"),
+        ]
+        huge_ids = [(f"{n}".encode(), encode_watermark(t0, 1, f"{n}" + "a" * 120_000), 0, [])
+                    for n in range(24)]
+        records: list[tuple[Any, ...]] = [
+            mark(t0 - 1_000_000, 2**63 - 1),                    # not the real agent-1
+            mark(t0 + TEN_YEARS_US, 1, agent="evil-future"),    # a promise ten years ahead
+            mark(now_us + 40_000_000, 1, agent="fast-clock"),   # a node whose clock runs 40 s fast
+            (b"c1", call(t0 + 100, count=2), 0),
+            (b"c1", call(t0 + 200, count=3, path=1), 0),
+            *[(b"c1", value, 0) for value, _ in bad],
+            *huge_ids,
+            mark(t0 + 5_000_000, 1),                            # the real agent-1, sequence 1
+            (b"c1", call(t0 + 6_000_000, count=4, path=2), 0),
+            mark(t0 + 9_000_000, 2),
+            mark(now_us + 60_000_000, 2, agent="fast-clock"),
+            mark(t0 + TEN_YEARS_US, 2, agent="evil-future"),
+        ]
         produce(kafka_bootstrap, names.symbols, _hostile_tables())
         produce(kafka_bootstrap, names.modules, _hostile_module_map())
         produce(kafka_bootstrap, names.raw, records)
