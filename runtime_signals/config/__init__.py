@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -116,9 +117,14 @@ class ProcessorSection:
         "consumer group and faust app id, also in the checkpoint topic's name; workers with the same id share "
         "the partitions"))
     loglevel: str = field(default="info", metadata=_doc("debug, info, warning or error"))
+    data_dir: str = field(default=str(Path(tempfile.gettempdir()) / "runtime-signals"), metadata=_doc(
+        "writable directory for faust's application directory (<data_dir>/<app_id>); the processor keeps "
+        "no state there, but faust creates it at start, so it must not be on a read-only root"))
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
+        if not self.data_dir.strip():
+            found.append(("data_dir", "empty: give a writable directory (a tmpfs or emptyDir is enough)"))
         if self.window_ms <= 0:
             found.append(("window_ms", f"must be positive, got {self.window_ms}"))
         if self.allowed_lateness_ms < 0:
@@ -161,7 +167,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     if path:
         data = merge(data, read_toml(Path(path)))
         origin = f"config file {path}"
-    data = merge(data, env_layer(SignalsConfig, env))
+    data = merge(data, env_layer(SignalsConfig, env, reserved=frozenset({CONFIG_ENV})))
     given = {dotted: value for dotted, value in (flags or {}).items() if value is not None}
     for dotted, value in given.items():
         _set_path(data, dotted, value)

@@ -83,9 +83,12 @@ def test_commands_are_accepted_and_the_config_is_valid(services: dict[str, Any])
         except SystemExit as exc:
             raise AssertionError(f"{name}: `signals {shlex.join(service['command'])}` is refused") from exc
         mounts = {target: source for source, target, _ in map(_volume, service["volumes"])}
-        config_path = service["environment"]["SIGNALS_CONFIG"]
-        config_file = COMPOSE_FILE.parent / mounts[config_path]
-        config = load_config(config_file, env={})
+        env = dict(service["environment"])
+        # The service's own environment, SIGNALS_CONFIG included (it shares the settings'
+        # prefix); only its path is translated to the host file mounted there.
+        config_file = COMPOSE_FILE.parent / mounts[env["SIGNALS_CONFIG"]]
+        env["SIGNALS_CONFIG"] = str(config_file)
+        config = load_config(None, env=env)
         assert config.kafka.bootstrap_servers == "kafka:19092"
         if name == "agent":
             assert config.agent.targets and config.agent.host_root == "/proc/1/root"
