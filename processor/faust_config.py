@@ -190,6 +190,7 @@ def build_app(settings: ProcessorSettings) -> ProcessorApp:
         broker_client_id=str(settings.kafka_config.get("client.id", "runtime-signals")),
         **credentials(settings.kafka_config),
         autodiscover=False,
+        datadir=str(settings.data_dir / settings.app_id),
         store="memory://",
         key_serializer="raw",
         value_serializer="raw",

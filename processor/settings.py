@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from runtime_signals.schemas.topics import TopicNames
@@ -25,6 +27,9 @@ class ProcessorSettings:
     checkpoint_interval_ms: int = 1_000
     session_timeout_ms: int = 10_000
     metrics_port: int | None = None
+    # faust's application directory is <data_dir>/<app_id>; faust creates it at start even
+    # with in-memory tables, so it must be writable (a read-only root otherwise fails).
+    data_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "runtime-signals")
     # librdkafka connection settings (security, client id) laid over bootstrap_servers:
     # runtime_signals/config.py's KafkaSettings.librdkafka_config(). The side readers use
     # them as they are; processor/faust_config.py maps them onto faust's settings.

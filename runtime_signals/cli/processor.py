@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from runtime_signals.schemas.topics import TopicNames
 
@@ -95,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
             checkpoint_interval_ms=args.checkpoint_interval_ms,
             session_timeout_ms=args.session_timeout_ms,
             metrics_port=args.metrics_port,
+            data_dir=Path(config.processor.data_dir),
             kafka_config=config.kafka.librdkafka_config(),
         )
         run_worker(settings)
