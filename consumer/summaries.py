@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from runtime_signals.consumer.kafka import TopicReader
 from runtime_signals.consumer.models import Summary, Target
@@ -19,11 +19,12 @@ log = logging.getLogger(__name__)
 SUMMARY = "io.runtimesignals.RuntimeSignalSummary"
 
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[tuple[bytes | None, bytes | None]]:
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0,
+               kafka_config: Mapping[str, str] | None = None) -> list[tuple[bytes | None, bytes | None]]:
     """Every (key, value) on the topic now (None values are tombstones), partition by
     partition, from the oldest record to the end the topic had when the read began, without
-    joining a consumer group."""
-    reader = TopicReader(bootstrap, timeout_s=timeout_s)
+    joining a consumer group. kafka_config: librdkafka security settings (TLS, SASL)."""
+    reader = TopicReader(bootstrap, kafka_config, timeout_s=timeout_s)
     return [(r.key, r.value) for r in reader.read(topic, reader.whole_topic(topic))]
 
 

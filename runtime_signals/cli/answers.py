@@ -6,8 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runtime_signals.cli.capture import parse_time_ms
+
+if TYPE_CHECKING:
+    from runtime_signals.schemas.topics import TopicNames
 
 SUMMARIES_EPILOG = """\
 examples:
@@ -40,8 +44,14 @@ examples:
 
 
 def _add_common(parser: argparse.ArgumentParser, default_bootstrap: str) -> None:
-    parser.add_argument("--bootstrap", default=default_bootstrap)
-    parser.add_argument("--topic-prefix", default="", help="prefix of the pipeline's topic names")
+    # Connection flags default to the shared configuration (--config FILE or $SIGNALS_CONFIG,
+    # then SIGNALS_KAFKA__* variables), as the agent's and the processor's do: in a container
+    # the configuration names the cluster, not the command line.
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file (default: $SIGNALS_CONFIG)")
+    parser.add_argument("--bootstrap", default=None,
+                        help=f"Kafka bootstrap servers (setting: kafka.bootstrap_servers; default {default_bootstrap})")
+    parser.add_argument("--topic-prefix", default=None,
+                        help="prefix of the pipeline's topic names (setting: kafka.topic_prefix)")
     parser.add_argument("--container", help="only this container id")
     parser.add_argument("--since", type=parse_time_ms, metavar="TIME", help="windows ending after TIME")
     parser.add_argument("--until", type=parse_time_ms, metavar="TIME", help="windows starting before TIME")
@@ -77,6 +87,19 @@ def add_export_arguments(parser: argparse.ArgumentParser, default_bootstrap: str
     parser.add_argument("-o", "--output", type=Path, help="write here instead of standard output")
 
 
+def _connection(args: argparse.Namespace) -> tuple[str, TopicNames, dict[str, str]]:
+    """Bootstrap servers, topic names and librdkafka settings (TLS, SASL) from the
+    configuration, with --bootstrap and --topic-prefix winning when given."""
+    from runtime_signals.config import load_config
+    from runtime_signals.schemas.topics import TopicNames
+
+    kafka = load_config(args.config, flags={"kafka.bootstrap_servers": args.bootstrap,
+                                            "kafka.topic_prefix": args.topic_prefix},
+                        flag_names={"kafka.bootstrap_servers": "--bootstrap",
+                                    "kafka.topic_prefix": "--topic-prefix"}).kafka
+    return kafka.bootstrap_servers, TopicNames().with_prefix(kafka.topic_prefix), kafka.librdkafka_config()
+
+
 def _us(time_ms: int | None) -> int | None:
     return None if time_ms is None else time_ms * 1000
 
@@ -90,12 +113,10 @@ def _target(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def run_summaries(args: argparse.Namespace) -> int:
-    from runtime_signals.schemas.topics import TopicNames
-
     from runtime_signals.consumer.summaries import format_table, latest_summaries, read_topic, select_records, to_json
 
-    topic = TopicNames().with_prefix(args.topic_prefix).summaries
-    records = select_records(latest_summaries(read_topic(args.bootstrap, topic, args.timeout_s)),
+    bootstrap, topics, kafka_config = _connection(args)
+    records = select_records(latest_summaries(read_topic(bootstrap, topics.summaries, args.timeout_s, kafka_config)),
                              container=args.container, since_us=_us(args.since), until_us=_us(args.until),
                              target=_target(args))
     print(to_json(records) if args.json else format_table(records), end="")
@@ -105,12 +126,12 @@ def run_summaries(args: argparse.Namespace) -> int:
 def run_reachable(args: argparse.Namespace) -> int:
     from runtime_signals.consumer import SignalsClient
     from runtime_signals.consumer.errors import QueryError
-    from runtime_signals.schemas.topics import TopicNames
 
     target = _target(args)
     if target is None:
         raise QueryError("say what to look for: --function, --purl and/or --node-hash")
-    client = SignalsClient(args.bootstrap, TopicNames().with_prefix(args.topic_prefix))
+    bootstrap, topics, kafka_config = _connection(args)
+    client = SignalsClient(bootstrap, topics, kafka_config=kafka_config)
     answer = client.is_reached(target, container=args.container, since_us=_us(args.since),
                                until_us=_us(args.until))
     if args.json:
@@ -157,7 +178,6 @@ def format_answer(answer) -> str:  # type: ignore[no-untyped-def]
 
 def run_export(args: argparse.Namespace) -> int:
     from runtime_signals.consumer import SignalsClient
-    from runtime_signals.schemas.topics import TopicNames
 
     from runtime_signals.evidence import cyclonedx, export, openvex
     from runtime_signals.capture.writer import tool_version
@@ -165,7 +185,8 @@ def run_export(args: argparse.Namespace) -> int:
     functions = export.load_vulnerable_functions(args.functions, args.vulnerability)
     if not functions:
         raise export.ExportError(f"{args.functions}: no vulnerable function named in it")
-    client = SignalsClient(args.bootstrap, TopicNames().with_prefix(args.topic_prefix))
+    bootstrap, topics, kafka_config = _connection(args)
+    client = SignalsClient(bootstrap, topics, kafka_config=kafka_config)
     summaries = list(client.summaries(args.container, since_us=_us(args.since), until_us=_us(args.until)))
     found = export.findings(functions, summaries, product=args.product)
     tool = tool_version()
