@@ -119,7 +119,8 @@ class AgentSettings:
         "kubelet's per-pod directories (<namespace>_<pod>_<uid>), read to name the pod of a "
         "cgroup's pod uid; mount it read-only. Without it pods are known by uid only"))
     host_name: str | None = field(default=None, metadata=_doc(
-        "node name in records (default: the hostname; in Kubernetes pass spec.nodeName)"))
+        "node name in records (default: the node's hostname, read through host_root; in Kubernetes pass spec.nodeName); "
+        "also the container id of host processes when the node's machine id cannot be read"))
     # --- overhead control (README "Agent overhead, drop accounting and delivery") ---
     dedup: bool = field(default=True, metadata=_doc(
         "fold identical calls (same probe, process and stack) in the kernel into one record "
