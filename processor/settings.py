@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ class ProcessorSettings:
     metrics_port: int | None = None
     # faust's application directory is <data_dir>/<app_id>; faust creates it at start even
     # with in-memory tables, so it must be writable (a read-only root otherwise fails).
-    data_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "runtime-signals")
+    data_dir: Path = Path("/tmp/runtime-signals")
     # librdkafka connection settings (security, client id) laid over bootstrap_servers:
     # runtime_signals/config.py's KafkaSettings.librdkafka_config(). The side readers use
     # them as they are; processor/faust_config.py maps them onto faust's settings.

@@ -25,6 +25,14 @@ dpkg -s zlib1g-dev >/dev/null 2>&1 || need+=(zlib1g-dev)  # a program calling li
 command -v kcat >/dev/null 2>&1 || need+=(kcat)  # the interop tests read topics with it
 command -v capsh >/dev/null 2>&1 || need+=(libcap2-bin)  # runs the agent with the DaemonSet's capabilities only
 command -v openssl >/dev/null 2>&1 || need+=(openssl)  # the security tests' CA and certificates
+# A Docker engine for the deployment tests (tests/deploy: images built, compose brought up, the
+# agent against real containers), with debootstrap for the base images (no registry needed).
+# RUNTIME_SIGNALS_NO_DOCKER=1 leaves Docker out; those tests then skip, saying why.
+if [ -z "${RUNTIME_SIGNALS_NO_DOCKER:-}" ]; then
+  [ -x /usr/sbin/dockerd ] || need+=(docker.io)
+  command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+  command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+fi
 kernel=$(uname -r)
 if [ ! -e "/lib/modules/$kernel/build/Makefile" ] && [ ! -e /sys/kernel/kheaders.tar.xz ]; then
   # Headers for the running kernel when Debian has them; otherwise Debian's current
@@ -86,6 +94,16 @@ if ! command -v kubectl >/dev/null 2>&1 && ! command -v kustomize >/dev/null 2>&
    && [ ! -x "$cache/bin/kustomize" ] && command -v go >/dev/null 2>&1; then
   say "installing kustomize into $cache/bin"
   GOBIN=$cache/bin go install sigs.k8s.io/kustomize/kustomize/v5@v5.5.0
+fi
+
+# --- dockerd, when no engine answers: started in the background (no systemd on CI machines
+# and containers), its log in the cache; the tests reach it at /var/run/docker.sock.
+if [ -z "${RUNTIME_SIGNALS_NO_DOCKER:-}" ] && [ -x /usr/sbin/dockerd ] && ! /usr/bin/docker info >/dev/null 2>&1; then
+  mkdir -p "$cache/docker"
+  say "starting dockerd (log: $cache/docker/dockerd.log)"
+  as_root sh -c "nohup /usr/sbin/dockerd --host unix:///var/run/docker.sock >>'$cache/docker/dockerd.log' 2>&1 &"
+  for _ in $(seq 1 60); do /usr/bin/docker info >/dev/null 2>&1 && break; sleep 1; done
+  /usr/bin/docker info >/dev/null 2>&1 || { say "dockerd did not answer within 60 s; see $cache/docker/dockerd.log"; exit 1; }
 fi
 
 # --- Kafka jars from Maven Central (cached).

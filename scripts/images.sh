@@ -30,6 +30,8 @@ prefix=${IMAGE_PREFIX:-runtime-signals/}
 suite=bookworm
 lock=$repo/deploy/docker/requirements.lock
 python=${PYTHON:-$venv/bin/python}
+# Debian's CLI when installed (it matches Debian's engine), else whichever is on PATH.
+docker=${DOCKER:-$(command -v /usr/bin/docker || command -v docker || echo docker)}
 
 say() { printf '[images] %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
@@ -72,7 +74,7 @@ bases() {
   for name in python bcc java; do
     tarball=${from:+$from/bases}
     tarball=${tarball:-$work/bases}/debian-$name-12.tar
-    if docker image inspect "$(base_image "$name")" >/dev/null 2>&1 && [ -z "$from" ]; then
+    if "$docker" image inspect "$(base_image "$name")" >/dev/null 2>&1 && [ -z "$from" ]; then
       continue
     fi
     if [ ! -s "$tarball" ]; then
@@ -80,7 +82,7 @@ bases() {
       make_base "$name" "$tarball"
     fi
     say "importing $(base_image "$name") from $tarball"
-    docker import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    "$docker" import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
       --change 'CMD ["/bin/bash"]' "$tarball" "$(base_image "$name")" >/dev/null
   done
 }
@@ -98,11 +100,17 @@ wheels() {
   check_python
   mkdir -p "$dir"
   say "wheels of $(basename "$lock") into $dir"
-  # --find-links: wheels already there are reused, so a warm run downloads nothing.
-  "$python" -m pip wheel -q --disable-pip-version-check --find-links "$dir" --wheel-dir "$dir" -r "$lock"
-  rm -f "$dir"/runtime_signals-*.whl
-  "$python" -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation --wheel-dir "$dir" "$repo" \
-    2>/dev/null || "$python" -m pip wheel -q --disable-pip-version-check --no-deps --wheel-dir "$dir" "$repo"
+  # A warm wheelhouse answers alone (no index asked); otherwise the index fills what is missing.
+  "$python" -m pip wheel -q --disable-pip-version-check --no-index --find-links "$dir" --wheel-dir "$dir" \
+      -r "$lock" >/dev/null 2>&1 \
+    || "$python" -m pip wheel -q --disable-pip-version-check --find-links "$dir" --wheel-dir "$dir" -r "$lock"
+  # The project's own wheel apart, rebuilt each time; a fixed SOURCE_DATE_EPOCH makes the
+  # same source give the same wheel, so docker's build cache holds when nothing changed.
+  rm -rf "$dir/project" && mkdir -p "$dir/project"
+  SOURCE_DATE_EPOCH=315532800 "$python" -m pip wheel -q --disable-pip-version-check --no-deps \
+    --no-build-isolation --wheel-dir "$dir/project" "$repo" 2>/dev/null \
+    || SOURCE_DATE_EPOCH=315532800 "$python" -m pip wheel -q --disable-pip-version-check --no-deps \
+      --wheel-dir "$dir/project" "$repo"
 }
 
 # --- Kafka: the development broker's classpath plus kafka-tools (the health check).
@@ -126,9 +134,10 @@ kafka_jars() {
 # --- build contexts: small directories outside the repository.
 python_context() {
   local wheelhouse=$1 dir=$work/context-python
-  rm -rf "$dir" && mkdir -p "$dir/wheels"
+  rm -rf "$dir" && mkdir -p "$dir/wheels" "$dir/project"
   cp "$lock" "$dir/requirements.lock"
   cp -p "$wheelhouse"/*.whl "$dir/wheels/"
+  cp -p "$wheelhouse"/project/*.whl "$dir/project/"
   echo "$dir"
 }
 
@@ -143,7 +152,7 @@ kafka_context() {
 build_one() {
   local dockerfile=$1 tag=$2 context=$3
   say "docker build $tag ($dockerfile, no network)"
-  docker build -q --network none -f "$repo/deploy/docker/$dockerfile" -t "$tag" "$context" >/dev/null \
+  "$docker" build -q --network none -f "$repo/deploy/docker/$dockerfile" -t "$tag" "$context" >/dev/null \
     || die "docker build of $tag failed (rerun: docker build --network none -f deploy/docker/$dockerfile $context)"
 }
 
@@ -153,7 +162,7 @@ build() {
     from=${2:?--from needs the bundle directory}
     [ -d "$from/wheels" ] && [ -d "$from/kafka" ] || die "$from is not a bundle (scripts/images.sh bundle DIR)"
   fi
-  command -v docker >/dev/null || die "docker is not installed (scripts/bootstrap.sh --docker)"
+  command -v "$docker" >/dev/null || die "docker is not installed (scripts/bootstrap.sh --docker)"
   bases "$from"
   local wheelhouse=${from:+$from/wheels} jars=${from:+$from/kafka}
   if [ -z "$from" ]; then

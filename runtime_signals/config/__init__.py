@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -117,7 +116,10 @@ class ProcessorSection:
         "consumer group and faust app id, also in the checkpoint topic's name; workers with the same id share "
         "the partitions"))
     loglevel: str = field(default="info", metadata=_doc("debug, info, warning or error"))
-    data_dir: str = field(default=str(Path(tempfile.gettempdir()) / "runtime-signals"), metadata=_doc(
+    # A fixed path, not tempfile.gettempdir(): that probes the disk when the module is
+    # imported, and fails on a read-only root with no /tmp even for commands that never
+    # start a worker (`signals kafka topics` in its container).
+    data_dir: str = field(default="/tmp/runtime-signals", metadata=_doc(
         "writable directory for faust's application directory (<data_dir>/<app_id>); the processor keeps "
         "no state there, but faust creates it at start, so it must not be on a read-only root"))
 
