@@ -133,7 +133,7 @@ kafka_jars() {
 
 # --- build contexts: small directories outside the repository.
 python_context() {
-  local wheelhouse=$1 dir=$work/context-python
+  local wheelhouse=$1 dir=$work/context-python${2:-}
   rm -rf "$dir" && mkdir -p "$dir/wheels" "$dir/project"
   cp "$lock" "$dir/requirements.lock"
   cp -p "$wheelhouse"/*.whl "$dir/wheels/"
@@ -142,7 +142,7 @@ python_context() {
 }
 
 kafka_context() {
-  local jars=$1 dir=$work/context-kafka
+  local jars=$1 dir=$work/context-kafka${2:-}
   rm -rf "$dir" && mkdir -p "$dir/libs"
   cp -p "$jars"/*.jar "$dir/libs/"
   cp -p "$repo/deploy/docker/kafka/entrypoint.sh" "$repo/deploy/docker/kafka/log4j2.properties" "$dir/"
@@ -150,9 +150,10 @@ kafka_context() {
 }
 
 build_one() {
-  local dockerfile=$1 tag=$2 context=$3
+  local dockerfile=$1 tag=$2 context=$3 base=$4
   say "docker build $tag ($dockerfile, no network)"
-  "$docker" build -q --network none -f "$repo/deploy/docker/$dockerfile" -t "$tag" "$context" >/dev/null \
+  "$docker" build -q --network none --build-arg "BASE_IMAGE=$(base_image "$base")" \
+      -f "$repo/deploy/docker/$dockerfile" -t "$tag" "$context" >/dev/null \
     || die "docker build of $tag failed (rerun: docker build --network none -f deploy/docker/$dockerfile $context)"
 }
 
@@ -170,11 +171,11 @@ build() {
     jars=$work/kafka && kafka_jars "$jars"
   fi
   local python_ctx kafka_ctx
-  python_ctx=$(python_context "$wheelhouse")
-  kafka_ctx=$(kafka_context "$jars")
-  build_one Dockerfile.processor "${prefix}processor:$version" "$python_ctx"
-  build_one Dockerfile.agent "${prefix}agent:$version" "$python_ctx"
-  build_one Dockerfile.kafka "${prefix}kafka:$kafka_version" "$kafka_ctx"
+  python_ctx=$(python_context "$wheelhouse" "${from:+-bundle}")
+  kafka_ctx=$(kafka_context "$jars" "${from:+-bundle}")
+  build_one Dockerfile.processor "${prefix}processor:$version" "$python_ctx" python
+  build_one Dockerfile.agent "${prefix}agent:$version" "$python_ctx" bcc
+  build_one Dockerfile.kafka "${prefix}kafka:$kafka_version" "$kafka_ctx" java
   say "built ${prefix}processor:$version ${prefix}agent:$version ${prefix}kafka:$kafka_version"
 }
 
@@ -184,7 +185,8 @@ bundle() {
   for name in python bcc java; do
     [ -s "$dir/bases/debian-$name-12.tar" ] && continue
     [ -s "$work/bases/debian-$name-12.tar" ] || { mkdir -p "$work/bases"; make_base "$name" "$work/bases/debian-$name-12.tar"; }
-    cp "$work/bases/debian-$name-12.tar" "$dir/bases/"
+    # A hard link when the bundle is on the cache's file system (the tests'), else a copy.
+    ln "$work/bases/debian-$name-12.tar" "$dir/bases/" 2>/dev/null || cp "$work/bases/debian-$name-12.tar" "$dir/bases/"
   done
   wheels "$dir/wheels"
   kafka_jars "$dir/kafka"
@@ -204,6 +206,9 @@ relock() {
 }
 
 mkdir -p "$work"
+# One build at a time per cache: the contexts and the wheelhouse are shared directories.
+exec 9>"$work/.lock"
+flock 9
 case "${1:-}" in
   build) shift; build "$@" ;;
   bases) bases ;;
