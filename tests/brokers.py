@@ -102,7 +102,8 @@ def kafka_container(image: str) -> Iterator[str]:
         # 16 MiB records, as the development broker accepts (schemas/topics.py).
         KAFKA_MESSAGE_MAX_BYTES=str(16 * 1024 * 1024 + 1024))
     with container:
-        wait_for_logs(container, _STARTED_LINE, timeout=180)
+        # Seconds on a quiet machine; minutes on a 2-core one running eight test suites.
+        wait_for_logs(container, _STARTED_LINE, timeout=420)
         yield f"127.0.0.1:{port}"
 
 
