@@ -9,13 +9,12 @@ are covered by tests/agent/test_identity.py's layouts only."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

@@ -32,8 +32,8 @@ def test_images_build_from_a_bundle_alone(tmp_path: Path) -> None:
     offline = engine.clean_env(
         IMAGE_PREFIX=prefix, PIP_INDEX_URL=f"{CLOSED}/simple", DEBIAN_MIRROR=f"{CLOSED}/debian",
         http_proxy=CLOSED, https_proxy=CLOSED, HTTP_PROXY=CLOSED, HTTPS_PROXY=CLOSED,
-        MAVEN_OPTS=f"-DproxySet=true -Dhttp.proxyHost=127.0.0.1 -Dhttp.proxyPort=9 -Dhttps.proxyHost=127.0.0.1 "
-                   f"-Dhttps.proxyPort=9",
+        MAVEN_OPTS="-DproxySet=true -Dhttp.proxyHost=127.0.0.1 -Dhttp.proxyPort=9 -Dhttps.proxyHost=127.0.0.1 "
+                   "-Dhttps.proxyPort=9",
         # An empty cache: nothing but the bundle to build from.
         RUNTIME_SIGNALS_CACHE=str(tmp_path / "cache"))
     offline["PYTHON"] = os.environ.get("PYTHON", str(Path.home() / ".cache/runtime-signals/venv/bin/python"))

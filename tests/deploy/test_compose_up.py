@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
@@ -118,7 +118,7 @@ def test_workload_containers_come_out_as_summaries_with_their_container_ids(stac
         first = _workload(names[0], 90)
         # Probes attach per file: once the image's libssl is attached, every container of the
         # image is probed from its first call, also one that lives for a moment only.
-        engine.wait_for(lambda: f"/proc/" in _agent_log(stack) and "libssl" in _agent_log(stack), 120,
+        engine.wait_for(lambda: "/proc/" in _agent_log(stack) and "libssl" in _agent_log(stack), 120,
                         "the agent to attach the image's libssl")
         second = _workload(names[1], 60)
         # One handshake, then it exits. Its calls are not required to come out under its id:

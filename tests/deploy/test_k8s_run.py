@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from tests.deploy import engine, manifests
-from tests.secure_kafka import make_pki
 from tests.deploy.manifests import containers, one, pod_spec, render
+from tests.secure_kafka import make_pki
 
 pytestmark = [pytest.mark.timeout(900),
               pytest.mark.skipif(manifests.kustomize_command() is None, reason="neither kubectl nor kustomize")]
