@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,19 +107,47 @@ def container_id_from_cgroup(cgroup_text: str) -> tuple[str, str] | None:
     return None
 
 
-def host_id(etc: Path = Path("/etc")) -> str:
-    """A stable id for processes outside containers: the machine id, else the hostname."""
-    for name in ("machine-id",):
-        try:
-            value = (etc / name).read_text().strip()
-        except OSError:
-            continue
+def _first_line(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def host_id(host_root: Path = Path("/"), node_name: str | None = None, etc: Path = Path("/etc")) -> str:
+    """A stable id for processes outside containers, the same for every agent the node runs,
+    also when the agent's own container is recreated (its hostname then changes).
+
+    In order: the node's machine id read through host_root (/proc/1/root with hostPID), the
+    machine id at etc/machine-id (the node's file bind-mounted there, when host_root cannot
+    be read), the configured node name, the node's hostname file through host_root. An agent
+    in a container never falls back to its own /etc/hostname: that is the container's."""
+    in_container_root = host_root != Path("/")
+    candidates = [host_root / "etc" / "machine-id"]
+    if in_container_root:
+        candidates.append(etc / "machine-id")
+    for path in candidates:
+        value = _first_line(path)
         if value:
             return f"host:{value}"
-    try:
-        return "host:" + (etc / "hostname").read_text().strip()
-    except OSError:
-        return "host:unknown"
+    if node_name:
+        return f"host:{node_name}"
+    hostname = _first_line(host_root / "etc" / "hostname")
+    if not hostname and not in_container_root:
+        hostname = _first_line(etc / "hostname")
+    return f"host:{hostname or 'unknown'}"
+
+
+def node_name(host_root: Path = Path("/"), configured: str | None = None) -> str:
+    """The node's name for records: the configured one, else the node's hostname read through
+    host_root, else this process's hostname (on the node itself they are the same)."""
+    if configured:
+        return configured
+    if host_root != Path("/"):
+        name = _first_line(host_root / "etc" / "hostname")
+        if name:
+            return name
+    return socket.gethostname()
 
 
 def cgroup2_mount(mounts: Path = Path("/proc/mounts")) -> Path | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Callable
 
-from runtime_signals.agent.identity import CgroupDirectory, ContainerResolver, PodDirectory
+from runtime_signals.agent.identity import CgroupDirectory, ContainerResolver, PodDirectory, host_id
 from runtime_signals.agent.perfmap import _JDK_PACKAGES, JitModule, PerfMaps, jit_digest, jvm_class_name, node_source_path
 from runtime_signals.agent.procmaps import DigestCache, Mapping, ProcessMaps, ResolvedAddress
 from runtime_signals.agent.purl import PurlResolver
@@ -74,6 +74,8 @@ class NodeFiles:
     purls: PurlResolver = field(default_factory=PurlResolver)
     pods: PodDirectory = field(default_factory=PodDirectory)
     cgroups: CgroupDirectory = field(default_factory=CgroupDirectory)
+    # The container id of the node's own processes (identity.host_id: the machine id).
+    host: str = field(default_factory=host_id)
 
 
 # (process, mappings, version, named JIT code met in its stacks)
@@ -102,7 +104,7 @@ class ProcessTable:
         self.digests = node.digests
         self.maps = ProcessMaps(self.digests, proc_root, on_new_file=self._new_file)
         self.purls = node.purls
-        self._containers = ContainerResolver(proc_root, cgroups=node.cgroups)
+        self._containers = ContainerResolver(proc_root, host=node.host, cgroups=node.cgroups)
         self._runtimes = RuntimeResolver(proc_root)
         self._pods = node.pods
         self._on_new_binary = on_new_binary

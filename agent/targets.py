@@ -98,7 +98,7 @@ class TargetManager:
                  filters: TargetFilters | None = None, *, proc_root: Path = Path("/proc"),
                  host_root: Path = Path("/"), max_symbols_per_pattern: int = 100,
                  purls: PurlResolver | None = None, pods: PodDirectory | None = None,
-                 attach_lock: threading.Lock | None = None) -> None:
+                 attach_lock: threading.Lock | None = None, host: str | None = None) -> None:
         self.targets = targets
         self.names = names  # how each target is named in messages: its setting path or flag
         self._attach = attach  # None: only resolve (signals agent --check)
@@ -111,7 +111,7 @@ class TargetManager:
         self._max_symbols = max_symbols_per_pattern
         self._purls = purls
         self._selectors = [ProcessSelector.of(t) for t in targets]
-        self._containers = ContainerResolver(proc_root)
+        self._containers = ContainerResolver(proc_root, host=host)
         self._pods = pods or PodDirectory()
         self.backing = BackingFiles(host_root)
         self._symbols: dict[tuple[int, int], SymbolIndex] = {}

@@ -177,6 +177,12 @@ def check_port_free(port: int, address: str = "0.0.0.0") -> None:
 
 def build_app(settings: ProcessorSettings) -> ProcessorApp:
     session_timeout_s = settings.session_timeout_ms / 1000
+    # faust makes its application directory without parents: make data_dir first.
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"processor.data_dir {settings.data_dir}: cannot be created ({exc.strerror or exc}); "
+                          "give a writable directory (SIGNALS_PROCESSOR__DATA_DIR)") from exc
     web: dict[str, Any] = {"web_enabled": False}
     if settings.metrics_port is not None:
         # faust's web server (aiohttp, on the worker's event loop) serves /metrics, /healthz
@@ -190,6 +196,7 @@ def build_app(settings: ProcessorSettings) -> ProcessorApp:
         broker_client_id=str(settings.kafka_config.get("client.id", "runtime-signals")),
         **credentials(settings.kafka_config),
         autodiscover=False,
+        datadir=str(settings.data_dir / settings.app_id),
         store="memory://",
         key_serializer="raw",
         value_serializer="raw",

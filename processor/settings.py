@@ -40,6 +40,9 @@ class ProcessorSettings:
     checkpoint_interval_ms: int = _DEFAULTS.checkpoint_interval_ms
     session_timeout_ms: int = _DEFAULTS.session_timeout_ms
     metrics_port: int | None = None
+    # faust's application directory is <data_dir>/<app_id>; faust creates it at start even
+    # with in-memory tables, so it must be writable (a read-only root otherwise fails).
+    data_dir: Path = Path(_DEFAULTS.data_dir)
     # librdkafka connection settings (security, client id) laid over bootstrap_servers:
     # runtime_signals.config.schema.KafkaSettings.librdkafka_config(). The side readers use
     # them as they are; processor/faust_config.py maps them onto faust's settings.
@@ -61,6 +64,7 @@ class ProcessorSettings:
                    group_instance_id=section.group_instance_id, agent_idle_ms=section.agent_idle_ms,
                    symbol_wait_ms=section.symbol_wait_ms, max_pending_windows=section.max_pending_windows,
                    max_event_ahead_ms=section.max_event_ahead_ms, inflight_dir=_inflight_dir(section.inflight_dir),
+                   data_dir=Path(section.data_dir),
                    checkpoint_interval_ms=section.checkpoint_interval_ms,
                    session_timeout_ms=section.session_timeout_ms, metrics_port=section.metrics_port,
                    kafka_config=kafka.librdkafka_config())

@@ -33,6 +33,14 @@ command -v kcat >/dev/null 2>&1 || need+=(kcat)  # the interop tests read topics
 command -v capsh >/dev/null 2>&1 || need+=(libcap2-bin)  # runs the agent with the DaemonSet's capabilities only
 command -v openssl >/dev/null 2>&1 || need+=(openssl)  # the security tests' CA and certificates
 command -v chromium >/dev/null 2>&1 || need+=(chromium)  # renders `signals report` pages in the tests (headless)
+# A Docker engine for the deployment tests (tests/deploy: images built, compose brought up, the
+# agent against real containers), with debootstrap for the base images (no registry needed).
+# RUNTIME_SIGNALS_NO_DOCKER=1 leaves Docker out; those tests then skip, saying why.
+if [ -z "${RUNTIME_SIGNALS_NO_DOCKER:-}" ]; then
+  [ -x /usr/sbin/dockerd ] || need+=(docker.io)
+  command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+  command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+fi
 kernel=$(uname -r)
 if [ ! -e "/lib/modules/$kernel/build/Makefile" ] && [ ! -e /sys/kernel/kheaders.tar.xz ]; then
   # Headers for the running kernel when Debian has them; otherwise Debian's current
@@ -110,6 +118,16 @@ if [ -w /usr/local/bin ] || [ "$(id -u)" = 0 ]; then
   as_root ln -sfn "$venv/bin/signals" /usr/local/bin/signals
 else
   say "add $venv/bin to PATH for the signals command (or: sudo ln -s $venv/bin/signals /usr/local/bin/signals)"
+fi
+
+# --- dockerd, when no engine answers: started in the background (no systemd on CI machines
+# and containers), its log in the cache; the tests reach it at /var/run/docker.sock.
+if [ -z "${RUNTIME_SIGNALS_NO_DOCKER:-}" ] && [ -x /usr/sbin/dockerd ] && ! /usr/bin/docker info >/dev/null 2>&1; then
+  mkdir -p "$cache/docker"
+  say "starting dockerd (log: $cache/docker/dockerd.log)"
+  as_root sh -c "nohup /usr/sbin/dockerd --host unix:///var/run/docker.sock >>'$cache/docker/dockerd.log' 2>&1 &"
+  for _ in $(seq 1 60); do /usr/bin/docker info >/dev/null 2>&1 && break; sleep 1; done
+  /usr/bin/docker info >/dev/null 2>&1 || { say "dockerd did not answer within 60 s; see $cache/docker/dockerd.log"; exit 1; }
 fi
 
 # --- Kafka jars from Maven Central (cached).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Iterator, Mapping
 
@@ -12,11 +13,14 @@ from runtime_signals.devtools import localkafka
 from runtime_signals.kafka import admin
 from tests import brokers
 
+log = logging.getLogger(__name__)
+
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Bootstrap address of the session's broker, from the first source that works:
-    KAFKA_BOOTSTRAP_SERVERS, a testcontainers broker if Docker answers, or the local broker of
+    KAFKA_BOOTSTRAP_SERVERS, a testcontainers broker if Docker answers and holds the Kafka
+    image (brokers.kafka_image(), built locally: no registry here), or the local broker of
     runtime_signals.devtools.localkafka in a fresh state dir (stopped at session end)."""
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if external:
@@ -24,9 +28,12 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     docker_reason = brokers.docker_unavailable_reason()
     if docker_reason is None:
-        with brokers.kafka_container() as bootstrap:
+        docker_reason = brokers.image_unavailable_reason(brokers.kafka_image())
+    if docker_reason is None:
+        with brokers.kafka_container(brokers.kafka_image()) as bootstrap:
             yield bootstrap
         return
+    log.warning("Kafka for the tests: not with testcontainers (%s); starting the local broker", docker_reason)
     # Free ports rather than the defaults: a developer's demo broker may hold 19092/19093.
     port, controller_port = localkafka.free_port_pair()
     cfg = localkafka.LocalKafkaConfig.from_env(

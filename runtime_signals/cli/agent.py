@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
     from runtime_signals.agent.probes import CallTracer
     from runtime_signals.agent.processes import NodeFiles
     from runtime_signals.agent.publisher import ProducerSettings, Publisher
-    from runtime_signals.agent.identity import PodDirectory
+    from runtime_signals.agent.identity import PodDirectory, host_id, node_name
     from runtime_signals.agent.metrics import HealthServer
     from runtime_signals.agent.selectors import TargetFilters
     from runtime_signals.agent.filewatch import FileWatch
@@ -223,7 +223,12 @@ def run(args: argparse.Namespace) -> int:
                                 queue_max_kbytes=agent.producer_queue_max_kbytes,
                                 queue_max_messages=agent.producer_queue_max_messages)
     publisher = Publisher(producer, spool=_open_spool(agent))
-    node = NodeFiles(pods=PodDirectory(Path(agent.kubernetes_pods_dir)))
+    # In a container the agent's hostname is the container's: the node is named from its
+    # own files (through host_root) or the configured name, so recreating the agent's
+    # container changes neither the node's name nor its processes' container id.
+    host_root = Path(agent.host_root)
+    node = NodeFiles(pods=PodDirectory(Path(agent.kubernetes_pods_dir)), host=host_id(host_root, agent.host_name))
+    log.info("node %s; its own processes are container %s", node_name(host_root, agent.host_name), node.host)
     filters = TargetFilters()
     settings = CollectorSettings(topics=TopicNames().with_prefix(kafka.topic_prefix),
                                  watermark_interval_ms=agent.watermark_interval_ms,
@@ -233,8 +238,7 @@ def run(args: argparse.Namespace) -> int:
                                  shutdown_flush_timeout_s=agent.shutdown_flush_timeout_ms / 1000,
                                  budget=budget_settings(agent), jit_perf_maps=agent.jit_perf_maps,
                                  jvm_jcmd=agent.jvm_jcmd)
-    if agent.host_name:
-        settings.host = agent.host_name
+    settings.host = node_name(host_root, agent.host_name)
     collector = Collector(settings, tracer, publisher, node=node, filters=filters)
     metrics = None
     if agent.metrics_port is not None:
@@ -252,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
                             on_attached=collector.register_probe, filters=filters,
                             proc_root=Path(agent.proc_root), host_root=Path(agent.host_root),
                             max_symbols_per_pattern=agent.max_symbols_per_pattern, purls=node.purls,
-                            pods=node.pods, attach_lock=collector.attach_lock)
+                            pods=node.pods, attach_lock=collector.attach_lock, host=node.host)
     watch.on_changed = targets.forget_file
     stop = threading.Event()
     watch.start(stop)

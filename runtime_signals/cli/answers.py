@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runtime_signals.cli.capture import parse_time_ms
 from runtime_signals.cli.common import add_connection_arguments, connection
@@ -21,6 +22,9 @@ TEXT_LIMIT = 20
 # 2 a usage error; 3 not observed in the windows watched; 4 nothing known (no summary in range).
 EXIT_NOT_OBSERVED = 3
 EXIT_NOTHING_KNOWN = 4
+
+if TYPE_CHECKING:
+    from runtime_signals.schemas.topics import TopicNames
 
 SUMMARIES_EPILOG = """\
 examples:

@@ -48,7 +48,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     if path:
         data = merge(data, read_toml(Path(path)))
         origin = f"config file {path}"
-    data = merge(data, env_layer(SignalsConfig, env))
+    data = merge(data, env_layer(SignalsConfig, env, reserved=frozenset({CONFIG_ENV})))
     given = {dotted: value for dotted, value in (flags or {}).items() if value is not None}
     for dotted, value in given.items():
         _set_path(data, dotted, value)

@@ -67,12 +67,14 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise SettingsError([f"config file {path}: not valid TOML: {exc}"]) from exc
 
 
-def env_layer(root: type, env: Mapping[str, str]) -> dict[str, Any]:
-    """The SIGNALS_* variables of env as a nested mapping; an unknown name is an error."""
+def env_layer(root: type, env: Mapping[str, str], reserved: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The SIGNALS_* variables of env as a nested mapping; an unknown name is an error.
+    reserved names share the prefix but are no setting (SIGNALS_CONFIG names the file the
+    settings come from), so they are passed over rather than refused."""
     layer: dict[str, Any] = {}
     problems = []
     for name in sorted(env):
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name in reserved:
             continue
         parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
         cls: Any = root

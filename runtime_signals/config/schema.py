@@ -326,6 +326,9 @@ class ProcessorSection:
     inflight_dir: str = field(default="", metadata=_doc(
         "directory that keeps each partition's in-flight offset across worker restarts, so a record that "
         "kills the worker twice is dead-lettered (empty: the system temporary directory; \"off\": disabled)"))
+    data_dir: str = field(default="/tmp/runtime-signals", metadata=_doc(
+        "writable directory for faust's application directory (<data_dir>/<app_id>); the processor keeps "
+        "no state there, but faust creates it at start, so it must not be on a read-only root"))
     checkpoint_interval_ms: int = field(default=1_000, metadata=_doc(
         "how often each partition's outputs are flushed and its checkpoint written (docs/processor.md)"))
     session_timeout_ms: int = field(default=10_000, metadata=_doc(
@@ -354,6 +357,8 @@ class ProcessorSection:
                 found.append((name, f"must not be negative, got {getattr(self, name)}"))
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             found.append(("metrics_port", f"{self.metrics_port} is not a TCP port (0..65535)"))
+        if not self.data_dir.strip():
+            found.append(("data_dir", "empty: give a writable directory (a tmpfs or emptyDir is enough)"))
         if self.loglevel not in ("debug", "info", "warning", "error"):
             found.append(("loglevel", f"{self.loglevel!r} is not debug, info, warning or error"))
         return found

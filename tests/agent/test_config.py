@@ -214,3 +214,14 @@ def test_the_processor_reads_the_same_configuration() -> None:
     assert done.returncode == 1
     assert "processor.window_ms (from environment variable SIGNALS_PROCESSOR__WINDOW_MS): must be positive" \
         in done.stderr
+
+
+def test_the_config_file_variable_is_no_setting_and_names_the_file(tmp_path: Path) -> None:
+    # SIGNALS_CONFIG shares the settings' prefix: it must name the file, not be refused as
+    # an unknown setting "config" (every deployment sets it).
+    config_file = tmp_path / "signals.toml"
+    config_file.write_text('[kafka]\nbootstrap_servers = "kafka:19092"\n')
+    config = load_config(None, env={"SIGNALS_CONFIG": str(config_file), "SIGNALS_KAFKA__CLIENT_ID": "x"})
+    assert config.kafka.bootstrap_servers == "kafka:19092" and config.kafka.client_id == "x"
+    with pytest.raises(SettingsError, match="SIGNALS_CONFIGG"):
+        load_config(None, env={"SIGNALS_CONFIGG": str(config_file)})

@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from runtime_signals.agent.identity import CgroupDirectory, ContainerResolver, PodDirectory, container_id_from_cgroup, host_id, pod_uid_from_cgroup
+from runtime_signals.agent.identity import CgroupDirectory, ContainerResolver, PodDirectory, container_id_from_cgroup, host_id, node_name, pod_uid_from_cgroup
 from runtime_signals.agent.processes import NodeFiles, ProcessTable
 from tests.agent.cgroups import CgroupSandbox, cgroup_unavailable_reason, iter_engine_layouts
 
@@ -160,3 +160,32 @@ def test_a_call_from_a_process_that_has_exited_is_placed_by_its_cgroup_id(cgroup
     identity = resolver.identity(process.pid, cgroup_id=os.stat(directory).st_ino)
     assert identity.container_id == CID and identity.engine == "docker"
     assert identity.cgroup_paths == (cgroups.path_of(directory),)
+
+
+def _node(tmp_path: Path, machine_id: str | None, hostname: str | None) -> Path:
+    root = tmp_path / "node"
+    (root / "etc").mkdir(parents=True)
+    if machine_id is not None:
+        (root / "etc" / "machine-id").write_text(machine_id + "\n")
+    if hostname is not None:
+        (root / "etc" / "hostname").write_text(hostname + "\n")
+    return root
+
+
+def test_an_agent_in_a_container_names_host_processes_after_the_node(tmp_path: Path) -> None:
+    # The agent container's own /etc holds its (changing) hostname and no machine id.
+    agent_etc = tmp_path / "agent-etc"
+    agent_etc.mkdir()
+    (agent_etc / "hostname").write_text("4f2a9c1d0b7e\n")
+    node = _node(tmp_path, "3d1219c7c4c5404aaa1f6d2a48adfda4", "worker-1")
+    assert host_id(node, None, etc=agent_etc) == "host:3d1219c7c4c5404aaa1f6d2a48adfda4"
+    assert node_name(node) == "worker-1"
+    # Node root unreadable (/proc/1/root refused): the node's machine id bind-mounted at /etc.
+    (agent_etc / "machine-id").write_text("3d1219c7c4c5404aaa1f6d2a48adfda4\n")
+    assert host_id(tmp_path / "unreadable", None, etc=agent_etc) == "host:3d1219c7c4c5404aaa1f6d2a48adfda4"
+    # Neither: the configured node name, never the container's hostname.
+    (agent_etc / "machine-id").unlink()
+    assert host_id(tmp_path / "unreadable", "worker-1", etc=agent_etc) == "host:worker-1"
+    assert host_id(tmp_path / "unreadable", None, etc=agent_etc) == "host:unknown"
+    assert node_name(tmp_path / "unreadable", "worker-1") == "worker-1"
+

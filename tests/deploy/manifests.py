@@ -5,6 +5,7 @@ runs the agent with exactly these)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -73,6 +74,10 @@ def agent_capabilities() -> set[str]:
     return set(agent["securityContext"]["capabilities"]["add"])
 
 
+_DEFAULTED = re.compile(r"\$\{[A-Z0-9_]+:-([^}]*)\}")
+
+
 def compose() -> dict[str, Any]:
-    with COMPOSE_FILE.open() as handle:
-        return yaml.safe_load(handle)
+    """The compose file as compose reads it with none of its variables set: every
+    ${NAME:-default} replaced by its default (images, published ports, capabilities)."""
+    return yaml.safe_load(_DEFAULTED.sub(lambda m: m.group(1), COMPOSE_FILE.read_text()))

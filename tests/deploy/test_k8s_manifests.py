@@ -147,9 +147,12 @@ def _effective_config(resources: list[dict[str, Any]], container: dict[str, Any]
     ca.write_text("stand-in for the mounted CA\n")
     env = {e["name"]: e.get("value", "secret-from-kubernetes") for e in container.get("env", [])
            if "value" in e or "secretKeyRef" in e.get("valueFrom", {})}
-    assert env.pop("SIGNALS_CONFIG") == "/etc/runtime-signals/config/signals.toml"
+    # SIGNALS_CONFIG stays in the environment (it shares the settings' prefix): only the path
+    # it names is translated to the ConfigMap's file written here.
+    assert env["SIGNALS_CONFIG"] == "/etc/runtime-signals/config/signals.toml"
+    env["SIGNALS_CONFIG"] = str(config_file)
     env["SIGNALS_KAFKA__SSL_CA_LOCATION"] = str(ca)
-    return load_config(config_file, env=env)
+    return load_config(None, env=env)
 
 
 @pytest.mark.parametrize("kind, component", [("DaemonSet", "agent"), ("Deployment", "processor")])
