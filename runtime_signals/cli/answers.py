@@ -24,7 +24,7 @@ EXIT_NOT_OBSERVED = 3
 EXIT_NOTHING_KNOWN = 4
 
 if TYPE_CHECKING:
-    from runtime_signals.schemas.topics import TopicNames
+    pass
 
 SUMMARIES_EPILOG = """\
 examples:
