@@ -277,6 +277,11 @@ class Collector:
             maps.mappings(pid, refresh=True)
             loaded = (loaded[0], now_ns)
             self._unwind_versions[pid] = loaded
+        if loaded is None:
+            # The first table: read the mappings afresh. Those cached at a hold (exec time,
+            # agent/loadwatch.py) hold only the executable and the loader, not the libraries
+            # the process has mapped since, whose frames the walk would then cut.
+            maps.mappings(pid, refresh=True)
         version = maps.version(pid)
         if version and (loaded is None or loaded[0] != version):
             self._unwind.load_process(pid, maps.mappings(pid))
