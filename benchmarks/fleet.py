@@ -198,7 +198,7 @@ class Fleet:
             if self.rng.random() < self.spec.container_churn:
                 containers[index] = self._new_container(node, at_us)
                 continue
-            for slot, process in enumerate(container.processes):
+            for slot in range(len(container.processes)):
                 if self.rng.random() < self.spec.process_churn:
                     container.processes[slot] = self._new_process(node, container.image, at_us)
 
@@ -266,11 +266,11 @@ class Fleet:
         times = sorted(begin_us + self.rng.randrange(interval_us) for _ in range(count))
         if spec.dedup:
             folded: dict[int, list[int]] = {}
-            for rank, at_us in zip(ranks, times):
+            for rank, at_us in zip(ranks, times, strict=True):
                 folded.setdefault(rank, []).append(at_us)
-            calls = [(rank, stamps) for rank, stamps in folded.items()]
+            calls = list(folded.items())
         else:
-            calls = [(rank, [at_us]) for rank, at_us in zip(ranks, times)]
+            calls = [(rank, [at_us]) for rank, at_us in zip(ranks, times, strict=True)]
         window_start_us = begin_us - begin_us % (spec.window_ms * 1000)
         seen.add((container.container_id, window_start_us))
         records = []
@@ -380,11 +380,12 @@ def load_manifest(recording: Path) -> dict[str, Any]:
                              f"`python -m benchmarks.fleet record`") from exc
 
 
-def replay_into(bootstrap: str, recording: Path, names: TopicNames) -> dict[str, int]:
+def replay_into(bootstrap: str, recording: Path, names: TopicNames,
+                kinds: tuple[str, ...] = CAPTURES) -> dict[str, int]:
     """Put a recording on the given topics, partitions kept; returns records per topic.
     The topics must have the recording's partition count (pipeline_topics makes them)."""
     produced = {}
-    for kind in CAPTURES:
+    for kind in kinds:
         header, records = read_capture(recording / f"{kind}.capture")
         topic = getattr(names, kind)
         result = replay(records, ReplaySettings(bootstrap, topic, header.partition_count,

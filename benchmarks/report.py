@@ -52,6 +52,10 @@ def markdown(results: dict[str, Any]) -> str:
         from .python_probe import markdown as python_probe_markdown
 
         lines += python_probe_markdown(results["python_probe"])
+    if "fleet" in results and "error" not in results["fleet"]:
+        from .fleet_bench import markdown as fleet_markdown
+
+        lines += fleet_markdown(results["fleet"])
     return "\n".join(lines)
 
 

@@ -18,13 +18,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from . import hot, latency, probe_agent, processor_bench, python_probe, report, watch_latency
+from . import fleet_bench, hot, latency, probe_agent, processor_bench, python_probe, report, watch_latency
+from .fleet import FleetSpec
 from .kafka_io import dedicated_broker
 from .procs import flags_offered
 from .synthetic import Dataset
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("probe_agent", "hot", "processor", "latency", "watch", "python_probe")
+STAGES = ("probe_agent", "hot", "processor", "latency", "watch", "python_probe", "fleet")
 log = logging.getLogger("benchmarks")
 
 
@@ -38,6 +39,7 @@ class Plan:
     watch_rate_per_s: int = 100
     watch_seconds: float = 5.0
     python_probe: python_probe.PythonProbePlan = python_probe.PythonProbePlan()
+    fleet: fleet_bench.FleetPlan = fleet_bench.FleetPlan(specs=())
 
 
 # Sizes for the 2-core VM the figures in docs/benchmarks.md come from: 5 to 8 minutes.
@@ -54,6 +56,9 @@ FULL = Plan(
     ),
     latency_rates_per_s=[10, 100, 1000],
     latency_seconds_per_rate=4.0,
+    # 8 containers with many calls each, and 1,000 containers (500 nodes) on 12 partitions.
+    fleet=fleet_bench.FleetPlan(specs=(FleetSpec(nodes=4, containers_per_node=2, mean_calls_per_interval=2000),
+                                       FleetSpec())),
 )
 
 # Every code path at toy sizes, for tests/test_benchmarks_smoke.py: figures mean nothing.
@@ -69,6 +74,8 @@ QUICK = Plan(
     watch_rate_per_s=50,
     watch_seconds=1.0,
     python_probe=python_probe.PythonProbePlan(calls=2_000, repeats=1),
+    fleet=fleet_bench.FleetPlan(specs=(FleetSpec(nodes=20, containers_per_node=2, stacks_per_image=200,
+                                                 intervals=4, partitions=4),), worker_counts=(1, 2)),
 )
 
 
@@ -152,6 +159,7 @@ def run_suite(plan: Plan, stages: list[str], bootstrap: str | None, work_dir: Pa
                                            plan.latency_seconds_per_rate),
             "watch": lambda: watch_latency.run(broker, work_dir, plan.watch_rate_per_s, plan.watch_seconds),
             "python_probe": lambda: python_probe.run(plan.python_probe),
+            "fleet": lambda: fleet_bench.run(broker, work_dir, plan.fleet),
         }
         for stage in stages:
             log.info("stage %s ...", stage)
