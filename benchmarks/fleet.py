@@ -255,7 +255,8 @@ class Fleet:
                modules: list[tuple[bytes, bytes]], seen: set[tuple[str, int]],
                paths: Counter[int]) -> list[tuple[int | None, bytes, bytes]]:
         spec = self.spec
-        count = int(self.rng.expovariate(1.0 / spec.mean_calls_per_interval))
+        # A spec with no calls is the watermarks alone: what a partition costs per node.
+        count = int(self.rng.expovariate(1.0 / spec.mean_calls_per_interval)) if spec.mean_calls_per_interval else 0
         if count == 0:
             return []
         if not process.announced:

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import Consumer, TopicPartition
+
 from runtime_signals.schemas import codec
 
 from .fleet import FleetSpec, load_manifest, record, replay_into
@@ -64,11 +66,15 @@ def run_workers(bootstrap: str, recording: Path, workers: int, log_dir: Path,
             produced = _replay_one(bootstrap, recording, names, "raw")
             produced_s = time.monotonic() - began_s
             arrivals = tail.wait_for(expected["summaries"], 600 + produced / 200)
+            if expected["summaries"]:
+                done_s = max(a.at_monotonic_s for a in arrivals)
+            else:  # watermarks alone: done when the workers' checkpoints reach the end
+                done_s = _wait_committed(bootstrap, f"{prefix}app", names.raw, watch.ends(names.raw), 600)
             time.sleep(0.5)  # anything beyond the expected count would be a defect: look for it
             arrivals = list(tail.arrivals)
         finally:
             tail.close()
-        seconds = max(a.at_monotonic_s for a in arrivals) - began_s
+        seconds = done_s - began_s
         cpu_s = sum(cpu_seconds(c.pid) for c in children) - cpu_before_s
         peak_rss = max(memory_bytes(c.pid)["peak_rss_bytes"] for c in children)
         for child in children:
@@ -94,6 +100,24 @@ def run_workers(bootstrap: str, recording: Path, workers: int, log_dir: Path,
         "cpu_floor_vs_worker": floor["cpu_s"] / cpu_s,
         "load_average": os.getloadavg(),
     }
+
+
+def _wait_committed(bootstrap: str, group: str, topic: str, end: dict[int, int], timeout_s: float) -> float:
+    """Wait until the group's committed offsets reach end; returns the monotonic time they did
+    (within the checkpoint interval: the workers commit after each checkpoint)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            committed = consumer.committed([TopicPartition(topic, p) for p in end], timeout=10)
+            if all(tp.offset >= end[tp.partition] for tp in committed):
+                return time.monotonic()
+            if time.monotonic() > deadline:
+                raise BenchmarkError(f"group {group}: committed {[(tp.partition, tp.offset) for tp in committed]}, "
+                                     f"not the end {end} of {topic} within {timeout_s:.0f}s")
+            time.sleep(0.05)
+    finally:
+        consumer.close()
 
 
 def _replay_one(bootstrap: str, recording: Path, names: Any, kind: str) -> int:
