@@ -38,7 +38,10 @@ class Measured:
     watermark_cpu_us: float       # worker CPU per watermark record
     call_disk_bytes: float        # a call record on the raw topic, compressed (zstd), one replica
     watermark_disk_bytes: float
-    output_disk_bytes_per_call: float   # summaries + paths + latest written per call record
+    output_disk_bytes_per_call: float   # summaries + paths + latest written per call record, compressed
+    # Of those, what stays: summaries and paths are compacted with one key per container-window
+    # (schemas/topics.py), so nothing of them is ever deleted; latest keeps one per container.
+    retained_output_bytes_per_call: float
     usable_cpu: float = 0.7       # CPU seconds per second a worker may spend (headroom for bursts)
     replication: int = 3
     raw_retention_days: float = 7.0   # schemas/topics.py RAW_RETENTION_MS
@@ -46,7 +49,8 @@ class Measured:
     @classmethod
     def load(cls, path: Path) -> Measured:
         values = json.loads(path.read_text())
-        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+        return cls(**{k: v["value"] if isinstance(v, dict) else v for k, v in values.items()
+                      if k in cls.__dataclass_fields__})
 
 
 def node_records_per_s(stacks: float, interval_s: float, partitions: int) -> float:
@@ -83,24 +87,26 @@ def plan(m: Measured, nodes: int, stacks: float, interval_s: float) -> dict[str,
         "raw_mb_per_s": raw_bytes_per_s / 1e6, "output_mb_per_s": out_bytes_per_s / 1e6,
         "raw_storage_gb": raw_bytes_per_s * DAY_S * m.raw_retention_days * m.replication / 1e9,
         "output_gb_per_day": out_bytes_per_s * DAY_S * m.replication / 1e9,
+        "retained_gb_per_day": calls_per_s * m.retained_output_bytes_per_call * DAY_S * m.replication / 1e9,
         "max_nodes": max_nodes(m, interval_s),
     }
 
 
 def table(m: Measured, fleets: tuple[int, ...], stacks: float, intervals_s: tuple[float, ...]) -> list[str]:
     lines = ["| nodes | watermark interval s | workers = partitions | raw records/s | of them watermarks | "
-             "raw MB/s (compressed) | raw storage GB (retention x replicas) | outputs GB/day (x replicas) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "raw MB/s (compressed) | raw storage GB (retention x replicas) | outputs written GB/day | "
+             "outputs kept for good, GB/day |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for nodes in fleets:
         for interval_s in intervals_s:
             p = plan(m, nodes, stacks, interval_s)
             if p["workers"] is None:
                 lines.append(f"| {nodes:,} | {interval_s:g} | — past {p['max_nodes']:,.0f} nodes: one partition's "
-                             f"watermarks fill a worker | | | | | |")
+                             f"watermarks fill a worker | | | | | | |")
                 continue
             lines.append(f"| {nodes:,} | {interval_s:g} | {p['workers']:,} | {p['raw_records_per_s']:,.0f} | "
                          f"{p['watermark_share']:.0%} | {p['raw_mb_per_s']:,.1f} | {p['raw_storage_gb']:,.0f} | "
-                         f"{p['output_gb_per_day']:,.0f} |")
+                         f"{p['output_gb_per_day']:,.0f} | {p['retained_gb_per_day']:,.0f} |")
     return lines
 
 
