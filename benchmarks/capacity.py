@@ -2,20 +2,23 @@
 
     python -m benchmarks.capacity [--inputs docs/capacity-inputs.json] [--plot docs/capacity.png]
 
-The inputs (CPU per record class, bytes per record on the broker) come from
-`python -m benchmarks.fleet_bench` runs on fleet recordings; docs/capacity.md says which.
+The inputs (CPU per record and per emitted path, bytes on the broker) come from
+`python -m benchmarks.fleet_engine` and `python -m benchmarks.fleet_bench` runs on fleet
+recordings; docs/capacity-inputs.json says which figure came from where.
 
-The model, per deployment of N nodes, S distinct active stacks per node per watermark
-interval, a watermark interval of I seconds and P raw partitions:
-- an agent sends one record per distinct stack per interval (dedup) and one watermark to
-  every partition per interval: (S + P) / I records/s per node;
-- a worker spends c_call per call record and c_wm per watermark record (CPU seconds,
-  including the outputs the records cause), and has u CPU seconds per second to spend;
-- each partition carries the watermarks of every node, N / I per second, whatever P is.
-With one partition per worker (P = W), W workers need W * u >= N (S c_call + W c_wm) / I, so
-W >= (N S c_call / I) / (u - N c_wm / I): finite only while N c_wm / I < u. Past
-N_max = u I / c_wm nodes one partition's watermarks alone fill a worker, and no number of
-partitions or workers helps: that is where the model (and the design) stops.
+A deployment: N nodes; S distinct active stacks per node per watermark interval I (s); D
+distinct call paths per node per window of T s (D <= S T / I: fewer when paths repeat
+across intervals); P raw partitions, one worker each.
+- An agent sends one record per distinct stack per interval (dedup) and one watermark to
+  every partition per interval: (S + P) / I records/s per node.
+- A worker spends c_in per call record, c_wm per watermark, c_path per path it emits (the
+  path's record, its share of the summary and of the latest state), and has u CPU
+  seconds per second.
+- Every partition carries every node's watermarks, N / I per second, whatever P is.
+So P workers need P u >= N (S c_in / I + D c_path / T) + P N c_wm / I, that is
+P >= N (S c_in / I + D c_path / T) / (u - N c_wm / I): finite only while N c_wm / I < u.
+Past N_max = u I / c_wm nodes one partition's watermarks alone fill a worker and no
+number of partitions or workers helps: where the model, and the design, stop.
 """
 
 from __future__ import annotations
@@ -34,14 +37,15 @@ DAY_S = 86_400
 
 @dataclass(frozen=True)
 class Measured:
-    call_cpu_us: float            # worker CPU per call record, outputs included
-    watermark_cpu_us: float       # worker CPU per watermark record
+    call_cpu_us: float            # worker CPU per call record, intake only (c_in)
+    watermark_cpu_us: float       # worker CPU per watermark record (c_wm)
+    path_cpu_us: float            # worker CPU per emitted path, its summary and latest shares included
     call_disk_bytes: float        # a call record on the raw topic, compressed (zstd), one replica
     watermark_disk_bytes: float
-    output_disk_bytes_per_call: float   # summaries + paths + latest written per call record, compressed
+    path_output_disk_bytes: float       # summaries + paths + latest written per emitted path, compressed
     # Of those, what stays: summaries and paths are compacted with one key per container-window
     # (schemas/topics.py), so nothing of them is ever deleted; latest keeps one per container.
-    retained_output_bytes_per_call: float
+    path_retained_disk_bytes: float
     usable_cpu: float = 0.7       # CPU seconds per second a worker may spend (headroom for bursts)
     replication: int = 3
     raw_retention_days: float = 7.0   # schemas/topics.py RAW_RETENTION_MS
@@ -53,6 +57,20 @@ class Measured:
                       if k in cls.__dataclass_fields__})
 
 
+@dataclass(frozen=True)
+class Fleet:
+    nodes: int
+    stacks: float            # S: distinct active stacks per node per watermark interval
+    interval_s: float        # I: the agents' watermark interval
+    window_s: float = 60.0   # T: the processor's window (the default)
+    paths_per_window: float | None = None   # D per node; None: S T / I, no path repeating
+
+    @property
+    def paths(self) -> float:
+        worst = self.stacks * self.window_s / self.interval_s
+        return worst if self.paths_per_window is None else min(worst, self.paths_per_window)
+
+
 def node_records_per_s(stacks: float, interval_s: float, partitions: int) -> float:
     return (stacks + partitions) / interval_s
 
@@ -62,51 +80,50 @@ def max_nodes(m: Measured, interval_s: float) -> float:
     return m.usable_cpu * interval_s / (m.watermark_cpu_us * 1e-6)
 
 
-def workers_needed(m: Measured, nodes: int, stacks: float, interval_s: float) -> int | None:
+def workers_needed(m: Measured, fleet: Fleet) -> int | None:
     """Workers (= raw partitions) for the fleet; None beyond max_nodes."""
-    spare = m.usable_cpu - nodes * m.watermark_cpu_us * 1e-6 / interval_s
+    spare = m.usable_cpu - fleet.nodes * m.watermark_cpu_us * 1e-6 / fleet.interval_s
     if spare <= 0:
         return None
-    return max(1, math.ceil(nodes * stacks * m.call_cpu_us * 1e-6 / interval_s / spare))
+    work = fleet.nodes * (fleet.stacks * m.call_cpu_us / fleet.interval_s
+                          + fleet.paths * m.path_cpu_us / fleet.window_s) * 1e-6
+    return max(1, math.ceil(work / spare))
 
 
-def plan(m: Measured, nodes: int, stacks: float, interval_s: float) -> dict[str, Any]:
-    workers = workers_needed(m, nodes, stacks, interval_s)
+def plan(m: Measured, fleet: Fleet) -> dict[str, Any]:
+    workers = workers_needed(m, fleet)
     if workers is None:
-        return {"nodes": nodes, "stacks": stacks, "interval_s": interval_s, "workers": None,
-                "max_nodes": max_nodes(m, interval_s)}
-    partitions = workers
-    calls_per_s = nodes * stacks / interval_s
-    watermarks_per_s = nodes * partitions / interval_s
+        return {"workers": None, "max_nodes": max_nodes(m, fleet.interval_s)}
+    calls_per_s = fleet.nodes * fleet.stacks / fleet.interval_s
+    watermarks_per_s = fleet.nodes * workers / fleet.interval_s
+    paths_per_s = fleet.nodes * fleet.paths / fleet.window_s
     raw_bytes_per_s = calls_per_s * m.call_disk_bytes + watermarks_per_s * m.watermark_disk_bytes
-    out_bytes_per_s = calls_per_s * m.output_disk_bytes_per_call
     return {
-        "nodes": nodes, "stacks": stacks, "interval_s": interval_s, "workers": workers, "partitions": partitions,
-        "raw_records_per_s": calls_per_s + watermarks_per_s, "watermark_share": watermarks_per_s /
-        (calls_per_s + watermarks_per_s),
-        "raw_mb_per_s": raw_bytes_per_s / 1e6, "output_mb_per_s": out_bytes_per_s / 1e6,
+        "workers": workers, "raw_records_per_s": calls_per_s + watermarks_per_s,
+        "watermark_share": watermarks_per_s / (calls_per_s + watermarks_per_s),
+        "raw_mb_per_s": raw_bytes_per_s / 1e6, "paths_per_s": paths_per_s,
+        "output_mb_per_s": paths_per_s * m.path_output_disk_bytes / 1e6,
         "raw_storage_gb": raw_bytes_per_s * DAY_S * m.raw_retention_days * m.replication / 1e9,
-        "output_gb_per_day": out_bytes_per_s * DAY_S * m.replication / 1e9,
-        "retained_gb_per_day": calls_per_s * m.retained_output_bytes_per_call * DAY_S * m.replication / 1e9,
-        "max_nodes": max_nodes(m, interval_s),
+        "retained_gb_per_day": paths_per_s * m.path_retained_disk_bytes * DAY_S * m.replication / 1e9,
+        "max_nodes": max_nodes(m, fleet.interval_s),
     }
 
 
-def table(m: Measured, fleets: tuple[int, ...], stacks: float, intervals_s: tuple[float, ...]) -> list[str]:
+def table(m: Measured, fleets: tuple[int, ...], stacks: float, paths: float | None,
+          intervals_s: tuple[float, ...]) -> list[str]:
     lines = ["| nodes | watermark interval s | workers = partitions | raw records/s | of them watermarks | "
-             "raw MB/s (compressed) | raw storage GB (retention x replicas) | outputs written GB/day | "
-             "outputs kept for good, GB/day |",
+             "raw MB/s | raw storage GB | outputs MB/s | outputs kept, GB/day |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for nodes in fleets:
         for interval_s in intervals_s:
-            p = plan(m, nodes, stacks, interval_s)
+            p = plan(m, Fleet(nodes, stacks, interval_s, paths_per_window=paths))
             if p["workers"] is None:
-                lines.append(f"| {nodes:,} | {interval_s:g} | — past {p['max_nodes']:,.0f} nodes: one partition's "
-                             f"watermarks fill a worker | | | | | | |")
+                lines.append(f"| {nodes:,} | {interval_s:g} | none: past {p['max_nodes']:,.0f} nodes one "
+                             f"partition's watermarks fill a worker | | | | | | |")
                 continue
             lines.append(f"| {nodes:,} | {interval_s:g} | {p['workers']:,} | {p['raw_records_per_s']:,.0f} | "
                          f"{p['watermark_share']:.0%} | {p['raw_mb_per_s']:,.1f} | {p['raw_storage_gb']:,.0f} | "
-                         f"{p['output_gb_per_day']:,.0f} | {p['retained_gb_per_day']:,.0f} |")
+                         f"{p['output_mb_per_s']:,.1f} | {p['retained_gb_per_day']:,.0f} |")
     return lines
 
 
@@ -127,13 +144,13 @@ def draw(m: Measured, path: Path) -> None:
     nodes = [100, 300, 1000, 3000, 10_000, 30_000, 50_000, 100_000]
     for interval_s, style in ((0.5, "-"), (5.0, "--")):
         for s in (10, 50, 200):
-            points = [(n, workers_needed(m, n, s, interval_s)) for n in nodes]
+            points = [(n, workers_needed(m, Fleet(n, s, interval_s, paths_per_window=4 * s))) for n in nodes]
             shown = [(n, w) for n, w in points if w is not None]
             right.plot([n for n, _ in shown], [w for _, w in shown], style, marker="o",
                        label=f"S={s}, interval {interval_s:g} s")
         right.axvline(max_nodes(m, interval_s), color="grey", linestyle=style, linewidth=0.8)
     right.set(xscale="log", yscale="log", xlabel="nodes", ylabel="workers = raw partitions",
-              title="Workers needed (vertical: where one partition's watermarks fill a worker)")
+              title="Workers needed, 60 s windows, D = 4 S\n(vertical: one partition's watermarks fill a worker)")
     right.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -144,10 +161,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inputs", type=Path, default=REPO / "docs" / "capacity-inputs.json")
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "capacity.png")
-    parser.add_argument("--stacks", type=float, default=50.0, help="distinct active stacks per node per interval")
+    parser.add_argument("--stacks", type=float, default=13.0, help="S: distinct active stacks per node per interval")
+    parser.add_argument("--paths", type=float, help="D: distinct paths per node per 60 s window (default: S T / I)")
     args = parser.parse_args(argv)
     measured = Measured.load(args.inputs)
-    print("\n".join(table(measured, (1_000, 10_000, 50_000), args.stacks, (0.5, 2.0, 5.0, 30.0))))
+    print("\n".join(table(measured, (1_000, 10_000, 50_000), args.stacks, args.paths, (0.5, 2.0, 5.0, 30.0))))
     for interval_s in (0.5, 2.0, 5.0, 30.0):
         print(f"max nodes at {interval_s:g} s: {max_nodes(measured, interval_s):,.0f}")
     draw(measured, args.plot)
