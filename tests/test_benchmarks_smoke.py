@@ -34,7 +34,7 @@ def test_quick_suite_writes_every_figure_table_and_plot(kafka_bootstrap: str, tm
     assert done.returncode == 0, logs
 
     results = json.loads((out / "results.json").read_text())
-    for stage in ("probe_agent", "hot", "processor", "latency", "watch", "python_probe"):
+    for stage in ("probe_agent", "hot", "processor", "latency", "watch", "python_probe", "fleet"):
         assert "error" not in results[stage], f"{stage}: {results[stage].get('traceback')}"
     probe = results["probe_agent"]
     assert [row["calls"] for row in probe["rows"]] == [300, 600, 900]
@@ -50,6 +50,9 @@ def test_quick_suite_writes_every_figure_table_and_plot(kafka_bootstrap: str, tm
     assert all(row["floor_events_per_s"] > 0 for row in processor_rows if row["kind"] != "memory")
     assert results["latency"]["rows"][0]["calls"] == 50
     assert results["watch"]["calls"] == 50 and results["watch"]["p50_ms"] > 0
+    fleet_rows = results["fleet"]["rows"]
+    assert [row["workers"] for row in fleet_rows] == [1]
+    assert all(row["floor_records_per_s"] > 0 and row["worker_cpu_s_per_million"] > 0 for row in fleet_rows)
 
     table = (out / "results.md").read_text()
     for heading in ("## 1. Probe cost", "## 1b. A hot function", "## 2. Agent throughput",
