@@ -53,6 +53,10 @@ def markdown(results: dict[str, Any]) -> str:
 
         lines += python_probe_markdown(results["python_probe"])
     lines += _windows(results.get("windows"))
+    if "fleet" in results and "error" not in results["fleet"]:
+        from .fleet_bench import markdown as fleet_markdown
+
+        lines += fleet_markdown(results["fleet"])
     return "\n".join(lines)
 
 

@@ -13,18 +13,20 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from . import hot, latency, probe_agent, processor_bench, python_probe, report, unwind_cost, watch_latency, windows
+from . import (fleet_bench, hot, latency, probe_agent, processor_bench, python_probe, report, unwind_cost,
+               watch_latency, windows)
+from .fleet import FleetSpec
 from .kafka_io import dedicated_broker
 from .procs import flags_offered
 from .synthetic import Dataset
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("probe_agent", "unwind", "hot", "processor", "latency", "watch", "python_probe", "windows")
+STAGES = ("probe_agent", "unwind", "hot", "processor", "latency", "watch", "python_probe", "windows", "fleet")
 log = logging.getLogger("benchmarks")
 
 
@@ -43,6 +45,7 @@ class Plan:
     windows_interval_us: int = 1000
     windows_window_ms: int = 5000
     unwind: unwind_cost.UnwindPlan = unwind_cost.UnwindPlan(calls=2_000, repeats=1, rule_figures=False)
+    fleet: fleet_bench.FleetPlan = field(default_factory=lambda: fleet_bench.FleetPlan(specs=()))
 
 
 # Sizes for the 2-core VM the figures in docs/benchmarks.md come from: 5 to 8 minutes.
@@ -60,6 +63,9 @@ FULL = Plan(
     latency_rates_per_s=[10, 100, 1000],
     latency_seconds_per_rate=4.0,
     unwind=unwind_cost.UnwindPlan(calls=200_000, repeats=3),
+    # 8 containers with many calls each, and 1,000 containers (500 nodes) on 12 partitions.
+    fleet=fleet_bench.FleetPlan(specs=(FleetSpec(nodes=4, containers_per_node=2, mean_calls_per_interval=2000),
+                                       FleetSpec())),
 )
 
 # Every code path at toy sizes, for tests/test_benchmarks_smoke.py: figures mean nothing.
@@ -78,6 +84,8 @@ QUICK = Plan(
     windows_calls=600,
     windows_interval_us=2000,
     windows_window_ms=1000,
+    fleet=fleet_bench.FleetPlan(specs=(FleetSpec(nodes=20, containers_per_node=2, stacks_per_image=200,
+                                                 intervals=4, partitions=4),), worker_counts=(1,)),
 )
 
 
@@ -164,6 +172,7 @@ def run_suite(plan: Plan, stages: list[str], bootstrap: str | None, work_dir: Pa
             "python_probe": lambda: python_probe.run(plan.python_probe),
             "windows": lambda: windows.run(broker, work_dir, plan.windows_calls, plan.windows_interval_us,
                                            plan.windows_window_ms),
+            "fleet": lambda: fleet_bench.run(broker, work_dir, plan.fleet),
         }
         for stage in stages:
             log.info("stage %s ...", stage)

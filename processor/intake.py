@@ -76,8 +76,26 @@ def _frame(address: int, binary_digest: str | None, binary_offset: int | None,
     calls repeat a few thousand distinct frames, so each is built, normalised and checked
     once (a frozen Frame is safe to share). A malformed digest raises HashInputError, and
     errors are not cached: every record that carries it is rejected."""
-    return Frame(address, binary_digest, binary_offset, library, purl), \
-        hashing.frame_identity(binary_digest, binary_offset, address)
+    return (Frame(address, binary_digest, binary_offset, library, purl),
+            _identity(binary_digest, binary_offset, address))
+
+
+def _identity(binary_digest: str | None, binary_offset: int | None, address: int) -> str:
+    if binary_digest is not None and binary_offset is not None:
+        located = _located_identity(binary_digest, binary_offset)
+        if located is not None:
+            return located
+    return hashing.frame_identity(binary_digest, binary_offset, address)
+
+
+@lru_cache(maxsize=65_536)
+def _located_identity(binary_digest: str, binary_offset: int) -> str | None:
+    """The identity of a frame located in a digested file, which does not depend on its
+    address. Every process of a fleet loads its files at other addresses (ASLR), so _frame's
+    cache, keyed by address too, misses once per process and frame; this one is shared by
+    all of them. None when the digest does not locate the frame (then the address counts)."""
+    identity = hashing.frame_identity(binary_digest, binary_offset, 0)
+    return None if identity.startswith(hashing.UNKNOWN_BINARY) else identity
 
 
 @dataclass(frozen=True, slots=True)

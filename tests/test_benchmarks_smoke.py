@@ -34,7 +34,7 @@ def test_quick_suite_writes_every_figure_table_and_plot(kafka_bootstrap: str, tm
     assert done.returncode == 0, logs
 
     results = json.loads((out / "results.json").read_text())
-    for stage in ("probe_agent", "unwind", "hot", "processor", "latency", "watch", "python_probe", "windows"):
+    for stage in ("probe_agent", "unwind", "hot", "processor", "latency", "watch", "python_probe", "windows", "fleet"):
         assert "error" not in results[stage], f"{stage}: {results[stage].get('traceback')}"
     probe = results["probe_agent"]
     assert [row["calls"] for row in probe["rows"]] == [300, 600, 900]
@@ -55,6 +55,9 @@ def test_quick_suite_writes_every_figure_table_and_plot(kafka_bootstrap: str, tm
     unwind_rows = results["unwind"]["rows"]
     assert [row["build"] for row in unwind_rows] == ["frame pointers", "cfi"]
     assert all(row["agent_vs_stackcount"] is not None and row["agent_vs_floor"] is not None for row in unwind_rows)
+    fleet_rows = results["fleet"]["rows"]
+    assert [row["workers"] for row in fleet_rows] == [1]
+    assert all(row["floor_records_per_s"] > 0 and row["worker_cpu_s_per_million"] > 0 for row in fleet_rows)
 
     table = (out / "results.md").read_text()
     for heading in ("## 1. Probe cost", "## 1c. Stack walk cost", "## 1b. A hot function", "## 2. Agent throughput",
