@@ -175,7 +175,7 @@ class PlanFollower:
         not_present: list[dict[str, str]] = []
         errors = [{"name": n, "reason": r} for n, r in plan.errors]
         targets = plan.record["targets"] if plan.record is not None else []
-        for index, target in zip(plan.indices, targets):
+        for index, target in zip(plan.indices, targets, strict=True):
             attached += [{"binary": target["binary"], "file": file, "symbol": symbol}
                          for file, symbol in self._manager.attached_for(index)]
             for name, reason in sorted(self._manager.problems_for(index).items()):
@@ -239,7 +239,7 @@ class PlanFollower:
         topic = self._topics.plans
         try:
             metadata = consumer.list_topics(topic, timeout=5.0)
-        except Exception as exc:  # noqa: BLE001 -- a broker away: retried, the agent runs on
+        except Exception as exc:  # a broker away: retried, the agent runs on
             log.warning("plans topic %s: no metadata yet (%s); retrying", topic, exc)
             return False
         described = metadata.topics.get(topic)

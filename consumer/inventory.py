@@ -114,3 +114,24 @@ def read_module_maps(reader: TopicReader, topic: str, registry: codec.SchemaRegi
         if known is None or decoded["version"] >= known["version"]:
             latest[record.key] = decoded
     return list(latest.values())
+
+
+def latest_records(reader: TopicReader, topic: str, registry: codec.SchemaRegistry, schema: str,
+                   skipped: Counter[str] | None = None) -> dict[bytes, dict[str, Any]]:
+    """The latest record of each key of a compacted topic now (a tombstone deletes its key),
+    decoded as ``schema`` (the plans and plan status topics). Undecodable records are counted
+    in ``skipped`` by reason; a key whose latest record does not decode is left out."""
+    latest: dict[bytes, dict[str, Any] | None] = {}
+    for record in reader.read(topic, reader.whole_topic(topic)):
+        key = record.key or b""
+        if record.value is None:
+            latest.pop(key, None)
+            continue
+        try:
+            latest[key] = codec.decode(record.value, registry, schema).record
+        except SchemaError as exc:
+            latest[key] = None
+            if skipped is not None:
+                skipped[type(exc).__name__] += 1
+            log.warning("%s[%d]@%d: record skipped: %s", topic, record.partition, record.offset, exc)
+    return {key: value for key, value in latest.items() if value is not None}

@@ -166,8 +166,7 @@ def build_plan(plan_id: str, advisories: Iterable[AffectedPackage], inventory: S
             # elsewhere: otherwise a container started after the plan is watched too.
             seen_in = "host" if entry.container_id.startswith("host:") else entry.container_id
             places.append((entry.path, seen_in if entry.path in fixed_paths else None))
-        for binary in (binaries or {}).get(package.purl or "", ()):
-            places.append((binary, None))
+        places += [(binary, None) for binary in (binaries or {}).get(package.purl or "", ())]
         if not places:
             gaps += [_gap(package, name, "package_not_present", "no mapped file of the package in the inventory")
                      for name, _ in package.functions]
