@@ -102,3 +102,17 @@ def test_the_inventory_folds_module_maps_per_package_file_and_container() -> Non
     assert found[0].package == "pkg:deb/debian/zlib1g" and found[0].version == "1:1.2.13.dfsg-1"
     assert select(found, purl="pkg:deb/debian/zlib1g", container="c2") == [found[1]]
     assert select(found, purl="pkg:deb/debian/libpng16-16") == []
+
+
+def test_vex_notes_say_what_a_plan_watched_where_and_for_how_long() -> None:
+    from runtime_signals.evidence.plan import watched_notes
+
+    def status(host: str, symbols: list[str]) -> dict[str, Any]:
+        return {"plan_id": "t1", "host": host, "state": "ACTIVE", "active_since_us": 1_700_000_000_000_000,
+                "observed_at_us": 1_700_000_060_000_000,
+                "attached": [{"binary": "/app/x", "file": "/app/x", "symbol": s} for s in symbols]}
+
+    notes = watched_notes([status("node-b", []), status("node-a", ["crc32", "inflate"])], ["crc32"])
+    assert notes == ("Plan t1: watched on 1 node(s): node-a (crc32 in /app/x, from 2023-11-14T22:13:20.000000+00:00 "
+                     "to at least 2023-11-14T22:14:20.000000+00:00). Not present (nothing to attach) on: node-b.")
+    assert watched_notes([], ["crc32"]).startswith("No plan status")

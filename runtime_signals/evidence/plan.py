@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime_signals.consumer.inventory import InventoryEntry, package_of
+from runtime_signals.consumer.models import iso
 from runtime_signals.evidence.export import ExportError, go_symbol_names, purl_for
 from runtime_signals.evidence.versions import is_affected
 
@@ -191,3 +192,29 @@ def build_plan(plan_id: str, advisories: Iterable[AffectedPackage], inventory: S
     return {"format_version": FORMAT_VERSION, "plan_id": plan_id, "created_at_us": created_at_us,
             "advisories": sorted({p.vulnerability for p in advisories}), "targets": records,
             "not_watched": gaps}
+
+
+def watched_notes(statuses: Iterable[Mapping[str, Any]], functions: Sequence[str]) -> str:
+    """What a plan's PlanStatus records say about these functions, for a VEX statement: which
+    nodes watched them, in which files, from when to the last status; which nodes could not."""
+    wanted = set(functions)
+    watched: list[str] = []
+    absent: list[str] = []
+    plan_ids = set()
+    for status in sorted(statuses, key=lambda s: (s["host"], s["plan_id"])):
+        plan_ids.add(status["plan_id"])
+        probes = [p for p in status["attached"] if p["symbol"] in wanted]
+        if probes and status["state"] == "ACTIVE":
+            files = ", ".join(sorted({p["file"] for p in probes}))
+            names = ", ".join(sorted({p["symbol"] for p in probes}))
+            watched.append(f"{status['host']} ({names} in {files}, from {iso(status['active_since_us'])} "
+                           f"to at least {iso(status['observed_at_us'])})")
+        elif status["state"] == "ACTIVE":
+            absent.append(status["host"])
+    if not plan_ids:
+        return "No plan status: no agent reported watching these functions through a plan."
+    text = f"Plan {', '.join(sorted(plan_ids))}: "
+    text += f"watched on {len(watched)} node(s): {'; '.join(watched)}." if watched else "watched on no node."
+    if absent:
+        text += f" Not present (nothing to attach) on: {', '.join(absent)}."
+    return text

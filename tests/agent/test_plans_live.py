@@ -6,6 +6,7 @@ removing the plan (a tombstone) detaches it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -159,6 +160,12 @@ def test_a_published_plan_is_attached_live_reported_and_detached_when_removed(
             shown = _signals("plan", "status", *connection)
             assert shown.returncode == 0 and "live on" in shown.stdout and "ACTIVE" in shown.stdout, shown.stdout
             assert f"watching {PARSE_ACCEPT}" in shown.stdout
+            # The evidence loop: the VEX statement says what the plan watched, where, since when.
+            vex = _signals("export", "--functions", str(ADVISORIES / "GO-2022-1059.json"), "--format", "openvex",
+                           "--plan", "live", *connection)
+            assert vex.returncode == 0, vex.stderr
+            notes = json.loads(vex.stdout)["statements"][0]["status_notes"]
+            assert "Plan live: watched on 1 node(s)" in notes and str(goapp) in notes, notes
 
             # 5. Removed: a tombstone; the agent says REMOVED and the probes are gone.
             assert _signals("plan", "remove", "live", *connection).returncode == 0
