@@ -196,6 +196,9 @@ def _topics_settle(bootstrap: str, names: TopicNames, timeout_s: float = 180.0) 
                 break
             except (ReadError, TopicNotFoundError, ConsumerError):
                 assert time.monotonic() < deadline, f"{topic} was created but does not answer"
+                # Seen on the shared broker: a just-created topic missing from the metadata
+                # minutes later. Creating again is harmless (existing topics are left alone).
+                create_topics(bootstrap, names, partitions=1)
                 time.sleep(0.5)
 
 
