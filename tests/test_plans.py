@@ -116,3 +116,75 @@ def test_vex_notes_say_what_a_plan_watched_where_and_for_how_long() -> None:
     assert notes == ("Plan t1: watched on 1 node(s): node-a (crc32 in /app/x, from 2023-11-14T22:13:20.000000+00:00 "
                      "to at least 2023-11-14T22:14:20.000000+00:00). Not present (nothing to attach) on: node-b.")
     assert watched_notes([], ["crc32"]).startswith("No plan status")
+
+
+def test_targets_added_and_removed_at_run_time_detach_only_what_no_other_target_uses(tmp_path: Path) -> None:
+    """The TargetManager's run-time path over a real ELF file; the attach seam records instead
+    of calling the kernel (the live loop is tests/agent/test_plans_live.py)."""
+    import subprocess
+
+    from runtime_signals.agent.probes import AttachedProbe, ProbeSpec
+    from runtime_signals.agent.targets import TargetManager
+    from runtime_signals.config.schema import TargetSettings
+
+    source = tmp_path / "two.c"
+    source.write_text("__attribute__((noinline)) int one(int x) { return x + 1; }\n"
+                      "__attribute__((noinline)) int two(int x) { return x + 2; }\n"
+                      "int main(void) { return one(0) + two(0); }\n")
+    binary = tmp_path / "two"
+    subprocess.run(["gcc", "-O1", "-o", str(binary), str(source)], check=True)
+    attached: list[AttachedProbe] = []
+    detached: list[AttachedProbe] = []
+
+    def attach(spec: ProbeSpec) -> AttachedProbe:
+        attached.append(AttachedProbe(spec, spec.binary, 0x1000 + len(attached), len(attached)))
+        return attached[-1]
+
+    manager = TargetManager([], [], attach=attach, detach=detached.append, host_root=Path("/"))
+    first = manager.add_targets([TargetSettings(binary=str(binary), symbols=["one", "two", "absent"])], ["plan.a"])
+    second = manager.add_targets([TargetSettings(binary=str(binary), symbols=["two"])], ["plan.b"])
+    manager.scan()
+    assert [s for _, s in manager.attached_for(first[0])] == ["one", "two"]
+    assert [s for _, s in manager.attached_for(second[0])] == ["two"]
+    assert list(manager.problems_for(first[0])) == ["plan.a.symbols[2]"]
+    assert len(attached) == 2  # "two" is one uprobe shared by both plans
+    assert manager.remove_targets(first) == 1 and [p.spec.symbol for p in detached] == ["one"]
+    assert manager.problems_for(first[0]) == {}
+    manager.scan()  # a removed target is not attached again
+    assert len(attached) == 2
+    assert manager.remove_targets(second) == 1 and [p.spec.symbol for p in detached] == ["one", "two"]
+
+
+def test_the_follower_refuses_a_malformed_record_by_name_and_removes_on_a_tombstone(tmp_path: Path) -> None:
+    from runtime_signals.agent.plans import PlanFollower
+    from runtime_signals.agent.targets import TargetManager
+    from runtime_signals.schemas.topics import TopicNames
+
+    registry = codec.SchemaRegistry.default()
+    produced: list[tuple[str, bytes | None, bytes]] = []
+
+    class Sink:
+        def produce(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None,
+                    headers: list[tuple[str, bytes]] | None = None, calls: int = 0) -> None:
+            produced.append((topic, key, value))
+
+    manager = TargetManager([], [], attach=None, host_root=tmp_path, proc_root=tmp_path)
+    follower = PlanFollower(manager, Sink(), TopicNames(), consumer_config={}, host="node-1", agent_id="a/1")
+
+    def last_status() -> dict[str, Any]:
+        topic, key, value = produced[-1]
+        assert topic == TopicNames().plan_status and key == b"p1/node-1"
+        return codec.decode(value, registry, "PlanStatus").record
+
+    follower.apply(b"p1", b"\xc3\x01garbage", 3)
+    refused = last_status()
+    assert refused["state"] == "REFUSED" and refused["plan_offset"] == 3
+    assert refused["errors"][0]["name"] == "plan.p1" and "offset 3 is not a ProbePlan" in refused["errors"][0]["reason"]
+    plan = _plan([_entry(ZLIB, "/usr/lib/x86_64-linux-gnu/libz.so.1")])
+    follower.apply(b"p1", codec.encode({**plan, "plan_id": "p1"}, "ProbePlan", registry), 4)
+    active = last_status()
+    assert active["state"] == "ACTIVE" and active["errors"] == []
+    # The library is not on this (empty) root: said by name, not an error.
+    assert [p["name"] for p in active["not_present"]] == ["plan.p1.targets[0].binary"]
+    follower.apply(b"p1", None, 5)
+    assert last_status()["state"] == "REMOVED" and follower.counts["plans_active"] == 0
