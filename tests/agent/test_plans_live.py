@@ -185,7 +185,7 @@ def test_a_published_plan_is_attached_live_reported_and_detached_when_removed(
         assert agent.stop() == 0
 
 
-def _topics_settle(bootstrap: str, names: TopicNames, timeout_s: float = 180.0) -> None:
+def _topics_settle(bootstrap: str, names: TopicNames, timeout_s: float = 400.0) -> None:
     """Just-created topics on the shared broker can take a while to answer metadata."""
     reader = TopicReader(bootstrap, timeout_s=5)
     deadline = time.monotonic() + timeout_s
@@ -196,10 +196,9 @@ def _topics_settle(bootstrap: str, names: TopicNames, timeout_s: float = 180.0) 
                 break
             except (ReadError, TopicNotFoundError, ConsumerError):
                 assert time.monotonic() < deadline, f"{topic} was created but does not answer"
-                # Seen on the shared broker: a just-created topic missing from the metadata
-                # minutes later. Creating again is harmless (existing topics are left alone).
-                create_topics(bootstrap, names, partitions=1)
-                time.sleep(0.5)
+                # Seen on a busy shared broker (thousands of topics): a just-created topic
+                # missing from the metadata for minutes.
+                time.sleep(1.0)
 
 
 def _host(agent: AgentProcess) -> str:
