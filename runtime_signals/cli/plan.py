@@ -82,11 +82,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_plan(plan: dict[str, Any]) -> None:
-    print(f"plan {plan['plan_id']}: {len(plan['advisories'])} advisorie(s)")
+    count = len(plan["advisories"])
+    print(f"plan {plan['plan_id']}: {count} {'advisory' if count == 1 else 'advisories'}, "
+          f"{len(plan['targets'])} target(s), {len(plan['not_watched'])} not watched")
     for target in plan["targets"]:
-        where = ", ".join(target["containers"]) or "wherever it is mapped"
+        where = f"in {', '.join(target['containers'])}" if target["containers"] else "wherever it is mapped"
         print(f"  watch {target['binary']} ({target['language']}, {target['vulnerability']} {target['purl']}) "
-              f"in {where}: {', '.join(target['symbols'])}")
+              f"{where}: {', '.join(target['symbols'])}")
     for gap in plan["not_watched"]:
         print(f"  cannot watch {gap['vulnerability']} {gap['purl']} {gap['function'] or '(package)'}: "
               f"{gap['reason']}{' (' + gap['detail'] + ')' if gap['detail'] else ''}")
