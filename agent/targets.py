@@ -11,6 +11,10 @@ attach work only for files not seen before.
 
 Problems are reported by setting name (``agent.targets[2].symbols[0]``) in the log and in
 ``missing``/``counters()``, for the statistics; the other targets keep working.
+
+Targets may be added and removed while the agent runs (``add_targets``/``remove_targets``,
+for probe plans: agent/plans.py). A target keeps its index for life, so a removed one
+leaves a hole; its probes are detached for good once no other target uses them.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from runtime_signals.agent.selectors import ProcessSelector, SymbolIndex, Target
 log = logging.getLogger(__name__)
 
 Attach = Callable[[ProbeSpec], AttachedProbe]
+Detach = Callable[[AttachedProbe], None]
+ProbeKey = tuple[FileKey, str]  # (file, symbol or symbol@offset): one uprobe
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +104,12 @@ class TargetManager:
                  filters: TargetFilters | None = None, *, proc_root: Path = Path("/proc"),
                  host_root: Path = Path("/"), max_symbols_per_pattern: int = 100,
                  purls: PurlResolver | None = None, pods: PodDirectory | None = None,
-                 attach_lock: threading.Lock | None = None, host: str | None = None) -> None:
-        self.targets = targets
-        self.names = names  # how each target is named in messages: its setting path or flag
+                 attach_lock: threading.Lock | None = None, host: str | None = None,
+                 detach: Detach | None = None) -> None:
+        self.targets = list(targets)
+        self.names = list(names)  # how each target is named in messages: its setting path or flag
         self._attach = attach  # None: only resolve (signals agent --check)
+        self._detach = detach  # how a removed target's probes are let go (CallTracer.retire)
         self._on_attached = on_attached
         # Held from attaching a probe until on_attached returns (Collector.attach_lock).
         self._attach_lock = attach_lock or threading.Lock()
@@ -118,6 +126,9 @@ class TargetManager:
         self._probe_ids: dict[tuple[tuple[int, int], str], str] = {}  # (file, symbol) -> probe id
         self._done: set[tuple[tuple[int, int], int]] = set()          # (file, target) handled
         self._files: list[dict[tuple[int, int], str]] = [{} for _ in targets]
+        self._removed: set[int] = set()                               # indices of removed targets
+        self._target_probes: dict[int, set[ProbeKey]] = {}            # target -> its uprobes
+        self._attached: dict[ProbeKey, AttachedProbe] = {}
         self._resolved: set[tuple[int, int]] = set()                  # (target, pattern) found
         self._found_symbols: dict[tuple[int, tuple[int, int]], set[str]] = {}  # (target, file) -> symbols
         self._broad: dict[tuple[int, int], str] = {}
@@ -143,7 +154,7 @@ class TargetManager:
         self.counts["rescans"] += 1
         while self._forget_pending:
             self._forget(self._forget_pending.pop())
-        for index, target in enumerate(self.targets):
+        for index, target in self._live():
             if self._wants_host(index):
                 for found in self._host_files(target):
                     self._consider(index, found)
@@ -172,7 +183,7 @@ class TargetManager:
             return self.counts["probes_attached"] - before
 
     def _scan_process(self, pid: int, text: str) -> None:
-        for index, target in enumerate(self.targets):
+        for index, target in self._live():
             paths = self._mapped_paths(target, text)
             if not paths:
                 continue
@@ -209,7 +220,7 @@ class TargetManager:
 
     def _process_maps(self) -> list[tuple[int, str]]:
         needles = {t.binary if "/" in t.binary else (t.binary if t.binary.startswith("lib") else f"lib{t.binary}")
-                   for t in self.targets}
+                   for _, t in self._live()}
         found: list[tuple[int, str]] = []
         try:
             entries = [e.name for e in os.scandir(self._proc_root) if e.name.isdigit()]
@@ -296,6 +307,7 @@ class TargetManager:
         key = (found.identity, symbol if file_offset is None else f"{symbol}@0x{file_offset:x}")
         selector = self._selectors[index]
         existing = self._probe_ids.get(key)
+        self._target_probes.setdefault(index, set()).add(key)
         if existing is not None:
             # Same function of the same file through another target: one uprobe, both filters.
             self.filters.add(existing, selector)
@@ -323,6 +335,7 @@ class TargetManager:
             if self._on_attached is not None:
                 self._on_attached(probe)
         self._probe_ids[key] = spec.probe_id
+        self._attached[key] = attached
         self.counts["probes_attached"] += 1
         log.info("attached %s in %s (+0x%x)", spec.probe_id, found.host_path, attached.file_offset)
         if self._late:
@@ -330,16 +343,66 @@ class TargetManager:
             log.warning("%s in %s was attached by a rescan, after a process had mapped it: calls made "
                         "before now were not observed (late_attaches)", spec.probe_id, found.host_path)
 
+    # --- targets added and removed at run time ----------------------------------------
+    def _live(self) -> list[tuple[int, TargetSettings]]:
+        return [(i, t) for i, t in enumerate(self.targets) if i not in self._removed]
+
+    def add_targets(self, targets: list[TargetSettings], names: list[str]) -> list[int]:
+        """Take these targets on (attached by the next scan, or now by calling scan()); returns
+        their indices, for remove_targets and attached_for."""
+        with self._scan_lock:
+            first = len(self.targets)
+            self.targets += targets
+            self.names += names
+            self._selectors += [ProcessSelector.of(t) for t in targets]
+            self._files += [{} for _ in targets]
+            return list(range(first, len(self.targets)))
+
+    def remove_targets(self, indices: list[int]) -> int:
+        """Let these targets go: their uprobes that no remaining target uses are detached for
+        good, their problems forgotten. Returns probes detached."""
+        detached = 0
+        with self._scan_lock:
+            gone = set(indices) - self._removed
+            self._removed |= gone
+            still_used = {key for index, keys in self._target_probes.items() if index not in self._removed
+                          for key in keys}
+            for index in gone:
+                for key in self._target_probes.pop(index, set()) - still_used:
+                    probe = self._attached.pop(key, None)
+                    self._probe_ids.pop(key, None)
+                    if probe is not None and self._detach is not None:
+                        self._detach(probe)
+                        detached += 1
+                        log.info("detached %s in %s: its target %s was removed", probe.spec.probe_id, probe.path,
+                                 self.names[index])
+                prefix = f"{self.names[index]}."
+                for name in [k for k in self.missing if k.startswith(prefix)]:
+                    del self.missing[name]
+            self.counts["probes_detached"] += detached
+        return detached
+
+    def attached_for(self, index: int) -> list[tuple[str, str]]:
+        """(file, symbol) of each uprobe in place for target ``index``, sorted."""
+        with self._scan_lock:
+            keys = self._target_probes.get(index, set())
+            return sorted((self._attached[k].path, k[1]) for k in keys if k in self._attached)
+
+    def problems_for(self, index: int) -> dict[str, str]:
+        """What target ``index`` could not attach, by name (its binary, its symbols)."""
+        prefix = f"{self.names[index]}."
+        return {k: v for k, v in self.missing.items() if k.startswith(prefix)}
+
     # --- reporting -----------------------------------------------------------------
     def resolved(self) -> list[tuple[str, str, list[str]]]:
         """(target name, file as found, symbols resolved in it) per file of each target, for
         `signals agent --check`; a file where no symbol resolved lists none."""
         return [(self.names[index], path, sorted(self._found_symbols.get((index, identity), ())))
-                for index, files in enumerate(self._files) for identity, path in sorted(files.items(),
-                                                                                       key=lambda item: item[1])]
+                for index, files in enumerate(self._files) if index not in self._removed
+                for identity, path in sorted(files.items(), key=lambda item: item[1])]
 
     def _report(self) -> None:
-        for index, target in enumerate(self.targets):
+        for index, target in self._live():
             name = self.names[index]
             files = self._files[index]
             if not files:
@@ -387,6 +450,7 @@ class TargetManager:
                  if path == host_path or identity == inode}
         self._done = {(identity, index) for identity, index in self._done if identity not in stale}
         self._probe_ids = {key: probe for key, probe in self._probe_ids.items() if key[0] not in stale}
+        self._attached = {key: probe for key, probe in self._attached.items() if key[0] not in stale}
         for identity in stale:
             self._symbols.pop(identity, None)
 
@@ -401,6 +465,7 @@ class TargetManager:
             "overlay_files_unresolved": sum(self.backing.unresolved.values()),
             "late_attaches": self.counts["late_attaches"],
             "inlined_copies": self.counts["inlined_copies"],
+            "probes_detached": self.counts["probes_detached"],
         }
 
     # --- background rescans --------------------------------------------------------

@@ -51,6 +51,7 @@ SCHEMA_ORDER: tuple[str, ...] = (
     "SymbolTable",
     "ModuleMap",  # agent: per-process module maps (agent/modules.py)
     "ContainerState", "ProcessorCheckpoint",  # processor outputs (docs/processor.md)
+    "ProbePlan", "PlanStatus",  # fleet probe plans and what each agent made of them (docs/plans.md)
 )
 MAGIC = b"\xc3\x01"
 HEADER_BYTES = len(MAGIC) + 8

@@ -29,6 +29,8 @@ class TopicNames:
     latest: str = "signals.latest.v1"           # latest state per container, compacted
     late: str = "signals.late.v1"               # raw records that arrived after their window closed
     dlq: str = "signals.dlq.v1"                 # undecodable/invalid raw records, reason in headers
+    plans: str = "signals.plans.v1"             # ProbePlan, key = plan id, compacted (tombstone: removed)
+    plan_status: str = "signals.plan-status.v1"  # PlanStatus, key = "<plan id>/<host>", compacted
 
     def with_prefix(self, prefix: str) -> "TopicNames":
         """Every name prefixed; ``ux.svc`` is read as ``ux.svc.`` (normalize_prefix)."""
@@ -77,4 +79,9 @@ def topic_settings(names: TopicNames, partitions: int = 3) -> list[TopicSettings
                                                  "max.message.bytes": str(LARGE_RECORD_MAX_BYTES)}),
         TopicSettings(names.late, partitions, {"retention.ms": str(RAW_RETENTION_MS)}),
         TopicSettings(names.dlq, partitions, {"retention.ms": str(RAW_RETENTION_MS)}),
+        # Every agent reads every plan: one partition keeps them in publish order, and plans
+        # are few. Compacted with no time limit: a plan holds until its tombstone.
+        TopicSettings(names.plans, 1, {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}),
+        # One record per (plan, node), the latest kept: the fleet view is a read of the topic.
+        TopicSettings(names.plan_status, partitions, dict(compact)),
     ]

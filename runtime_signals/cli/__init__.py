@@ -12,7 +12,9 @@ from runtime_signals.cli import answers as cli_answers
 from runtime_signals.cli import capture as cli_capture
 from runtime_signals.cli import config as config_cli
 from runtime_signals.cli import demo as demo_cli
+from runtime_signals.cli import inventory as inventory_cli
 from runtime_signals.cli import kafka as kafka_cli
+from runtime_signals.cli import plan as plan_cli
 from runtime_signals.cli import processor as processor_cli
 
 from runtime_signals.cli import report as cli_report
@@ -30,6 +32,8 @@ runtime-signals: which functions really run inside your containers.
   reachable   was a function called, by which call paths? (with the evidence)
   watch       calls and paths as they arrive on the raw topic (provisional: before windows close)
   export      OpenVEX / CycloneDX evidence, or a flame graph / folded stacks / speedscope profile
+  inventory   which packages (PURL, version) are mapped in which containers and nodes
+  plan        advisories -> probe plans every agent attaches live; `plan status`: per node
   report      a static HTML page for a list of advisories, with the evidence documents beside it
   capture     a topic's records (offsets or time range) into an Avro container file
   replay      a capture file, or a topic's range, back into a topic
@@ -84,6 +88,15 @@ def _parser() -> argparse.ArgumentParser:
                     "and what the observation covered, with links to OpenVEX and CycloneDX documents.",
     )
     cli_report.add_arguments(report, DEFAULT_BOOTSTRAP)
+    inventory = commands.add_parser(
+        "inventory", help="packages mapped where", formatter_class=formatter, epilog=inventory_cli.EPILOG,
+        description="List the packages (PURL, version) whose files processes map, per container and node.")
+    inventory_cli.add_arguments(inventory, DEFAULT_BOOTSTRAP)
+    plan = commands.add_parser(
+        "plan", help="advisories -> probe plans for every agent", formatter_class=formatter,
+        epilog=plan_cli.EPILOG,
+        description="Turn OSV advisories into a probe plan, publish it for every agent, show what each node watches.")
+    plan_cli.add_arguments(plan, DEFAULT_BOOTSTRAP)
     capture = commands.add_parser(
         "capture", help="topic -> Avro container file", formatter_class=formatter, epilog=cli_capture.CAPTURE_EPILOG,
         description="Copy a topic's records, every byte kept, into an Avro Object Container File.",
@@ -146,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
             return cli_answers.run_export(args)
         if args.command == "watch":
             return cli_watch.run(args)
+        if args.command == "inventory":
+            return inventory_cli.run(args)
+        if args.command == "plan":
+            return plan_cli.run(args)
         if args.command == "report":
             return cli_report.run(args)
         if args.command == "capture":

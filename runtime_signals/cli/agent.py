@@ -213,8 +213,9 @@ def run(args: argparse.Namespace) -> int:
 
     config = load(args)
     agent, kafka = config.agent, config.kafka
-    if not agent.targets:
-        raise ConfigError("no targets: pass --probe BINARY:SYMBOL, or [[agent.targets]] in --config")
+    if not agent.targets and not agent.plans:
+        raise ConfigError("no targets: pass --probe BINARY:SYMBOL, or [[agent.targets]] in --config, or "
+                          "follow probe plans (agent.plans)")
     _check_kafka_access(kafka)
     tracer = CallTracer(tracer_settings(agent))
     tracer.default_limits = probe_limits(agent)
@@ -256,7 +257,8 @@ def run(args: argparse.Namespace) -> int:
                             on_attached=collector.register_probe, filters=filters,
                             proc_root=Path(agent.proc_root), host_root=Path(agent.host_root),
                             max_symbols_per_pattern=agent.max_symbols_per_pattern, purls=node.purls,
-                            pods=node.pods, attach_lock=collector.attach_lock, host=node.host)
+                            pods=node.pods, attach_lock=collector.attach_lock, host=node.host,
+                            detach=tracer.retire)
     watch.on_changed = targets.forget_file
     stop = threading.Event()
     watch.start(stop)
@@ -294,6 +296,19 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _request_stop)
     signal.signal(signal.SIGTERM, _request_stop)
     targets.start(stop, agent.target_rescan_interval_ms)
+    plans = None
+    if agent.plans:
+        from runtime_signals.agent.plans import PlanFollower
+
+        # Plan targets join the manager's; the loader hooks (hold_processes) know the static
+        # targets only, so a plan's library loaded later is attached by the rescan.
+        plans = PlanFollower(targets, publisher, settings.topics, consumer_config=kafka.librdkafka_config(),
+                             host=settings.host, agent_id=settings.agent_id,
+                             status_interval_ms=agent.plan_status_interval_ms)
+        plans.run(stop)
+        if metrics is not None:
+            metrics.add_counters("plans", "Probe plans followed from the plans topic (docs/plans.md)",
+                                 lambda: dict(plans.counts) if plans is not None else {})
     if python is not None:
         python.start(stop)
     # Tests and wrappers wait for this line before starting the workload.

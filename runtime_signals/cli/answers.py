@@ -113,6 +113,9 @@ def add_export_arguments(parser: argparse.ArgumentParser, default_bootstrap: str
     parser.add_argument("--vulnerability", help="vulnerability id for text lines that have none")
     parser.add_argument("--product", help="name every container as this one product (a PURL or IRI)")
     parser.add_argument("--author", default="runtime-signals", help="OpenVEX author (default: %(default)s)")
+    parser.add_argument("--plan", metavar="PLAN_ID",
+                        help="add to each OpenVEX statement what this probe plan watched, where and for how long "
+                             "(from the plan status topic; `signals plan status`)")
     parser.add_argument("-o", "--output", type=Path, help="write here instead of standard output")
 
 
@@ -261,6 +264,8 @@ def run_export(args: argparse.Namespace) -> int:
     summaries = list(client.summaries(args.container, since_us=_us(args.since), until_us=_us(args.until)))
     if functions is not None:
         text, findings = evidence_document(args, summaries, functions=functions)
+        if getattr(args, "plan", None):
+            text = _with_plan_coverage(args, text)
         found = f"{len(findings)} finding(s), {sum(1 for f in findings if f.answer.reached)} reached"
     else:
         target = _target(args)
@@ -283,6 +288,22 @@ def run_export(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _with_plan_coverage(args: argparse.Namespace, text: str) -> str:
+    """The OpenVEX document with each statement's status_notes saying what the plan watched."""
+    from runtime_signals.cli.plan import read_statuses
+    from runtime_signals.evidence.plan import watched_notes
+
+    if args.format != "openvex":
+        raise QueryError("--plan: only --format openvex carries the plan's coverage (status_notes)")
+    statuses = [s for s in read_statuses(args) if s["plan_id"] == args.plan]
+    document = json.loads(text)
+    for statement in document["statements"]:
+        names = [name for function in _vulnerable_functions(args)
+                 if function.vulnerability == statement["vulnerability"]["name"] for name in function.names]
+        statement["status_notes"] = statement.get("status_notes", "") + "\n" + watched_notes(statuses, names)
+    return json.dumps(document, indent=2) + "\n"
 
 
 def _picture_title(topic: str, args: argparse.Namespace, target: Target | None) -> str:

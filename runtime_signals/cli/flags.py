@@ -50,6 +50,7 @@ AGENT_FLAGS: tuple[Flag, ...] = tuple(Flag(group, flag, "agent", name) for group
     ("probes", "--watermark-interval-ms", "watermark_interval_ms"),
     ("probes", "--target-rescan-interval-ms", "target_rescan_interval_ms"),
     ("probes", "--no-hold-processes", "hold_processes"),
+    ("probes", "--no-plans", "plans"),
     ("overhead control", "--no-dedup", "dedup"),
     ("overhead control", "--dedup-entries", "dedup_entries"),
     ("probes", "--unwind-rows", "unwind_rows"),

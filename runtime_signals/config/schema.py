@@ -208,6 +208,13 @@ class AgentSettings:
     hold_heartbeat_ms: int = field(default=2000, metadata=_doc(
         "processes are held only while the agent answered within this long: an agent that dies "
         "stops holding after it"))
+    plans: bool = field(default=True, metadata=_doc(
+        "follow the plans topic (docs/plans.md): probe plans published with `signals plan --publish` are "
+        "attached and detached while the agent runs, beside agent.targets, and what each attached is "
+        "published to the plan status topic"))
+    plan_status_interval_ms: int = field(default=5000, metadata=_doc(
+        "how often the agent re-checks what each plan has attached (after rescans found more) and "
+        "publishes the plan's status when it changed"))
     # --- overhead control (README "Agent overhead, drop accounting and delivery") ---
     dedup: bool = field(default=True, metadata=_doc(
         "fold identical calls (same probe, process and stack) in the kernel into one record "

@@ -135,3 +135,21 @@ def _in_range(version: uv.Version, events: Sequence[tuple[str, str]], cls: type[
 
 def _describe(entry: Range) -> str:
     return f"{entry.kind} " + ", ".join(f"{name} {value}" for name, value in entry.events)
+
+
+# OSV ecosystem names -> purl types, for advisories read without a purl (probe plans).
+_PURL_TYPE_OF_ECOSYSTEM = {"Go": "golang", "crates.io": "cargo", "Debian": "deb", "Ubuntu": "deb", "PyPI": "pypi",
+                           "npm": "npm", "Maven": "maven", "Alpine": "apk", "RubyGems": "gem", "NuGet": "nuget",
+                           "Packagist": "composer", "Red Hat": "rpm", "AlmaLinux": "rpm", "Rocky Linux": "rpm"}
+
+
+def is_affected(version: str | None, affected: Mapping[str, Any], ecosystem: str) -> bool | None:
+    """For probe plans (evidence/plan.py): True or False when the OSV entry decides for
+    this version; None when it cannot be told (no version known, no ordering for the
+    ecosystem, a version that does not parse). An entry that names no versions at all
+    answers True: a plan watches what it cannot rule out (a verdict would say unknown)."""
+    entry = AffectedVersions.from_osv(_PURL_TYPE_OF_ECOSYSTEM.get(ecosystem.split(":", 1)[0], ""), affected)
+    if not entry.says_anything:
+        return True
+    status = judge(version, entry).status
+    return True if status == AFFECTED else False if status == NOT_AFFECTED else None

@@ -199,11 +199,19 @@ def test_strimzi_topics_are_those_of_the_code(rendered: dict[str, list[dict[str,
 def test_strimzi_users_translate_to_acls_and_the_agent_reads_nothing(
         rendered: dict[str, list[dict[str, Any]]]) -> None:
     users = {r["metadata"]["name"]: r for r in rendered["overlays/strimzi"] if r["kind"] == "KafkaUser"}
-    assert set(users) == {"runtime-signals-agent", "runtime-signals-processor"}
+    assert set(users) == {"runtime-signals-agent", "runtime-signals-processor", "runtime-signals-plan-writer"}
     names = TopicNames()
     agent = acl_bindings(users["runtime-signals-agent"])
-    assert {b.name for b in agent} == {names.raw, names.modules, names.symbols, names.statistics}
-    assert {b.operation.name for b in agent} == {"WRITE", "DESCRIBE"}
+    assert {b.name for b in agent} == {names.raw, names.modules, names.symbols, names.statistics,
+                                       names.plans, names.plan_status}
+    # The only thing an agent reads is the plans topic, and it cannot write plans.
+    assert {b.name for b in agent if b.operation.name == "READ"} == {names.plans}
+    assert {b.name for b in agent if b.operation.name == "WRITE"} == {
+        names.raw, names.modules, names.symbols, names.statistics, names.plan_status}
+    # The plan writer writes plans, reads the agents' answers, and nothing of the raw data.
+    writer = acl_bindings(users["runtime-signals-plan-writer"])
+    assert {(b.name, b.operation.name) for b in writer if b.operation.name != "DESCRIBE"} == {
+        (names.plans, "WRITE"), (names.plan_status, "READ")}
     processor = acl_bindings(users["runtime-signals-processor"])
     reads = {b.name for b in processor if b.operation.name == "READ" and b.restype.name == "TOPIC"}
     writes = {b.name for b in processor if b.operation.name == "WRITE"}
