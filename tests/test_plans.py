@@ -66,7 +66,9 @@ def test_versions_are_compared_as_their_ecosystem_does() -> None:
     assert is_affected("1:1.2.13.dfsg-1", deb, "Debian:12") is True
     assert is_affected("1:1.3.dfsg-3", deb, "Debian:12") is False
     assert is_affected("1:1.3.1-1", deb, "Debian:12") is True  # dpkg order: 1.3.1 < 1.3.dfsg
-    assert is_affected("1.0", {"ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}]}]}, "npm") is None
+    assert is_affected("1.0", {"ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}]}]}, "npm") is True
+    # An ecosystem without a known ordering cannot be told.
+    assert is_affected("1.0", {"ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "1.0"}]}]}, "Hackage") is None
     assert is_affected(None, deb, "Debian") is None
 
 
