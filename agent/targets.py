@@ -418,10 +418,10 @@ class TargetManager:
                 elif (index, pattern_index) in self._broad:
                     self._set_missing(key, self._broad[(index, pattern_index)])
                 elif (index, pattern_index) in self._no_dwarf:
-                    self._set_missing(key, f"symbol {pattern!r} has no out-of-line calls we can see in "
-                                      f"{', '.join(sorted(files.values()))}: it is not in the symbol table, and "
-                                      "without DWARF (build with -g, or install the debug file) copies inlined into "
-                                      f"its callers cannot be found ({self._no_dwarf[(index, pattern_index)]})")
+                    self._set_missing(key, f"symbol {pattern!r} not found in {', '.join(sorted(files.values()))}: "
+                                      "no out-of-line calls we can see (not in the symbol table), and without DWARF "
+                                      "(build with -g, or install the debug file) copies inlined into its callers "
+                                      f"cannot be found ({self._no_dwarf[(index, pattern_index)]})")
                 else:
                     self._set_missing(key, f"symbol {pattern!r} not found in {', '.join(sorted(files.values()))}")
 

@@ -28,7 +28,7 @@ from runtime_signals.processor.errors import ConfigError
 from runtime_signals.processor.intake import DEFAULT_LIMITS, CallRecord, Limits, Rejected, WatermarkRecord, read_raw
 from runtime_signals.processor.latest import ContainerState
 from runtime_signals.processor.output_bounds import fit_summary, refresh_summary, unnamed_path
-from runtime_signals.schemas.hashing import callstack_hash
+from runtime_signals.schemas.hashing import RECIPE_V2, callstack_hash, callstack_hash_v2
 from runtime_signals.schemas.topics import LARGE_RECORD_MAX_BYTES
 from runtime_signals.processor.symbolize import SymbolSource
 from runtime_signals.processor.watermarks import ClockState, EventClock
@@ -381,7 +381,8 @@ class Engine:
             encoded = codec.encode(path, CALL_PATH, self._registry)
             if len(encoded) > self.settings.max_path_bytes:
                 if identities is None:
-                    identities = {callstack_hash(p.identities): p.identities for p in window.paths.values()}
+                    by_recipe = (callstack_hash_v2 if path.get("hash_recipe") == RECIPE_V2 else callstack_hash)
+                    identities = {by_recipe(p.identities): p.identities for p in window.paths.values()}
                 unnamed_path(path, identities[path["callstack_hash"]])  # also in the summary: same dict
                 encoded = codec.encode(path, CALL_PATH, self._registry)
                 self.counts["paths_unnamed_oversize"] += 1

@@ -26,12 +26,23 @@ Encode = Callable[[dict[str, Any]], bytes]
 
 
 def unnamed_path(record: dict[str, Any], identities: Sequence[str]) -> None:
-    """Rewrite a path record in place as its unnamed form (frame identities only)."""
-    purls = [record["purl"]] * len(identities)  # the path's PURL is its top frame's
-    node_hashes = [hashing.node_hash(purl if i == len(identities) - 1 else None, identity)
-                   for i, (purl, identity) in enumerate(zip(purls, identities))]
+    """Rewrite a path record in place as its unnamed form (frame identities only), its
+    hashes recomputed by the record's own recipe (HASHING.md)."""
+    count = len(identities)
+    if record.get("hash_recipe") == hashing.RECIPE_V2:
+        # v2: a frame no symbol names is named by its place in its file (§13), in its module.
+        signatures = [hashing.unresolved_signature(digest, offset)
+                      for digest, offset in zip(record["binary_digests"], record["binary_offsets"], strict=True)]
+        node_hashes = [hashing.node_hash_v2(module, signature)
+                       for module, signature in zip(record["purls"], signatures, strict=True)]
+        record.update(symbols=list(identities), function_signatures=signatures, libraries=[None] * count,
+                      node_hashes=node_hashes, path_hash=hashing.path_hash_v2(node_hashes))
+        return
+    purls = [record["purl"]] * count  # the path's PURL is its top frame's
+    node_hashes = [hashing.node_hash(purl if i == count - 1 else None, identity)
+                   for i, (purl, identity) in enumerate(zip(purls, identities, strict=True))]
     record.update(symbols=list(identities), function_signatures=list(identities),
-                  libraries=[None] * len(identities), node_hashes=node_hashes,
+                  libraries=[None] * count, node_hashes=node_hashes,
                   path_hash=hashing.path_hash(node_hashes))
 
 
@@ -39,9 +50,11 @@ def refresh_summary(summary: dict[str, Any]) -> None:
     """The summary fields derived from its call paths, after paths changed."""
     paths = sorted(summary["call_paths"], key=lambda r: (r["path_hash"], r["callstack_hash"]))
     path_hashes = sorted({p["path_hash"] for p in paths})
+    combined = (hashing.combined_path_hash_v2 if summary.get("hash_recipe") == hashing.RECIPE_V2
+                else hashing.combined_path_hash)
     summary.update(call_paths=paths, observed_symbols=sorted({s for p in paths for s in p["symbols"]}),
                    observed_node_hashes=sorted({h for p in paths for h in p["node_hashes"]}),
-                   observed_path_hashes=path_hashes, combined_path_hash=hashing.combined_path_hash(path_hashes))
+                   observed_path_hashes=path_hashes, combined_path_hash=combined(path_hashes))
 
 
 def fit_summary(summary: dict[str, Any], encode: Encode, max_bytes: int) -> tuple[bytes, int]:

@@ -45,11 +45,15 @@ def test_a_host_process_gets_the_machine_id() -> None:
 
 
 def test_the_host_id_falls_back_from_machine_id_to_hostname(tmp_path: Path) -> None:
-    (tmp_path / "hostname").write_text("node-7\n")
-    assert host_id(tmp_path) == "host:node-7"
-    (tmp_path / "machine-id").write_text("0123456789abcdef0123456789abcdef\n")
-    assert host_id(tmp_path) == "host:0123456789abcdef0123456789abcdef"
-    assert host_id(tmp_path / "missing") == "host:unknown"
+    # host_id reads the node's files through host_root (the agent in a container: /proc/1/root).
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "hostname").write_text("node-7\n")
+    assert host_id(tmp_path, etc=tmp_path / "none") == "host:node-7"
+    assert host_id(tmp_path, node_name="node-9", etc=tmp_path / "none") == "host:node-9"
+    (etc / "machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    assert host_id(tmp_path, node_name="node-9", etc=tmp_path / "none") == "host:0123456789abcdef0123456789abcdef"
+    assert host_id(tmp_path / "missing", etc=tmp_path / "none") == "host:unknown"
 
 
 # --- real cgroups, real processes ---------------------------------------------------------
