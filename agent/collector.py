@@ -24,6 +24,8 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
+from cachetools import LRUCache
+
 from runtime_signals.schemas import codec
 from runtime_signals.schemas.topics import TopicNames
 
@@ -49,6 +51,10 @@ STATISTICS = "io.runtimesignals.SignalStatistics"
 WATERMARK_SAFETY_NS = 5_000_000
 # The pump is healthy while its loop has turned within this long.
 HEALTHY_WITHIN_NS = 30_000_000_000
+# Call-path keys remembered to tell a new path from a known one (the adaptive budget's
+# signal and unique_call_paths). About 150 bytes each; past the bound the least recently
+# seen is forgotten, and seen again it counts as new once more.
+MAX_PATH_KEYS = 1 << 17
 
 
 @dataclass
@@ -63,6 +69,7 @@ class CollectorSettings:
     symbol_chunk_max_bytes: int = MAX_CHUNK_BYTES
     statistics_interval_ms: int = 10_000
     budget: BudgetSettings = field(default_factory=BudgetSettings)
+    max_path_keys: int = MAX_PATH_KEYS
 
 
 class Collector:
@@ -84,7 +91,8 @@ class Collector:
         self.events_published = 0  # records
         self.calls_published = 0
         self.agent_dropped_calls: Counter[str] = Counter()
-        self._paths: set[bytes] = set()
+        self._paths: LRUCache[bytes, bool] = LRUCache(settings.max_path_keys)
+        self.new_paths_total = 0  # distinct since start, exactly while under max_path_keys
         self._new_paths: Counter[int] = Counter()  # per probe index, since the last budget tick
         self._budget = Budget(settings.budget)
         self._stats = StatsTracker()
@@ -137,8 +145,9 @@ class Collector:
         path_key = hashlib.blake2b(repr((call.probe_index, [(f.binary_digest, f.binary_offset) if f.binary_digest
                                                             else f.address for f in frames])).encode(),
                                    digest_size=16).digest()
-        if path_key not in self._paths:
-            self._paths.add(path_key)
+        if self._paths.get(path_key) is None:  # get() refreshes a known key's recency
+            self._paths[path_key] = True
+            self.new_paths_total += 1
             self._new_paths[call.probe_index] += 1
         container_id = process.container_id
         bottom_to_top = list(reversed(frames))
@@ -247,9 +256,18 @@ class Collector:
         publisher = self._publisher
         delivery = DeliveryFigures(publisher.delivered_calls, publisher.pending_calls,
                                    dict(publisher.dropped_calls_by_reason), publisher.spool_bytes)
-        self.latest = self._stats.take(kernel, delivery, len(self._paths), dict(self.agent_dropped_calls),
-                                       tuple(figures))
+        self.latest = self._stats.take(kernel, delivery, self.new_paths_total, dict(self.agent_dropped_calls),
+                                       tuple(figures), self.cache_sizes())
         return self.latest
+
+    def cache_sizes(self) -> dict[str, int]:
+        """Entries in every long-lived cache and queue of the agent, for /metrics: each is
+        bounded, and a figure that keeps rising on a steady workload is a leak."""
+        sizes = {"path_keys": len(self._paths)}
+        sizes.update(self._processes.sizes())
+        sizes.update(self._symbol_tables.sizes())
+        sizes.update(self._module_maps.sizes())
+        return sizes
 
     def publish_statistics(self) -> Snapshot:
         snapshot = self.take_snapshot()

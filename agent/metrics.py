@@ -78,6 +78,11 @@ class SnapshotCollector(Collector):
         yield attached
         yield probe_calls
         yield detached
+        caches = GaugeMetricFamily(f"{PREFIX}_cache_entries",
+                                   "Entries in each long-lived cache or queue (each is bounded)", labels=["cache"])
+        for name, entries in sorted(snapshot.caches.items()):
+            caches.add_metric([name], entries)
+        yield caches
 
 
 class HealthServer:

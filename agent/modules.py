@@ -4,6 +4,10 @@ with its digest, build id and package, published to the compacted modules topic.
 A map is built off the event pump's thread: it digests every mapped file the process
 has (a JVM maps a hundred), which the pump must not wait for. The DigestCache is shared
 with the pump, so a file is still hashed once.
+
+Bounded: at most MAX_QUEUED maps wait; a map offered to a full queue is counted
+("queue_full") and not published (the processor then names that process's packages only
+from other maps, and its windows may wait out their symbol wait: both counted there).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from cachetools import LRUCache
+
 from runtime_signals.schemas import codec
 
 from runtime_signals.agent.processes import NodeFiles, ProcessInfo
@@ -26,6 +32,8 @@ from runtime_signals.agent.symtab import read_build_id
 log = logging.getLogger(__name__)
 
 MODULE_MAP = "io.runtimesignals.ModuleMap"
+MAX_QUEUED = 4096
+MAX_BUILD_IDS = 1 << 16
 
 
 def module_map_key(host: str, pid: int, start_ticks: int) -> str:
@@ -41,7 +49,11 @@ class ModuleMapBuilder:
         self._purls = node.purls
         self.host = host
         self._agent_id = agent_id
-        self._build_ids: dict[FileIdentity, str | None] = {}
+        self._build_ids: LRUCache[FileIdentity, str | None] = LRUCache(MAX_BUILD_IDS)
+
+    @property
+    def build_ids_cached(self) -> int:
+        return len(self._build_ids)
 
     def _build_id(self, path: Path) -> str | None:
         identity = file_identity(path)
@@ -87,18 +99,25 @@ class ModuleMapPublisher:
         self._topic = topic
         self._registry = registry
         self._builder = builder
-        self._queue: queue.Queue[tuple[ProcessInfo, list[Mapping], int] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[ProcessInfo, list[Mapping], int] | None] = queue.Queue(MAX_QUEUED)
         self.counts: Counter[str] = Counter()
         self._thread = threading.Thread(target=self._work, name="module-maps", daemon=True)
         self._thread.start()
 
     def offer(self, process: ProcessInfo, mappings: list[Mapping], version: int) -> None:
         """Queue the map of process (ProcessTable calls this on first sight and on change)."""
-        self._queue.put((process, list(mappings), version))
+        try:
+            self._queue.put_nowait((process, list(mappings), version))
+        except queue.Full:
+            self.counts["queue_full"] += 1
+
+    def sizes(self) -> dict[str, int]:
+        """Entries held, for /metrics."""
+        return {"module_maps_queued": self._queue.qsize(), "build_ids": self._builder.build_ids_cached}
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Publish the maps already offered, then stop the worker."""
-        self._queue.put(None)
+        self._queue.put(None, timeout=timeout_s)
         self._thread.join(timeout_s)
 
     def _work(self) -> None:

@@ -85,6 +85,7 @@ class ProcessTable:
         self._containers = ContainerResolver(proc_root, cgroups=node.cgroups)
         self._runtimes = RuntimeResolver(proc_root)
         self._pods = node.pods
+        self._cgroups = node.cgroups
         self._on_new_binary = on_new_binary
         self._on_module_map = on_module_map
         self._info: dict[int, ProcessInfo] = {}
@@ -149,9 +150,22 @@ class ProcessTable:
             by_path[path] = self.purls.purl(self._proc_root / str(pid) / "root", path)
         return by_path[path]
 
+    def sizes(self) -> dict[str, int]:
+        """Entries held here and in the caches shared with the node, for /metrics."""
+        sizes = {"processes": len(self._info), "runtimes": self._runtimes.size(), "process_purls": len(self._purls),
+                 "digests": len(self.digests), "containers": self._containers.size(),
+                 "cgroups": len(self._cgroups), "pods": len(self._pods)}
+        sizes.update(self.maps.sizes())
+        sizes.update(self.purls.sizes())
+        return sizes
+
     def forget_exited(self) -> int:
         """Drop what is known of processes that have exited; returns how many."""
-        gone = [pid for pid in self.maps.known_pids() if not (self._proc_root / str(pid)).exists()]
+        # Every table keyed by pid: a process whose calls were all filtered out was described
+        # (its container, for the selector) without its maps ever being read.
+        known = set(self.maps.known_pids()) | set(self._info) | set(self._purls) | set(self._containers.known_pids())
+        known |= set(self._runtimes.known_pids()) | set(self._reported_versions)
+        gone = [pid for pid in known if not (self._proc_root / str(pid)).exists()]
         for pid in gone:
             self.maps.forget(pid)
             self._containers.forget(pid)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from cachetools import LRUCache
+
 
 @dataclass(frozen=True, slots=True)
 class Mapping:
@@ -77,28 +79,51 @@ def file_identity(path: str | os.PathLike[str]) -> FileIdentity | None:
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+# Distinct file versions whose digest is kept: a node that pulls new images for months
+# meets ever more files; the least recently used digest is computed again if needed.
+MAX_CACHED_DIGESTS = 1 << 16
+
+
 class DigestCache:
     """SHA-256 digests of files, keyed by their identity so a file is read once, whichever
-    path (host, /proc/<pid>/root/...) and whichever thread asks."""
+    path (host, /proc/<pid>/root/...) and whichever thread asks. At most max_entries
+    digests are kept (least recently used first out).
 
-    def __init__(self, chunk_bytes: int = 1 << 20) -> None:
+    Two threads asking for the same new file wait for one read of it; threads asking for
+    other files never wait: each file being hashed has its own lock, so the event pump is
+    not held behind the module-map worker hashing a large binary it does not need."""
+
+    def __init__(self, chunk_bytes: int = 1 << 20, max_entries: int = MAX_CACHED_DIGESTS) -> None:
         self._chunk_bytes = chunk_bytes
-        self._by_identity: dict[FileIdentity, str] = {}
-        self._lock = threading.Lock()
+        self._by_identity: LRUCache[FileIdentity, str] = LRUCache(max_entries)
+        self._lock = threading.Lock()  # guards the two dicts only, never held across a read
+        self._hashing: dict[FileIdentity, threading.Lock] = {}
         self.files_hashed = 0
+
+    def __len__(self) -> int:
+        return len(self._by_identity)
+
+    def known(self, path: str | os.PathLike[str]) -> str | None:
+        """The digest if it is already known, without reading the file."""
+        identity = file_identity(path)
+        if identity is None:
+            return None
+        with self._lock:
+            return self._by_identity.get(identity)
 
     def digest(self, path: str | os.PathLike[str]) -> str | None:
         """'sha256:<hex>' of the file, or None when it cannot be read (gone, no access)."""
         identity = file_identity(path)
         if identity is None:
             return None
-        cached = self._by_identity.get(identity)
-        if cached is not None:
-            return cached
-        # One hasher at a time: the event pump and the module-map worker may meet the same
-        # new file, and reading it twice would double the cost this cache exists to avoid.
         with self._lock:
             cached = self._by_identity.get(identity)
+            if cached is not None:
+                return cached
+            file_lock = self._hashing.setdefault(identity, threading.Lock())
+        with file_lock:
+            with self._lock:
+                cached = self._by_identity.get(identity)
             if cached is not None:
                 return cached
             hasher = hashlib.sha256()
@@ -107,10 +132,14 @@ class DigestCache:
                     while chunk := handle.read(self._chunk_bytes):
                         hasher.update(chunk)
             except OSError:
-                return None
-            value = "sha256:" + hasher.hexdigest()
-            self._by_identity[identity] = value
-            self.files_hashed += 1
+                value = None
+            else:
+                value = "sha256:" + hasher.hexdigest()
+            with self._lock:
+                if value is not None:
+                    self._by_identity[identity] = value
+                    self.files_hashed += 1
+                self._hashing.pop(identity, None)
             return value
 
 
@@ -132,7 +161,8 @@ class _ProcessView:
         self.digests: dict[Mapping, str | None] = {}  # once per (process, mapping)
         self.addresses: dict[int, ResolvedAddress] = {}
         # Addresses in no mapping as of the last read: re-reading the maps for them again
-        # would cost a read per call when a walk yields junk words.
+        # would cost a read per call when a walk yields junk words. Cleared past
+        # MAX_CACHED_ADDRESSES like the addresses (a clear costs one re-read of the maps).
         self.misses: set[int] = set()
 
 
@@ -163,6 +193,12 @@ class ProcessMaps:
 
     def known_pids(self) -> list[int]:
         return list(self._by_pid)
+
+    def sizes(self) -> dict[str, int]:
+        """Entries held, for /metrics: processes, resolved addresses and misses over them."""
+        views = list(self._by_pid.values())
+        return {"process_maps": len(views), "resolved_addresses": sum(len(v.addresses) for v in views),
+                "address_misses": sum(len(v.misses) for v in views)}
 
     def mappings(self, pid: int, refresh: bool = False) -> list[Mapping]:
         return self._view(pid, refresh).mappings
@@ -200,6 +236,8 @@ class ProcessMaps:
         if unknown:
             view = self._view(pid, refresh=True)
             resolved = [r if r.path is not None else self._resolve_one(pid, view, r.address) for r in resolved]
+            if len(view.misses) >= MAX_CACHED_ADDRESSES:
+                view.misses.clear()
             view.misses.update(r.address for r in resolved if r.path is None)
         return resolved
 

@@ -73,6 +73,12 @@ class RuntimeResolver:
     def forget(self, pid: int) -> None:
         self._by_pid.pop(pid, None)
 
+    def size(self) -> int:
+        return len(self._by_pid)
+
+    def known_pids(self) -> list[int]:
+        return list(self._by_pid)
+
     def runtime(self, pid: int, mapped_paths: Callable[[], list[str]]) -> RuntimeType:
         """The process's runtime; mapped_paths is called only when it is not known yet."""
         cached = self._by_pid.get(pid)

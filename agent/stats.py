@@ -46,6 +46,7 @@ class Snapshot:
     bpf_run_time_ns: int
     memory_usage_bytes: int
     probes: tuple[ProbeFigures, ...] = field(default_factory=tuple)
+    caches: Mapping[str, int] = field(default_factory=dict)  # entries per long-lived cache/queue
 
     @property
     def dropped_events(self) -> int:
@@ -115,7 +116,8 @@ class StatsTracker:
         self._started = (time.monotonic_ns(), 0, agent_cpu_ns(), 0)
 
     def take(self, kernel: KernelFigures, delivery: DeliveryFigures, unique_call_paths: int,
-             agent_dropped_calls: Mapping[str, int], probes: tuple[ProbeFigures, ...]) -> Snapshot:
+             agent_dropped_calls: Mapping[str, int], probes: tuple[ProbeFigures, ...],
+             caches: Mapping[str, int] | None = None) -> Snapshot:
         now_ns = time.monotonic_ns()
         cpu_ns = agent_cpu_ns()
         calls = kernel.counters.get("calls", 0)
@@ -150,4 +152,5 @@ class StatsTracker:
             bpf_run_time_ns=bpf_ns,
             memory_usage_bytes=resident_bytes() + kernel.map_memory_bytes,
             probes=probes,
+            caches=dict(caches or {}),
         )

@@ -24,6 +24,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from cachetools import LRUCache
+
 from runtime_signals.agent.config import TargetSettings
 from runtime_signals.agent.errors import ProbeError
 from runtime_signals.agent.identity import ContainerResolver, PodDirectory
@@ -36,6 +38,9 @@ from runtime_signals.agent.selectors import ProcessSelector, SymbolIndex, Target
 log = logging.getLogger(__name__)
 
 Attach = Callable[[ProbeSpec], AttachedProbe]
+# Symbol indexes kept (one per file version): a file's index is needed while its targets
+# are resolved, then only if another target names it; a large library's index is megabytes.
+MAX_SYMBOL_INDEXES = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +114,7 @@ class TargetManager:
         self._selectors = [ProcessSelector.of(t) for t in targets]
         self._containers = ContainerResolver(proc_root)
         self._pods = pods or PodDirectory()
-        self._symbols: dict[tuple[int, int], SymbolIndex] = {}
+        self._symbols: LRUCache[tuple[int, int], SymbolIndex] = LRUCache(MAX_SYMBOL_INDEXES)
         self._probe_ids: dict[tuple[tuple[int, int], str], str] = {}  # (file, symbol) -> probe id
         self._done: set[tuple[tuple[int, int], int]] = set()          # (file, target) handled
         self._files: list[dict[tuple[int, int], str]] = [{} for _ in targets]
@@ -286,6 +291,10 @@ class TargetManager:
     def _clear_missing(self, key: str) -> None:
         if self.missing.pop(key, None) is not None:
             log.info("%s: found now", key)
+
+    def sizes(self) -> dict[str, int]:
+        """Entries held, for /metrics."""
+        return {"symbol_indexes": len(self._symbols), "target_files": len(self._done)}
 
     def counters(self) -> dict[str, int]:
         """For the statistics: targets whose binary or symbols are missing, probes in place."""

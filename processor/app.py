@@ -367,7 +367,8 @@ class Worker:
         self._exposition.collector.status = metrics.Status(
             counts=dict(self.engine.counts), events_per_second=(total - events) / max(1e-3, now - at),
             open_windows=self.engine.open_windows(), pending_windows=self.engine.pending_windows(),
-            symbol_tables=len(self._symbols), lag_records=lag, watermarks_us=self.engine.watermarks_us())
+            symbol_tables=len(self._symbols), lag_records=lag, watermarks_us=self.engine.watermarks_us(),
+            caches=self._symbols.sizes())
 
     # -- running ---------------------------------------------------------------------
 

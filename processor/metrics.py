@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -44,6 +44,7 @@ class Status:
     symbol_tables: int = 0
     lag_records: Mapping[int, int] = field(default_factory=dict)
     watermarks_us: Mapping[int, int] = field(default_factory=dict)
+    caches: Mapping[str, int] = field(default_factory=dict)  # entries per long-lived cache
 
 
 class StatusCollector(Collector):
@@ -78,6 +79,11 @@ class StatusCollector(Collector):
         for partition, watermark_us in sorted(status.watermarks_us.items()):
             watermark.add_metric([str(partition)], watermark_us / 1e6)
         yield watermark
+        caches = GaugeMetricFamily(PREFIX + "cache_entries", "Entries in each long-lived cache (symbol store).",
+                                   labels=["cache"])
+        for name, entries in sorted(status.caches.items()):
+            caches.add_metric([name], entries)
+        yield caches
 
 
 class Exposition:
@@ -90,6 +96,8 @@ class Exposition:
         self.collector = StatusCollector()
         self._registry = CollectorRegistry()
         self._registry.register(self.collector)
+        # process_resident_memory_bytes and friends: the soak benchmark's processor figure.
+        ProcessCollector(registry=self._registry)
 
     def render(self) -> bytes:
         return generate_latest(self._registry)

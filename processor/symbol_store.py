@@ -22,10 +22,11 @@ class _Table:
     chunks: dict[int, list[tuple[int, int, str]]] = field(default_factory=dict)
     starts: list[int] = field(default_factory=list)
     entries: list[tuple[int, int, str]] = field(default_factory=list)
+    indexed: bool = False
 
     @property
     def complete(self) -> bool:
-        return len(self.chunks) == self.chunk_count
+        return self.indexed or len(self.chunks) == self.chunk_count
 
     def index(self) -> None:
         # Aliases share a start: keep the largest, then the smallest name, so the choice
@@ -37,6 +38,9 @@ class _Table:
                 by_start[start] = (start, size, name)
         self.entries = [by_start[start] for start in sorted(by_start)]
         self.starts = sorted(by_start)
+        # The chunks are not needed once indexed: keeping them would hold every symbol twice.
+        self.chunks = {}
+        self.indexed = True
 
 
 class SymbolStore:
@@ -50,10 +54,23 @@ class SymbolStore:
     def __len__(self) -> int:
         return len(self._tables)
 
+    def sizes(self) -> dict[str, int]:
+        """What the store holds, for /metrics: tables, chunks waiting for the rest of their
+        table (indexed tables keep none), symbols indexed, and packages known."""
+        return {"symbol_tables": len(self._tables),
+                "symbol_chunks_waiting": sum(len(t.chunks) for t in self._tables.values()),
+                "symbols_indexed": sum(len(t.entries) for t in self._tables.values()),
+                "binary_purls": len(self._purls)}
+
     def add(self, record: dict[str, Any]) -> None:
         """Take one SymbolTable chunk (chunks may come in any order, and again)."""
         digest = record["binary_digest"]
         table = self._tables.get(digest)
+        if table is not None and table.indexed and table.chunk_count == record["chunk_count"]:
+            # A chunk again (an agent restarted, or another node has the same binary): a
+            # digest names one file, so the table it belongs to is the one already indexed.
+            self.counts["chunks_repeated"] += 1
+            return
         if table is None or table.chunk_count != record["chunk_count"]:
             table = self._tables[digest] = _Table(record["chunk_count"])
         table.chunks[record["chunk_index"]] = [

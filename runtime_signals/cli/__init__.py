@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     kafka.add_argument("--bootstrap", default=None,
                        help="with topics: the cluster to create them on (default: $KAFKA_BOOTSTRAP_SERVERS, "
                             "else the local broker)")
+    kafka.add_argument("--output-retention-ms", type=int, default=None,
+                       help="with topics: retention of the summaries, paths and latest-state topics "
+                            "(default: kafka.output_retention_ms, 30 days)")
     kafka.add_argument("--replication-factor", type=int, default=1,
                        help="with topics: replicas of each topic (default: %(default)s; 3 on a production cluster)")
     kafka.add_argument("--config", metavar="FILE",
@@ -178,14 +181,16 @@ def _create_topics(args: argparse.Namespace, local_bootstrap: str) -> int:
     configured = args.config or any(os.environ.get(name) for name in (
         CONFIG_ENV, "KAFKA_BOOTSTRAP_SERVERS", "SIGNALS_KAFKA__BOOTSTRAP_SERVERS"))
     bootstrap = args.bootstrap or (None if configured else local_bootstrap)
-    client = load_config(args.config, flags={"kafka.bootstrap_servers": bootstrap}).kafka.librdkafka_config()
+    kafka_settings = load_config(args.config, flags={"kafka.bootstrap_servers": bootstrap,
+                                                     "kafka.output_retention_ms": args.output_retention_ms}).kafka
+    client = kafka_settings.librdkafka_config()
     names = TopicNames().with_prefix(args.topic_prefix)
     try:
         # A refused password or certificate is reported now, not as a create timeout.
         check_access(client)
         localkafka.ensure_topics(client["bootstrap.servers"], [
             localkafka.TopicSpec(t.name, t.partitions, t.config, args.replication_factor)
-            for t in topic_settings(names, args.partitions)
+            for t in topic_settings(names, args.partitions, kafka_settings.output_retention_ms)
         ], client_config=client)
     except (KafkaSecurityError, localkafka.LocalKafkaError) as exc:
         print(f"signals kafka topics: {exc}", file=sys.stderr)
