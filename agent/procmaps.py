@@ -236,9 +236,11 @@ class ProcessMaps:
         if unknown:
             view = self._view(pid, refresh=True)
             resolved = [r if r.path is not None else self._resolve_one(pid, view, r.address) for r in resolved]
-            if len(view.misses) >= MAX_CACHED_ADDRESSES:
-                view.misses.clear()
-            view.misses.update(r.address for r in resolved if r.path is None)
+            for r in resolved:
+                if r.path is None:
+                    if len(view.misses) >= MAX_CACHED_ADDRESSES:
+                        view.misses.clear()
+                    view.misses.add(r.address)
         return resolved
 
     def _resolve_one(self, pid: int, view: _ProcessView, address: int) -> ResolvedAddress:
