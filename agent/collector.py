@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from cachetools import LRUCache
@@ -55,6 +55,11 @@ HEALTHY_WITHIN_NS = 30_000_000_000
 # signal and unique_call_paths). About 150 bytes each; past the bound the least recently
 # seen is forgotten, and seen again it counts as new once more.
 MAX_PATH_KEYS = 1 << 17
+# A call whose stack runs through a file not hashed yet waits (parked) while the background
+# hasher reads it, instead of the pump reading it: at most this many records, this long.
+# Past either bound it is published with those frames' digests unknown (counted).
+MAX_PARKED_RECORDS = 10_000
+MAX_PARKED_NS = 10_000_000_000
 
 
 @dataclass
@@ -105,7 +110,11 @@ class Collector:
         self._module_maps = ModuleMapPublisher(publisher, settings.topics.modules, self._registry,
                                                ModuleMapBuilder(node, settings.host, settings.agent_id))
         self._processes = ProcessTable(on_new_binary=self._symbol_tables.offer,
-                                       on_module_map=self._module_maps.offer, node=node)
+                                       on_module_map=self._module_maps.offer, node=node, background_hashing=True)
+        self._parked: deque[tuple[int, RawCall]] = deque()  # (parked at, monotonic ns), oldest first
+        self._parked_calls = 0
+        self._hashes_seen = 0  # DigestCache.completed when the parked calls were last tried
+        self.records_without_digest = 0  # published with a frame's file not hashed in time
         self._filters = filters or TargetFilters()
         tracer.on_event(self._handle)
 
@@ -125,13 +134,39 @@ class Collector:
             # its target's filter. Only such calls wait; the lock is free otherwise.
             with self.attach_lock:
                 pass
+        self._try_publish(call, None)
+
+    def _try_publish(self, call: RawCall, parked_at_ns: int | None, force: bool = False) -> None:
         try:
-            self._publish_call(call)
+            self._publish_call(call, parked_at_ns, force)
         except Exception:  # a bad record is counted and logged; it never stops the pump
             self.agent_dropped_calls["agent_error"] += call.count
             log.exception("building the record of %d call(s) of pid %d failed", call.count, call.pid)
 
-    def _publish_call(self, call: RawCall) -> None:
+    def _park(self, call: RawCall, parked_at_ns: int) -> None:
+        if len(self._parked) >= MAX_PARKED_RECORDS:
+            oldest_at, oldest = self._parked.popleft()
+            self._parked_calls -= oldest.count
+            self._try_publish(oldest, oldest_at, force=True)
+        self._parked.append((parked_at_ns, call))
+        self._parked_calls += call.count
+
+    def retry_parked(self, force: bool = False) -> None:
+        """Publish the parked calls whose files have been hashed since (all of them when
+        forced, or once they waited MAX_PARKED_NS), in the order they came."""
+        if not self._parked:
+            return
+        completed = self._processes.digests.completed
+        now_ns = time.monotonic_ns()
+        if not force and completed == self._hashes_seen and now_ns - self._parked[0][0] < MAX_PARKED_NS:
+            return
+        self._hashes_seen = completed
+        waiting, self._parked = self._parked, deque()
+        self._parked_calls = 0
+        for parked_at_ns, call in waiting:
+            self._try_publish(call, parked_at_ns, force or now_ns - parked_at_ns >= MAX_PARKED_NS)
+
+    def _publish_call(self, call: RawCall, parked_at_ns: int | None = None, force: bool = False) -> None:
         process = self._processes.describe(call.pid, call.cgroup_id)
         probe = self._probes.get(call.probe_index)
         if probe is not None and not self._filters.accepts(probe.spec.probe_id, process):
@@ -141,6 +176,12 @@ class Collector:
             self.agent_dropped_calls["not_selected"] += call.count
             return
         frames = self._processes.resolve_frames(call.pid, call.frames)
+        if any(f.pending for f in frames):
+            if not force:
+                # Its binary is being hashed off the pump: the record waits, the pump does not.
+                self._park(call, time.monotonic_ns() if parked_at_ns is None else parked_at_ns)
+                return
+            self.records_without_digest += 1
         top = frames[0]
         path_key = hashlib.blake2b(repr((call.probe_index, [(f.binary_digest, f.binary_offset) if f.binary_digest
                                                             else f.address for f in frames])).encode(),
@@ -193,11 +234,16 @@ class Collector:
         collect_started_boot_ns = BootClock.now_boot_ns()
         self._sample_ringbuf()
         self._tracer.collect()
+        self.retry_parked()
         topic = self.settings.topics.raw
         partitions = self._publisher.known_partition_count(topic)
         if partitions is None:
             return  # no metadata yet (broker away since start): the next watermark covers this one
         watermark_us = self._clock.wall_us(collect_started_boot_ns - WATERMARK_SAFETY_NS)
+        if self._parked:
+            # A parked call is produced later: the promise must not pass it. It was
+            # collected after the previous watermark, so this one still never goes back.
+            watermark_us = min(watermark_us, min(self._clock.wall_us(c.boot_ns) for _, c in self._parked))
         self._watermark_sequence += 1
         value = codec.encode({
             "agent_id": self.settings.agent_id,
@@ -254,7 +300,7 @@ class Collector:
                                self._ringbuf_peak_bytes, self._tracer.ringbuf_bytes, self._tracer.memory_bytes())
         self._ringbuf_peak_bytes = 0
         publisher = self._publisher
-        delivery = DeliveryFigures(publisher.delivered_calls, publisher.pending_calls,
+        delivery = DeliveryFigures(publisher.delivered_calls, publisher.pending_calls + self._parked_calls,
                                    dict(publisher.dropped_calls_by_reason), publisher.spool_bytes)
         self.latest = self._stats.take(kernel, delivery, self.new_paths_total, dict(self.agent_dropped_calls),
                                        tuple(figures), self.cache_sizes())
@@ -263,7 +309,7 @@ class Collector:
     def cache_sizes(self) -> dict[str, int]:
         """Entries in every long-lived cache and queue of the agent, for /metrics: each is
         bounded, and a figure that keeps rising on a steady workload is a leak."""
-        sizes = {"path_keys": len(self._paths)}
+        sizes = {"path_keys": len(self._paths), "parked_records": len(self._parked)}
         sizes.update(self._processes.sizes())
         sizes.update(self._symbol_tables.sizes())
         sizes.update(self._module_maps.sizes())
@@ -297,6 +343,7 @@ class Collector:
             self.heartbeat_ns = time.monotonic_ns()
             self._sample_ringbuf()
             self._tracer.poll(self.settings.poll_timeout_ms)
+            self.retry_parked()
             self._publisher.pump()
             self._publisher.poll(0)
             now = time.monotonic()
@@ -316,6 +363,12 @@ class Collector:
         """Detach, collect every call made, publish it and the last statistics, then hand
         everything to Kafka (or to the spool if Kafka cannot take it in time)."""
         self._tracer.detach_all()
+        self._tracer.collect()
+        deadline = time.monotonic() + min(self.settings.shutdown_flush_timeout_s, MAX_PARKED_NS / 1e9)
+        while self._parked and time.monotonic() < deadline:  # the hasher finishes what they wait for
+            time.sleep(0.05)
+            self.retry_parked()
+        self.retry_parked(force=True)
         self.publish_watermark()  # after detaching: nothing is left in the kernel
         self._symbol_tables.close()
         self._module_maps.close()

@@ -76,11 +76,13 @@ def read_start_ticks(proc: Path) -> int:
 
 class ProcessTable:
     def __init__(self, on_new_binary: NewBinaryCallback | None = None, proc_root: Path = Path("/proc"),
-                 on_module_map: ModuleMapCallback | None = None, node: NodeFiles | None = None) -> None:
+                 on_module_map: ModuleMapCallback | None = None, node: NodeFiles | None = None,
+                 background_hashing: bool = False) -> None:
         self._proc_root = proc_root
         node = node or NodeFiles()
         self.digests = node.digests
-        self.maps = ProcessMaps(self.digests, proc_root, on_new_file=self._new_file)
+        self.maps = ProcessMaps(self.digests, proc_root, on_new_file=self._new_file,
+                                background_hashing=background_hashing)
         self.purls = node.purls
         self._containers = ContainerResolver(proc_root, cgroups=node.cgroups)
         self._runtimes = RuntimeResolver(proc_root)
@@ -126,7 +128,7 @@ class ProcessTable:
         frames = self.maps.resolve(pid, addresses)
         version = self.maps.version(pid)
         top = frames[0] if frames else None
-        if top is not None and top.path is not None:
+        if top is not None and top.path is not None and not top.pending:
             frames[0] = ResolvedAddress(top.address, top.path, top.binary_digest, top.binary_offset,
                                         self._purl(pid, version, top.path))
         if self._on_module_map is not None and version and self._reported_versions.get(pid) != version:
@@ -153,7 +155,7 @@ class ProcessTable:
     def sizes(self) -> dict[str, int]:
         """Entries held here and in the caches shared with the node, for /metrics."""
         sizes = {"processes": len(self._info), "runtimes": self._runtimes.size(), "process_purls": len(self._purls),
-                 "digests": len(self.digests), "containers": self._containers.size(),
+                 "digests": len(self.digests), "digests_queued": self.digests.queued(), "containers": self._containers.size(),
                  "cgroups": len(self._cgroups), "pods": len(self._pods)}
         sizes.update(self.maps.sizes())
         sizes.update(self.purls.sizes())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import threading
 from bisect import bisect_right
 from dataclasses import dataclass
@@ -42,6 +43,9 @@ class ResolvedAddress:
     binary_digest: str | None
     binary_offset: int | None
     purl: str | None = None  # set for the probed function's frame only (ProcessTable)
+    # Its file is being hashed on the background hasher: binary_digest is not known yet
+    # (ProcessMaps with background_hashing; the caller asks again later).
+    pending: bool = False
 
 
 def parse_maps(text: str) -> list[Mapping]:
@@ -82,6 +86,8 @@ def file_identity(path: str | os.PathLike[str]) -> FileIdentity | None:
 # Distinct file versions whose digest is kept: a node that pulls new images for months
 # meets ever more files; the least recently used digest is computed again if needed.
 MAX_CACHED_DIGESTS = 1 << 16
+# Files waiting for the background hasher; a file not queued (full) is asked for again later.
+MAX_QUEUED_HASHES = 256
 
 
 class DigestCache:
@@ -99,6 +105,12 @@ class DigestCache:
         self._lock = threading.Lock()  # guards the two dicts only, never held across a read
         self._hashing: dict[FileIdentity, threading.Lock] = {}
         self.files_hashed = 0
+        # Background hashing (lookup()): files that could not be read, files queued.
+        self._unreadable: LRUCache[FileIdentity, bool] = LRUCache(max_entries)
+        self._scheduled: set[FileIdentity] = set()
+        self._queue: queue.Queue[tuple[FileIdentity, str | os.PathLike[str]]] = queue.Queue(MAX_QUEUED_HASHES)
+        self._hasher: threading.Thread | None = None
+        self.completed = 0  # background hashes finished: a change tells waiters to look again
 
     def __len__(self) -> int:
         return len(self._by_identity)
@@ -110,6 +122,47 @@ class DigestCache:
             return None
         with self._lock:
             return self._by_identity.get(identity)
+
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    def lookup(self, path: str | os.PathLike[str]) -> tuple[bool, str | None]:
+        """(settled, digest) without ever reading the file on the caller's thread: settled
+        is False while the file waits for (or is under) the background hasher, which this
+        call asks for it; True with the digest, or with None for a file that cannot be read."""
+        identity = file_identity(path)
+        if identity is None:
+            return True, None
+        with self._lock:
+            cached = self._by_identity.get(identity)
+            if cached is not None:
+                return True, cached
+            if identity in self._unreadable:
+                return True, None
+            if identity in self._scheduled:
+                return False, None
+            try:
+                self._queue.put_nowait((identity, path))
+            except queue.Full:
+                return False, None  # asked again on the caller's next look
+            self._scheduled.add(identity)
+            if self._hasher is None:
+                self._hasher = threading.Thread(target=self._hash_in_background, name="digests", daemon=True)
+                self._hasher.start()
+        return False, None
+
+    def _hash_in_background(self) -> None:
+        while True:
+            identity, path = self._queue.get()
+            try:
+                value = self.digest(path)
+            except Exception:  # never let the hasher die: every later file would wait forever
+                value = None
+            with self._lock:
+                if value is None:
+                    self._unreadable[identity] = True
+                self._scheduled.discard(identity)
+                self.completed += 1
 
     def digest(self, path: str | os.PathLike[str]) -> str | None:
         """'sha256:<hex>' of the file, or None when it cannot be read (gone, no access)."""
@@ -176,7 +229,10 @@ class ProcessMaps:
     file is reported through on_new_file once per (process, mapping)."""
 
     def __init__(self, digests: DigestCache, proc_root: Path = Path("/proc"),
-                 on_new_file: NewFileCallback | None = None) -> None:
+                 on_new_file: NewFileCallback | None = None, background_hashing: bool = False) -> None:
+        # background_hashing: a frame whose file is not hashed yet comes back pending
+        # instead of waiting for the whole file to be read (the event pump's mode).
+        self._background = background_hashing
         self._digests = digests
         self._proc_root = proc_root
         self._on_new_file = on_new_file
@@ -252,7 +308,14 @@ class ProcessMaps:
             digest = view.digests[mapping]
         else:
             # Read through the process's root so files inside containers are found.
-            digest = self._digests.digest(self._proc_root / str(pid) / "root" / mapping.path.lstrip("/"))
+            host_path = self._proc_root / str(pid) / "root" / mapping.path.lstrip("/")
+            if self._background:
+                settled, digest = self._digests.lookup(host_path)
+                if not settled:  # nothing cached: asked again until the hasher is done
+                    return ResolvedAddress(address, mapping.path, None,
+                                           address - mapping.start + mapping.file_offset, pending=True)
+            else:
+                digest = self._digests.digest(host_path)
             view.digests[mapping] = digest
             if digest is not None and self._on_new_file is not None:
                 self._on_new_file(pid, mapping, digest)

@@ -45,6 +45,7 @@ class Status:
     lag_records: Mapping[int, int] = field(default_factory=dict)
     watermarks_us: Mapping[int, int] = field(default_factory=dict)
     caches: Mapping[str, int] = field(default_factory=dict)  # entries per long-lived cache
+    feed_errors: Mapping[str, int] = field(default_factory=dict)  # symbols/modules consumer errors, by name
 
 
 class StatusCollector(Collector):
@@ -84,6 +85,12 @@ class StatusCollector(Collector):
         for name, entries in sorted(status.caches.items()):
             caches.add_metric([name], entries)
         yield caches
+        errors = CounterMetricFamily(PREFIX + "feed_errors", "Errors reading the symbols and modules topics, by "
+                                     "librdkafka error name (retried by librdkafka; a fatal one stops the worker).",
+                                     labels=["error"])
+        for name, count in sorted(status.feed_errors.items()):
+            errors.add_metric([name], count)
+        yield errors
 
 
 class Exposition:

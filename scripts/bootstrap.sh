@@ -65,8 +65,14 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 stamp=$venv/.runtime-signals-installed
-if [ ! -e "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ] || ! "$venv/bin/python" -c 'import runtime_signals' 2>/dev/null \
-   || [ "$("$venv/bin/python" -c 'import runtime_signals, os; print(os.path.dirname(os.path.dirname(runtime_signals.__file__)))')" != "$repo" ]; then
+# Where the virtualenv's runtime_signals comes from, asked from outside the repository (cd /)
+# and isolated (-I: no $PYTHONPATH, no current directory on sys.path): run from the repo,
+# Python would import the package from the current directory and a virtualenv whose
+# editable install points at a deleted or another clone would look up to date.
+installed_from() {
+  (cd / && "$venv/bin/python" -I -c 'import os, runtime_signals; print(os.path.dirname(os.path.dirname(os.path.realpath(runtime_signals.__file__))))') 2>/dev/null
+}
+if [ ! -e "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ] || [ "$(installed_from)" != "$(cd "$repo" && pwd -P)" ]; then
   say "installing runtime-signals (editable) and its dependencies into $venv"
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q -e "$repo[test]"

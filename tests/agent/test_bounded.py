@@ -91,3 +91,30 @@ def test_addresses_in_no_mapping_are_remembered_up_to_the_bound() -> None:
     assert maps.sizes() == {"process_maps": 0, "resolved_addresses": 0, "address_misses": 0}
 
 
+
+
+def test_the_pump_gets_pending_frames_instead_of_waiting_for_a_hash(tmp_path: Path) -> None:
+    """With background hashing (the event pump's mode) a frame of a file not hashed yet
+    comes back at once, pending, while the hasher reads it; asked again later it carries
+    the digest. The hasher is held up here by a FIFO queued first, as by a huge binary."""
+    table = ProcessTable(background_hashing=True)
+    fifo = tmp_path / "slow"
+    os.mkfifo(fifo)
+    assert table.digests.lookup(fifo) == (False, None)  # the hasher now blocks opening it
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        time.sleep(0.1)
+        text = next(m for m in ProcessMaps(DigestCache()).mappings(child.pid) if m.path.endswith("/sleep"))
+        frames = table.resolve_frames(child.pid, (text.start,))
+        assert frames[0].pending and frames[0].binary_digest is None and frames[0].path == text.path
+        assert table.sizes()["digests_queued"] >= 1
+        with open(fifo, "wb"):
+            pass  # the hasher goes on to sleep's binary
+        deadline = time.monotonic() + 10
+        while table.resolve_frames(child.pid, (text.start,))[0].pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        done = table.resolve_frames(child.pid, (text.start,))[0]
+        assert not done.pending and done.binary_digest == DigestCache().digest(f"/proc/{child.pid}/exe")
+    finally:
+        child.kill()
+        child.wait()
