@@ -22,7 +22,8 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from cachetools import LRUCache
 
@@ -33,12 +34,23 @@ from runtime_signals.agent.budget import Action, Budget, BudgetSettings
 from runtime_signals.agent.clock import BootClock
 from runtime_signals.agent.errors import ProbeError
 from runtime_signals.agent.modules import ModuleMapBuilder, ModuleMapPublisher
-from runtime_signals.agent.probes import FLAG_STACK_TRUNCATED, AttachedProbe, CallTracer, RawCall
+from runtime_signals.agent.probes import FLAG_STACK_TRUNCATED, AttachedProbe, CallTracer, ProbeSpec, RawCall
 from runtime_signals.agent.processes import NodeFiles, ProcessTable
 from runtime_signals.agent.procmaps import signed64
 from runtime_signals.agent.publisher import Publisher
 from runtime_signals.agent.selectors import TargetFilters
-from runtime_signals.agent.stats import DeliveryFigures, KernelFigures, ProbeFigures, Snapshot, StatsTracker
+from runtime_signals.agent.pinning import PinnedGeneration
+from runtime_signals.agent.state import AgentState, ProbeSite
+from runtime_signals.agent.stats import (
+    BaseFigures,
+    DeliveryFigures,
+    KernelFigures,
+    ProbeFigures,
+    Snapshot,
+    StatsTracker,
+    account,
+)
+from runtime_signals.agent.wire import DedupKey
 from runtime_signals.agent.symbols_publisher import MAX_CHUNK_BYTES, SymbolTablePublisher
 
 log = logging.getLogger(__name__)
@@ -82,7 +94,12 @@ class Collector:
 
     def __init__(self, settings: CollectorSettings, tracer: CallTracer, publisher: Publisher,
                  registry: codec.SchemaRegistry | None = None, node: NodeFiles | None = None,
-                 filters: TargetFilters | None = None) -> None:
+                 filters: TargetFilters | None = None, state: AgentState | None = None,
+                 state_dir: Path | None = None) -> None:
+        # state (agent/state.py): an identity and figures that survive restarts, saved in
+        # state_dir at every watermark tick; settings.agent_id is then the state's.
+        if state is not None:
+            settings = replace(settings, agent_id=state.agent_id)
         self.settings = settings
         self._tracer = tracer
         self._publisher = publisher
@@ -116,6 +133,14 @@ class Collector:
         self._hashes_seen = 0  # DigestCache.completed when the parked calls were last tried
         self.records_without_digest = 0  # published with a frame's file not hashed in time
         self._filters = filters or TargetFilters()
+        self._state = state
+        self._state_dir = state_dir
+        self._base = BaseFigures()
+        self._watermark_sequence = state.watermark_sequence if state is not None else 0
+        self._spool_calls_at_start = publisher.pending_calls  # what an earlier run left in the spool
+        self._retired: dict[int, AttachedProbe] = {}  # an earlier run's probes not attached now
+        self.unwatched_ns: Counter[str] = Counter()  # per probe id: agent down, hand-over gaps
+        self.taken_over: dict[str, int] = {}  # what take_over() found, for the log and tests
         tracer.on_event(self._handle)
 
     def register_probe(self, probe: AttachedProbe) -> None:
@@ -168,7 +193,7 @@ class Collector:
 
     def _publish_call(self, call: RawCall, parked_at_ns: int | None = None, force: bool = False) -> None:
         process = self._processes.describe(call.pid, call.cgroup_id)
-        probe = self._probes.get(call.probe_index)
+        probe = self._probes.get(call.probe_index) or self._retired.get(call.probe_index)
         if probe is not None and not self._filters.accepts(probe.spec.probe_id, process):
             # A process the probe's targets do not select: not a loss, but the calls must
             # appear somewhere for the totals to add up. Filtered before its frames are
@@ -253,6 +278,7 @@ class Collector:
         }, WATERMARK, self._registry)
         for partition in range(partitions):
             self._publisher.produce(topic, self.settings.agent_id.encode(), value, partition=partition)
+        self.save_state()
 
     def _sample_ringbuf(self) -> None:
         self._ringbuf_peak_bytes = max(self._ringbuf_peak_bytes, self._tracer.ringbuf_used_bytes())
@@ -292,9 +318,11 @@ class Collector:
         figures = []
         for probe in probes:
             state = self._budget.state(probe.index)
+            # Time not watched: detached by the budget, plus the agent's own absence while
+            # no pinned probe ran (take_over).
+            unwatched_ns = self._budget.detached_ns(probe.index, now_ns) + self.unwatched_ns[probe.spec.probe_id]
             figures.append(ProbeFigures(probe.spec.probe_id, self._tracer.is_attached(probe),
-                                        counters.get(probe.index, {}).get("hits", 0),
-                                        self._budget.detached_ns(probe.index, now_ns),
+                                        counters.get(probe.index, {}).get("hits", 0), unwatched_ns,
                                         state.detach_count if state else 0))
         kernel = KernelFigures(self._tracer.counters(counters), self._tracer.program_stats(),
                                self._ringbuf_peak_bytes, self._tracer.ringbuf_bytes, self._tracer.memory_bytes())
@@ -303,8 +331,109 @@ class Collector:
         delivery = DeliveryFigures(publisher.delivered_calls, publisher.pending_calls + self._parked_calls,
                                    dict(publisher.dropped_calls_by_reason), publisher.spool_bytes)
         self.latest = self._stats.take(kernel, delivery, self.new_paths_total, dict(self.agent_dropped_calls),
-                                       tuple(figures), self.cache_sizes())
+                                       tuple(figures), self.cache_sizes(), self._base)
         return self.latest
+
+    # --- restarts -------------------------------------------------------------------
+
+    def save_state(self, clean_stop: bool = False) -> None:
+        """Write the identity, the figures and the program's probes and counters beside the
+        spool (agent/state.py), for the next run of this agent."""
+        if self._state is None or self._state_dir is None:
+            return
+        counters = self._tracer.all_probe_counters()
+        publisher = self._publisher
+        delivery = DeliveryFigures(publisher.delivered_calls, publisher.pending_calls + self._parked_calls,
+                                   dict(publisher.dropped_calls_by_reason), publisher.spool_bytes)
+        total, delivered, dropped = account(self._tracer.counters(counters), delivery,
+                                            dict(self.agent_dropped_calls), self._base)
+        state = self._state
+        state.watermark_sequence = self._watermark_sequence
+        state.clean_stop = clean_stop
+        state.total_calls, state.delivered_calls, state.dropped_calls = total, delivered, dropped
+        state.pending_calls = delivery.pending_calls
+        state.max_frames = self._tracer.max_frames
+        state.pin_dir = str(self._tracer.pin_dir) if self._tracer.pin_dir is not None else None
+        state.probes = {p.index: ProbeSite(p.spec.probe_id, p.spec.symbol, p.path, p.file_offset)
+                        for p in self._tracer.attached}
+        state.kernel_counters = {index: {k: v for k, v in c.items() if k != "hits"} for index, c in counters.items()}
+        try:
+            state.save(self._state_dir)
+        except OSError as exc:
+            log.error("saving the agent state in %s failed: %s", self._state_dir, exc)
+
+    def take_over(self, previous: AgentState | None, generation: PinnedGeneration | None) -> dict[str, int]:
+        """Continue an earlier run of this identity. Call after the first target scan.
+
+        With its pinned generation: close its remaining probes, publish every call its
+        program collected and nobody read (ring buffer, dedup maps), and add what its
+        kernel counters counted since the state was written. Whatever the earlier run
+        counted and can be found nowhere now (not delivered, dropped, spooled nor left in
+        the kernel: records librdkafka held in memory when it was killed, or delivered
+        after its last state write, which cannot be told apart) is counted as dropped,
+        "lost_at_restart". The time no probe ran (the agent down without pins: a clean
+        stop, a reboot) is added to each probe's time not watched."""
+        found = {"drained_records": 0, "drained_calls": 0, "kernel_calls_after_state": 0, "lost_at_restart": 0,
+                 "down_ns": 0}
+        if previous is None:
+            return found
+        dropped = Counter(previous.dropped_calls)
+        total = previous.total_calls
+        if generation is not None:
+            generation.close_links()
+            if previous.max_frames == self._tracer.max_frames:
+                def on_record(raw: object) -> None:
+                    call = self._adopted_call(self._tracer.to_raw_call(raw), previous)  # type: ignore[arg-type]
+                    found["drained_records"] += 1
+                    found["drained_calls"] += call.count
+                    self._try_publish(call, None)
+                generation.drain(self._tracer.event_type, DedupKey, on_record)
+            else:
+                log.error("the previous agent's records have %d frames, this one %d: its uncollected calls cannot "
+                          "be read and are counted lost", previous.max_frames, self._tracer.max_frames)
+            final = generation.counters(sorted(previous.probes))
+            for index, now in final.items():
+                before = previous.kernel_counters.get(index, {})
+                found["kernel_calls_after_state"] += now.get("calls", 0) - before.get("calls", 0)
+                for counter, reason in (("drop_ringbuf_full", "ringbuf_full"), ("drop_rate_limited", "rate_limited"),
+                                        ("drop_nested", "nested")):
+                    dropped[reason] += now.get(counter, 0) - before.get(counter, 0)
+            total += found["kernel_calls_after_state"]
+            generation.remove()
+        else:
+            # No probe ran while no agent did: that time was not watched.
+            found["down_ns"] = max(0, time.time_ns() - previous.written_at_us * 1000)
+            for site in previous.probes.values():
+                self.unwatched_ns[site.probe_id] += found["down_ns"]
+        lost = (total - previous.delivered_calls - sum(dropped.values()) - self._spool_calls_at_start
+                - found["drained_calls"])
+        if lost < 0:
+            log.error("restart: %d more calls found than the previous run counted; the statistics keep its count",
+                      -lost)
+        elif lost:
+            dropped["lost_at_restart"] += lost
+        found["lost_at_restart"] = max(0, lost)
+        self._base = BaseFigures(total, previous.delivered_calls, dict(dropped))
+        self.taken_over = found
+        log.info("continuing agent %s (restart %d): %s", self.settings.agent_id, previous.restarts, found)
+        return found
+
+    def _adopted_call(self, call: RawCall, previous: AgentState) -> RawCall:
+        """An earlier run's call, with the index of the same probe in this run (or of a
+        retired one, so it is still named)."""
+        site = previous.probes.get(call.probe_index)
+        if site is None:
+            return call
+        with self._lock:
+            current = next((p for p in self._probes.values() if p.spec.probe_id == site.probe_id), None)
+        if current is not None:
+            return replace(call, probe_index=current.index)
+        retired_index = -1 - call.probe_index
+        if retired_index not in self._retired:
+            spec = ProbeSpec.parse(site.probe_id)
+            self._retired[retired_index] = AttachedProbe(replace(spec, symbol=site.symbol), site.path,
+                                                         site.file_offset, retired_index)
+        return replace(call, probe_index=retired_index)
 
     def cache_sizes(self) -> dict[str, int]:
         """Entries in every long-lived cache and queue of the agent, for /metrics: each is
@@ -376,11 +505,12 @@ class Collector:
         self._publisher.flush(timeout_s)
         snapshot = self.publish_statistics()
         remaining = self._publisher.close(min(timeout_s, 5.0))
+        self.save_state(clean_stop=True)
         if remaining:
             log.warning("shutdown: %d record(s) left in the spool for the next run", remaining)
         log.info("agent stopped: calls %d, delivered %d, dropped %d %s, pending %d (spool %d bytes); "
                  "%d records published; detached %s; kernel counters %s",
-                 snapshot.total_events, self._publisher.delivered_calls, snapshot.dropped_events,
+                 snapshot.total_events, snapshot.delivered_events, snapshot.dropped_events,
                  dict(snapshot.dropped_by_reason), self._publisher.pending_calls, self._publisher.spool_bytes,
                  self.events_published, {p.probe_id: f"{p.detached_ns / 1e9:.1f}s" for p in snapshot.probes},
                  self._tracer.counters())

@@ -14,15 +14,19 @@ import ctypes
 import logging
 import mmap
 import os
+import shutil
 import struct
 import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from runtime_signals import bpf as bpf_sources
 
 from runtime_signals.agent import bpfsys
 from runtime_signals.agent.errors import BpfLoadError, ConfigError, ProbeError
+from runtime_signals.agent.pinning import PINNED_MAPS, PinnedGeneration
 from runtime_signals.agent.tracefs import UprobeEvents
 from runtime_signals.agent.wire import COUNTER_NAMES, FLAG_STACK_ERROR, FLAG_STACK_TRUNCATED, DedupKey, ProbeConfig, call_event_type
 
@@ -173,6 +177,43 @@ class CallTracer:
         self._lock = threading.RLock()  # the target scanner attaches while the pump detaches
         self.attached: list[AttachedProbe] = []
         self._links: dict[int, bpfsys.UprobeLink | None] = {}
+        self._pin_dir: Path | None = None
+        # An earlier agent's pinned probes (agent/pinning.py), by (file, offset): each is
+        # closed just before this tracer links the same function, so no call runs both.
+        self._adopted: PinnedGeneration | None = None
+        self._adopted_by_site: dict[tuple[str, int], int] = {}
+
+    # --- pinning ------------------------------------------------------------------
+
+    def pin(self, directory: Path) -> None:
+        """Pin the maps an agent restarted after a crash needs, and every probe's link from
+        now on, in directory (on bpffs): the kernel keeps counting while no agent runs."""
+        (directory / "links").mkdir(parents=True, exist_ok=True)
+        for name in PINNED_MAPS:
+            bpfsys.pin(self._bpf[name].get_fd(), directory / name)
+        with self._lock:
+            self._pin_dir = directory
+            for index, link in self._links.items():
+                if link is not None:
+                    bpfsys.pin(link.link_fd, directory / "links" / str(index))
+
+    @property
+    def pin_dir(self) -> Path | None:
+        return self._pin_dir
+
+    def adopt(self, generation: PinnedGeneration, sites: dict[int, tuple[str, int]]) -> None:
+        """Take over an earlier agent's pinned probes: sites names each old probe's (file,
+        offset); attach() closes the old link of the same site right before linking."""
+        with self._lock:
+            self._adopted = generation
+            self._adopted_by_site = {site: index for index, site in sites.items()}
+
+    def unpin(self) -> None:
+        """Remove every pin (a clean stop): the probes detach when this process lets go."""
+        with self._lock:
+            directory, self._pin_dir = self._pin_dir, None
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
 
     # --- probes -------------------------------------------------------------------
 
@@ -191,7 +232,14 @@ class CallTracer:
             probe = AttachedProbe(spec, path.decode(), file_offset, index)
             self.set_limits(probe, limits or self.default_limits)
             self._event_ids[index] = self._uprobes.create(index, probe.path, file_offset)
-            self._links[index] = self._link(probe)
+            old = self._adopted_by_site.pop((probe.path, file_offset), None)
+            generation = self._adopted
+            if old is not None and generation is not None:
+                # The old probe is closed once the new event counts hits: a call in between
+                # is a hit without a program run, counted as probe_transition.
+                self._links[index] = self._link(probe, before_link=lambda: generation.close_link(old))
+            else:
+                self._links[index] = self._link(probe)
             self.attached.append(probe)
         log.info("attached probe %s at %s+0x%x (index %d)", spec.probe_id, probe.path, file_offset, index)
         return probe
@@ -211,6 +259,8 @@ class CallTracer:
         with self._lock:
             link = self._links.get(probe.index)
             if link is not None:
+                if self._pin_dir is not None:  # the pin holds the link too
+                    (self._pin_dir / "links" / str(probe.index)).unlink(missing_ok=True)
                 link.close()
                 self._links[probe.index] = None
 
@@ -220,9 +270,13 @@ class CallTracer:
             if self._links.get(probe.index) is None:
                 self._links[probe.index] = self._link(probe)
 
-    def _link(self, probe: AttachedProbe) -> bpfsys.UprobeLink:
-        return bpfsys.attach_trace_event(self._prog_fd, self._event_ids[probe.index], probe.index,
-                                         f"uprobe {probe.path}+0x{probe.file_offset:x}")
+    def _link(self, probe: AttachedProbe, before_link: Callable[[], object] | None = None) -> bpfsys.UprobeLink:
+        link = bpfsys.attach_trace_event(self._prog_fd, self._event_ids[probe.index], probe.index,
+                                         f"uprobe {probe.path}+0x{probe.file_offset:x}",
+                                         before_link)
+        if self._pin_dir is not None:
+            bpfsys.pin(link.link_fd, self._pin_dir / "links" / str(probe.index))
+        return link
 
     def detach_all(self) -> None:
         with self._lock:
@@ -249,6 +303,17 @@ class CallTracer:
             return 0
 
         self._events.open_ring_buffer(_handle)
+
+    @property
+    def event_type(self) -> type[ctypes.Structure]:
+        return self._event_type
+
+    def remove_stale_events(self) -> None:
+        """Delete tracefs events dead agents left (those of adopted probes once closed)."""
+        self._uprobes.remove_stale(timeout_s=1.0)
+
+    def to_raw_call(self, raw: ctypes.Structure) -> RawCall:
+        return self._to_raw_call(raw)
 
     def _to_raw_call(self, raw: ctypes.Structure) -> RawCall:
         count = min(raw.frame_count, self.max_frames)
@@ -358,6 +423,7 @@ class CallTracer:
 
     def close(self) -> None:
         self.detach_all()
+        self.unpin()
         self._uprobes.remove_all()
         if self._ringbuf_positions is not None:
             for page in self._ringbuf_positions:

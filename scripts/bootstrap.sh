@@ -58,6 +58,13 @@ if [ ! -e /sys/kernel/tracing/uprobe_events ] && [ ! -e /sys/kernel/debug/tracin
   as_root mount -t tracefs tracefs /sys/kernel/tracing
 fi
 
+# --- bpffs, where the agent pins its probes and maps so that they outlive a killed agent
+# (agent/pinning.py); without it a restart loses (and counts) what the kernel held.
+if ! awk '$2 == "/sys/fs/bpf" && $3 == "bpf" { found = 1 } END { exit !found }' /proc/mounts; then
+  say "mounting bpffs at /sys/fs/bpf"
+  as_root mount -t bpf bpf /sys/fs/bpf
+fi
+
 # --- Python: a virtualenv with the project and its test dependencies.
 python=${PYTHON:-python3}
 if [ ! -x "$venv/bin/python" ]; then

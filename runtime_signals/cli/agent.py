@@ -140,13 +140,46 @@ def run(args: argparse.Namespace) -> int:
     from runtime_signals.agent.selectors import TargetFilters
     from runtime_signals.agent.targets import TargetManager
 
+    from runtime_signals.agent import bpfsys
+    from runtime_signals.agent.pinning import PIN_ROOT, PinnedGeneration, pin_directory
+    from runtime_signals.agent.state import AgentState
+
     config = load(args)
     agent, kafka = config.agent, config.kafka
     if not agent.targets:
         raise ConfigError("no targets: pass --probe BINARY:SYMBOL, or [[agent.targets]] in --config")
-    _check_kafka_access(kafka)
+    # Probes are attached at once, whatever the broker does: the access check (refused
+    # credentials stop the agent) runs beside the start-up, never before it.
+    refused: list[ConfigError] = []
+    stop = threading.Event()
+
+    def _check_access() -> None:
+        try:
+            _check_kafka_access(kafka)
+        except ConfigError as exc:
+            refused.append(exc)
+            stop.set()
+
+    threading.Thread(target=_check_access, name="kafka-access-check", daemon=True).start()
+    # The identity and figures of earlier runs, beside the spool (agent/state.py).
+    state_dir = Path(agent.spool_dir) if agent.spool_dir else None
+    previous = AgentState.load(state_dir) if state_dir is not None else None
+    state = AgentState.new(agent.host_name) if previous is None else previous
+    if previous is not None:
+        state.restarts += 1
     tracer = CallTracer(agent.tracer_settings())
     tracer.default_limits = agent.probe_limits()
+    generation = None
+    if state_dir is not None and bpfsys.bpffs_mounted(PIN_ROOT.parent):
+        # Pinned, the probes and maps outlive a killed agent (agent/pinning.py).
+        if previous is not None and previous.pin_dir:
+            generation = PinnedGeneration.open(Path(previous.pin_dir))
+            if generation is not None:
+                tracer.adopt(generation, {i: (p.path, p.file_offset) for i, p in previous.probes.items()})
+        tracer.pin(pin_directory(state.agent_id) / f"run-{state.restarts}")
+    elif state_dir is not None:
+        log.warning("no BPF filesystem at %s: probes and maps are not pinned, a killed agent's uncollected calls "
+                    "are lost (counted at restart); mount it: mount -t bpf bpf %s", PIN_ROOT.parent, PIN_ROOT.parent)
     security = {k: v for k, v in kafka.librdkafka_config().items() if k != "bootstrap.servers"}
     producer = ProducerSettings(bootstrap_servers=kafka.bootstrap_servers, extra=security,
                                 queue_max_kbytes=agent.producer_queue_max_kbytes,
@@ -163,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
                                  budget=agent.budget_settings())
     if agent.host_name:
         settings.host = agent.host_name
-    collector = Collector(settings, tracer, publisher, node=node, filters=filters)
+    collector = Collector(settings, tracer, publisher, node=node, filters=filters, state=state, state_dir=state_dir)
     metrics = None
     if agent.metrics_port is not None:
         metrics = HealthServer(agent.metrics_address, agent.metrics_port, lambda: collector.latest,
@@ -176,8 +209,8 @@ def run(args: argparse.Namespace) -> int:
                             max_symbols_per_pattern=agent.max_symbols_per_pattern, purls=node.purls,
                             pods=node.pods, attach_lock=collector.attach_lock)
     targets.scan()
-
-    stop = threading.Event()
+    collector.take_over(previous, generation)
+    tracer.remove_stale_events()
 
     def _request_stop(signum: int, _frame: object) -> None:
         log.info("received %s: draining and flushing", signal.Signals(signum).name)
@@ -195,4 +228,6 @@ def run(args: argparse.Namespace) -> int:
         tracer.close()
         if metrics is not None:
             metrics.close()
+    if refused:
+        raise refused[0]
     return 0
