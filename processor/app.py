@@ -88,7 +88,8 @@ class Worker:
         self._registry = codec.SchemaRegistry.default()
         self._symbols = SymbolStore()
         self.engine = Engine(EngineSettings(settings.window, raw, settings.agent_idle_ms,
-                                            settings.symbol_wait_ms, settings.max_pending_windows),
+                                            settings.symbol_wait_ms, settings.max_pending_windows,
+                                            settings.latest_retention_ms),
                              self._symbols, self._registry)
         connection = settings.connection()
         admin = AdminClient(connection)

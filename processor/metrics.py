@@ -32,6 +32,8 @@ COUNTERS = {
                            "arrived (the wait ran out, or too many windows waited)."),
     "windows_suppressed": ("windows_suppressed", "Windows rebuilt on replay but not emitted again (already were)."),
     "replayed_records": ("replayed_records", "Records re-read after a restart or rebalance to rebuild state."),
+    "containers_forgotten": ("containers_forgotten", "Latest states dropped: the container's last window is older "
+                             "than kafka.output_retention_ms before the watermark."),
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime_signals.schemas.topics import TopicNames
+from runtime_signals.schemas.topics import OUTPUT_RETENTION_MS, TopicNames
 
 from runtime_signals.processor.errors import ConfigError
 from runtime_signals.processor.windows import WindowSpec
@@ -22,6 +22,7 @@ class ProcessorSettings:
     agent_idle_ms: int = 30_000
     symbol_wait_ms: int = 10_000
     max_pending_windows: int = 10_000
+    latest_retention_ms: int = OUTPUT_RETENTION_MS  # kafka.output_retention_ms
     checkpoint_interval_ms: int = 1_000
     session_timeout_ms: int = 10_000
     metrics_port: int | None = None

@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
             agent_idle_ms=args.agent_idle_ms,
             symbol_wait_ms=args.symbol_wait_ms,
             max_pending_windows=args.max_pending_windows,
+            latest_retention_ms=config.kafka.output_retention_ms,
             checkpoint_interval_ms=args.checkpoint_interval_ms,
             session_timeout_ms=args.session_timeout_ms,
             metrics_port=args.metrics_port,
