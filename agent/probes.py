@@ -189,10 +189,10 @@ class CallTracer:
         """Pin the maps an agent restarted after a crash needs, and every probe's link from
         now on, in directory (on bpffs): the kernel keeps counting while no agent runs."""
         (directory / "links").mkdir(parents=True, exist_ok=True)
-        for name in PINNED_MAPS:
-            bpfsys.pin(self._bpf[name].get_fd(), directory / name)
         with self._lock:
-            self._pin_dir = directory
+            self._pin_dir = directory  # first: unpin() then removes whatever was pinned
+            for name in PINNED_MAPS:
+                bpfsys.pin(self._bpf[name].get_fd(), directory / name)
             for index, link in self._links.items():
                 if link is not None:
                     bpfsys.pin(link.link_fd, directory / "links" / str(index))

@@ -141,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
     from runtime_signals.agent.targets import TargetManager
 
     from runtime_signals.agent import bpfsys
+    from runtime_signals.agent.errors import BpfLoadError
     from runtime_signals.agent.pinning import PIN_ROOT, PinnedGeneration, pin_directory
     from runtime_signals.agent.state import AgentState
 
@@ -176,7 +177,12 @@ def run(args: argparse.Namespace) -> int:
             generation = PinnedGeneration.open(Path(previous.pin_dir))
             if generation is not None:
                 tracer.adopt(generation, {i: (p.path, p.file_offset) for i, p in previous.probes.items()})
-        tracer.pin(pin_directory(state.agent_id) / f"run-{state.restarts}")
+        try:
+            tracer.pin(pin_directory(state.agent_id) / f"run-{state.restarts}")
+        except (BpfLoadError, OSError) as exc:
+            tracer.unpin()
+            log.warning("probes and maps not pinned (%s): a killed agent's uncollected calls will be lost, and "
+                        "counted at restart", exc)
     elif state_dir is not None:
         log.warning("no BPF filesystem at %s: probes and maps are not pinned, a killed agent's uncollected calls "
                     "are lost (counted at restart); mount it: mount -t bpf bpf %s", PIN_ROOT.parent, PIN_ROOT.parent)
