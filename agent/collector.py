@@ -256,6 +256,12 @@ class Collector:
 
     def publish_watermark(self) -> None:
         """Collect every call made so far, then promise the processor no earlier call will follow."""
+        try:
+            self._publish_watermark()
+        finally:
+            self.save_state()  # every tick, also while no watermark can go out (no metadata)
+
+    def _publish_watermark(self) -> None:
         collect_started_boot_ns = BootClock.now_boot_ns()
         self._sample_ringbuf()
         self._tracer.collect()
@@ -278,7 +284,6 @@ class Collector:
         }, WATERMARK, self._registry)
         for partition in range(partitions):
             self._publisher.produce(topic, self.settings.agent_id.encode(), value, partition=partition)
-        self.save_state()
 
     def _sample_ringbuf(self) -> None:
         self._ringbuf_peak_bytes = max(self._ringbuf_peak_bytes, self._tracer.ringbuf_used_bytes())

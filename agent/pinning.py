@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,6 +41,41 @@ _CPUS = os.cpu_count() or 1
 def pin_directory(agent_id: str, root: Path = PIN_ROOT) -> Path:
     """Where the agent of this identity pins its objects (one directory per identity)."""
     return root / re.sub(r"[^A-Za-z0-9_.-]", "_", agent_id)
+
+
+def remove_pins(directory: Path) -> None:
+    """Remove a pin directory (each pin is a reference: the objects go with the last one),
+    and its identity's directory once no run of it is left."""
+    shutil.rmtree(directory, ignore_errors=True)
+    try:
+        directory.parent.rmdir()
+    except OSError:
+        pass  # another run of the identity, or not empty for another reason
+
+
+def write_owner(directory: Path) -> None:
+    """Mark directory as this process's pins (abandoned_generations reads it)."""
+    (directory / "owner").write_text(f"{os.getpid()}\n")
+
+
+def abandoned_generations(root: Path = PIN_ROOT, keep: tuple[Path, ...] = (),
+                          max_age_s: float = 600.0) -> list[Path]:
+    """Pin directories no running agent owns and none took over for max_age_s: their probes
+    would slow every probed call forever. A killed agent restarts within seconds (a
+    DaemonSet's back-off stays under 5 minutes) and takes its own over before that."""
+    found = []
+    for directory in root.glob("*/run-*"):
+        if directory in keep:
+            continue
+        try:
+            pid = int((directory / "owner").read_text().strip() or 0)
+            age_s = time.time() - (directory / "owner").stat().st_mtime
+        except (OSError, ValueError):
+            pid, age_s = 0, max_age_s + 1  # written by an agent that died while pinning
+        if (pid and Path(f"/proc/{pid}").exists()) or age_s <= max_age_s:
+            continue
+        found.append(directory)
+    return found
 
 
 def possible_cpus() -> int:
@@ -106,6 +142,7 @@ class PinnedGeneration:
             shutil.rmtree(directory, ignore_errors=True)
             return None
         links = {int(p.name): p for p in (directory / "links").glob("*") if p.name.isdigit()}
+        (directory / "owner").touch()  # taken over now: not abandoned while this agent reads it
         return cls(directory, fds, links)
 
     def close_link(self, index: int) -> bool:
@@ -161,7 +198,7 @@ class PinnedGeneration:
         for fd in self.map_fds.values():
             os.close(fd)
         self.map_fds = {}
-        shutil.rmtree(self.directory, ignore_errors=True)
+        remove_pins(self.directory)
 
 
 def _drain_hash(lib: ctypes.CDLL, fd: int, event_type: type[ctypes.Structure], dedup_key: type[ctypes.Structure],

@@ -14,7 +14,6 @@ import ctypes
 import logging
 import mmap
 import os
-import shutil
 import struct
 import threading
 import time
@@ -26,7 +25,7 @@ from runtime_signals import bpf as bpf_sources
 
 from runtime_signals.agent import bpfsys
 from runtime_signals.agent.errors import BpfLoadError, ConfigError, ProbeError
-from runtime_signals.agent.pinning import PINNED_MAPS, PinnedGeneration
+from runtime_signals.agent.pinning import PINNED_MAPS, PinnedGeneration, remove_pins
 from runtime_signals.agent.tracefs import UprobeEvents
 from runtime_signals.agent.wire import COUNTER_NAMES, FLAG_STACK_ERROR, FLAG_STACK_TRUNCATED, DedupKey, ProbeConfig, call_event_type
 
@@ -213,7 +212,7 @@ class CallTracer:
         with self._lock:
             directory, self._pin_dir = self._pin_dir, None
         if directory is not None:
-            shutil.rmtree(directory, ignore_errors=True)
+            remove_pins(directory)
 
     # --- probes -------------------------------------------------------------------
 

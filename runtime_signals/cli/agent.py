@@ -142,7 +142,13 @@ def run(args: argparse.Namespace) -> int:
 
     from runtime_signals.agent import bpfsys
     from runtime_signals.agent.errors import BpfLoadError
-    from runtime_signals.agent.pinning import PIN_ROOT, PinnedGeneration, pin_directory
+    from runtime_signals.agent.pinning import (
+        PIN_ROOT,
+        PinnedGeneration,
+        abandoned_generations,
+        pin_directory,
+        write_owner,
+    )
     from runtime_signals.agent.state import AgentState
 
     config = load(args)
@@ -179,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
                 tracer.adopt(generation, {i: (p.path, p.file_offset) for i, p in previous.probes.items()})
         try:
             tracer.pin(pin_directory(state.agent_id) / f"run-{state.restarts}")
+            write_owner(pin_directory(state.agent_id) / f"run-{state.restarts}")
         except (BpfLoadError, OSError) as exc:
             tracer.unpin()
             log.warning("probes and maps not pinned (%s): a killed agent's uncollected calls will be lost, and "
@@ -216,6 +223,13 @@ def run(args: argparse.Namespace) -> int:
                             pods=node.pods, attach_lock=collector.attach_lock)
     targets.scan()
     collector.take_over(previous, generation)
+    keep = tuple(p for p in (tracer.pin_dir,) if p is not None)
+    for abandoned in abandoned_generations(keep=keep):
+        stale = PinnedGeneration.open(abandoned)
+        if stale is not None:
+            log.warning("removing %s: pins of an agent that died and was not restarted with its state; what its "
+                        "probes counted since is lost", abandoned)
+            stale.remove()
     tracer.remove_stale_events()
 
     def _request_stop(signum: int, _frame: object) -> None:

@@ -109,3 +109,26 @@ def test_sigkill_mid_run_then_restart_counts_every_call(kafka_bootstrap: str, tm
     assert made - delivered_on_topic - dropped.get("probe_transition", 0) <= unconfirmed
     assert unconfirmed < made // 10, dropped
     assert not list(PIN_ROOT.glob("*/run-*/links/*")), "a clean stop leaves no pins"
+
+
+def test_pins_no_agent_took_over_are_found_abandoned(tmp_path: Path) -> None:
+    """A pin directory whose owner died and that nobody took over for max_age_s is
+    abandoned (its probes would slow every call forever); a live owner's, a recent one, and
+    this agent's own are not."""
+    from runtime_signals.agent.pinning import abandoned_generations
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+
+    def generation(name: str, pid: int, age_s: float) -> Path:
+        directory = tmp_path / name / "run-1"
+        directory.mkdir(parents=True)
+        (directory / "owner").write_text(f"{pid}\n")
+        os.utime(directory / "owner", (time.time() - age_s, time.time() - age_s))
+        return directory
+
+    old_dead = generation("old-dead", dead.pid, 3600)
+    generation("old-alive", os.getpid(), 3600)
+    generation("recent-dead", dead.pid, 10)
+    mine = generation("mine", dead.pid, 3600)
+    assert abandoned_generations(tmp_path, keep=(mine,), max_age_s=600) == [old_dead]
