@@ -53,28 +53,32 @@ def remove_pins(directory: Path) -> None:
         pass  # another run of the identity, or not empty for another reason
 
 
-def write_owner(directory: Path) -> None:
-    """Mark directory as this process's pins (abandoned_generations reads it)."""
-    (directory / "owner").write_text(f"{os.getpid()}\n")
+def run_directory(agent_id: str, restarts: int, root: Path = PIN_ROOT) -> Path:
+    """The pins of this agent process: its identity's directory, run number and pid (bpffs
+    holds only pins and directories, so the owner is in the name)."""
+    return pin_directory(agent_id, root) / f"run-{restarts}-{os.getpid()}"
+
+
+_RUN = re.compile(r"run-\d+-(\d+)$")
 
 
 def abandoned_generations(root: Path = PIN_ROOT, keep: tuple[Path, ...] = (),
                           max_age_s: float = 600.0) -> list[Path]:
-    """Pin directories no running agent owns and none took over for max_age_s: their probes
-    would slow every probed call forever. A killed agent restarts within seconds (a
-    DaemonSet's back-off stays under 5 minutes) and takes its own over before that."""
+    """Pin directories whose agent process is gone and that none took over for max_age_s:
+    their probes would slow every probed call forever. A killed agent restarts within
+    seconds (a DaemonSet's back-off stays under 5 minutes) and takes its own over first.
+    A directory not named by run_directory is not judged (left alone)."""
     found = []
     for directory in root.glob("*/run-*"):
-        if directory in keep:
+        match = _RUN.match(directory.name)
+        if directory in keep or match is None or Path(f"/proc/{match.group(1)}").exists():
             continue
         try:
-            pid = int((directory / "owner").read_text().strip() or 0)
-            age_s = time.time() - (directory / "owner").stat().st_mtime
-        except (OSError, ValueError):
-            pid, age_s = 0, max_age_s + 1  # written by an agent that died while pinning
-        if (pid and Path(f"/proc/{pid}").exists()) or age_s <= max_age_s:
+            age_s = time.time() - directory.stat().st_mtime
+        except OSError:
             continue
-        found.append(directory)
+        if age_s > max_age_s:
+            found.append(directory)
     return found
 
 
@@ -142,7 +146,6 @@ class PinnedGeneration:
             shutil.rmtree(directory, ignore_errors=True)
             return None
         links = {int(p.name): p for p in (directory / "links").glob("*") if p.name.isdigit()}
-        (directory / "owner").touch()  # taken over now: not abandoned while this agent reads it
         return cls(directory, fds, links)
 
     def close_link(self, index: int) -> bool:

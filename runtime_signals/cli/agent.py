@@ -146,8 +146,7 @@ def run(args: argparse.Namespace) -> int:
         PIN_ROOT,
         PinnedGeneration,
         abandoned_generations,
-        pin_directory,
-        write_owner,
+        run_directory,
     )
     from runtime_signals.agent.state import AgentState
 
@@ -184,8 +183,7 @@ def run(args: argparse.Namespace) -> int:
             if generation is not None:
                 tracer.adopt(generation, {i: (p.path, p.file_offset) for i, p in previous.probes.items()})
         try:
-            tracer.pin(pin_directory(state.agent_id) / f"run-{state.restarts}")
-            write_owner(pin_directory(state.agent_id) / f"run-{state.restarts}")
+            tracer.pin(run_directory(state.agent_id, state.restarts))
         except (BpfLoadError, OSError) as exc:
             tracer.unpin()
             log.warning("probes and maps not pinned (%s): a killed agent's uncollected calls will be lost, and "

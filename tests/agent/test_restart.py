@@ -70,7 +70,7 @@ def test_sigkill_mid_run_then_restart_counts_every_call(kafka_bootstrap: str, tm
         os.killpg(first.process.pid, signal.SIGKILL)
         first.process.wait()
         killed_at = churn.done
-        pins = list(PIN_ROOT.glob("*/run-*/links/*"))
+        pins = list(PIN_ROOT.glob(f"*/run-*-{first.process.pid}/links/*"))
         assert pins, "the killed agent's probe links are pinned"
         # No agent runs now; the pinned probe keeps counting and collecting.
         while churn.done < killed_at + 10:
@@ -84,6 +84,7 @@ def test_sigkill_mid_run_then_restart_counts_every_call(kafka_bootstrap: str, tm
     finally:
         if first.process is not None and first.process.poll() is None:
             os.killpg(first.process.pid, signal.SIGKILL)
+    assert churn.done == PROCESSES, "a workload process failed"
     made = PROCESSES * CALLS_PER_PROCESS
     log = second.log()
     assert taken_over_at < PROCESSES, "the workload still ran when the second agent took over"
@@ -94,7 +95,8 @@ def test_sigkill_mid_run_then_restart_counts_every_call(kafka_bootstrap: str, tm
     last = max(reports, key=lambda r: r["reported_at_us"])
     dropped = last["dropped_by_reason"]
     # Every call is counted: the kernel counted those made while no agent ran.
-    assert last["total_events"] == made, (last, log[-3000:])
+    assert last["total_events"] == made, (last, [line for line in log.splitlines() if "continuing" in line],
+                                          first.log()[-2000:])
     assert last["total_events"] == last["delivered_events"] + last["dropped_events"] + last["pending_events"]
     assert last["pending_events"] == 0
     delivered_on_topic = sum(e["observation_count"] for e in decode_all(read_all(kafka_bootstrap, names.raw),
@@ -108,7 +110,9 @@ def test_sigkill_mid_run_then_restart_counts_every_call(kafka_bootstrap: str, tm
     # neither on the topic nor named as a transition is a small in-memory remainder.
     assert made - delivered_on_topic - dropped.get("probe_transition", 0) <= unconfirmed
     assert unconfirmed < made // 10, dropped
-    assert not list(PIN_ROOT.glob("*/run-*/links/*")), "a clean stop leaves no pins"
+    assert second.process is not None
+    assert not list(PIN_ROOT.glob(f"*/run-*-{second.process.pid}")), "a clean stop leaves no pins"
+    assert not list(PIN_ROOT.glob(f"*/run-*-{first.process.pid}")), "the killed agent's pins were taken over"
 
 
 def test_pins_no_agent_took_over_are_found_abandoned(tmp_path: Path) -> None:
@@ -121,14 +125,16 @@ def test_pins_no_agent_took_over_are_found_abandoned(tmp_path: Path) -> None:
     dead.wait()
 
     def generation(name: str, pid: int, age_s: float) -> Path:
-        directory = tmp_path / name / "run-1"
+        directory = tmp_path / name / f"run-1-{pid}"
         directory.mkdir(parents=True)
-        (directory / "owner").write_text(f"{pid}\n")
-        os.utime(directory / "owner", (time.time() - age_s, time.time() - age_s))
+        os.utime(directory, (time.time() - age_s, time.time() - age_s))
         return directory
 
     old_dead = generation("old-dead", dead.pid, 3600)
     generation("old-alive", os.getpid(), 3600)
     generation("recent-dead", dead.pid, 10)
+    unnamed = tmp_path / "unnamed" / "run-3"
+    unnamed.mkdir(parents=True)
+    os.utime(unnamed, (time.time() - 3600, time.time() - 3600))
     mine = generation("mine", dead.pid, 3600)
     assert abandoned_generations(tmp_path, keep=(mine,), max_age_s=600) == [old_dead]
