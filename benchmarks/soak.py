@@ -75,7 +75,7 @@ def bpf_map_bytes(pid: int) -> int:
             info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
         except OSError:
             continue
-        match = re.search(r"^memlock:\s+(\d+)", info, re.M)
+        match = re.search(r"^memlock:\s+(\d+)", info, re.MULTILINE)
         total += int(match.group(1)) if match else 0
     return total
 
@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     samples: list[dict[str, Any]] = []
     with dedicated_broker(args.bootstrap) as bootstrap:
         prefix = f"soak-{uuid.uuid4().hex[:8]}."
-        names = pipeline_topics(bootstrap, prefix, 3)
+        pipeline_topics(bootstrap, prefix, 3)
         binaries = distinct_binaries(build_workload(work), args.binaries, work)
         probes = [a for b in binaries for a in ("--probe", f"{b}:{PROBED_SYMBOL}")]
         containers = Containers(args.container_every)

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 from runtime_signals.agent.processes import ProcessTable
-from runtime_signals.agent.procmaps import MAX_CACHED_ADDRESSES, DigestCache, ProcessMaps
+from runtime_signals.agent.procmaps import (
+    MAX_CACHED_ADDRESSES,
+    DigestCache,
+    ProcessMaps,
+)
 from runtime_signals.agent.purl import PurlResolver
 
 PROC = Path("/proc")

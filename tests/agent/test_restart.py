@@ -23,7 +23,13 @@ from runtime_signals.agent.pinning import PIN_ROOT
 from runtime_signals.devtools.demo import create_topics
 from runtime_signals.devtools.workload import PROBED_SYMBOL, build_workload
 from runtime_signals.schemas.topics import TopicNames
-from tests.agent.agent_runs import CALL_EVENT, STATISTICS, AgentProcess, decode_all, read_all
+from tests.agent.agent_runs import (
+    CALL_EVENT,
+    STATISTICS,
+    AgentProcess,
+    decode_all,
+    read_all,
+)
 from tests.bpf_support import bpf_unavailable_reason
 
 pytestmark = [pytest.mark.bpf, pytest.mark.broker]
