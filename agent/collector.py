@@ -382,6 +382,9 @@ class Collector:
                  "down_ns": 0}
         if previous is None:
             return found
+        found.update(previous_total=previous.total_calls, previous_delivered=previous.delivered_calls,
+                     previous_dropped=sum(previous.dropped_calls.values()), previous_pending=previous.pending_calls,
+                     spool_calls=self._spool_calls_at_start)
         dropped = Counter(previous.dropped_calls)
         total = previous.total_calls
         if generation is not None:
@@ -412,13 +415,20 @@ class Collector:
                 self.unwatched_ns[site.probe_id] += found["down_ns"]
         lost = (total - previous.delivered_calls - sum(dropped.values()) - self._spool_calls_at_start
                 - found["drained_calls"])
+        delivered = previous.delivered_calls
         if lost < 0:
-            log.error("restart: %d more calls found than the previous run counted; the statistics keep its count",
-                      -lost)
+            # More calls accounted for (delivered, dropped, spooled, drained) than counted:
+            # some drained calls were already counted as delivered. Not understood yet (seen
+            # in about 1 of 4 SIGKILL tests); the figures keep the kernel's count and the
+            # excess is logged, never added to the calls.
+            log.error("restart: %d more calls accounted for than the kernel counted (previous run %s); "
+                      "its delivered figure is lowered by as many", -lost, found)
+            found["recounted_at_restart"] = -lost
+            delivered += lost
         elif lost:
             dropped["lost_at_restart"] += lost
         found["lost_at_restart"] = max(0, lost)
-        self._base = BaseFigures(total, previous.delivered_calls, dict(dropped))
+        self._base = BaseFigures(total, delivered, dict(dropped))
         self.taken_over = found
         log.info("continuing agent %s (restart %d): %s", self.settings.agent_id, previous.restarts, found)
         return found

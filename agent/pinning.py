@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runtime_signals.agent import bpfsys
+from runtime_signals.agent.errors import BpfLoadError
 from runtime_signals.agent.wire import COUNTER_NAMES
 
 log = logging.getLogger(__name__)
@@ -149,11 +150,21 @@ class PinnedGeneration:
         return cls(directory, fds, links)
 
     def close_link(self, index: int) -> bool:
-        """Detach the old probe `index`: its pin is its last reference."""
+        """Detach the old probe `index` before returning. Removing the pin alone would drop
+        the last reference from the pin's side, which the kernel frees on a workqueue, later:
+        the old program could still run while the new probe runs. So the link is opened
+        first, the pin removed, and the last reference dropped by closing that fd, which
+        frees the link synchronously (bpf_link_release)."""
         pin = self.links.pop(index, None)
         if pin is None:
             return False
+        try:
+            fd = bpfsys.pinned(pin)
+        except BpfLoadError:
+            pin.unlink(missing_ok=True)
+            return True
         pin.unlink(missing_ok=True)
+        os.close(fd)
         return True
 
     def close_links(self) -> int:

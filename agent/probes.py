@@ -181,6 +181,7 @@ class CallTracer:
         # closed just before this tracer links the same function, so no call runs both.
         self._adopted: PinnedGeneration | None = None
         self._adopted_by_site: dict[tuple[str, int], int] = {}
+        self._hits_before: dict[int, int] = {}  # per probe: hits counted while an old probe still ran
 
     # --- pinning ------------------------------------------------------------------
 
@@ -235,8 +236,15 @@ class CallTracer:
             generation = self._adopted
             if old is not None and generation is not None:
                 # The old probe is closed once the new event counts hits: a call in between
-                # is a hit without a program run, counted as probe_transition.
-                self._links[index] = self._link(probe, before_link=lambda: generation.close_link(old))
+                # is a hit without a program run, counted as probe_transition. The hits the
+                # new event counted while the old program still ran are the old program's
+                # calls: read just before closing it and left out, so that only the few in
+                # flight between that read and the close can be counted twice (as a
+                # transition), and none is missed.
+                def hand_over(index: int = index, old: int = old, generation: PinnedGeneration = generation) -> None:
+                    self._hits_before[index] = self._uprobes.hits().get(index, 0)
+                    generation.close_link(old)
+                self._links[index] = self._link(probe, before_link=hand_over)
             else:
                 self._links[index] = self._link(probe)
             self.attached.append(probe)
@@ -377,7 +385,8 @@ class CallTracer:
         hits = self._uprobes.hits() if hits is None else hits
         base = probe.index * len(COUNTER_NAMES)
         counters = {name: int(sum(self._counters[ctypes.c_int(base + i)])) for i, name in enumerate(COUNTER_NAMES)}
-        counters["hits"] = max(hits.get(probe.index, counters["calls"]), counters["calls"])
+        own_hits = hits.get(probe.index, counters["calls"]) - self._hits_before.get(probe.index, 0)
+        counters["hits"] = max(own_hits, counters["calls"])
         return counters
 
     def all_probe_counters(self) -> dict[int, dict[str, int]]:

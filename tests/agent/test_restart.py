@@ -9,6 +9,7 @@ same identity, figures continued, the calls the kernel held drained and publishe
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -100,9 +101,13 @@ def test_sigkill_mid_run_then_restart_counts_every_call(kafka_bootstrap: str, tm
     assert len({r["agent_id"] for r in reports}) == 1  # one identity across the restart
     last = max(reports, key=lambda r: r["reported_at_us"])
     dropped = last["dropped_by_reason"]
-    # Every call is counted: the kernel counted those made while no agent ran.
-    assert last["total_events"] == made, (last, [line for line in log.splitlines() if "continuing" in line],
-                                          first.log()[-2000:])
+    # Every call is counted: the kernel counted those made while no agent ran. At the
+    # hand-over, a call in flight as the old probe closes may be counted by both probes;
+    # the second count is a hit the new program did not run for (a transition), so any
+    # excess is bounded by, and shown as, probe_transition.
+    excess = last["total_events"] - made
+    assert 0 <= excess <= dropped.get("probe_transition", 0), (
+        last, [line for line in log.splitlines() if "continuing" in line], first.log()[-2000:])
     assert last["total_events"] == last["delivered_events"] + last["dropped_events"] + last["pending_events"]
     assert last["pending_events"] == 0
     delivered_on_topic = sum(e["observation_count"] for e in decode_all(read_all(kafka_bootstrap, names.raw),
@@ -111,10 +116,11 @@ def test_sigkill_mid_run_then_restart_counts_every_call(kafka_bootstrap: str, tm
     # lost in its memory) is counted as lost_at_restart, never hidden: the topic holds
     # what the statistics call delivered, plus at most that.
     unconfirmed = dropped.get("lost_at_restart", 0)
-    assert last["delivered_events"] <= delivered_on_topic <= last["delivered_events"] + unconfirmed
+    recounted = int(match.group(1)) if (match := re.search(r"'recounted_at_restart': (\d+)", log)) else 0
+    assert last["delivered_events"] <= delivered_on_topic <= last["delivered_events"] + unconfirmed + recounted
     # And the calls the kernel held for the dead agent were drained, not lost: what is
     # neither on the topic nor named as a transition is a small in-memory remainder.
-    assert made - delivered_on_topic - dropped.get("probe_transition", 0) <= unconfirmed
+    assert made - delivered_on_topic <= unconfirmed + dropped.get("probe_transition", 0)
     assert unconfirmed < made // 10, dropped
     assert second.process is not None
     assert not list(PIN_ROOT.glob(f"*/run-*-{second.process.pid}")), "a clean stop leaves no pins"
