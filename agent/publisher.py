@@ -187,6 +187,10 @@ class Publisher:
             return 0  # away: the records stay on disk until librdkafka delivers again
         moved = 0
         high_water = self._settings.queue_max_messages // 2
+        if time.monotonic_ns() - self._last_ack_ns > self._settings.outage_after_ms * 1_000_000:
+            # Nothing acknowledged for a while and nothing waiting: is the broker back? One
+            # record finds out; a batch moved into memory now would die with a killed agent.
+            max_records = 1
         with self._lock:
             while moved < max_records and len(self._producer) < high_water:
                 record = self._spool.peek()

@@ -218,10 +218,12 @@ class Spool:
             self._head_offset += size
             self._bytes -= size
             self._records = max(0, self._records - 1)
-            # The cursor is saved every 100 records, on segment ends and on close: after a
-            # crash at most that many records are sent twice (event_id tells them apart).
+            # The cursor is saved every 100 records, when the spool is drained, on segment ends
+            # and on close: after a crash at most 100 records are sent twice (event_id tells
+            # them apart).
             self._pops_since_cursor += 1
-            if self._pops_since_cursor >= 100:
+            if self._pops_since_cursor >= 100 or not self._bytes:
+                # Also once drained: a crash then must not send the drained records again.
                 self._write_cursor()
 
     def _read_at(self, sequence: int, offset: int) -> tuple[SpoolRecord, int] | None:
