@@ -34,11 +34,15 @@ class BootClock:
         self._measured_at_ns = time.monotonic_ns()
 
     def wall_us(self, boot_ns: int) -> int:
+        return (boot_ns + self.offset_ns()) // 1000
+
+    def offset_ns(self) -> int:
+        """CLOCK_REALTIME - CLOCK_BOOTTIME as this clock converts now (re-measured when due)."""
         now = time.monotonic_ns()
         if now - self._measured_at_ns > self._refresh_interval_ns:
             self._offset_ns = boot_to_wall_offset_ns()
             self._measured_at_ns = now
-        return (boot_ns + self._offset_ns) // 1000
+        return self._offset_ns
 
     @staticmethod
     def now_boot_ns() -> int:

@@ -6,6 +6,12 @@ swaps the kernel's dedup maps, drains the ring buffer and reads the old map (see
 CallTracer.collect), so each distinct (probe, process, stack) reaches the raw topic
 within one tick, as one record carrying the count of calls it stands for.
 
+Flushes are aligned to the wall clock: the pump collects just after each multiple of the
+watermark interval since the Unix epoch, and the BPF program keys its dedup maps by that
+interval too (flush_clock in calltrace.bpf.c), so a folded record never holds calls of two
+intervals and lands whole in the event-time window of every one of its calls when the
+window length is a multiple of the interval (the processor reports records that do not).
+
 Ordering promise to the processor: before each AgentWatermark(T) is produced, every call
 made before T has been collected and produced, so every RuntimeCallEvent produced after
 it has observed_at_us >= T. The processor closes event-time windows on it. A folded
@@ -22,8 +28,10 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Protocol
 
 from cachetools import LRUCache
 
@@ -34,8 +42,9 @@ from runtime_signals.agent.budget import Action, Budget, BudgetSettings
 from runtime_signals.agent.clock import BootClock
 from runtime_signals.agent.errors import ProbeError
 from runtime_signals.agent.modules import ModuleMapBuilder, ModuleMapPublisher
-from runtime_signals.agent.probes import FLAG_STACK_TRUNCATED, AttachedProbe, CallTracer, ProbeSpec, RawCall
-from runtime_signals.agent.processes import NodeFiles, ProcessTable
+from runtime_signals.agent.perfmap import PerfMaps
+from runtime_signals.agent.probes import AttachedProbe, CallTracer, ProbeSpec, RawCall
+from runtime_signals.agent.processes import NodeFiles, ProcessInfo, ProcessTable
 from runtime_signals.agent.procmaps import signed64
 from runtime_signals.agent.publisher import Publisher
 from runtime_signals.agent.selectors import TargetFilters
@@ -52,6 +61,11 @@ from runtime_signals.agent.stats import (
 )
 from runtime_signals.agent.wire import DedupKey
 from runtime_signals.agent.symbols_publisher import MAX_CHUNK_BYTES, SymbolTablePublisher
+from runtime_signals.agent.unwind import UnwindLoader, checked_frames
+from runtime_signals.agent.wire import (
+    STACK_END_NO_UNWIND_INFO,
+    STACK_END_NOT_EXECUTABLE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +75,10 @@ STATISTICS = "io.runtimesignals.SignalStatistics"
 # Calls stamped just before a collection started may still be in flight to the ring
 # buffer; the watermark stays this far behind the collection's start.
 WATERMARK_SAFETY_NS = 5_000_000
+# Collections run this long after an interval boundary, so that a swapped-out map holds the
+# interval that just ended whole, plus only the first moments of the next (not correctness:
+# records never span epochs anyway).
+_FLUSH_AFTER_BOUNDARY_S = 0.002
 # The pump is healthy while its loop has turned within this long.
 HEALTHY_WITHIN_NS = 30_000_000_000
 # Call-path keys remembered to tell a new path from a known one (the adaptive budget's
@@ -72,6 +90,31 @@ MAX_PATH_KEYS = 1 << 17
 # Past either bound it is published with those frames' digests unknown (counted).
 MAX_PARKED_RECORDS = 10_000
 MAX_PARKED_NS = 10_000_000_000
+# A walk that ended outside the known code may mean the process mapped new code since its
+# mapping table was written (dlopen): its maps are read again, at most this often.
+UNWIND_REFRESH_NS = 1_000_000_000
+
+
+class BuiltCall(Protocol):
+    @property
+    def record(self) -> dict[str, Any]: ...  # a RuntimeCallEvent
+
+    @property
+    def calls(self) -> int: ...
+
+
+class CallSource(Protocol):
+    """Another program's calls, already built into records (agent/pytargets.py)."""
+
+    dropped_calls: Counter[str]
+
+    def collect(self) -> Sequence[BuiltCall]: ...
+
+    def poll(self) -> None: ...  # read what the kernel has, without waiting (between collections)
+
+    def kernel_totals(self) -> dict[str, int]: ...
+
+    def stop(self) -> None: ...  # no more calls: the last collection then holds every one
 
 
 @dataclass
@@ -87,6 +130,8 @@ class CollectorSettings:
     statistics_interval_ms: int = 10_000
     budget: BudgetSettings = field(default_factory=BudgetSettings)
     max_path_keys: int = MAX_PATH_KEYS
+    jit_perf_maps: bool = True   # name JIT frames from perf maps (agent/perfmap.py)
+    jvm_jcmd: str = "jcmd"       # "" never asks a JVM to write its map
 
 
 class Collector:
@@ -94,8 +139,8 @@ class Collector:
 
     def __init__(self, settings: CollectorSettings, tracer: CallTracer, publisher: Publisher,
                  registry: codec.SchemaRegistry | None = None, node: NodeFiles | None = None,
-                 filters: TargetFilters | None = None, state: AgentState | None = None,
-                 state_dir: Path | None = None) -> None:
+                 filters: TargetFilters | None = None, sources: Sequence[CallSource] = (),
+                 state: AgentState | None = None, state_dir: Path | None = None) -> None:
         # state (agent/state.py): an identity and figures that survive restarts, saved in
         # state_dir at every watermark tick; settings.agent_id is then the state's.
         if state is not None:
@@ -124,15 +169,20 @@ class Collector:
         self._symbol_tables = SymbolTablePublisher(publisher, settings.topics.symbols, self._registry,
                                                    settings.symbol_chunk_max_bytes)
         node = node or NodeFiles()
+        self.node_files = node
         self._module_maps = ModuleMapPublisher(publisher, settings.topics.modules, self._registry,
                                                ModuleMapBuilder(node, settings.host, settings.agent_id))
+        perf_maps = PerfMaps(jcmd=settings.jvm_jcmd or None) if settings.jit_perf_maps else None
         self._processes = ProcessTable(on_new_binary=self._symbol_tables.offer,
-                                       on_module_map=self._module_maps.offer, node=node, background_hashing=True)
+                                       on_module_map=self._module_maps.offer, node=node,
+                                       perf_maps=perf_maps, on_jit_code=self._symbol_tables.offer_jit,
+                                       background_hashing=True)
         self._parked: deque[tuple[int, RawCall]] = deque()  # (parked at, monotonic ns), oldest first
         self._parked_calls = 0
         self._hashes_seen = 0  # DigestCache.completed when the parked calls were last tried
         self.records_without_digest = 0  # published with a frame's file not hashed in time
         self._filters = filters or TargetFilters()
+        self._sources = list(sources)
         self._state = state
         self._state_dir = state_dir
         self._base = BaseFigures()
@@ -141,7 +191,30 @@ class Collector:
         self._retired: dict[int, AttachedProbe] = {}  # an earlier run's probes not attached now
         self.unwatched_ns: Counter[str] = Counter()  # per probe id: agent down, hand-over gaps
         self.taken_over: dict[str, int] = {}  # what take_over() found, for the log and tests
+        tracer_settings = tracer.settings
+        self._unwind = UnwindLoader(tracer.unwind_map_fds(), unwind_rows=tracer_settings.unwind_rows,
+                                    unwind_tables=tracer_settings.unwind_tables,
+                                    max_processes=tracer_settings.max_processes,
+                                    max_mappings=tracer_settings.max_mappings, digests=node.digests)
+        self._unwind_versions: dict[int, tuple[int, int]] = {}  # pid -> (maps version, refreshed at ns)
         tracer.on_event(self._handle)
+        self._flush_interval_ns = settings.watermark_interval_ms * 1_000_000
+        tracer.set_flush_clock(self._flush_interval_ns, self._clock.offset_ns())
+
+    def add_source(self, source: CallSource) -> None:
+        """Publish another program's calls at each collection, under the same watermarks."""
+        self._sources.append(source)
+
+    def describe_process(self, pid: int, cgroup_id: int = 0) -> ProcessInfo:
+        return self._processes.describe(pid, cgroup_id)
+
+    def note_source_file(self, pid: int, path: str, binary_digest: str, purl: str | None) -> None:
+        """A Python source file in a record of pid: into its module map (call on the pump's thread)."""
+        self._processes.add_source_file(pid, path, binary_digest, purl)
+
+    @property
+    def unwind(self) -> UnwindLoader:
+        return self._unwind
 
     def register_probe(self, probe: AttachedProbe) -> None:
         """Learn a probe the tracer attached (its index is the tracer's), to name the calls
@@ -149,6 +222,13 @@ class Collector:
         with self._lock:
             self._probes[probe.index] = probe
             self._budget.track(probe.index, time.monotonic_ns())
+
+    def capture(self, pid: int) -> None:
+        """Learn all a held process's calls need (agent/loadwatch.py), and publish its module
+        map, before it is resumed: attribution then survives its exit."""
+        process, mappings, version = self._processes.capture(pid)
+        if version and mappings:
+            self._module_maps.offer_now(process, mappings, version)
 
     # --- records ------------------------------------------------------------------
 
@@ -201,12 +281,15 @@ class Collector:
             self.agent_dropped_calls["not_selected"] += call.count
             return
         frames = self._processes.resolve_frames(call.pid, call.frames)
-        if any(f.pending for f in frames):
+        self._load_unwind(call.pid, call.end_reason)
+        executable = self._processes.executable(call.pid, frames)
+        if any(f.pending for f in frames) or executable.pending:
             if not force:
                 # Its binary is being hashed off the pump: the record waits, the pump does not.
                 self._park(call, time.monotonic_ns() if parked_at_ns is None else parked_at_ns)
                 return
             self.records_without_digest += 1
+        frames, truncation_reason = checked_frames(frames, call.flags, call.end_reason)
         top = frames[0]
         path_key = hashlib.blake2b(repr((call.probe_index, [(f.binary_digest, f.binary_offset) if f.binary_digest
                                                             else f.address for f in frames])).encode(),
@@ -244,15 +327,42 @@ class Collector:
             "last_timestamp_ns": call.last_boot_ns if call.count > 1 else None,
             "stack_frames": [
                 {"address": signed64(f.address), "binary_digest": f.binary_digest,
-                 "binary_offset": f.binary_offset, "library": f.path}
+                 "binary_offset": f.binary_offset, "library": f.path, "purl": f.purl}
                 for f in bottom_to_top
             ],
-            "stack_truncated": bool(call.flags & FLAG_STACK_TRUNCATED),
+            "stack_truncated": truncation_reason is not None,
+            "truncation_reason": truncation_reason,
+            "executable": executable.path,
+            "executable_digest": executable.binary_digest,
+            "executable_purl": executable.purl,
+            "comm": executable.comm,
         }
         value = codec.encode(record, CALL_EVENT, self._registry)
         self._publisher.produce(self.settings.topics.raw, container_id.encode(), value, calls=call.count)
         self.events_published += 1
         self.calls_published += call.count
+
+    def _load_unwind(self, pid: int, end_reason: int) -> None:
+        """Give pid's walks its mapping table (first call, changed mappings), so its later
+        calls are unwound by its binaries' rules and checked against its code."""
+        maps = self._processes.maps
+        now_ns = time.monotonic_ns()
+        loaded = self._unwind_versions.get(pid)
+        if (loaded is not None and end_reason in (STACK_END_NO_UNWIND_INFO, STACK_END_NOT_EXECUTABLE)
+                and now_ns - loaded[1] >= UNWIND_REFRESH_NS):
+            maps.mappings(pid, refresh=True)
+            loaded = (loaded[0], now_ns)
+            self._unwind_versions[pid] = loaded
+        version = maps.version(pid)
+        if version and (loaded is None or loaded[0] != version):
+            mappings = maps.mappings(pid)
+            # The pump never hashes: load_process() digests every mapped file, so it waits
+            # until the background hasher knows them all (asked again at pid's next call).
+            root = self._processes.proc_root / str(pid) / "root"
+            if not all(self._processes.digests.lookup(root / m.path.lstrip("/"))[0] for m in mappings):
+                return
+            self._unwind.load_process(pid, mappings)
+            self._unwind_versions[pid] = (version, now_ns)
 
     def publish_watermark(self) -> None:
         """Collect every call made so far, then promise the processor no earlier call will follow."""
@@ -264,8 +374,12 @@ class Collector:
     def _publish_watermark(self) -> None:
         collect_started_boot_ns = BootClock.now_boot_ns()
         self._sample_ringbuf()
+        # The offset follows NTP slews; the program's epochs follow the same offset as the
+        # records' times.
+        self._tracer.set_flush_clock(self._flush_interval_ns, self._clock.offset_ns())
         self._tracer.collect()
         self.retry_parked()
+        self._collect_sources()
         topic = self.settings.topics.raw
         partitions = self._publisher.known_partition_count(topic)
         if partitions is None:
@@ -284,6 +398,22 @@ class Collector:
         }, WATERMARK, self._registry)
         for partition in range(partitions):
             self._publisher.produce(topic, self.settings.agent_id.encode(), value, partition=partition)
+
+    def _collect_sources(self) -> None:
+        for source in self._sources:
+            for built in source.collect():
+                value = codec.encode(built.record, CALL_EVENT, self._registry)
+                self._publisher.produce(self.settings.topics.raw, built.record["container_id"].encode(), value,
+                                        calls=built.calls)
+                self.events_published += 1
+                self.calls_published += built.calls
+
+    def _until_next_flush_s(self, interval_s: float) -> float:
+        """Seconds to just after the next multiple of the interval on the wall clock: the
+        kernel's epochs change there (a little after, so the swap follows the change)."""
+        wall_ns = time.time_ns()
+        next_ns = (wall_ns // self._flush_interval_ns + 1) * self._flush_interval_ns
+        return min(interval_s, (next_ns - wall_ns) / 1e9) + _FLUSH_AFTER_BOUNDARY_S
 
     def _sample_ringbuf(self) -> None:
         self._ringbuf_peak_bytes = max(self._ringbuf_peak_bytes, self._tracer.ringbuf_used_bytes())
@@ -329,15 +459,27 @@ class Collector:
             figures.append(ProbeFigures(probe.spec.probe_id, self._tracer.is_attached(probe),
                                         counters.get(probe.index, {}).get("hits", 0), unwatched_ns,
                                         state.detach_count if state else 0))
-        kernel = KernelFigures(self._tracer.counters(counters), self._tracer.program_stats(),
+        totals, agent_dropped = self._totals(counters)
+        kernel = KernelFigures(totals, self._tracer.program_stats(),
                                self._ringbuf_peak_bytes, self._tracer.ringbuf_bytes, self._tracer.memory_bytes())
         self._ringbuf_peak_bytes = 0
         publisher = self._publisher
         delivery = DeliveryFigures(publisher.delivered_calls, publisher.pending_calls + self._parked_calls,
                                    dict(publisher.dropped_calls_by_reason), publisher.spool_bytes)
-        self.latest = self._stats.take(kernel, delivery, self.new_paths_total, dict(self.agent_dropped_calls),
-                                       tuple(figures), self.cache_sizes(), self._base)
+        self.latest = self._stats.take(kernel, delivery, self.new_paths_total, dict(agent_dropped),
+                                       tuple(figures), self.cache_sizes(), self._base, self._unwind_figures())
         return self.latest
+
+    def _totals(self, counters: dict[int, dict[str, int]]) -> tuple[dict[str, int], Counter[str]]:
+        """Kernel counters summed over the tracer's probes and the other call sources, and the
+        agent's drops with theirs: one account for the statistics and the saved state."""
+        totals = self._tracer.counters(counters)
+        agent_dropped = Counter(self.agent_dropped_calls)
+        for source in self._sources:
+            for name, value in source.kernel_totals().items():
+                totals[name] = totals.get(name, 0) + value
+            agent_dropped.update(source.dropped_calls)
+        return totals, agent_dropped
 
     # --- restarts -------------------------------------------------------------------
 
@@ -350,8 +492,8 @@ class Collector:
         publisher = self._publisher
         delivery = DeliveryFigures(publisher.delivered_calls, publisher.pending_calls + self._parked_calls,
                                    dict(publisher.dropped_calls_by_reason), publisher.spool_bytes)
-        total, delivered, dropped = account(self._tracer.counters(counters), delivery,
-                                            dict(self.agent_dropped_calls), self._base)
+        totals, agent_dropped = self._totals(counters)
+        total, delivered, dropped = account(totals, delivery, dict(agent_dropped), self._base)
         state = self._state
         state.watermark_sequence = self._watermark_sequence
         state.clean_stop = clean_stop
@@ -453,11 +595,25 @@ class Collector:
     def cache_sizes(self) -> dict[str, int]:
         """Entries in every long-lived cache and queue of the agent, for /metrics: each is
         bounded, and a figure that keeps rising on a steady workload is a leak."""
-        sizes = {"path_keys": len(self._paths), "parked_records": len(self._parked)}
+        sizes = {"path_keys": len(self._paths), "parked_records": len(self._parked),
+                 "unwind_processes": len(self._unwind_versions)}
         sizes.update(self._processes.sizes())
         sizes.update(self._symbol_tables.sizes())
         sizes.update(self._module_maps.sizes())
         return sizes
+
+
+    def _unwind_figures(self) -> dict[str, int]:
+        figures = self._unwind.figures()
+        return {"rows_used": figures.rows_used, "rows_capacity": figures.rows_capacity,
+                "row_map_bytes": self._tracer.map_memory_bytes("unwind_rows"),
+                "table_map_bytes": self._tracer.map_memory_bytes("unwind_tables"),
+                "process_map_bytes": self._tracer.map_memory_bytes("proc_mappings"),
+                "binaries_loaded": figures.binaries_loaded, "binaries_building": figures.binaries_building,
+                "binaries_without_rules": figures.binaries_without_rules,
+                "binaries_not_fitting": figures.binaries_not_fitting,
+                "processes_loaded": figures.processes_loaded,
+                "processes_over_mapping_limit": figures.processes_over_mapping_limit}
 
     def publish_statistics(self) -> Snapshot:
         snapshot = self.take_snapshot()
@@ -473,7 +629,7 @@ class Collector:
 
     def ready(self) -> bool:
         with self._lock:
-            any_probe = bool(self._probes)
+            any_probe = bool(self._probes) or bool(self._sources)
         return any_probe and self._publisher.has_metadata(self.settings.topics.raw)
 
     def run(self, stop: threading.Event) -> None:
@@ -488,18 +644,23 @@ class Collector:
             self._sample_ringbuf()
             self._tracer.poll(self.settings.poll_timeout_ms)
             self.retry_parked()
+            for source in self._sources:
+                source.poll()
             self._publisher.pump()
             self._publisher.poll(0)
             now = time.monotonic()
             if now >= next_watermark:
                 self.publish_watermark()
                 self.apply_budget()
-                next_watermark = now + interval_s
+                next_watermark = now + self._until_next_flush_s(interval_s)
             if now >= next_statistics:
                 self.publish_statistics()
                 next_statistics = now + statistics_s
             if now >= next_sweep:
                 self._processes.forget_exited()
+                for pid in [p for p in self._unwind_versions if not os.path.exists(f"/proc/{p}")]:
+                    self._unwind.forget(pid)
+                    del self._unwind_versions[pid]
                 next_sweep = now + sweep_s
         self.shutdown()
 
@@ -507,6 +668,8 @@ class Collector:
         """Detach, collect every call made, publish it and the last statistics, then hand
         everything to Kafka (or to the spool if Kafka cannot take it in time)."""
         self._tracer.detach_all()
+        for source in self._sources:
+            source.stop()
         self._tracer.collect()
         deadline = time.monotonic() + min(self.settings.shutdown_flush_timeout_s, MAX_PARKED_NS / 1e9)
         while self._parked and time.monotonic() < deadline:  # the hasher finishes what they wait for
@@ -516,6 +679,7 @@ class Collector:
         self.publish_watermark()  # after detaching: nothing is left in the kernel
         self._symbol_tables.close()
         self._module_maps.close()
+        self._unwind.close()
         timeout_s = self.settings.shutdown_flush_timeout_s
         self._publisher.flush(timeout_s)
         snapshot = self.publish_statistics()

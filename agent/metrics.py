@@ -19,12 +19,28 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from runtime_signals import METRIC_NAMESPACE
 from runtime_signals.agent.errors import ConfigError
 from runtime_signals.agent.stats import Snapshot
 
 log = logging.getLogger(__name__)
 
-PREFIX = "runtime_signals_agent"
+PREFIX = f"{METRIC_NAMESPACE}_agent"
+
+
+_UNWIND_HELP = {
+    "rows_used": "Unwind rule rows loaded (all binaries)",
+    "rows_capacity": "Unwind rule rows the map holds (unwind_rows)",
+    "row_map_bytes": "Kernel memory of the unwind rows map",
+    "table_map_bytes": "Kernel memory of the unwind tables map",
+    "process_map_bytes": "Kernel memory of the per-process mapping tables",
+    "binaries_loaded": "Binaries whose unwind rules are loaded",
+    "binaries_building": "Binaries whose unwind rules are being built",
+    "binaries_without_rules": "Binaries without CFI: walked by frame pointers",
+    "binaries_not_fitting": "Binaries whose rules did not fit the rows map: walked by frame pointers",
+    "processes_loaded": "Processes with a mapping table in the kernel",
+    "processes_over_mapping_limit": "Processes with more executable mappings than max_mappings",
+}
 
 
 class SnapshotCollector(Collector):
@@ -83,6 +99,21 @@ class SnapshotCollector(Collector):
         for name, entries in sorted(snapshot.caches.items()):
             caches.add_metric([name], entries)
         yield caches
+        for name, value in sorted(snapshot.unwind.items()):
+            yield GaugeMetricFamily(f"{PREFIX}_unwind_{name}", _UNWIND_HELP.get(name, name), value=value)
+
+
+class CountersCollector(Collector):
+    """A part's own counters (dict name -> count) as one labelled counter family."""
+
+    def __init__(self, name: str, documentation: str, read: Callable[[], dict[str, int]]) -> None:
+        self._name, self._documentation, self._read = name, documentation, read
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(f"{PREFIX}_{self._name}", self._documentation, labels=["counter"])
+        for counter, value in sorted(self._read().items()):
+            family.add_metric([counter], value)
+        yield family
 
 
 class HealthServer:
@@ -90,7 +121,7 @@ class HealthServer:
 
     def __init__(self, address: str, port: int, latest: Callable[[], Snapshot | None],
                  healthy: Callable[[], bool], ready: Callable[[], bool]) -> None:
-        registry = CollectorRegistry(auto_describe=False)
+        registry = self._registry = CollectorRegistry(auto_describe=False)
         registry.register(SnapshotCollector(latest))
         checks = {"/healthz": healthy, "/readyz": ready}
 
@@ -123,6 +154,10 @@ class HealthServer:
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
+
+    def add_counters(self, name: str, documentation: str, read: Callable[[], dict[str, int]]) -> None:
+        """Expose a part's counters as runtime_signals_agent_<name>{counter="..."}."""
+        self._registry.register(CountersCollector(name, documentation, read))
 
     def start(self) -> None:
         self._thread.start()

@@ -18,12 +18,13 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from cachetools import LRUCache
 
 from runtime_signals.schemas import codec
 
+from runtime_signals.agent.perfmap import JitModule
 from runtime_signals.agent.processes import NodeFiles, ProcessInfo
 from runtime_signals.agent.procmaps import FileIdentity, Mapping, file_identity, signed64
 from runtime_signals.agent.publisher import Publisher
@@ -63,8 +64,9 @@ class ModuleMapBuilder:
             self._build_ids[identity] = read_build_id(path)
         return self._build_ids[identity]
 
-    def record(self, process: ProcessInfo, mappings: list[Mapping], version: int) -> dict[str, Any]:
-        modules = []
+    def record(self, process: ProcessInfo, mappings: list[Mapping], version: int,
+               jit: Sequence[JitModule] = ()) -> dict[str, Any]:
+        modules: list[dict[str, Any]] = []
         for mapping in sorted(mappings, key=lambda m: m.start):
             host_path = process.root / mapping.path.lstrip("/")
             modules.append({
@@ -76,6 +78,13 @@ class ModuleMapBuilder:
                 "build_id": self._build_id(host_path),
                 "purl": self._purls.purl(process.root, mapping.path),
             })
+        # JIT code the runtime named in its perf map: its address range, the map as path,
+        # the digest of its name (agent/perfmap.py), no build id.
+        for blob in sorted(jit, key=lambda b: (b.start, b.name)):
+            modules.append({"path": blob.map_path, "start_address": signed64(blob.start),
+                            "end_address": signed64(blob.start + blob.size), "file_offset": 0,
+                            "binary_digest": blob.binary_digest, "build_id": None, "purl": blob.purl})
+        modules.sort(key=lambda m: (m["start_address"] & 0xFFFFFFFFFFFFFFFF, m["path"]))
         return {
             "host": self.host,
             "agent_id": self._agent_id,
@@ -99,21 +108,40 @@ class ModuleMapPublisher:
         self._topic = topic
         self._registry = registry
         self._builder = builder
-        self._queue: queue.Queue[tuple[ProcessInfo, list[Mapping], int] | None] = queue.Queue(MAX_QUEUED)
+        # (process, its mappings or its record already built, version, its JIT code units);
+        # bounded: a full queue drops the map (counted as queue_full), it is offered again on change.
+        self._queue: queue.Queue[tuple[ProcessInfo, list[Mapping] | dict[str, Any], int, Sequence[JitModule]]
+                                 | None] = queue.Queue(MAX_QUEUED)
         self.counts: Counter[str] = Counter()
         self._thread = threading.Thread(target=self._work, name="module-maps", daemon=True)
         self._thread.start()
 
-    def offer(self, process: ProcessInfo, mappings: list[Mapping], version: int) -> None:
+    def offer(self, process: ProcessInfo, mappings: list[Mapping], version: int,
+              jit: Sequence[JitModule] = ()) -> None:
         """Queue the map of process (ProcessTable calls this on first sight and on change)."""
         try:
-            self._queue.put_nowait((process, list(mappings), version))
+            self._queue.put_nowait((process, list(mappings), version, tuple(jit)))
         except queue.Full:
             self.counts["queue_full"] += 1
 
     def sizes(self) -> dict[str, int]:
         """Entries held, for /metrics."""
         return {"module_maps_queued": self._queue.qsize(), "build_ids": self._builder.build_ids_cached}
+
+    def offer_now(self, process: ProcessInfo, mappings: list[Mapping], version: int,
+                  jit: Sequence[JitModule] = ()) -> None:
+        """Build the map of process now, while it is alive (digests, build ids and packages
+        are read through /proc/<pid>/root), and publish it from the worker."""
+        try:
+            record = self._builder.record(process, mappings, version, jit)
+        except Exception:  # noqa: BLE001  # one bad process must not stop a hold being answered
+            self.counts["failed"] += 1
+            log.exception("building the module map of pid %d failed", process.pid)
+            return
+        try:
+            self._queue.put_nowait((process, record, version, tuple(jit)))
+        except queue.Full:
+            self.counts["queue_full"] += 1
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Publish the maps already offered, then stop the worker."""
@@ -122,9 +150,10 @@ class ModuleMapPublisher:
 
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
-            process, mappings, version = item
+            process, mappings, version, jit = item
             try:
-                record = self._builder.record(process, mappings, version)
+                record = (mappings if isinstance(mappings, dict)
+                          else self._builder.record(process, mappings, version, jit))
                 value = codec.encode(record, MODULE_MAP, self._registry)
                 key = module_map_key(self._builder.host, process.pid, process.start_ticks)
                 self._publisher.produce(self._topic, key.encode(), value)

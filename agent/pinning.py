@@ -26,6 +26,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from runtime_signals.agent import bpfsys
 from runtime_signals.agent.errors import BpfLoadError
@@ -35,6 +36,12 @@ log = logging.getLogger(__name__)
 
 PIN_ROOT = Path("/sys/fs/bpf/runtime-signals")
 # The maps a new agent needs from an old one: what it collected and what it counted.
+# The other maps of calltrace.bpf.c (probe_config, flush_clock, dedup_active, the unwind maps
+# unwind_rows/unwind_tables/proc_mappings, announced, rate_state, scratch) are not pinned:
+# the old program holds a reference to each, so they live as long as its pinned links, and
+# the new agent never reads them (its own program has its own). While no agent runs they are
+# not updated: the flush clock keeps its last NTP offset, and processes started meanwhile get
+# no unwind rules (their walks fall back to frame pointers and say so in truncation_reason).
 PINNED_MAPS = ("events", "counters", "dedup_a", "dedup_b")
 _CPUS = os.cpu_count() or 1
 
@@ -115,10 +122,15 @@ def read_percpu_counters(fd: int, probes: list[int]) -> dict[int, dict[str, int]
     return found
 
 
-def _lib() -> ctypes.CDLL:
-    from bcc import libbcc  # type: ignore[import-not-found,import-untyped,unused-ignore]
+def _bcc() -> Any:
+    # The one bcc import (agent/probes.py); imported here, not at the top: probes imports this module.
+    from runtime_signals.agent.probes import import_bcc
 
-    return libbcc.lib  # type: ignore[no-any-return]
+    return import_bcc()
+
+
+def _lib() -> ctypes.CDLL:
+    return _bcc().libbcc.lib  # type: ignore[no-any-return]
 
 
 class PinnedGeneration:
@@ -139,7 +151,7 @@ class PinnedGeneration:
         try:
             for name in PINNED_MAPS:
                 fds[name] = bpfsys.pinned(directory / name)
-        except Exception as exc:  # noqa: BLE001 -- any failure: the pins are unusable
+        except Exception as exc:  # any failure: the pins are unusable
             log.error("pins in %s are incomplete (%s): removed; what the previous agent left there is lost", directory,
                       exc)
             for fd in fds.values():
@@ -187,9 +199,7 @@ class PinnedGeneration:
             on_record(ctypes.cast(data, pointer).contents)
             return 0
 
-        from bcc.libbcc import _RINGBUF_CB_TYPE  # type: ignore[import-not-found,import-untyped,unused-ignore]
-
-        callback = _RINGBUF_CB_TYPE(_one)
+        callback = _bcc().libbcc._RINGBUF_CB_TYPE(_one)
         ring = lib.bpf_new_ringbuf(self.map_fds["events"], callback, None)
         if not ring:
             log.error("the pinned ring buffer %s cannot be read: its records are lost (counted)",

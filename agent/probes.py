@@ -16,10 +16,9 @@ import mmap
 import os
 import struct
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from runtime_signals import bpf as bpf_sources
 
@@ -32,27 +31,43 @@ from runtime_signals.agent.wire import COUNTER_NAMES, FLAG_STACK_ERROR, FLAG_STA
 log = logging.getLogger(__name__)
 
 __all__ = ["COUNTER_NAMES", "FLAG_STACK_ERROR", "FLAG_STACK_TRUNCATED", "AttachedProbe", "CallTracer",
-           "ProbeLimits", "ProbeSpec", "RawCall", "TracerSettings"]
+           "ProbeLimits", "ProbeSpec", "RawCall", "TracerSettings", "split_points"]
 
 _PAGE_BYTES = mmap.PAGESIZE
 _DEDUP_READ_CHUNK = 1024
 _MAP_NAMES = (b"events", b"counters", b"probe_config", b"rate_state", b"scratch", b"nesting",
-              b"dedup_a", b"dedup_b", b"dedup_active")
+              b"dedup_a", b"dedup_b", b"dedup_active", b"unwind_rows", b"unwind_tables", b"proc_mappings",
+              b"announced")
 
 
 @dataclass(frozen=True, slots=True)
 class ProbeSpec:
-    """What to probe: a binary (path, or library name such as "c") and a symbol in it."""
+    """What to probe: a binary (path, or library name such as "c") and a symbol in it; with
+    file_offset, that place of the binary instead of the symbol's entry (an inlined copy of
+    the function, agent/inlined.py)."""
 
     binary: str
     symbol: str
+    file_offset: int | None = None
 
     @classmethod
     def parse(cls, text: str) -> "ProbeSpec":
-        """Parse "BINARY:SYMBOL"; the last ':' splits, so paths may contain ':'."""
-        binary, sep, symbol = text.rpartition(":")
-        if not sep or not binary or not symbol:
-            raise ConfigError(f"--probe {text!r}: expected BINARY:SYMBOL, e.g. /usr/bin/app:handle_request")
+        """Parse "BINARY:SYMBOL". BINARY is a path or a library name; SYMBOL may be a
+        demangled C++ or Rust name ("imgproc::Parser::parse", "mycrate::a::b") or a Go
+        name ("golang.org/x/net/html.Parse"). The split is at the first lone ':' (one that
+        is not part of a "::"); a path that itself holds a lone ':' is split after it when
+        the part before it names an existing file."""
+        candidates = split_points(text)
+        if not candidates:
+            raise ConfigError(f"--probe {text!r}: expected BINARY:SYMBOL, e.g. /usr/bin/app:handle_request "
+                              "or /app/server:imgproc::Parser::parse")
+        index = candidates[0]
+        if text.startswith("/") and len(candidates) > 1:
+            # "/srv/a:b/server:f": prefer the split whose binary part exists here.
+            index = next((i for i in candidates if os.path.isfile(text[:i])), index)
+        binary, symbol = text[:index], text[index + 1:]
+        if not binary or not symbol:
+            raise ConfigError(f"--probe {text!r}: expected BINARY:SYMBOL with both parts non-empty")
         return cls(binary, symbol)
 
     @property
@@ -87,6 +102,13 @@ class TracerSettings:
     max_frames: int = 64
     max_probes: int = 1024
     dedup_entries: int = 16384
+    # Unwinding (bpf/calltrace.h): rows shared by all binaries' rules (12 bytes each,
+    # preallocated), binaries they can hold, processes with a mapping table, executable
+    # mappings per process. Rows and mappings are powers of two (the searches mask).
+    unwind_rows: int = 1 << 21
+    unwind_tables: int = 4096
+    max_processes: int = 4096
+    max_mappings: int = 256
 
     def cflags(self) -> list[str]:
         if self.ringbuf_pages <= 0 or self.ringbuf_pages & (self.ringbuf_pages - 1):
@@ -95,9 +117,22 @@ class TracerSettings:
             raise ConfigError(f"max_frames={self.max_frames}: must be between 2 and 127")
         if self.max_probes < 1 or self.dedup_entries < 1:
             raise ConfigError(f"max_probes={self.max_probes}, dedup_entries={self.dedup_entries}: must be >= 1")
+        for name in ("unwind_rows", "max_mappings"):
+            value = getattr(self, name)
+            if value < 2 or value & (value - 1):
+                raise ConfigError(f"{name}={value}: must be a power of two >= 2")
+        if self.unwind_rows > 1 << 31 or self.unwind_tables < 2 or self.max_processes < 1:
+            raise ConfigError(f"unwind_rows={self.unwind_rows}, unwind_tables={self.unwind_tables}, "
+                              f"max_processes={self.max_processes}: rows <= 2^31, tables >= 2, processes >= 1")
         return [f"-I{bpf_sources.SOURCE_DIR}", f"-DRINGBUF_PAGES={self.ringbuf_pages}",
                 f"-DCALLTRACE_MAX_FRAMES={self.max_frames}", f"-DCALLTRACE_MAX_PROBES={self.max_probes}",
-                f"-DDEDUP_ENTRIES={self.dedup_entries}"]
+                f"-DDEDUP_ENTRIES={self.dedup_entries}", f"-DCALLTRACE_UNWIND_ROWS={self.unwind_rows}",
+                f"-DCALLTRACE_UNWIND_TABLES={self.unwind_tables}",
+                f"-DCALLTRACE_MAX_PROCESSES={self.max_processes}",
+                f"-DCALLTRACE_MAX_MAPPINGS={self.max_mappings}",
+                # A search over n entries needs ceil(log2 n) + 1 steps (bit_length of n).
+                f"-DMAPPING_SEARCH_STEPS={self.max_mappings.bit_length()}",
+                f"-DROW_SEARCH_STEPS={self.unwind_rows.bit_length()}"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +160,30 @@ class RawCall:
     count: int = 1
     last_boot_ns: int = 0
     probe_index: int = 0
+    end_reason: int = 0  # enum stack_end (wire.STACK_END_*)
 
 
-def _import_bcc():  # type: ignore[no-untyped-def]
+def split_points(text: str) -> list[int]:
+    """Indexes of the ':' in text that can separate BINARY from SYMBOL: each lone ':' and,
+    in a run of an odd number of colons ("f:::g"), its first one; the pairs of a run are
+    a symbol's "::"."""
+    points = []
+    index = 0
+    while index < len(text):
+        if text[index] != ":":
+            index += 1
+            continue
+        end = index
+        while end < len(text) and text[end] == ":":
+            end += 1
+        if (end - index) % 2 == 1:
+            points.append(index)
+        index = end
+    return points
+
+
+def import_bcc() -> Any:
+    """Debian's bcc module (python3-bpfcc), or a BpfLoadError that says how to get it."""
     try:
         import bcc  # Debian's python3-bpfcc; see scripts/bootstrap.sh
     except ImportError as exc:
@@ -149,7 +205,7 @@ class CallTracer:
                                       max_frames=max_frames or settings.max_frames,
                                       max_probes=settings.max_probes, dedup_entries=settings.dedup_entries)
         cflags = settings.cflags()
-        bcc = _import_bcc()
+        bcc = import_bcc()
         self._bcc = bcc
         self._lib = bcc.libbcc.lib
         try:
@@ -176,6 +232,7 @@ class CallTracer:
         self._lock = threading.RLock()  # the target scanner attaches while the pump detaches
         self.attached: list[AttachedProbe] = []
         self._links: dict[int, bpfsys.UprobeLink | None] = {}
+        self._retired: set[int] = set()
         self._pin_dir: Path | None = None
         # An earlier agent's pinned probes (agent/pinning.py), by (file, offset): each is
         # closed just before this tracer links the same function, so no call runs both.
@@ -219,11 +276,14 @@ class CallTracer:
 
     def attach(self, spec: ProbeSpec, limits: ProbeLimits | None = None) -> AttachedProbe:
         """Attach the handler at the entry of spec.symbol in spec.binary (all processes)."""
-        try:
-            path, file_offset = self._bcc.BPF._check_path_symbol(spec.binary.encode(), spec.symbol.encode(),
-                                                                 None, -1)
-        except Exception as exc:
-            raise ProbeError(f"probe {spec.probe_id}: {self._explain(spec, exc)}") from exc
+        if spec.file_offset is not None:
+            path, file_offset = spec.binary.encode(), spec.file_offset
+        else:
+            try:
+                path, file_offset = self._bcc.BPF._check_path_symbol(spec.binary.encode(), spec.symbol.encode(),
+                                                                     None, -1)
+            except Exception as exc:
+                raise ProbeError(f"probe {spec.probe_id}: {self._explain(spec, exc)}") from exc
         with self._lock:
             index = len(self.attached)
             if index >= self.settings.max_probes:
@@ -271,10 +331,17 @@ class CallTracer:
                 link.close()
                 self._links[probe.index] = None
 
+    def retire(self, probe: AttachedProbe) -> None:
+        """Detach for good: its file changed (agent/filewatch.py), so the offset may no longer
+        start the function, and nothing (the probe budget) may re-arm it."""
+        with self._lock:
+            self._retired.add(probe.index)
+            self.detach(probe)
+
     def rearm(self, probe: AttachedProbe) -> None:
         """Attach a detached probe again, with its index and config unchanged."""
         with self._lock:
-            if self._links.get(probe.index) is None:
+            if self._links.get(probe.index) is None and probe.index not in self._retired:
                 self._links[probe.index] = self._link(probe)
 
     def _link(self, probe: AttachedProbe, before_link: Callable[[], object] | None = None) -> bpfsys.UprobeLink:
@@ -326,7 +393,8 @@ class CallTracer:
         count = min(raw.frame_count, self.max_frames)
         return RawCall(boot_ns=raw.boot_ns, cgroup_id=raw.cgroup_id, function_address=raw.function_address,
                        pid=raw.pid, tid=raw.tid, flags=raw.flags, frames=tuple(raw.frames[:count]),
-                       count=raw.count, last_boot_ns=raw.last_boot_ns, probe_index=raw.probe_index)
+                       count=raw.count, last_boot_ns=raw.last_boot_ns, probe_index=raw.probe_index,
+                       end_reason=raw.end_reason)
 
     def poll(self, timeout_ms: int) -> None:
         """Wait up to timeout_ms for ring-buffer records and deliver them to the callback."""
@@ -345,6 +413,14 @@ class CallTracer:
         self._set_active_dedup(1 - old)
         self.drain()
         return self._flush_dedup(self._dedup_fds[old])
+
+    def set_flush_clock(self, interval_ns: int, boot_to_wall_ns: int) -> None:
+        """Tell the program the flush interval and the boot-to-wall offset the agent converts
+        times with, so it never folds calls of two wall-clock intervals into one record
+        (flush_clock in calltrace.bpf.c)."""
+        table = self._bpf["flush_clock"]
+        table[ctypes.c_int(0)] = ctypes.c_uint64(interval_ns)
+        table[ctypes.c_int(1)] = ctypes.c_uint64(boot_to_wall_ns % (1 << 64))
 
     def _set_active_dedup(self, which: int) -> None:
         # bcc's MapInMapArray takes the inner map's fd as the value.
@@ -419,11 +495,21 @@ class CallTracer:
         """Bytes written to the ring buffer and not yet consumed (BPF_RB_AVAIL_DATA)."""
         if self._ringbuf_positions is None:
             return 0
-        consumer, producer = (struct.unpack_from("<Q", page, 0)[0] for page in self._ringbuf_positions)
+        consumer, producer = (int(struct.unpack_from("<Q", page, 0)[0]) for page in self._ringbuf_positions)
         return max(0, producer - consumer)
 
     def program_stats(self) -> bpfsys.ProgramStats:
         return bpfsys.program_stats(self._prog_fd)
+
+    def unwind_map_fds(self) -> tuple[int, int, int, int]:
+        """File descriptors of (unwind_rows, unwind_tables, proc_mappings, announced), for
+        agent/unwind.py."""
+        return (self._bpf["unwind_rows"].get_fd(), self._bpf["unwind_tables"].get_fd(),
+                self._bpf["proc_mappings"].get_fd(), self._bpf["announced"].get_fd())
+
+    def map_memory_bytes(self, name: str) -> int:
+        """Kernel memory held by one of the program's maps."""
+        return bpfsys.map_memlock_bytes(self._bpf[name].get_fd())
 
     def memory_bytes(self) -> int:
         """Kernel memory held by the program's maps."""

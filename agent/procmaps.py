@@ -219,6 +219,10 @@ class _ProcessView:
         self.misses: set[int] = set()
 
 
+class _Pending(Exception):
+    """The file is being hashed in the background (ProcessMaps._digest_of)."""
+
+
 class ProcessMaps:
     """Per-process executable mappings, re-read when an address falls outside them (a
     library loaded with dlopen after the first read).
@@ -266,7 +270,11 @@ class ProcessMaps:
         try:
             text = (self._proc_root / str(pid) / "maps").read_text()
         except OSError:
-            # The process exited before we looked: its frames stay unresolved.
+            if view is not None:
+                # Gone: the mappings read while it lived (at a hold, agent/loadwatch.py, or
+                # at an earlier call) still resolve the calls it made.
+                return view
+            # The process exited before we ever looked: its frames stay unresolved.
             text = ""
         mappings = parse_maps(text)
         if view is None or mappings != view.mappings:
@@ -299,26 +307,42 @@ class ProcessMaps:
                     view.misses.add(r.address)
         return resolved
 
+    def prime(self, pid: int) -> list[Mapping]:
+        """Read pid's mappings now and digest every file they map, so that its calls resolve
+        after it has exited; returns the mappings."""
+        view = self._view(pid, refresh=True)
+        for mapping in view.mappings:
+            self._digest_of(pid, view, mapping)
+        return view.mappings
+
+    def _digest_of(self, pid: int, view: _ProcessView, mapping: Mapping, wait: bool = True) -> str | None:
+        """The mapped file's digest. wait=False (the pump, with background hashing): raises
+        _Pending instead of hashing a file not hashed yet."""
+        if mapping in view.digests:
+            return view.digests[mapping]
+        # Read through the process's root so files inside containers are found.
+        host_path = self._proc_root / str(pid) / "root" / mapping.path.lstrip("/")
+        if self._background and not wait:
+            settled, digest = self._digests.lookup(host_path)
+            if not settled:  # nothing cached: asked again until the hasher is done
+                raise _Pending
+        else:
+            digest = self._digests.digest(host_path)
+        view.digests[mapping] = digest
+        if digest is not None and self._on_new_file is not None:
+            self._on_new_file(pid, mapping, digest)
+        return digest
+
     def _resolve_one(self, pid: int, view: _ProcessView, address: int) -> ResolvedAddress:
         index = bisect_right(view.starts, address) - 1
         if index < 0 or not view.mappings[index].contains(address):
             return ResolvedAddress(address, None, None, None)
         mapping = view.mappings[index]
-        if mapping in view.digests:
-            digest = view.digests[mapping]
-        else:
-            # Read through the process's root so files inside containers are found.
-            host_path = self._proc_root / str(pid) / "root" / mapping.path.lstrip("/")
-            if self._background:
-                settled, digest = self._digests.lookup(host_path)
-                if not settled:  # nothing cached: asked again until the hasher is done
-                    return ResolvedAddress(address, mapping.path, None,
-                                           address - mapping.start + mapping.file_offset, pending=True)
-            else:
-                digest = self._digests.digest(host_path)
-            view.digests[mapping] = digest
-            if digest is not None and self._on_new_file is not None:
-                self._on_new_file(pid, mapping, digest)
+        try:
+            digest = self._digest_of(pid, view, mapping, wait=False)
+        except _Pending:
+            return ResolvedAddress(address, mapping.path, None, address - mapping.start + mapping.file_offset,
+                                   pending=True)
         result = ResolvedAddress(address, mapping.path, digest, address - mapping.start + mapping.file_offset)
         if len(view.addresses) >= MAX_CACHED_ADDRESSES:
             view.addresses.clear()

@@ -28,7 +28,13 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from packageurl import PackageURL
 
-from runtime_signals.agent.pkgdb import OsPackage, OsRelease, os_package_index, path_variants, read_os_release
+from runtime_signals.agent.pkgdb import (
+    OsPackage,
+    OsRelease,
+    os_package_index,
+    path_variants,
+    read_os_release,
+)
 from runtime_signals.agent.procmaps import FileIdentity, file_identity
 
 log = logging.getLogger(__name__)
@@ -265,8 +271,9 @@ class PurlResolver:
 
 
 def _record_index(site_dir: Path) -> dict[str, str]:
-    """'relative path' -> 'name\\0version' for the native modules of every wheel installed
-    in site_dir (its *.dist-info/RECORD files; code mapped by a process is a .so)."""
+    """'relative path' -> 'name\\0version' for the native modules and Python sources of every
+    wheel installed in site_dir (its *.dist-info/RECORD files): a process maps the .so
+    files, and Python frames name the .py files."""
     index: dict[str, str] = {}
     try:
         dist_infos = [p for p in site_dir.iterdir() if p.name.endswith(".dist-info")]
@@ -280,6 +287,6 @@ def _record_index(site_dir: Path) -> dict[str, str]:
             continue
         for line in lines:
             file_name = line.split(",", 1)[0].strip('"')
-            if ".so" in file_name:
+            if ".so" in file_name or file_name.endswith(".py"):
                 index[os.path.normpath(file_name)] = f"{name}\0{version}"
     return index

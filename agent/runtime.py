@@ -7,6 +7,7 @@ then at the executable's name, then for Go's build-info section.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Callable
@@ -63,12 +64,16 @@ def is_go_binary(exe: Path) -> bool:
         return False
 
 
+_MAX_CACHED_FILES = 4096
+
+
 class RuntimeResolver:
     """RuntimeType per process, cached for the process's life."""
 
     def __init__(self, proc_root: Path = Path("/proc")) -> None:
         self._proc_root = proc_root
         self._by_pid: dict[int, RuntimeType] = {}
+        self._go_files: dict[tuple[int, int, int, int], bool] = {}  # file identity -> has Go build info
 
     def forget(self, pid: int) -> None:
         self._by_pid.pop(pid, None)
@@ -78,6 +83,21 @@ class RuntimeResolver:
 
     def known_pids(self) -> list[int]:
         return list(self._by_pid)
+
+    def _is_go(self, exe: Path) -> bool:
+        # Reading the ELF headers costs ~25 ms in pyelftools: once per executable file, not
+        # per process (every run of a short-lived program is a new process).
+        try:
+            st = os.stat(exe)
+        except OSError:
+            return False
+        key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        known = self._go_files.get(key)
+        if known is None:
+            if len(self._go_files) >= _MAX_CACHED_FILES:
+                self._go_files.clear()
+            known = self._go_files[key] = is_go_binary(exe)
+        return known
 
     def runtime(self, pid: int, mapped_paths: Callable[[], list[str]]) -> RuntimeType:
         """The process's runtime; mapped_paths is called only when it is not known yet."""
@@ -92,6 +112,6 @@ class RuntimeResolver:
         paths = mapped_paths()
         detected = detect_runtime(executable, paths)
         if detected is RuntimeType.NATIVE:
-            detected = detect_runtime(executable, paths, is_go_binary(proc / "exe"))
+            detected = detect_runtime(executable, paths, self._is_go(proc / "exe"))
         self._by_pid[pid] = detected
         return detected

@@ -21,9 +21,16 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from runtime_signals.agent.config import TargetSettings, is_pattern
-from runtime_signals.agent.demangle import demangle_all, without_parameters
+from runtime_signals.config.schema import TargetSettings
+from runtime_signals.schemas.demangle import demangle_all, without_parameters
 from runtime_signals.agent.processes import ProcessInfo
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def is_pattern(text: str) -> bool:
+    """A glob (fnmatch) rather than a literal name."""
+    return any(c in _GLOB_CHARS for c in text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,7 +77,7 @@ class AgentState:
             return None
         probes = {int(k): ProbeSite(**v) for k, v in data.pop("probes", {}).items()}
         counters = {int(k): dict(v) for k, v in data.pop("kernel_counters", {}).items()}
-        known = {f for f in cls.__dataclass_fields__}
+        known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known}, probes=probes, kernel_counters=counters)
 
     def save(self, directory: Path) -> None:

@@ -47,6 +47,9 @@ class Snapshot:
     memory_usage_bytes: int
     probes: tuple[ProbeFigures, ...] = field(default_factory=tuple)
     caches: Mapping[str, int] = field(default_factory=dict)  # entries per long-lived cache/queue
+    # Unwind maps (agent/unwind.py): rows used and capacity, map bytes, binaries by state.
+    # On /metrics; their memory is in memory_usage_bytes with the other maps.
+    unwind: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def dropped_events(self) -> int:
@@ -147,7 +150,8 @@ class StatsTracker:
 
     def take(self, kernel: KernelFigures, delivery: DeliveryFigures, unique_call_paths: int,
              agent_dropped_calls: Mapping[str, int], probes: tuple[ProbeFigures, ...],
-             caches: Mapping[str, int] | None = None, base: BaseFigures | None = None) -> Snapshot:
+             caches: Mapping[str, int] | None = None, base: BaseFigures | None = None,
+             unwind: Mapping[str, int] | None = None) -> Snapshot:
         now_ns = time.monotonic_ns()
         cpu_ns = agent_cpu_ns()
         total, delivered, dropped = account(kernel.counters, delivery, agent_dropped_calls, base or BaseFigures())
@@ -173,4 +177,5 @@ class StatsTracker:
             memory_usage_bytes=resident_bytes() + kernel.map_memory_bytes,
             probes=probes,
             caches=dict(caches or {}),
+            unwind=dict(unwind or {}),
         )

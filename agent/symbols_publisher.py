@@ -22,6 +22,7 @@ from cachetools import LRUCache
 
 from runtime_signals.schemas import codec
 
+from runtime_signals.agent.perfmap import JitModule
 from runtime_signals.agent.publisher import Publisher
 from runtime_signals.agent.symtab import SymbolTableError, chunk_symbols, read_symbol_table
 
@@ -65,6 +66,15 @@ class SymbolTablePublisher:
         """Entries held, for /metrics."""
         return {"symbol_tables_queued": self._queue.qsize(), "symbol_tables_remembered": len(self._offered)}
 
+    def offer_jit(self, blob: JitModule) -> None:
+        """Publish the one-name table of a JIT code blob (agent/perfmap.py) unless done already.
+        Produced at once, not queued: it is one small record, and behind a JVM's large ELF
+        tables it would miss the processor's wait for the window that needs it."""
+        if blob.binary_digest in self._offered:
+            return
+        self._offered[blob.binary_digest] = True
+        self._publish_jit(blob)
+
     def close(self, timeout_s: float = 30.0) -> None:
         """Finish the tables already offered, then stop the worker."""
         self._queue.put(None, timeout=timeout_s)
@@ -81,6 +91,15 @@ class SymbolTablePublisher:
             except Exception:  # a bug here must not stop the tables that follow
                 self.counts["failed"] += 1
                 log.exception("publishing symbols of %s (%s) failed", digest, path)
+
+    def _publish_jit(self, blob: JitModule) -> None:
+        value = codec.encode({
+            "binary_digest": blob.binary_digest, "build_id": None, "source": f"perf-map:{blob.map_path}",
+            "chunk_index": 0, "chunk_count": 1, "symbol_count": 1,
+            "symbols": [{"file_offset": 0, "size_bytes": blob.size, "name": blob.name}],
+        }, SYMBOL_TABLE, self._registry)
+        self._publisher.produce(self._topic, f"{blob.binary_digest}/0".encode(), value)
+        self.counts["jit_tables"] += 1
 
     def _publish(self, digest: str, path: Path, root: Path) -> None:
         table = read_symbol_table(path, debug_root=root)

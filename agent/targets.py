@@ -4,7 +4,8 @@ every rescan, so libraries loaded later and containers started later are probed 
 
 A uprobe is set on a file (an inode) and fires in every process that maps it, so a file
 is attached once however many processes use it; a container's copy is reached through
-/proc/<pid>/root/<path>, which is the same inode the container sees. A rescan reads each
+/proc/<pid>/root/<path>. Files are keyed by the inode the kernel attaches to, under any
+overlayfs (agent/fileid.py): containers started from one image share one uprobe. A rescan reads each
 process's /proc/<pid>/maps (a substring test first, so most are never parsed) and costs
 attach work only for files not seen before.
 
@@ -26,9 +27,12 @@ from typing import Callable
 
 from cachetools import LRUCache
 
-from runtime_signals.agent.config import TargetSettings
+from runtime_signals.agent.selectors import is_pattern
+from runtime_signals.config.schema import TargetSettings
 from runtime_signals.agent.errors import ProbeError
+from runtime_signals.agent.fileid import BackingFiles, FileKey
 from runtime_signals.agent.identity import ContainerResolver, PodDirectory
+from runtime_signals.agent.inlined import InlineReport, inlined_copies
 from runtime_signals.agent.probes import AttachedProbe, ProbeSpec
 from runtime_signals.agent.processes import ProcessInfo, process_names
 from runtime_signals.agent.procmaps import parse_maps
@@ -50,7 +54,7 @@ class FoundFile:
     host_path: Path      # where the agent opens it: <host root>/<path> or /proc/<pid>/root/<path>
     root: Path           # the root it was found under
     path_in_root: str    # the path as processes under that root see it
-    identity: tuple[int, int]  # (device, inode): what a uprobe is attached to
+    identity: FileKey      # (device, inode) of the file underneath overlays: what a uprobe is attached to
 
 
 def library_matches(name: str, basename: str) -> bool:
@@ -114,40 +118,77 @@ class TargetManager:
         self._selectors = [ProcessSelector.of(t) for t in targets]
         self._containers = ContainerResolver(proc_root)
         self._pods = pods or PodDirectory()
+        self.backing = BackingFiles(host_root)
         self._symbols: LRUCache[tuple[int, int], SymbolIndex] = LRUCache(MAX_SYMBOL_INDEXES)
         self._probe_ids: dict[tuple[tuple[int, int], str], str] = {}  # (file, symbol) -> probe id
         self._done: set[tuple[tuple[int, int], int]] = set()          # (file, target) handled
         self._files: list[dict[tuple[int, int], str]] = [{} for _ in targets]
         self._resolved: set[tuple[int, int]] = set()                  # (target, pattern) found
+        self._found_symbols: dict[tuple[int, tuple[int, int]], set[str]] = {}  # (target, file) -> symbols
         self._broad: dict[tuple[int, int], str] = {}
+        # (target, pattern) not found where no DWARF could show inlined copies: why not.
+        self._no_dwarf: dict[tuple[int, int], str] = {}
+        self._inline_reports: dict[tuple[FileKey, frozenset[str]], InlineReport] = {}
         self.missing: dict[str, str] = {}
         self.counts: Counter[str] = Counter()
         self._own_pid = os.getpid()
+        self._forget_pending: list[str] = []  # files changed in place (forget_file)
+        self._late = False  # set while a rescan (not a hold) is attaching
+        # The rescan thread and the loader-hold thread (scan_pid) both attach.
+        self._scan_lock = threading.RLock()
 
     # --- one pass -------------------------------------------------------------------
     def scan(self) -> int:
         """Look for target files everywhere and attach what is new; returns probes added."""
+        with self._scan_lock:
+            return self._scan()
+
+    def _scan(self) -> int:
         before = self.counts["probes_attached"]
         self.counts["rescans"] += 1
+        while self._forget_pending:
+            self._forget(self._forget_pending.pop())
         for index, target in enumerate(self.targets):
             if self._wants_host(index):
                 for found in self._host_files(target):
                     self._consider(index, found)
-        for pid, text in self._process_maps():
-            for index, target in enumerate(self.targets):
-                paths = self._mapped_paths(target, text)
-                if not paths:
-                    continue
-                selector = self._selectors[index]
-                if selector is not None and not selector.matches(self.describe(pid)):
-                    continue
-                root = self._proc_root / str(pid) / "root"
-                for path in paths:
-                    in_process = self._found(root, path)
-                    if in_process is not None:
-                        self._consider(index, in_process)
+        # A file first found by a rescan was mapped before it was attached: calls made in
+        # between were not observed (the loader hook, agent/loadwatch.py, attaches without
+        # that gap; a rescan finding something new means it did not).
+        self._late = self.counts["rescans"] > 1
+        try:
+            for pid, text in self._process_maps():
+                self._scan_process(pid, text)
+        finally:
+            self._late = False
         self._report()
         return self.counts["probes_attached"] - before
+
+    def scan_pid(self, pid: int) -> int:
+        """Attach what pid maps that targets name, now (the process is held for it: see
+        agent/loadwatch.py); returns probes added."""
+        try:
+            text = (self._proc_root / str(pid) / "maps").read_text()
+        except OSError:
+            return 0
+        with self._scan_lock:
+            before = self.counts["probes_attached"]
+            self._scan_process(pid, text)
+            return self.counts["probes_attached"] - before
+
+    def _scan_process(self, pid: int, text: str) -> None:
+        for index, target in enumerate(self.targets):
+            paths = self._mapped_paths(target, text)
+            if not paths:
+                continue
+            selector = self._selectors[index]
+            if selector is not None and not selector.matches(self.describe(pid)):
+                continue
+            root = self._proc_root / str(pid) / "root"
+            for path in paths:
+                in_process = self._found(root, path)
+                if in_process is not None:
+                    self._consider(index, in_process)
 
     def _wants_host(self, index: int) -> bool:
         target = self.targets[index]
@@ -164,11 +205,12 @@ class TargetManager:
 
     def _found(self, root: Path, path: str) -> FoundFile | None:
         host_path = root / path.lstrip("/")
-        try:
-            st = os.stat(host_path)
-        except OSError:
+        # A process's root is /proc/<pid>/root: its mounts are in /proc/<pid>/mountinfo.
+        mountinfo = self.backing.host_mountinfo if root == self._host_root else root.parent / "mountinfo"
+        identity = self.backing.identity(host_path, mountinfo, path)
+        if identity is None:
             return None
-        return FoundFile(host_path, root, path, (st.st_dev, st.st_ino))
+        return FoundFile(host_path, root, path, identity)
 
     def _process_maps(self) -> list[tuple[int, str]]:
         needles = {t.binary if "/" in t.binary else (t.binary if t.binary.startswith("lib") else f"lib{t.binary}")
@@ -223,16 +265,40 @@ class TargetManager:
                     f"{pattern!r} matches {len(mangled)} functions in {found.host_path}, more than "
                     f"agent.max_symbols_per_pattern={self._max_symbols}: narrow the pattern")
                 continue
-            if mangled:
+            # A function inlined into its callers runs there, not at its symbol (which an -O2
+            # build may not even keep): its inlined copies are probed too, where DWARF says.
+            wanted = set(mangled) if mangled or is_pattern(pattern) else {pattern.strip()}
+            report = self._inlined(found, frozenset(wanted)) if wanted else InlineReport((), None)
+            if mangled or report.copies:
                 self._resolved.add((index, pattern_index))
+                self._found_symbols.setdefault((index, found.identity), set()).update(mangled)
+            elif report.dwarf_source is None and wanted:
+                self._no_dwarf[(index, pattern_index)] = report.reason
             for name in mangled:
                 self._attach_one(index, found, name)
+            for copy in report.copies:
+                self._attach_one(index, found, copy.function, copy.file_offset)
         if self._purls is not None:
             # Resolved here, off the event pump, so the first call's lookup is a cache hit.
             self._purls.purl(found.root, found.path_in_root)
 
-    def _attach_one(self, index: int, found: FoundFile, symbol: str) -> None:
-        key = (found.identity, symbol)
+    def _inlined(self, found: FoundFile, names: frozenset[str]) -> InlineReport:
+        key = (found.identity, names)
+        report = self._inline_reports.get(key)
+        if report is None:
+            report = inlined_copies(found.host_path, names)
+            self._inline_reports[key] = report
+            if report.dwarf_source is None and report.reason and "more than" in report.reason:
+                log.warning("inlined copies of %s not looked for: %s", ", ".join(sorted(names)), report.reason)
+            if report.copies:
+                log.info("%s: %d inlined cop%s of %s found in DWARF (%s)", found.host_path, len(report.copies),
+                         "y" if len(report.copies) == 1 else "ies", ", ".join(sorted({c.function for c in report.copies})),
+                         report.dwarf_source)
+        return report
+
+    def _attach_one(self, index: int, found: FoundFile, symbol: str, file_offset: int | None = None) -> None:
+        # An inlined copy is its own uprobe, reporting under the function's name.
+        key = (found.identity, symbol if file_offset is None else f"{symbol}@0x{file_offset:x}")
         selector = self._selectors[index]
         existing = self._probe_ids.get(key)
         if existing is not None:
@@ -240,6 +306,8 @@ class TargetManager:
             self.filters.add(existing, selector)
             return
         spec = ProbeSpec(self.targets[index].binary, symbol)
+        if file_offset is not None:
+            self.counts["inlined_copies"] += 1
         if self._attach is None:
             self._probe_ids[key] = spec.probe_id
             self.counts["probes_attached"] += 1
@@ -248,7 +316,7 @@ class TargetManager:
         self.filters.add(spec.probe_id, selector)
         with self._attach_lock:
             try:
-                attached = self._attach(ProbeSpec(str(found.host_path), symbol))
+                attached = self._attach(ProbeSpec(str(found.host_path), symbol, file_offset))
             except ProbeError as exc:
                 self.counts["attach_failures"] += 1
                 self._set_missing(f"{self.names[index]}.symbols ({symbol})",
@@ -262,8 +330,19 @@ class TargetManager:
         self._probe_ids[key] = spec.probe_id
         self.counts["probes_attached"] += 1
         log.info("attached %s in %s (+0x%x)", spec.probe_id, found.host_path, attached.file_offset)
+        if self._late:
+            self.counts["late_attaches"] += 1
+            log.warning("%s in %s was attached by a rescan, after a process had mapped it: calls made "
+                        "before now were not observed (late_attaches)", spec.probe_id, found.host_path)
 
     # --- reporting -----------------------------------------------------------------
+    def resolved(self) -> list[tuple[str, str, list[str]]]:
+        """(target name, file as found, symbols resolved in it) per file of each target, for
+        `signals agent --check`; a file where no symbol resolved lists none."""
+        return [(self.names[index], path, sorted(self._found_symbols.get((index, identity), ())))
+                for index, files in enumerate(self._files) for identity, path in sorted(files.items(),
+                                                                                       key=lambda item: item[1])]
+
     def _report(self) -> None:
         for index, target in enumerate(self.targets):
             name = self.names[index]
@@ -280,6 +359,11 @@ class TargetManager:
                     self._clear_missing(key)
                 elif (index, pattern_index) in self._broad:
                     self._set_missing(key, self._broad[(index, pattern_index)])
+                elif (index, pattern_index) in self._no_dwarf:
+                    self._set_missing(key, f"symbol {pattern!r} has no out-of-line calls we can see in "
+                                      f"{', '.join(sorted(files.values()))}: it is not in the symbol table, and "
+                                      "without DWARF (build with -g, or install the debug file) copies inlined into "
+                                      f"its callers cannot be found ({self._no_dwarf[(index, pattern_index)]})")
                 else:
                     self._set_missing(key, f"symbol {pattern!r} not found in {', '.join(sorted(files.values()))}")
 
@@ -296,6 +380,25 @@ class TargetManager:
         """Entries held, for /metrics."""
         return {"symbol_indexes": len(self._symbols), "target_files": len(self._done)}
 
+    def forget_file(self, host_path: str) -> None:
+        """A probed file changed in place (agent/filewatch.py retired its probes): resolve its
+        symbols and attach afresh on the next scan, as for a file never seen. Called from the
+        file watcher's thread; the scan thread does the forgetting."""
+        self._forget_pending.append(host_path)
+
+    def _forget(self, host_path: str) -> None:
+        try:
+            st = os.stat(host_path)
+            inode: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except OSError:
+            inode = None
+        stale = {identity for files in self._files for identity, path in files.items()
+                 if path == host_path or identity == inode}
+        self._done = {(identity, index) for identity, index in self._done if identity not in stale}
+        self._probe_ids = {key: probe for key, probe in self._probe_ids.items() if key[0] not in stale}
+        for identity in stale:
+            self._symbols.pop(identity, None)
+
     def counters(self) -> dict[str, int]:
         """For the statistics: targets whose binary or symbols are missing, probes in place."""
         return {
@@ -304,6 +407,9 @@ class TargetManager:
             "missing_binaries": sum(1 for k in self.missing if k.endswith(".binary")),
             "missing_symbols": sum(1 for k in self.missing if ".symbols" in k),
             "rescans": self.counts["rescans"],
+            "overlay_files_unresolved": sum(self.backing.unresolved.values()),
+            "late_attaches": self.counts["late_attaches"],
+            "inlined_copies": self.counts["inlined_copies"],
         }
 
     # --- background rescans --------------------------------------------------------

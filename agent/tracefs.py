@@ -41,19 +41,26 @@ def tracefs_root() -> Path:
 class UprobeEvents:
     """The tracefs uprobe events of this agent process."""
 
-    def __init__(self, root: Path | None = None, owner_pid: int | None = None) -> None:
+    def __init__(self, root: Path | None = None, owner_pid: int | None = None, name_prefix: str = "") -> None:
         self.root = root or tracefs_root()
         self.owner_pid = owner_pid or os.getpid()
         self.group = f"rsig_{self.owner_pid}"
+        # Tells apart the events of the agent's programs in its one group ("ld" for the loader
+        # hooks of agent/loadwatch.py, a prefix for the Python markers, "" for the probes).
+        self.name_prefix = name_prefix
         self._names: dict[int, str] = {}
         self.remove_stale()
 
-    def create(self, index: int, path: str, file_offset: int) -> int:
-        """Define the event for probe `index` at file_offset of path; returns its tracefs id."""
+    def create(self, index: int, path: str, file_offset: int, ref_ctr_offset: int = 0) -> int:
+        """Define the event for probe `index` at file_offset of path; returns its tracefs id.
+        ref_ctr_offset: file offset of a USDT semaphore, which the kernel then raises in
+        every process mapping the file while the event is in use (and lowers after)."""
         if any(c.isspace() for c in path):
             raise ProbeError(f"{path}: tracefs cannot name a file whose path holds whitespace")
-        name = f"{self.group}_{index}"
-        self._write(f"p:{self.group}/{name} {path}:0x{file_offset:x}", f"defining uprobe {path}+0x{file_offset:x}")
+        name = f"{self.group}_{self.name_prefix}{index}"
+        ref_ctr = f"(0x{ref_ctr_offset:x})" if ref_ctr_offset else ""
+        self._write(f"p:{self.group}/{name} {path}:0x{file_offset:x}{ref_ctr}",
+                    f"defining uprobe {path}+0x{file_offset:x}{ref_ctr}")
         self._names[index] = name
         try:
             return int((self.root / "events" / self.group / name / "id").read_text())

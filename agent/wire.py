@@ -20,9 +20,25 @@ COUNTER_NAMES: tuple[str, ...] = (
 )
 FLAG_STACK_TRUNCATED = 1 << 0
 FLAG_STACK_ERROR = 1 << 1
-# The kernel's walk held the caller already (newer kernels at a `push %rbp` entry); the
-# BPF program dropped the copy, so the frames need nothing more: for statistics and tests.
-FLAG_KERNEL_ADDED_CALLER = 1 << 2
+# The process had no mapping table yet: frame pointers, return addresses unchecked (the
+# agent checks them against /proc/<pid>/maps).
+FLAG_UNCHECKED = 1 << 2
+# Some frame was walked by frame pointers (its binary had no rules loaded).
+FLAG_FRAME_POINTERS = 1 << 3
+
+# enum stack_end, by value: why a walk stopped; None for a complete walk. The names are
+# what RuntimeCallEvent.truncation_reason carries.
+STACK_END_COMPLETE = 0
+STACK_END_DEPTH_LIMIT = 1
+STACK_END_NO_UNWIND_INFO = 2
+STACK_END_NOT_EXECUTABLE = 3
+STACK_END_READ_FAULT = 4
+STACK_END_NAMES: tuple[str | None, ...] = (None, "depth_limit", "no_unwind_info", "not_executable", "read_fault")
+
+# enum unwind_cfa and enum unwind_rbp.
+UNWIND_CFA_NONE, UNWIND_CFA_RSP, UNWIND_CFA_RBP, UNWIND_CFA_UNSUPPORTED, UNWIND_CFA_END = range(5)
+UNWIND_RBP_SAME, UNWIND_RBP_AT_CFA, UNWIND_RBP_UNKNOWN = range(3)
+DEFAULT_MAX_MAPPINGS = 256
 
 
 @cache
@@ -42,7 +58,7 @@ def call_event_type(max_frames: int = DEFAULT_MAX_FRAMES) -> type[ctypes.Structu
             ("frame_count", ctypes.c_uint32),
             ("flags", ctypes.c_uint32),
             ("probe_index", ctypes.c_uint32),
-            ("reserved", ctypes.c_uint32),
+            ("end_reason", ctypes.c_uint32),
             ("frames", ctypes.c_uint64 * max_frames),
         ]
 
@@ -78,3 +94,51 @@ class RateState(ctypes.Structure):
         ("credit_ns", ctypes.c_uint64),
         ("last_ns", ctypes.c_uint64),
     ]
+
+
+class UnwindRow(ctypes.Structure):
+    """struct unwind_row."""
+
+    _fields_ = [
+        ("address", ctypes.c_uint32),
+        ("cfa_offset", ctypes.c_int32),
+        ("rbp_offset", ctypes.c_int16),
+        ("cfa_register", ctypes.c_uint8),
+        ("rbp_rule", ctypes.c_uint8),
+    ]
+
+
+class UnwindTable(ctypes.Structure):
+    """struct unwind_table."""
+
+    _fields_ = [
+        ("first_row", ctypes.c_uint32),
+        ("row_count", ctypes.c_uint32),
+    ]
+
+
+class ExecMapping(ctypes.Structure):
+    """struct exec_mapping."""
+
+    _fields_ = [
+        ("start", ctypes.c_uint64),
+        ("end", ctypes.c_uint64),
+        ("bias", ctypes.c_uint64),
+        ("table_id", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+    ]
+
+
+@cache
+def process_mappings_type(max_mappings: int = DEFAULT_MAX_MAPPINGS) -> type[ctypes.Structure]:
+    """struct process_mappings for a program built with -DCALLTRACE_MAX_MAPPINGS=max_mappings."""
+
+    class ProcessMappings(ctypes.Structure):
+        _fields_ = [
+            ("count", ctypes.c_uint32),
+            ("reserved", ctypes.c_uint32),
+            ("mappings", ExecMapping * max_mappings),
+        ]
+
+    ProcessMappings.__name__ = f"ProcessMappings{max_mappings}"
+    return ProcessMappings

@@ -45,9 +45,14 @@ def markdown(results: dict[str, Any]) -> str:
         f"{meta.get('load_average_end', [0])[0]:.1f} at the end"
         + (" · QUICK: toy sizes, the figures mean nothing" if meta["quick"] else ""), "",
     ]
-    lines += _probe(results.get("probe_agent")) + _hot(results.get("hot"))
+    lines += _probe(results.get("probe_agent")) + _unwind(results.get("unwind")) + _hot(results.get("hot"))
     lines += _agent(results.get("probe_agent")) + _processor(results.get("processor"))
-    lines += _latency(results.get("latency"))
+    lines += _latency(results.get("latency")) + _watch(results.get("watch"))
+    if "python_probe" in results:
+        from .python_probe import markdown as python_probe_markdown
+
+        lines += python_probe_markdown(results["python_probe"])
+    lines += _windows(results.get("windows"))
     return "\n".join(lines)
 
 
@@ -69,6 +74,30 @@ def _probe(section: dict[str, Any] | None) -> list[str]:
             f"{_f(section['calls_sent'])} calls; kernel counters {section['kernel_counters']}).", ""] + _table(
         ["calls per run", "unprobed ns/call", "no-op uprobe ns/call", "full probe ns/call",
          "(full − unprobed) / (no-op − unprobed)"], rows)
+
+
+def _unwind(section: dict[str, Any] | None) -> list[str]:
+    title = "1c. Stack walk cost per call, 17 frames: frame pointers and CFI rules vs `stackcount -U`"
+    failed = _failed(section, title)
+    if failed:
+        return failed
+    assert section is not None
+    rows = [[r["build"], _f(r["unprobed_ns_per_call"], 1), _f(r["noop_ns_per_call"]),
+             _f(r["stackcount_ns_per_call"]), _f(r["agent_ns_per_call"]), _f(r["stackcount_vs_floor"], 2),
+             _f(r["agent_vs_floor"], 2), _f(r["agent_vs_stackcount"], 2),
+             "; ".join(f"{k}: {_f(v)}" for k, v in r.get("reported_frames_and_end", {}).items())]
+            for r in section["rows"]]
+    lines = [f"## {title}", "", f"{_f(section['calls'])} calls per run, median of {section['repeats']} runs; "
+             "ratios are (probed - unprobed) / (floor - unprobed).", ""]
+    lines += _table(["build", "unprobed ns", "no-op ns", "stackcount -U ns", "agent ns", "stackcount / no-op",
+                     "agent / no-op", "agent / stackcount", "agent's paths (calls)"], rows)
+    rules = [[r["binary"], _f(r.get("file_bytes")), _f(r.get("fdes")), _f(r.get("rows")), _f(r.get("row_bytes")),
+              _f(r.get("build_s"), 1), r.get("error") or ""] for r in section["rules"]]
+    if not section["rules"]:
+        return lines
+    lines += ["Unwind rules per binary (built once per digest, by a child interpreter of the agent):", ""]
+    lines += _table(["binary", "file bytes", "FDEs", "rows", "map bytes", "build s", "note"], rules)
+    return lines
 
 
 def _hot(section: dict[str, Any] | None) -> list[str]:
@@ -157,6 +186,41 @@ def _latency(section: dict[str, Any] | None) -> list[str]:
             f"lateness + up to one watermark interval after its end ({floor_ms} ms at most).", ""] + _table(
         ["calls/s", "calls", "p50 ms", "p99 ms", "p50 − window ms", "p99 − window ms",
          "after window end p50 ms", "after window end p99 ms"], rows)
+
+
+def _watch(section: dict[str, Any] | None) -> list[str]:
+    title = "5. First (provisional) answer: call → its line in `signals watch`"
+    failed = _failed(section, title)
+    if failed:
+        return failed
+    assert section is not None
+    return [f"## {title}", "",
+            f"Agent defaults (in-kernel dedup, watermarks every {section['watermark_interval_ms']} ms: a call is "
+            f"sent when its interval ends), no processor: the floor is one interval. Start-up: the time "
+            f"`signals watch` took to read the symbols and modules topics and reach the raw topic.", ""] + _table(
+        ["calls/s", "calls", "lines", "p50 ms", "p99 ms", "max ms", "after 2 s: p50 ms", "after 2 s: p99 ms",
+         "watch start-up s"],
+        [[_f(section["rate_per_s"]), _f(section["calls"]), _f(section["lines"]), _f(section["p50_ms"]),
+          _f(section["p99_ms"]), _f(section["max_ms"]), _f(section["steady_p50_ms"]),
+          _f(section["steady_p99_ms"]), _f(section["watch_startup_s"], 1)]])
+
+
+def _windows(section: dict[str, Any] | None) -> list[str]:
+    title = "6. Window attribution: each call in its own window"
+    failed = _failed(section, title)
+    if failed:
+        return failed
+    assert section is not None
+    rows = [[_f(section["calls"]), _f(section["windows"]), _f(section["raw_records"]),
+             _f(section["records_spanning_windows"]), _f(section["calls_in_spanning_records"]),
+             _f(section["calls_in_another_window"]), _f(section["calls_within_1ms_of_a_boundary"])]]
+    return [f"## {title}", "",
+            f"{section['window_ms']} ms windows, agent flushes every {section['watermark_interval_ms']} ms, "
+            f"paced calls on a few stacks (folded in the kernel). Floor: 0 records spanning a window; calls "
+            f"counted in another window than their own clock's at most the calls stamped within 1 ms of a "
+            f"boundary.", ""] + _table(
+        ["calls", "windows", "raw records", "records spanning windows", "calls in them",
+         "calls in another window", "calls within 1 ms of a boundary"], rows)
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

@@ -18,13 +18,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from . import hot, latency, probe_agent, processor_bench, report
+from . import hot, latency, probe_agent, processor_bench, python_probe, report, unwind_cost, watch_latency, windows
 from .kafka_io import dedicated_broker
 from .procs import flags_offered
 from .synthetic import Dataset
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("probe_agent", "hot", "processor", "latency")
+STAGES = ("probe_agent", "unwind", "hot", "processor", "latency", "watch", "python_probe", "windows")
 log = logging.getLogger("benchmarks")
 
 
@@ -35,6 +35,14 @@ class Plan:
     processor: processor_bench.ProcessorPlan
     latency_rates_per_s: list[int]
     latency_seconds_per_rate: float
+    watch_rate_per_s: int = 100
+    watch_seconds: float = 5.0
+    python_probe: python_probe.PythonProbePlan = python_probe.PythonProbePlan()
+    # Window attribution: paced calls (count, one every interval µs) across window boundaries.
+    windows_calls: int = 20_000
+    windows_interval_us: int = 1000
+    windows_window_ms: int = 5000
+    unwind: unwind_cost.UnwindPlan = unwind_cost.UnwindPlan(calls=2_000, repeats=1, rule_figures=False)
 
 
 # Sizes for the 2-core VM the figures in docs/benchmarks.md come from: 5 to 8 minutes.
@@ -51,6 +59,7 @@ FULL = Plan(
     ),
     latency_rates_per_s=[10, 100, 1000],
     latency_seconds_per_rate=4.0,
+    unwind=unwind_cost.UnwindPlan(calls=200_000, repeats=3),
 )
 
 # Every code path at toy sizes, for tests/test_benchmarks_smoke.py: figures mean nothing.
@@ -63,6 +72,12 @@ QUICK = Plan(
     ),
     latency_rates_per_s=[50],
     latency_seconds_per_rate=1.0,
+    watch_rate_per_s=50,
+    watch_seconds=1.0,
+    python_probe=python_probe.PythonProbePlan(calls=2_000, repeats=1),
+    windows_calls=600,
+    windows_interval_us=2000,
+    windows_window_ms=1000,
 )
 
 
@@ -139,11 +154,16 @@ def run_suite(plan: Plan, stages: list[str], bootstrap: str | None, work_dir: Pa
         full_probe_flags: list[str] = [f for f in ("--no-dedup", "--no-budget") if f in offered]
         runners: dict[str, Callable[[], dict[str, Any]]] = {
             "probe_agent": lambda: probe_agent.run(broker, work_dir, plan.probe, full_probe_flags),
+            "unwind": lambda: unwind_cost.run(broker, work_dir, plan.unwind),
             "hot": lambda: hot.run(broker, work_dir, plan.hot, offered),
             "processor": lambda: processor_bench.run(broker, work_dir, plan.processor,
                                                      flags_offered("processor")),
             "latency": lambda: latency.run(broker, work_dir, plan.latency_rates_per_s,
                                            plan.latency_seconds_per_rate),
+            "watch": lambda: watch_latency.run(broker, work_dir, plan.watch_rate_per_s, plan.watch_seconds),
+            "python_probe": lambda: python_probe.run(plan.python_probe),
+            "windows": lambda: windows.run(broker, work_dir, plan.windows_calls, plan.windows_interval_us,
+                                           plan.windows_window_ms),
         }
         for stage in stages:
             log.info("stage %s ...", stage)

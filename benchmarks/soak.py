@@ -115,7 +115,8 @@ class Containers:
     def __init__(self, every: int) -> None:
         mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
         mount = next((Path(f[1]) for f in mounts if len(f) > 2 and f[2] == "cgroup2"), None)
-        self.base = None if mount is None or not os.access(mount, os.W_OK) else mount / f"rs-soak-{uuid.uuid4().hex[:8]}"
+        name = f"rs-soak-{uuid.uuid4().hex[:8]}"
+        self.base = None if mount is None or not os.access(mount, os.W_OK) else mount / name
         if self.base is not None:
             self.base.mkdir()
         self.every = every
@@ -220,7 +221,7 @@ def slope_per_10min(samples: list[dict[str, Any]], key: str) -> float:
     ys = [s[key] for s in half]
     mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
     var = sum((x - mean_x) ** 2 for x in xs)
-    return 0.0 if not var else sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / var * 600
+    return 0.0 if not var else sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / var * 600
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

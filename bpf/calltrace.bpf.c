@@ -41,6 +41,43 @@ BPF_PERCPU_ARRAY(nesting, u64, 1);
 BPF_F_TABLE("hash", struct dedup_key, struct call_event, dedup_a, DEDUP_ENTRIES, BPF_F_NO_PREALLOC);
 BPF_F_TABLE("hash", struct dedup_key, struct call_event, dedup_b, DEDUP_ENTRIES, BPF_F_NO_PREALLOC);
 BPF_ARRAY_OF_MAPS(dedup_active, "dedup_a", 1);
+/* The agent's flush clock: [0] the flush interval in ns, [1] CLOCK_REALTIME - CLOCK_BOOTTIME
+ * in ns as the agent converts times. A call's flush epoch is (boot_ns + [1]) / [0]: the
+ * wall-clock interval it falls in, aligned to the Unix epoch. It is part of the dedup key,
+ * so a folded record never holds calls of two epochs, and so never spans the boundary of
+ * a window whose length is a multiple of the interval, whenever the agent swaps the maps.
+ * [0] == 0 (not set yet) puts every call in epoch 0. */
+BPF_ARRAY(flush_clock, u64, 2);
+
+/* A 64-bit odd constant (2^64 / golden ratio) spreads consecutive epochs over the key's
+ * hash: distinct epochs of one stack never collide unless their hashes do. */
+#define EPOCH_MIX 0x9E3779B97F4A7C15ULL
+
+static __always_inline u64 flush_epoch(u64 boot_ns)
+{
+    u32 interval_key = 0, offset_key = 1;
+    u64 *interval_ns = flush_clock.lookup(&interval_key);
+    u64 *offset_ns = flush_clock.lookup(&offset_key);
+    if (!interval_ns || !offset_ns || !*interval_ns)
+        return 0;
+    return (boot_ns + *offset_ns) / *interval_ns;
+}
+
+/* Unwinding (see calltrace.h): rows of every loaded binary, each binary's slice of them,
+ * and each known process's executable mappings. Written by the agent only. */
+BPF_ARRAY(unwind_rows, struct unwind_row, CALLTRACE_UNWIND_ROWS);
+BPF_ARRAY(unwind_tables, struct unwind_table, CALLTRACE_UNWIND_TABLES);
+BPF_F_TABLE("hash", u32, struct process_mappings, proc_mappings, CALLTRACE_MAX_PROCESSES, BPF_F_NO_PREALLOC);
+/* Processes whose first call without a mapping table was sent to the agent (see announce). */
+BPF_TABLE("lru_hash", u32, u8, announced, CALLTRACE_MAX_PROCESSES);
+
+/* Steps of the binary searches: ceil(log2(entries)) + 1, set by the agent with the sizes. */
+#ifndef MAPPING_SEARCH_STEPS
+#define MAPPING_SEARCH_STEPS 9
+#endif
+#ifndef ROW_SEARCH_STEPS
+#define ROW_SEARCH_STEPS 22
+#endif
 
 static __always_inline void count(u32 probe, u32 index)
 {
@@ -73,14 +110,14 @@ static __always_inline bool over_rate(u32 probe, struct probe_config *config, u6
     return false;
 }
 
-/* Multiply-xorshift over the frames; frame_count is mixed in so a prefix differs.
- * The empty asm hides the index from the compiler so it keeps the bound check and
- * reads one frame per iteration: an unrolled, pointer-stepping loop is what the
- * verifier cannot prove in bounds. */
+/* Multiply-xorshift over the frames; frame_count and end_reason are mixed in so a prefix,
+ * or the same frames ended for another reason, differ. The empty asm hides the index from
+ * the compiler so it keeps the bound check and reads one frame per iteration: an
+ * unrolled, pointer-stepping loop is what the verifier cannot prove in bounds. */
 static __always_inline u64 hash_frames(struct call_event *event)
 {
     u32 frame_count = event->frame_count;
-    u64 hash = 0x9e3779b97f4a7c15ULL ^ frame_count;
+    u64 hash = 0x9e3779b97f4a7c15ULL ^ frame_count ^ ((u64)event->end_reason << 32);
     for (u32 i = 0; i < CALLTRACE_MAX_FRAMES; i++) {
         if (i >= frame_count)
             break;
@@ -94,66 +131,168 @@ static __always_inline u64 hash_frames(struct call_event *event)
     return hash;
 }
 
-/* Did bpf_get_stack already put the caller's return address after ip?
- *
- * At a function's first instruction the callee has not pushed its frame yet, so a walk of
- * the frame pointers starts at the caller's frame and skips the caller itself: its return
- * address is at the top of the stack, ret = *(sp). Older kernels (Debian's 6.1) return
- * K = [ip, F...], F being the frame-pointer chain's return addresses (F[0] = *(rbp + 8));
- * newer ones, for a uprobe on `push %rbp` or `endbr64` (the x86 unwinder's uprobe-at-entry
- * fix), return K = [ip, ret, F...]. A probe on any other first instruction gets the old
- * form on every kernel, so this is decided per call, not per kernel.
- *
- * The rule: let run_k be how many of K[1], K[2], ... in a row equal ret, and run_f how
- * many of F[0], F[1], ... do. Old form: K[1..] is F, so run_k == run_f (or less, when
- * the buffer cut K). New form: K[1..] is ret then F, so run_k == run_f + 1. Hence the
- * kernel added the caller exactly when run_f < run_k. In the usual call, ret != F[0]:
- * run_k is 0 (old) or 1 (new) and reading F[0] decides. A function that recurses from one
- * call site has ret == F[0] == F[1] ...: comparing K[1] with ret and K[2] with F[0] alone
- * would take an old kernel's three-deep recursion for the new form and lose a level; the
- * run lengths tell them apart, at the cost of walking run_k frames, only then. When the
- * buffer cut a run of ret, both forms give the same frames (all ret), so either answer
- * yields the same record and the same dedup key.
- *
- * One loop walks both runs in step (a loop nested in another is more paths than the
- * verifier follows): at step j, K[j + 1] != ret means run_k == j <= run_f, the old form;
- * else F[j] != ret means run_f == j < run_k, the new form. K sits in frames[1..walked],
- * K[i] in frames[i + 1]; the empty asm keeps the index a bounded register the verifier
- * can check (see hash_frames). */
-static __always_inline bool kernel_added_caller(struct pt_regs *ctx, struct call_event *event, u32 walked,
-                                                u64 return_address)
+/* Both searches below choose their next bound with a mask instead of a branch: a branch
+ * per step would give the verifier two states per step to follow, 2^steps per frame, far
+ * past its limit over 64 frames. They stop once one candidate is left (log2 of the rows
+ * steps), a branch out of the loop that the verifier follows without doubling. The asm
+ * hides each index from the compiler so the mask that bounds it for the verifier stays. */
+
+/* Index of the mapping of pm that holds address, or -1. */
+static __always_inline int find_mapping(struct process_mappings *pm, u64 address)
 {
-    u64 frame[2]; /* at each frame pointer: { next frame pointer, return address } */
-    u64 fp = PT_REGS_FP(ctx);
-    for (u32 j = 0; j < CALLTRACE_MAX_FRAMES - 2; j++) {
-        if (j + 1 >= walked)
-            return false; /* K ended: run_k == j */
-        u32 index = j + 2;
-        asm volatile("" : "+r"(index));
-        if (index >= CALLTRACE_MAX_FRAMES)
-            return false;
-        if (event->frames[index] != return_address)
-            return false; /* run_k == j */
-        if (bpf_probe_read_user(frame, sizeof(frame), (void *)fp) != 0 || frame[1] != return_address)
-            return true; /* run_f == j < run_k */
-        fp = frame[0];
+    u32 count = pm->count;
+    if (count == 0 || count > CALLTRACE_MAX_MAPPINGS)
+        return -1;
+    u32 base = 0, length = count;
+    for (u32 step = 0; step < MAPPING_SEARCH_STEPS; step++) {
+        if (length <= 1)
+            break; /* found: the exit leaves no state the rest of the walk depends on */
+        u32 half = length / 2;
+        u32 mid = base + half;
+        asm volatile("" : "+r"(mid));
+        mid &= CALLTRACE_MAX_MAPPINGS - 1;
+        /* All ones when mappings[mid].start > address (user addresses are < 2^63). */
+        u64 above = (u64)((s64)(address - pm->mappings[mid].start) >> 63);
+        base = (u32)((base & above) | (mid & ~above));
+        length -= half;
     }
-    return false; /* the buffer is full of ret: both forms give the same frames */
+    u32 index = base;
+    asm volatile("" : "+r"(index));
+    index &= CALLTRACE_MAX_MAPPINGS - 1;
+    if (address < pm->mappings[index].start || address >= pm->mappings[index].end)
+        return -1;
+    return (int)index;
 }
 
-/* Removes frames[1] (K's ip copy, replaced by ret when the kernel added it too): moves
- * frames[2..walked] one slot down. */
-static __always_inline void drop_slot_one(struct call_event *event, u32 walked)
+/* The row of table_id that covers address (the last one at or below it), or NULL. */
+static __always_inline struct unwind_row *find_row(u32 table_id, u32 address)
 {
-    for (u32 i = 1; i < CALLTRACE_MAX_FRAMES - 1; i++) {
-        if (i >= walked)
-            break;
-        u32 index = i;
-        asm volatile("" : "+r"(index));
-        if (index >= CALLTRACE_MAX_FRAMES - 1)
-            break;
-        event->frames[index] = event->frames[index + 1];
+    struct unwind_table *table = unwind_tables.lookup(&table_id);
+    if (!table || table->row_count == 0)
+        return NULL;
+    u32 base = table->first_row, length = table->row_count;
+    for (u32 step = 0; step < ROW_SEARCH_STEPS; step++) {
+        if (length <= 1)
+            break; /* a small binary's search ends after log2(its rows) steps */
+        u32 half = length / 2;
+        u32 mid = base + half;
+        asm volatile("" : "+r"(mid));
+        mid &= CALLTRACE_UNWIND_ROWS - 1;
+        struct unwind_row *row = unwind_rows.lookup(&mid);
+        if (!row)
+            return NULL;
+        u32 above = (u32)((s64)((u64)address - (u64)row->address) >> 63); /* all ones when the row is above */
+        base = (base & above) | (mid & ~above);
+        length -= half;
     }
+    struct unwind_row *row = unwind_rows.lookup(&base);
+    if (!row || row->address > address)
+        return NULL;
+    return row;
+}
+
+/* Walks the user stack into event->frames: by the binaries' unwind rules where the
+ * process's mapping table names them, by frame pointers elsewhere. A return address is
+ * emitted only after it is found inside an executable mapping of the process, so the walk
+ * ends at the last true frame and says why (end_reason) rather than emit a junk word.
+ *
+ * At frame 0 the uprobe sits on the probed function's first instruction: the CFI row
+ * there says CFA = rsp + 8, and the frame-pointer step reads the return address at rsp
+ * (the function has not pushed rbp yet). Callers are looked up at their return address
+ * minus one, inside the call instruction: a call may be the last instruction of a
+ * function, its return address then the first of the next one. */
+static __always_inline void walk(struct pt_regs *ctx, struct call_event *event)
+{
+    u64 pc = PT_REGS_IP(ctx), sp = PT_REGS_SP(ctx), bp = PT_REGS_FP(ctx);
+    u32 pid = event->pid;
+    struct process_mappings *pm = proc_mappings.lookup(&pid);
+    /* The mapping of the frame being unwound, found when its address was checked. */
+    int m = pm ? find_mapping(pm, pc) : -1;
+    if (m < 0) {
+        /* No table yet, or the probed function lies in code mapped after the table was
+         * written (a dlopen): frame pointers, checked by the agent, which reads the
+         * process's mappings again and rewrites its table. */
+        pm = NULL;
+        event->flags |= CALL_FLAG_UNCHECKED;
+    }
+    event->frames[0] = pc;
+    event->frame_count = 1;
+    event->end_reason = STACK_END_DEPTH_LIMIT;
+    for (u32 i = 0; i < CALLTRACE_MAX_FRAMES - 1; i++) {
+        struct unwind_row *row = NULL;
+        if (pm) {
+            u32 mi = (u32)m & (CALLTRACE_MAX_MAPPINGS - 1);
+            u32 table_id = pm->mappings[mi].table_id;
+            if (table_id)
+                row = find_row(table_id, (u32)((i == 0 ? pc : pc - 1) - pm->mappings[mi].bias));
+        }
+        u64 return_address = 0;
+        u32 cfa_register = row ? row->cfa_register : UNWIND_CFA_NONE;
+        bool by_rules = cfa_register == UNWIND_CFA_RSP || cfa_register == UNWIND_CFA_RBP;
+        if (cfa_register == UNWIND_CFA_END) {
+            event->end_reason = STACK_END_COMPLETE;
+            break;
+        }
+        if (by_rules) {
+            u64 cfa = (cfa_register == UNWIND_CFA_RSP ? sp : bp) + (s64)row->cfa_offset;
+            if (bpf_probe_read_user(&return_address, sizeof(return_address), (void *)(cfa - 8)) != 0) {
+                event->end_reason = STACK_END_READ_FAULT;
+                break;
+            }
+            if (row->rbp_rule == UNWIND_RBP_AT_CFA) {
+                if (bpf_probe_read_user(&bp, sizeof(bp), (void *)(cfa + (s64)row->rbp_offset)) != 0) {
+                    event->end_reason = STACK_END_READ_FAULT;
+                    break;
+                }
+            } else if (row->rbp_rule == UNWIND_RBP_UNKNOWN) {
+                bp = 0;
+            }
+            sp = cfa;
+        } else {
+            event->flags |= CALL_FLAG_FRAME_POINTERS;
+            if (i == 0) {
+                if (bpf_probe_read_user(&return_address, sizeof(return_address), (void *)sp) != 0) {
+                    event->end_reason = STACK_END_READ_FAULT;
+                    break;
+                }
+                sp += 8;
+            } else {
+                u64 frame[2]; /* at a frame pointer: { caller's frame pointer, return address } */
+                if (bp == 0 || bpf_probe_read_user(frame, sizeof(frame), (void *)bp) != 0) {
+                    /* rbp 0 ends a frame-pointer chain by convention (_start clears it); any
+                     * other unreadable rbp means this frame kept none. */
+                    event->end_reason = bp == 0 ? STACK_END_COMPLETE : STACK_END_NO_UNWIND_INFO;
+                    break;
+                }
+                sp = bp + 16;
+                bp = frame[0];
+                return_address = frame[1];
+            }
+        }
+        if (return_address == 0) {
+            event->end_reason = STACK_END_COMPLETE;
+            break;
+        }
+        if (pm) {
+            m = find_mapping(pm, return_address - 1);
+            if (m < 0) {
+                /* Found by rules, the address is right and its code has no file (JIT,
+                 * anonymous); found by frame pointers, it is most likely a word of a frame
+                 * that kept no frame pointer. */
+                event->end_reason = by_rules ? STACK_END_NOT_EXECUTABLE : STACK_END_NO_UNWIND_INFO;
+                break;
+            }
+        }
+        u32 index = i + 1;
+        asm volatile("" : "+r"(index));
+        if (index >= CALLTRACE_MAX_FRAMES)
+            break;
+        event->frames[index] = return_address;
+        event->frame_count = index + 1;
+        pc = return_address;
+    }
+    if (event->end_reason != STACK_END_COMPLETE)
+        event->flags |= CALL_FLAG_STACK_TRUNCATED;
 }
 
 static __always_inline void capture(struct pt_regs *ctx, struct call_event *event, u32 probe, u64 now)
@@ -168,34 +307,10 @@ static __always_inline void capture(struct pt_regs *ctx, struct call_event *even
     event->tid = (u32)pid_tgid;
     event->flags = 0;
     event->probe_index = probe;
-    event->reserved = 0;
-
-    /* The kernel's walk K goes from slot 1, so that slot 1 (K's copy of ip) can take the
-     * return address into the caller, ret = *(sp), when the kernel left it out (see
-     * kernel_added_caller), and be dropped when it did not. */
-    long stack_bytes = bpf_get_stack(ctx, &event->frames[1],
-                                     (CALLTRACE_MAX_FRAMES - 1) * sizeof(u64),
-                                     BPF_F_USER_STACK);
-    event->frames[0] = PT_REGS_IP(ctx);
-    u64 return_address = 0;
-    bpf_probe_read_user(&return_address, sizeof(return_address), (void *)PT_REGS_SP(ctx));
-    if (stack_bytes < 0) {
+    walk(ctx, event);
+    if (event->end_reason == STACK_END_READ_FAULT) {
         count(probe, COUNTER_STACK_ERROR);
         event->flags |= CALL_FLAG_STACK_ERROR;
-        event->frames[1] = return_address;
-        event->frame_count = return_address ? 2 : 1;
-    } else {
-        u32 walked = (u32)stack_bytes / sizeof(u64); /* K's length, ip included */
-        if (walked >= CALLTRACE_MAX_FRAMES - 1)
-            event->flags |= CALL_FLAG_STACK_TRUNCATED;
-        if (return_address && walked >= 2 && kernel_added_caller(ctx, event, walked, return_address)) {
-            drop_slot_one(event, walked);
-            event->frame_count = walked;
-            event->flags |= CALL_FLAG_KERNEL_ADDED_CALLER;
-        } else {
-            event->frames[1] = return_address;
-            event->frame_count = walked > 0 ? walked + 1 : (return_address ? 2 : 1);
-        }
     }
     event->stack_hash = hash_frames(event);
 }
@@ -207,6 +322,23 @@ static __always_inline void fold(struct call_event *entry, u64 now)
 {
     __sync_fetch_and_add(&entry->count, 1);
     entry->last_boot_ns = now;
+}
+
+/* Should this call skip the dedup map? The first unchecked call of a process does: the
+ * ring buffer wakes the agent within its poll interval, and it writes the process's mapping
+ * table then, instead of at its next collection, so fewer of the process's calls are
+ * walked without the rules. A process is announced once (an LRU map, the agent deletes
+ * its entry when the process exits); two CPUs racing may both announce it, harmlessly. */
+static __always_inline bool announce(struct call_event *event)
+{
+    if (!(event->flags & CALL_FLAG_UNCHECKED))
+        return false;
+    u32 pid = event->pid;
+    if (announced.lookup(&pid))
+        return false;
+    u8 one = 1;
+    announced.update(&pid, &one);
+    return true;
 }
 
 static __always_inline void handle(struct pt_regs *ctx, u32 probe, u32 slot)
@@ -230,11 +362,11 @@ static __always_inline void handle(struct pt_regs *ctx, u32 probe, u32 slot)
     capture(ctx, event, probe, now);
     u32 zero = 0;
 
-    if (config->dedup) {
+    if (config->dedup && !announce(event)) {
         void *dedup = dedup_active.lookup(&zero);
         if (dedup) {
-            struct dedup_key key = {.stack_hash = event->stack_hash, .pid = event->pid,
-                                    .probe_index = probe};
+            struct dedup_key key = {.stack_hash = event->stack_hash ^ (flush_epoch(now) * EPOCH_MIX),
+                                    .pid = event->pid, .probe_index = probe};
             struct call_event *entry = bpf_map_lookup_elem(dedup, &key);
             if (entry) {
                 fold(entry, now);

@@ -28,17 +28,34 @@ enum calltrace_counter {
     COUNTER_DROP_RATE_LIMITED,  /* over the probe's rate limit: counted, stack not captured */
     COUNTER_DROP_NESTED,        /* more preempted runs on one CPU than scratch slots */
     COUNTER_DEDUP_FULL,         /* (not a drop) the dedup map was full, the call went to the ring buffer */
-    COUNTER_STACK_ERROR,        /* (not a drop) bpf_get_stack failed; the record still has ip and caller */
+    COUNTER_STACK_ERROR,        /* (not a drop) the walk ended on a stack read fault (STACK_END_READ_FAULT) */
     COUNTER_MAX,
 };
 
 /* Bits of call_event.flags. */
-#define CALL_FLAG_STACK_TRUNCATED (1U << 0) /* frames filled the buffer: deeper callers are cut */
-#define CALL_FLAG_STACK_ERROR     (1U << 1) /* bpf_get_stack returned an error */
-/* The kernel's walk already held the caller's return address (newer kernels read *(sp)
- * themselves for a uprobe on `push %rbp` or `endbr64`): its copy was dropped, so frames[]
- * is the same as an older kernel's. Informational: the frames need no further fixing. */
-#define CALL_FLAG_KERNEL_ADDED_CALLER (1U << 2)
+#define CALL_FLAG_STACK_TRUNCATED (1U << 0) /* the walk stopped before the outermost frame: see end_reason */
+#define CALL_FLAG_STACK_ERROR     (1U << 1) /* the walk ended on a read fault (end_reason STACK_END_READ_FAULT) */
+/* The process had no mapping table in proc_mappings yet (the agent writes it when it first
+ * meets the process), or the probed function lies in code mapped after it was written (a
+ * dlopen): the walk followed frame pointers and could not check its return addresses
+ * against the process's executable mappings. The agent checks them against
+ * /proc/<pid>/maps and cuts the path at the first one that lies in none. */
+#define CALL_FLAG_UNCHECKED       (1U << 2)
+/* At least one frame was walked by frame pointers because its binary had no rules loaded
+ * (not built yet, did not fit, or an address its CFI does not cover). */
+#define CALL_FLAG_FRAME_POINTERS  (1U << 3)
+
+/* Why a walk ended: call_event.end_reason. Anything but STACK_END_COMPLETE sets
+ * CALL_FLAG_STACK_TRUNCATED. A frame is emitted only once it is known to lie inside an
+ * executable, file-backed mapping of the process, so a walk never emits a junk word. */
+enum stack_end {
+    STACK_END_COMPLETE = 0,     /* the outermost frame: return address undefined in its CFI, or 0 */
+    STACK_END_DEPTH_LIMIT,      /* frames[] is full: deeper callers are cut */
+    STACK_END_NO_UNWIND_INFO,   /* a frame without rules whose frame-pointer step led outside the code */
+    STACK_END_NOT_EXECUTABLE,   /* a return address (found by CFI) in no executable file mapping: JIT, anonymous */
+    STACK_END_READ_FAULT,       /* the stack word the rules point at could not be read */
+    STACK_END_MAX,
+};
 
 /* One call, or `count` identical calls folded together. The same layout is a ring-buffer
  * record (count == 1) and a dedup map value (count >= 1). Fields are ordered largest
@@ -55,14 +72,16 @@ struct call_event {
     __u32 frame_count;      /* valid entries in frames[] */
     __u32 flags;            /* CALL_FLAG_* */
     __u32 probe_index;      /* the probe that fired: its BPF cookie, an index into probe_config */
-    __u32 reserved;         /* explicit padding, always 0 */
+    __u32 end_reason;       /* enum stack_end: why the walk stopped */
     /* User stack, innermost first: frames[0] is the probed function's entry, frames[1]
-     * the return address into its caller, then the frame-pointer chain, whichever way
-     * the kernel's unwinder treats a function entry (see CALL_FLAG_KERNEL_ADDED_CALLER). */
+     * the return address into its caller, then each caller's return address, walked by
+     * the binaries' unwind rules where loaded and by frame pointers elsewhere. */
     __u64 frames[CALLTRACE_MAX_FRAMES];
 };
 
-/* Key of the dedup maps: calls of one probe in one process with one stack. Two distinct
+/* Key of the dedup maps: calls of one probe in one process with one stack in one flush
+ * epoch (stack_hash is the stack's hash mixed with the epoch, see flush_clock in
+ * calltrace.bpf.c; the value's call_event.stack_hash stays the stack's). Two distinct
  * stacks collide only if their 64-bit hashes do; the count stays exact either way,
  * only its attribution to a path would be shared. */
 struct dedup_key {
@@ -83,6 +102,79 @@ struct probe_config {
 struct rate_state {
     __u64 credit_ns;        /* time credit left; a call costs rate_interval_ns */
     __u64 last_ns;          /* when credit was last topped up */
+};
+
+/* --- Unwinding without frame pointers -----------------------------------------------
+ * The agent turns each binary's CFI (.eh_frame, .debug_frame) into rows, one per address
+ * range with a distinct rule for the CFA and the caller's rbp (agent/unwind.py), loads
+ * them once per binary digest into unwind_rows, and gives each process a sorted table of
+ * its executable file mappings, each naming its binary's rules. */
+
+/* Executable mappings one process table holds; a process with more keeps the first
+ * ones by address and the agent counts it. A power of two (the search masks the index). */
+#ifndef CALLTRACE_MAX_MAPPINGS
+#define CALLTRACE_MAX_MAPPINGS 256
+#endif
+
+/* Rows all binaries' rules share (a power of two), and how many binaries they can hold. */
+#ifndef CALLTRACE_UNWIND_ROWS
+#define CALLTRACE_UNWIND_ROWS (1 << 21)
+#endif
+#ifndef CALLTRACE_UNWIND_TABLES
+#define CALLTRACE_UNWIND_TABLES 4096
+#endif
+
+/* Processes with a mapping table at once. */
+#ifndef CALLTRACE_MAX_PROCESSES
+#define CALLTRACE_MAX_PROCESSES 4096
+#endif
+
+/* How the CFA (the caller's stack pointer after the return) is found. */
+enum unwind_cfa {
+    UNWIND_CFA_NONE = 0,        /* no CFI covers this address: walk by frame pointers */
+    UNWIND_CFA_RSP,             /* CFA = rsp + cfa_offset */
+    UNWIND_CFA_RBP,             /* CFA = rbp + cfa_offset */
+    UNWIND_CFA_UNSUPPORTED,     /* a rule this walker cannot express (expression, other register) */
+    UNWIND_CFA_END,             /* return address undefined: the outermost frame (_start, thread start) */
+};
+
+/* Where the caller's rbp is. The return address is always at CFA - 8 (rows whose CFI says
+ * otherwise are UNWIND_CFA_UNSUPPORTED). */
+enum unwind_rbp {
+    UNWIND_RBP_SAME = 0,        /* unchanged by this frame */
+    UNWIND_RBP_AT_CFA,          /* saved at CFA + rbp_offset */
+    UNWIND_RBP_UNKNOWN,         /* in a place the walker cannot read: rbp is lost from here on */
+};
+
+/* One rule, from address up to the next row's address (a binary's rows are sorted). */
+struct unwind_row {
+    __u32 address;              /* in the binary's ELF virtual address space */
+    __s32 cfa_offset;
+    __s16 rbp_offset;           /* UNWIND_RBP_AT_CFA: offset from the CFA */
+    __u8 cfa_register;          /* enum unwind_cfa */
+    __u8 rbp_rule;              /* enum unwind_rbp */
+};
+
+/* One binary's rows: unwind_rows[first_row .. first_row + row_count). Id 0 is never used. */
+struct unwind_table {
+    __u32 first_row;
+    __u32 row_count;
+};
+
+/* One executable, file-backed mapping of a process. */
+struct exec_mapping {
+    __u64 start;                /* first address */
+    __u64 end;                  /* one past the last */
+    __u64 bias;                 /* address - bias = the address in the binary's ELF virtual address space */
+    __u32 table_id;             /* its binary's rules in unwind_tables; 0: none (frame pointers) */
+    __u32 reserved;             /* explicit padding, always 0 */
+};
+
+/* Value of proc_mappings, keyed by pid (what Linux calls tgid). */
+struct process_mappings {
+    __u32 count;                /* valid entries of mappings[], sorted by start, disjoint */
+    __u32 reserved;             /* explicit padding, always 0 */
+    struct exec_mapping mappings[CALLTRACE_MAX_MAPPINGS];
 };
 
 #endif

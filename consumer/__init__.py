@@ -1,6 +1,6 @@
 """Typed reading of runtime-signals' output topics, and the reachability question.
 
-    from consumer import SignalsClient, Target
+    from runtime_signals.consumer import SignalsClient, Target
 
     client = SignalsClient("kafka:9092")                      # TopicNames() by default
     for summary in client.summaries("host:3d1219c7", since_us=t0_us):
@@ -9,8 +9,8 @@
     answer = client.is_reached(Target(function="parse_image_header"))
     answer.reached, answer.paths[0].symbols, answer.coverage.windows
 
-Pure logic lives in consumer.query (usable on Summary objects from anywhere, such as a
-capture file); consumer.kafka is the only module that talks to Kafka.
+Pure logic lives in runtime_signals.consumer.query (usable on Summary objects from anywhere,
+such as a capture file); runtime_signals.consumer.kafka is the only module that talks to Kafka.
 """
 
 from runtime_signals.consumer.client import SignalsClient

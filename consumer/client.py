@@ -1,7 +1,7 @@
 """SignalsClient: the summary and latest-state topics, read and asked about.
 
-Reading is done by consumer.kafka (bounded reads, no consumer group); deciding is done by
-consumer.query (pure functions). This module only joins the two and decodes records.
+Reading is done by runtime_signals.consumer.kafka (bounded reads, no consumer group); deciding
+is done by runtime_signals.consumer.query (pure functions). This module only joins the two and decodes records.
 """
 
 from __future__ import annotations
@@ -146,6 +146,8 @@ def state_from_record(record: Mapping[str, Any]) -> ContainerState:
             first_observed_at_us=path["first_observed_at_us"],
             last_observed_at_us=path["last_observed_at_us"],
             windows=path["windows"],
+            binary_digests=tuple(path.get("binary_digests") or ()),
+            binary_offsets=tuple(path.get("binary_offsets") or ()),
         ))
     return ContainerState(
         container_id=record["container_id"],

@@ -2,6 +2,7 @@
 
 ConsumerError
  ├── TopicNotFoundError   the topic is not on the cluster (names topic and bootstrap)
+ ├── BrokerUnreachableError  no broker of the bootstrap list answered (names the list)
  ├── ReadError            the broker refused or failed a read (names topic, partition, code)
  └── QueryError           a question cannot be asked as given (names the bad argument)
 
@@ -25,6 +26,19 @@ class TopicNotFoundError(ConsumerError, LookupError):
             f"or create the topics with `signals kafka topics`"
         )
         self.topic = topic
+        self.bootstrap = bootstrap
+
+
+class BrokerUnreachableError(ConsumerError, ConnectionError):
+    """No broker of the bootstrap list answered within the timeout."""
+
+    def __init__(self, bootstrap: str, timeout_s: float, last_error: str | None = None) -> None:
+        detail = f" (last error: {last_error})" if last_error else ""
+        super().__init__(
+            f"cannot reach Kafka at {bootstrap} within {timeout_s:g} s{detail}; check --bootstrap, "
+            f"kafka.bootstrap_servers or $KAFKA_BOOTSTRAP_SERVERS, or start the local broker with "
+            f"`signals kafka up`"
+        )
         self.bootstrap = bootstrap
 
 

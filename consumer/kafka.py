@@ -10,6 +10,7 @@ instead stay open (``end_offset=None``): the read then follows the partition unt
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -26,9 +27,12 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from runtime_signals.consumer.errors import ReadError, TopicNotFoundError
+from runtime_signals.consumer.errors import BrokerUnreachableError, ReadError, TopicNotFoundError
 
 _POLL_S = 0.2
+# librdkafka's own log (connection failures, retries) goes to this logger instead of raw
+# lines on stderr; the `signals` command keeps it quiet unless -v is given.
+LIBRDKAFKA_LOGGER = logging.getLogger("runtime_signals.librdkafka")
 _T = TypeVar("_T")
 # Errors a just-created topic answers with until its partitions have leaders.
 _SETTLING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
@@ -90,8 +94,14 @@ class TopicReader:
             "enable.partition.eof": True,
             # An assigned offset that retention already deleted restarts at the oldest one left.
             "auto.offset.reset": "earliest",
+            "logger": LIBRDKAFKA_LOGGER,
+            "error_cb": self._remember_error,
         }
         self._config.update(extra_config or {})
+        self.last_error: str | None = None  # librdkafka's latest client-level error, for messages
+
+    def _remember_error(self, error: KafkaError) -> None:
+        self.last_error = error.str()
 
     def _consumer(self) -> Consumer:
         return Consumer(self._config)
@@ -102,6 +112,11 @@ class TopicReader:
         try:
             metadata = consumer.list_topics(topic, timeout=self.timeout_s)
         except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and error.code() in (KafkaError._TRANSPORT, KafkaError._TIMED_OUT,
+                                                                   KafkaError._ALL_BROKERS_DOWN):
+                consumer.poll(0)  # serves error_cb: the connection failure's own words
+                raise BrokerUnreachableError(self.bootstrap, self.timeout_s, self.last_error) from exc
             raise TopicNotFoundError(topic, self.bootstrap, f"metadata request failed: {exc}") from exc
         finally:
             consumer.close()

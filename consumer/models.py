@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, cast
 
 
 def iso(time_us: int | None) -> str | None:
@@ -22,6 +22,24 @@ def iso(time_us: int | None) -> str | None:
 
 def _tuple(values: Sequence[Any] | None) -> tuple[Any, ...]:
     return tuple(values) if values is not None else ()
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Executable:
+    """A program that took a path: ObservedCallPath.executables."""
+
+    path: str | None
+    binary_digest: str | None
+    purl: str | None
+    comm: str
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Executable:
+        return cls(record.get("path"), record.get("binary_digest"), record.get("purl"), record.get("comm") or "")
+
+    def describe(self) -> str:
+        name = self.path or self.comm or "an unknown program"
+        return f"{name} ({self.binary_digest or 'digest unknown'}{', ' + self.purl if self.purl else ''})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +63,11 @@ class CallPath:
     last_observed_at_us: int
     path_hash: str | None
     callstack_hash: str | None
+    # Module identity of each frame (HASHING.md v2 §12: the package's purl, or
+    # pkg:generic/NAME?checksum=... for an unpackaged binary); all None in v1 records.
+    purls: tuple[str | None, ...] = ()
+    hash_recipe: str = "runtime-signals/v1"
+    executables: tuple[Executable, ...] = ()  # the programs that took the path
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], container_id: str = "",
@@ -68,7 +91,21 @@ class CallPath:
             last_observed_at_us=record["last_observed_at_us"],
             path_hash=record.get("path_hash"),
             callstack_hash=record.get("callstack_hash"),
+            purls=_tuple(record.get("purls")) or (None,) * len(symbols),
+            hash_recipe=record.get("hash_recipe") or "runtime-signals/v1",
+            executables=tuple(Executable.from_record(e) for e in record.get("executables") or ()),
         )
+
+    def package_of(self, index: int) -> str | None:
+        """The package purl of frame ``index``: its module identity when that names a
+        package (not an unpackaged binary); in a v1 record only the probed function's
+        (the last frame) is known. None when no package is known."""
+        module = self.purls[index] if index < len(self.purls) else None
+        if index == len(self.symbols) - 1 and self.purl is not None:
+            module = self.purl  # as the agent found it, qualifiers (arch, distro) included
+        if module is None or module.startswith("pkg:generic/"):
+            return None  # an unpackaged binary, anonymous memory: no package
+        return module
 
     @property
     def identity(self) -> tuple[str, ...]:
@@ -127,6 +164,17 @@ class PathTotal:
     first_observed_at_us: int
     last_observed_at_us: int
     windows: int
+    # Where each frame is (parallel to symbols): tells apart paths whose names agree.
+    binary_digests: tuple[str | None, ...] = ()
+    binary_offsets: tuple[int | None, ...] = ()
+    purls: tuple[str | None, ...] = ()
+    executables: tuple[Executable, ...] = ()
+
+    def package_of(self, index: int) -> str | None:
+        module = self.purls[index] if index < len(self.purls) else None
+        if index == len(self.symbols) - 1 and self.purl is not None:
+            module = self.purl
+        return None if module is None or module.startswith("pkg:generic/") else module
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +240,17 @@ class PathEvidence:
     # False when the target names a package but the path cannot confirm it (the frame's
     # package is not resolved): the function matched by name only.
     purl_verified: bool = True
+    # Parallel to symbols: demangled names, and where each frame is (its binary and the
+    # offset in it), so paths whose names agree can be told apart when printed.
+    function_signatures: tuple[str, ...] = ()
+    binary_digests: tuple[str | None, ...] = ()
+    binary_offsets: tuple[int | None, ...] = ()
+    # The matched frame's package (with its version) when known: what a verdict on a
+    # package version is about. None for an unpackaged binary or an unknown package.
+    package_purl: str | None = None
+    module: str | None = None          # the matched frame's module identity (HASHING.md v2)
+    executables: tuple[Executable, ...] = ()
+    frame_purls: tuple[str | None, ...] = ()  # every frame's module identity, as symbols
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +283,7 @@ class Reachability:
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-ready data, with an ISO-8601 twin of every time."""
-        return _with_iso(asdict(self))
+        return cast(dict[str, Any], _with_iso(asdict(self)))
 
 
 def _with_iso(value: Any) -> Any:

@@ -5,11 +5,12 @@ Matching rules (docs/consumers.md says the same, for users):
 - a function matches a frame whose symbol or function signature equals it, or is it
   followed by a parameter list (``ns::f`` matches ``ns::f(int)``) or by a Rust legacy
   hash (``krate::f`` matches ``krate::f::h0123456789abcdef``);
-- a PURL matches a path whose package (the probed function's) has the same type,
-  namespace and name, the same version if the query gives one, and every qualifier the
-  query gives. Caller frames carry no package of their own, so a function-in-PURL query
-  on a caller frame matches by name, with ``purl_verified`` False, unless the frame's node
-  hash equals node_hash(PURL, function), which proves both.
+- a PURL matches a frame whose package has the same type, namespace and name, the same
+  version if the query gives one, and no qualifier contradicting the query's. A v2 path names
+  every frame's package (``purls``); a v1 path only the probed function's. A frame of an
+  unpackaged binary or of unknown package matches a function-in-PURL query by name only,
+  with ``purl_verified`` False, unless the frame's node hash equals node_hash(PURL,
+  function), which proves both; a frame of another package does not match.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from packageurl import PackageURL
 from runtime_signals.schemas import hashing
 
 from runtime_signals.consumer.errors import QueryError
-from runtime_signals.consumer.models import CallPath, ContainerState, Coverage, PathEvidence, PathTotal, Reachability, Summary, Target
+from runtime_signals.consumer.models import CallPath, ContainerState, Coverage, Executable, PathEvidence, PathTotal, Reachability, Summary, Target
 
 # A Rust legacy-mangled name demangles with its hash: `krate::f::h0123456789abcdef`.
 _RUST_HASH = re.compile(r"::h[0-9a-f]{16}")
@@ -50,7 +51,9 @@ def purl_matches(query: PackageURL, candidate: str | None) -> bool:
         return False
     qualifiers = found.qualifiers if isinstance(found.qualifiers, dict) else {}
     wanted = query.qualifiers if isinstance(query.qualifiers, dict) else {}
-    return all(qualifiers.get(key) == value for key, value in wanted.items())
+    # A qualifier the candidate does not carry cannot contradict the query: v2 module
+    # identities drop qualifiers (schemas/HASHING.md §11).
+    return all(qualifiers.get(key, value) == value for key, value in wanted.items())
 
 
 def in_time(summary: Summary, since_us: int | None, until_us: int | None) -> bool:
@@ -66,9 +69,26 @@ def select(summaries: Iterable[Summary], *, container: str | None = None, since_
     (window start, container) order."""
     if since_us is not None and until_us is not None and until_us <= since_us:
         raise QueryError(f"empty time range: until ({until_us} µs) is not after since ({since_us} µs)")
-    chosen = [s for s in summaries if (container is None or s.container_id == container)
+    summaries = list(summaries)
+    wanted = None if container is None else resolve_container(container, {s.container_id for s in summaries})
+    chosen = [s for s in summaries if (wanted is None or s.container_id == wanted)
               and in_time(s, since_us, until_us)]
     return sorted(chosen, key=lambda s: (s.started_at_us, s.container_id))
+
+
+def resolve_container(container: str, known: Iterable[str]) -> str:
+    """The container id ``container`` names among ``known``: itself when known, else the one
+    id it is a prefix of (``host:3d1219c7`` for ``host:3d1219c7c4c5…``). An id known nowhere
+    is returned as given (the answer is then "nothing known"); a prefix of several ids is an
+    error listing them, never a silent pick."""
+    ids = set(known)
+    if container in ids:
+        return container
+    matches = sorted(i for i in ids if i.startswith(container))
+    if len(matches) > 1:
+        shown = ", ".join(matches[:5]) + (f", … ({len(matches)} in all)" if len(matches) > 5 else "")
+        raise QueryError(f"--container {container!r} is a prefix of several containers: {shown}; give more of it")
+    return matches[0] if matches else container
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +108,11 @@ class Matcher:
         self._purl = parse_purl(target.purl) if target.purl else None
         self._function = target.function.strip() if target.function else None
         # node_hash(purl, function) proves a frame is this function of this package.
-        self._proof: str | None = None
+        self._proof: frozenset[str] | None = None
         if self._purl is not None and self._function and target.purl:
             try:
-                self._proof = hashing.node_hash(target.purl, self._function)
+                self._proof = frozenset({hashing.node_hash(target.purl, self._function),
+                                         hashing.node_hash_v2(target.purl, self._function)})
             except Exception:  # an unhashable input only loses this shortcut
                 self._proof = None
 
@@ -116,15 +137,16 @@ class Matcher:
                 continue
             if self._purl is None:
                 return _Match(index, True)
-            if self._proof is not None and node_hash == self._proof:
+            if self._proof is not None and node_hash in self._proof:
                 return _Match(index, True)
-            if index == last and path.purl is not None:
-                if purl_matches(self._purl, path.purl):
+            package = path.package_of(index)
+            if package is not None:
+                if purl_matches(self._purl, package):
                     return _Match(index, True)
-                continue  # the probed function belongs to another package
+                continue  # the function of another package
             if self._function is None and self._node_hash is None:
-                continue  # a bare PURL is answered by the path's package only
-            return _Match(index, False)
+                continue  # a bare PURL is answered by the frames' packages only
+            return _Match(index, False)  # no package known for the frame: matched by name
         return None
 
 
@@ -200,7 +222,11 @@ def reachability_in_state(target: Target, state: ContainerState) -> Reachability
                 state.container_id, path.symbols, path.libraries, path.purl, found.frame,
                 path.node_hashes[found.frame] if found.frame < len(path.node_hashes) else None,
                 path.path_hash, path.callstack_hash, path.observation_count,
-                path.first_observed_at_us, path.last_observed_at_us, path.windows, found.purl_verified))
+                path.first_observed_at_us, path.last_observed_at_us, path.windows, found.purl_verified,
+                path.function_signatures, path.binary_digests, path.binary_offsets,
+                package_purl=path.package_of(found.frame),
+                module=path.purls[found.frame] if found.frame < len(path.purls) else None,
+                executables=path.executables, frame_purls=path.purls))
     # The latest-state record does not say where its last window ends, nor what was dropped:
     # its last window's start and 0 are what it can vouch for.
     end_us = state.last_window_end_us if state.last_window_end_us is not None else state.last_window_start_us
@@ -221,9 +247,11 @@ class _Totals:
         self.first_us: int | None = None
         self.last_us = 0
         self.windows: set[int] = set()
+        self.executables: set[Executable] = set()
 
     def add(self, path: CallPath) -> None:
         self.count += path.observation_count
+        self.executables.update(path.executables)
         if self.first_us is None or path.first_observed_at_us < self.first_us:
             self.first_us = path.first_observed_at_us
         self.last_us = max(self.last_us, path.last_observed_at_us)
@@ -235,13 +263,17 @@ class _Totals:
             p.container_id, p.symbols, p.libraries, p.purl, frame,
             p.node_hashes[frame] if frame < len(p.node_hashes) else None,
             p.path_hash, p.callstack_hash, self.count, self.first_us or 0, self.last_us,
-            len(self.windows), self.found.purl_verified)
+            len(self.windows), self.found.purl_verified, p.function_signatures, p.binary_digests,
+            p.binary_offsets, package_purl=p.package_of(frame),
+            module=p.purls[frame] if frame < len(p.purls) else None,
+            executables=tuple(sorted(self.executables)), frame_purls=p.purls)
 
     def total(self) -> PathTotal:
         p = self.path
         return PathTotal(p.symbols, p.function_signatures, p.node_hashes, p.libraries, p.purl,
                          p.runtime_type, p.path_hash, p.callstack_hash, self.count,
-                         self.first_us or 0, self.last_us, len(self.windows))
+                         self.first_us or 0, self.last_us, len(self.windows), p.binary_digests, p.binary_offsets,
+                         purls=p.purls, executables=tuple(sorted(self.executables)))
 
 
 class _CoverageBuilder:

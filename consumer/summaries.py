@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
+from runtime_signals.consumer.display import PathFrames, path_labels, readable
 from runtime_signals.consumer.kafka import TopicReader
 from runtime_signals.consumer.models import Summary, Target
-from runtime_signals.consumer.query import Matcher, in_time
+from runtime_signals.consumer.query import Matcher, in_time, resolve_container
 from runtime_signals.schemas import codec
 from runtime_signals.schemas.errors import SchemaError
 
@@ -19,11 +20,12 @@ log = logging.getLogger(__name__)
 SUMMARY = "io.runtimesignals.RuntimeSignalSummary"
 
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[tuple[bytes | None, bytes | None]]:
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0,
+               kafka_config: Mapping[str, str] | None = None) -> list[tuple[bytes | None, bytes | None]]:
     """Every (key, value) on the topic now (None values are tombstones), partition by
     partition, from the oldest record to the end the topic had when the read began, without
-    joining a consumer group."""
-    reader = TopicReader(bootstrap, timeout_s=timeout_s)
+    joining a consumer group. kafka_config adds librdkafka settings (TLS, SASL)."""
+    reader = TopicReader(bootstrap, kafka_config, timeout_s=timeout_s)
     return [(r.key, r.value) for r in reader.read(topic, reader.whole_topic(topic))]
 
 
@@ -33,6 +35,9 @@ def select_records(records: Iterable[dict[str, Any]], *, container: str | None =
     """Decoded summaries of one container (or all) whose windows overlap [since_us, until_us);
     with a target, only the call paths holding it, and only summaries that have one."""
     matcher = Matcher(target) if target is not None else None
+    records = list(records)
+    if container is not None:
+        container = resolve_container(container, {r["container_id"] for r in records})
     selected = []
     for record in records:
         summary = Summary.from_record(record)
@@ -82,15 +87,29 @@ def to_json(summaries: list[dict[str, Any]]) -> str:
 
 
 def short_symbol(symbol: str) -> str:
-    # Unresolved frames are "<sha256:digest>+0x<offset>": keep them readable.
-    if symbol.startswith("sha256:") and "+" in symbol:
-        digest, offset = symbol.split("+", 1)
-        return f"{digest[:15]}…+{offset}"
-    return symbol
+    """A frame's name for people (consumer.display.readable): demangled, unresolved frames shortened."""
+    return readable(symbol)
 
 
-def format_table(summaries: list[dict[str, Any]]) -> str:
-    """A human table: one block per container window, one line per call path."""
+def path_rows(call_paths: Iterable[dict[str, Any]]) -> list[tuple[int, int, tuple[str, ...]]]:
+    """(calls, stacks, frame labels) of a window's paths, most calls first. Labels are the
+    demangled names, with the call site where paths that print alike differ (consumer.display);
+    paths whose labels are still the same are one row, so no printed row repeats."""
+    paths = list(call_paths)
+    labels = path_labels([PathFrames(p["symbols"], p.get("function_signatures") or (),
+                                     p.get("binary_offsets") or (), p.get("binary_digests") or ())
+                          for p in paths])
+    calls: dict[tuple[str, ...], list[int]] = {}
+    for path, names in zip(paths, labels):
+        entry = calls.setdefault(tuple(names), [0, 0])
+        entry[0] += path["observation_count"]
+        entry[1] += 1
+    return sorted(((c, n, names) for names, (c, n) in calls.items()), key=lambda row: (-row[0], row[2]))
+
+
+def format_table(summaries: list[dict[str, Any]], limit: int | None = None) -> str:
+    """A human table: one block per container window, one line per call path, most calls
+    first; with a limit, at most that many paths per window and a line saying what was left out."""
     if not summaries:
         return "no summaries\n"
     lines = []
@@ -101,8 +120,14 @@ def format_table(summaries: list[dict[str, Any]]) -> str:
             f"paths {len(summary['call_paths'])}  runtimes {','.join(summary['detected_runtimes'])}"
         )
         lines.append(f"  {'calls':>8}  call path (entry point → probed function)")
-        for path in summary["call_paths"]:
-            lines.append(f"  {path['observation_count']:>8}  " + " → ".join(short_symbol(s) for s in path["symbols"]))
+        rows = path_rows(summary["call_paths"])
+        for calls, stacks, symbols in rows[:limit]:
+            note = f"  ({stacks} stacks)" if stacks > 1 else ""
+            lines.append(f"  {calls:>8}  " + " → ".join(symbols) + note)
+        hidden = rows[limit:] if limit is not None else []
+        if hidden:
+            lines.append(f"  … {len(hidden)} more path(s), {sum(r[0] for r in hidden)} calls: --limit 0 shows "
+                         f"them all, --json gives every field")
         lines.append(f"  combined path hash {summary['combined_path_hash']}")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

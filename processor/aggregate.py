@@ -6,7 +6,11 @@ List orders in the output (the contract's determinism rule, docs/processor.md):
 - detected_runtimes: by RuntimeType code;
 - symbols and per-frame lists of a path: entry point first, probed function last.
 
-Memory: a window holds one PathAggregate per distinct call stack, never the events.
+Memory: a window holds one PathAggregate per distinct call stack, never the events, and
+each path at most MAX_EXECUTABLES_PER_PATH executables (the rest counted, not kept).
+
+Hashes follow schemas/HASHING.md v2 (hash_recipe "runtime-signals/v2"); every input of
+them is in the record, so a reader can recompute them.
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ from typing import Any
 from runtime_signals.schemas import hashing
 from runtime_signals.schemas.codec import RuntimeType
 
-from runtime_signals.processor.intake import CallRecord
+from runtime_signals.processor.intake import CallRecord, Executable
 from runtime_signals.processor.symbolize import Frame, SymbolSource, digests_to_resolve, resolve_frames
 from runtime_signals.processor.windows import WindowKey
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# Distinct executables kept per path and window: a path is usually taken by one program;
+# a shared library's path in a pod of many programs by a few. Beyond this they are counted.
+MAX_EXECUTABLES_PER_PATH = 32
 
 
 @dataclass
@@ -39,8 +46,16 @@ class PathAggregate:
     observation_count: int = 0
     first_observed_at_us: int = 0
     last_observed_at_us: int = 0
+    executables: set[Executable] = field(default_factory=set)
+    executables_omitted: int = 0  # records whose executable did not fit
 
     def observe(self, call: CallRecord) -> None:
+        executable = call.executable
+        if executable is not None and executable not in self.executables:
+            if len(self.executables) < MAX_EXECUTABLES_PER_PATH:
+                self.executables.add(executable)
+            else:
+                self.executables_omitted += 1
         at_us = call.observed_at_us
         if self.observation_count == 0 or at_us < self.first_observed_at_us:
             self.first_observed_at_us = at_us
@@ -110,6 +125,7 @@ class WindowOutput:
     summary: dict[str, Any]
     paths: list[dict[str, Any]]
     unresolved_frames: int
+    executables_omitted: int = 0
 
 
 def path_record(window: WindowAggregate, path: PathAggregate,
@@ -117,7 +133,7 @@ def path_record(window: WindowAggregate, path: PathAggregate,
     """The ObservedCallPath record of one path of a window, and its unresolved frames."""
     frames = resolve_frames(path.frames, path.identities, path.top_symbol, path.top_signature,
                             path.top_purl, source)
-    node_hashes = [hashing.node_hash(f.purl, f.signature) for f in frames]
+    node_hashes = [hashing.node_hash_v2(f.module, f.signature) for f in frames]
     record = {
         "symbols": [f.symbol for f in frames],
         "observation_count": path.observation_count,
@@ -126,8 +142,8 @@ def path_record(window: WindowAggregate, path: PathAggregate,
         "first_observed_at_us": path.first_observed_at_us,
         "last_observed_at_us": path.last_observed_at_us,
         "node_hashes": node_hashes,
-        "path_hash": hashing.path_hash(node_hashes),
-        "callstack_hash": hashing.callstack_hash(path.identities),
+        "path_hash": hashing.path_hash_v2(node_hashes),
+        "callstack_hash": hashing.callstack_hash_v2(path.identities),
         "function_signatures": [f.signature for f in frames],
         "binary_digests": [f.binary_digest for f in path.frames],
         "binary_offsets": [f.binary_offset for f in path.frames],
@@ -135,6 +151,12 @@ def path_record(window: WindowAggregate, path: PathAggregate,
         "window_start_us": window.key.start_us,
         "window_end_us": window.end_us,
         "libraries": [f.library for f in path.frames],
+        "purls": [f.module for f in frames],
+        # Only frames named by their address (not located in a digested file) need it.
+        "addresses": [f.frame.address if f.identity.startswith(hashing.UNKNOWN_BINARY + "+") else None
+                      for f in frames],
+        "hash_recipe": hashing.RECIPE_V2,
+        "executables": [e.record() for e in sorted(path.executables, key=Executable.sort_key)],
     }
     return record, sum(not f.resolved for f in frames)
 
@@ -156,8 +178,10 @@ def window_output(window: WindowAggregate, source: SymbolSource) -> WindowOutput
         "detected_runtimes": sorted(window.runtimes, key=lambda name: RuntimeType[name].value),
         "observed_node_hashes": node_hashes,
         "observed_path_hashes": path_hashes,
-        "combined_path_hash": hashing.combined_path_hash(path_hashes),
+        "combined_path_hash": hashing.combined_path_hash_v2(path_hashes),
         "raw_records": window.raw_records,
         "late_events": window.late_events,
+        "hash_recipe": hashing.RECIPE_V2,
     }
-    return WindowOutput(summary, paths, sum(unresolved for _, unresolved in built))
+    return WindowOutput(summary, paths, sum(unresolved for _, unresolved in built),
+                        sum(p.executables_omitted for p in window.paths.values()))

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
 import time
 from collections.abc import Awaitable
@@ -53,6 +52,8 @@ from runtime_signals.processor.checkpoint import checkpoint_topic
 from runtime_signals.processor.engine import Engine, EngineSettings, Output
 from runtime_signals.processor.errors import DeliveryError, ProcessorError
 from runtime_signals.processor.faust_config import build_app, check_port_free
+from runtime_signals.processor.inflight import InflightLog
+from runtime_signals.processor.intake import Rejected
 from runtime_signals.processor.kafka_io import BinaryFeed, CheckpointStore, partition_count, read_partition
 from runtime_signals.processor.settings import ProcessorSettings
 from runtime_signals.processor.symbol_store import SymbolStore
@@ -89,8 +90,11 @@ class Worker:
         self._symbols = SymbolStore()
         self.engine = Engine(EngineSettings(settings.window, raw, settings.agent_idle_ms,
                                             settings.symbol_wait_ms, settings.max_pending_windows,
-                                            settings.latest_retention_ms),
+                                            max_event_ahead_ms=settings.max_event_ahead_ms,
+                                            latest_retention_ms=settings.latest_retention_ms),
                              self._symbols, self._registry)
+        self._inflight = InflightLog(settings.inflight_dir / settings.app_id, raw) \
+            if settings.inflight_dir is not None else None
         connection = settings.connection()
         admin = AdminClient(connection)
         raw_partitions = partition_count(admin, raw)
@@ -151,18 +155,39 @@ class Worker:
                 try:
                     if not self.engine.owns(message.partition) and not await self._restore(message.partition):
                         continue  # not assigned here (any more)
-                    handle = functools.partial(self.engine.handle, message.partition, message.offset, message.key,
-                                               message.value, tuple(message.headers or ()))
                     # A watermark may close windows: building and encoding their summaries
                     # (up to 16 MiB each) runs on a worker thread, so the event loop keeps
                     # serving fetches, timers and /healthz meanwhile. The lock, held
                     # throughout, keeps every other use of the engine out. A call record is
                     # handled inline: a thread hop per record would cost more than the work.
-                    outputs = await asyncio.to_thread(handle) if self._is_watermark(message.value) else handle()
+                    if self._is_watermark(message.value):
+                        outputs = await asyncio.to_thread(self._handle, message)
+                    else:
+                        outputs = self._handle(message)
                     if outputs:  # most records cause none: no await for them
                         await self._send(outputs)
                 except Exception as exc:  # noqa: BLE001 -- a worker error, not a record's: stop
                     await self._fail(exc)
+
+    def _handle(self, message: Any) -> list[Output]:
+        partition, offset = message.partition, message.offset
+        headers = tuple(message.headers or ())
+        inflight = self._inflight
+        if inflight is not None and inflight.is_poison(partition, offset):
+            return self.engine.reject(partition, offset, message.key, message.value, headers, Rejected(
+                "killed_worker", "a worker died while processing this record, twice; not processed again "
+                                 "(processor/inflight.py)"))
+        # Kafka timestamps are whole milliseconds; faust hands them over as float seconds.
+        # Log-append time on the raw topic (schemas/topics.py); on a topic left at create
+        # time the producer chose it, and the bounds are only as good as the writers.
+        timestamp_us = round(message.timestamp * 1000) * 1000 if message.timestamp and message.timestamp > 0 \
+            else None
+        if inflight is not None:
+            inflight.begin(partition, offset)
+        outputs = self.engine.handle(partition, offset, message.key, message.value, headers, timestamp_us)
+        if inflight is not None:
+            inflight.end(partition, offset)
+        return outputs
 
     async def _send(self, outputs: list[Output]) -> None:
         for output in outputs:
@@ -254,6 +279,8 @@ class Worker:
                 # Assigned elsewhere without a revoke here: its owner restores it.
                 self.engine.revoke(lost)
                 self._written.pop(lost, None)
+                if self._inflight is not None:
+                    self._inflight.close(lost)
             for partition in partitions:
                 try:
                     await self._restore(partition)
@@ -273,6 +300,10 @@ class Worker:
         checkpoint = await asyncio.to_thread(self._checkpoints.read, partition)
         latest = await asyncio.to_thread(self._latest_records, partition)
         self.engine.assign(partition, checkpoint, latest)
+        if self._inflight is not None:
+            suspect = self._inflight.open(partition)
+            if suspect is not None:
+                self.engine.counts["worker_deaths_in_flight"] += 1
         if checkpoint is None:
             log.info("assigned %s[%d]: no checkpoint, from the committed offset (else the earliest)", raw, partition)
         else:
@@ -291,6 +322,8 @@ class Worker:
                 await self._fail(exc)
             for partition in owned:
                 self.engine.revoke(partition)
+                if self._inflight is not None:
+                    self._inflight.close(partition)
                 self._written.pop(partition, None)
             log.info("revoked %s: checkpointed and dropped", owned)
 
@@ -381,7 +414,9 @@ class Worker:
         taken = metrics.Status(
             counts=dict(self.engine.counts), events_per_second=(total - events) / max(1e-3, now - at),
             open_windows=self.engine.open_windows(), pending_windows=self.engine.pending_windows(),
-            symbol_tables=len(self._symbols), watermarks_us=self.engine.watermarks_us(), caches=self._symbols.sizes(),
+            symbol_tables=len(self._symbols), symbols_held=self._symbols.symbols_held,
+            store_counts=dict(self._symbols.counts), watermarks_us=self.engine.watermarks_us(),
+            caches=self._symbols.sizes(),
             feed_errors={k.split(":", 1)[1]: v for k, v in self._symbols.counts.items() if k.startswith("feed_error:")})
         raw = self.settings.topics.raw
         positions = self.engine.positions()
@@ -391,7 +426,7 @@ class Worker:
         for partition, position in positions.items():
             tp = TP(raw, partition)
             try:
-                high = consumer.highwater(tp)  # the end offset the last fetch reported
+                high: int | None = consumer.highwater(tp)  # the end offset the last fetch reported
                 if high is None:
                     high = (await consumer.highwaters(tp)).get(tp)
             except Exception:  # noqa: BLE001 -- not assigned any more, broker unreachable

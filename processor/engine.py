@@ -26,11 +26,17 @@ from runtime_signals.schemas.topics import OUTPUT_RETENTION_MS
 from runtime_signals.processor.aggregate import WindowAggregate, window_output
 from runtime_signals.processor.checkpoint import Checkpoint, WindowMarker
 from runtime_signals.processor.errors import ConfigError
-from runtime_signals.processor.intake import CallRecord, Rejected, WatermarkRecord, read_raw
+from runtime_signals.processor.intake import DEFAULT_LIMITS, CallRecord, Limits, Rejected, WatermarkRecord, read_raw
 from runtime_signals.processor.latest import ContainerState
+from runtime_signals.processor.output_bounds import fit_summary, refresh_summary, unnamed_path
+from runtime_signals.schemas.hashing import callstack_hash
+from runtime_signals.schemas.topics import LARGE_RECORD_MAX_BYTES
 from runtime_signals.processor.symbolize import SymbolSource
 from runtime_signals.processor.watermarks import ClockState, EventClock
 from runtime_signals.processor.windows import PartitionWindows, WindowSpec
+from runtime_signals.config.schema import ProcessorSection
+
+_DEFAULTS = ProcessorSection()  # the one place of the defaults
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +46,9 @@ CONTAINER_STATE = "io.runtimesignals.ContainerState"
 Headers = tuple[tuple[str, bytes], ...]
 _LOGGED_PER_REASON = 10  # then rejections are logged at debug level only, counted always
 # Replay points (offset, event clock there) are recorded at each checkpoint and, between
-# them, after a watermark at most every this many records; at most _MAX_SNAPSHOTS are kept
+# them, after a watermark at most every this many records (or every as many records as
+# there are agents, so that copying the clock stays O(1) per record however many agents
+# write); at most _MAX_SNAPSHOTS are kept
 # (thinned evenly), so a backlog between two checkpoints does not push the replay point
 # far back, and memory stays bounded (each snapshot holds one entry per agent).
 _SNAPSHOT_EVERY_RECORDS = 64
@@ -57,12 +65,22 @@ class SymbolIndex(SymbolSource, Protocol):
 class EngineSettings:
     window: WindowSpec
     raw_topic: str
-    agent_idle_ms: int = 30_000
+    agent_idle_ms: int = _DEFAULTS.agent_idle_ms
     # A closed window waits at most this long (wall clock) for the symbol tables and module
     # maps of its frames' binaries, then goes out with what has arrived (counted).
-    symbol_wait_ms: int = 10_000
+    symbol_wait_ms: int = _DEFAULTS.symbol_wait_ms
     # And at most this many windows per partition wait; beyond it the oldest goes out.
-    max_pending_windows: int = 10_000
+    max_pending_windows: int = _DEFAULTS.max_pending_windows
+    # A call dated further than this after its record's broker timestamp goes to the DLQ
+    # (clock_skew): it would open a window far ahead, pinning the replay point and the
+    # memory of that window (docs/processor.md, "What the clock trusts").
+    max_event_ahead_ms: int = _DEFAULTS.max_event_ahead_ms
+    limits: Limits = DEFAULT_LIMITS
+    # Outputs larger than their topics take are reduced, visibly (processor/output_bounds.py):
+    # the paths topic keeps the broker's default 1 MiB records, the summaries and latest
+    # topics take 16 MiB (schemas/topics.py); a margin for the record's own framing.
+    max_path_bytes: int = 1_000_000
+    max_summary_bytes: int = LARGE_RECORD_MAX_BYTES - 65_536
     # A container's latest state is forgotten once its last window is this much older than
     # the watermark (event time, so a replay forgets the same ones): the latest-state topic
     # deletes it after kafka.output_retention_ms too, and a node replacing its containers
@@ -74,6 +92,9 @@ class EngineSettings:
             raise ConfigError(f"agent_idle_ms={self.agent_idle_ms}: must be positive (--agent-idle-ms)")
         if self.symbol_wait_ms < 0:
             raise ConfigError(f"symbol_wait_ms={self.symbol_wait_ms}: must not be negative (--symbol-wait-ms)")
+        if self.max_event_ahead_ms < 0:
+            raise ConfigError(f"max_event_ahead_ms={self.max_event_ahead_ms}: must not be negative "
+                              f"(--max-event-ahead-ms)")
         if self.max_pending_windows < 0:
             raise ConfigError(f"max_pending_windows={self.max_pending_windows}: must not be negative "
                               f"(--max-pending-windows)")
@@ -183,8 +204,10 @@ class Engine:
     # -- records ---------------------------------------------------------------------
 
     def handle(self, partition: int, offset: int, key: bytes | None, value: bytes | None,
-               headers: Headers = ()) -> list[Output]:
-        """Process one raw record; returns the outputs it causes."""
+               headers: Headers = (), broker_timestamp_us: int | None = None) -> list[Output]:
+        """Process one raw record; returns the outputs it causes. broker_timestamp_us is the
+        record's Kafka timestamp (log-append time on the raw topic, docs/processor.md): event
+        times are bounded by it. None (a record without one) leaves them unbounded, counted."""
         state = self._states[partition]
         if state.position is None:
             state.position = offset
@@ -198,19 +221,67 @@ class Engine:
             self.counts["replayed_records"] += 1
         else:
             self.counts["raw_records"] += 1
-        intake = read_raw(value, self._registry)
+        intake = read_raw(value, self._registry, self.settings.limits)
+        if broker_timestamp_us is None or broker_timestamp_us <= 0:
+            broker_timestamp_us = None
+            if not replaying:
+                self.counts["records_without_timestamp"] += 1
         if isinstance(intake, WatermarkRecord):
-            return self._watermark(state, offset, intake, replaying)
-        if isinstance(intake, CallRecord):
-            return self._call(state, offset, key, value, headers, intake, replaying)
+            if not state.clock.knows(intake.agent_id) and len(state.clock) >= self.settings.limits.max_agents:
+                intake = Rejected("too_many_agents", f"agent_id {intake.agent_id!r} would be agent number "
+                                  f"{len(state.clock) + 1} of this partition; at most "
+                                  f"{self.settings.limits.max_agents} are tracked")
+            else:
+                return self._watermark(state, offset, intake, replaying, broker_timestamp_us)
+        elif isinstance(intake, CallRecord):
+            ahead_us = self.settings.max_event_ahead_ms * 1000
+            if broker_timestamp_us is not None and intake.observed_at_us > broker_timestamp_us + ahead_us:
+                intake = Rejected("clock_skew", f"observed_at_us={intake.observed_at_us} is "
+                                  f"{(intake.observed_at_us - broker_timestamp_us) // 1000} ms after the record's "
+                                  f"broker timestamp {broker_timestamp_us}; at most "
+                                  f"{self.settings.max_event_ahead_ms} ms are taken (--max-event-ahead-ms)")
+            else:
+                return self._call(state, offset, key, value, headers, intake, replaying)
         return self._reject(state, offset, key, value, headers, intake, replaying)
 
+    def reject(self, partition: int, offset: int, key: bytes | None, value: bytes | None,
+               headers: Headers, rejected: Rejected) -> list[Output]:
+        """Route one raw record to the DLQ without reading it (a record that killed a worker,
+        processor/inflight.py), advancing the partition past it as handle() would."""
+        state = self._states[partition]
+        if state.position is None:
+            state.position = offset
+            state.snapshots.append((offset, state.clock.state()))
+        if offset < state.position:
+            self.counts["duplicates_skipped"] += 1
+            return []
+        state.position = offset + 1
+        replaying = offset < state.suppress_until
+        self.counts["replayed_records" if replaying else "raw_records"] += 1
+        return self._reject(state, offset, key, value, headers, rejected, replaying)
+
     def _watermark(self, state: PartitionState, offset: int, mark: WatermarkRecord,
-                   replaying: bool) -> list[Output]:
+                   replaying: bool, broker_timestamp_us: int | None) -> list[Output]:
         if not replaying:
             self.counts["watermarks"] += 1
-        advanced = state.clock.apply(mark.agent_id, mark.watermark_us, mark.sequence)
-        if state.position is not None and state.position - state.snapshots[-1][0] >= _SNAPSHOT_EVERY_RECORDS:
+        promise_us = mark.watermark_us
+        if broker_timestamp_us is not None and promise_us > broker_timestamp_us:
+            # No agent can know that no call will come after the broker received its promise:
+            # a promise beyond that is a fast clock or a lie, and is worth only the broker's time.
+            promise_us = broker_timestamp_us
+            if not replaying:
+                self.counts["watermarks_clamped"] += 1
+        regressions = state.clock.sequence_regressions
+        advanced = state.clock.apply(mark.agent_id, promise_us, mark.sequence)
+        if state.clock.sequence_regressions > regressions and not replaying:
+            self.counts["watermark_sequence_regressions"] += 1
+            if self.counts["watermark_sequence_regressions"] <= _LOGGED_PER_REASON:
+                log.warning("%s[%d]@%d: watermark of agent %r with sequence %d, not above the last one applied: "
+                            "a duplicate, or two writers using one agent id (its promise is still the highest "
+                            "either made, clamped to broker time)", self.settings.raw_topic, state.partition,
+                            offset, mark.agent_id, mark.sequence)
+        every = max(_SNAPSHOT_EVERY_RECORDS, len(state.clock))
+        if state.position is not None and state.position - state.snapshots[-1][0] >= every:
             _remember(state)
         if not advanced:
             return []
@@ -244,6 +315,16 @@ class Engine:
             return WindowAggregate(window_key, window_key.start_us + spec.size_us, first_offset=offset)
 
         windows = state.windows
+        if not replaying and spec.start_of(call.last_observed_at_us) != spec.start_of(call.observed_at_us):
+            # The agent folded calls of two windows into one record: the window length is not
+            # a multiple of its flush interval. Counted in the first call's window, reported.
+            self.counts["records_spanning_windows"] += 1
+            self.counts["calls_spanning_windows"] += call.observation_count
+            if self.counts["records_spanning_windows"] <= _LOGGED_PER_REASON:
+                log.warning("%s[%d]@%d: a folded record of %d calls spans windows (%d..%d us) and is counted in "
+                            "the first: make the window (%d ms) a multiple of the agents' "
+                            "--watermark-interval-ms", self.settings.raw_topic, state.partition, offset,
+                            call.observation_count, call.observed_at_us, call.last_observed_at_us, spec.size_ms)
         if not windows.is_late(call.observed_at_us):
             windows.window_for(call.container_id, call.observed_at_us, create).add(call)
             if not replaying:
@@ -313,20 +394,43 @@ class Engine:
         window = closed.window
         built = window_output(window, self._symbols)
         container, start_us = window.key.container_id, window.key.start_us
-        outputs = [Output("summary", summary_key(container, start_us),
-                          codec.encode(built.summary, SUMMARY, self._registry), (), state.partition)]
+        path_outputs = []
+        identities = None
         for path in built.paths:
             path_key = f"{container}|{start_us}|{path['callstack_hash']}".encode()
-            outputs.append(Output("path", path_key, codec.encode(path, CALL_PATH, self._registry),
-                                  (), state.partition))
+            encoded = codec.encode(path, CALL_PATH, self._registry)
+            if len(encoded) > self.settings.max_path_bytes:
+                if identities is None:
+                    identities = {callstack_hash(p.identities): p.identities for p in window.paths.values()}
+                unnamed_path(path, identities[path["callstack_hash"]])  # also in the summary: same dict
+                encoded = codec.encode(path, CALL_PATH, self._registry)
+                self.counts["paths_unnamed_oversize"] += 1
+            path_outputs.append(Output("path", path_key, encoded, (), state.partition))
+        if identities is not None:
+            refresh_summary(built.summary)
+        summary, dropped = fit_summary(built.summary, lambda r: codec.encode(r, SUMMARY, self._registry),
+                                       self.settings.max_summary_bytes)
+        if dropped:
+            self.counts["summary_paths_dropped_oversize"] += dropped
+            log.warning("summary of %s window %d: %d call paths left out to fit %d bytes (their calls are in "
+                        "dropped_events; every path is on the paths topic)", container, start_us, dropped,
+                        self.settings.max_summary_bytes)
+        outputs = [Output("summary", summary_key(container, start_us), summary, (), state.partition)]
+        outputs += path_outputs
         latest = state.latest.get(container) or ContainerState(container, state.partition)
         if latest.fold(built.summary):
             state.latest[container] = latest
-            outputs.append(Output("latest", container.encode(),
-                                  codec.encode(latest.record(), CONTAINER_STATE, self._registry),
-                                  (), state.partition))
+            encoded = codec.encode(latest.record(), CONTAINER_STATE, self._registry)
+            if len(encoded) <= self.settings.max_summary_bytes:
+                outputs.append(Output("latest", container.encode(), encoded, (), state.partition))
+            else:
+                # Not sent: the topic would refuse it and stop the worker. Counted; the
+                # container's summaries still say everything.
+                self.counts["latest_oversize"] += 1
         state.emitted_through = closed.marker
         self.counts["windows_emitted"] += 1
+        if built.executables_omitted:
+            self.counts["executables_omitted"] += built.executables_omitted
         if built.unresolved_frames:
             self.counts["windows_unresolved"] += 1
             self.counts["unresolved_frames"] += built.unresolved_frames

@@ -148,7 +148,7 @@ def ssl_context(kafka_config: Mapping[str, Any]) -> ssl.SSLContext:
 
 def credentials(kafka_config: Mapping[str, Any]) -> dict[str, Any]:
     """faust settings (broker_credentials, ssl_context) for the librdkafka security keys of
-    runtime_signals/config.py: security.protocol, sasl.mechanism|username|password, ssl.*."""
+    runtime_signals.config: security.protocol, sasl.mechanism|username|password, ssl.*."""
     protocol = str(kafka_config.get("security.protocol", "PLAINTEXT")).upper()
     if protocol == "PLAINTEXT":
         return {}

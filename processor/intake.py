@@ -10,7 +10,16 @@ reasons are a closed set, used as the DLQ header and the metrics label:
 - ``unexpected_schema``: a valid record of a type that does not belong on the raw topic;
 - ``out_of_range``: a field outside what the contract allows (observation_count < 1,
   pid or tid < 0, no event time, a malformed binary digest, stack_frames not parallel to
-  stack_trace, a watermark <= 0).
+  stack_trace, a watermark <= 0);
+- ``over_limit``: a record larger than any agent writes (Limits below): a string, a stack,
+  an observation count. Rejected, never truncated or saturated: a cut name or count would
+  be a falsified fact, and the whole record stays in the DLQ for whoever investigates;
+- ``clock_skew``: a call dated further after its record's broker timestamp than
+  max_event_ahead_ms allows (processor/engine.py; docs/processor.md, "What the clock trusts");
+- ``too_many_agents``: a watermark from a new agent id when a partition already tracks
+  Limits.max_agents of them (the checkpoint holds one entry per agent, and must fit a record);
+- ``killed_worker``: a record that was being processed when a worker died (processor/inflight.py):
+  on restart it goes here instead of being processed again, so it cannot kill every worker.
 """
 
 from __future__ import annotations
@@ -26,17 +35,48 @@ from runtime_signals.processor.symbolize import Frame
 
 CALL_EVENT = "io.runtimesignals.RuntimeCallEvent"
 WATERMARK = "io.runtimesignals.AgentWatermark"
-REASONS = ("undecodable", "unknown_fingerprint", "incompatible_schema", "unexpected_schema", "out_of_range")
+REASONS = ("undecodable", "unknown_fingerprint", "incompatible_schema", "unexpected_schema", "out_of_range",
+           "over_limit", "clock_skew", "too_many_agents", "killed_worker")
+# observation_count is a long on the wire, and sums of it are longs in every output: one count
+# near 2^63 would overflow the first sum it joins (and fail to encode). An agent folds the calls
+# of one probe and one stack over one flush interval into a record; 2^32 of them is far beyond
+# any probe's rate (the BPF side caps it in the millions per second).
+MAX_OBSERVATION_COUNT = 2**32
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The largest record the processor takes. Everything a record carries ends up in
+    windows, outputs and checkpoints, so bounding it here bounds all of them: a path record
+    holds at most max_frames frames, each with strings of at most max_string_bytes."""
+
+    # Identifiers: they key windows, summaries and checkpoint entries (one per agent).
+    max_id_bytes: int = 256
+    # Symbol, signature, PURL, library path, host: generous for C++ template names.
+    max_string_bytes: int = 4096
+    # The agent's BPF program unwinds at most 127 frames (agent/probes.py); twice that.
+    max_frames: int = 256
+    max_observation_count: int = MAX_OBSERVATION_COUNT
+    # Agents tracked per partition (AgentMark entries): one agent per node, so tens of
+    # thousands in a large fleet. A checkpoint holds each, with its id (at most ~280 bytes
+    # encoded), so it stays under the checkpoint topic's 16 MiB records (kafka_io.py).
+    max_agents: int = 50_000
+
+
+DEFAULT_LIMITS = Limits()
+_ID_FIELDS = ("container_id", "agent_id")
+_STRING_FIELDS = ("event_id", "symbol", "function_signature", "purl", "library", "host", "binary_digest",
+                  "node_hash", "callstack_hash")
 
 
 @lru_cache(maxsize=65_536)
 def _frame(address: int, binary_digest: str | None, binary_offset: int | None,
-           library: str | None) -> tuple[Frame, str]:
+           library: str | None, purl: str | None = None) -> tuple[Frame, str]:
     """A frame and its identity. Both are pure functions of the four fields, and a workload's
     calls repeat a few thousand distinct frames, so each is built, normalised and checked
     once (a frozen Frame is safe to share). A malformed digest raises HashInputError, and
     errors are not cached: every record that carries it is rejected."""
-    return Frame(address, binary_digest, binary_offset, library), \
+    return Frame(address, binary_digest, binary_offset, library, purl), \
         hashing.frame_identity(binary_digest, binary_offset, address)
 
 
@@ -53,6 +93,25 @@ class CallRecord:
     top_signature: str | None
     top_purl: str | None
     runtime_type: str
+    executable: Executable | None = None  # the calling process's, when the agent said
+    # Event time of the last call a folded record stands for (observed_at_us for one call).
+    last_observed_at_us: int = 0
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Executable:
+    """The executable of the calling process (ObservedCallPath.ProcessExecutable)."""
+
+    path: str | None
+    binary_digest: str | None
+    purl: str | None
+    comm: str
+
+    def record(self) -> dict[str, Any]:
+        return {"path": self.path, "binary_digest": self.binary_digest, "purl": self.purl, "comm": self.comm}
+
+    def sort_key(self) -> tuple[str, str, str, str]:
+        return (self.path or "", self.binary_digest or "", self.purl or "", self.comm)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +130,7 @@ class Rejected:
 Intake = CallRecord | WatermarkRecord | Rejected
 
 
-def read_raw(value: bytes | None, registry: codec.SchemaRegistry) -> Intake:
+def read_raw(value: bytes | None, registry: codec.SchemaRegistry, limits: Limits = DEFAULT_LIMITS) -> Intake:
     """Decode and check one raw-topic value."""
     try:
         decoded = codec.decode(value, registry)  # type: ignore[arg-type]  # None is a tombstone
@@ -84,19 +143,47 @@ def read_raw(value: bytes | None, registry: codec.SchemaRegistry) -> Intake:
     except SchemaError as exc:
         return Rejected("undecodable", str(exc))
     if decoded.schema_name == WATERMARK:
-        return _watermark(decoded.record)
+        return _watermark(decoded.record, limits)
     if decoded.schema_name == CALL_EVENT:
-        return _call(decoded.record)
+        return _call(decoded.record, limits)
     return Rejected("unexpected_schema", f"a {decoded.schema_name} record does not belong on the raw topic")
 
 
-def _watermark(record: dict[str, Any]) -> Intake:
+def _too_long(record: dict[str, Any], names: tuple[str, ...], limit: int) -> Rejected | None:
+    for name in names:
+        text = record.get(name)
+        # UTF-8 takes at most 4 bytes a character: most strings are judged without encoding.
+        if isinstance(text, str) and len(text) * 4 > limit and len(text.encode("utf-8", "replace")) > limit:
+            return Rejected("over_limit", f"{name} is {len(text.encode('utf-8', 'replace'))} bytes; "
+                            f"at most {limit} are taken")
+    return None
+
+
+def _watermark(record: dict[str, Any], limits: Limits) -> Intake:
+    too_long = _too_long(record, ("agent_id",), limits.max_id_bytes) or \
+        _too_long(record, ("host",), limits.max_string_bytes)
+    if too_long:
+        return too_long
     if record["watermark_us"] <= 0:
         return Rejected("out_of_range", f"watermark_us={record['watermark_us']}: must be positive")
     return WatermarkRecord(record["agent_id"], record["watermark_us"], record["sequence"])
 
 
-def _call(event: dict[str, Any]) -> Intake:
+def _call(event: dict[str, Any], limits: Limits) -> Intake:
+    too_long = _too_long(event, _ID_FIELDS, limits.max_id_bytes) or \
+        _too_long(event, _STRING_FIELDS, limits.max_string_bytes)
+    if too_long:
+        return too_long
+    frame_count = max(len(event["stack_trace"]), len(event["stack_frames"] or ()))
+    if frame_count > limits.max_frames:
+        return Rejected("over_limit", f"{frame_count} stack frames; at most {limits.max_frames} are taken")
+    for frame in event["stack_frames"] or ():
+        too_long = _too_long(frame, ("library", "binary_digest"), limits.max_string_bytes)
+        if too_long:
+            return too_long
+    if event["observation_count"] > limits.max_observation_count:
+        return Rejected("over_limit", f"observation_count={event['observation_count']}: at most "
+                        f"{limits.max_observation_count} are taken in one record")
     for name in ("pid", "tid"):
         if event[name] < 0:
             return Rejected("out_of_range", f"{name}={event[name]}: must not be negative")
@@ -115,13 +202,14 @@ def _call(event: dict[str, Any]) -> Intake:
         # Built once per distinct frame, at the door: this also checks every digest's and
         # offset's shape.
         if located:
-            pairs = [_frame(f["address"], f["binary_digest"], f["binary_offset"], f["library"]) for f in located]
+            pairs = [_frame(f["address"], f["binary_digest"], f["binary_offset"], f["library"], f["purl"])
+                     for f in located]
         elif event["stack_trace"]:
             pairs = [_frame(address, None, None, None) for address in event["stack_trace"]]
         else:
             # No stack at all: the probed function alone is still a (one-frame) path.
             pairs = [_frame(event["function_address"], event["binary_digest"], event["binary_offset"],
-                            event["library"])]
+                            event["library"], event["purl"])]
     except HashInputError as exc:
         return Rejected("out_of_range", str(exc))
     frames = tuple(frame for frame, _ in pairs)
@@ -136,4 +224,25 @@ def _call(event: dict[str, Any]) -> Intake:
         top_signature=event["function_signature"],
         top_purl=event["purl"],
         runtime_type=event["runtime_type"],
+        executable=_executable(event),
+        last_observed_at_us=observed_us + _folded_span_us(event),
     )
+
+
+def _folded_span_us(event: dict[str, Any]) -> int:
+    last_ns: int | None = event["last_timestamp_ns"]
+    first_ns: int = event["timestamp_ns"]
+    if last_ns is None or event["observation_count"] < 2 or last_ns < first_ns:
+        return 0
+    return (last_ns - first_ns) // 1000
+
+
+@lru_cache(maxsize=4096)
+def _executable_of(path: str | None, digest: str | None, purl: str | None, comm: str) -> Executable:
+    return Executable(path, digest, purl, comm)  # one shared value per distinct executable
+
+
+def _executable(event: dict[str, Any]) -> Executable | None:
+    if event["executable"] is None and event["executable_digest"] is None and not event["comm"]:
+        return None  # an agent older than these fields
+    return _executable_of(event["executable"], event["executable_digest"], event["executable_purl"], event["comm"])

@@ -23,6 +23,7 @@ from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
 from runtime_signals.schemas import codec
 from runtime_signals.schemas.errors import SchemaError
+from runtime_signals.schemas.topics import LARGE_RECORD_MAX_BYTES
 
 from runtime_signals.processor.checkpoint import Checkpoint
 from runtime_signals.processor.errors import BrokerError, CheckpointError, ConfigError
@@ -31,11 +32,13 @@ from runtime_signals.processor.symbol_store import SymbolStore
 log = logging.getLogger(__name__)
 
 SYMBOL_TABLE = "io.runtimesignals.SymbolTable"
+PRINCIPAL_HEADER = "signals.principal"
+_RELOAD_INTERVAL_S = 10.0
 MODULE_MAP = "io.runtimesignals.ModuleMap"
 
 
 # `connection` below: librdkafka settings that reach the cluster (bootstrap.servers and the
-# security settings of runtime_signals/config.py), shared by every client of the worker.
+# security settings of runtime_signals.config), shared by every client of the worker.
 Connection = Mapping[str, Any]
 
 
@@ -90,7 +93,10 @@ class CheckpointStore:
         if described is None:
             futures = self._admin.create_topics([NewTopic(
                 self.topic, num_partitions=partitions, replication_factor=-1,
-                config={"cleanup.policy": "compact", "segment.ms": "3600000"})])
+                # A checkpoint holds one entry per agent writing to the partition: up to
+                # Limits.max_agents of them, more than Kafka's default 1 MiB record.
+                config={"cleanup.policy": "compact", "segment.ms": "3600000",
+                        "max.message.bytes": str(LARGE_RECORD_MAX_BYTES)})])
         elif len(described.partitions) < partitions:
             futures = self._admin.create_partitions([NewPartitions(self.topic, partitions)])
         else:
@@ -105,7 +111,10 @@ class CheckpointStore:
     def read(self, partition: int, timeout_s: float = 15.0) -> Checkpoint | None:
         """The last checkpoint written for a raw partition, or None."""
         tp = TopicPartition(self.topic, partition)
-        low, high = self._reader.get_watermark_offsets(tp, timeout=timeout_s)
+        try:
+            low, high = _watermarks_settled(self._reader, tp, timeout_s)
+        except KafkaException as exc:
+            raise CheckpointError(f"reading {self.topic}[{partition}]: {exc.args[0]}") from exc
         if high <= low:
             return None
         self._reader.assign([TopicPartition(self.topic, partition, high - 1)])
@@ -128,6 +137,26 @@ class CheckpointStore:
 
     def close(self) -> None:
         self._reader.close()
+
+
+# What a partition answers while a just-created topic's metadata reaches this client and its
+# leader is elected (the checkpoint topic is created at start-up, then read at once).
+_SETTLING = frozenset({KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART,
+                       KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
+
+
+def _watermarks_settled(reader: Consumer, tp: TopicPartition, timeout_s: float) -> tuple[int, int]:
+    """(low, high) of a partition, asked again while its topic is still settling."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = reader.get_watermark_offsets(tp, timeout=timeout_s)
+            return int(low), int(high)
+        except KafkaException as exc:
+            code = exc.args[0].code() if exc.args else None
+            if code not in _SETTLING or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
 
 
 def read_partition(connection: Connection, topic: str, partition: int, group_id: str,
@@ -167,9 +196,11 @@ class BinaryFeed:
         admin = AdminClient(dict(connection))
         self._kinds = {symbols_topic: SYMBOL_TABLE, modules_topic: MODULE_MAP}
         assigned = [TopicPartition(topic, p) for topic in self._kinds for p in range(partition_count(admin, topic))]
-        self._ends = {(tp.topic, tp.partition): self._consumer.get_watermark_offsets(tp, timeout=10)[1]
-                      for tp in assigned}
+        self._ends = {(tp.topic, tp.partition): _watermarks_settled(self._consumer, tp, 10)[1] for tp in assigned}
         self._consumer.assign([TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in assigned])
+        self._symbol_partitions = [tp.partition for tp in assigned if tp.topic == symbols_topic]
+        self._symbols_topic = symbols_topic
+        self._last_reload_s = 0.0
 
     def catch_up(self, timeout_s: float = 60.0) -> None:
         """Read what the topics held at start-up before any raw record is processed, so a
@@ -194,7 +225,19 @@ class BinaryFeed:
                  self._store.counts["module_maps"], ", ".join(self._kinds))
 
     def poll(self, max_records: int = 500) -> int:
-        """Take what arrived since; returns how many records were added."""
+        """Take what arrived since; returns how many records were added. When a window needs
+        a table evicted from memory (SymbolStore.wanted), re-read the symbols topic from its
+        start, at most every _RELOAD_INTERVAL_S: the store takes back only the tables asked
+        for, and only identical to what it evicted."""
+        now_s = time.monotonic()
+        if self._store.wanted() and now_s - self._last_reload_s >= _RELOAD_INTERVAL_S:
+            self._last_reload_s = now_s
+            self._store.counts["symbol_table_reloads"] += 1
+            for partition in self._symbol_partitions:
+                try:
+                    self._consumer.seek(TopicPartition(self._symbols_topic, partition, OFFSET_BEGINNING))
+                except KafkaException as exc:  # not fetching yet: the next reload tries again
+                    log.info("reload of %s[%d] not started: %s", self._symbols_topic, partition, exc)
         added = 0
         for message in self._consumer.consume(max_records, 0):
             if not message.error():
@@ -227,10 +270,17 @@ class BinaryFeed:
             self._store.counts["bad_records"] += 1
             log.warning("%s[%d]@%d: skipped: %s", message.topic(), message.partition(), message.offset(), exc)
             return
+        # Who wrote it, for conflict reports: where it is, and the principal the deployment's
+        # producers stamp (docs/deploy.md; a header, so only as trustworthy as the ACLs).
+        topic, partition, offset = located(message)
+        principal = dict(message.headers() or ()).get(PRINCIPAL_HEADER)
+        if isinstance(principal, bytes):
+            principal = principal.decode("utf-8", "replace")
+        writer = f"{topic}[{partition}]@{offset}" + (f" principal={principal}" if principal else "")
         if kind == SYMBOL_TABLE:
-            self._store.add(record)
+            self._store.add(record, writer)
         else:
-            self._store.add_module_map(record)
+            self._store.add_module_map(record, writer)
 
     def close(self) -> None:
         self._consumer.close()

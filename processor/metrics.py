@@ -15,9 +15,10 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from runtime_signals import METRIC_NAMESPACE
 from runtime_signals.processor.intake import REASONS
 
-PREFIX = "signals_processor_"
+PREFIX = f"{METRIC_NAMESPACE}_processor_"
 # engine counter -> (metric name without prefix and _total, help)
 COUNTERS = {
     "raw_records": ("raw_records", "Raw-topic records handled (calls, watermarks, rejected)."),
@@ -31,9 +32,39 @@ COUNTERS = {
     "windows_waited_out": ("windows_waited_out", "Windows emitted before all their symbol tables and module maps "
                            "arrived (the wait ran out, or too many windows waited)."),
     "windows_suppressed": ("windows_suppressed", "Windows rebuilt on replay but not emitted again (already were)."),
+    "executables_omitted": ("executables_omitted", ("Records whose executable was not listed on their path "
+                                                    "(more distinct executables than a path keeps per window).")),
+    "records_spanning_windows": ("records_spanning_windows", ("Folded raw records whose first and last calls lie "
+                                                              "in different windows: counted wholly in the first "
+                                                              "call's window (the window is not a multiple of the "
+                                                              "agents' flush interval).")),
+    "calls_spanning_windows": ("calls_spanning_windows", "Calls in records_spanning_windows."),
     "replayed_records": ("replayed_records", "Records re-read after a restart or rebalance to rebuild state."),
     "containers_forgotten": ("containers_forgotten", "Latest states dropped: the container's last window is older "
                              "than kafka.output_retention_ms before the watermark."),
+    "watermarks_clamped": ("watermarks_clamped", "Agent watermarks ahead of their record's broker timestamp, "
+                           "taken as the broker timestamp."),
+    "watermark_sequence_regressions": ("watermark_sequence_regressions", "Agent watermarks whose sequence was not "
+                                       "above the agent's last: duplicates, or two writers using one agent id."),
+    "records_without_timestamp": ("records_without_timestamp", "Raw records without a broker timestamp (event "
+                                  "times not bounded)."),
+    "paths_unnamed_oversize": ("paths_unnamed_oversize", "Path records too large for the paths topic, sent "
+                               "unnamed (frame identities only)."),
+    "summary_paths_dropped_oversize": ("summary_paths_dropped_oversize", "Call paths left out of summaries too "
+                                       "large for their topic (their calls are in dropped_events)."),
+    "latest_oversize": ("latest_oversize", "Container states too large for the latest topic, not sent."),
+    "worker_deaths_in_flight": ("worker_deaths_in_flight", "Partitions restored with a record found in flight: "
+                                "a worker died while processing it."),
+}
+# symbol store counter -> (metric name without prefix and _total, help)
+STORE_COUNTERS = {
+    "symbol_table_conflicts": ("symbol_table_conflicts", "Symbol-table chunks that disagreed with the table "
+                               "taken first for their binary (kept aside, never applied)."),
+    "module_purl_conflicts": ("module_purl_conflicts", "Module-map PURLs that disagreed with the first one "
+                              "given for their binary (never applied)."),
+    "symbol_tables_evicted": ("symbol_tables_evicted", "Symbol tables evicted from memory (least recently used)."),
+    "symbol_table_reloads": ("symbol_table_reloads", "Re-reads of the symbols topic for evicted tables."),
+    "symbols_oversize": ("symbols_oversize", "Symbols not kept: names longer than 4 KiB."),
 }
 
 
@@ -44,6 +75,8 @@ class Status:
     open_windows: int = 0
     pending_windows: int = 0
     symbol_tables: int = 0
+    symbols_held: int = 0
+    store_counts: Mapping[str, int] = field(default_factory=dict)
     lag_records: Mapping[int, int] = field(default_factory=dict)
     watermarks_us: Mapping[int, int] = field(default_factory=dict)
     caches: Mapping[str, int] = field(default_factory=dict)  # entries per long-lived cache
@@ -58,6 +91,8 @@ class StatusCollector(Collector):
         status = self.status
         for key, (name, doc) in COUNTERS.items():
             yield CounterMetricFamily(PREFIX + name, doc, value=status.counts.get(key, 0))
+        for key, (name, doc) in STORE_COUNTERS.items():
+            yield CounterMetricFamily(PREFIX + name, doc, value=status.store_counts.get(key, 0))
         dlq = CounterMetricFamily(PREFIX + "dlq_records", "Raw records sent to the dead-letter topic.",
                                   labels=["reason"])
         for reason in REASONS:
@@ -71,6 +106,8 @@ class StatusCollector(Collector):
                                 value=status.pending_windows)
         yield GaugeMetricFamily(PREFIX + "symbol_tables", "Binaries with a symbol table loaded.",
                                 value=status.symbol_tables)
+        yield GaugeMetricFamily(PREFIX + "symbols_held", "Symbols held in memory over all tables (bounded).",
+                                value=status.symbols_held)
         lag = GaugeMetricFamily(PREFIX + "consumer_lag_records", "Raw records not yet handled, per partition.",
                                 labels=["partition"])
         for partition, records in sorted(status.lag_records.items()):

@@ -1,14 +1,25 @@
-"""The settings of one processor worker (built by processor/cli.py from flags and config)."""
+"""What one processor worker runs with, built from the checked configuration
+(runtime_signals.config.schema.ProcessorSection, whose defaults are the only ones)."""
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from runtime_signals.config.schema import ProcessorSection, SignalsConfig
+from runtime_signals.processor.windows import WindowSpec
 from runtime_signals.schemas.topics import OUTPUT_RETENTION_MS, TopicNames
 
-from runtime_signals.processor.errors import ConfigError
-from runtime_signals.processor.windows import WindowSpec
+_DEFAULTS = ProcessorSection()
+
+
+def _inflight_dir(setting: str) -> Path | None:
+    """processor.inflight_dir: empty for the system temporary directory, "off" for none."""
+    if setting == "off":
+        return None
+    return Path(setting) if setting else Path(tempfile.gettempdir()) / "runtime-signals-inflight"
 
 
 @dataclass(frozen=True)
@@ -17,30 +28,44 @@ class ProcessorSettings:
     window: WindowSpec
     topics: TopicNames = field(default_factory=TopicNames)       # raw, symbols, modules are read here
     output_topics: TopicNames | None = None                      # default: topics
-    app_id: str = "runtime-signals-processor"
+    app_id: str = _DEFAULTS.app_id
     group_instance_id: str | None = None
-    agent_idle_ms: int = 30_000
-    symbol_wait_ms: int = 10_000
-    max_pending_windows: int = 10_000
+    agent_idle_ms: int = _DEFAULTS.agent_idle_ms
+    symbol_wait_ms: int = _DEFAULTS.symbol_wait_ms
+    max_pending_windows: int = _DEFAULTS.max_pending_windows
+    max_event_ahead_ms: int = _DEFAULTS.max_event_ahead_ms
     latest_retention_ms: int = OUTPUT_RETENTION_MS  # kafka.output_retention_ms
-    checkpoint_interval_ms: int = 1_000
-    session_timeout_ms: int = 10_000
+    # Where each partition's in-flight offset is kept (processor/inflight.py); None: off.
+    # Must survive a restart of the worker process (an emptyDir in Kubernetes).
+    inflight_dir: Path | None = field(default_factory=lambda: _inflight_dir(_DEFAULTS.inflight_dir))
+    checkpoint_interval_ms: int = _DEFAULTS.checkpoint_interval_ms
+    session_timeout_ms: int = _DEFAULTS.session_timeout_ms
     metrics_port: int | None = None
     # librdkafka connection settings (security, client id) laid over bootstrap_servers:
-    # runtime_signals/config.py's KafkaSettings.librdkafka_config(). The side readers use
+    # runtime_signals.config.schema.KafkaSettings.librdkafka_config(). The side readers use
     # them as they are; processor/faust_config.py maps them onto faust's settings.
     kafka_config: dict[str, Any] = field(default_factory=dict)
 
     def connection(self) -> dict[str, Any]:
         return {"bootstrap.servers": self.bootstrap_servers, **self.kafka_config}
 
-    def __post_init__(self) -> None:
-        if self.checkpoint_interval_ms <= 0:
-            raise ConfigError(f"checkpoint_interval_ms={self.checkpoint_interval_ms}: must be positive "
-                              f"(--checkpoint-interval-ms)")
-        if self.session_timeout_ms <= 0:
-            raise ConfigError(f"session_timeout_ms={self.session_timeout_ms}: must be positive "
-                              f"(--session-timeout-ms)")
+    @classmethod
+    def from_config(cls, config: SignalsConfig) -> ProcessorSettings:
+        """The worker's settings from a checked configuration (load_config validated every value)."""
+        section, kafka = config.processor, config.kafka
+        topics = TopicNames().with_prefix(kafka.topic_prefix)
+        outputs = (None if section.output_topic_prefix is None
+                   else TopicNames().with_prefix(section.output_topic_prefix))
+        return cls(bootstrap_servers=kafka.bootstrap_servers,
+                   window=WindowSpec(size_ms=section.window_ms, allowed_lateness_ms=section.allowed_lateness_ms),
+                   topics=topics, output_topics=outputs, app_id=section.app_id,
+                   group_instance_id=section.group_instance_id, agent_idle_ms=section.agent_idle_ms,
+                   symbol_wait_ms=section.symbol_wait_ms, max_pending_windows=section.max_pending_windows,
+                   max_event_ahead_ms=section.max_event_ahead_ms, latest_retention_ms=kafka.output_retention_ms,
+                   inflight_dir=_inflight_dir(section.inflight_dir),
+                   checkpoint_interval_ms=section.checkpoint_interval_ms,
+                   session_timeout_ms=section.session_timeout_ms, metrics_port=section.metrics_port,
+                   kafka_config=kafka.librdkafka_config())
 
     @property
     def outputs(self) -> TopicNames:

@@ -1,29 +1,23 @@
 """Turning a frame (binary digest + offset) into a function name and signature.
 
 The processor never sees the nodes' files: it symbolizes from the symbol tables the
-agents publish. A frame nobody can name keeps a stable stand-in, its frame identity
-"<digest>+0x<offset>", so it still hashes and groups the same way on every run.
+agents publish. A frame nobody can name keeps a stable stand-in: its symbol is its frame
+identity "<digest>+0x<offset>", its signature the v2 stand-in (schemas/HASHING.md §13),
+so it still hashes and groups the same way on every run.
 
-Signatures are demangled with LLVM's demanglers (the pydemumble package): C++ (Itanium)
-and Rust, legacy and v0 manglings. The Rust forms drop the legacy hash and the v0 crate
-disambiguator, which change with every build, so a node hash stays the same across
-rebuilds of the same code. The demangler's version is pinned: its output enters node
-hashes.
+Signatures are demangled by runtime_signals.schemas.demangle (LLVM's demanglers, the same
+the agent matches targets with); its output enters node hashes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-import pydemumble  # type: ignore[import-untyped]  # ships no type information
-
 from runtime_signals.schemas import hashing
+from runtime_signals.schemas.demangle import readable
 
-# Itanium C++ (and Rust legacy, which borrows it), macOS-style extra underscore, Rust v0.
-_MANGLED_PREFIXES = ("_Z", "__Z", "_R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +28,7 @@ class Frame:
     binary_digest: str | None
     binary_offset: int | None
     library: str | None
+    purl: str | None = None  # the package the agent found for the file (StackFrame.purl)
 
     @property
     def identity(self) -> str:
@@ -45,8 +40,9 @@ class ResolvedFrame:
     frame: Frame
     identity: str
     symbol: str            # the name as in the symbol table, or the frame identity when unknown
-    signature: str         # demangled signature, or the symbol
-    purl: str | None
+    signature: str         # demangled signature; for an unresolved frame its v2 stand-in
+    purl: str | None       # the package's PURL as found, None for an unpackaged binary
+    module: str            # module identity, the node hash's purl (HASHING.md v2 §12)
     resolved: bool
 
 
@@ -72,19 +68,6 @@ class NoSymbols:
 
     def has_modules(self, binary_digests: Iterable[str]) -> bool:
         return True
-
-
-@lru_cache(maxsize=65_536)
-def demangle(name: str) -> str:
-    """The readable signature of a symbol: demangled when it is a C++ or Rust mangled
-    name the demangler reads, else the name itself (C names, unreadable manglings)."""
-    if not name.startswith(_MANGLED_PREFIXES):
-        return name
-    try:
-        readable = pydemumble.demangle(name)
-    except Exception:  # a native demangler failing on odd input must not stop a window
-        return name
-    return readable or name
 
 
 def lookup_offset(frame: Frame, is_top: bool) -> int | None:
@@ -114,13 +97,16 @@ def resolve_frames(frames: Sequence[Frame], identities: Sequence[str], top_symbo
             if offset is not None and frame.binary_digest is not None:
                 name = source.lookup(frame.binary_digest, offset)
         purl = source.purl(frame.binary_digest) if frame.binary_digest is not None else None
+        purl = purl or frame.purl
         if purl is None and is_top:
             purl = top_purl
+        module = hashing.module_identity(purl, frame.binary_digest, frame.library)
         if name is None:
-            resolved.append(ResolvedFrame(frame, identity, identity, identity, purl, False))
+            stand_in = hashing.unresolved_signature(frame.binary_digest, frame.binary_offset)
+            resolved.append(ResolvedFrame(frame, identity, identity, stand_in, purl, module, False))
             continue
-        signature = top_signature if is_top and top_signature else demangle(name)
-        resolved.append(ResolvedFrame(frame, identity, name, signature, purl, True))
+        signature = top_signature if is_top and top_signature else readable(name)
+        resolved.append(ResolvedFrame(frame, identity, name, signature, purl, module, True))
     return resolved
 
 

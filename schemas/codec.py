@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 from fastavro.read import SchemaResolutionError
@@ -111,6 +111,19 @@ def read_schema_files(schema_dir: Path = SCHEMA_DIR) -> dict[str, dict[str, Any]
     return documents
 
 
+def read_history_files(schema_dir: Path = SCHEMA_DIR) -> list[dict[str, Any]]:
+    """Earlier versions of the records (``history/<Name>.v<N>.avsc``), each self-contained
+    (every named type inlined as that version had it), so that messages and capture files
+    written with them still decode: a registry reads them, never writes them."""
+    documents = []
+    for path in sorted((schema_dir / "history").glob("*.avsc")):
+        try:
+            documents.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            raise SchemaLoadError(f"{path}: cannot read schema: {exc}") from exc
+    return documents
+
+
 def load_schemas(schema_dir: Path = SCHEMA_DIR) -> dict[str, dict[str, Any]]:
     """All schemas of ``schema_dir`` parsed by fastavro with a shared ``named_schemas``,
     by full name (references between files resolve through that dict)."""
@@ -118,7 +131,7 @@ def load_schemas(schema_dir: Path = SCHEMA_DIR) -> dict[str, dict[str, Any]]:
     parsed: dict[str, dict[str, Any]] = {}
     for name, document in read_schema_files(schema_dir).items():
         try:
-            parsed[name] = parse_schema(document, named_schemas=named)
+            parsed[name] = cast(dict[str, Any], parse_schema(document, named_schemas=named))
         except Exception as exc:  # fastavro raises several unrelated types here
             raise SchemaLoadError(f"{name}: fastavro rejects the schema: {exc}") from exc
     return parsed
@@ -131,7 +144,7 @@ def self_contained_schema(schema_name: str, schema_dir: Path = SCHEMA_DIR) -> di
     name = full_name(schema_name)
     if name not in documents:
         raise UnknownSchemaError(f"no schema {name!r} in {schema_dir}")
-    return _inline(documents[name], documents, set(), None)
+    return cast(dict[str, Any], _inline(documents[name], documents, set(), None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +191,8 @@ class SchemaRegistry:
                 registry.register(document, current=True)
             else:
                 registry._definitions[name] = document
+        for document in read_history_files(schema_dir):
+            registry.register(document)
         return registry
 
     def register(self, schema: Mapping[str, Any], *, current: bool = False) -> str:
@@ -193,7 +208,7 @@ class SchemaRegistry:
         try:
             parsed = parse_schema(declared, named_schemas={})
             canonical = to_parsing_canonical_form(parsed)
-            wire = parse_schema(_without_logical_types(declared), named_schemas={})
+            wire = cast(dict[str, Any], parse_schema(_without_logical_types(declared), named_schemas={}))
         except Exception as exc:  # fastavro raises several unrelated types here
             raise SchemaLoadError(f"{name}: fastavro rejects the schema: {exc}") from exc
         digest = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
@@ -219,7 +234,7 @@ class SchemaRegistry:
 
     def current_schema(self, schema_name: str) -> dict[str, Any]:
         """Self-contained JSON-like form of the current version of ``schema_name``."""
-        return json.loads(json.dumps(self._writer(schema_name).declared))
+        return cast(dict[str, Any], json.loads(json.dumps(self._writer(schema_name).declared)))
 
     def fingerprint_hex(self, schema_name: str) -> str:
         """Fingerprint of the current version, hex in wire byte order (bytes 2..9)."""
@@ -302,7 +317,7 @@ def decode(
         raise CorruptMessageError(
             f"{leftover} bytes left over after a complete {writer.name} body", length
         )
-    return Decoded(writer.name, record, writer.fingerprint.hex())
+    return Decoded(writer.name, cast(dict[str, Any], record), writer.fingerprint.hex())
 
 
 def fingerprint_hex(schema_name: str, registry: SchemaRegistry | None = None) -> str:

@@ -3,8 +3,14 @@
 The recipe is specified in schemas/HASHING.md, precisely enough to reimplement
 in another language; hash-vectors.json holds the cases every implementation
 must reproduce. Keep this module a literal transcription of that document:
-a change here without a new domain version (``.../v2``) silently breaks joins
-with data hashed earlier or elsewhere.
+a change here without a new domain version silently breaks joins with data
+hashed earlier or elsewhere.
+
+Two versions of the recipe live side by side: v1 (``node_hash``, ``callstack_hash``,
+``path_hash``, ``combined_path_hash``), kept so that stored hashes stay checkable,
+and v2 (the ``*_v2`` functions with ``module_identity``, ``canonical_purl`` and
+``unresolved_signature``), which the processor writes. A record names its version in
+``hash_recipe``.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
+
+from packageurl import PackageURL
 
 from runtime_signals.schemas.errors import HashInputError
 
@@ -25,6 +33,17 @@ NODE_DOMAIN = "runtime-signals/node/v1"
 CALLSTACK_DOMAIN = "runtime-signals/callstack/v1"
 PATH_DOMAIN = "runtime-signals/path/v1"
 COMBINED_DOMAIN = "runtime-signals/combined/v1"
+
+RECIPE_V1 = "runtime-signals/v1"
+RECIPE_V2 = "runtime-signals/v2"
+NODE_DOMAIN_V2 = "runtime-signals/node/v2"
+CALLSTACK_DOMAIN_V2 = "runtime-signals/callstack/v2"
+PATH_DOMAIN_V2 = "runtime-signals/path/v2"
+COMBINED_DOMAIN_V2 = "runtime-signals/combined/v2"
+# v2: the signature of a frame that is in no digested file and has no name.
+UNRESOLVED_SIGNATURE = "<unresolved>"
+# v2: the only purl qualifier that names code (an unpackaged binary by its content).
+CHECKSUM_QUALIFIER = "checksum"
 
 # Exactly the Unicode White_Space property (25 code points). Not Python's \s,
 # which adds U+001C..U+001F and so would disagree with other languages.
@@ -140,3 +159,84 @@ def _unsigned64(name: str, value: int) -> int:
     if not -(1 << 63) <= value < _U64_SPAN:
         raise HashInputError(f"{name} {value} does not fit in 64 bits")
     return value % _U64_SPAN
+
+
+# --- Recipe v2 (HASHING.md, part II) -----------------------------------------------------
+
+
+def canonical_purl(purl: str | None) -> str:
+    """The purl as it enters node_hash_v2 (HASHING.md §11): the purl specification's
+    canonical form as packageurl-python 0.17 writes it, with every qualifier but
+    ``checksum`` and the subpath dropped. Text that is not a purl is only normalised."""
+    if purl is None:
+        return UNKNOWN_PURL
+    text = normalize_text(purl)
+    if text[:4].translate(_ASCII_LOWER) == "pkg:":
+        text = "pkg:" + text[4:].lstrip("/")
+    if not text:
+        return UNKNOWN_PURL
+    try:
+        parsed = PackageURL.from_string(text)
+    except ValueError:
+        return text  # not a purl: hashed as normalised text (HASHING.md §11, step 3)
+    qualifiers = parsed.qualifiers if isinstance(parsed.qualifiers, dict) else {}
+    kept = {CHECKSUM_QUALIFIER: qualifiers[CHECKSUM_QUALIFIER].translate(_ASCII_LOWER)} \
+        if qualifiers.get(CHECKSUM_QUALIFIER) else {}
+    canonical = PackageURL(parsed.type, parsed.namespace, parsed.name, parsed.version, kept, None)
+    return str(canonical.to_string())
+
+
+def module_identity(purl: str | None, binary_digest: str | None, library: str | None) -> str:
+    """The purl of the module a frame is in (HASHING.md §12): its package's, else
+    ``pkg:generic/NAME?checksum=sha256:HEX`` for a digested file no package claims,
+    else ``pkg:generic/unknown`` (anonymous or JIT memory, a file not read)."""
+    if purl is not None and normalize_text(purl):
+        return canonical_purl(purl)
+    digest = _checked_digest(binary_digest)
+    if digest is None:
+        return UNKNOWN_PURL
+    name = normalize_text((library or "").rpartition("/")[2]) or "unknown"
+    return canonical_purl(PackageURL("generic", None, name, None, {CHECKSUM_QUALIFIER: digest}).to_string())
+
+
+def unresolved_signature(binary_digest: str | None, binary_offset: int | None) -> str:
+    """What names a frame no symbol table names (HASHING.md §13): its place in its file,
+    ``sha256:HEX+0xOFFSET``, else ``<unresolved>``: a frame in no digested file has no
+    address-independent name."""
+    digest = _checked_digest(binary_digest)
+    if digest is None or binary_offset is None:
+        return UNRESOLVED_SIGNATURE
+    return f"{digest}+0x{_unsigned64('binary_offset', binary_offset):x}"
+
+
+def node_hash_v2(module_purl: str | None, signature: str | None) -> str:
+    """Identity of one function (v2): its module's canonical purl and its signature."""
+    return _digest(NODE_DOMAIN_V2, (canonical_purl(module_purl), normalize_signature(signature)))
+
+
+def callstack_hash_v2(frame_identities: Sequence[str]) -> str:
+    """callstack_hash under the v2 domain (frame identities as in v1, §4)."""
+    callstack_hash(frame_identities)  # the same input checks
+    return _digest(CALLSTACK_DOMAIN_V2, frame_identities)
+
+
+def path_hash_v2(node_hashes: Sequence[str]) -> str:
+    _check_hashes("node hash", node_hashes)
+    return _digest(PATH_DOMAIN_V2, node_hashes)
+
+
+def combined_path_hash_v2(path_hashes: Iterable[str]) -> str:
+    unique = sorted(set(path_hashes))
+    _check_hashes("path hash", unique)
+    return _digest(COMBINED_DOMAIN_V2, unique)
+
+
+def _checked_digest(binary_digest: str | None) -> str | None:
+    if binary_digest is None:
+        return None
+    digest = normalize_text(binary_digest).translate(_ASCII_LOWER)
+    if not digest:
+        return None
+    if not _CANONICAL_HASH.fullmatch(digest):
+        raise HashInputError(f"binary_digest {binary_digest!r} is not 'sha256:' followed by 64 hex digits")
+    return digest

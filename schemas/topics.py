@@ -37,7 +37,17 @@ class TopicNames:
     dlq: str = "signals.dlq.v1"                 # undecodable/invalid raw records, reason in headers
 
     def with_prefix(self, prefix: str) -> "TopicNames":
+        """Every name prefixed; ``ux.svc`` is read as ``ux.svc.`` (normalize_prefix)."""
+        prefix = normalize_prefix(prefix)
         return replace(self, **{name: prefix + value for name, value in self.__dict__.items()})
+
+
+def normalize_prefix(prefix: str) -> str:
+    """A topic prefix as it is used: empty, or ending in ``.``. ``ux.svc`` would otherwise
+    name ``ux.svcsignals.raw.v1``, a topic nobody writes; every part normalises the same way,
+    so agents, processors and readers always meet on the same names."""
+    prefix = prefix.strip()
+    return prefix if not prefix or prefix.endswith(".") else prefix + "."
 
 
 @dataclass(frozen=True)
@@ -59,7 +69,11 @@ def topic_settings(names: TopicNames, partitions: int = 3,
     compact = {"cleanup.policy": "compact,delete", "min.compaction.lag.ms": "60000",
                "retention.ms": str(output_retention_ms)}
     return [
-        TopicSettings(names.raw, partitions, {"retention.ms": str(RAW_RETENTION_MS), "compression.type": "producer"}),
+        # Log-append time: the broker, not the writer, stamps each raw record, and the
+        # processor bounds event times and watermarks by that stamp (docs/processor.md,
+        # "What the clock trusts"); a writer-set CreateTime would let a writer move it.
+        TopicSettings(names.raw, partitions, {"retention.ms": str(RAW_RETENTION_MS), "compression.type": "producer",
+                                              "message.timestamp.type": "LogAppendTime"}),
         TopicSettings(names.summaries, partitions, {**compact, "max.message.bytes": str(LARGE_RECORD_MAX_BYTES)}),
         TopicSettings(names.paths, partitions, dict(compact)),
         TopicSettings(names.statistics, 1, {"retention.ms": str(24 * 3600 * 1000)}),

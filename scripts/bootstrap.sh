@@ -18,13 +18,21 @@ dpkg -s python3-bpfcc >/dev/null 2>&1 || need+=(python3-bpfcc)
 dpkg -s bpfcc-tools >/dev/null 2>&1 || need+=(bpfcc-tools)
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+command -v javac >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)  # Java programs the runtime tests compile
+command -v npm >/dev/null 2>&1 || need+=(npm)  # npm packages for the PURL tests (node comes with it)
+command -v rustc >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/rustc" ] || need+=(rustc)  # Rust binaries for the demangler tests
+command -v go >/dev/null 2>&1 || need+=(golang-go)  # Go programs for the runtime and PURL tests
+command -v gdb >/dev/null 2>&1 || need+=(gdb)  # ground truth for call paths
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 command -v ruby >/dev/null 2>&1 || need+=(ruby)  # a Ruby process for the runtime-detection test
 command -v rpmbuild >/dev/null 2>&1 || need+=(rpm)  # a real sqlite rpmdb for the PURL test
 dpkg -s zlib1g-dev >/dev/null 2>&1 || need+=(zlib1g-dev)  # a program calling libz for the agent tests
+command -v gdb >/dev/null 2>&1 || need+=(gdb)  # ground truth of the unwinding tests (tests/agent/test_unwind_truth.py)
+command -v g++ >/dev/null 2>&1 || need+=(g++)  # the C++ -O2 program of the unwinding tests
 command -v kcat >/dev/null 2>&1 || need+=(kcat)  # the interop tests read topics with it
 command -v capsh >/dev/null 2>&1 || need+=(libcap2-bin)  # runs the agent with the DaemonSet's capabilities only
 command -v openssl >/dev/null 2>&1 || need+=(openssl)  # the security tests' CA and certificates
+command -v chromium >/dev/null 2>&1 || need+=(chromium)  # renders `signals report` pages in the tests (headless)
 kernel=$(uname -r)
 if [ ! -e "/lib/modules/$kernel/build/Makefile" ] && [ ! -e /sys/kernel/kheaders.tar.xz ]; then
   # Headers for the running kernel when Debian has them; otherwise Debian's current
@@ -99,6 +107,22 @@ if ! command -v kubectl >/dev/null 2>&1 && ! command -v kustomize >/dev/null 2>&
    && [ ! -x "$cache/bin/kustomize" ] && command -v go >/dev/null 2>&1; then
   say "installing kustomize into $cache/bin"
   GOBIN=$cache/bin go install sigs.k8s.io/kustomize/kustomize/v5@v5.5.0
+fi
+
+# --- helm, to render deploy/helm in the tests: Debian 12 has no package; build it from the Go
+# module proxy like kustomize (tests/deploy/test_helm_chart.py finds it in $cache/bin).
+if ! command -v helm >/dev/null 2>&1 && [ ! -x "$cache/bin/helm" ] && command -v go >/dev/null 2>&1; then
+  say "installing helm into $cache/bin (go install; a few minutes the first time)"
+  # Not fatal: without helm only the chart's tests skip (and say so).
+  GOBIN=$cache/bin timeout 1800 go install helm.sh/helm/v3/cmd/helm@v3.16.4 \
+    || say "helm could not be built; tests/deploy/test_helm_chart.py will skip"
+fi
+
+# --- `signals` on the PATH, as the README runs it: a link to the virtualenv's entry point.
+if [ -w /usr/local/bin ] || [ "$(id -u)" = 0 ]; then
+  as_root ln -sfn "$venv/bin/signals" /usr/local/bin/signals
+else
+  say "add $venv/bin to PATH for the signals command (or: sudo ln -s $venv/bin/signals /usr/local/bin/signals)"
 fi
 
 # --- Kafka jars from Maven Central (cached).

@@ -8,6 +8,8 @@ from typing import Iterator, Mapping
 import pytest
 
 from runtime_signals.devtools import localkafka
+
+from runtime_signals.kafka import admin
 from tests import brokers
 
 
@@ -15,7 +17,7 @@ from tests import brokers
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Bootstrap address of the session's broker, from the first source that works:
     KAFKA_BOOTSTRAP_SERVERS, a testcontainers broker if Docker answers, or the local broker of
-    runtime_signals.localkafka in a fresh state dir (stopped at session end)."""
+    runtime_signals.devtools.localkafka in a fresh state dir (stopped at session end)."""
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if external:
         yield external
@@ -48,8 +50,8 @@ def unique_topic(kafka_bootstrap: str, request: pytest.FixtureRequest) -> broker
 
     def make(partitions: int = 1, config: Mapping[str, str] | None = None) -> str:
         name = brokers.unique_topic_name(request.node.name)
-        localkafka.ensure_topics(
-            kafka_bootstrap, [localkafka.TopicSpec(name, partitions, dict(config or {}))])
+        admin.ensure_topics(
+            kafka_bootstrap, [admin.TopicSpec(name, partitions, dict(config or {}))])
         return name
 
     return make

@@ -34,7 +34,7 @@ def test_quick_suite_writes_every_figure_table_and_plot(kafka_bootstrap: str, tm
     assert done.returncode == 0, logs
 
     results = json.loads((out / "results.json").read_text())
-    for stage in ("probe_agent", "hot", "processor", "latency"):
+    for stage in ("probe_agent", "unwind", "hot", "processor", "latency", "watch", "python_probe", "windows"):
         assert "error" not in results[stage], f"{stage}: {results[stage].get('traceback')}"
     probe = results["probe_agent"]
     assert [row["calls"] for row in probe["rows"]] == [300, 600, 900]
@@ -49,10 +49,17 @@ def test_quick_suite_writes_every_figure_table_and_plot(kafka_bootstrap: str, tm
     assert all(row["peak_rss_bytes"] > 0 for row in processor_rows)
     assert all(row["floor_events_per_s"] > 0 for row in processor_rows if row["kind"] != "memory")
     assert results["latency"]["rows"][0]["calls"] == 50
+    assert results["watch"]["calls"] == 50 and results["watch"]["p50_ms"] > 0
+    assert results["windows"]["calls"] == 600 and results["windows"]["raw_records"] > 0
+
+    unwind_rows = results["unwind"]["rows"]
+    assert [row["build"] for row in unwind_rows] == ["frame pointers", "cfi"]
+    assert all(row["agent_vs_stackcount"] is not None and row["agent_vs_floor"] is not None for row in unwind_rows)
 
     table = (out / "results.md").read_text()
-    for heading in ("## 1. Probe cost", "## 1b. A hot function", "## 2. Agent throughput",
-                    "## 3. Processor throughput", "## 4. End-to-end latency"):
+    for heading in ("## 1. Probe cost", "## 1c. Stack walk cost", "## 1b. A hot function", "## 2. Agent throughput",
+                    "## 3. Processor throughput", "## 4. End-to-end latency", "## 5. First (provisional) answer",
+                    "## 6. Window attribution"):
         assert heading in table
     if importlib.util.find_spec("matplotlib") is not None:  # the plot needs the `bench` extra
         assert (out / "benchmarks-scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -33,6 +33,8 @@ OSV_GO = {
     "aliases": ["CVE-2026-0001", "GHSA-aaaa-bbbb-cccc"],
     "affected": [{
         "package": {"ecosystem": "Go", "name": "golang.org/x/net"},
+        # The sample runs x/net v0.17.0: inside these ranges.
+        "ranges": [{"type": "SEMVER", "events": [{"introduced": "0"}, {"fixed": "0.18.0"}]}],
         "ecosystem_specific": {"imports": [{"path": "golang.org/x/net/html",
                                             "symbols": ["Parse", "Tokenizer.Next"]}]},
     }],
@@ -114,8 +116,9 @@ def test_openvex_says_affected_with_paths_where_reached_and_under_investigation_
                                                        "identifiers": {"purl": "pkg:deb/debian/libimage"}}]
     notes = reached["status_notes"]
     assert "14 calls on 2 call path(s)" in notes
-    assert "Path (9 calls, 2 window(s), container web-1): _start -> main -> handle_upload -> decode_image -> " \
-           "[parse_image_header]" in notes
+    assert "Path (9 calls, 2 window(s), container web-1; taken by /app/server (sha256:" in notes
+    assert "; affected: the input lists every version of pkg:deb/debian/libimage as affected): " \
+           "_start -> main -> handle_upload -> decode_image -> [parse_image_header]" in notes
 
     unseen = by_key[("CVE-2026-2222", web)]
     assert unseen["status"] == "under_investigation" and "justification" not in unseen
@@ -166,9 +169,12 @@ def test_cyclonedx_carries_the_observed_call_stack_as_evidence(
                          "container web-1: " + " -> ".join(sample.PREVIEW)]
     if version == "1.6":
         assert libimage["evidence"]["occurrences"][0]["additionalContext"].startswith("9 calls in 2 window(s)")
-    states = {(v["id"], v["properties"][0]["value"]): v["analysis"]["state"] for v in bom["vulnerabilities"]}
-    assert states[("CVE-2026-1111", "web-1")] == "exploitable"
-    assert states[("CVE-2026-2222", "web-1")] == "in_triage"
+    # Running the code is not exploitability: the state stays in_triage, the reachability says what ran.
+    states = {(v["id"], v["properties"][0]["value"]): (v["analysis"]["state"], v["properties"][1]["value"])
+              for v in bom["vulnerabilities"]}
+    assert states[("CVE-2026-1111", "web-1")] == ("in_triage", "reached")
+    assert states[("CVE-2026-2222", "web-1")] == ("in_triage", "not-observed")
+    assert all(v["analysis"]["state"] != "exploitable" for v in bom["vulnerabilities"])
     go_frames = components["pkg:golang/golang.org/x/net"]["evidence"]["callstack"]["frames"]
     assert [f["function"] for f in go_frames] == list(reversed(sample.GO_PARSE))
     assert "evidence" not in components.get("pkg:deb/debian/libscale", {})  # never asked about

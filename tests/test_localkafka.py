@@ -16,7 +16,8 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from runtime_signals.devtools import localkafka
-from runtime_signals.devtools.localkafka import BrokerStartError, LocalKafkaConfig, TopicCreationError, TopicSpec, down, ensure_topics, status, up
+from runtime_signals.devtools.localkafka import BrokerStartError, LocalKafkaConfig, down, status, up
+from runtime_signals.kafka.admin import TopicCreationError, TopicSpec, ensure_topics
 from tests import brokers
 
 

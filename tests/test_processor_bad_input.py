@@ -70,7 +70,7 @@ def test_bad_and_late_records_are_routed_counted_and_processing_goes_on(kafka_bo
         produce(kafka_bootstrap, names.raw, records)
         summaries = wait_until(lambda: (found := latest_by_key(read_all(kafka_bootstrap, names.summaries)))
                                and len(found) == 2 and found, 30, "both windows summarized")
-        metrics = wait_until(lambda: (m := scrape(port)).get("signals_processor_windows_emitted_total") == 2
+        metrics = wait_until(lambda: (m := scrape(port)).get("runtime_signals_processor_windows_emitted_total") == 2
                              and m, 10, "metrics of both windows")
         assert pipeline.stop_processor() == 0
 
@@ -100,16 +100,16 @@ def test_bad_and_late_records_are_routed_counted_and_processing_goes_on(kafka_bo
     assert unnamed and unnamed[0]["symbols"] == [f"{UNKNOWN_DIGEST}+0x40"]
 
     for reason, count in (("undecodable", 1), ("unknown_fingerprint", 1), ("out_of_range", 3)):
-        assert metrics[f'signals_processor_dlq_records_total{{reason="{reason}"}}'] == count
-    assert metrics["signals_processor_late_records_total"] == 1
-    assert metrics["signals_processor_late_events_total"] == 4
-    assert metrics["signals_processor_events_total"] == 11
-    assert metrics["signals_processor_windows_unresolved_total"] == 1
-    assert metrics["signals_processor_unresolved_frames_total"] == 1
-    assert metrics["signals_processor_open_windows"] == 0
+        assert metrics[f'runtime_signals_processor_dlq_records_total{{reason="{reason}"}}'] == count
+    assert metrics["runtime_signals_processor_late_records_total"] == 1
+    assert metrics["runtime_signals_processor_late_events_total"] == 4
+    assert metrics["runtime_signals_processor_events_total"] == 11
+    assert metrics["runtime_signals_processor_windows_unresolved_total"] == 1
+    assert metrics["runtime_signals_processor_unresolved_frames_total"] == 1
+    assert metrics["runtime_signals_processor_open_windows"] == 0
     partition = next(iter(calls)).partition
-    assert metrics[f'signals_processor_consumer_lag_records{{partition="{partition}"}}'] == 0
-    assert "signals_processor_events_per_second" in metrics
+    assert metrics[f'runtime_signals_processor_consumer_lag_records{{partition="{partition}"}}'] == 0
+    assert "runtime_signals_processor_events_per_second" in metrics
 
 
 def _original(raw: dict[tuple[int, int], Record], routed: Record, raw_topic: str) -> Record:

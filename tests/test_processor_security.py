@@ -1,6 +1,6 @@
 """The real faust worker over SASL_SSL (SCRAM-SHA-512, a private CA) with the processor's own
 principal and ACLs (deploy/k8s/overlays/strimzi/kafkausers.yaml): the settings of
-runtime_signals/config.py reach faust's consumer, producer and the side readers alike."""
+runtime_signals.config reach faust's consumer, producer and the side readers alike."""
 
 from __future__ import annotations
 

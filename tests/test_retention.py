@@ -43,7 +43,7 @@ def test_symbol_chunks_are_dropped_once_the_table_is_indexed() -> None:
     store = SymbolStore()
 
     def chunk(index: int, offset: int, name: str) -> dict[str, object]:
-        return {"binary_digest": "sha256:aa", "chunk_index": index, "chunk_count": 2,
+        return {"binary_digest": "sha256:aa", "chunk_index": index, "chunk_count": 2, "symbol_count": 2,
                 "symbols": [{"file_offset": offset, "size_bytes": 16, "name": name}]}
 
     store.add(chunk(0, 0x100, "first"))
@@ -55,3 +55,6 @@ def test_symbol_chunks_are_dropped_once_the_table_is_indexed() -> None:
     store.add(chunk(0, 0x100, "first"))  # sent again (an agent restarted): the table stays whole
     assert store.has("sha256:aa") and store.sizes()["symbol_chunks_waiting"] == 0
     assert store.lookup("sha256:aa", 0x208) == "second"
+    assert store.counts["symbol_table_conflicts"] == 0  # the same chunk: its digest matches the kept one
+    store.add(chunk(0, 0x100, "forged"))  # a different chunk 0: told apart by its digest alone
+    assert store.counts["symbol_table_conflicts"] == 1 and store.lookup("sha256:aa", 0x108) == "first"

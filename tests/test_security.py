@@ -58,7 +58,7 @@ def _produce(config: dict[str, Any], topics: tuple[str, ...]) -> dict[str, Kafka
 
 def _agent_producer_config(kafka: SecureKafka, **overrides: Any) -> dict[str, Any]:
     # The agent's own producer settings (idempotent, acks=all, zstd) with the security
-    # settings handed over as agent/cli.py does.
+    # settings handed over as runtime_signals/cli/agent.py does.
     security = {k: v for k, v in kafka.client_config(AGENT, **overrides).items() if k != "bootstrap.servers"}
     return ProducerSettings(bootstrap_servers=kafka.sasl_ssl_bootstrap, extra=security).librdkafka_config()
 

@@ -8,12 +8,17 @@ header metadata (``signals.*`` keys, JSON values) says where the records came fr
 ``fingerprints`` (schema name and count of each single-object fingerprint seen),
 ``writer_schemas`` (the self-contained writer schema of each known fingerprint, so the
 values decode without this repository), ``tool``, ``started_at``, ``finished_at``,
-``complete`` (false when interrupted) and ``error`` (why it stopped early, if it did).
+``complete`` (false when interrupted), ``error`` (why it stopped early, if it did) and
+``records_sha256``: a digest of every record's fields in file order (record_digest), so a
+reader tells a corrupted or cut file from a good one. Avro's deflate blocks carry no
+checksum of their own: a flipped bit can decode to other, valid-looking records.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +59,22 @@ PARSED_SCHEMA = parse_schema(CAPTURE_SCHEMA)
 
 class CaptureError(Exception):
     """A capture cannot be made or read as asked (names the setting or the file)."""
+
+
+_FIXED = struct.Struct("<iqqB")
+
+
+def record_digest_update(digest: Any, record: KafkaRecord) -> None:
+    """Add one record to a running SHA-256 (records_sha256): every field, each byte string
+    length-prefixed so no two records hash alike by shifting bytes between fields."""
+    digest.update(_FIXED.pack(record.partition, record.offset, record.timestamp_ms, record.timestamp_type.value))
+    for part in (record.key, record.value):
+        digest.update(b"\xff" if part is None else struct.pack("<q", len(part)) + part)
+    digest.update(struct.pack("<q", len(record.headers)))
+    for key, value in record.headers:
+        encoded = key.encode()
+        digest.update(struct.pack("<q", len(encoded)) + encoded)
+        digest.update(b"\xff" if value is None else struct.pack("<q", len(value)) + value)
 
 
 def metadata(values: dict[str, Any]) -> dict[str, str]:
@@ -121,14 +142,46 @@ def open_capture(path: Path) -> tuple[CaptureHeader, Iterator[KafkaRecord]]:
     topic = header.topic
 
     def records() -> Iterator[KafkaRecord]:
+        digest = hashlib.sha256()
+        count = 0
         with handle:
-            for item in reader:
+            items = iter(reader)
+            while True:
+                try:
+                    item = next(items)
+                except StopIteration:
+                    break
+                except Exception as exc:  # noqa: BLE001 -- zstd, zlib, EOF, Avro: the file is damaged
+                    raise CaptureError(f"{path}: damaged after record {count}: {type(exc).__name__}: {exc}; "
+                                       f"the file is cut short or corrupted") from exc
                 assert isinstance(item, dict)  # the file's schema is a record
-                yield KafkaRecord(topic, item["partition"], item["offset"], item["timestamp_ms"],
-                                  TimestampType[item["timestamp_type"]], item["key"], item["value"],
-                                  tuple((h["key"], h["value"]) for h in item["headers"]))
+                record = KafkaRecord(topic, item["partition"], item["offset"], item["timestamp_ms"],
+                                     TimestampType[item["timestamp_type"]], item["key"], item["value"],
+                                     tuple((h["key"], h["value"]) for h in item["headers"]))
+                record_digest_update(digest, record)
+                count += 1
+                yield record
+        expected = header.values.get("records_sha256")
+        if header.records is not None and count != header.records:
+            raise CaptureError(f"{path}: {count} records, its header says {header.records}: the file is "
+                               f"cut short or corrupted")
+        if expected is not None and digest.hexdigest() != expected:
+            raise CaptureError(f"{path}: records_sha256 does not match the records: the file is corrupted")
 
     return header, records()
+
+
+def verify_capture(path: Path) -> CaptureHeader:
+    """Read the whole file and check it against its header (record count, records_sha256);
+    CaptureError naming the file if anything is wrong. Replay calls it before it sends a
+    single record, so a damaged file is refused whole rather than replayed in part."""
+    header, records = open_capture(path)
+    for _ in records:
+        pass
+    if "records_sha256" not in header.values:
+        raise CaptureError(f"{path}: has no records_sha256 (written by an older signals, or not by "
+                           f"`signals capture`): its records cannot be checked; capture again")
+    return header
 
 
 def read_capture(path: Path) -> tuple[CaptureHeader, list[KafkaRecord]]:

@@ -12,7 +12,7 @@ leaves ``<file>.partial``, a valid container file up to its last flushed block.
 
 from __future__ import annotations
 
-import importlib
+import hashlib
 import logging
 import os
 import sys
@@ -32,7 +32,7 @@ from runtime_signals.consumer.errors import ConsumerError
 from runtime_signals.consumer.kafka import KafkaRecord, OffsetRange, TopicReader
 from runtime_signals.schemas import codec
 
-from runtime_signals.capture.file import CAPTURE_SCHEMA, FORMAT, PARSED_SCHEMA, CaptureError, CaptureHeader, metadata, open_capture, read_capture, to_avro
+from runtime_signals.capture.file import CAPTURE_SCHEMA, FORMAT, PARSED_SCHEMA, CaptureError, CaptureHeader, metadata, open_capture, read_capture, record_digest_update, to_avro
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,9 @@ def tool_version() -> str:
 
 
 def default_codec() -> str:
-    """zstandard when fastavro can write it (Python 3.14's compression.zstd, or the
-    backports.zstd package before), else deflate, which needs nothing."""
-    for module in ("compression.zstd", "backports.zstd"):
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            continue
-        return "zstandard"
+    """deflate: every Avro implementation reads it with nothing extra installed (Apache
+    ``avro`` reads zstandard only with its ``zstandard`` extra, and says "Unsupported codec"
+    without it). zstandard stays available with --codec for readers that have it."""
     return "deflate"
 
 
@@ -148,9 +143,11 @@ class _Tally:
     first_ms: int | None = None
     last_ms: int | None = None
     fingerprints: Counter[str] = field(default_factory=Counter)
+    digest: Any = field(default_factory=hashlib.sha256)
 
     def add(self, record: KafkaRecord) -> None:
         self.records += 1
+        record_digest_update(self.digest, record)
         self.first_offset.setdefault(record.partition, record.offset)
         self.last_offset[record.partition] = record.offset
         self.per_partition[record.partition] += 1
@@ -197,10 +194,17 @@ def capture(reader: TopicReader, request: CaptureRequest, path: Path, *, avro_co
         "started_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
     }
     path = Path(path)
+    if path.is_dir() or not path.name:
+        raise CaptureError(f"--output {path}: is a directory; name the file to write")
     partial = path.with_name(path.name + ".partial")
     tally = _Tally()
     log.info("capture started: %s partitions %s into %s", request.topic, started["partitions"], path)
-    with open(partial, "wb") as out:
+    try:
+        out = open(partial, "wb")
+    except OSError as exc:
+        raise CaptureError(f"--output {path}: cannot write {partial.name} next to it: "
+                           f"{exc.strerror or exc}") from exc
+    with out:
         writer = fastavro.write.Writer(out, PARSED_SCHEMA, codec=avro_codec,
                                        sync_interval=_SYNC_INTERVAL_BYTES, metadata=metadata(started))
         unflushed = 0
@@ -228,7 +232,14 @@ def capture(reader: TopicReader, request: CaptureRequest, path: Path, *, avro_co
     final = dict(started, **_finished(tally, registry, complete))
     if failure is not None:
         final["error"] = str(failure)
-    _rewrite_with_header(partial, path, final, avro_codec)
+    try:
+        _rewrite_with_header(partial, path, final, avro_codec)
+    except OSError as exc:
+        # Nothing half-written is left behind; the partial file goes too (its records are
+        # on the topic still).
+        for leftover in (partial, path.with_name(path.name + ".finishing")):
+            leftover.unlink(missing_ok=True)
+        raise CaptureError(f"--output {path}: cannot be written: {exc.strerror or exc}") from exc
     if failure is not None:
         raise CaptureError(f"capture of {request.topic} stopped after {tally.records} records, "
                            f"kept in {path}: {failure}") from failure
@@ -248,6 +259,7 @@ def _finished(tally: _Tally, registry: codec.SchemaRegistry, complete: bool) -> 
         "complete": complete,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         "records": tally.records,
+        "records_sha256": tally.digest.hexdigest(),
         "offsets": {str(p): {"first": tally.first_offset[p], "last": tally.last_offset[p],
                              "records": tally.per_partition[p]} for p in sorted(tally.first_offset)},
         "timestamps_ms": {"first": tally.first_ms, "last": tally.last_ms},

@@ -11,11 +11,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from runtime_signals.schemas.topics import TopicNames
-
-from runtime_signals.cli import agent_flags as tuning
-from runtime_signals.agent.config import AgentSettings, TargetSettings
 from runtime_signals.agent.errors import ConfigError
+from runtime_signals.cli import flags
+from runtime_signals.config import SettingsError, SignalsConfig, load_config
+from runtime_signals.config.schema import AgentSettings, KafkaSettings, TargetSettings
+from runtime_signals.schemas.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,10 @@ SIGINT/SIGTERM: drains the ring buffer and flushes every event read to Kafka.
 """
 
 
-def add_arguments(parser: argparse.ArgumentParser, default_bootstrap: str) -> None:
+_FLAGS = flags.KAFKA_FLAGS + flags.AGENT_FLAGS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Flags default to None so that the config file and SIGNALS_* variables decide
     # whatever the command line does not say.
     parser.add_argument("--config", metavar="FILE", help="TOML configuration file (default: $SIGNALS_CONFIG)")
@@ -47,32 +50,57 @@ def add_arguments(parser: argparse.ArgumentParser, default_bootstrap: str) -> No
                              "without attaching anything; exit 0 when valid, 1 otherwise")
     parser.add_argument("--probe", action="append", default=[], metavar="BINARY:SYMBOL",
                         help="function to observe (repeatable, added to the config's targets); BINARY is a "
-                             "path or a library name such as 'c'")
-    parser.add_argument("--bootstrap", default=None,
-                        help=f"Kafka bootstrap servers (kafka.bootstrap_servers; default {default_bootstrap})")
-    parser.add_argument("--topic-prefix", default=None, help="prefix of every topic name (kafka.topic_prefix)")
-    tuning.add_arguments(parser)  # one flag per agent.* setting operators change per run
+                             "path or a library name such as 'c'; python:MODULE:QUALNAME probes a Python "
+                             "function in every CPython built with USDT markers")
+    flags.add_arguments(parser, _FLAGS)  # one flag per setting operators change per run
 
 
-def load(args: argparse.Namespace, config_path: str | None = None) -> Any:
-    """The effective configuration (runtime_signals.config.SignalsConfig) for these flags."""
-    from runtime_signals.config import load_config
-    from runtime_signals.config.engine import SettingsError
-
+def load(args: argparse.Namespace, config_path: str | None = None) -> SignalsConfig:
+    """The effective configuration for these flags, --probe targets added."""
     try:
-        config = load_config(config_path or args.config, flags={
-            "kafka.bootstrap_servers": args.bootstrap,
-            "kafka.topic_prefix": args.topic_prefix,
-            **tuning.flag_settings(args),
-        }, flag_names={"kafka.bootstrap_servers": "--bootstrap", "kafka.topic_prefix": "--topic-prefix",
-                       **tuning.flag_names()})
-        config.agent.targets.extend(TargetSettings.from_probe_flag(text) for text in args.probe)
+        config = load_config(config_path or args.config, flags=flags.flag_settings(args, _FLAGS),
+                             flag_names=flags.flag_names(_FLAGS))
     except SettingsError as exc:
         raise ConfigError(str(exc)) from exc
+    for text in args.probe:
+        target = target_of_probe_flag(text)
+        check_probe_file(text, target.binary)
+        config.agent.targets.append(target)
     return config
 
 
-def target_names(config: Any, probe_flags: list[str]) -> list[str]:
+def target_of_probe_flag(text: str) -> TargetSettings:
+    """--probe BINARY:SYMBOL, or --probe python:MODULE:QUALNAME (every interpreter with USDT
+    markers serves it), as a target."""
+    from runtime_signals.agent.probes import ProbeSpec
+
+    if text.startswith("python:"):
+        return TargetSettings(binary="python", symbols=[text])
+    spec = ProbeSpec.parse(text)
+    return TargetSettings(binary=spec.binary, symbols=[spec.symbol])
+
+
+def check_probe_file(flag: str, binary: str) -> None:
+    """A --probe naming a file by path must name an ELF file: a directory or a text file
+    would otherwise surface later as "symbol not found", which sends one looking for the
+    wrong mistake. Library names (`c`, `ssl`) are resolved per process later."""
+    if "/" not in binary:
+        return
+    path = Path(binary)
+    if path.is_dir():
+        raise ConfigError(f"--probe {flag}: {binary} is a directory; name the executable or library file")
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except FileNotFoundError:
+        return  # may appear later, or exist only inside containers: the target scanner waits for it
+    except OSError as exc:
+        raise ConfigError(f"--probe {flag}: {binary} cannot be read: {exc.strerror or exc}") from exc
+    if magic != b"\x7fELF":
+        raise ConfigError(f"--probe {flag}: {binary} is not an ELF executable or library")
+
+
+def target_names(config: SignalsConfig, probe_flags: list[str]) -> list[str]:
     """How messages name each target: its place in the file, or the flag that made it."""
     from_file = len(config.agent.targets) - len(probe_flags)
     return [f"agent.targets[{i}]" for i in range(from_file)] + [f"--probe {text}" for text in probe_flags]
@@ -87,18 +115,32 @@ def check(args: argparse.Namespace) -> int:
     if not agent.targets:
         print("signals agent --check: agent.targets: no targets (add [[agent.targets]] or --probe)", file=sys.stderr)
         return 1
-    manager = TargetManager(agent.targets, target_names(config, args.probe), attach=None,
+    names = target_names(config, args.probe)
+    native = [(t, n) for t, n in zip(agent.targets, names) if not t.is_python]
+    manager = TargetManager([t for t, _ in native], [n for _, n in native], attach=None,
                             proc_root=Path(agent.proc_root), host_root=Path(agent.host_root),
                             max_symbols_per_pattern=agent.max_symbols_per_pattern)
-    manager.scan()
-    for problem in sorted(manager.missing.items()):
-        print(f"{problem[0]}: {problem[1]}", file=sys.stderr)
-    print(f"settings valid; {manager.counts['probes_attached']} probe(s) would attach, "
+    # The scan logs each problem as it finds it (a running agent's log wants that); here they
+    # are printed once, below, with what resolved.
+    targets_log = logging.getLogger("runtime_signals.agent.targets")
+    level = targets_log.level
+    targets_log.setLevel(logging.CRITICAL)
+    try:
+        manager.scan()
+    finally:
+        targets_log.setLevel(level)
+    for name, path, symbols in manager.resolved():
+        print(f"{name}: {path}: {', '.join(symbols) if symbols else 'no symbol resolved'}")
+    for key, reason in sorted(manager.missing.items()):
+        print(f"problem: {key}: {reason}", file=sys.stderr)
+    inlined = manager.counts["inlined_copies"]
+    print(f"settings valid; {len(manager.resolved())} file(s) resolved, {manager.counts['probes_attached']} "
+          f"probe(s) would attach{f' ({inlined} at inlined copies)' if inlined else ''}, "
           f"{len(manager.missing)} problem(s)")
     return 1 if manager.missing else 0
 
 
-def _check_kafka_access(kafka: Any) -> None:
+def _check_kafka_access(kafka: KafkaSettings) -> None:
     """Refuse to start with credentials, certificates or ACLs the cluster rejects: librdkafka
     would retry them forever while records pile up. A cluster that does not answer is no
     reason to stop: the spool holds records until it does."""
@@ -126,18 +168,47 @@ def _open_spool(agent: AgentSettings) -> Any:
         raise ConfigError(f"agent.spool_dir: {exc}") from exc
 
 
+def _start_python_targets(targets: list[TargetSettings], collector: Any, filters: Any, settings: Any,
+                          agent: AgentSettings) -> Any:
+    """The Python-function probes (agent/pytargets.PythonTargets), fed into the collector; None without any."""
+    if not targets:
+        return None
+    from runtime_signals.agent.config import probe_limits
+    from runtime_signals.agent.pycalls import PythonCallNamer
+    from runtime_signals.agent.pyprobes import PythonProbeSpec, PythonTracer
+    from runtime_signals.agent.pysource import PythonSources
+    from runtime_signals.agent.pytargets import PythonTargets
+    from runtime_signals.agent.selectors import ProcessSelector
+
+    node = collector.node_files
+    namer = PythonCallNamer(PythonSources(node.purls), node.digests, Path(agent.proc_root))
+    python = PythonTargets(PythonTracer(), namer, collector.describe_process, filters, host=settings.host,
+                           agent_id=settings.agent_id, proc_root=Path(agent.proc_root),
+                           rescan_interval_ms=agent.target_rescan_interval_ms,
+                           on_source_file=collector.note_source_file)
+    for target in targets:
+        for symbol in target.symbols:
+            probe = python.add(PythonProbeSpec.parse(symbol), probe_limits(agent))
+            filters.add(probe.spec.probe_id, ProcessSelector.of(target))
+    python.scan()
+    collector.add_source(python)
+    return python
+
+
 def run(args: argparse.Namespace) -> int:
     """Attach every target that can be attached, then pump until SIGINT/SIGTERM; targets
     that appear later (libraries, containers) are attached by a rescan thread."""
     if args.check is not None:
         return check(args)
     from runtime_signals.agent.collector import Collector, CollectorSettings
+    from runtime_signals.agent.config import budget_settings, probe_limits, tracer_settings
     from runtime_signals.agent.probes import CallTracer
     from runtime_signals.agent.processes import NodeFiles
     from runtime_signals.agent.publisher import ProducerSettings, Publisher
     from runtime_signals.agent.identity import PodDirectory
     from runtime_signals.agent.metrics import HealthServer
     from runtime_signals.agent.selectors import TargetFilters
+    from runtime_signals.agent.filewatch import FileWatch
     from runtime_signals.agent.targets import TargetManager
 
     from runtime_signals.agent import bpfsys
@@ -173,8 +244,8 @@ def run(args: argparse.Namespace) -> int:
     state = AgentState.new(agent.host_name) if previous is None else previous
     if previous is not None:
         state.restarts += 1
-    tracer = CallTracer(agent.tracer_settings())
-    tracer.default_limits = agent.probe_limits()
+    tracer = CallTracer(tracer_settings(agent))
+    tracer.default_limits = probe_limits(agent)
     generation = None
     if state_dir is not None and bpfsys.bpffs_mounted(PIN_ROOT.parent):
         # Pinned, the probes and maps outlive a killed agent (agent/pinning.py).
@@ -204,7 +275,8 @@ def run(args: argparse.Namespace) -> int:
                                  symbol_chunk_max_bytes=agent.symbol_chunk_max_bytes,
                                  statistics_interval_ms=agent.statistics_interval_ms,
                                  shutdown_flush_timeout_s=agent.shutdown_flush_timeout_ms / 1000,
-                                 budget=agent.budget_settings())
+                                 budget=budget_settings(agent), jit_perf_maps=agent.jit_perf_maps,
+                                 jvm_jcmd=agent.jvm_jcmd)
     if agent.host_name:
         settings.host = agent.host_name
     collector = Collector(settings, tracer, publisher, node=node, filters=filters, state=state, state_dir=state_dir)
@@ -214,11 +286,19 @@ def run(args: argparse.Namespace) -> int:
                                collector.healthy, collector.ready)
         metrics.start()
         print(f"agent metrics on port {metrics.port}: /metrics /healthz /readyz", file=sys.stderr, flush=True)
-    targets = TargetManager(agent.targets, target_names(config, args.probe), attach=tracer.attach,
+    names = target_names(config, args.probe)
+    native = [(t, n) for t, n in zip(agent.targets, names) if not t.is_python]
+    python = _start_python_targets([t for t in agent.targets if t.is_python], collector, filters, settings, agent)
+    # Every attach goes through the file watch: a probed file written in place loses its
+    # probes at the first write (agent/filewatch.py), and is probed afresh once rewritten.
+    watch = FileWatch(tracer.attach, tracer.retire)
+    targets = TargetManager([t for t, _ in native], [n for _, n in native], attach=watch.attach,
                             on_attached=collector.register_probe, filters=filters,
                             proc_root=Path(agent.proc_root), host_root=Path(agent.host_root),
                             max_symbols_per_pattern=agent.max_symbols_per_pattern, purls=node.purls,
                             pods=node.pods, attach_lock=collector.attach_lock)
+    watch.on_changed = targets.forget_file
+    watch.start(stop)
     targets.scan()
     collector.take_over(previous, generation)
     keep = tuple(p for p in (tracer.pin_dir,) if p is not None)
@@ -229,6 +309,31 @@ def run(args: argparse.Namespace) -> int:
                         "probes counted since is lost", abandoned)
             stale.remove()
     tracer.remove_stale_events()
+    if metrics is not None:
+        metrics.add_counters("targets", "Target files and probes: late_attaches are files attached by a rescan after "
+                             "a process had mapped them (calls before were not observed)", targets.counters)
+    loadwatch = None
+    from runtime_signals.agent.loadwatch import can_resume_any_process
+
+    if agent.hold_processes and not can_resume_any_process():
+        log.warning("agent.hold_processes: off, the agent lacks CAP_KILL and could not resume a process it held; "
+                    "libraries are attached by the rescan and calls before it are counted as late_attaches")
+    elif agent.hold_processes:
+        from runtime_signals.agent.loadwatch import KIND_NEW_ROOT, LoadWatch
+
+        def _answer_hold(pid: int, kind: int) -> None:
+            targets.scan_pid(pid)
+            if kind != KIND_NEW_ROOT:  # a new root's loader is hooked (LoadWatch); its process maps no target yet
+                collector.capture(pid)
+
+        loadwatch = LoadWatch(agent.targets, _answer_hold, backing=targets.backing, proc_root=Path(agent.proc_root),
+                              host_root=Path(agent.host_root), heartbeat_ms=agent.hold_heartbeat_ms)
+        hooked = loadwatch.hook_all()
+        log.info("loader hooks: %d loader file(s) hooked", hooked)
+        loadwatch_thread = loadwatch.run(stop)
+        if metrics is not None:
+            metrics.add_counters("loader_holds", "Processes held for the agent at exec or library load "
+                                 "(docs/attribution.md)", loadwatch.counters)
 
     def _request_stop(signum: int, _frame: object) -> None:
         log.info("received %s: draining and flushing", signal.Signals(signum).name)
@@ -237,13 +342,22 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _request_stop)
     signal.signal(signal.SIGTERM, _request_stop)
     targets.start(stop, agent.target_rescan_interval_ms)
+    if python is not None:
+        python.start(stop)
     # Tests and wrappers wait for this line before starting the workload.
     print(f"agent ready: {targets.counts['probes_attached']} probe(s) attached, "
           f"{len(targets.missing)} target problem(s) on {socket.gethostname()}", file=sys.stderr, flush=True)
     try:
         collector.run(stop)
     finally:
+        if loadwatch is not None:
+            stop.set()
+            loadwatch_thread.join(10)
+            log.info("loader holds: %s", loadwatch.counters())
+        log.info("targets: %s", targets.counters())
         tracer.close()
+        if python is not None:
+            python.close()
         if metrics is not None:
             metrics.close()
     if refused:

@@ -11,12 +11,15 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import FrameType
 
+from runtime_signals.cli.common import add_connection_arguments, connection
+
 CAPTURE_EPILOG = """\
 examples:
   signals capture signals.raw.v1 -o raw.avro                        # everything on the topic now
   signals capture signals.raw.v1 -o p1.avro --partitions 1 --from-offset 500 --to-offset 900
   signals capture signals.raw.v1 -o day.avro --since 2026-11-26T00:00Z --until 2026-11-27T00:00Z
   signals capture signals.summaries.v1 -o live.avro --follow         # until Ctrl-C
+  signals capture raw --topic-prefix demo-1795701716. -o raw.avro    # a role, under a prefix
 
 Offsets: --to-offset is exclusive. Times: ISO-8601, milliseconds since the epoch, or 30m/2h/1d
 (ago); they are Kafka record timestamps, resolved to offsets by the broker. Ctrl-C ends the
@@ -28,6 +31,7 @@ examples:
   signals replay raw.avro --to staging.signals.raw.v1
   signals replay raw.avro --to staging.signals.raw.v1 --rate 5000     # records per second
   signals replay --from-topic signals.raw.v1 --since 2h --to reprocess.signals.raw.v1
+  signals replay modules.avro --topic-prefix replay1. --to modules   # a role, under a prefix
 
 Keys, values, timestamps and headers are kept; partitions too when the target has as many
 as the source (else by key, with watermarks sent to every partition). Then process the
@@ -51,10 +55,13 @@ def parse_time_ms(text: str, now: datetime | None = None) -> int:
     relative = _RELATIVE.match(value)
     if relative:
         seconds = float(relative.group(1)) * _UNITS_S[relative.group(2)]
-        return int((now - timedelta(seconds=seconds)).timestamp() * 1000)
+        try:
+            return int((now - timedelta(seconds=seconds)).timestamp() * 1000)
+        except (OverflowError, ValueError) as exc:  # before year 1, or beyond what a timedelta holds
+            raise argparse.ArgumentTypeError(f"{text!r} is further back than year 1") from exc
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a time: use ISO-8601 (2026-11-26T13:45Z), epoch ms, now, or 30m/2h/1d (ago)") from exc
     if moment.tzinfo is None:
@@ -71,20 +78,23 @@ def _add_source_range(parser: argparse.ArgumentParser) -> None:
 
 
 def add_capture_arguments(parser: argparse.ArgumentParser, default_bootstrap: str) -> None:
-    parser.add_argument("topic", help="topic to capture (the full name, prefix included)")
+    parser.add_argument("topic", help="topic to capture: its full name, or with --topic-prefix a role (raw, "
+                                      "symbols, modules, summaries, …) or the unprefixed name")
     parser.add_argument("-o", "--output", required=True, type=Path, help="Avro container file to write")
-    parser.add_argument("--bootstrap", default=default_bootstrap)
+    add_connection_arguments(parser, default_bootstrap)
     _add_source_range(parser)
     parser.add_argument("--follow", action="store_true", help="no end: keep capturing until Ctrl-C")
-    parser.add_argument("--codec", choices=["zstandard", "deflate", "null"],
-                        help="block compression (default: zstandard when installed, else deflate)")
+    parser.add_argument("--codec", choices=["deflate", "zstandard", "null"],
+                        help="block compression (default: deflate, which every Avro reader reads; zstandard needs avro[zstandard] to read)")
 
 
 def add_replay_arguments(parser: argparse.ArgumentParser, default_bootstrap: str) -> None:
     parser.add_argument("file", nargs="?", type=Path, help="capture file to replay")
     parser.add_argument("--from-topic", help="replay from this topic instead of a file")
-    parser.add_argument("--to", required=True, dest="target", help="target topic (it must exist)")
-    parser.add_argument("--bootstrap", default=default_bootstrap, help="cluster of the target (and of --from-topic)")
+    parser.add_argument("--to", required=True, dest="target",
+                        help="target topic (it must exist): a full name, or with --topic-prefix a role (raw, "
+                             "symbols, modules, …) or the unprefixed name")
+    add_connection_arguments(parser, default_bootstrap)
     _add_source_range(parser)
     parser.add_argument("--rate", type=float, metavar="N", help="at most N records per second")
     parser.add_argument("--by-key", action="store_true",
@@ -111,11 +121,14 @@ def run_capture(args: argparse.Namespace) -> int:
 
     from runtime_signals.capture.writer import CaptureRequest, capture, parse_partitions
 
+    link = connection(args)
+    args.topic = link.topic(args.topic)
     request = CaptureRequest(args.topic, parse_partitions(args.partitions), args.from_offset,
                              args.to_offset, args.since, args.until, args.follow)
     request.check()
     stop = _stop_on_signals()
-    result = capture(TopicReader(args.bootstrap), request, args.output, avro_codec=args.codec, stop=stop)
+    result = capture(TopicReader(link.bootstrap, link.kafka_config), request, args.output, avro_codec=args.codec,
+                     stop=stop)
     offsets = result.metadata["offsets"]
     spans = ", ".join(f"[{p}] {o['first']}..{o['last']}" for p, o in offsets.items()) or "no records"
     state = "complete" if result.complete else "interrupted"
@@ -126,27 +139,33 @@ def run_capture(args: argparse.Namespace) -> int:
 def run_replay(args: argparse.Namespace) -> int:
     from runtime_signals.consumer.kafka import TopicReader
 
+    from runtime_signals.capture.file import verify_capture
     from runtime_signals.capture.writer import CaptureError, CaptureRequest, open_capture, parse_partitions, read_ranges
     from runtime_signals.capture.replay import ReplaySettings, replay
 
     if (args.file is None) == (args.from_topic is None):
         raise CaptureError("give a capture FILE or --from-topic TOPIC (one of them)")
+    link = connection(args)
+    args.target = link.topic(args.target)
+    args.from_topic = None if args.from_topic is None else link.topic(args.from_topic)
     stop = _stop_on_signals()
     if args.file is not None:
         if any(v is not None for v in (args.partitions, args.from_offset, args.to_offset, args.since, args.until)):
             raise CaptureError("offset and time bounds apply to --from-topic; a file is replayed whole")
+        verify_capture(args.file)  # a damaged file is refused before one record is sent
         header, records = open_capture(args.file)
         source, partitions, total = str(args.file), header.partition_count, header.records
     else:
-        reader = TopicReader(args.bootstrap)
+        reader = TopicReader(link.bootstrap, link.kafka_config)
         request = CaptureRequest(args.from_topic, parse_partitions(args.partitions), args.from_offset,
                                  args.to_offset, args.since, args.until)
         ranges, records = read_ranges(reader, request, stop)
         source, partitions = args.from_topic, len(reader.partitions(args.from_topic))
         sizes = [r.size for r in ranges]
         total = None if None in sizes else sum(s or 0 for s in sizes)
-    settings = ReplaySettings(args.bootstrap, args.target, partitions, rate_per_s=args.rate,
-                              keep_partitions=False if args.by_key else None)
+    settings = ReplaySettings(link.bootstrap, args.target, partitions, rate_per_s=args.rate,
+                              keep_partitions=False if args.by_key else None,
+                              extra_config=link.kafka_config)
     result = replay(records, settings, total=total, stop=stop)
     layout = "partitions kept" if result.partitions_kept else "partitioned by key"
     print(f"replayed {result.delivered}/{result.produced} records from {source} into {args.target} "

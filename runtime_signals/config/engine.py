@@ -60,6 +60,9 @@ def read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text())
     except OSError as exc:
         raise SettingsError([f"config file {path}: cannot be read: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise SettingsError([f"config file {path}: not UTF-8 text (byte {exc.start}: {exc.reason}); TOML files "
+                             f"are UTF-8"]) from exc
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError([f"config file {path}: not valid TOML: {exc}"]) from exc
 

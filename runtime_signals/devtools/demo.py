@@ -9,9 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+
 from runtime_signals.schemas.topics import TopicNames, topic_settings
 
 from runtime_signals.devtools import localkafka
+
+from runtime_signals.kafka import admin
 from runtime_signals.devtools.pipeline import LocalPipeline
 from runtime_signals.consumer.summaries import format_table, latest_summaries, read_topic
 from runtime_signals.devtools.workload import PROBED_SYMBOL, build_workload
@@ -22,8 +25,8 @@ def cache_dir() -> Path:
 
 
 def create_topics(bootstrap: str, names: TopicNames, partitions: int = 3) -> None:
-    localkafka.ensure_topics(bootstrap, [
-        localkafka.TopicSpec(t.name, t.partitions, t.config) for t in topic_settings(names, partitions)
+    admin.ensure_topics(bootstrap, [
+        admin.TopicSpec(t.name, t.partitions, t.config) for t in topic_settings(names, partitions)
     ])
 
 
@@ -40,10 +43,17 @@ def wait_for_summaries(bootstrap: str, topic: str, expected_calls: int,
     return summaries
 
 
-def run_demo(uploads: int, previews: int) -> int:
+def run_demo(uploads: int, previews: int, topic_prefix: str | None = None) -> int:
+    """The pipeline against the bundled workload, on topics under ``topic_prefix`` (default:
+    ``demo-<unix time>.``, so each run has its own)."""
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or localkafka.up(localkafka.LocalKafkaConfig.from_env())
-    prefix = f"demo-{int(time.time())}."
-    names = TopicNames().with_prefix(prefix)
+    # The configured prefix ($SIGNALS_CONFIG's, or SIGNALS_KAFKA__TOPIC_PREFIX) when no flag
+    # gives one, so the commands run after the demo read the demo's topics.
+    from runtime_signals.config import load_config
+
+    configured = load_config().kafka.topic_prefix
+    names = TopicNames().with_prefix(topic_prefix or configured or f"demo-{int(time.time())}.")
+    prefix = names.raw.removesuffix(TopicNames().raw)
     create_topics(bootstrap, names)
     workload = build_workload(cache_dir() / "demo")
     log_dir = cache_dir() / "demo" / "logs" / prefix.rstrip(".")
@@ -58,6 +68,9 @@ def run_demo(uploads: int, previews: int) -> int:
         pipeline.stop_agent()
         pipeline.stop_processor()
     print(format_table(summaries), end="")
+    print(f"topics under prefix {prefix}: try `signals reachable --topic-prefix {prefix} --function "
+          f"decode_image` or `signals export --topic-prefix {prefix} --format flamegraph -o paths.svg`",
+          file=sys.stderr)
     got = sum(s["total_events"] for s in summaries)
     if got != uploads + previews:
         print(f"demo: expected {uploads + previews} calls in the summaries, found {got}; see {log_dir}",

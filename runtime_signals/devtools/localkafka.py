@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
 # A copy of <kafka.version> in runtime_signals/devtools/data/pom.xml; tests/test_localkafka.py keeps them equal.
 KAFKA_VERSION = "4.3.1"
@@ -71,15 +71,6 @@ class ProvisionError(LocalKafkaError):
 
 class BrokerStartError(LocalKafkaError):
     pass
-
-
-class TopicCreationError(LocalKafkaError):
-    def __init__(self, topic: str, bootstrap: str, error: KafkaError) -> None:
-        super().__init__(
-            f"creating topic {topic!r} on {bootstrap} failed: {error.name()}: {error.str()}"
-        )
-        self.topic = topic
-        self.code: int = error.code()
 
 
 @dataclass(frozen=True)
@@ -171,14 +162,6 @@ class BrokerStatus:
     @property
     def running(self) -> bool:
         return self.pid is not None
-
-
-@dataclass(frozen=True)
-class TopicSpec:
-    name: str
-    partitions: int = 3
-    config: Mapping[str, str] = field(default_factory=dict)
-    replication_factor: int = 1
 
 
 def provision(cfg: LocalKafkaConfig) -> Path:
@@ -274,27 +257,6 @@ def status(cfg: LocalKafkaConfig, timeout_s: float = 2.0) -> BrokerStatus:
     pid = _running_pid(cfg)
     answering = pid is not None and _answers(cfg.bootstrap, timeout_s)
     return BrokerStatus(pid=pid, answering=answering, bootstrap=cfg.bootstrap)
-
-
-def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], timeout_s: float = 30.0,
-                  client_config: Mapping[str, str] | None = None) -> None:
-    """Create the topics that do not exist yet. An existing topic is left as it is: its
-    partitions and configs are not compared with the spec. client_config adds librdkafka
-    connection settings (security.protocol, sasl.*, ssl.*) for a secured cluster."""
-    if not specs:
-        return
-    admin = AdminClient({**(client_config or {}), "bootstrap.servers": bootstrap})
-    futures = admin.create_topics(
-        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor,
-                  config=dict(s.config)) for s in specs],
-        operation_timeout=timeout_s, request_timeout=timeout_s)
-    for name, future in futures.items():
-        try:
-            future.result()
-        except KafkaException as exc:
-            error: KafkaError = exc.args[0]
-            if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise TopicCreationError(name, bootstrap, error) from exc
 
 
 def new_cluster_id() -> str:

@@ -7,11 +7,18 @@ Inputs (load_vulnerable_functions):
   ``{"imports": [{"path": P, "symbols": ["F", "T.M"]}]}``, RustSec's
   ``{"affects": {"functions": ["crate::m::f"]}}``, or a generic ``"functions"`` /
   ``"affected_functions"`` list of names.
+  Each entry's ``ranges`` (ECOSYSTEM, SEMVER; GIT ranges name commits and leave a version
+  undecided) and ``versions`` say which versions are affected (evidence/versions.py).
 - A text file, one function a line: ``PURL FUNCTION [VULNERABILITY-ID]`` (``#`` starts a
-  comment; without an id the line takes the --vulnerability default).
+  comment; without an id the line takes the --vulnerability default). A PURL with a
+  version says that version is affected; one without says every version is.
 
 A finding is one vulnerable package of one vulnerability, asked about in one product (a
-container, or every container when a product is named), with the reachability answer.
+container, or every container when a product is named), with the reachability answer and
+a verdict per observed path (PathVerdict): only a path whose frame is confirmed to be in
+the package, at a version the advisory calls affected, makes the finding ``affected``. A
+function matched by name in an unpackaged binary, a package of unknown version, or a
+version outside the affected ranges never does (the notes say which it was).
 """
 
 from __future__ import annotations
@@ -23,8 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packageurl import PackageURL
+
 from runtime_signals.consumer import query
-from runtime_signals.consumer.models import Coverage, Reachability, Summary, Target
+from runtime_signals.consumer.models import Coverage, PathEvidence, Reachability, Summary, Target
+
+from runtime_signals.evidence import versions
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +56,25 @@ class VulnerableFunction:
 
     vulnerability: str
     aliases: tuple[str, ...]
-    purl: str | None
+    purl: str | None                  # the package, without a version
     names: tuple[str, ...]
+    # Which versions are affected; None: every version (a text list without a version).
+    affected: versions.AffectedVersions | None = None
+
+
+# Per-path verdicts, strongest claim first.
+AFFECTED = "affected"                 # confirmed package, version inside the affected versions
+VERSION_UNKNOWN = "version_unknown"   # confirmed package; its version, or the ranges, undecidable
+NOT_AFFECTED = "not_affected_version"  # confirmed package, version outside the affected versions
+UNCONFIRMED = "unconfirmed"           # matched by name only: no verdict on the package at all
+
+
+@dataclass(frozen=True, slots=True)
+class PathVerdict:
+    evidence: PathEvidence
+    status: str
+    version: str | None
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +86,45 @@ class Finding:
     container: str | None             # the container asked about; None with a product or no data
     product: str | None               # the --product given (a PURL or IRI), over every container
     answer: Reachability
+    verdicts: tuple[PathVerdict, ...] = ()  # one per path of answer.paths, same order
 
     @property
     def scope(self) -> str:
         return self.product or self.container or "any container"
+
+    @property
+    def affected(self) -> bool:
+        """Whether any path proves the vulnerable code of an affected version ran."""
+        return any(v.status == AFFECTED for v in self.verdicts)
+
+    def verdicts_with(self, status: str) -> list[PathVerdict]:
+        return [v for v in self.verdicts if v.status == status]
+
+
+def judge_path(evidence: PathEvidence, function: VulnerableFunction | None) -> PathVerdict:
+    """The verdict one observed path supports about the vulnerable package."""
+    if not evidence.purl_verified:
+        where = evidence.module or "a module of unknown package"
+        return PathVerdict(evidence, UNCONFIRMED, None,
+                           f"package not confirmed: matched by name in {where}; no verdict on the package")
+    version = _version_of(evidence.package_purl)
+    if function is None or function.purl is None:
+        return PathVerdict(evidence, VERSION_UNKNOWN, version, "the advisory names no package")
+    if function.affected is None:
+        return PathVerdict(evidence, AFFECTED, version,
+                           f"the input lists every version of {function.purl} as affected")
+    verdict = versions.judge(version, function.affected)
+    status = {versions.AFFECTED: AFFECTED, versions.NOT_AFFECTED: NOT_AFFECTED}.get(verdict.status, VERSION_UNKNOWN)
+    return PathVerdict(evidence, status, version, verdict.reason)
+
+
+def _version_of(purl: str | None) -> str | None:
+    if purl is None:
+        return None
+    try:
+        return PackageURL.from_string(purl).version
+    except ValueError:
+        return None
 
 
 def go_symbol_names(import_path: str, symbol: str) -> tuple[str, ...]:
@@ -85,6 +148,18 @@ def purl_for(ecosystem: str, name: str) -> str | None:
     return f"pkg:{kind}/{name}"
 
 
+def _without_version(purl: str) -> tuple[str, str | None]:
+    """The package purl without its version, and the version."""
+    try:
+        parsed = PackageURL.from_string(purl)
+    except ValueError:
+        return purl, None
+    if not parsed.version:
+        return purl, None
+    unversioned = PackageURL(parsed.type, parsed.namespace, parsed.name, None, parsed.qualifiers, parsed.subpath)
+    return str(unversioned.to_string()), parsed.version
+
+
 def from_osv(document: dict[str, Any], where: str) -> list[VulnerableFunction]:
     vulnerability = document.get("id")
     if not isinstance(vulnerability, str):
@@ -94,6 +169,12 @@ def from_osv(document: dict[str, Any], where: str) -> list[VulnerableFunction]:
     for affected in document.get("affected", []):
         package = affected.get("package") or {}
         purl = package.get("purl") or purl_for(package.get("ecosystem", ""), package.get("name", ""))
+        ranges: versions.AffectedVersions | None = None
+        if purl is not None:
+            purl, _ = _without_version(purl)  # the affected versions are the ranges' business
+            ranges = versions.AffectedVersions.from_osv(PackageURL.from_string(purl).type, affected)
+            if not ranges.says_anything:
+                ranges = versions.AffectedVersions(ranges.purl_type)  # "names no versions": undecided
         specific = affected.get("ecosystem_specific") or {}
         names: list[tuple[str, ...]] = []
         for imported in specific.get("imports", []):
@@ -102,7 +183,7 @@ def from_osv(document: dict[str, Any], where: str) -> list[VulnerableFunction]:
         names += [(f,) for f in specific.get("functions", []) + specific.get("affected_functions", [])]
         if not names:
             log.warning("%s: %s affects %s without naming functions; not exported", where, vulnerability, purl)
-        found += [VulnerableFunction(vulnerability, aliases, purl, n) for n in names]
+        found += [VulnerableFunction(vulnerability, aliases, purl, n, ranges) for n in names]
     return found
 
 
@@ -118,7 +199,19 @@ def load_vulnerable_functions(path: Path, default_vulnerability: str | None = No
         except ValueError as exc:
             raise ExportError(f"{path}: not valid JSON: {exc}") from exc
         entries = data.get("vulns", [data]) if isinstance(data, dict) else data
-        return [f for entry in entries for f in from_osv(entry, str(path))]
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise ExportError(f"{path}: not OSV: expected an object, a list of objects, or {{\"vulns\": [...]}}")
+        found_osv: list[VulnerableFunction] = []
+        for entry in entries:
+            try:
+                found_osv += from_osv(entry, str(path))
+            except (AttributeError, TypeError, KeyError, ValueError) as exc:
+                # A field of the wrong JSON type somewhere inside (a string for a list, a
+                # list for an object): say which entry, not where in this code it broke.
+                raise ExportError(f"{path}: OSV entry {entry.get('id')!r} has an unexpected shape "
+                                  f"({type(exc).__name__}: {exc}); see the OSV schema "
+                                  f"(affected[].package, affected[].ecosystem_specific)") from exc
+        return found_osv
     found = []
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split("#", 1)[0].split()
@@ -129,8 +222,10 @@ def load_vulnerable_functions(path: Path, default_vulnerability: str | None = No
         vulnerability = fields[2] if len(fields) == 3 else default_vulnerability
         if not vulnerability:
             raise ExportError(f"{path}:{number}: no vulnerability id: add a third column or pass --vulnerability")
-        query.parse_purl(fields[0])
-        found.append(VulnerableFunction(vulnerability, (), fields[0], (fields[1],)))
+        parsed = query.parse_purl(fields[0])
+        purl, version = _without_version(fields[0])
+        affected = versions.AffectedVersions(parsed.type, versions=(version,)) if version else None
+        found.append(VulnerableFunction(vulnerability, (), purl, (fields[1],), affected))
     return found
 
 
@@ -167,8 +262,12 @@ def findings(functions: Iterable[VulnerableFunction], summaries: Sequence[Summar
     result = []
     for (vulnerability, purl), members in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1] or "")):
         for scope, scoped in scopes:
-            answers = [ask(f, scoped) for f in members]
-            merged = merge(answers, Target(function=members[0].names[0], purl=purl))
+            asked = [(f, ask(f, scoped)) for f in members]
+            merged = merge([answer for _, answer in asked], Target(function=members[0].names[0], purl=purl))
+            # Each path is judged with the ranges of the function (advisory entry) it matched.
+            by_path = {p: f for f, answer in asked for p in answer.paths}
+            verdicts = tuple(judge_path(p, by_path.get(p)) for p in merged.paths)
             result.append(Finding(vulnerability, members[0].aliases, purl,
-                                  tuple(dict.fromkeys(f.names[0] for f in members)), scope, product, merged))
+                                  tuple(dict.fromkeys(f.names[0] for f in members)), scope, product, merged,
+                                  verdicts))
     return result

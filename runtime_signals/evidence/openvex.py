@@ -1,9 +1,16 @@
 """Findings as an OpenVEX 0.2.0 document.
 
 Status choice, per finding:
-- reached -> ``affected``: the vulnerable function ran in the product. ``status_notes``
-  carries the evidence (calls, first/last observed, each call path) and
-  ``action_statement`` (required for affected) says what to do.
+- reached in the package, at a version the advisory calls affected -> ``affected``: the
+  vulnerable function ran in the product. ``status_notes`` carries the evidence (calls,
+  first/last observed, each call path with the program that took it and the version's
+  verdict) and ``action_statement`` (required for affected) says what to do.
+- reached, but not provably so -> ``under_investigation``, with the evidence and why no
+  verdict follows: the function matched by name only (package not confirmed: an
+  unpackaged binary, or a frame of unknown package), the package version is unknown or
+  the advisory's ranges cannot order it, or the version is outside the affected ranges
+  (runtime observation does not show that no other copy of the package exists, so this
+  is no ``not_affected`` claim either).
 - not reached -> ``under_investigation``, never ``not_affected``: runtime observation only
   shows what ran while it watched, in the containers it watched, for the functions the
   agents probed. ``status_notes`` states that window and coverage plainly, so a reader
@@ -20,8 +27,9 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
-from runtime_signals.consumer.models import Reachability, iso
+from runtime_signals.consumer.models import iso
 
+from runtime_signals.evidence import export
 from runtime_signals.evidence.export import Finding
 
 CONTEXT = "https://openvex.dev/ns/v0.2.0"
@@ -44,10 +52,15 @@ def evidence_notes(finding: Finding) -> str:
     lines = [f"runtime-signals observed {functions} running {where}: {answer.observation_count} calls "
              f"on {len(answer.paths)} call path(s), first {iso(answer.first_observed_at_us)}, "
              f"last {iso(answer.last_observed_at_us)}."]
+    verdicts = {v.evidence: v for v in finding.verdicts}
     for evidence in answer.paths[:_MAX_PATHS_IN_NOTES]:
         unverified = "" if evidence.purl_verified else " (package not confirmed: matched by name)"
+        verdict = verdicts.get(evidence)
+        judged = f"; {verdict.status.replace('_', ' ')}: {verdict.reason}" if verdict and evidence.purl_verified else ""
+        programs = ", ".join(e.describe() for e in evidence.executables)
+        taken_by = f"; taken by {programs}" if programs else ""
         lines.append(f"Path ({evidence.observation_count} calls, {evidence.windows} window(s), "
-                     f"container {evidence.container_id}{unverified}): "
+                     f"container {evidence.container_id}{unverified}{taken_by}{judged}): "
                      f"{path_text(evidence.symbols, evidence.matched_frame)}")
     if len(answer.paths) > _MAX_PATHS_IN_NOTES:
         lines.append(f"... and {len(answer.paths) - _MAX_PATHS_IN_NOTES} more path(s).")
@@ -71,6 +84,25 @@ def coverage_notes(finding: Finding) -> str:
             f"not_affected claim.")
 
 
+def undecided_notes(finding: Finding) -> str:
+    """Why a reached function is no verdict on the package."""
+    parts = []
+    if finding.verdicts_with(export.UNCONFIRMED):
+        parts.append(f"A function of that name ran, but not in a frame known to belong to {finding.purl}: "
+                     f"matched by name only, this is no verdict on the package.")
+    unknown = finding.verdicts_with(export.VERSION_UNKNOWN)
+    if unknown:
+        parts.append("The package ran, but whether its version is affected is not known: "
+                     + "; ".join(sorted({v.reason for v in unknown})) + ".")
+    fixed = finding.verdicts_with(export.NOT_AFFECTED)
+    if fixed:
+        parts.append("The package ran only in versions the advisory does not call affected: "
+                     + "; ".join(sorted({v.reason for v in fixed}))
+                     + ". Runtime observation does not show that no other copy exists: this is not a "
+                       "not_affected claim.")
+    return "\n".join(parts)
+
+
 def statement(finding: Finding, timestamp: str) -> dict[str, Any]:
     # The product is what the statement is about: the named product, else the container,
     # else (nothing observed at all) the vulnerable package itself.
@@ -89,12 +121,15 @@ def statement(finding: Finding, timestamp: str) -> dict[str, Any]:
     if finding.aliases:
         vulnerability["aliases"] = sorted(set(finding.aliases))
     out: dict[str, Any] = {"vulnerability": vulnerability, "timestamp": timestamp, "products": [product]}
-    if finding.answer.reached:
+    if finding.affected:
         out["status"] = "affected"
         out["status_notes"] = evidence_notes(finding)
         out["action_statement"] = (
             f"The vulnerable code of {finding.vulnerability} runs in this product: update "
             f"{finding.purl or 'the package'} to a fixed version, or remove the call paths listed in status_notes.")
+    elif finding.answer.reached:
+        out["status"] = "under_investigation"
+        out["status_notes"] = evidence_notes(finding) + "\n" + undecided_notes(finding)
     else:
         out["status"] = "under_investigation"
         out["status_notes"] = coverage_notes(finding)
@@ -122,5 +157,5 @@ def document(findings: Sequence[Finding], *, author: str, tooling: str,
     }
 
 
-def answer_status(answer: Reachability) -> str:
-    return "affected" if answer.reached else "under_investigation"
+def finding_status(finding: Finding) -> str:
+    return "affected" if finding.affected else "under_investigation"

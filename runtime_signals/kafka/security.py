@@ -40,7 +40,7 @@ _DEFAULT_TIMEOUT_S = 30.0
 
 
 class KafkaSecurityError(Exception):
-    """Root of the errors raised by runtime_signals.security."""
+    """Root of the errors raised by runtime_signals.kafka.security."""
 
 
 class KafkaAccessError(KafkaSecurityError):

@@ -81,5 +81,8 @@ def test_rate_limited_calls_are_counted_not_captured(hotloop: Path) -> None:
     assert attached <= counters["hits"] <= attached + ambiguous, (tally, counters)
     captured = sum(call.count for call in collected)
     assert counters["drop_rate_limited"] > captured > 0, counters
-    assert captured == counters["folded"], (captured, counters)
-    assert counters["calls"] == counters["folded"] + counters["drop_rate_limited"], counters
+    # Folded, but for the process's first call: without a mapping table it goes through the
+    # ring buffer to announce the process to the agent (bpf/calltrace.bpf.c announce()).
+    assert counters["sent"] <= 1, counters
+    assert captured == counters["folded"] + counters["sent"], (captured, counters)
+    assert counters["calls"] == counters["folded"] + counters["sent"] + counters["drop_rate_limited"], counters

@@ -35,13 +35,21 @@ def test_host_processes_have_no_container() -> None:
     assert container_id_from_cgroup("") is None
 
 
-def test_a_host_process_gets_the_stable_host_id() -> None:
-    resolver = ContainerResolver()
-    # This test's own process runs on the host (or in whatever container runs CI):
+def test_a_host_process_gets_the_machine_id() -> None:
     found = container_id_from_cgroup(Path(f"/proc/{os.getpid()}/cgroup").read_text())
-    expected = found[1] if found else host_id()
-    assert resolver.container_id(os.getpid()) == expected
-    assert host_id() == host_id()
+    if found:
+        pytest.skip(f"the tests run inside a {found[0]} container: no host process to look at")
+    machine_id = Path("/etc/machine-id").read_text().strip()
+    assert machine_id, "this host has an empty /etc/machine-id"
+    assert ContainerResolver().container_id(os.getpid()) == f"host:{machine_id}"
+
+
+def test_the_host_id_falls_back_from_machine_id_to_hostname(tmp_path: Path) -> None:
+    (tmp_path / "hostname").write_text("node-7\n")
+    assert host_id(tmp_path) == "host:node-7"
+    (tmp_path / "machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    assert host_id(tmp_path) == "host:0123456789abcdef0123456789abcdef"
+    assert host_id(tmp_path / "missing") == "host:unknown"
 
 
 # --- real cgroups, real processes ---------------------------------------------------------

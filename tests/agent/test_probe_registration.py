@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from runtime_signals.agent.collector import Collector, CollectorSettings
-from runtime_signals.agent.config import TargetSettings
+from runtime_signals.config.schema import TargetSettings
 from runtime_signals.agent.probes import AttachedProbe, CallTracer, ProbeLimits, TracerSettings
 from runtime_signals.agent.publisher import ProducerSettings, Publisher
 from runtime_signals.agent.selectors import TargetFilters

@@ -11,6 +11,7 @@ import pytest
 
 from runtime_signals.agent.publisher import ProducerSettings, Publisher
 from runtime_signals.devtools import localkafka
+from runtime_signals.kafka import admin
 
 def test_the_pump_never_waits_for_metadata_while_the_broker_is_away() -> None:
     nothing_listens = f"127.0.0.1:{localkafka.free_port_pair()[0]}"
@@ -38,7 +39,7 @@ def test_the_partition_count_is_learnt_once_the_broker_answers(kafka_bootstrap: 
     publisher = Publisher(ProducerSettings(kafka_bootstrap, metadata_timeout_ms=2_000, metadata_retry_ms=200))
     try:
         assert publisher.known_partition_count(topic) is None
-        localkafka.ensure_topics(kafka_bootstrap, [localkafka.TopicSpec(topic, 3, {})])
+        admin.ensure_topics(kafka_bootstrap, [admin.TopicSpec(topic, 3, {})])
         deadline = time.monotonic() + 60
         while publisher.known_partition_count(topic) is None and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime_signals.agent.config import TargetSettings
+from runtime_signals.config.schema import TargetSettings
 from runtime_signals.agent.processes import ProcessInfo
 from runtime_signals.agent.selectors import ProcessSelector, TargetFilters
 

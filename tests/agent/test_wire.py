@@ -13,10 +13,11 @@ import pytest
 
 from runtime_signals import bpf
 from runtime_signals.agent import wire
-from runtime_signals.agent.wire import COUNTER_NAMES, DedupKey, ProbeConfig, RateState, call_event_type
+from runtime_signals.agent.wire import (COUNTER_NAMES, STACK_END_NAMES, DedupKey, ExecMapping, ProbeConfig, RateState,
+                                        UnwindRow, UnwindTable, call_event_type, process_mappings_type)
 
 
-def _c_layout(tmp_path: Path, max_frames: int, structs: dict[str, list[str]]) -> dict[str, tuple[int, int]]:
+def _c_layout(tmp_path: Path, max_frames: int, max_mappings: int, structs: dict[str, list[str]]) -> dict[str, tuple[int, int]]:
     compiler = shutil.which("cc") or shutil.which("gcc")
     assert compiler, "a C compiler is needed to check the wire layout (scripts/bootstrap.sh installs gcc)"
     prints = []
@@ -29,6 +30,7 @@ def _c_layout(tmp_path: Path, max_frames: int, structs: dict[str, list[str]]) ->
     source.write_text(
         "#include <stdio.h>\n#include <stddef.h>\n#include <linux/types.h>\n"
         f"#define CALLTRACE_MAX_FRAMES {max_frames}\n"
+        f"#define CALLTRACE_MAX_MAPPINGS {max_mappings}\n"
         f'#include "{bpf.CALLTRACE_HEADER}"\n'
         "int main(void) {\n" + "\n".join(prints) + "\n    return 0;\n}\n")
     binary = tmp_path / "layout"
@@ -48,11 +50,12 @@ def _check(ctype: type[ctypes.Structure], struct: str, layout: dict[str, tuple[i
     assert ctypes.sizeof(ctype) == layout[struct][0], struct
 
 
-@pytest.mark.parametrize("max_frames", [64, 16])
-def test_ctypes_layouts_equal_the_compiled_header(tmp_path: Path, max_frames: int) -> None:
+@pytest.mark.parametrize(("max_frames", "max_mappings"), [(64, 256), (16, 8)])
+def test_ctypes_layouts_equal_the_compiled_header(tmp_path: Path, max_frames: int, max_mappings: int) -> None:
     views = {"call_event": call_event_type(max_frames), "dedup_key": DedupKey, "probe_config": ProbeConfig,
-             "rate_state": RateState}
-    layout = _c_layout(tmp_path, max_frames, {struct: [n for n, _ in ctype._fields_]
+             "rate_state": RateState, "unwind_row": UnwindRow, "unwind_table": UnwindTable,
+             "exec_mapping": ExecMapping, "process_mappings": process_mappings_type(max_mappings)}
+    layout = _c_layout(tmp_path, max_frames, max_mappings, {struct: [n for n, _ in ctype._fields_]
                                               for struct, ctype in views.items()})
     for struct, ctype in views.items():
         _check(ctype, struct, layout)
@@ -72,3 +75,24 @@ def test_flag_bits_follow_the_header() -> None:
     bits = {name: int(bit) for name, bit in re.findall(r"#define CALL_FLAG_(\w+)\s+\(1U << (\d+)\)", header)}
     assert bits, "no CALL_FLAG_* in calltrace.h"
     assert {name: getattr(wire, f"FLAG_{name}") for name in bits} == {name: 1 << bit for name, bit in bits.items()}
+
+
+def _enum(name: str) -> list[str]:
+    header = bpf.CALLTRACE_HEADER.read_text()
+    body = re.search(rf"enum {name} \{{(.*?)\}};", header, re.S)
+    assert body, f"enum {name} not found in calltrace.h"
+    return re.findall(r"^\s*([A-Z_]+)", re.sub(r"/\*.*?\*/", "", body.group(1), flags=re.S), re.M)
+
+
+def test_stack_end_names_follow_the_enum() -> None:
+    names = _enum("stack_end")
+    assert names[0] == "STACK_END_COMPLETE" and names[-1] == "STACK_END_MAX"
+    assert [n.removeprefix("STACK_END_").lower() for n in names[1:-1]] == list(STACK_END_NAMES[1:])
+    for index, name in enumerate(names[:-1]):
+        assert getattr(wire, name) == index
+
+
+@pytest.mark.parametrize("name", ["unwind_cfa", "unwind_rbp"])
+def test_unwind_rule_values_follow_the_enums(name: str) -> None:
+    for index, member in enumerate(_enum(name)):
+        assert getattr(wire, member) == index, member

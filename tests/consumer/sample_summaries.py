@@ -25,12 +25,22 @@ RESIZE = ("main", "resize", "scale_rows")
 GO_PARSE = ("main.main", "net/http.(*conn).serve", "golang.org/x/net/html.Parse")
 
 
+APP_DIGEST = "sha256:" + "cd" * 32
+APP = {"path": "/app/server", "binary_digest": APP_DIGEST, "purl": None, "comm": "server"}
+
+
 def path_record(container: str, window: int, symbols: tuple[str, ...], count: int, purl: str | None,
                 first_offset_us: int = 1_000_000, libraries: tuple[str | None, ...] | None = None) -> dict[str, Any]:
+    """A v2 path (schemas/HASHING.md part II): the probed function (last frame) is in the
+    package ``purl``; its callers are in the unpackaged program /app/server."""
     start = T0_US + window * WINDOW_US
-    node_hashes = [hashing.node_hash(purl if i == len(symbols) - 1 else None, s) for i, s in enumerate(symbols)]
-    identities = [hashing.frame_identity("sha256:" + "cd" * 32, int(hashlib.sha256(s.encode()).hexdigest()[:5], 16), 0)
-                  for s in symbols]
+    libraries = libraries or ("/app/server",) * (len(symbols) - 1) + ("/usr/lib/libimage.so.1",)
+    digests = [APP_DIGEST] * len(symbols)
+    offsets = [int(hashlib.sha256(s.encode()).hexdigest()[:5], 16) for s in symbols]
+    purls = [hashing.module_identity(purl if i == len(symbols) - 1 else None, digests[i], libraries[i])
+             for i in range(len(symbols))]
+    node_hashes = [hashing.node_hash_v2(purls[i], s) for i, s in enumerate(symbols)]
+    identities = [hashing.frame_identity(d, o, 0) for d, o in zip(digests, offsets)]
     return {
         "symbols": list(symbols),
         "observation_count": count,
@@ -39,15 +49,19 @@ def path_record(container: str, window: int, symbols: tuple[str, ...], count: in
         "first_observed_at_us": start + first_offset_us,
         "last_observed_at_us": start + first_offset_us + (count - 1) * 1000,
         "node_hashes": node_hashes,
-        "path_hash": hashing.path_hash(node_hashes),
-        "callstack_hash": hashing.callstack_hash(identities),
+        "path_hash": hashing.path_hash_v2(node_hashes),
+        "callstack_hash": hashing.callstack_hash_v2(identities),
         "function_signatures": list(symbols),
-        "binary_digests": [None] * len(symbols),
-        "binary_offsets": [None] * len(symbols),
+        "binary_digests": digests,
+        "binary_offsets": offsets,
         "container_id": container,
         "window_start_us": start,
         "window_end_us": start + WINDOW_US,
-        "libraries": list(libraries) if libraries else ["/usr/lib/libimage.so.1"] * len(symbols),
+        "libraries": list(libraries),
+        "purls": purls,
+        "addresses": [None] * len(symbols),
+        "hash_recipe": hashing.RECIPE_V2,
+        "executables": [dict(APP)],
     }
 
 
@@ -67,9 +81,10 @@ def summary_record(container: str, window: int, paths: list[dict[str, Any]], dro
         "detected_runtimes": sorted({p["runtime_type"] for p in paths}),
         "observed_node_hashes": sorted({h for p in paths for h in p["node_hashes"]}),
         "observed_path_hashes": path_hashes,
-        "combined_path_hash": hashing.combined_path_hash(path_hashes),
+        "combined_path_hash": hashing.combined_path_hash_v2(path_hashes),
         "raw_records": sum(p["observation_count"] for p in paths),
         "late_events": late,
+        "hash_recipe": hashing.RECIPE_V2,
     }
 
 

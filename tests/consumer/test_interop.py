@@ -16,6 +16,8 @@ import fastavro
 import pytest
 
 from runtime_signals.devtools import localkafka
+
+from runtime_signals.kafka import admin
 from runtime_signals.schemas import codec
 from tests.brokers import unique_topic_name
 from tests.consumer import sample_summaries as sample
@@ -29,7 +31,7 @@ SEPARATOR = "::value::"
 @pytest.fixture(scope="module")
 def summary_topic(kafka_bootstrap: str) -> str:
     topic = unique_topic_name("interop")
-    localkafka.ensure_topics(kafka_bootstrap, [localkafka.TopicSpec(topic, 1, {})])
+    admin.ensure_topics(kafka_bootstrap, [admin.TopicSpec(topic, 1, {})])
     sample.produce(kafka_bootstrap, topic, sample.samples())
     return topic
 

@@ -1,4 +1,4 @@
-"""consumer.query on plain summaries: matching, evidence totals, coverage. No broker."""
+"""runtime_signals.consumer.query on plain summaries: matching, evidence totals, coverage. No broker."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def test_a_probed_function_is_reached_with_each_path_totalled_over_its_windows(s
     assert upload.last_observed_at_us == T0_US + WINDOW_US + 5_000_000 + 1000
     assert answer.first_observed_at_us == T0_US + 1_000_000
     assert answer.last_observed_at_us == upload.last_observed_at_us
-    assert upload.node_hash == hashing.node_hash(LIBIMAGE, "parse_image_header")
+    assert upload.node_hash == hashing.node_hash_v2(LIBIMAGE, "parse_image_header")
 
 
 def test_a_caller_frame_is_reached_through_the_paths_that_hold_it(summaries: list[Summary]) -> None:
@@ -49,10 +49,10 @@ def test_a_never_reached_function_is_answered_with_what_was_observed(summaries: 
 
 
 def test_a_node_hash_matches_its_frame_in_any_case(summaries: list[Summary]) -> None:
-    wanted = hashing.node_hash(LIBSCALE, "scale_rows")
+    wanted = hashing.node_hash_v2(LIBSCALE, "scale_rows")
     answer = query.reachability(Target(node_hash=wanted.upper().replace("SHA256", "sha256")), summaries)
     assert answer.reached and [p.symbols for p in answer.paths] == [sample.RESIZE]
-    assert not query.reachability(Target(node_hash=hashing.node_hash(LIBIMAGE, "scale_rows")), summaries).reached
+    assert not query.reachability(Target(node_hash=hashing.node_hash_v2(LIBIMAGE, "scale_rows")), summaries).reached
 
 
 @pytest.mark.parametrize(("purl", "reached_calls"), [

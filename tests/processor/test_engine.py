@@ -221,7 +221,7 @@ def test_a_window_waits_for_its_symbol_tables_so_live_and_replay_agree() -> None
     assert "image::header::parse" in signatures and "__libc_start_call_main" in signatures
     path = next(p for p in summary["call_paths"] if len(p["symbols"]) == 4)
     assert path["purl"] == APP_PURL
-    assert path["node_hashes"][0] == hashing.node_hash(LIBC_PURL, "__libc_start_call_main")
+    assert path["node_hashes"][0] == hashing.node_hash_v2(LIBC_PURL, "__libc_start_call_main")
     assert live.counts["windows_unresolved"] == 0 and live.counts["windows_emitted"] == 1
 
 

@@ -17,12 +17,20 @@ def test_the_slowest_agent_sets_the_watermark_so_its_calls_are_not_late() -> Non
     assert clock.apply("b", 11_000_000, 2) and clock.watermark_us == 11_000_000
 
 
-def test_duplicated_and_reordered_watermarks_are_ignored_by_sequence() -> None:
+def test_duplicated_and_reordered_watermarks_never_lower_an_agent_and_are_counted() -> None:
     clock = EventClock(agent_idle_ms=30_000)
     clock.apply("a", 5_000_000, 7)
-    assert not clock.apply("a", 9_000_000, 7)
-    assert not clock.apply("a", 9_000_000, 6)
-    assert clock.watermark_us == 5_000_000
+    assert not clock.apply("a", 5_000_000, 7)   # a duplicate changes nothing
+    assert not clock.apply("a", 4_000_000, 6)   # a reordered older copy cannot lower the promise
+    assert clock.watermark_us == 5_000_000 and clock.sequence_regressions == 2
+
+
+def test_a_forged_huge_sequence_does_not_silence_the_real_agent() -> None:
+    clock = EventClock(agent_idle_ms=30_000)
+    clock.apply("agent-1", 5_000_000, 1)
+    clock.apply("agent-1", 5_000_001, 2**63 - 1)  # someone else claiming agent-1
+    assert clock.apply("agent-1", 9_000_000, 2)   # the real agent still moves the clock
+    assert clock.watermark_us == 9_000_000 and clock.sequence_regressions == 1
 
 
 def test_an_agent_that_went_silent_is_forgotten_after_the_idle_limit_in_event_time() -> None:

@@ -46,6 +46,11 @@ def _call_path() -> dict[str, Any]:
         "window_start_us": 1_700_000_000_000_000,
         "window_end_us": 1_700_000_060_000_000,
         "libraries": ["/app/server", "/app/server", None],
+        "purls": ["pkg:generic/server?checksum=" + DIGEST_APP, "pkg:generic/server?checksum=" + DIGEST_APP,
+                  "pkg:generic/unknown"],
+        "addresses": [None, None, 0x7F3A12C0],
+        "hash_recipe": "runtime-signals/v2",
+        "executables": [{"path": "/app/server", "binary_digest": DIGEST_APP, "purl": None, "comm": "server"}],
     }
 
 
@@ -80,13 +85,18 @@ def examples() -> dict[str, dict[str, Any]]:
             "last_timestamp_ns": 123_456_999_999,
             "stack_frames": [
                 {"address": 0x55D0C0DE1040, "binary_digest": DIGEST_APP,
-                 "binary_offset": 0x1040, "library": "/app/server"},
+                 "binary_offset": 0x1040, "library": "/app/server", "purl": None},
                 {"address": 0x55D0C0DE2210, "binary_digest": DIGEST_APP,
-                 "binary_offset": 0x2210, "library": "/app/server"},
+                 "binary_offset": 0x2210, "library": "/app/server", "purl": None},
                 {"address": 0x7F3A12C0, "binary_digest": None, "binary_offset": None,
-                 "library": None},
+                 "library": None, "purl": None},
             ],
             "stack_truncated": True,
+            "truncation_reason": "depth_limit",
+            "executable": "/app/server",
+            "executable_digest": DIGEST_APP,
+            "executable_purl": "pkg:oci/server@sha256%3A" + "c" * 64,
+            "comm": "server",
         },
         "AgentWatermark": {
             "agent_id": "agent-7-1",
@@ -109,6 +119,7 @@ def examples() -> dict[str, dict[str, Any]]:
             "combined_path_hash": HASH_A,
             "raw_records": 600_000_000,
             "late_events": 4,
+            "hash_recipe": "runtime-signals/v2",
         },
         "SignalStatistics": {
             "total_events": 1_000_000,
@@ -132,5 +143,6 @@ def examples() -> dict[str, dict[str, Any]]:
             "binary_digest": DIGEST_LIBC,
             "binary_offset": 0x3A2C0,
             "library": "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+            "purl": "pkg:deb/debian/libssl3@3.0.11-1~deb12u2?arch=amd64",
         },
     }

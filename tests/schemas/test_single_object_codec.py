@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import random
+from collections import Counter
 import re
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ TOP_LEVEL = ["RuntimeCallEvent", "AgentWatermark", "ObservedCallPath", "RuntimeS
 EXTENSION_DEFAULTS = {
     "observed_at_us": 0, "host": "", "agent_id": "", "cgroup_id": 0, "probe_id": "",
     "observation_count": 1, "last_timestamp_ns": None, "stack_frames": [],
-    "stack_truncated": False,
+    "stack_truncated": False, "truncation_reason": None, "executable": None, "executable_digest": None,
+    "executable_purl": None, "comm": "",
 }
 
 
@@ -51,6 +53,11 @@ def apache_canonical_form(name: str) -> str:
 
 def v0_schema(data_dir: Path) -> dict[str, Any]:
     return json.loads((data_dir / "RuntimeCallEvent.v0.avsc").read_text())
+
+
+def v1_schema(data_dir: Path) -> dict[str, Any]:
+    """RuntimeCallEvent before truncation_reason: stack_truncated without a reason."""
+    return json.loads((data_dir / "RuntimeCallEvent.v1.avsc").read_text())
 
 
 def seed_only(event: dict[str, Any]) -> dict[str, Any]:
@@ -143,6 +150,19 @@ def test_a_message_from_an_older_schema_version_reads_in_the_current_shape(
     # Reading an old version does not make the registry write it.
     current = encode(examples["RuntimeCallEvent"], "RuntimeCallEvent", registry)
     assert current[2:10].hex() == fingerprint_hex("RuntimeCallEvent")
+
+
+def test_a_record_from_before_truncation_reason_reads_with_a_null_reason(
+    registry: SchemaRegistry, examples: dict[str, dict[str, Any]], data_dir: Path
+) -> None:
+    old_agent = SchemaRegistry.default()
+    old_agent.register(v1_schema(data_dir), current=True)
+    event = {key: value for key, value in examples["RuntimeCallEvent"].items() if key != "truncation_reason"}
+    message = encode(event, "RuntimeCallEvent", old_agent)
+    registry.register(v1_schema(data_dir))
+    record = decode(message, registry).record
+    assert record == {**event, "truncation_reason": None}
+    assert record["stack_truncated"] is True
 
 
 def test_a_newer_writer_s_unknown_runtime_and_extra_field_are_absorbed(
@@ -262,7 +282,11 @@ def test_invalid_utf8_in_a_string_is_a_corrupt_message(
 def test_garbage_bodies_only_ever_raise_schema_errors(
     registry: SchemaRegistry, examples: dict[str, dict[str, Any]]
 ) -> None:
+    # A corrupted body either still decodes as the record its fingerprint names, or raises one
+    # of our SchemaErrors (anything else -- IndexError, UnicodeDecodeError, MemoryError from
+    # fastavro -- would escape as a crash of the reader).
     rng = random.Random(20240501)
+    outcomes: Counter[str] = Counter()
     for name in TOP_LEVEL:
         valid = encode(examples[name], name, registry)
         for _ in range(300):
@@ -272,9 +296,13 @@ def test_garbage_bodies_only_ever_raise_schema_errors(
             for candidate in (valid[:10] + bytes(body),
                               valid[:10] + rng.randbytes(rng.randint(0, 64))):
                 try:
-                    decode(candidate, registry)
-                except SchemaError:
-                    pass
+                    decoded = decode(candidate, registry)
+                except SchemaError as exc:
+                    outcomes[type(exc).__name__] += 1
+                else:
+                    assert decoded.schema_name.endswith(name)
+                    outcomes["decoded"] += 1
+    assert outcomes["CorruptMessageError"] > 0 and outcomes["decoded"] > 0, outcomes
 
 
 def test_reading_as_an_unrelated_record_is_an_incompatibility(

@@ -4,30 +4,48 @@ Three manglings are met in ELF symbol tables:
   C++ (Itanium ABI)  _ZN7imgproc6Parser5parseEPKc   -> imgproc::Parser::parse(char const*)
   Rust legacy        _ZN4main6parser5parse17h…E      -> main::parser::parse
   Rust v0            _RNvCs…_7mycrate5parse          -> mycrate::parse
-All three go through LLVM's demanglers (the pydemumble package), the same ones the
-processor uses for signatures, so a name a target matches is the name a summary shows.
-Rust's per-build hash and crate disambiguator are left out by the demangler.
+All three go through LLVM's demanglers (the pydemumble package). The agent matches targets
+against these names and the processor writes them as signatures, which enter node hashes
+(HASHING.md): one module, so a name a target matches is the name a summary shows and
+hashes. Rust's per-build hash and crate disambiguator are left out by the demangler, so a
+node hash survives rebuilds of the same code; the demangler's version is pinned.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
+from functools import lru_cache
 
-import pydemumble  # type: ignore[import-untyped]  # ships no type information
+import pydemumble
 
-_MANGLED_PREFIXES = ("_Z", "_R")
+# Itanium C++ (and Rust legacy, which borrows it), macOS-style extra underscore, Rust v0.
+_MANGLED_PREFIXES = ("_Z", "__Z", "_R")
+# LLVM's Itanium demangler recurses once per nesting level with no limit of its own: an
+# 80 KB name of nested templates overflows the C stack and kills the process (SIGSEGV, no
+# Python exception to catch). The deepest shapes tried (tests/hostile/test_worker_deaths.py:
+# nested templates, pointers to functions, pack expansions) survive 16 KiB, also in a
+# thread; names are demangled only up to a quarter of that. Longer names stay as they are
+# (still correct, only mangled): real C++ names beyond 4 KiB are rare.
+DEMANGLE_MAX_CHARS = 4096
 
 
+@lru_cache(maxsize=65_536)
 def demangle(name: str) -> str | None:
     """The demangled form of a C++ or Rust mangled name, or None for anything else
     (plain C names, and manglings the demangler cannot read)."""
-    if not name.startswith(_MANGLED_PREFIXES):
+    if not name.startswith(_MANGLED_PREFIXES) or len(name) > DEMANGLE_MAX_CHARS:
         return None
     try:
         text = pydemumble.demangle(name)
-    except Exception:  # a native demangler failing on odd input must not stop a scan
+    except Exception:  # a native demangler failing on odd input must not stop a scan or a window
         return None
     return text if text and text != name else None
+
+
+def readable(name: str) -> str:
+    """The readable signature of a symbol: demangled when it is a C++ or Rust mangled name
+    the demangler reads, else the name itself (C names, unreadable manglings)."""
+    return demangle(name) or name
 
 
 def demangle_all(names: Iterable[str]) -> dict[str, str]:

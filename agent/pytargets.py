@@ -1,0 +1,209 @@
+"""Python-function targets in a running agent: find the interpreters (every process whose
+executable or a mapped libpython carries CPython's USDT markers), attach their markers
+once per file, and turn the calls the kernel reports into RuntimeCallEvent records.
+
+Records are built at each collection (the collector's watermark tick): the calls of one
+(probe, process, thread's first call, Python path) read since the last tick fold into one
+record with their count, as the native program's dedup maps do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime_signals.agent.clock import BootClock
+from runtime_signals.agent.errors import ProbeError
+from runtime_signals.agent.probes import ProbeLimits
+from runtime_signals.agent.processes import ProcessInfo
+from runtime_signals.agent.pycalls import PythonCallNamer, call_record
+from runtime_signals.agent.pyprobes import (
+    AttachedPythonProbe,
+    PythonCall,
+    PythonProbeSpec,
+    PythonTracer,
+)
+from runtime_signals.agent.selectors import TargetFilters
+
+log = logging.getLogger(__name__)
+
+_INTERPRETER = re.compile(r"(?:^|/)(?:lib)?python\d\.\d+[a-z]*(?:\.so[.\d]*)?$")
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltRecord:
+    record: dict[str, Any]
+    calls: int
+
+
+def interpreter_paths(proc: Path) -> list[str]:
+    """Files of the process that may be a CPython interpreter: its executable, and any
+    mapped libpythonX.Y.so (paths as the process sees them)."""
+    found = []
+    try:
+        exe = str((proc / "exe").readlink())
+        if _INTERPRETER.search(exe):
+            found.append(exe)
+        for line in (proc / "maps").read_text().splitlines():
+            fields = line.split(None, 5)
+            if len(fields) == 6 and "x" in fields[1] and _INTERPRETER.search(fields[5]):
+                found.append(fields[5])
+    except OSError:
+        return []
+    return sorted(set(found))
+
+
+class PythonTargets:
+    """Python probes of one agent: the tracer, the interpreter scan and the record builder."""
+
+    def __init__(self, tracer: PythonTracer, namer: PythonCallNamer, describe: Callable[[int, int], ProcessInfo],
+                 filters: TargetFilters, *, host: str, agent_id: str, proc_root: Path = Path("/proc"),
+                 rescan_interval_ms: int = 10_000,
+                 on_source_file: Callable[[int, str, str, str | None], None] | None = None) -> None:
+        self._tracer = tracer
+        self._namer = namer
+        self._describe = describe
+        self._filters = filters
+        self._host = host
+        self._agent_id = agent_id
+        self._proc_root = proc_root
+        self._rescan_s = rescan_interval_ms / 1000
+        self._on_source_file = on_source_file  # (pid, path, digest, purl): for the module map
+        self._next_scan = 0.0
+        self._clock = BootClock()
+        self._pending: list[PythonCall] = []
+        self._interpreters: dict[int, str] = {}  # pid -> interpreter file as it sees it
+        self._without_markers: set[tuple[int, int]] = set()
+        self.counts: Counter[str] = Counter()
+        self.dropped_calls: Counter[str] = Counter()
+        tracer.on_event(self._pending.append)
+
+    @property
+    def probes(self) -> list[AttachedPythonProbe]:
+        return self._tracer.probes
+
+    def add(self, spec: PythonProbeSpec, limits: ProbeLimits | None = None) -> AttachedPythonProbe:
+        """A probe with the agent's rate limit (its dedup flag does not apply: calls are folded per tick)."""
+        return self._tracer.add_probe(spec, limits)
+
+    def scan(self) -> int:
+        """Attach the markers of interpreters not seen before; returns files attached."""
+        attached = 0
+        running: list[int] = []
+        for entry in os.scandir(self._proc_root):
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            pid = int(entry.name)
+            proc = Path(entry.path)
+            for path in interpreter_paths(proc):
+                host_path = proc / "root" / path.lstrip("/")
+                try:
+                    st = os.stat(host_path)
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) in self._without_markers:
+                    continue
+                try:
+                    if self._tracer.attach_interpreter(host_path, path):
+                        attached += 1
+                        self._interpreters[pid] = path
+                        running.append(pid)
+                    else:
+                        self._without_markers.add((st.st_dev, st.st_ino))
+                        self.counts["interpreters_without_markers"] += 1
+                except ProbeError as exc:
+                    self.counts["attach_failed"] += 1
+                    log.warning("python probes: %s", exc)
+        # Processes running Python when the markers came on: their outer frames were entered unseen.
+        self._tracer.mark_preexisting(running)
+        self.counts["scans"] += 1
+        return attached
+
+    def poll(self) -> None:
+        """Move what the kernel has sent into the pending calls (the pump calls this every
+        turn, so the ring buffer empties between collections)."""
+        self._tracer.drain()
+
+    def start(self, stop: threading.Event) -> threading.Thread:
+        """Rescan for interpreters every rescan interval on a thread of its own: reading every
+        process's maps must not hold up the event pump."""
+
+        def loop() -> None:
+            while not stop.wait(self._rescan_s):
+                try:
+                    self.scan()
+                except Exception:  # a scan that fails is retried at the next interval
+                    self.counts["scan_failed"] += 1
+                    log.exception("python probes: scanning for interpreters failed")
+
+        thread = threading.Thread(target=loop, name="python-targets", daemon=True)
+        thread.start()
+        return thread
+
+    def collect(self) -> list[BuiltRecord]:
+        """Every Python call read so far, folded and built into records."""
+        self._tracer.drain()
+        calls, self._pending[:] = list(self._pending), []
+        folded: dict[tuple[Any, ...], tuple[PythonCall, int, int]] = {}
+        for call in calls:
+            key = (call.probe_index, call.pid, call.flags, call.filename, call.funcname, call.lineno, call.frames)
+            first, count, last_ns = folded.get(key, (call, 0, call.boot_ns))
+            folded[key] = (first, count + 1, max(last_ns, call.boot_ns))
+        built = []
+        for first, count, last_ns in folded.values():
+            try:
+                record = self._build(first, count, last_ns)
+            except Exception:  # a bad record is counted and logged; it never stops the pump
+                self.dropped_calls["agent_error"] += count
+                log.exception("building the record of %d Python call(s) of pid %d failed", count, first.pid)
+                continue
+            if record is not None:
+                built.append(BuiltRecord(record, count))
+        return built
+
+    def _build(self, call: PythonCall, count: int, last_ns: int) -> dict[str, Any] | None:
+        probe = self._tracer.probes[call.probe_index]
+        process = self._describe(call.pid, call.cgroup_id)
+        if not self._filters.accepts(probe.spec.probe_id, process):
+            self.dropped_calls["not_selected"] += count
+            return None
+        frames = self._namer.frames(call, self._interpreters.get(call.pid))
+        if not self._namer.selects(probe.spec, frames[-1]):
+            # The kernel compared co_name only: another function of that name. Not a loss.
+            self.dropped_calls["not_selected"] += count
+            return None
+        if self._on_source_file is not None:
+            for frame in frames:
+                if frame.binary_digest is not None:
+                    self._on_source_file(call.pid, frame.path, frame.binary_digest, frame.purl)
+        return call_record(call, count, frames, probe.spec, container_id=process.container_id, host=self._host,
+                           agent_id=self._agent_id, wall_us=self._clock.wall_us(call.boot_ns), last_boot_ns=last_ns)
+
+    def kernel_counters(self) -> dict[str, dict[str, int]]:
+        return {probe.spec.probe_id: self._tracer.probe_counters(probe) for probe in self._tracer.probes}
+
+    def kernel_totals(self) -> dict[str, int]:
+        """The Python probes' kernel counters in the native program's names, so the agent's
+        statistics add up over both programs: a call the kernel dropped for a switched-off
+        probe appears as dropped "probe_disabled"."""
+        totals: Counter[str] = Counter()
+        for counters in self.kernel_counters().values():
+            totals["calls"] += counters["calls"]
+            totals["hits"] += counters["calls"]
+            totals["drop_ringbuf_full"] += counters["drop_ringbuf_full"]
+            totals["drop_rate_limited"] += counters["drop_rate_limited"]
+            self.dropped_calls["probe_disabled"] = counters["drop_disabled"]
+        return dict(totals)
+
+    def stop(self) -> None:
+        self._tracer.detach_markers()
+
+    def close(self) -> None:
+        self._tracer.close()

@@ -1,0 +1,313 @@
+/* Probes on Python functions, from CPython's USDT markers function__entry and
+ * function__return (builds configured --with-dtrace, such as Debian's python3).
+ *
+ * Why markers: they hand over (co_filename, co_name, line) of the function the
+ * interpreter enters or leaves, without reading interpreter structures whose layout
+ * changes with every CPython version. Where function__entry fires for every call (up to
+ * 3.10), each thread's Python stack is rebuilt from the entry/return pairs in task-local
+ * storage (freed with the thread) and a probed function's path is that stack at its
+ * entry; frames entered before tracking began are unknown, so threads of processes that
+ * ran Python before the markers were attached (preexisting_pids) carry
+ * PYFUNC_FLAG_TRUNCATED, as do stacks deeper than PYFUNC_MAX_FRAMES. CPython 3.11 skips
+ * function__entry for Python-to-Python calls: there the probes fire at function__return
+ * and a record holds the function alone (see PYFUNC_SITE_* in pyfunc.h).
+ *
+ * The markers only fire while their semaphores are non-zero; the kernel raises them in
+ * every process mapping the file when the uprobe is defined with a reference counter
+ * (tracefs "path:offset(semaphore)"), so running processes need no restart. While they
+ * are raised, every Python call in those processes pays for both markers: see
+ * docs/managed-runtimes.md for the measured cost.
+ *
+ * Argument locations come from the marker's note (agent/usdt.py), one pyfunc_site per
+ * marker, selected by the uprobe's BPF cookie; nothing is compiled per binary. */
+#include <uapi/linux/ptrace.h>
+#include "pyfunc.h"
+
+#if PYFUNC_MAX_FRAMES & (PYFUNC_MAX_FRAMES - 1)
+#error "PYFUNC_MAX_FRAMES must be a power of two: slots are indexed by depth & (MAX - 1), which the verifier can bound"
+#endif
+
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 256
+#endif
+
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_ARRAY(sites, struct pyfunc_site, PYFUNC_MAX_SITES);
+BPF_ARRAY(probes, struct pyfunc_probe, PYFUNC_MAX_PROBES);
+BPF_PERCPU_ARRAY(counters, u64, PYFUNC_MAX_PROBES * PYFUNC_COUNTER_MAX);
+BPF_PERCPU_ARRAY(global_counters, u64, PYFUNC_GLOBAL_MAX);
+struct rate_state {
+    u64 credit_ns;          /* time credit left; a call costs rate_interval_ns */
+    u64 last_ns;            /* when credit was last topped up */
+};
+BPF_PERCPU_ARRAY(rate_state, struct rate_state, PYFUNC_MAX_PROBES);
+/* Processes that ran Python before tracking began (written by the agent; bounded: the
+ * agent lists at most this many and says so when there are more). */
+BPF_HASH(preexisting_pids, u32, u8, 65536);
+BPF_TASK_STORAGE(thread_stacks, struct thread_stack);
+
+static __always_inline void count(u32 probe, u32 index)
+{
+    u32 slot = probe * PYFUNC_COUNTER_MAX + index;
+    u64 *value = counters.lookup(&slot);
+    if (value)
+        __sync_fetch_and_add(value, 1);
+}
+
+static __always_inline void count_global(u32 index)
+{
+    u64 *value = global_counters.lookup(&index);
+    if (value)
+        __sync_fetch_and_add(value, 1);
+}
+
+/* One USDT argument, as libbpf's usdt.bpf.h reads them: a register is read out of the
+ * pt_regs the uprobe saved (its offset comes from user space, so it is read with
+ * bpf_probe_read_kernel rather than a constant-offset ctx access). */
+static __always_inline u64 read_arg(struct pt_regs *ctx, struct usdt_arg *arg)
+{
+    u64 value = 0;
+    if (arg->kind == USDT_ARG_CONST)
+        return (u64)arg->value;
+    if (arg->reg_offset > sizeof(struct pt_regs) - sizeof(u64))
+        return 0;
+    bpf_probe_read_kernel(&value, sizeof(value), (void *)ctx + arg->reg_offset);
+    if (arg->kind == USDT_ARG_MEM) {
+        u64 address = value + arg->value;
+        value = 0;
+        bpf_probe_read_user(&value, sizeof(value), (void *)address);
+    }
+    /* Keep the low size_bytes bytes, sign-extended when the note says so. */
+    u32 shift = (8 - (arg->size_bytes & 7)) * 8;
+    if (arg->size_bytes >= 8 || arg->size_bytes == 0)
+        return value;
+    value <<= shift;
+    if (arg->is_signed)
+        return (u64)((s64)value >> shift);
+    return value >> shift;
+}
+
+static __always_inline bool over_rate(u32 probe, struct pyfunc_probe *config, u64 now)
+{
+    if (!config->rate_interval_ns)
+        return false;
+    struct rate_state *state = rate_state.lookup(&probe);
+    if (!state)
+        return false;
+    u64 credit = state->credit_ns + (now - state->last_ns);
+    state->last_ns = now;
+    if (credit > config->rate_burst_ns)
+        credit = config->rate_burst_ns;
+    if (credit < config->rate_interval_ns) {
+        state->credit_ns = credit;
+        return true;
+    }
+    state->credit_ns = credit - config->rate_interval_ns;
+    return false;
+}
+
+static __always_inline struct thread_stack *thread_stack(void)
+{
+    struct task_struct *task = bpf_get_current_task_btf();
+    struct thread_stack *stack = thread_stacks.task_storage_get(task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!stack) {
+        count_global(PYFUNC_GLOBAL_NO_STORAGE);
+        return 0;
+    }
+    if (!stack->initialized) {
+        u32 pid = bpf_get_current_pid_tgid() >> 32;
+        if (preexisting_pids.lookup(&pid))
+            stack->flags |= PYFUNC_FLAG_TRUNCATED;
+        stack->initialized = 1;
+    }
+    return stack;
+}
+
+static __always_inline bool name_matches(struct pyfunc_probe *probe, const char *name, long name_bytes)
+{
+    if (probe->funcname_len == 0)
+        return true;
+    if (name_bytes - 1 != probe->funcname_len)
+        return false;
+    for (u32 i = 0; i < PYFUNC_NAME_BYTES; i++) {
+        if (i >= probe->funcname_len)
+            break;
+        u32 at = i;
+        asm volatile("" : "+r"(at)); /* keep a bounded register index (see bpf/calltrace.bpf.c) */
+        at &= PYFUNC_NAME_BYTES - 1;
+        if (name[at] != probe->funcname[at])
+            return false;
+    }
+    return true;
+}
+
+static __always_inline bool file_matches(struct pyfunc_probe *probe, const char *file, long file_bytes)
+{
+    u32 suffix_len = probe->file_suffix_len;
+    if (suffix_len == 0)
+        return true;
+    u32 length = file_bytes > 0 ? (u32)file_bytes - 1 : 0;
+    if (length < suffix_len || suffix_len >= PYFUNC_FILE_BYTES)
+        return false;
+    u32 start = length - suffix_len;
+    for (u32 i = 0; i < PYFUNC_FILE_BYTES; i++) {
+        if (i >= suffix_len)
+            break;
+        /* The masks keep both indexes provably inside their buffers. */
+        u32 at = start + i, in_suffix = i;
+        asm volatile("" : "+r"(at), "+r"(in_suffix));
+        if (file[at & (PYFUNC_FILE_BYTES - 1)] != probe->file_suffix[in_suffix & (PYFUNC_FILE_BYTES - 1)])
+            return false;
+    }
+    return true;
+}
+
+static __always_inline void emit(struct thread_stack *stack, u32 probe_index, struct pyfunc_probe *probe,
+                                 const char *name, const char *file, u64 file_ptr, u64 name_ptr, u32 lineno,
+                                 bool tracks)
+{
+    count(probe_index, PYFUNC_COUNTER_CALLS);
+    if (!probe->enabled) {
+        count(probe_index, PYFUNC_COUNTER_DROP_DISABLED);
+        return;
+    }
+    u64 now = bpf_ktime_get_boot_ns();
+    if (over_rate(probe_index, probe, now)) {
+        count(probe_index, PYFUNC_COUNTER_DROP_RATE_LIMITED);
+        return;
+    }
+    struct py_call_event *event = events.ringbuf_reserve(sizeof(struct py_call_event));
+    if (!event) {
+        count(probe_index, PYFUNC_COUNTER_DROP_RINGBUF_FULL);
+        return;
+    }
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    event->boot_ns = now;
+    event->cgroup_id = bpf_get_current_cgroup_id();
+    event->pid = pid_tgid >> 32;
+    event->tid = (u32)pid_tgid;
+    event->probe_index = probe_index;
+    event->lineno = lineno;
+    event->flags = stack->flags;
+    __builtin_memcpy(event->funcname, name, PYFUNC_NAME_BYTES);
+    __builtin_memcpy(event->filename, file, PYFUNC_FILE_BYTES);
+    if (!tracks) {
+        event->flags |= PYFUNC_FLAG_TRUNCATED;
+        event->frames[0].filename_ptr = file_ptr;
+        event->frames[0].funcname_ptr = name_ptr;
+        event->frames[0].lineno = lineno;
+        event->frames[0].reserved = 0;
+        event->frame_count = 1;
+        events.ringbuf_submit(event, 0);
+        count(probe_index, PYFUNC_COUNTER_SENT);
+        return;
+    }
+    u32 depth = stack->depth;
+    u32 first = stack->valid_from;
+    if (depth > PYFUNC_MAX_FRAMES && first < depth - PYFUNC_MAX_FRAMES)
+        first = depth - PYFUNC_MAX_FRAMES;
+    if (first > 0)
+        event->flags |= PYFUNC_FLAG_TRUNCATED;
+    u32 copied = 0;
+    for (u32 i = 0; i < PYFUNC_MAX_FRAMES; i++) {
+        u32 at = first + i;
+        if (at >= depth)
+            break;
+        event->frames[i] = stack->frames[at & (PYFUNC_MAX_FRAMES - 1)];
+        copied++;
+    }
+    event->frame_count = copied;
+    events.ringbuf_submit(event, 0);
+    count(probe_index, PYFUNC_COUNTER_SENT);
+}
+
+/* Pushes the entered function on the thread's shadow stack. */
+static __always_inline void push(struct thread_stack *stack, u64 file_ptr, u64 name_ptr, u32 lineno)
+{
+    u32 depth = stack->depth;
+    struct py_frame *slot = &stack->frames[depth & (PYFUNC_MAX_FRAMES - 1)];
+    slot->filename_ptr = file_ptr;
+    slot->funcname_ptr = name_ptr;
+    slot->lineno = lineno;
+    slot->reserved = 0;
+    /* The slot just written held depth - MAX: that frame is gone from the copy. */
+    if (depth >= PYFUNC_MAX_FRAMES && stack->valid_from <= depth - PYFUNC_MAX_FRAMES)
+        stack->valid_from = depth - PYFUNC_MAX_FRAMES + 1;
+    stack->depth = depth + 1;
+}
+
+/* Pops the returning function; a return that does not match the top frame marks the
+ * thread's records unsure (the stack may be wrong, not only short). */
+static __always_inline void pop(struct thread_stack *stack, u64 name_ptr)
+{
+    u32 depth = stack->depth;
+    if (depth == 0) {
+        /* A frame entered before tracking began returned: this thread's outer frames are unknown. */
+        stack->flags |= PYFUNC_FLAG_TRUNCATED;
+        return;
+    }
+    depth -= 1;
+    if (depth >= stack->valid_from &&
+        stack->frames[depth & (PYFUNC_MAX_FRAMES - 1)].funcname_ptr != name_ptr) {
+        stack->flags |= PYFUNC_FLAG_UNSURE;
+        count_global(PYFUNC_GLOBAL_UNMATCHED_RETURN);
+    }
+    stack->depth = depth;
+    if (depth < stack->valid_from)
+        stack->valid_from = depth;
+}
+
+/* Runs each probe's filter on the function at this site; emits a record per match. */
+static __always_inline void fire(struct thread_stack *stack, u64 file_ptr, u64 name_ptr, u32 lineno, bool tracks)
+{
+    char name[PYFUNC_NAME_BYTES] = {};
+    char file[PYFUNC_FILE_BYTES] = {};
+    long name_bytes = -1, file_bytes = -1;
+    /* Unrolled: the probe slots are few, and a rolled loop around a map lookup keyed by
+     * its own counter is what the verifier takes for an infinite loop. */
+#pragma unroll
+    for (u32 i = 0; i < PYFUNC_MAX_PROBES; i++) {
+        u32 index = i;
+        struct pyfunc_probe *probe = probes.lookup(&index);
+        if (!probe || !probe->active)
+            continue;
+        if (name_bytes < 0)
+            name_bytes = bpf_probe_read_user_str(name, sizeof(name), (void *)name_ptr);
+        if (!name_matches(probe, name, name_bytes))
+            continue;
+        if (file_bytes < 0)
+            file_bytes = bpf_probe_read_user_str(file, sizeof(file), (void *)file_ptr);
+        if (!file_matches(probe, file, file_bytes))
+            continue;
+        emit(stack, index, probe, name, file, file_ptr, name_ptr, lineno, tracks);
+    }
+}
+
+int on_marker(struct pt_regs *ctx)
+{
+    u32 index = (u32)bpf_get_attach_cookie(ctx);
+    struct pyfunc_site *site = sites.lookup(&index);
+    if (!site)
+        return 0;
+    count_global(site->kind == PYFUNC_SITE_ENTRY ? PYFUNC_GLOBAL_ENTRIES : PYFUNC_GLOBAL_RETURNS);
+    struct thread_stack *stack = thread_stack();
+    if (!stack)
+        return 0;
+    u64 file_ptr = read_arg(ctx, &site->args[0]);
+    u64 name_ptr = read_arg(ctx, &site->args[1]);
+    u32 lineno = (u32)read_arg(ctx, &site->args[2]);
+    bool tracks = site->flags & PYFUNC_SITE_TRACKS_STACK;
+    if (site->kind == PYFUNC_SITE_ENTRY) {
+        if (tracks)
+            push(stack, file_ptr, name_ptr, lineno);
+        if (site->flags & PYFUNC_SITE_FIRES_PROBES)
+            fire(stack, file_ptr, name_ptr, lineno, tracks);
+    } else {
+        /* Fire before popping: the returning function is still the top frame. */
+        if (site->flags & PYFUNC_SITE_FIRES_PROBES)
+            fire(stack, file_ptr, name_ptr, lineno, tracks);
+        if (tracks)
+            pop(stack, name_ptr);
+    }
+    return 0;
+}

@@ -1,0 +1,61 @@
+/* Ground truth for the unwinding tests: calls Debian's libz deflate() through two chains
+ * of ten distinct functions each, built by the test with and without frame pointers.
+ * argv: CALLS [GOFILE]. One warm-up call first (the agent learns the process from it);
+ * with GOFILE, print "warm" and wait for the file, then make CALLS calls per chain, then
+ * stay a moment so the agent can read the process while it runs. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#define KEEP asm volatile("" ::: "memory") /* a call followed by this is not a tail call */
+
+static unsigned char input[4096];
+static unsigned char output[8192];
+
+__attribute__((noinline)) static unsigned long compress_once(int salt)
+{
+    z_stream stream;
+    memset(&stream, 0, sizeof(stream));
+    input[salt % sizeof(input)] ^= (unsigned char)salt;
+    if (deflateInit(&stream, 6) != Z_OK) abort();
+    stream.next_in = input;
+    stream.avail_in = sizeof(input);
+    stream.next_out = output;
+    stream.avail_out = sizeof(output);
+    if (deflate(&stream, Z_FINISH) != Z_STREAM_END) abort();
+    unsigned long total = stream.total_out;
+    deflateEnd(&stream);
+    KEEP;
+    return total;
+}
+
+#define LEVEL(name, next) \
+    __attribute__((noinline)) unsigned long name(int n) { unsigned long r = next(n + 1) + (unsigned long)n; KEEP; return r; }
+
+LEVEL(a10, compress_once) LEVEL(a9, a10) LEVEL(a8, a9) LEVEL(a7, a8) LEVEL(a6, a7)
+LEVEL(a5, a6) LEVEL(a4, a5) LEVEL(a3, a4) LEVEL(a2, a3) LEVEL(a1, a2)
+LEVEL(b10, compress_once) LEVEL(b9, b10) LEVEL(b8, b9) LEVEL(b7, b8) LEVEL(b6, b7)
+LEVEL(b5, b6) LEVEL(b4, b5) LEVEL(b3, b4) LEVEL(b2, b3) LEVEL(b1, b2)
+
+__attribute__((noinline)) unsigned long warm_up(void) { unsigned long r = compress_once(7); KEEP; return r; }
+
+int main(int argc, char **argv)
+{
+    int calls = atoi(argv[1]);
+    unsigned long total = warm_up();
+    if (argc > 2) {
+        printf("warm\n");
+        fflush(stdout);
+        struct stat st;
+        for (int i = 0; i < 2400 && stat(argv[2], &st) != 0; i++) usleep(50000);
+    }
+    for (int i = 0; i < calls; i++) total += a1(i);
+    for (int i = 0; i < calls; i++) total += b1(i);
+    printf("%lu\n", total);
+    fflush(stdout);
+    if (argc > 2) usleep(1000000);
+    return 0;
+}

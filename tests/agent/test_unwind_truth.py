@@ -1,0 +1,235 @@
+"""Call paths without frame pointers, compared frame by frame with gdb's backtrace of the
+same calls: real programs built by the test, Debian's libz, the real BPF program and agent.
+
+Each program is first run under gdb (tests/agent/gdb_backtraces.py), which stops on every
+entry of the probed function and records its physical frames as (file, offset); then it
+runs again under the agent. Both describe a frame the same way (the entry of the probed
+function, then each caller's return address, as a file and an offset in it), so the
+agent's path must be gdb's: at least 95 % of gdb's frames, in order, and no frame gdb does
+not have (a junk word would be one); as many distinct paths as gdb saw; each path with
+exactly the calls made through it.
+
+Debian's libz is used as a private copy of the file (same bytes, loaded through
+LD_LIBRARY_PATH): a uprobe anyone else on the host holds on the shared file would take the
+trap before gdb's breakpoint and hide the calls from gdb.
+
+The programs make one warm-up call first and wait: the agent loads a process's mapping
+table when it meets the process, and the rules of its binaries in the background; calls
+made before that are walked by frame pointers and checked by the agent (docs/unwinding.md),
+and are left out here by their timestamp.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from runtime_signals.devtools.demo import create_topics
+from runtime_signals.schemas.topics import TopicNames
+from tests.agent.agent_runs import (
+    CALL_EVENT,
+    TARGETS,
+    AgentProcess,
+    decode_all,
+    read_all,
+)
+from tests.bpf_support import bpf_unavailable_reason
+
+pytestmark = [pytest.mark.bpf, pytest.mark.broker]
+
+CALLS = 30
+GDB_SCRIPT = Path(__file__).resolve().parent / "gdb_backtraces.py"
+Frame = tuple[str, int]  # (mapped file, offset in it)
+Path_ = tuple[Frame, ...]  # innermost first
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    source: str  # in tests/agent/targets
+    compiler: str  # or "python3": the source is a script Debian's python3 runs
+    flags: tuple[str, ...]
+    probe_binary: str | None  # None: the program itself
+    probe_symbol: str  # as the agent's --probe takes it
+    gdb_symbol: str  # as gdb evaluates it
+    true_paths: int  # distinct paths the program makes after its warm-up
+    after_load: str = ""  # see gdb_backtraces.py TRUTH_AFTER_LOAD
+
+
+CASES = [
+    # Frameless program calling Debian's frameless libz: two chains of 13 frames above libc.
+    Case("c-O2-frameless-libz", "unwind_corpus.c", "gcc", ("-O2", "-fomit-frame-pointer", "-g", "-lz"),
+         "/usr/lib/x86_64-linux-gnu/libz.so.1", "deflate", "deflate", 2),
+    # Frame pointers and no CFI at all in the program (mixed: libz and libc by rules, the
+    # program by its frame pointers).
+    Case("c-O1-frame-pointers-no-cfi", "unwind_corpus.c", "gcc",
+         ("-O1", "-fno-omit-frame-pointer", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables", "-lz"),
+         "/usr/lib/x86_64-linux-gnu/libz.so.1", "deflate", "deflate", 2),
+    # C++ at -O2: a template recursion, a std::function and a virtual call.
+    Case("cxx-O2", "unwind_corpus.cc", "g++", ("-O2", "-g"), None, "_ZN7imgproc6Parser5parseEPKc",
+         "'imgproc::Parser::parse'", 3),
+    # Debian's python3 (frameless, stripped) calling libz through its zlib module: the
+    # interpreter's own C frames, down to _start. Two paths: the eval loop's generic call
+    # and, once the call site is specialized, its specialized form.
+    Case("python3-zlib", "unwind_corpus.py", "python3", (), "/usr/lib/x86_64-linux-gnu/libz.so.1", "deflate",
+         "deflate", 2, after_load="libz"),
+]
+
+
+def _command(case: Case, binary: Path) -> list[str]:
+    """The program and its first arguments (before CALLS [GOFILE])."""
+    return ["/usr/bin/python3", str(binary)] if case.compiler == "python3" else [str(binary)]
+
+
+def _build(case: Case, out_dir: Path) -> Path:
+    if case.compiler == "python3":
+        if not Path("/usr/bin/python3").exists():
+            pytest.skip("Debian's python3 is not installed")
+        return TARGETS / case.source
+    compiler = shutil.which(case.compiler)
+    if compiler is None:
+        pytest.skip(f"{case.compiler} is not installed (scripts/bootstrap.sh installs it)")
+    binary = out_dir / case.name
+    flags = [f for f in case.flags if f != "-lz"]
+    libraries = [f for f in case.flags if f == "-lz"]
+    subprocess.run([compiler, *flags, "-o", str(binary), str(TARGETS / case.source), *libraries],
+                   check=True, capture_output=True)
+    return binary
+
+
+def _private_library(case: Case, out_dir: Path) -> dict[str, str]:
+    """The environment that loads a private copy of case.probe_binary, and the copy's path
+    as PROBE_BINARY; empty when the probe is in the program itself."""
+    if case.probe_binary is None:
+        return {}
+    library_dir = out_dir / "lib"
+    library_dir.mkdir(exist_ok=True)
+    source = Path(case.probe_binary)
+    copy = library_dir / source.name
+    shutil.copy2(source.resolve(), copy)
+    return {"LD_LIBRARY_PATH": str(library_dir), "PROBE_BINARY": str(copy)}
+
+
+def _gdb_paths(binary: Path, case: Case, out_dir: Path, private: dict[str, str]) -> Counter[Path_]:
+    """The paths gdb sees after the warm-up call, each with its calls."""
+    out = out_dir / f"{case.name}.gdb.json"
+    program, *first_args = _command(case, binary)
+    env = dict(os.environ, **private, TRUTH_PROGRAM=program, TRUTH_ARGS=json.dumps([*first_args, str(CALLS)]),
+               TRUTH_SYMBOL=case.gdb_symbol, TRUTH_OUT=str(out), TRUTH_AFTER_LOAD=case.after_load)
+    done = subprocess.run(["gdb", "-batch", "-nx", "-x", str(GDB_SCRIPT)], env=env, capture_output=True, check=False,
+                          text=True, timeout=300)
+    assert out.exists(), f"gdb wrote no backtraces:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    backtraces = json.loads(out.read_text())
+    assert backtraces, f"gdb never stopped on {case.gdb_symbol}:\n{done.stdout[-3000:]}"
+    return Counter(tuple((path, offset) for path, offset in trace) for trace in backtraces[1:])  # [0]: warm-up
+
+
+def _wait_for_rules(agent: AgentProcess, pid: int, timeout_s: float = 240.0) -> None:
+    """Until the agent has the rules of every file pid maps executable (or knows it has none)."""
+    with open(f"/proc/{pid}/maps") as handle:
+        paths = {line.split(maxsplit=5)[5].strip() for line in handle
+                 if len(line.split()) >= 6 and "x" in line.split()[1] and line.split(maxsplit=5)[5].startswith("/")}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = agent.log()
+        waiting = [p for p in paths if f"unwind: rules of {p} loaded" not in text and f"unwind: no rules for {p} " not in text]
+        if not waiting:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the agent did not load the rules of {waiting} in {timeout_s:.0f}s:\n{agent.log()[-3000:]}")
+
+
+def _wait_for_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> None:
+    """Until the broker lists topic: a busy shared broker may answer "created" before every
+    listener's metadata has it, and the agent refuses to start without its topics."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if topic in admin.list_topics(topic, timeout=10).topics and not admin.list_topics(topic).topics[topic].error:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"topic {topic} not listed by {bootstrap} within {timeout_s:.0f}s")
+
+
+def _agent_paths(binary: Path, case: Case, kafka_bootstrap: str, tmp_path: Path,
+                 private: dict[str, str]) -> tuple[Counter[Path_], list[dict]]:
+    prefix = f"unwind-{uuid.uuid4().hex[:8]}."
+    names = TopicNames().with_prefix(prefix)
+    create_topics(kafka_bootstrap, names)
+    _wait_for_topic(kafka_bootstrap, names.raw)
+    probe = f"{private.get('PROBE_BINARY', binary)}:{case.probe_symbol}"
+    go = tmp_path / "go"
+    with AgentProcess(kafka_bootstrap, prefix, [probe], tmp_path / "agent.log", ["--no-budget"]) as agent:
+        program = subprocess.Popen([*_command(case, binary), str(CALLS), str(go)], stdout=subprocess.PIPE,
+                                   text=True, env=dict(os.environ, **private))
+        try:
+            assert program.stdout is not None and program.stdout.readline().strip() == "warm"
+            _wait_for_rules(agent, program.pid)
+            go_boot_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+            go.touch()
+            assert program.wait(120) == 0
+        finally:
+            if program.poll() is None:
+                program.kill()
+        assert agent.stop() == 0, agent.log()[-4000:]
+    events = [e for e in decode_all(read_all(kafka_bootstrap, names.raw), CALL_EVENT)
+              if e["pid"] == program.pid and e["timestamp_ns"] >= go_boot_ns]
+    paths: Counter[Path_] = Counter()
+    for event in events:
+        frames = tuple((f["library"] or "", f["binary_offset"] if f["binary_offset"] is not None else f["address"])
+                       for f in reversed(event["stack_frames"]))
+        paths[frames] += event["observation_count"]
+    return paths, events
+
+
+def _in_order(frames: Path_, truth: Path_) -> int:
+    """How many of frames appear in truth in the same order (a subsequence): all of them
+    unless the agent reported a frame gdb does not have or in another order."""
+    position, matched = 0, 0
+    for frame in frames:
+        try:
+            position = truth.index(frame, position) + 1
+            matched += 1
+        except ValueError:
+            return matched
+    return matched
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_paths_equal_gdbs_backtraces(case: Case, kafka_bootstrap: str, tmp_path: Path) -> None:
+    reason = bpf_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    if shutil.which("gdb") is None:
+        pytest.skip("gdb is not installed (scripts/bootstrap.sh installs it)")
+    binary = _build(case, tmp_path)
+    private = _private_library(case, tmp_path)
+    truth = _gdb_paths(binary, case, tmp_path, private)
+    assert len(truth) == case.true_paths, f"the premise: gdb saw {len(truth)} paths: {list(truth)}"
+    assert min(len(p) for p in truth) >= 5, "the premise: paths several frames deep"
+
+    observed, events = _agent_paths(binary, case, kafka_bootstrap, tmp_path, private)
+
+    # As many distinct paths as gdb saw, each one gdb's (>= 95 % of its frames, in order,
+    # nothing gdb does not have), with exactly the calls made through it.
+    assert len(observed) == len(truth), f"{len(observed)} paths reported for {len(truth)} true ones: {list(observed)}"
+    for path, calls in observed.items():
+        candidates = [t for t in truth if path and t[0] == path[0] and _in_order(path, t) == len(path)]
+        assert candidates, f"a reported path with a frame gdb does not have (junk) or out of order: {path}"
+        true_path = max(candidates, key=len)
+        assert len(path) >= 0.95 * len(true_path), f"{len(path)} of gdb's {len(true_path)} frames: {path}"
+        assert calls == truth[true_path], f"{calls} calls reported on {path}, gdb saw {truth[true_path]}"
+    assert sorted(observed.values()) == sorted(truth.values())
+    complete = [e for e in events if not e["stack_truncated"]]
+    assert complete == events, [e["truncation_reason"] for e in events]
