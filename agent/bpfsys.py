@@ -14,6 +14,7 @@ import errno
 import fcntl
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,8 @@ _SYSCALLS = {
     "aarch64": {"perf_event_open": 241, "bpf": 280},
 }
 # enum bpf_cmd and friends (include/uapi/linux/bpf.h).
+_BPF_OBJ_PIN = 6
+_BPF_OBJ_GET = 7
 _BPF_LINK_CREATE = 28
 _BPF_ENABLE_STATS = 32
 _BPF_PERF_EVENT = 41  # enum bpf_attach_type
@@ -97,9 +100,13 @@ class UprobeLink:
                 pass
 
 
-def attach_trace_event(prog_fd: int, event_id: int, cookie: int, what: str) -> UprobeLink:
+def attach_trace_event(prog_fd: int, event_id: int, cookie: int, what: str,
+                       before_link: Callable[[], object] | None = None) -> UprobeLink:
     """Attach prog_fd to the tracefs event event_id (a uprobe event, agent/tracefs.py) in
-    every process, with cookie as the program's bpf_get_attach_cookie()."""
+    every process, with cookie as the program's bpf_get_attach_cookie(). before_link runs
+    once the event traps (and counts its hits) but before the program runs on it: a
+    take-over closes the old probe there, so every call is either the old program's or a
+    hit of the new event, never neither and never both."""
     attr = _PerfEventAttr(type=_PERF_TYPE_TRACEPOINT, size=_PERF_ATTR_SIZE_VER5, config=event_id,
                           sample_period=1)
     # pid -1 with cpu 0: the program is attached to the event itself and runs on every
@@ -111,6 +118,9 @@ def attach_trace_event(prog_fd: int, event_id: int, cookie: int, what: str) -> U
         raise ProbeError(f"perf_event_open({what}) failed: {errno.errorcode.get(code, code)} {os.strerror(code)}")
     link = _LinkCreateAttr(prog_fd=prog_fd, target_fd=perf_fd, attach_type=_BPF_PERF_EVENT, bpf_cookie=cookie)
     try:
+        if before_link is not None:
+            fcntl.ioctl(perf_fd, _PERF_EVENT_IOC_ENABLE, 0)
+            before_link()
         link_fd = _bpf(_BPF_LINK_CREATE, link)
         fcntl.ioctl(perf_fd, _PERF_EVENT_IOC_ENABLE, 0)
     except OSError as exc:
@@ -118,6 +128,41 @@ def attach_trace_event(prog_fd: int, event_id: int, cookie: int, what: str) -> U
         hint = " (BPF cookies on uprobes need Linux 5.15+)" if exc.errno in (errno.EINVAL, errno.ENOTSUP) else ""
         raise ProbeError(f"linking the program to {what} failed: {exc}{hint}") from exc
     return UprobeLink(perf_fd, link_fd)
+
+
+class _ObjAttr(ctypes.Structure):
+    # union bpf_attr, the BPF_OBJ_PIN / BPF_OBJ_GET member.
+    _fields_ = [("pathname", ctypes.c_uint64), ("bpf_fd", ctypes.c_uint32), ("file_flags", ctypes.c_uint32)]
+
+
+def pin(fd: int, path: Path) -> None:
+    """Pin a map or link in bpffs: it outlives this process until the file is removed."""
+    name = ctypes.create_string_buffer(str(path).encode())
+    attr = _ObjAttr(pathname=ctypes.cast(name, ctypes.c_void_p).value or 0, bpf_fd=fd)
+    try:
+        _bpf(_BPF_OBJ_PIN, attr)
+    except OSError as exc:
+        raise BpfLoadError(f"pinning at {path} failed: {exc.strerror} (is bpffs mounted at {path.parents[-2]}?)") \
+            from exc
+
+
+def pinned(path: Path) -> int:
+    """A new fd on what is pinned at path (map or link)."""
+    name = ctypes.create_string_buffer(str(path).encode())
+    attr = _ObjAttr(pathname=ctypes.cast(name, ctypes.c_void_p).value or 0)
+    try:
+        return _bpf(_BPF_OBJ_GET, attr)
+    except OSError as exc:
+        raise BpfLoadError(f"opening the pinned object {path} failed: {exc.strerror}") from exc
+
+
+def bpffs_mounted(directory: Path = Path("/sys/fs/bpf")) -> bool:
+    """Whether a BPF filesystem is mounted at directory (pins can only live there)."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return False
+    return any(len(f) > 2 and f[1] == str(directory) and f[2] == "bpf" for f in (line.split() for line in mounts))
 
 
 def enable_run_time_stats() -> int | None:

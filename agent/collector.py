@@ -27,10 +27,13 @@ import socket
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
+
+from cachetools import LRUCache
 
 from runtime_signals.schemas import codec
 from runtime_signals.schemas.topics import TopicNames
@@ -40,12 +43,23 @@ from runtime_signals.agent.clock import BootClock
 from runtime_signals.agent.errors import ProbeError
 from runtime_signals.agent.modules import ModuleMapBuilder, ModuleMapPublisher
 from runtime_signals.agent.perfmap import PerfMaps
-from runtime_signals.agent.probes import AttachedProbe, CallTracer, RawCall
+from runtime_signals.agent.probes import AttachedProbe, CallTracer, ProbeSpec, RawCall
 from runtime_signals.agent.processes import NodeFiles, ProcessInfo, ProcessTable
 from runtime_signals.agent.procmaps import signed64
 from runtime_signals.agent.publisher import Publisher
 from runtime_signals.agent.selectors import TargetFilters
-from runtime_signals.agent.stats import DeliveryFigures, KernelFigures, ProbeFigures, Snapshot, StatsTracker
+from runtime_signals.agent.pinning import PinnedGeneration
+from runtime_signals.agent.state import AgentState, ProbeSite
+from runtime_signals.agent.stats import (
+    BaseFigures,
+    DeliveryFigures,
+    KernelFigures,
+    ProbeFigures,
+    Snapshot,
+    StatsTracker,
+    account,
+)
+from runtime_signals.agent.wire import DedupKey
 from runtime_signals.agent.symbols_publisher import MAX_CHUNK_BYTES, SymbolTablePublisher
 from runtime_signals.agent.unwind import UnwindLoader, checked_frames
 from runtime_signals.agent.wire import (
@@ -67,6 +81,15 @@ WATERMARK_SAFETY_NS = 5_000_000
 _FLUSH_AFTER_BOUNDARY_S = 0.002
 # The pump is healthy while its loop has turned within this long.
 HEALTHY_WITHIN_NS = 30_000_000_000
+# Call-path keys remembered to tell a new path from a known one (the adaptive budget's
+# signal and unique_call_paths). About 150 bytes each; past the bound the least recently
+# seen is forgotten, and seen again it counts as new once more.
+MAX_PATH_KEYS = 1 << 17
+# A call whose stack runs through a file not hashed yet waits (parked) while the background
+# hasher reads it, instead of the pump reading it: at most this many records, this long.
+# Past either bound it is published with those frames' digests unknown (counted).
+MAX_PARKED_RECORDS = 10_000
+MAX_PARKED_NS = 10_000_000_000
 # A walk that ended outside the known code may mean the process mapped new code since its
 # mapping table was written (dlopen): its maps are read again, at most this often.
 UNWIND_REFRESH_NS = 1_000_000_000
@@ -106,6 +129,7 @@ class CollectorSettings:
     symbol_chunk_max_bytes: int = MAX_CHUNK_BYTES
     statistics_interval_ms: int = 10_000
     budget: BudgetSettings = field(default_factory=BudgetSettings)
+    max_path_keys: int = MAX_PATH_KEYS
     jit_perf_maps: bool = True   # name JIT frames from perf maps (agent/perfmap.py)
     jvm_jcmd: str = "jcmd"       # "" never asks a JVM to write its map
 
@@ -115,7 +139,12 @@ class Collector:
 
     def __init__(self, settings: CollectorSettings, tracer: CallTracer, publisher: Publisher,
                  registry: codec.SchemaRegistry | None = None, node: NodeFiles | None = None,
-                 filters: TargetFilters | None = None, sources: Sequence[CallSource] = ()) -> None:
+                 filters: TargetFilters | None = None, sources: Sequence[CallSource] = (),
+                 state: AgentState | None = None, state_dir: Path | None = None) -> None:
+        # state (agent/state.py): an identity and figures that survive restarts, saved in
+        # state_dir at every watermark tick; settings.agent_id is then the state's.
+        if state is not None:
+            settings = replace(settings, agent_id=state.agent_id)
         self.settings = settings
         self._tracer = tracer
         self._publisher = publisher
@@ -129,7 +158,8 @@ class Collector:
         self.events_published = 0  # records
         self.calls_published = 0
         self.agent_dropped_calls: Counter[str] = Counter()
-        self._paths: set[bytes] = set()
+        self._paths: LRUCache[bytes, bool] = LRUCache(settings.max_path_keys)
+        self.new_paths_total = 0  # distinct since start, exactly while under max_path_keys
         self._new_paths: Counter[int] = Counter()  # per probe index, since the last budget tick
         self._budget = Budget(settings.budget)
         self._stats = StatsTracker()
@@ -145,9 +175,22 @@ class Collector:
         perf_maps = PerfMaps(jcmd=settings.jvm_jcmd or None) if settings.jit_perf_maps else None
         self._processes = ProcessTable(on_new_binary=self._symbol_tables.offer,
                                        on_module_map=self._module_maps.offer, node=node,
-                                       perf_maps=perf_maps, on_jit_code=self._symbol_tables.offer_jit)
+                                       perf_maps=perf_maps, on_jit_code=self._symbol_tables.offer_jit,
+                                       background_hashing=True)
+        self._parked: deque[tuple[int, RawCall]] = deque()  # (parked at, monotonic ns), oldest first
+        self._parked_calls = 0
+        self._hashes_seen = 0  # DigestCache.completed when the parked calls were last tried
+        self.records_without_digest = 0  # published with a frame's file not hashed in time
         self._filters = filters or TargetFilters()
         self._sources = list(sources)
+        self._state = state
+        self._state_dir = state_dir
+        self._base = BaseFigures()
+        self._watermark_sequence = state.watermark_sequence if state is not None else 0
+        self._spool_calls_at_start = publisher.pending_calls  # what an earlier run left in the spool
+        self._retired: dict[int, AttachedProbe] = {}  # an earlier run's probes not attached now
+        self.unwatched_ns: Counter[str] = Counter()  # per probe id: agent down, hand-over gaps
+        self.taken_over: dict[str, int] = {}  # what take_over() found, for the log and tests
         tracer_settings = tracer.settings
         self._unwind = UnwindLoader(tracer.unwind_map_fds(), unwind_rows=tracer_settings.unwind_rows,
                                     unwind_tables=tracer_settings.unwind_tables,
@@ -196,15 +239,41 @@ class Collector:
             # its target's filter. Only such calls wait; the lock is free otherwise.
             with self.attach_lock:
                 pass
+        self._try_publish(call, None)
+
+    def _try_publish(self, call: RawCall, parked_at_ns: int | None, force: bool = False) -> None:
         try:
-            self._publish_call(call)
+            self._publish_call(call, parked_at_ns, force)
         except Exception:  # a bad record is counted and logged; it never stops the pump
             self.agent_dropped_calls["agent_error"] += call.count
             log.exception("building the record of %d call(s) of pid %d failed", call.count, call.pid)
 
-    def _publish_call(self, call: RawCall) -> None:
+    def _park(self, call: RawCall, parked_at_ns: int) -> None:
+        if len(self._parked) >= MAX_PARKED_RECORDS:
+            oldest_at, oldest = self._parked.popleft()
+            self._parked_calls -= oldest.count
+            self._try_publish(oldest, oldest_at, force=True)
+        self._parked.append((parked_at_ns, call))
+        self._parked_calls += call.count
+
+    def retry_parked(self, force: bool = False) -> None:
+        """Publish the parked calls whose files have been hashed since (all of them when
+        forced, or once they waited MAX_PARKED_NS), in the order they came."""
+        if not self._parked:
+            return
+        completed = self._processes.digests.completed
+        now_ns = time.monotonic_ns()
+        if not force and completed == self._hashes_seen and now_ns - self._parked[0][0] < MAX_PARKED_NS:
+            return
+        self._hashes_seen = completed
+        waiting, self._parked = self._parked, deque()
+        self._parked_calls = 0
+        for parked_at_ns, call in waiting:
+            self._try_publish(call, parked_at_ns, force or now_ns - parked_at_ns >= MAX_PARKED_NS)
+
+    def _publish_call(self, call: RawCall, parked_at_ns: int | None = None, force: bool = False) -> None:
         process = self._processes.describe(call.pid, call.cgroup_id)
-        probe = self._probes.get(call.probe_index)
+        probe = self._probes.get(call.probe_index) or self._retired.get(call.probe_index)
         if probe is not None and not self._filters.accepts(probe.spec.probe_id, process):
             # A process the probe's targets do not select: not a loss, but the calls must
             # appear somewhere for the totals to add up. Filtered before its frames are
@@ -213,17 +282,24 @@ class Collector:
             return
         frames = self._processes.resolve_frames(call.pid, call.frames)
         self._load_unwind(call.pid, call.end_reason)
+        executable = self._processes.executable(call.pid, frames)
+        if any(f.pending for f in frames) or executable.pending:
+            if not force:
+                # Its binary is being hashed off the pump: the record waits, the pump does not.
+                self._park(call, time.monotonic_ns() if parked_at_ns is None else parked_at_ns)
+                return
+            self.records_without_digest += 1
         frames, truncation_reason = checked_frames(frames, call.flags, call.end_reason)
         top = frames[0]
         path_key = hashlib.blake2b(repr((call.probe_index, [(f.binary_digest, f.binary_offset) if f.binary_digest
                                                             else f.address for f in frames])).encode(),
                                    digest_size=16).digest()
-        if path_key not in self._paths:
-            self._paths.add(path_key)
+        if self._paths.get(path_key) is None:  # get() refreshes a known key's recency
+            self._paths[path_key] = True
+            self.new_paths_total += 1
             self._new_paths[call.probe_index] += 1
         container_id = process.container_id
         bottom_to_top = list(reversed(frames))
-        executable = self._processes.executable(call.pid, frames)
         record = {
             "event_id": str(uuid.uuid4()),
             "container_id": container_id,
@@ -284,23 +360,40 @@ class Collector:
             maps.mappings(pid, refresh=True)
         version = maps.version(pid)
         if version and (loaded is None or loaded[0] != version):
-            self._unwind.load_process(pid, maps.mappings(pid))
+            mappings = maps.mappings(pid)
+            # The pump never hashes: load_process() digests every mapped file, so it waits
+            # until the background hasher knows them all (asked again at pid's next call).
+            root = self._processes.proc_root / str(pid) / "root"
+            if not all(self._processes.digests.lookup(root / m.path.lstrip("/"))[0] for m in mappings):
+                return
+            self._unwind.load_process(pid, mappings)
             self._unwind_versions[pid] = (version, now_ns)
 
     def publish_watermark(self) -> None:
         """Collect every call made so far, then promise the processor no earlier call will follow."""
+        try:
+            self._publish_watermark()
+        finally:
+            self.save_state()  # every tick, also while no watermark can go out (no metadata)
+
+    def _publish_watermark(self) -> None:
         collect_started_boot_ns = BootClock.now_boot_ns()
         self._sample_ringbuf()
         # The offset follows NTP slews; the program's epochs follow the same offset as the
         # records' times.
         self._tracer.set_flush_clock(self._flush_interval_ns, self._clock.offset_ns())
         self._tracer.collect()
+        self.retry_parked()
         self._collect_sources()
         topic = self.settings.topics.raw
         partitions = self._publisher.known_partition_count(topic)
         if partitions is None:
             return  # no metadata yet (broker away since start): the next watermark covers this one
         watermark_us = self._clock.wall_us(collect_started_boot_ns - WATERMARK_SAFETY_NS)
+        if self._parked:
+            # A parked call is produced later: the promise must not pass it. It was
+            # collected after the previous watermark, so this one still never goes back.
+            watermark_us = min(watermark_us, min(self._clock.wall_us(c.boot_ns) for _, c in self._parked))
         self._watermark_sequence += 1
         value = codec.encode({
             "agent_id": self.settings.agent_id,
@@ -365,25 +458,155 @@ class Collector:
         figures = []
         for probe in probes:
             state = self._budget.state(probe.index)
+            # Time not watched: detached by the budget, plus the agent's own absence while
+            # no pinned probe ran (take_over).
+            unwatched_ns = self._budget.detached_ns(probe.index, now_ns) + self.unwatched_ns[probe.spec.probe_id]
             figures.append(ProbeFigures(probe.spec.probe_id, self._tracer.is_attached(probe),
-                                        counters.get(probe.index, {}).get("hits", 0),
-                                        self._budget.detached_ns(probe.index, now_ns),
+                                        counters.get(probe.index, {}).get("hits", 0), unwatched_ns,
                                         state.detach_count if state else 0))
+        totals, agent_dropped = self._totals(counters)
+        kernel = KernelFigures(totals, self._tracer.program_stats(),
+                               self._ringbuf_peak_bytes, self._tracer.ringbuf_bytes, self._tracer.memory_bytes())
+        self._ringbuf_peak_bytes = 0
+        publisher = self._publisher
+        delivery = DeliveryFigures(publisher.delivered_calls, publisher.pending_calls + self._parked_calls,
+                                   dict(publisher.dropped_calls_by_reason), publisher.spool_bytes)
+        self.latest = self._stats.take(kernel, delivery, self.new_paths_total, dict(agent_dropped),
+                                       tuple(figures), self.cache_sizes(), self._base, self._unwind_figures())
+        return self.latest
+
+    def _totals(self, counters: dict[int, dict[str, int]]) -> tuple[dict[str, int], Counter[str]]:
+        """Kernel counters summed over the tracer's probes and the other call sources, and the
+        agent's drops with theirs: one account for the statistics and the saved state."""
         totals = self._tracer.counters(counters)
         agent_dropped = Counter(self.agent_dropped_calls)
         for source in self._sources:
             for name, value in source.kernel_totals().items():
                 totals[name] = totals.get(name, 0) + value
             agent_dropped.update(source.dropped_calls)
-        kernel = KernelFigures(totals, self._tracer.program_stats(),
-                               self._ringbuf_peak_bytes, self._tracer.ringbuf_bytes, self._tracer.memory_bytes())
-        self._ringbuf_peak_bytes = 0
+        return totals, agent_dropped
+
+    # --- restarts -------------------------------------------------------------------
+
+    def save_state(self, clean_stop: bool = False) -> None:
+        """Write the identity, the figures and the program's probes and counters beside the
+        spool (agent/state.py), for the next run of this agent."""
+        if self._state is None or self._state_dir is None:
+            return
+        counters = self._tracer.all_probe_counters()
         publisher = self._publisher
-        delivery = DeliveryFigures(publisher.delivered_calls, publisher.pending_calls,
+        delivery = DeliveryFigures(publisher.delivered_calls, publisher.pending_calls + self._parked_calls,
                                    dict(publisher.dropped_calls_by_reason), publisher.spool_bytes)
-        self.latest = self._stats.take(kernel, delivery, len(self._paths), dict(agent_dropped),
-                                       tuple(figures), self._unwind_figures())
-        return self.latest
+        totals, agent_dropped = self._totals(counters)
+        total, delivered, dropped = account(totals, delivery, dict(agent_dropped), self._base)
+        state = self._state
+        state.watermark_sequence = self._watermark_sequence
+        state.clean_stop = clean_stop
+        state.total_calls, state.delivered_calls, state.dropped_calls = total, delivered, dropped
+        state.pending_calls = delivery.pending_calls
+        state.max_frames = self._tracer.max_frames
+        state.pin_dir = str(self._tracer.pin_dir) if self._tracer.pin_dir is not None else None
+        state.probes = {p.index: ProbeSite(p.spec.probe_id, p.spec.symbol, p.path, p.file_offset)
+                        for p in self._tracer.attached}
+        state.kernel_counters = {index: {k: v for k, v in c.items() if k != "hits"} for index, c in counters.items()}
+        try:
+            state.save(self._state_dir)
+        except OSError as exc:
+            log.error("saving the agent state in %s failed: %s", self._state_dir, exc)
+
+    def take_over(self, previous: AgentState | None, generation: PinnedGeneration | None) -> dict[str, int]:
+        """Continue an earlier run of this identity. Call after the first target scan.
+
+        With its pinned generation: close its remaining probes, publish every call its
+        program collected and nobody read (ring buffer, dedup maps), and add what its
+        kernel counters counted since the state was written. Whatever the earlier run
+        counted and can be found nowhere now (not delivered, dropped, spooled nor left in
+        the kernel: records librdkafka held in memory when it was killed, or delivered
+        after its last state write, which cannot be told apart) is counted as dropped,
+        "lost_at_restart". The time no probe ran (the agent down without pins: a clean
+        stop, a reboot) is added to each probe's time not watched."""
+        found = {"drained_records": 0, "drained_calls": 0, "kernel_calls_after_state": 0, "lost_at_restart": 0,
+                 "down_ns": 0}
+        if previous is None:
+            return found
+        found.update(previous_total=previous.total_calls, previous_delivered=previous.delivered_calls,
+                     previous_dropped=sum(previous.dropped_calls.values()), previous_pending=previous.pending_calls,
+                     spool_calls=self._spool_calls_at_start)
+        dropped = Counter(previous.dropped_calls)
+        total = previous.total_calls
+        if generation is not None:
+            generation.close_links()
+            if previous.max_frames == self._tracer.max_frames:
+                def on_record(raw: object) -> None:
+                    call = self._adopted_call(self._tracer.to_raw_call(raw), previous)  # type: ignore[arg-type]
+                    found["drained_records"] += 1
+                    found["drained_calls"] += call.count
+                    self._try_publish(call, None)
+                generation.drain(self._tracer.event_type, DedupKey, on_record)
+            else:
+                log.error("the previous agent's records have %d frames, this one %d: its uncollected calls cannot "
+                          "be read and are counted lost", previous.max_frames, self._tracer.max_frames)
+            final = generation.counters(sorted(previous.probes))
+            for index, now in final.items():
+                before = previous.kernel_counters.get(index, {})
+                found["kernel_calls_after_state"] += now.get("calls", 0) - before.get("calls", 0)
+                for counter, reason in (("drop_ringbuf_full", "ringbuf_full"), ("drop_rate_limited", "rate_limited"),
+                                        ("drop_nested", "nested")):
+                    dropped[reason] += now.get(counter, 0) - before.get(counter, 0)
+            total += found["kernel_calls_after_state"]
+            generation.remove()
+        else:
+            # No probe ran while no agent did: that time was not watched.
+            found["down_ns"] = max(0, time.time_ns() - previous.written_at_us * 1000)
+            for site in previous.probes.values():
+                self.unwatched_ns[site.probe_id] += found["down_ns"]
+        lost = (total - previous.delivered_calls - sum(dropped.values()) - self._spool_calls_at_start
+                - found["drained_calls"])
+        delivered = previous.delivered_calls
+        if lost < 0:
+            # More calls accounted for (delivered, dropped, spooled, drained) than counted:
+            # some drained calls were already counted as delivered. Not understood yet (seen
+            # in about 1 of 4 SIGKILL tests); the figures keep the kernel's count and the
+            # excess is logged, never added to the calls.
+            log.error("restart: %d more calls accounted for than the kernel counted (previous run %s); "
+                      "its delivered figure is lowered by as many", -lost, found)
+            found["recounted_at_restart"] = -lost
+            delivered += lost
+        elif lost:
+            dropped["lost_at_restart"] += lost
+        found["lost_at_restart"] = max(0, lost)
+        self._base = BaseFigures(total, delivered, dict(dropped))
+        self.taken_over = found
+        log.info("continuing agent %s (restart %d): %s", self.settings.agent_id, previous.restarts, found)
+        return found
+
+    def _adopted_call(self, call: RawCall, previous: AgentState) -> RawCall:
+        """An earlier run's call, with the index of the same probe in this run (or of a
+        retired one, so it is still named)."""
+        site = previous.probes.get(call.probe_index)
+        if site is None:
+            return call
+        with self._lock:
+            current = next((p for p in self._probes.values() if p.spec.probe_id == site.probe_id), None)
+        if current is not None:
+            return replace(call, probe_index=current.index)
+        retired_index = -1 - call.probe_index
+        if retired_index not in self._retired:
+            spec = ProbeSpec.parse(site.probe_id)
+            self._retired[retired_index] = AttachedProbe(replace(spec, symbol=site.symbol), site.path,
+                                                         site.file_offset, retired_index)
+        return replace(call, probe_index=retired_index)
+
+    def cache_sizes(self) -> dict[str, int]:
+        """Entries in every long-lived cache and queue of the agent, for /metrics: each is
+        bounded, and a figure that keeps rising on a steady workload is a leak."""
+        sizes = {"path_keys": len(self._paths), "parked_records": len(self._parked),
+                 "unwind_processes": len(self._unwind_versions)}
+        sizes.update(self._processes.sizes())
+        sizes.update(self._symbol_tables.sizes())
+        sizes.update(self._module_maps.sizes())
+        return sizes
+
 
     def _unwind_figures(self) -> dict[str, int]:
         figures = self._unwind.figures()
@@ -425,6 +648,7 @@ class Collector:
             self.heartbeat_ns = time.monotonic_ns()
             self._sample_ringbuf()
             self._tracer.poll(self.settings.poll_timeout_ms)
+            self.retry_parked()
             for source in self._sources:
                 source.poll()
             self._publisher.pump()
@@ -451,6 +675,12 @@ class Collector:
         self._tracer.detach_all()
         for source in self._sources:
             source.stop()
+        self._tracer.collect()
+        deadline = time.monotonic() + min(self.settings.shutdown_flush_timeout_s, MAX_PARKED_NS / 1e9)
+        while self._parked and time.monotonic() < deadline:  # the hasher finishes what they wait for
+            time.sleep(0.05)
+            self.retry_parked()
+        self.retry_parked(force=True)
         self.publish_watermark()  # after detaching: nothing is left in the kernel
         self._symbol_tables.close()
         self._module_maps.close()
@@ -459,11 +689,12 @@ class Collector:
         self._publisher.flush(timeout_s)
         snapshot = self.publish_statistics()
         remaining = self._publisher.close(min(timeout_s, 5.0))
+        self.save_state(clean_stop=True)
         if remaining:
             log.warning("shutdown: %d record(s) left in the spool for the next run", remaining)
         log.info("agent stopped: calls %d, delivered %d, dropped %d %s, pending %d (spool %d bytes); "
                  "%d records published; detached %s; kernel counters %s",
-                 snapshot.total_events, self._publisher.delivered_calls, snapshot.dropped_events,
+                 snapshot.total_events, snapshot.delivered_events, snapshot.dropped_events,
                  dict(snapshot.dropped_by_reason), self._publisher.pending_calls, self._publisher.spool_bytes,
                  self.events_published, {p.probe_id: f"{p.detached_ns / 1e9:.1f}s" for p in snapshot.probes},
                  self._tracer.counters())

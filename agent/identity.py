@@ -88,11 +88,18 @@ class PodDirectory:
             entries = [entry.name for entry in self._dir.iterdir()]
         except OSError:
             return
+        # Built anew: pods deleted since the last listing are forgotten (a node runs pods for
+        # months), while a pod's name stays known as long as kubelet keeps its log directory.
+        listed: dict[str, PodName] = {}
         for entry in entries:
             # Namespaces and pod names are DNS labels (no '_'), so the split is unambiguous.
             parts = entry.split("_")
             if len(parts) == 3:
-                self._by_uid[parts[2]] = PodName(parts[0], parts[1], parts[2])
+                listed[parts[2]] = PodName(parts[0], parts[1], parts[2])
+        self._by_uid = listed
+
+    def __len__(self) -> int:
+        return len(self._by_uid)
 
 
 def container_id_from_cgroup(cgroup_text: str) -> tuple[str, str] | None:
@@ -174,6 +181,7 @@ class CgroupDirectory:
         self._mount = mount if mount is not None else cgroup2_mount()
         self._refresh_interval_s = refresh_interval_s
         self._by_id: dict[int, str] = {}
+        self._previous: dict[int, str] = {}
         self._walked_at = float("-inf")
 
     def path_of(self, cgroup_id: int) -> str | None:
@@ -182,17 +190,25 @@ class CgroupDirectory:
                 time.monotonic() - self._walked_at >= self._refresh_interval_s:
             self._walk(self._mount)
             found = self._by_id.get(cgroup_id)
-        return found
+        return found if found is not None else self._previous.get(cgroup_id)
 
     def _walk(self, mount: Path) -> None:
         self._walked_at = time.monotonic()
+        # Built anew, keeping the previous walk's entries one more walk: cgroups removed
+        # since are forgotten (containers come and go for months), yet calls read just
+        # after their cgroup was removed still find it.
+        walked: dict[int, str] = {}
         for directory, _, _ in os.walk(mount):
             try:
                 inode = os.stat(directory).st_ino
             except OSError:
                 continue
             relative = os.path.relpath(directory, mount)
-            self._by_id[inode] = "/" if relative == "." else "/" + relative
+            walked[inode] = "/" if relative == "." else "/" + relative
+        self._by_id, self._previous = walked, self._by_id
+
+    def __len__(self) -> int:
+        return len(self._by_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +238,12 @@ class ContainerResolver:
 
     def forget(self, pid: int) -> None:
         self._by_pid.pop(pid, None)
+
+    def size(self) -> int:
+        return len(self._by_pid)
+
+    def known_pids(self) -> list[int]:
+        return list(self._by_pid)
 
     def identity(self, pid: int, cgroup_id: int = 0) -> CgroupIdentity:
         """The identity of pid; cgroup_id (from the kernel's record of the call) places a

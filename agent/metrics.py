@@ -94,6 +94,11 @@ class SnapshotCollector(Collector):
         yield attached
         yield probe_calls
         yield detached
+        caches = GaugeMetricFamily(f"{PREFIX}_cache_entries",
+                                   "Entries in each long-lived cache or queue (each is bounded)", labels=["cache"])
+        for name, entries in sorted(snapshot.caches.items()):
+            caches.add_metric([name], entries)
+        yield caches
         for name, value in sorted(snapshot.unwind.items()):
             yield GaugeMetricFamily(f"{PREFIX}_unwind_{name}", _UNWIND_HELP.get(name, name), value=value)
 

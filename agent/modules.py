@@ -4,6 +4,10 @@ with its digest, build id and package, published to the compacted modules topic.
 A map is built off the event pump's thread: it digests every mapped file the process
 has (a JVM maps a hundred), which the pump must not wait for. The DigestCache is shared
 with the pump, so a file is still hashed once.
+
+Bounded: at most MAX_QUEUED maps wait; a map offered to a full queue is counted
+("queue_full") and not published (the processor then names that process's packages only
+from other maps, and its windows may wait out their symbol wait: both counted there).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
+from cachetools import LRUCache
+
 from runtime_signals.schemas import codec
 
 from runtime_signals.agent.perfmap import JitModule
@@ -27,6 +33,8 @@ from runtime_signals.agent.symtab import read_build_id
 log = logging.getLogger(__name__)
 
 MODULE_MAP = "io.runtimesignals.ModuleMap"
+MAX_QUEUED = 4096
+MAX_BUILD_IDS = 1 << 16
 
 
 def module_map_key(host: str, pid: int, start_ticks: int) -> str:
@@ -42,7 +50,11 @@ class ModuleMapBuilder:
         self._purls = node.purls
         self.host = host
         self._agent_id = agent_id
-        self._build_ids: dict[FileIdentity, str | None] = {}
+        self._build_ids: LRUCache[FileIdentity, str | None] = LRUCache(MAX_BUILD_IDS)
+
+    @property
+    def build_ids_cached(self) -> int:
+        return len(self._build_ids)
 
     def _build_id(self, path: Path) -> str | None:
         identity = file_identity(path)
@@ -96,9 +108,10 @@ class ModuleMapPublisher:
         self._topic = topic
         self._registry = registry
         self._builder = builder
-        # (process, its mappings or its record already built, version, its JIT code units)
+        # (process, its mappings or its record already built, version, its JIT code units);
+        # bounded: a full queue drops the map (counted as queue_full), it is offered again on change.
         self._queue: queue.Queue[tuple[ProcessInfo, list[Mapping] | dict[str, Any], int, Sequence[JitModule]]
-                                 | None] = queue.Queue()
+                                 | None] = queue.Queue(MAX_QUEUED)
         self.counts: Counter[str] = Counter()
         self._thread = threading.Thread(target=self._work, name="module-maps", daemon=True)
         self._thread.start()
@@ -106,7 +119,14 @@ class ModuleMapPublisher:
     def offer(self, process: ProcessInfo, mappings: list[Mapping], version: int,
               jit: Sequence[JitModule] = ()) -> None:
         """Queue the map of process (ProcessTable calls this on first sight and on change)."""
-        self._queue.put((process, list(mappings), version, tuple(jit)))
+        try:
+            self._queue.put_nowait((process, list(mappings), version, tuple(jit)))
+        except queue.Full:
+            self.counts["queue_full"] += 1
+
+    def sizes(self) -> dict[str, int]:
+        """Entries held, for /metrics."""
+        return {"module_maps_queued": self._queue.qsize(), "build_ids": self._builder.build_ids_cached}
 
     def offer_now(self, process: ProcessInfo, mappings: list[Mapping], version: int,
                   jit: Sequence[JitModule] = ()) -> None:
@@ -118,11 +138,14 @@ class ModuleMapPublisher:
             self.counts["failed"] += 1
             log.exception("building the module map of pid %d failed", process.pid)
             return
-        self._queue.put((process, record, version, tuple(jit)))
+        try:
+            self._queue.put_nowait((process, record, version, tuple(jit)))
+        except queue.Full:
+            self.counts["queue_full"] += 1
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Publish the maps already offered, then stop the worker."""
-        self._queue.put(None)
+        self._queue.put(None, timeout=timeout_s)
         self._thread.join(timeout_s)
 
     def _work(self) -> None:

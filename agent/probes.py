@@ -17,12 +17,14 @@ import os
 import struct
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from runtime_signals import bpf as bpf_sources
 
 from runtime_signals.agent import bpfsys
 from runtime_signals.agent.errors import BpfLoadError, ConfigError, ProbeError
+from runtime_signals.agent.pinning import PINNED_MAPS, PinnedGeneration, remove_pins
 from runtime_signals.agent.tracefs import UprobeEvents
 from runtime_signals.agent.wire import COUNTER_NAMES, FLAG_STACK_ERROR, FLAG_STACK_TRUNCATED, DedupKey, ProbeConfig, call_event_type
 
@@ -231,6 +233,44 @@ class CallTracer:
         self.attached: list[AttachedProbe] = []
         self._links: dict[int, bpfsys.UprobeLink | None] = {}
         self._retired: set[int] = set()
+        self._pin_dir: Path | None = None
+        # An earlier agent's pinned probes (agent/pinning.py), by (file, offset): each is
+        # closed just before this tracer links the same function, so no call runs both.
+        self._adopted: PinnedGeneration | None = None
+        self._adopted_by_site: dict[tuple[str, int], int] = {}
+        self._hits_before: dict[int, int] = {}  # per probe: hits counted while an old probe still ran
+
+    # --- pinning ------------------------------------------------------------------
+
+    def pin(self, directory: Path) -> None:
+        """Pin the maps an agent restarted after a crash needs, and every probe's link from
+        now on, in directory (on bpffs): the kernel keeps counting while no agent runs."""
+        (directory / "links").mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self._pin_dir = directory  # first: unpin() then removes whatever was pinned
+            for name in PINNED_MAPS:
+                bpfsys.pin(self._bpf[name].get_fd(), directory / name)
+            for index, link in self._links.items():
+                if link is not None:
+                    bpfsys.pin(link.link_fd, directory / "links" / str(index))
+
+    @property
+    def pin_dir(self) -> Path | None:
+        return self._pin_dir
+
+    def adopt(self, generation: PinnedGeneration, sites: dict[int, tuple[str, int]]) -> None:
+        """Take over an earlier agent's pinned probes: sites names each old probe's (file,
+        offset); attach() closes the old link of the same site right before linking."""
+        with self._lock:
+            self._adopted = generation
+            self._adopted_by_site = {site: index for index, site in sites.items()}
+
+    def unpin(self) -> None:
+        """Remove every pin (a clean stop): the probes detach when this process lets go."""
+        with self._lock:
+            directory, self._pin_dir = self._pin_dir, None
+        if directory is not None:
+            remove_pins(directory)
 
     # --- probes -------------------------------------------------------------------
 
@@ -252,7 +292,21 @@ class CallTracer:
             probe = AttachedProbe(spec, path.decode(), file_offset, index)
             self.set_limits(probe, limits or self.default_limits)
             self._event_ids[index] = self._uprobes.create(index, probe.path, file_offset)
-            self._links[index] = self._link(probe)
+            old = self._adopted_by_site.pop((probe.path, file_offset), None)
+            generation = self._adopted
+            if old is not None and generation is not None:
+                # The old probe is closed once the new event counts hits: a call in between
+                # is a hit without a program run, counted as probe_transition. The hits the
+                # new event counted while the old program still ran are the old program's
+                # calls: read just before closing it and left out, so that only the few in
+                # flight between that read and the close can be counted twice (as a
+                # transition), and none is missed.
+                def hand_over(index: int = index, old: int = old, generation: PinnedGeneration = generation) -> None:
+                    self._hits_before[index] = self._uprobes.hits().get(index, 0)
+                    generation.close_link(old)
+                self._links[index] = self._link(probe, before_link=hand_over)
+            else:
+                self._links[index] = self._link(probe)
             self.attached.append(probe)
         log.info("attached probe %s at %s+0x%x (index %d)", spec.probe_id, probe.path, file_offset, index)
         return probe
@@ -272,6 +326,8 @@ class CallTracer:
         with self._lock:
             link = self._links.get(probe.index)
             if link is not None:
+                if self._pin_dir is not None:  # the pin holds the link too
+                    (self._pin_dir / "links" / str(probe.index)).unlink(missing_ok=True)
                 link.close()
                 self._links[probe.index] = None
 
@@ -288,9 +344,13 @@ class CallTracer:
             if self._links.get(probe.index) is None and probe.index not in self._retired:
                 self._links[probe.index] = self._link(probe)
 
-    def _link(self, probe: AttachedProbe) -> bpfsys.UprobeLink:
-        return bpfsys.attach_trace_event(self._prog_fd, self._event_ids[probe.index], probe.index,
-                                         f"uprobe {probe.path}+0x{probe.file_offset:x}")
+    def _link(self, probe: AttachedProbe, before_link: Callable[[], object] | None = None) -> bpfsys.UprobeLink:
+        link = bpfsys.attach_trace_event(self._prog_fd, self._event_ids[probe.index], probe.index,
+                                         f"uprobe {probe.path}+0x{probe.file_offset:x}",
+                                         before_link)
+        if self._pin_dir is not None:
+            bpfsys.pin(link.link_fd, self._pin_dir / "links" / str(probe.index))
+        return link
 
     def detach_all(self) -> None:
         with self._lock:
@@ -317,6 +377,17 @@ class CallTracer:
             return 0
 
         self._events.open_ring_buffer(_handle)
+
+    @property
+    def event_type(self) -> type[ctypes.Structure]:
+        return self._event_type
+
+    def remove_stale_events(self) -> None:
+        """Delete tracefs events dead agents left (those of adopted probes once closed)."""
+        self._uprobes.remove_stale(timeout_s=1.0)
+
+    def to_raw_call(self, raw: ctypes.Structure) -> RawCall:
+        return self._to_raw_call(raw)
 
     def _to_raw_call(self, raw: ctypes.Structure) -> RawCall:
         count = min(raw.frame_count, self.max_frames)
@@ -390,7 +461,8 @@ class CallTracer:
         hits = self._uprobes.hits() if hits is None else hits
         base = probe.index * len(COUNTER_NAMES)
         counters = {name: int(sum(self._counters[ctypes.c_int(base + i)])) for i, name in enumerate(COUNTER_NAMES)}
-        counters["hits"] = max(hits.get(probe.index, counters["calls"]), counters["calls"])
+        own_hits = hits.get(probe.index, counters["calls"]) - self._hits_before.get(probe.index, 0)
+        counters["hits"] = max(own_hits, counters["calls"])
         return counters
 
     def all_probe_counters(self) -> dict[int, dict[str, int]]:
@@ -445,6 +517,7 @@ class CallTracer:
 
     def close(self) -> None:
         self.detach_all()
+        self.unpin()
         self._uprobes.remove_all()
         if self._ringbuf_positions is not None:
             for page in self._ringbuf_positions:

@@ -20,7 +20,7 @@ from typing import Callable
 
 from runtime_signals.agent.identity import CgroupDirectory, ContainerResolver, PodDirectory, host_id
 from runtime_signals.agent.perfmap import _JDK_PACKAGES, JitModule, PerfMaps, jit_digest, jvm_class_name, node_source_path
-from runtime_signals.agent.procmaps import DigestCache, Mapping, ProcessMaps, ResolvedAddress
+from runtime_signals.agent.procmaps import DigestCache, Mapping, ProcessMaps, ResolvedAddress, parse_maps
 from runtime_signals.agent.purl import PurlResolver
 from runtime_signals.agent.runtime import RuntimeResolver
 
@@ -63,6 +63,8 @@ class ExecutableIdentity:
     binary_digest: str | None
     purl: str | None
     comm: str
+    # The executable is being hashed in the background (background_hashing): ask again later.
+    pending: bool = False
 
 
 @dataclass
@@ -98,15 +100,19 @@ def read_start_ticks(proc: Path) -> int:
 class ProcessTable:
     def __init__(self, on_new_binary: NewBinaryCallback | None = None, proc_root: Path = Path("/proc"),
                  on_module_map: ModuleMapCallback | None = None, node: NodeFiles | None = None,
-                 perf_maps: PerfMaps | None = None, on_jit_code: JitCodeCallback | None = None) -> None:
+                 perf_maps: PerfMaps | None = None, on_jit_code: JitCodeCallback | None = None,
+                 background_hashing: bool = False) -> None:
         self._proc_root = proc_root
         node = node or NodeFiles()
         self.digests = node.digests
-        self.maps = ProcessMaps(self.digests, proc_root, on_new_file=self._new_file)
+        self.maps = ProcessMaps(self.digests, proc_root, on_new_file=self._new_file,
+                                background_hashing=background_hashing)
+        self._background = background_hashing
         self.purls = node.purls
         self._containers = ContainerResolver(proc_root, host=node.host, cgroups=node.cgroups)
         self._runtimes = RuntimeResolver(proc_root)
         self._pods = node.pods
+        self._cgroups = node.cgroups
         self._on_new_binary = on_new_binary
         self._on_module_map = on_module_map
         self._info: dict[int, ProcessInfo] = {}
@@ -158,6 +164,10 @@ class ProcessTable:
             self._info[pid] = info
         return info
 
+    @property
+    def proc_root(self) -> Path:
+        return self._proc_root
+
     def resolve_frames(self, pid: int, addresses: tuple[int, ...]) -> list[ResolvedAddress]:
         """Each address as (file, digest, offset), innermost first like the input; the first
         (the probed function's) also carries the purl of its file. The other frames' packages
@@ -171,6 +181,15 @@ class ProcessTable:
         """Learn now, while pid is alive (held), all that its calls need later: identity,
         runtime, mappings with their digests, the packages of its files. Returns (process,
         mappings, maps version) for its module map, which the caller builds now too."""
+        # Hash its files first, outside the table's lock (DigestCache has its own, per file):
+        # the pump resolves other processes' frames meanwhile instead of waiting behind a
+        # large new binary; prime() below then finds every digest cached.
+        root = self._proc_root / str(pid) / "root"
+        try:
+            for mapping in parse_maps((self._proc_root / str(pid) / "maps").read_text()):
+                self.digests.digest(root / mapping.path.lstrip("/"))
+        except OSError:
+            pass  # gone already: prime() finds nothing either
         with self._lock:
             info = self._describe(pid)
             mappings = self.maps.prime(pid)
@@ -186,7 +205,7 @@ class ProcessTable:
             frames = self._name_jit_frames(pid, frames)
         maps_version = self.maps.version(pid)
         top = frames[0] if frames else None
-        if top is not None and top.path is not None:
+        if top is not None and top.path is not None and not top.pending:
             frames[0] = ResolvedAddress(top.address, top.path, top.binary_digest, top.binary_offset,
                                         self._purl(pid, maps_version, top.path))
         self._report_module_map(pid)
@@ -286,11 +305,18 @@ class ProcessTable:
             return cached[1]
         info = self.describe(pid)
         digest = purl = None
+        pending = False
         if info.executable:
             digest = next((f.binary_digest for f in frames if f.path == info.executable and f.binary_digest), None)
-            digest = digest or self.digests.digest(self._proc_root / str(pid) / "exe")
+            if digest is None:
+                exe = self._proc_root / str(pid) / "exe"
+                if self._background:  # the pump never hashes: the background hasher does
+                    settled, digest = self.digests.lookup(exe)
+                    pending = not settled
+                else:
+                    digest = self.digests.digest(exe)
             purl = self._purl(pid, version, info.executable)
-        identity = ExecutableIdentity(info.executable or None, digest, purl, info.comm)
+        identity = ExecutableIdentity(info.executable or None, digest, purl, info.comm, pending)
         if info.executable:
             self._executables[pid] = (version, identity)
         return identity
@@ -311,10 +337,29 @@ class ProcessTable:
             by_path[path] = self.purls.purl(self._proc_root / str(pid) / "root", path)
         return by_path[path]
 
+    def sizes(self) -> dict[str, int]:
+        """Entries held here and in the caches shared with the node, for /metrics."""
+        sizes = {"processes": len(self._info), "runtimes": self._runtimes.size(), "process_purls": len(self._purls),
+                 "digests": len(self.digests), "digests_queued": self.digests.queued(),
+                 "containers": self._containers.size(),
+                 "cgroups": len(self._cgroups), "pods": len(self._pods), "jit_processes": len(self._jit_modules),
+                 "jar_indexes": len(self._jars), "executables": len(self._executables),
+                 "gone_pending": len(self._gone)}
+        sizes.update(self.maps.sizes())
+        sizes.update(self.purls.sizes())
+        return sizes
+
     def forget_exited(self) -> int:
-        """Drop what is known of processes seen gone at the previous sweep too; returns how many."""
+        """Drop what is known of processes seen gone at the previous sweep too; returns how many.
+        One sweep late: calls read just after an exit still resolve (loader holds, the ring
+        buffer's backlog)."""
         with self._lock:
-            gone_now = {pid for pid in self.maps.known_pids() if not (self._proc_root / str(pid)).exists()}
+            # Every table keyed by pid: a process whose calls were all filtered out was described
+            # (its container, for the selector) without its maps ever being read.
+            known = set(self.maps.known_pids()) | set(self._info) | set(self._purls)
+            known |= set(self._containers.known_pids()) | set(self._runtimes.known_pids())
+            known |= set(self._reported_versions) | set(self._jit_modules) | set(self._jars) | set(self._executables)
+            gone_now = {pid for pid in known if not (self._proc_root / str(pid)).exists()}
             forget = gone_now & self._gone
             self._gone = gone_now - forget
             for pid in forget:

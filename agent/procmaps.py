@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import threading
 from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
+
+from cachetools import LRUCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,9 @@ class ResolvedAddress:
     binary_digest: str | None
     binary_offset: int | None
     purl: str | None = None  # set for the probed function's frame only (ProcessTable)
+    # Its file is being hashed on the background hasher: binary_digest is not known yet
+    # (ProcessMaps with background_hashing; the caller asks again later).
+    pending: bool = False
 
 
 def parse_maps(text: str) -> list[Mapping]:
@@ -77,28 +83,100 @@ def file_identity(path: str | os.PathLike[str]) -> FileIdentity | None:
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+# Distinct file versions whose digest is kept: a node that pulls new images for months
+# meets ever more files; the least recently used digest is computed again if needed.
+MAX_CACHED_DIGESTS = 1 << 16
+# Files waiting for the background hasher; a file not queued (full) is asked for again later.
+MAX_QUEUED_HASHES = 256
+
+
 class DigestCache:
     """SHA-256 digests of files, keyed by their identity so a file is read once, whichever
-    path (host, /proc/<pid>/root/...) and whichever thread asks."""
+    path (host, /proc/<pid>/root/...) and whichever thread asks. At most max_entries
+    digests are kept (least recently used first out).
 
-    def __init__(self, chunk_bytes: int = 1 << 20) -> None:
+    Two threads asking for the same new file wait for one read of it; threads asking for
+    other files never wait: each file being hashed has its own lock, so the event pump is
+    not held behind the module-map worker hashing a large binary it does not need."""
+
+    def __init__(self, chunk_bytes: int = 1 << 20, max_entries: int = MAX_CACHED_DIGESTS) -> None:
         self._chunk_bytes = chunk_bytes
-        self._by_identity: dict[FileIdentity, str] = {}
-        self._lock = threading.Lock()
+        self._by_identity: LRUCache[FileIdentity, str] = LRUCache(max_entries)
+        self._lock = threading.Lock()  # guards the two dicts only, never held across a read
+        self._hashing: dict[FileIdentity, threading.Lock] = {}
         self.files_hashed = 0
+        # Background hashing (lookup()): files that could not be read, files queued.
+        self._unreadable: LRUCache[FileIdentity, bool] = LRUCache(max_entries)
+        self._scheduled: set[FileIdentity] = set()
+        self._queue: queue.Queue[tuple[FileIdentity, str | os.PathLike[str]]] = queue.Queue(MAX_QUEUED_HASHES)
+        self._hasher: threading.Thread | None = None
+        self.completed = 0  # background hashes finished: a change tells waiters to look again
+
+    def __len__(self) -> int:
+        return len(self._by_identity)
+
+    def known(self, path: str | os.PathLike[str]) -> str | None:
+        """The digest if it is already known, without reading the file."""
+        identity = file_identity(path)
+        if identity is None:
+            return None
+        with self._lock:
+            return self._by_identity.get(identity)
+
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    def lookup(self, path: str | os.PathLike[str]) -> tuple[bool, str | None]:
+        """(settled, digest) without ever reading the file on the caller's thread: settled
+        is False while the file waits for (or is under) the background hasher, which this
+        call asks for it; True with the digest, or with None for a file that cannot be read."""
+        identity = file_identity(path)
+        if identity is None:
+            return True, None
+        with self._lock:
+            cached = self._by_identity.get(identity)
+            if cached is not None:
+                return True, cached
+            if identity in self._unreadable:
+                return True, None
+            if identity in self._scheduled:
+                return False, None
+            try:
+                self._queue.put_nowait((identity, path))
+            except queue.Full:
+                return False, None  # asked again on the caller's next look
+            self._scheduled.add(identity)
+            if self._hasher is None:
+                self._hasher = threading.Thread(target=self._hash_in_background, name="digests", daemon=True)
+                self._hasher.start()
+        return False, None
+
+    def _hash_in_background(self) -> None:
+        while True:
+            identity, path = self._queue.get()
+            try:
+                value = self.digest(path)
+            except Exception:  # never let the hasher die: every later file would wait forever
+                value = None
+            with self._lock:
+                if value is None:
+                    self._unreadable[identity] = True
+                self._scheduled.discard(identity)
+                self.completed += 1
 
     def digest(self, path: str | os.PathLike[str]) -> str | None:
         """'sha256:<hex>' of the file, or None when it cannot be read (gone, no access)."""
         identity = file_identity(path)
         if identity is None:
             return None
-        cached = self._by_identity.get(identity)
-        if cached is not None:
-            return cached
-        # One hasher at a time: the event pump and the module-map worker may meet the same
-        # new file, and reading it twice would double the cost this cache exists to avoid.
         with self._lock:
             cached = self._by_identity.get(identity)
+            if cached is not None:
+                return cached
+            file_lock = self._hashing.setdefault(identity, threading.Lock())
+        with file_lock:
+            with self._lock:
+                cached = self._by_identity.get(identity)
             if cached is not None:
                 return cached
             hasher = hashlib.sha256()
@@ -107,10 +185,14 @@ class DigestCache:
                     while chunk := handle.read(self._chunk_bytes):
                         hasher.update(chunk)
             except OSError:
-                return None
-            value = "sha256:" + hasher.hexdigest()
-            self._by_identity[identity] = value
-            self.files_hashed += 1
+                value = None
+            else:
+                value = "sha256:" + hasher.hexdigest()
+            with self._lock:
+                if value is not None:
+                    self._by_identity[identity] = value
+                    self.files_hashed += 1
+                self._hashing.pop(identity, None)
             return value
 
 
@@ -132,8 +214,13 @@ class _ProcessView:
         self.digests: dict[Mapping, str | None] = {}  # once per (process, mapping)
         self.addresses: dict[int, ResolvedAddress] = {}
         # Addresses in no mapping as of the last read: re-reading the maps for them again
-        # would cost a read per call when a walk yields junk words.
+        # would cost a read per call when a walk yields junk words. Cleared past
+        # MAX_CACHED_ADDRESSES like the addresses (a clear costs one re-read of the maps).
         self.misses: set[int] = set()
+
+
+class _Pending(Exception):
+    """The file is being hashed in the background (ProcessMaps._digest_of)."""
 
 
 class ProcessMaps:
@@ -146,7 +233,10 @@ class ProcessMaps:
     file is reported through on_new_file once per (process, mapping)."""
 
     def __init__(self, digests: DigestCache, proc_root: Path = Path("/proc"),
-                 on_new_file: NewFileCallback | None = None) -> None:
+                 on_new_file: NewFileCallback | None = None, background_hashing: bool = False) -> None:
+        # background_hashing: a frame whose file is not hashed yet comes back pending
+        # instead of waiting for the whole file to be read (the event pump's mode).
+        self._background = background_hashing
         self._digests = digests
         self._proc_root = proc_root
         self._on_new_file = on_new_file
@@ -163,6 +253,12 @@ class ProcessMaps:
 
     def known_pids(self) -> list[int]:
         return list(self._by_pid)
+
+    def sizes(self) -> dict[str, int]:
+        """Entries held, for /metrics: processes, resolved addresses and misses over them."""
+        views = list(self._by_pid.values())
+        return {"process_maps": len(views), "resolved_addresses": sum(len(v.addresses) for v in views),
+                "address_misses": sum(len(v.misses) for v in views)}
 
     def mappings(self, pid: int, refresh: bool = False) -> list[Mapping]:
         return self._view(pid, refresh).mappings
@@ -204,7 +300,11 @@ class ProcessMaps:
         if unknown:
             view = self._view(pid, refresh=True)
             resolved = [r if r.path is not None else self._resolve_one(pid, view, r.address) for r in resolved]
-            view.misses.update(r.address for r in resolved if r.path is None)
+            for r in resolved:
+                if r.path is None:
+                    if len(view.misses) >= MAX_CACHED_ADDRESSES:
+                        view.misses.clear()
+                    view.misses.add(r.address)
         return resolved
 
     def prime(self, pid: int) -> list[Mapping]:
@@ -215,11 +315,19 @@ class ProcessMaps:
             self._digest_of(pid, view, mapping)
         return view.mappings
 
-    def _digest_of(self, pid: int, view: _ProcessView, mapping: Mapping) -> str | None:
+    def _digest_of(self, pid: int, view: _ProcessView, mapping: Mapping, wait: bool = True) -> str | None:
+        """The mapped file's digest. wait=False (the pump, with background hashing): raises
+        _Pending instead of hashing a file not hashed yet."""
         if mapping in view.digests:
             return view.digests[mapping]
         # Read through the process's root so files inside containers are found.
-        digest = self._digests.digest(self._proc_root / str(pid) / "root" / mapping.path.lstrip("/"))
+        host_path = self._proc_root / str(pid) / "root" / mapping.path.lstrip("/")
+        if self._background and not wait:
+            settled, digest = self._digests.lookup(host_path)
+            if not settled:  # nothing cached: asked again until the hasher is done
+                raise _Pending
+        else:
+            digest = self._digests.digest(host_path)
         view.digests[mapping] = digest
         if digest is not None and self._on_new_file is not None:
             self._on_new_file(pid, mapping, digest)
@@ -230,7 +338,11 @@ class ProcessMaps:
         if index < 0 or not view.mappings[index].contains(address):
             return ResolvedAddress(address, None, None, None)
         mapping = view.mappings[index]
-        digest = self._digest_of(pid, view, mapping)
+        try:
+            digest = self._digest_of(pid, view, mapping, wait=False)
+        except _Pending:
+            return ResolvedAddress(address, mapping.path, None, address - mapping.start + mapping.file_offset,
+                                   pending=True)
         result = ResolvedAddress(address, mapping.path, digest, address - mapping.start + mapping.file_offset)
         if len(view.addresses) >= MAX_CACHED_ADDRESSES:
             view.addresses.clear()

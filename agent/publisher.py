@@ -9,7 +9,9 @@ whichever client (Java, aiokafka, librdkafka) wrote them.
 
 Broker outages. librdkafka retries every record it holds until delivered
 (message.timeout.ms = 0: no local timeout), in memory bounded by queue_max_kbytes. What
-does not fit goes to the on-disk spool (agent/spool.py), and while the spool holds
+does not fit goes to the on-disk spool (agent/spool.py), and so does every record once
+no acknowledgement came for outage_after_ms while records wait (broker_away): memory dies
+with a killed agent, the spool does not. While the spool holds
 anything every new record goes behind it, so order is kept: librdkafka's queue holds the
 oldest records, the spool the next, new ones join the spool's end. Each pass of the
 pump moves records from the spool's head into librdkafka while it has room, so the
@@ -63,6 +65,9 @@ class ProducerSettings:
     # metadata_retry_ms after a failed one.
     metadata_timeout_ms: int = 5_000
     metadata_retry_ms: int = 1_000
+    # With a spool: no acknowledgement for this long while records wait means the broker is
+    # away, and new records go to the spool instead of librdkafka's memory.
+    outage_after_ms: int = 2_000
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def librdkafka_config(self) -> dict[str, object]:
@@ -104,6 +109,9 @@ class Publisher:
         self._metadata_stop = threading.Event()
         self._closing = False
         self._purged: list[SpoolRecord] = []
+        # Broker outage detection, for the spool: records wait in librdkafka and none has
+        # been acknowledged for outage_after_ms.
+        self._last_ack_ns = time.monotonic_ns()
         if spool is not None:
             # Records an earlier run left in the spool are this run's to deliver.
             self.pending_calls = spool.calls
@@ -118,7 +126,9 @@ class Publisher:
         with self._lock:
             self.produced += 1
             self.pending_calls += calls
-            if self._spool is not None and self._spool:
+            # While the broker is away, new records go to disk, not librdkafka's memory:
+            # a process killed then (SIGKILL, OOM) loses what memory held, the spool keeps it.
+            if self._spool is not None and (self._spool or self.broker_away()):
                 self._to_spool(record)
             elif not self._to_kafka(record):
                 self._to_spool(record)
@@ -153,6 +163,7 @@ class Publisher:
         # other threads (statistics, metrics) and the spool.
         with self._lock:
             if err is None:
+                self._last_ack_ns = time.monotonic_ns()
                 self.delivered += 1
                 self.delivered_calls += calls
                 self.pending_calls -= calls
@@ -172,10 +183,14 @@ class Publisher:
 
     def pump(self, max_records: int = 10_000) -> int:
         """Move records from the spool's head into librdkafka while it has room; returns how many."""
-        if self._spool is None or self._closing:
-            return 0
+        if self._spool is None or self._closing or self.broker_away():
+            return 0  # away: the records stay on disk until librdkafka delivers again
         moved = 0
         high_water = self._settings.queue_max_messages // 2
+        if time.monotonic_ns() - self._last_ack_ns > self._settings.outage_after_ms * 1_000_000:
+            # Nothing acknowledged for a while and nothing waiting: is the broker back? One
+            # record finds out; a batch moved into memory now would die with a killed agent.
+            max_records = 1
         with self._lock:
             while moved < max_records and len(self._producer) < high_water:
                 record = self._spool.peek()
@@ -186,6 +201,13 @@ class Publisher:
         if moved:
             self._producer.poll(0)
         return moved
+
+    def broker_away(self) -> bool:
+        """Records wait in librdkafka and none was acknowledged for outage_after_ms. Once
+        the broker answers again, the records still in librdkafka are acknowledged and the
+        spool drains; with nothing in librdkafka, a pump moves one batch in to find out."""
+        return (len(self._producer) > 0
+                and time.monotonic_ns() - self._last_ack_ns > self._settings.outage_after_ms * 1_000_000)
 
     # --- metadata -----------------------------------------------------------------
 

@@ -9,7 +9,9 @@ So a wheel's extension module is pkg:pypi/… even inside a Debian image, and li
 pkg:deb/debian/zlib1g@….
 
 Results are cached by file identity (device, inode, mtime, size), and each root's OS index
-by the identity of its database, so each is read once.
+by the identity of its database (not by /proc/<pid>/root: every process of one image shares
+one index, and an exited process leaves nothing behind), so each is read once. Every cache
+is bounded (least recently used out); sizes() reports them for /metrics.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import threading
 import zipfile
 from pathlib import Path
 
+from cachetools import LRUCache
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from packageurl import PackageURL
@@ -38,6 +41,11 @@ log = logging.getLogger(__name__)
 
 _GO_MAGIC = b"\xff Go buildinf:"
 _SITE_DIRS = ("/site-packages/", "/dist-packages/")
+# Bounds of the caches. An OS index is the largest (a full distribution's dpkg index is some
+# 100,000 paths): a few dozen distinct images at once is plenty; another is read again.
+MAX_CACHED_FILES = 1 << 16
+MAX_OS_INDEXES = 32
+MAX_SITE_INDEXES = 256
 _OS_DATABASES = ("var/lib/dpkg/status", "var/lib/rpm/rpmdb.sqlite", "usr/lib/sysimage/rpm/rpmdb.sqlite",
                  "lib/apk/db/installed")
 
@@ -160,12 +168,22 @@ def resolve_in_root(root: Path, path: str, max_links: int = 40) -> str:
 class PurlResolver:
     """purl of a file seen from a process's root; thread-safe, cached."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_files: int = MAX_CACHED_FILES, max_os_indexes: int = MAX_OS_INDEXES,
+                 max_site_indexes: int = MAX_SITE_INDEXES) -> None:
         self._lock = threading.Lock()
-        self._by_file: dict[FileIdentity, str | None] = {}
-        self._os_index: dict[tuple[str, FileIdentity | None], tuple[dict[str, OsPackage], OsRelease | None]] = {}
-        self._site_index: dict[tuple[str, FileIdentity | None], dict[str, str]] = {}
+        self._by_file: LRUCache[FileIdentity, str | None] = LRUCache(max_files)
+        # Keyed by the identities of the package database and of etc/os-release: the same
+        # image's files answer the same whichever process's root they are read through.
+        self._os_index: LRUCache[tuple[FileIdentity | None, FileIdentity | None],
+                                 tuple[dict[str, OsPackage], OsRelease | None]] = LRUCache(max_os_indexes)
+        self._site_index: LRUCache[tuple[str, FileIdentity], dict[str, str]] = LRUCache(max_site_indexes)
         self.lookups = 0
+
+    def sizes(self) -> dict[str, int]:
+        """Entries held, for /metrics."""
+        with self._lock:
+            return {"purl_files": len(self._by_file), "purl_os_indexes": len(self._os_index),
+                    "purl_site_indexes": len(self._site_index)}
 
     def purl(self, root: Path, path: str) -> str | None:
         """The package URL of the file at path (as the process sees it) under root."""
@@ -174,28 +192,30 @@ class PurlResolver:
         identity = file_identity(host_path)
         if identity is None:
             return None
-        if identity in self._by_file:
-            return self._by_file[identity]
         with self._lock:
-            if identity not in self._by_file:
-                self.lookups += 1
-                try:
-                    self._by_file[identity] = self._resolve(root, path, host_path)
-                except Exception:  # a malformed package database must not cost the event
-                    log.exception("resolving the package of %s under %s failed", path, root)
-                    self._by_file[identity] = None
-            return self._by_file[identity]
+            if identity in self._by_file:
+                return self._by_file[identity]
+            self.lookups += 1
+            try:
+                found = self._resolve(root, path, host_path)
+            except Exception:  # a malformed package database must not cost the event
+                log.exception("resolving the package of %s under %s failed", path, root)
+                found = None
+            self._by_file[identity] = found
+            return found
 
     def _resolve(self, root: Path, path: str, host_path: Path) -> str | None:
         return (self._pypi(root, path) or self._npm(root, path) or self._maven(host_path)
                 or _golang_purl(host_path) or self._os_package(root, path))
 
     def _os_package(self, root: Path, path: str) -> str | None:
-        key = (str(root), next((file_identity(root / db) for db in _OS_DATABASES
-                                if file_identity(root / db) is not None), None))
-        if key not in self._os_index:
-            self._os_index[key] = (os_package_index(root), read_os_release(root))
-        index, release = self._os_index[key]
+        database = next((identity for identity in (file_identity(root / db) for db in _OS_DATABASES)
+                         if identity is not None), None)
+        key = (database, file_identity(root / "etc/os-release"))
+        found = self._os_index.get(key)
+        if found is None:
+            found = self._os_index[key] = (os_package_index(root), read_os_release(root))
+        index, release = found
         for variant in path_variants(path):
             package = index.get(variant)
             if package is not None:
@@ -208,10 +228,16 @@ class PurlResolver:
             return None
         site = path[:path.rfind(marker) + len(marker) - 1]
         site_dir = root / site.lstrip("/")
-        key = (str(site_dir), file_identity(site_dir))
-        if key not in self._site_index:
-            self._site_index[key] = _record_index(site_dir)
-        found = self._site_index[key].get(path[len(site) + 1:])
+        site_identity = file_identity(site_dir)
+        if site_identity is None:
+            return None
+        # The directory's identity (its device is the container's overlay) and its path in
+        # the root: one entry per image's site directory, not per process.
+        key = (site, site_identity)
+        index = self._site_index.get(key)
+        if index is None:
+            index = self._site_index[key] = _record_index(site_dir)
+        found = index.get(path[len(site) + 1:])
         if found is None:
             return None
         name, version = found.split("\0")

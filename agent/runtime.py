@@ -78,6 +78,12 @@ class RuntimeResolver:
     def forget(self, pid: int) -> None:
         self._by_pid.pop(pid, None)
 
+    def size(self) -> int:
+        return len(self._by_pid)
+
+    def known_pids(self) -> list[int]:
+        return list(self._by_pid)
+
     def _is_go(self, exe: Path) -> bool:
         # Reading the ELF headers costs ~25 ms in pyelftools: once per executable file, not
         # per process (every run of a short-lived program is a new process).

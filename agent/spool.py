@@ -75,6 +75,24 @@ class SpoolRecord:
         return cls(topic, key, value, None if partition < 0 else partition, calls, tuple(headers))
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace path's content with data so that a crash at any point leaves either the old
+    content or the new: a temporary file, fsynced, renamed over path, the directory fsynced."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 class Spool:
     """FIFO of SpoolRecords in `directory`, never more than `max_bytes` on disk. Thread-safe."""
 
@@ -158,12 +176,12 @@ class Spool:
             self._writer = None
         path = self._path(head)
         remainder = path.read_bytes()[self._head_offset:]
-        temporary = path.with_suffix(".tmp")
-        temporary.write_bytes(remainder)
-        os.replace(temporary, path)
+        # Cursor first: a crash between the two resends the consumed prefix (duplicates an
+        # event_id tells apart), where the other order would skip as many unsent bytes.
         self._peeked = None
         self._head_offset = 0
         self._write_cursor()
+        write_atomically(path, remainder)
 
     def _open_new_tail(self) -> None:
         if self._writer is not None:
@@ -200,10 +218,12 @@ class Spool:
             self._head_offset += size
             self._bytes -= size
             self._records = max(0, self._records - 1)
-            # The cursor is saved every 100 records, on segment ends and on close: after a
-            # crash at most that many records are sent twice (event_id tells them apart).
+            # The cursor is saved every 100 records, when the spool is drained, on segment ends
+            # and on close: after a crash at most 100 records are sent twice (event_id tells
+            # them apart).
             self._pops_since_cursor += 1
-            if self._pops_since_cursor >= 100:
+            if self._pops_since_cursor >= 100 or not self._bytes:
+                # Also once drained: a crash then must not send the drained records again.
                 self._write_cursor()
 
     def _read_at(self, sequence: int, offset: int) -> tuple[SpoolRecord, int] | None:
@@ -289,8 +309,10 @@ class Spool:
             return 0
 
     def _write_cursor(self) -> None:
+        """Write-then-rename: a crash leaves the old cursor or the new one, never an empty or
+        half-written file (which would read as 0 and resend the whole head segment)."""
         self._pops_since_cursor = 0
-        (self.directory / "cursor").write_text(f"{self._head_offset}\n")
+        write_atomically(self.directory / "cursor", f"{self._head_offset}\n".encode())
 
     def _count_records(self) -> tuple[int, int]:
         count = calls = 0

@@ -46,6 +46,7 @@ class Snapshot:
     bpf_run_time_ns: int
     memory_usage_bytes: int
     probes: tuple[ProbeFigures, ...] = field(default_factory=tuple)
+    caches: Mapping[str, int] = field(default_factory=dict)  # entries per long-lived cache/queue
     # Unwind maps (agent/unwind.py): rows used and capacity, map bytes, binaries by state.
     # On /metrics; their memory is in memory_usage_bytes with the other maps.
     unwind: Mapping[str, int] = field(default_factory=dict)
@@ -109,6 +110,36 @@ class DeliveryFigures:
     spool_bytes: int
 
 
+@dataclass(frozen=True)
+class BaseFigures:
+    """Figures earlier runs of this agent identity reached (agent/state.py): added to this
+    run's, so the statistics continue across restarts instead of starting from 0."""
+
+    total_calls: int = 0
+    delivered_calls: int = 0
+    dropped_calls: Mapping[str, int] = field(default_factory=dict)
+
+
+def account(counters: Mapping[str, int], delivery: DeliveryFigures, agent_dropped_calls: Mapping[str, int],
+            base: BaseFigures) -> tuple[int, int, dict[str, int]]:
+    """(total, delivered, dropped by reason) since the identity began, from this run's kernel
+    counters (summed over probes), delivery figures and agent drops, plus the base."""
+    calls = counters.get("calls", 0)
+    total = max(counters.get("hits", calls), calls)
+    dropped: dict[str, int] = {
+        # Trapped into the uprobe without the program running: mostly while a probe was
+        # being attached or detached (agent/tracefs.py), or skipped by the kernel.
+        "probe_transition": total - calls,
+        "ringbuf_full": counters.get("drop_ringbuf_full", 0),
+        "rate_limited": counters.get("drop_rate_limited", 0),
+        "nested": counters.get("drop_nested", 0),
+    }
+    for source in (delivery.dropped_calls_by_reason, agent_dropped_calls, base.dropped_calls):
+        for reason, lost in source.items():
+            dropped[reason] = dropped.get(reason, 0) + lost
+    return total + base.total_calls, delivery.delivered_calls + base.delivered_calls, dropped
+
+
 class StatsTracker:
     """Turns cumulative figures into a Snapshot, with rates over the interval since the
     previous one."""
@@ -119,23 +150,14 @@ class StatsTracker:
 
     def take(self, kernel: KernelFigures, delivery: DeliveryFigures, unique_call_paths: int,
              agent_dropped_calls: Mapping[str, int], probes: tuple[ProbeFigures, ...],
+             caches: Mapping[str, int] | None = None, base: BaseFigures | None = None,
              unwind: Mapping[str, int] | None = None) -> Snapshot:
         now_ns = time.monotonic_ns()
         cpu_ns = agent_cpu_ns()
-        calls = kernel.counters.get("calls", 0)
-        total = max(kernel.counters.get("hits", calls), calls)
-        dropped: dict[str, int] = {
-            # Trapped into the uprobe without the program running: mostly while a probe was
-            # being attached or detached (agent/tracefs.py), or skipped by the kernel.
-            "probe_transition": total - calls,
-            "ringbuf_full": kernel.counters.get("drop_ringbuf_full", 0),
-            "rate_limited": kernel.counters.get("drop_rate_limited", 0),
-            "nested": kernel.counters.get("drop_nested", 0),
-        }
-        for source in (delivery.dropped_calls_by_reason, agent_dropped_calls):
-            for reason, calls in source.items():
-                dropped[reason] = dropped.get(reason, 0) + calls
+        total, delivered, dropped = account(kernel.counters, delivery, agent_dropped_calls, base or BaseFigures())
         before_ns, before_total, before_cpu, before_bpf = self._previous or self._started
+        if self._previous is None:  # the rate of this run: earlier runs' calls are not in it
+            before_total = (base or BaseFigures()).total_calls
         elapsed_ns = max(1, now_ns - before_ns)
         bpf_ns = kernel.program.run_time_ns
         self._previous = (now_ns, total, cpu_ns, bpf_ns)
@@ -146,7 +168,7 @@ class StatsTracker:
             unique_call_paths=unique_call_paths,
             buffer_utilization_percent=100.0 * kernel.ringbuf_peak_bytes / max(1, kernel.ringbuf_size_bytes),
             dropped_by_reason=dropped,
-            delivered_events=delivery.delivered_calls,
+            delivered_events=delivered,
             pending_events=delivery.pending_calls,
             spool_bytes=delivery.spool_bytes,
             cpu_overhead_percent=100.0 * ((cpu_ns - before_cpu) + (bpf_ns - before_bpf)) / elapsed_ns,
@@ -154,5 +176,6 @@ class StatsTracker:
             bpf_run_time_ns=bpf_ns,
             memory_usage_bytes=resident_bytes() + kernel.map_memory_bytes,
             probes=probes,
+            caches=dict(caches or {}),
             unwind=dict(unwind or {}),
         )

@@ -3,6 +3,11 @@
 Reading an ELF symbol table takes milliseconds to seconds; done inline it would stall
 the ring-buffer pump and cost drops. A worker thread reads and produces instead
 (librdkafka's producer is thread-safe).
+
+Bounded: at most MAX_QUEUED tables wait; an offer that finds the queue full is counted
+("queue_full") and forgotten, so the next process mapping that file offers it again. The
+digests already published are remembered in an LRU: one published again after eviction
+costs a read and a compacted duplicate, never a wrong table.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import queue
 import threading
 from collections import Counter
 from pathlib import Path
+
+from cachetools import LRUCache
 
 from runtime_signals.schemas import codec
 
@@ -25,6 +32,8 @@ SYMBOL_TABLE = "io.runtimesignals.SymbolTable"
 # Well under the broker's default message.max.bytes (1 MiB) after compression is undone;
 # a chunk is symbols plus a few fixed fields (digest, build id, source: < 1 KiB).
 MAX_CHUNK_BYTES = 512 * 1024
+MAX_QUEUED = 1024
+MAX_REMEMBERED = 1 << 16
 
 
 class SymbolTablePublisher:
@@ -36,8 +45,8 @@ class SymbolTablePublisher:
         self._topic = topic
         self._registry = registry
         self._max_chunk_bytes = max_chunk_bytes
-        self._offered: set[str] = set()
-        self._queue: queue.Queue[tuple[str, Path, Path] | None] = queue.Queue()
+        self._offered: LRUCache[str, bool] = LRUCache(MAX_REMEMBERED)
+        self._queue: queue.Queue[tuple[str, Path, Path] | None] = queue.Queue(MAX_QUEUED)
         self.counts: Counter[str] = Counter()
         self._thread = threading.Thread(target=self._work, name="symbol-tables", daemon=True)
         self._thread.start()
@@ -46,8 +55,16 @@ class SymbolTablePublisher:
         """Publish the table of the file at path (seen from root) unless done already."""
         if binary_digest in self._offered:
             return
-        self._offered.add(binary_digest)
-        self._queue.put((binary_digest, path, root))
+        try:
+            self._queue.put_nowait((binary_digest, path, root))
+        except queue.Full:
+            self.counts["queue_full"] += 1
+            return
+        self._offered[binary_digest] = True
+
+    def sizes(self) -> dict[str, int]:
+        """Entries held, for /metrics."""
+        return {"symbol_tables_queued": self._queue.qsize(), "symbol_tables_remembered": len(self._offered)}
 
     def offer_jit(self, blob: JitModule) -> None:
         """Publish the one-name table of a JIT code blob (agent/perfmap.py) unless done already.
@@ -55,12 +72,12 @@ class SymbolTablePublisher:
         tables it would miss the processor's wait for the window that needs it."""
         if blob.binary_digest in self._offered:
             return
-        self._offered.add(blob.binary_digest)
+        self._offered[blob.binary_digest] = True
         self._publish_jit(blob)
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Finish the tables already offered, then stop the worker."""
-        self._queue.put(None)
+        self._queue.put(None, timeout=timeout_s)
         self._thread.join(timeout_s)
 
     def _work(self) -> None:

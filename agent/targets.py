@@ -29,6 +29,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from cachetools import LRUCache
+
 from runtime_signals.agent.selectors import is_pattern
 from runtime_signals.config.schema import TargetSettings
 from runtime_signals.agent.errors import ProbeError
@@ -46,6 +48,9 @@ log = logging.getLogger(__name__)
 Attach = Callable[[ProbeSpec], AttachedProbe]
 Detach = Callable[[AttachedProbe], None]
 ProbeKey = tuple[FileKey, str]  # (file, symbol or symbol@offset): one uprobe
+# Symbol indexes kept (one per file version): a file's index is needed while its targets
+# are resolved, then only if another target names it; a large library's index is megabytes.
+MAX_SYMBOL_INDEXES = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +127,7 @@ class TargetManager:
         self._containers = ContainerResolver(proc_root, host=host)
         self._pods = pods or PodDirectory()
         self.backing = BackingFiles(host_root)
-        self._symbols: dict[tuple[int, int], SymbolIndex] = {}
+        self._symbols: LRUCache[tuple[int, int], SymbolIndex] = LRUCache(MAX_SYMBOL_INDEXES)
         self._probe_ids: dict[tuple[tuple[int, int], str], str] = {}  # (file, symbol) -> probe id
         self._done: set[tuple[tuple[int, int], int]] = set()          # (file, target) handled
         self._files: list[dict[tuple[int, int], str]] = [{} for _ in targets]
@@ -433,6 +438,10 @@ class TargetManager:
     def _clear_missing(self, key: str) -> None:
         if self.missing.pop(key, None) is not None:
             log.info("%s: found now", key)
+
+    def sizes(self) -> dict[str, int]:
+        """Entries held, for /metrics."""
+        return {"symbol_indexes": len(self._symbols), "target_files": len(self._done)}
 
     def forget_file(self, host_path: str) -> None:
         """A probed file changed in place (agent/filewatch.py retired its probes): resolve its

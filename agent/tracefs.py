@@ -99,12 +99,15 @@ class UprobeEvents:
                     log.warning("%s", exc)
                     return False
                 if time.monotonic() >= deadline:
-                    log.warning("uprobe event %s still busy after %.0fs; left in tracefs", name, timeout_s)
+                    (log.warning if timeout_s else log.debug)("uprobe event %s still busy after %.0fs; left in "
+                                                              "tracefs", name, timeout_s)
                     return False
                 time.sleep(0.05)
 
-    def remove_stale(self) -> None:
-        """Delete events of agents that are no longer running (a crash leaves them behind)."""
+    def remove_stale(self, timeout_s: float = 0.0) -> None:
+        """Delete events of agents that are no longer running (a crash leaves them behind).
+        An event still in use (a dead agent's probe pinned in bpffs, agent/pinning.py) is
+        left until that probe is taken over: tried once at start, again after adoption."""
         events = self.root / "events"
         for group_dir in events.glob("rsig_*"):
             match = _GROUP.match(group_dir.name)
@@ -112,7 +115,7 @@ class UprobeEvents:
                 continue
             for event_dir in group_dir.iterdir():
                 if event_dir.is_dir():
-                    self._remove(event_dir.name, 1.0, group=group_dir.name)
+                    self._remove(event_dir.name, timeout_s, group=group_dir.name)
 
     def _write(self, line: str, what: str) -> None:
         try:

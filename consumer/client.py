@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 SUMMARY = "io.runtimesignals.RuntimeSignalSummary"
 CONTAINER_STATE = "io.runtimesignals.ContainerState"
+# A summary is written when its window closes, so a window overlapping [since, ...) was
+# written at or after `since` by the processor's clock. This much earlier is read as well,
+# for clocks that disagree between the agents (event time) and the processor (record time).
+CLOCK_SLACK_MS = 10 * 60 * 1000
 
 
 class SignalsClient:
@@ -48,7 +52,7 @@ class SignalsClient:
         """Summaries on the topic now (the latest of each container window, as compaction
         keeps them), of one container or all, whose windows overlap [since_us, until_us),
         in (window start, container) order."""
-        yield from query.select(self._latest_summaries(), container=container,
+        yield from query.select(self._latest_summaries(container, since_us, until_us), container=container,
                                 since_us=since_us, until_us=until_us)
 
     def latest_state(self, container: str) -> ContainerState | None:
@@ -58,7 +62,7 @@ class SignalsClient:
         state = self._state_from_topic(container)
         if state is not None:
             return state
-        return query.container_state(container, self._latest_summaries())
+        return query.container_state(container, self._latest_summaries(container))
 
     def is_reached(self, target: Target, *, container: str | None = None, since_us: int | None = None,
                    until_us: int | None = None) -> Reachability:
@@ -67,16 +71,35 @@ class SignalsClient:
         query.Matcher(target)  # a malformed question fails before any read
         return query.reachability(target, self.summaries(container, since_us=since_us, until_us=until_us))
 
-    def _latest_summaries(self) -> list[Summary]:
+    def _latest_summaries(self, container: str | None = None, since_us: int | None = None,
+                          until_us: int | None = None) -> list[Summary]:
+        """The latest summary per key, read as a stream and kept only when it is of the
+        container and overlaps the time range: memory follows the answer, not the topic.
+        With since_us, the read starts at the first record that recent (offsets by time)."""
         topic = self.topics.summaries
+        if since_us is None:
+            ranges = self.reader.whole_topic(topic)
+        else:
+            ranges = self.reader.ranges_since(topic, max(0, since_us // 1000 - CLOCK_SLACK_MS))
+        # Summary keys start with the container id and '|': other containers' records are
+        # skipped before they are decoded.
+        prefix = None if container is None else container.encode() + b"|"
         latest: dict[bytes | None, Summary] = {}
-        for record in self.reader.read(topic, self.reader.whole_topic(topic)):
+        for record in self.reader.read(topic, ranges):
+            if prefix is not None and record.key is not None and not record.key.startswith(prefix):
+                continue
             if record.value is None:  # a tombstone deletes the window
                 latest.pop(record.key, None)
                 continue
             decoded = self._decode(record.value, SUMMARY, f"{topic}[{record.partition}]@{record.offset}")
-            if decoded is not None:
-                latest[record.key] = Summary.from_record(decoded)
+            if decoded is None:
+                continue
+            summary = Summary.from_record(decoded)
+            if (container is None or summary.container_id == container) and \
+                    query.in_time(summary, since_us, until_us):
+                latest[record.key] = summary
+            else:
+                latest.pop(record.key, None)  # a later write of the key moved out of the question
         return list(latest.values())
 
     def _state_from_topic(self, container: str) -> ContainerState | None:

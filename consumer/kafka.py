@@ -173,6 +173,15 @@ class TopicReader:
         partitions = self.partitions(topic)
         return [OffsetRange(p, low, high) for p, (low, high) in self.watermarks(topic, partitions).items()]
 
+    def ranges_since(self, topic: str, since_ms: int) -> list[OffsetRange]:
+        """Every partition from its first record stamped at or after since_ms (Kafka's index
+        by time, no scan) to its end now: a query about the last hour reads the last hour."""
+        partitions = self.partitions(topic)
+        ends = self.watermarks(topic, partitions)
+        starts = self.offsets_for_time(topic, partitions, since_ms)
+        return [OffsetRange(p, high if starts[p] is None else max(low, starts[p] or 0), high)
+                for p, (low, high) in ends.items()]
+
     def read(self, topic: str, ranges: Sequence[OffsetRange], *, until_ms: int | None = None,
              stop: threading.Event | None = None,
              on_idle: Callable[[], None] | None = None) -> Iterator[KafkaRecord]:

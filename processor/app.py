@@ -32,6 +32,7 @@ whose outputs are not yet sent.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable
@@ -60,8 +61,14 @@ from runtime_signals.processor.symbol_store import SymbolStore
 log = logging.getLogger(__name__)
 
 CONTAINER_STATE = "io.runtimesignals.ContainerState"
+WATERMARK = "io.runtimesignals.AgentWatermark"
 _FEED_INTERVAL_S = 0.1     # new symbol tables, and windows whose wait for them ran out
 _ACK_TIMEOUT_S = 30.0
+
+
+def _log_task_error(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("stopping the faust worker failed: %r", task.exception())
 
 
 def is_ready(*, joined: bool, stopping: bool, rebalancing: bool, consuming: bool,
@@ -83,7 +90,8 @@ class Worker:
         self._symbols = SymbolStore()
         self.engine = Engine(EngineSettings(settings.window, raw, settings.agent_idle_ms,
                                             settings.symbol_wait_ms, settings.max_pending_windows,
-                                            settings.max_event_ahead_ms),
+                                            max_event_ahead_ms=settings.max_event_ahead_ms,
+                                            latest_retention_ms=settings.latest_retention_ms),
                              self._symbols, self._registry)
         self._inflight = InflightLog(settings.inflight_dir / settings.app_id, raw) \
             if settings.inflight_dir is not None else None
@@ -112,6 +120,8 @@ class Worker:
         self.fatal: BaseException | None = None
         self._worker: faust.Worker | None = None
         self._status = (0, time.monotonic())
+        self._stop_task: asyncio.Future[Any] | None = None
+        self._watermark_fingerprint = bytes.fromhex(self._registry.fingerprint_hex(WATERMARK))
         self._exposition = metrics.Exposition() if settings.metrics_port is not None else None
 
         self.app = app = build_app(settings)
@@ -145,7 +155,15 @@ class Worker:
                 try:
                     if not self.engine.owns(message.partition) and not await self._restore(message.partition):
                         continue  # not assigned here (any more)
-                    outputs = self._handle(message)
+                    # A watermark may close windows: building and encoding their summaries
+                    # (up to 16 MiB each) runs on a worker thread, so the event loop keeps
+                    # serving fetches, timers and /healthz meanwhile. The lock, held
+                    # throughout, keeps every other use of the engine out. A call record is
+                    # handled inline: a thread hop per record would cost more than the work.
+                    if self._is_watermark(message.value):
+                        outputs = await asyncio.to_thread(self._handle, message)
+                    else:
+                        outputs = self._handle(message)
                     if outputs:  # most records cause none: no await for them
                         await self._send(outputs)
                 except Exception as exc:  # noqa: BLE001 -- a worker error, not a record's: stop
@@ -242,8 +260,11 @@ class Worker:
             if self._stopping:
                 return
             try:
-                self._feed.poll()
-                await self._send(self.engine.release())
+                # Decoding symbol chunks (up to 512 KiB each), indexing tables and encoding
+                # released windows run off the event loop; the lock keeps the engine and the
+                # symbol store to this one thread meanwhile.
+                await asyncio.to_thread(self._feed.poll)
+                await self._send(await asyncio.to_thread(self.engine.release))
             except Exception as exc:  # noqa: BLE001
                 await self._fail(exc)
 
@@ -332,6 +353,9 @@ class Worker:
 
     # -- failure, health, metrics ----------------------------------------------------
 
+    def _is_watermark(self, value: bytes | None) -> bool:
+        return value is not None and value[2:10] == self._watermark_fingerprint
+
     async def _fail(self, exc: BaseException) -> None:
         """Stop the worker: an output refused for good, a checkpoint that cannot be read or
         written. Nothing is checkpointed past it; a restart resumes from the last checkpoint."""
@@ -339,8 +363,11 @@ class Worker:
             self.fatal = exc
             log.error("stopping: %s", exc)
         self._stopping = True
-        if self._worker is not None:
-            asyncio.ensure_future(self._worker.stop())
+        if self._worker is not None and self._stop_task is None:
+            # Referenced until done: the loop keeps only a weak reference to a task, and an
+            # error in stopping must be seen, not dropped with the task.
+            self._stop_task = asyncio.ensure_future(self._worker.stop())
+            self._stop_task.add_done_callback(_log_task_error)
 
     def ready(self) -> bool:
         try:
@@ -371,6 +398,11 @@ class Worker:
             return view.text("not ready: joining the group, restoring partitions or rebalancing\n", status=503)
 
     async def _publish_status(self) -> None:
+        if self._lock.locked():
+            # The engine or the symbol store may be changing on a worker thread (a watermark,
+            # the feed): read them at the next tick. With the lock free, nothing runs on a
+            # thread, and the reads below happen before the first await.
+            return
         if not self._ready_logged and self.ready():
             self._ready_logged = True
             log.info("consuming partitions %s", self.engine.partitions())
@@ -379,6 +411,13 @@ class Worker:
         events, at = self._status
         now, total = time.monotonic(), self.engine.counts["events"]
         self._status = (total, now)
+        taken = metrics.Status(
+            counts=dict(self.engine.counts), events_per_second=(total - events) / max(1e-3, now - at),
+            open_windows=self.engine.open_windows(), pending_windows=self.engine.pending_windows(),
+            symbol_tables=len(self._symbols), symbols_held=self._symbols.symbols_held,
+            store_counts=dict(self._symbols.counts), watermarks_us=self.engine.watermarks_us(),
+            caches=self._symbols.sizes(),
+            feed_errors={k.split(":", 1)[1]: v for k, v in self._symbols.counts.items() if k.startswith("feed_error:")})
         raw = self.settings.topics.raw
         positions = self.engine.positions()
         previous = self._exposition.collector.status.lag_records
@@ -396,11 +435,7 @@ class Worker:
                 lag[partition] = max(0, high - position)
             elif partition in previous:
                 lag[partition] = previous[partition]
-        self._exposition.collector.status = metrics.Status(
-            counts=dict(self.engine.counts), events_per_second=(total - events) / max(1e-3, now - at),
-            open_windows=self.engine.open_windows(), pending_windows=self.engine.pending_windows(),
-            symbol_tables=len(self._symbols), symbols_held=self._symbols.symbols_held,
-            store_counts=dict(self._symbols.counts), lag_records=lag, watermarks_us=self.engine.watermarks_us())
+        self._exposition.collector.status = dataclasses.replace(taken, lag_records=lag)
 
     # -- running ---------------------------------------------------------------------
 

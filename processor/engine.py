@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from runtime_signals.schemas import codec
+from runtime_signals.schemas.topics import OUTPUT_RETENTION_MS
 
 from runtime_signals.processor.aggregate import WindowAggregate, window_output
 from runtime_signals.processor.checkpoint import Checkpoint, WindowMarker
@@ -80,6 +81,11 @@ class EngineSettings:
     # topics take 16 MiB (schemas/topics.py); a margin for the record's own framing.
     max_path_bytes: int = 1_000_000
     max_summary_bytes: int = LARGE_RECORD_MAX_BYTES - 65_536
+    # A container's latest state is forgotten once its last window is this much older than
+    # the watermark (event time, so a replay forgets the same ones): the latest-state topic
+    # deletes it after kafka.output_retention_ms too, and a node replacing its containers
+    # for months would otherwise hold every one it ever saw.
+    latest_retention_ms: int = OUTPUT_RETENTION_MS
 
     def __post_init__(self) -> None:
         if self.agent_idle_ms <= 0:
@@ -129,6 +135,7 @@ class PartitionState:
         list(self.windows.advance(self.clock.watermark_us))  # no windows yet: nothing closes
         self.pending: deque[ClosedWindow] = deque()
         self.latest: dict[str, ContainerState] = {}
+        self.latest_checked_us = 0  # watermark at the last look for idle containers
         # Next offset to handle; None until the first record when there is no checkpoint.
         self.position: int | None = checkpoint.replay_from_offset if checkpoint else None
         self.suppress_until = checkpoint.suppress_until_offset if checkpoint else -1
@@ -278,6 +285,7 @@ class Engine:
             _remember(state)
         if not advanced:
             return []
+        self._forget_idle_containers(state)
         now_s = self._now_s()
         for key, window in state.windows.advance(state.clock.watermark_us):
             marker = (offset, key.start_us, key.container_id)
@@ -286,6 +294,18 @@ class Engine:
                 continue
             state.pending.append(ClosedWindow(marker, window, *window.needs(), now_s))
         return self._release(state, now_s)
+
+    def _forget_idle_containers(self, state: PartitionState) -> None:
+        watermark_us = state.clock.watermark_us
+        retention_us = self.settings.latest_retention_ms * 1000
+        # Looked at once per tenth of the retention: the scan is over every container.
+        if watermark_us - state.latest_checked_us < retention_us // 10:
+            return
+        state.latest_checked_us = watermark_us
+        idle = [c for c, latest in state.latest.items() if latest.last_window_start_us < watermark_us - retention_us]
+        for container in idle:
+            del state.latest[container]
+        self.counts["containers_forgotten"] += len(idle)
 
     def _call(self, state: PartitionState, offset: int, key: bytes | None, value: bytes | None,
               headers: Headers, call: CallRecord, replaying: bool) -> list[Output]:

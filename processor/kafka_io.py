@@ -212,6 +212,8 @@ class BinaryFeed:
                 if message.error():
                     if is_eof(message):
                         behind.discard((message.topic() or "", message.partition() or 0))
+                    else:
+                        self._report(message)
                     continue
                 topic, partition, offset = located(message)
                 self._add(message)
@@ -241,7 +243,24 @@ class BinaryFeed:
             if not message.error():
                 self._add(message)
                 added += 1
+            elif not is_eof(message):
+                self._report(message)
         return added
+
+    def _report(self, message: Message) -> None:
+        """A consumer error other than end-of-partition: counted by code, logged, and fatal
+        when librdkafka says the client cannot go on (BrokerError names the topic). The
+        others (a broker away, a leader moving) librdkafka retries by itself."""
+        error = message.error()
+        assert error is not None
+        where = f"{message.topic() or '(no topic)'}[{message.partition()}]"
+        self._store.counts[f"feed_error:{error.name()}"] += 1
+        if error.fatal():
+            raise BrokerError(f"reading {where}: {error.str()} (code {error.code()}): the client cannot continue; "
+                              "check the broker and the kafka.security_* settings")
+        count = self._store.counts[f"feed_error:{error.name()}"]
+        (log.warning if count <= 10 or count % 1000 == 0 else log.debug)(
+            "reading %s: %s (code %d, %d so far); librdkafka retries", where, error.str(), error.code(), count)
 
     def _add(self, message: Message) -> None:
         kind = self._kinds[located(message)[0]]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -40,6 +40,8 @@ COUNTERS = {
                                                               "agents' flush interval).")),
     "calls_spanning_windows": ("calls_spanning_windows", "Calls in records_spanning_windows."),
     "replayed_records": ("replayed_records", "Records re-read after a restart or rebalance to rebuild state."),
+    "containers_forgotten": ("containers_forgotten", "Latest states dropped: the container's last window is older "
+                             "than kafka.output_retention_ms before the watermark."),
     "watermarks_clamped": ("watermarks_clamped", "Agent watermarks ahead of their record's broker timestamp, "
                            "taken as the broker timestamp."),
     "watermark_sequence_regressions": ("watermark_sequence_regressions", "Agent watermarks whose sequence was not "
@@ -77,6 +79,8 @@ class Status:
     store_counts: Mapping[str, int] = field(default_factory=dict)
     lag_records: Mapping[int, int] = field(default_factory=dict)
     watermarks_us: Mapping[int, int] = field(default_factory=dict)
+    caches: Mapping[str, int] = field(default_factory=dict)  # entries per long-lived cache
+    feed_errors: Mapping[str, int] = field(default_factory=dict)  # symbols/modules consumer errors, by name
 
 
 class StatusCollector(Collector):
@@ -115,6 +119,17 @@ class StatusCollector(Collector):
         for partition, watermark_us in sorted(status.watermarks_us.items()):
             watermark.add_metric([str(partition)], watermark_us / 1e6)
         yield watermark
+        caches = GaugeMetricFamily(PREFIX + "cache_entries", "Entries in each long-lived cache (symbol store).",
+                                   labels=["cache"])
+        for name, entries in sorted(status.caches.items()):
+            caches.add_metric([name], entries)
+        yield caches
+        errors = CounterMetricFamily(PREFIX + "feed_errors", "Errors reading the symbols and modules topics, by "
+                                     "librdkafka error name (retried by librdkafka; a fatal one stops the worker).",
+                                     labels=["error"])
+        for name, count in sorted(status.feed_errors.items()):
+            errors.add_metric([name], count)
+        yield errors
 
 
 class Exposition:
@@ -127,6 +142,8 @@ class Exposition:
         self.collector = StatusCollector()
         self._registry = CollectorRegistry()
         self._registry.register(self.collector)
+        # process_resident_memory_bytes and friends: the soak benchmark's processor figure.
+        ProcessCollector(registry=self._registry)
 
     def render(self) -> bytes:
         return generate_latest(self._registry)

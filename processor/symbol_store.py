@@ -75,7 +75,9 @@ class _Candidate:
 @dataclass
 class _Table:
     fingerprint: str
-    chunks: dict[int, list[Entry]]
+    # Each chunk's digest, to compare a chunk read again with: the chunks themselves are not
+    # kept once indexed (they would hold every symbol twice).
+    chunks: dict[int, str]
     starts: list[int]
     entries: list[Entry]
     size: int   # symbols held
@@ -88,6 +90,10 @@ def _fingerprint(shape: Shape, chunks: dict[int, list[Entry]]) -> str:
     return digest.hexdigest()
 
 
+def _chunk_digest(entries: list[Entry]) -> str:
+    return hashlib.sha256(repr(entries).encode()).hexdigest()
+
+
 def _index(shape: Shape, chunks: dict[int, list[Entry]]) -> _Table:
     # Aliases share a start: keep the largest, then the smallest name, so the choice
     # does not depend on the order chunks arrived in.
@@ -97,7 +103,8 @@ def _index(shape: Shape, chunks: dict[int, list[Entry]]) -> _Table:
         if kept is None or (-size, name) < (-kept[1], kept[2]):
             by_start[start] = (start, size, name)
     starts = sorted(by_start)
-    return _Table(_fingerprint(shape, chunks), chunks, starts, [by_start[s] for s in starts],
+    return _Table(_fingerprint(shape, chunks), {i: _chunk_digest(c) for i, c in chunks.items()}, starts,
+                  [by_start[s] for s in starts],
                   sum(len(c) for c in chunks.values()))
 
 
@@ -118,6 +125,14 @@ class SymbolStore:
 
     def __len__(self) -> int:
         return len(self._tables)
+
+    def sizes(self) -> dict[str, int]:
+        """What the store holds, for /metrics: tables, chunks waiting for the rest of their
+        table (indexed tables keep only each chunk's digest), symbols indexed, packages known."""
+        return {"symbol_tables": len(self._tables),
+                "symbol_chunks_waiting": sum(len(c.chunks) for cs in self._candidates.values() for c in cs.values()),
+                "symbols_indexed": self._symbols_held,
+                "binary_purls": len(self._purls)}
 
     @property
     def symbols_held(self) -> int:
@@ -146,7 +161,7 @@ class SymbolStore:
             return  # re-read while reloading another table: it stays out until a window needs it
         table = self._tables.get(digest)
         if table is not None:
-            if table.chunks.get(index) != entries:
+            if table.chunks.get(index) != _chunk_digest(entries):
                 self._conflict("symbol_table", digest, writer, f"chunk {index} of {shape[0]} differs from the "
                                f"complete table taken first")
             return

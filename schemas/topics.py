@@ -10,6 +10,12 @@ from dataclasses import dataclass, field, replace
 
 # Raw events are kept long enough to reprocess a day's capture after a processor fix.
 RAW_RETENTION_MS = 7 * 24 * 3600 * 1000
+# Summaries, paths and latest states are compacted (the last write of a key wins) and also
+# deleted once older than this: their keys carry the window, so compaction alone keeps
+# every window ever emitted and the topics only grow. A container still running writes its
+# latest state every window, so only the states of containers gone this long disappear.
+# Configurable: kafka.output_retention_ms (`signals kafka topics --output-retention-ms`).
+OUTPUT_RETENTION_MS = 30 * 24 * 3600 * 1000
 # A summary or latest state carries every path of its container (about 1.4 KB each), so the
 # broker's default 1 MiB would refuse a container with more than ~700 distinct paths.
 # Producers of those records raise their request size to match (processor/app.py).
@@ -55,11 +61,15 @@ class TopicSettings:
     config: dict[str, str] = field(default_factory=dict)
 
 
-def topic_settings(names: TopicNames, partitions: int = 3) -> list[TopicSettings]:
+def topic_settings(names: TopicNames, partitions: int = 3,
+                   output_retention_ms: int = OUTPUT_RETENTION_MS) -> list[TopicSettings]:
     """The creation settings of every topic, for `signals kafka topics` and the tests."""
+    if output_retention_ms <= 0:
+        raise ValueError(f"output_retention_ms={output_retention_ms}: must be positive (milliseconds)")
     # Summaries are keyed by container + window: compaction keeps the last write of a
-    # window, so a re-emitted window replaces rather than adds.
-    compact = {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"}
+    # window, so a re-emitted window replaces rather than adds; delete drops old windows.
+    compact = {"cleanup.policy": "compact,delete", "min.compaction.lag.ms": "60000",
+               "retention.ms": str(output_retention_ms)}
     return [
         # Log-append time: the broker, not the writer, stamps each raw record, and the
         # processor bounds event times and watermarks by that stamp (docs/processor.md,
@@ -75,7 +85,8 @@ def topic_settings(names: TopicNames, partitions: int = 3) -> list[TopicSettings
         # after the raw events that could refer to them have gone.
         TopicSettings(names.modules, partitions, {"cleanup.policy": "compact,delete",
                                                   "retention.ms": str(RAW_RETENTION_MS)}),
-        TopicSettings(names.latest, partitions, {"cleanup.policy": "compact",
+        TopicSettings(names.latest, partitions, {"cleanup.policy": "compact,delete",
+                                                 "retention.ms": str(output_retention_ms),
                                                  "max.message.bytes": str(LARGE_RECORD_MAX_BYTES)}),
         TopicSettings(names.late, partitions, {"retention.ms": str(RAW_RETENTION_MS)}),
         TopicSettings(names.dlq, partitions, {"retention.ms": str(RAW_RETENTION_MS)}),

@@ -74,6 +74,13 @@ if [ ! -e /sys/kernel/tracing/uprobe_events ] && [ ! -e /sys/kernel/debug/tracin
   as_root mount -t tracefs tracefs /sys/kernel/tracing
 fi
 
+# --- bpffs, where the agent pins its probes and maps so that they outlive a killed agent
+# (agent/pinning.py); without it a restart loses (and counts) what the kernel held.
+if ! awk '$2 == "/sys/fs/bpf" && $3 == "bpf" { found = 1 } END { exit !found }' /proc/mounts; then
+  say "mounting bpffs at /sys/fs/bpf"
+  as_root mount -t bpf bpf /sys/fs/bpf
+fi
+
 # --- Python: a virtualenv with the project and its test dependencies.
 python=${PYTHON:-python3}
 if [ ! -x "$venv/bin/python" ]; then
@@ -81,8 +88,14 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 stamp=$venv/.runtime-signals-installed
-if [ ! -e "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ] || ! "$venv/bin/python" -c 'import runtime_signals' 2>/dev/null \
-   || [ "$("$venv/bin/python" -c 'import runtime_signals, os; print(os.path.dirname(os.path.dirname(runtime_signals.__file__)))')" != "$repo" ]; then
+# Where the virtualenv's runtime_signals comes from, asked from outside the repository (cd /)
+# and isolated (-I: no $PYTHONPATH, no current directory on sys.path): run from the repo,
+# Python would import the package from the current directory and a virtualenv whose
+# editable install points at a deleted or another clone would look up to date.
+installed_from() {
+  (cd / && "$venv/bin/python" -I -c 'import os, runtime_signals; print(os.path.dirname(os.path.dirname(os.path.realpath(runtime_signals.__file__))))') 2>/dev/null
+}
+if [ ! -e "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ] || [ "$(installed_from)" != "$(cd "$repo" && pwd -P)" ]; then
   say "installing runtime-signals (editable) and its dependencies into $venv"
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q -e "$repo[test]"

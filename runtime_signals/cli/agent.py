@@ -211,14 +211,58 @@ def run(args: argparse.Namespace) -> int:
     from runtime_signals.agent.filewatch import FileWatch
     from runtime_signals.agent.targets import TargetManager
 
+    from runtime_signals.agent import bpfsys
+    from runtime_signals.agent.errors import BpfLoadError
+    from runtime_signals.agent.pinning import (
+        PIN_ROOT,
+        PinnedGeneration,
+        abandoned_generations,
+        run_directory,
+    )
+    from runtime_signals.agent.state import AgentState
+
     config = load(args)
     agent, kafka = config.agent, config.kafka
     if not agent.targets and not agent.plans:
         raise ConfigError("no targets: pass --probe BINARY:SYMBOL, or [[agent.targets]] in --config, or "
                           "follow probe plans (agent.plans)")
-    _check_kafka_access(kafka)
+    # Probes are attached at once, whatever the broker does: the access check (refused
+    # credentials stop the agent) runs beside the start-up, never before it.
+    refused: list[ConfigError] = []
+    stop = threading.Event()
+
+    def _check_access() -> None:
+        try:
+            _check_kafka_access(kafka)
+        except ConfigError as exc:
+            refused.append(exc)
+            stop.set()
+
+    threading.Thread(target=_check_access, name="kafka-access-check", daemon=True).start()
+    # The identity and figures of earlier runs, beside the spool (agent/state.py).
+    state_dir = Path(agent.spool_dir) if agent.spool_dir else None
+    previous = AgentState.load(state_dir) if state_dir is not None else None
+    state = AgentState.new(agent.host_name) if previous is None else previous
+    if previous is not None:
+        state.restarts += 1
     tracer = CallTracer(tracer_settings(agent))
     tracer.default_limits = probe_limits(agent)
+    generation = None
+    if state_dir is not None and bpfsys.bpffs_mounted(PIN_ROOT.parent):
+        # Pinned, the probes and maps outlive a killed agent (agent/pinning.py).
+        if previous is not None and previous.pin_dir:
+            generation = PinnedGeneration.open(Path(previous.pin_dir))
+            if generation is not None:
+                tracer.adopt(generation, {i: (p.path, p.file_offset) for i, p in previous.probes.items()})
+        try:
+            tracer.pin(run_directory(state.agent_id, state.restarts))
+        except (BpfLoadError, OSError) as exc:
+            tracer.unpin()
+            log.warning("probes and maps not pinned (%s): a killed agent's uncollected calls will be lost, and "
+                        "counted at restart", exc)
+    elif state_dir is not None:
+        log.warning("no BPF filesystem at %s: probes and maps are not pinned, a killed agent's uncollected calls "
+                    "are lost (counted at restart); mount it: mount -t bpf bpf %s", PIN_ROOT.parent, PIN_ROOT.parent)
     security = {k: v for k, v in kafka.librdkafka_config().items() if k != "bootstrap.servers"}
     producer = ProducerSettings(bootstrap_servers=kafka.bootstrap_servers, extra=security,
                                 queue_max_kbytes=agent.producer_queue_max_kbytes,
@@ -240,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
                                  budget=budget_settings(agent), jit_perf_maps=agent.jit_perf_maps,
                                  jvm_jcmd=agent.jvm_jcmd)
     settings.host = node_name(host_root, agent.host_name)
-    collector = Collector(settings, tracer, publisher, node=node, filters=filters)
+    collector = Collector(settings, tracer, publisher, node=node, filters=filters, state=state, state_dir=state_dir)
     metrics = None
     if agent.metrics_port is not None:
         metrics = HealthServer(agent.metrics_address, agent.metrics_port, lambda: collector.latest,
@@ -260,9 +304,17 @@ def run(args: argparse.Namespace) -> int:
                             pods=node.pods, attach_lock=collector.attach_lock, host=node.host,
                             detach=tracer.retire)
     watch.on_changed = targets.forget_file
-    stop = threading.Event()
     watch.start(stop)
     targets.scan()
+    collector.take_over(previous, generation)
+    keep = tuple(p for p in (tracer.pin_dir,) if p is not None)
+    for abandoned in abandoned_generations(keep=keep):
+        stale = PinnedGeneration.open(abandoned)
+        if stale is not None:
+            log.warning("removing %s: pins of an agent that died and was not restarted with its state; what its "
+                        "probes counted since is lost", abandoned)
+            stale.remove()
+    tracer.remove_stale_events()
     if metrics is not None:
         metrics.add_counters("targets", "Target files and probes: late_attaches are files attached by a rescan after "
                              "a process had mapped them (calls before were not observed)", targets.counters)
@@ -327,4 +379,6 @@ def run(args: argparse.Namespace) -> int:
             python.close()
         if metrics is not None:
             metrics.close()
+    if refused:
+        raise refused[0]
     return 0

@@ -45,6 +45,12 @@ KAFKA_FLAGS: tuple[Flag, ...] = (
     Flag("kafka", "--topic-prefix", "kafka", "topic_prefix"),
 )
 
+# The output topics' retention: the processor forgets containers' latest state after it
+# (`signals kafka topics` has the same --output-retention-ms, applied to the topics).
+RETENTION_FLAGS: tuple[Flag, ...] = (
+    Flag("kafka", "--output-retention-ms", "kafka", "output_retention_ms"),
+)
+
 AGENT_FLAGS: tuple[Flag, ...] = tuple(Flag(group, flag, "agent", name) for group, flag, name in (
     ("probes", "--ringbuf-pages", "ringbuf_pages"),
     ("probes", "--watermark-interval-ms", "watermark_interval_ms"),

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", default=None,
                         help="with topics: the cluster to create them on (default: $KAFKA_BOOTSTRAP_SERVERS, "
                              "else the local broker)")
+    parser.add_argument("--output-retention-ms", type=int, default=None,
+                        help="with topics: retention of the summaries, paths and latest-state topics "
+                             "(setting: kafka.output_retention_ms, default 30 days)")
     parser.add_argument("--replication-factor", type=int, default=1,
                         help="with topics: replicas of each topic (default: %(default)s; 3 on a production cluster)")
     parser.add_argument("--config", metavar="FILE",
@@ -61,7 +64,8 @@ def _create_topics(args: argparse.Namespace, local_bootstrap: str) -> int:
         CONFIG_ENV, "KAFKA_BOOTSTRAP_SERVERS", "SIGNALS_KAFKA__BOOTSTRAP_SERVERS"))
     bootstrap = args.bootstrap or (None if configured else local_bootstrap)
     config = load_config(args.config, flags={"kafka.bootstrap_servers": bootstrap,
-                                             "kafka.topic_prefix": args.topic_prefix})
+                                             "kafka.topic_prefix": args.topic_prefix,
+                                             "kafka.output_retention_ms": args.output_retention_ms})
     names = TopicNames().with_prefix(config.kafka.topic_prefix)
     client = config.kafka.librdkafka_config()
     try:
@@ -69,7 +73,7 @@ def _create_topics(args: argparse.Namespace, local_bootstrap: str) -> int:
         check_access(client)
         admin.ensure_topics(client["bootstrap.servers"], [
             admin.TopicSpec(t.name, t.partitions, t.config, args.replication_factor)
-            for t in topic_settings(names, args.partitions)
+            for t in topic_settings(names, args.partitions, config.kafka.output_retention_ms)
         ], client_config=client)
     except (KafkaSecurityError, localkafka.LocalKafkaError, admin.TopicCreationError) as exc:
         print(f"signals kafka topics: {exc}", file=sys.stderr)

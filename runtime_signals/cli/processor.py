@@ -23,7 +23,7 @@ docs/processor.md. Every flag is also a setting (file, SIGNALS_PROCESSOR__*): `s
 config reference`.
 """
 
-_FLAGS = flags.KAFKA_FLAGS + flags.PROCESSOR_FLAGS
+_FLAGS = flags.KAFKA_FLAGS + flags.RETENTION_FLAGS + flags.PROCESSOR_FLAGS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

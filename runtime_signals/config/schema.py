@@ -54,11 +54,18 @@ class KafkaSettings:
         "ssl.key.password, when the private key is encrypted", secret=True))
     ssl_endpoint_identification_algorithm: str = field(default="https", metadata=_doc(
         "ssl.endpoint.identification.algorithm: 'https' checks the broker's host name, 'none' does not"))
+    # Same default as schemas/topics.py OUTPUT_RETENTION_MS (tests/schemas checks they agree).
+    output_retention_ms: int = field(default=30 * 24 * 3600 * 1000, metadata=_doc(
+        "retention.ms of the summaries, paths and latest-state topics (compact,delete): windows "
+        "older than this are deleted; applied by `signals kafka topics`"))
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
         if not self.bootstrap_servers.strip():
             found.append(("bootstrap_servers", "empty: give host:port of at least one broker"))
+        if self.output_retention_ms <= 0:
+            found.append(("output_retention_ms", f"{self.output_retention_ms}: must be a positive number of "
+                          "milliseconds"))
         if self.security_protocol not in _PROTOCOLS:
             found.append(("security_protocol", f"{self.security_protocol!r} is not one of {', '.join(_PROTOCOLS)}"))
         sasl = self.security_protocol.startswith("SASL_")

@@ -143,3 +143,59 @@ def _by_partition(bootstrap: str, topic: str) -> dict[int, list[bytes]]:
         return records
     finally:
         consumer.close()
+
+
+def test_sigkill_during_an_outage_then_restart_loses_nothing(broker: localkafka.LocalKafkaConfig,
+                                                             tmp_path: Path) -> None:
+    """Killed with SIGKILL while the broker is away: the records of the outage are on disk
+    (once no acknowledgement came for 2 s, records go to the spool, not librdkafka's
+    memory), the calls the kernel held are pinned; the next agent starts while the broker is
+    still away, continues the same identity and figures, and once
+    the broker is back every call is on the topic once and nothing is counted lost."""
+    reason = bpf_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    from runtime_signals.agent import bpfsys
+    from runtime_signals.agent.pinning import PIN_ROOT
+
+    if not bpfsys.bpffs_mounted(PIN_ROOT.parent):
+        pytest.skip(f"no BPF filesystem at {PIN_ROOT.parent} (scripts/bootstrap.sh mounts it)")
+    workload = build_workload(tmp_path / "workload")
+    bootstrap = broker.bootstrap
+    prefix = f"killed-{uuid.uuid4().hex[:8]}."
+    names = TopicNames().with_prefix(prefix)
+    create_topics(bootstrap, names)
+    spool = tmp_path / "spool"
+    flags = ["--spool-dir", str(spool), "--statistics-interval-ms", "1000", "--no-budget"]
+    probes = [f"{workload}:{PROBED_SYMBOL}"]
+    first = AgentProcess(bootstrap, prefix, probes, tmp_path / "agent-1.log", flags)
+    second = AgentProcess(bootstrap, prefix, probes, tmp_path / "agent-2.log", flags)
+    with first:
+        calls = _run_workload(workload, 3, 2)
+        time.sleep(1.0)
+        localkafka.down(broker)
+        time.sleep(4.0)  # past outage_after_ms: the agent now writes to the spool
+        calls += _run_workload(workload, 40, 30)
+        time.sleep(1.0)
+        assert first.process is not None
+        import os
+        import signal as signals
+
+        os.killpg(first.process.pid, signals.SIGKILL)
+        first.process.wait()
+    assert sum(p.stat().st_size for p in spool.glob("*.seg")) > 0, first.log()[-3000:]
+    with second:  # the broker is still away
+        calls += _run_workload(workload, 11, 13)
+        localkafka.up(broker)
+        _wait_for_calls(bootstrap, names.raw, calls, timeout_s=120)
+        time.sleep(2.0)
+        assert second.stop() == 0, second.log()[-4000:]
+    logs = f"agent 1:\n{first.log()[-2500:]}\nagent 2:\n{second.log()[-2500:]}"
+    events = decode_all(read_all(bootstrap, names.raw), CALL_EVENT)
+    assert sum(e["observation_count"] for e in events) == calls, logs
+    assert len({e["event_id"] for e in events}) == len(events), "a record was delivered twice"
+    reports = decode_all(read_all(bootstrap, names.statistics), STATISTICS)
+    assert len({r["agent_id"] for r in reports}) == 1, "one identity across the restart"
+    last = max(reports, key=lambda r: r["reported_at_us"])
+    assert last["total_events"] == calls == last["delivered_events"], (last, logs)
+    assert last["dropped_events"] == 0 and last["pending_events"] == 0, last

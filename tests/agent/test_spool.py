@@ -73,3 +73,50 @@ def test_a_torn_record_from_a_crash_is_skipped_and_counted(tmp_path: Path) -> No
     reopened = Spool(tmp_path, max_bytes=1 << 20)
     assert [r.key for r in _drain(reopened)] == [b"key-0", b"key-1"]
     assert reopened.corrupt_records == 1 and not reopened
+
+
+_TORN_CURSOR_CHILD = r"""
+import os, signal, sys
+from pathlib import Path
+from runtime_signals.agent import spool as spool_module
+from tests.agent.test_spool import _record
+
+directory = Path(sys.argv[1])
+spool = spool_module.Spool(directory, max_bytes=1 << 20, segment_bytes=1 << 20)
+for n in range(300):
+    spool.append(_record(n))
+for _ in range(100):  # the cursor is written after 100 pops
+    spool.peek(); spool.pop()
+real_write = os.write
+
+def torn(fd, data):
+    # The process dies half-way through writing the next cursor, as a SIGKILL or a power
+    # cut may take it: whatever file that write goes to holds half of it.
+    if data.endswith(b"\n") and data[:-1].isdigit():
+        real_write(fd, data[: len(data) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_write(fd, data)
+
+os.write = torn
+for _ in range(100):
+    spool.peek(); spool.pop()
+"""
+
+
+def test_a_cursor_torn_by_a_crash_leaves_the_previous_one(tmp_path: Path) -> None:
+    """Killed while writing its cursor, the spool resumes where the previous cursor says:
+    at most 100 records are sent again, never the whole segment (an empty or half-written
+    cursor would read as another offset)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    child = subprocess.run([sys.executable, "-c", _TORN_CURSOR_CHILD, str(tmp_path)], cwd=root,
+                           env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=60)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    reopened = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=1 << 20)
+    assert reopened.peek() == _record(100)  # after the first 100: what the intact cursor said
+    assert len(reopened) == 200
+    reopened.close()

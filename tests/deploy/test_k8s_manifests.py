@@ -27,8 +27,10 @@ KUBERNETES_VERSIONS = ("1.30", kubernetes_validate.utils.latest_version())
 STRIMZI_KINDS = {"KafkaTopic", "KafkaUser"}
 AGENT_CAPABILITIES = {"BPF", "PERFMON", "SYS_PTRACE"}
 # Host paths the agent may mount, and the only one it may write (uprobe_events).
-AGENT_HOST_PATHS = {"/sys/kernel/tracing", "/lib/modules", "/usr/src", "/var/log/pods"}
-WRITABLE_HOST_PATHS = {"/sys/kernel/tracing"}
+AGENT_HOST_PATHS = {"/sys/kernel/tracing", "/lib/modules", "/usr/src", "/var/log/pods", "/sys/fs/bpf"}
+# tracefs: uprobes are defined by writing uprobe_events; bpffs: probes and maps are pinned
+# there to outlive a killed agent (agent/pinning.py).
+WRITABLE_HOST_PATHS = {"/sys/kernel/tracing", "/sys/fs/bpf"}
 METRICS_PORT = 9464
 TOPIC_PARTITIONS = 12
 
@@ -103,7 +105,7 @@ def test_only_the_agent_has_host_access_and_exactly_the_listed_capabilities(
                 assert spec["securityContext"]["runAsUser"] != 0, component
 
 
-def test_host_mounts_are_read_only_except_tracefs(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_host_mounts_are_read_only_except_tracefs_and_bpffs(rendered: dict[str, list[dict[str, Any]]]) -> None:
     agent = one(rendered["base"], "DaemonSet", "agent")
     host_volumes = {v["name"]: v["hostPath"]["path"] for v in pod_spec(agent)["volumes"] if "hostPath" in v}
     mounts = [m for c in containers(agent) for m in c.get("volumeMounts", []) if m["name"] in host_volumes]

@@ -115,8 +115,8 @@ def test_hostile_records_neither_stop_nor_freeze_nor_falsify_the_worker(kafka_bo
         produce(kafka_bootstrap, names.raw, records)
         summaries = wait_until(lambda: (found := latest_by_key(read_all(kafka_bootstrap, names.summaries)))
                                and len(found) == 2 and found, 60, "both windows summarized")
-        metrics = wait_until(lambda: (m := scrape(port)).get("signals_processor_windows_emitted_total") == 2
-                             and m.get("signals_processor_module_purl_conflicts_total", 0) >= 1 and m,
+        metrics = wait_until(lambda: (m := scrape(port)).get("runtime_signals_processor_windows_emitted_total") == 2
+                             and m.get("runtime_signals_processor_module_purl_conflicts_total", 0) >= 1 and m,
                              20, "metrics of both windows")
         assert pipeline.stop_processor() == 0, pipeline.log("processor")[-3000:]
 
@@ -135,12 +135,12 @@ def test_hostile_records_neither_stop_nor_freeze_nor_falsify_the_worker(kafka_bo
     assert DECODE in symbols and "main" in symbols and "alias_z" not in symbols
     assert {p["purl"] for s in (first, second) for p in s["call_paths"]} == {APP_PURL}
 
-    assert metrics["signals_processor_events_total"] == 9
-    assert metrics["signals_processor_watermarks_clamped_total"] >= 2
-    assert metrics["signals_processor_watermark_sequence_regressions_total"] >= 1
-    assert metrics["signals_processor_symbol_table_conflicts_total"] >= 1
-    assert metrics['signals_processor_dlq_records_total{reason="over_limit"}'] == 28
-    assert metrics['signals_processor_dlq_records_total{reason="clock_skew"}'] == 1
+    assert metrics["runtime_signals_processor_events_total"] == 9
+    assert metrics["runtime_signals_processor_watermarks_clamped_total"] >= 2
+    assert metrics["runtime_signals_processor_watermark_sequence_regressions_total"] >= 1
+    assert metrics["runtime_signals_processor_symbol_table_conflicts_total"] >= 1
+    assert metrics['runtime_signals_processor_dlq_records_total{reason="over_limit"}'] == 28
+    assert metrics['runtime_signals_processor_dlq_records_total{reason="clock_skew"}'] == 1
 
 
 def test_a_record_that_killed_two_workers_goes_to_the_dlq_on_restart(kafka_bootstrap: str, tmp_path: Path) -> None:

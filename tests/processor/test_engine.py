@@ -269,3 +269,22 @@ def test_an_incomplete_symbol_table_names_nothing() -> None:
     assert store.lookup(APP_DIGEST, 0x1_300) is None and not store.has(APP_DIGEST)
     store.add(app_table | {"chunk_count": 2, "chunk_index": 1, "symbols": []})
     assert store.lookup(APP_DIGEST, 0x1_300) == "parse_image_header" and store.has_all([APP_DIGEST])
+
+
+def test_latest_states_of_containers_gone_longer_than_the_retention_are_forgotten() -> None:
+    """Containers come and go for months: a container whose last window is older than the
+    retention (event time) leaves the engine's memory; one still writing stays whole."""
+    engine = Engine(EngineSettings(SPEC, raw_topic="raw", agent_idle_ms=10_000, latest_retention_ms=5_000),
+                    NoSymbols(), REGISTRY)
+    engine.assign(0, None)
+    feed = [(b"gone", encode_call(call_event("gone", BASE_US + 10, count=1))),
+            (b"stays", encode_call(call_event("stays", BASE_US + 20, count=1)))]
+    feed.append((b"a", encode_watermark(BASE_US + 1_300_000, 1)))
+    for second in range(2, 10):  # "stays" keeps calling, "gone" never again
+        feed.append((b"stays", encode_call(call_event("stays", BASE_US + second * 1_000_000 + 10, count=1))))
+        feed.append((b"a", encode_watermark(BASE_US + second * 1_000_000 + 300_000, second)))
+    outputs = [o for offset, (key, value) in enumerate(feed) for o in engine.handle(0, offset, key, value)]
+    states = engine._states[0].latest
+    assert set(states) == {"stays"} and states["stays"].windows == 8
+    assert engine.counts["containers_forgotten"] == 1
+    assert {o.key for o in outputs if o.kind == "latest"} == {b"gone", b"stays"}  # written before it went
