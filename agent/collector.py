@@ -35,20 +35,17 @@ from typing import Any, Protocol
 
 from cachetools import LRUCache
 
-from runtime_signals.schemas import codec
-from runtime_signals.schemas.topics import TopicNames
-
 from runtime_signals.agent.budget import Action, Budget, BudgetSettings
 from runtime_signals.agent.clock import BootClock
 from runtime_signals.agent.errors import ProbeError
 from runtime_signals.agent.modules import ModuleMapBuilder, ModuleMapPublisher
 from runtime_signals.agent.perfmap import PerfMaps
+from runtime_signals.agent.pinning import PinnedGeneration
 from runtime_signals.agent.probes import AttachedProbe, CallTracer, ProbeSpec, RawCall
 from runtime_signals.agent.processes import NodeFiles, ProcessInfo, ProcessTable
 from runtime_signals.agent.procmaps import signed64
 from runtime_signals.agent.publisher import Publisher
 from runtime_signals.agent.selectors import TargetFilters
-from runtime_signals.agent.pinning import PinnedGeneration
 from runtime_signals.agent.state import AgentState, ProbeSite
 from runtime_signals.agent.stats import (
     BaseFigures,
@@ -59,13 +56,15 @@ from runtime_signals.agent.stats import (
     StatsTracker,
     account,
 )
-from runtime_signals.agent.wire import DedupKey
 from runtime_signals.agent.symbols_publisher import MAX_CHUNK_BYTES, SymbolTablePublisher
 from runtime_signals.agent.unwind import UnwindLoader, checked_frames
 from runtime_signals.agent.wire import (
     STACK_END_NO_UNWIND_INFO,
     STACK_END_NOT_EXECUTABLE,
+    DedupKey,
 )
+from runtime_signals.schemas import codec
+from runtime_signals.schemas.topics import TopicNames
 
 log = logging.getLogger(__name__)
 

@@ -17,18 +17,18 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from cachetools import LRUCache
-
-from runtime_signals.schemas import codec
 
 from runtime_signals.agent.perfmap import JitModule
 from runtime_signals.agent.processes import NodeFiles, ProcessInfo
 from runtime_signals.agent.procmaps import FileIdentity, Mapping, file_identity, signed64
 from runtime_signals.agent.publisher import Publisher
 from runtime_signals.agent.symtab import read_build_id
+from runtime_signals.schemas import codec
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class ModuleMapPublisher:
         are read through /proc/<pid>/root), and publish it from the worker."""
         try:
             record = self._builder.record(process, mappings, version, jit)
-        except Exception:  # noqa: BLE001  # one bad process must not stop a hold being answered
+        except Exception:  # one bad process must not stop a hold being answered
             self.counts["failed"] += 1
             log.exception("building the module map of pid %d failed", process.pid)
             return

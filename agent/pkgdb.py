@@ -14,9 +14,9 @@ from __future__ import annotations
 import re
 import sqlite3
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from packageurl import PackageURL
 
@@ -191,7 +191,7 @@ def rpm_index(root: Path) -> dict[str, OsPackage]:
                             str(epoch[0]) if isinstance(epoch, list) and epoch and epoch[0] else None)
         dirnames, basenames, dirindexes = tags.get("dirnames"), tags.get("basenames"), tags.get("dirindexes")
         if isinstance(dirnames, list) and isinstance(basenames, list) and isinstance(dirindexes, list):
-            for base, dir_index in zip(basenames, dirindexes):
+            for base, dir_index in zip(basenames, dirindexes, strict=False):
                 file_path = dirnames[dir_index] + base
                 if is_code_path(file_path):
                     index[file_path] = package

@@ -16,17 +16,24 @@ import mmap
 import os
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from runtime_signals import bpf as bpf_sources
-
 from runtime_signals.agent import bpfsys
 from runtime_signals.agent.errors import BpfLoadError, ConfigError, ProbeError
 from runtime_signals.agent.pinning import PINNED_MAPS, PinnedGeneration, remove_pins
 from runtime_signals.agent.tracefs import UprobeEvents
-from runtime_signals.agent.wire import COUNTER_NAMES, FLAG_STACK_ERROR, FLAG_STACK_TRUNCATED, DedupKey, ProbeConfig, call_event_type
+from runtime_signals.agent.wire import (
+    COUNTER_NAMES,
+    FLAG_STACK_ERROR,
+    FLAG_STACK_TRUNCATED,
+    DedupKey,
+    ProbeConfig,
+    call_event_type,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +58,7 @@ class ProbeSpec:
     file_offset: int | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "ProbeSpec":
+    def parse(cls, text: str) -> ProbeSpec:
         """Parse "BINARY:SYMBOL". BINARY is a path or a library name; SYMBOL may be a
         demangled C++ or Rust name ("imgproc::Parser::parse", "mycrate::a::b") or a Go
         name ("golang.org/x/net/html.Parse"). The split is at the first lone ':' (one that

@@ -13,13 +13,19 @@ from __future__ import annotations
 import os
 import threading
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
-from typing import Callable
 
 from runtime_signals.agent.identity import CgroupDirectory, ContainerResolver, PodDirectory, host_id
-from runtime_signals.agent.perfmap import _JDK_PACKAGES, JitModule, PerfMaps, jit_digest, jvm_class_name, node_source_path
+from runtime_signals.agent.perfmap import (
+    _JDK_PACKAGES,
+    JitModule,
+    PerfMaps,
+    jit_digest,
+    jvm_class_name,
+    node_source_path,
+)
 from runtime_signals.agent.procmaps import DigestCache, Mapping, ProcessMaps, ResolvedAddress, parse_maps
 from runtime_signals.agent.purl import PurlResolver
 from runtime_signals.agent.runtime import RuntimeResolver

@@ -14,9 +14,9 @@ import os
 import queue
 import threading
 from bisect import bisect_right
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from cachetools import LRUCache
 
@@ -206,7 +206,7 @@ class _ProcessView:
     """One process's executable mappings and what has been resolved against them. Built
     again whenever the mappings read differ, so nothing in it outlives its mappings."""
 
-    __slots__ = ("mappings", "starts", "digests", "addresses", "misses")
+    __slots__ = ("addresses", "digests", "mappings", "misses", "starts")
 
     def __init__(self, mappings: list[Mapping]) -> None:
         self.mappings = mappings

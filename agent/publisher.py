@@ -36,8 +36,8 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -128,9 +128,7 @@ class Publisher:
             self.pending_calls += calls
             # While the broker is away, new records go to disk, not librdkafka's memory:
             # a process killed then (SIGKILL, OOM) loses what memory held, the spool keeps it.
-            if self._spool is not None and (self._spool or self.broker_away()):
-                self._to_spool(record)
-            elif not self._to_kafka(record):
+            if (self._spool is not None and (self._spool or self.broker_away())) or not self._to_kafka(record):
                 self._to_spool(record)
         self._producer.poll(0)
 

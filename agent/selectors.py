@@ -21,9 +21,9 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
+from runtime_signals.agent.processes import ProcessInfo
 from runtime_signals.config.schema import TargetSettings
 from runtime_signals.schemas.demangle import demangle_all, without_parameters
-from runtime_signals.agent.processes import ProcessInfo
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -44,7 +44,7 @@ class ProcessSelector:
     executables: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, target: TargetSettings) -> "ProcessSelector | None":
+    def of(cls, target: TargetSettings) -> ProcessSelector | None:
         """The target's selector, or None when it selects every process."""
         if not target.has_selectors:
             return None
@@ -92,7 +92,7 @@ class TargetFilters:
         with self._lock:
             current = self._by_probe.get(probe_id, ())
             if selector not in current:
-                self._by_probe[probe_id] = current + (selector,)
+                self._by_probe[probe_id] = (*current, selector)
 
     def accepts(self, probe_id: str, process: ProcessInfo) -> bool:
         """True when some target of the probe wants calls from process."""
@@ -133,7 +133,7 @@ class SymbolIndex:
         self._demangled: dict[str, list[str]] | None = None
 
     @classmethod
-    def of_file(cls, path: str | Path) -> "SymbolIndex":
+    def of_file(cls, path: str | Path) -> SymbolIndex:
         try:
             return cls(function_names(path))
         except (OSError, ELFError, ValueError):

@@ -55,7 +55,7 @@ class SpoolRecord:
         return _FRAME.pack(len(body), zlib.crc32(body)) + body
 
     @classmethod
-    def decode(cls, body: bytes) -> "SpoolRecord":
+    def decode(cls, body: bytes) -> SpoolRecord:
         partition, calls, topic_len, key_len, value_len, header_count = _BODY.unpack_from(body, 0)
         at = _BODY.size
         topic = body[at:at + topic_len].decode()

@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import resource
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from runtime_signals.agent.bpfsys import ProgramStats
 

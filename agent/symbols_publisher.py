@@ -20,11 +20,10 @@ from pathlib import Path
 
 from cachetools import LRUCache
 
-from runtime_signals.schemas import codec
-
 from runtime_signals.agent.perfmap import JitModule
 from runtime_signals.agent.publisher import Publisher
 from runtime_signals.agent.symtab import SymbolTableError, chunk_symbols, read_symbol_table
+from runtime_signals.schemas import codec
 
 log = logging.getLogger(__name__)
 

@@ -25,14 +25,12 @@ import os
 import subprocess
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 from cachetools import LRUCache
 
-from runtime_signals.agent.selectors import is_pattern
-from runtime_signals.config.schema import TargetSettings
 from runtime_signals.agent.errors import ProbeError
 from runtime_signals.agent.fileid import BackingFiles, FileKey
 from runtime_signals.agent.identity import ContainerResolver, PodDirectory
@@ -41,7 +39,8 @@ from runtime_signals.agent.probes import AttachedProbe, ProbeSpec
 from runtime_signals.agent.processes import ProcessInfo, process_names
 from runtime_signals.agent.procmaps import parse_maps
 from runtime_signals.agent.purl import PurlResolver
-from runtime_signals.agent.selectors import ProcessSelector, SymbolIndex, TargetFilters
+from runtime_signals.agent.selectors import ProcessSelector, SymbolIndex, TargetFilters, is_pattern
+from runtime_signals.config.schema import TargetSettings
 
 log = logging.getLogger(__name__)
 

@@ -204,7 +204,7 @@ def build_rules(path: str) -> UnwindRules:
     if merged and merged[-1][0] >= _U32_LIMIT:
         return failed(f"{path}: code above 4 GiB of virtual address, rows hold 32-bit addresses", segments)
     packed = (UnwindRow * len(merged))()
-    for slot, (address, (cfa_register, cfa_offset, rbp_rule, rbp_offset)) in zip(packed, merged):
+    for slot, (address, (cfa_register, cfa_offset, rbp_rule, rbp_offset)) in zip(packed, merged, strict=False):
         slot.address, slot.cfa_offset, slot.rbp_offset = address, cfa_offset, rbp_offset
         slot.cfa_register, slot.rbp_rule = cfa_register, rbp_rule
     return UnwindRules(bytes(packed), len(merged), len(ranges), unsupported, tuple(sources), segments,
@@ -353,7 +353,7 @@ class UnwindLoader:
         if len(entries) > self._max_mappings:
             self._over_limit.add(pid)
             entries = entries[:self._max_mappings]
-        for slot, (mapping, digest) in zip(value.mappings, entries):
+        for slot, (mapping, digest) in zip(value.mappings, entries, strict=False):
             slot.start, slot.end = mapping.start, mapping.end
             binary = self._binaries.get(digest) if digest else None
             bias = mapping_bias(mapping, binary.segments) if binary and binary.table_id else None
@@ -385,7 +385,7 @@ class UnwindLoader:
         os.close(fd)
         try:
             rules = future.result()
-        except Exception as exc:  # noqa: BLE001 - a worker crash loses one binary's rules, never the agent
+        except Exception as exc:
             rules = UnwindRules(b"", 0, 0, 0, (), (), 0, f"building rules failed: {exc!r}")
         with self._lock:
             if self._closed:

@@ -106,7 +106,7 @@ def read_markers(path: Path, provider: str | None = None) -> list[UsdtMarker]:
                 desc = bytes(note["n_descdata"])
                 pc, note_base, semaphore = struct.unpack_from("<QQQ", desc, 0)
                 texts = desc[24:].split(b"\0")
-                owner, name, arg_text = (t.decode(errors="replace") for t in (texts + [b"", b"", b""])[:3])
+                owner, name, arg_text = (t.decode(errors="replace") for t in ([*texts, b"", b"", b""])[:3])
                 if provider is not None and owner != provider:
                     continue
                 # Prelinking moves .stapsdt.base; the note records where it was at link time.

@@ -22,10 +22,10 @@ import time
 import uuid
 from pathlib import Path
 
-from runtime_signals.config.schema import TargetSettings
 from runtime_signals.agent.fileid import BackingFiles
 from runtime_signals.agent.loadwatch import LoadWatch, NameKey
 from runtime_signals.agent.processes import ProcessTable
+from runtime_signals.config.schema import TargetSettings
 
 LIBRARY = "__attribute__((noinline)) int plugin_entry(int x) { return x * 3; }\n"
 PROGRAM = "int plugin_entry(int x);\nint main(void) { return plugin_entry(1) == 3 ? 0 : 1; }\n"

@@ -6,9 +6,9 @@ import contextlib
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 

@@ -90,7 +90,7 @@ class RunningTarget:
             self.process.stdin.close()
         self.process.wait(30)
 
-    def __enter__(self) -> "RunningTarget":
+    def __enter__(self) -> RunningTarget:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -74,7 +74,7 @@ class _Stage:
         self.floor_topic = pipeline_topics(bootstrap, prefix + "floor.", partitions=3).raw
         self.watch = OffsetWatch(bootstrap)
         self.calls_sent = 0
-        pages = ringbuf_pages_for(max(plan.sizes + [plan.leaf_calls]))
+        pages = ringbuf_pages_for(max([*plan.sizes, plan.leaf_calls]))
         self.agent_argv = signals_argv(
             "agent", "--bootstrap", bootstrap, "--topic-prefix", prefix,
             "--probe", f"{self.agent_binary}:{native.SYMBOL}",

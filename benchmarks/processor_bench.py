@@ -31,7 +31,7 @@ from typing import Any
 from runtime_signals.schemas import codec
 
 from .floors import finish_floor_process, range_args, start_floor_process
-from .kafka_io import OffsetWatch, Offsets, Tail, fast_producer, pipeline_topics, produce_all
+from .kafka_io import Offsets, OffsetWatch, Tail, fast_producer, pipeline_topics, produce_all
 from .procs import BenchmarkError, Child, cpu_seconds, memory_bytes, reset_peak_rss, signals_argv
 from .synthetic import Dataset, RawTopicWriter, symbol_tables
 

@@ -9,12 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class BenchmarkError(RuntimeError):
@@ -103,7 +103,7 @@ class Child:
             raise BenchmarkError(f"{self.name} did not stop within {timeout_s:.0f}s of SIGTERM; "
                                  f"killed; see {self.log_path}") from None
 
-    def __enter__(self) -> "Child":
+    def __enter__(self) -> Child:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -23,7 +23,7 @@ def _f(value: Any, digits: int = 0) -> str:
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _failed(section: dict[str, Any] | None, title: str) -> list[str] | None:
@@ -71,13 +71,7 @@ def _probe(section: dict[str, Any] | None) -> list[str]:
     leaf = section["leaf"]
     rows.append([f"{_f(leaf['calls'])} (leaf: single-stepped)", _f(leaf["unprobed_ns_per_call"], 1),
                  _f(leaf["noop_ns_per_call"]), _f(leaf["full_ns_per_call"]), _f(leaf["cost_ratio"], 2)])
-    return [f"## {title}", "",
-            f"Agent flags: `{' '.join(section['agent_flags']) or '(defaults)'}`; median of "
-            f"{section['rows'][0]['repeats']} runs; every call went through the ring buffer "
-            f"({_f(section['call_events_on_topic'])} call events on the raw topic for "
-            f"{_f(section['calls_sent'])} calls; kernel counters {section['kernel_counters']}).", ""] + _table(
-        ["calls per run", "unprobed ns/call", "no-op uprobe ns/call", "full probe ns/call",
-         "(full − unprobed) / (no-op − unprobed)"], rows)
+    return [f"## {title}", "", f"Agent flags: `{' '.join(section['agent_flags']) or '(defaults)'}`; median of " f"{section['rows'][0]['repeats']} runs; every call went through the ring buffer " f"({_f(section['call_events_on_topic'])} call events on the raw topic for " f"{_f(section['calls_sent'])} calls; kernel counters {section['kernel_counters']}).", "", *_table(["calls per run", "unprobed ns/call", "no-op uprobe ns/call", "full probe ns/call", "(full − unprobed) / (no-op − unprobed)"], rows)]
 
 
 def _unwind(section: dict[str, Any] | None) -> list[str]:
@@ -122,13 +116,7 @@ def _hot(section: dict[str, Any] | None) -> list[str]:
                      f"{_f(r['calls_reported'])} / {_f(r['calls'])}", _f(r["records"]),
                      f"after {r['attached_s_before_detach']:.1f} s of {r['probed_run_s']:.1f} s"
                      if r["budget_detached"] else "no", _f(r.get("second_run_slowdown_percent"))])
-    return [f"## {title}", "",
-            f"{section['paths']} call paths, {_f(section['calls_per_run'])} calls per run; slowdown = "
-            "(probed − unprobed) / unprobed time of the whole run.", ""] + _table(
-        ["mode", "unprobed M calls/s", "slowdown %", "no-op uprobe slowdown %",
-         "(probed − unprobed) / (no-op − unprobed)", "paths reported",
-         "calls reported / made", "raw records", "budget detached the probe",
-         "slowdown % of a second run (probe detached)"], rows)
+    return [f"## {title}", "", f"{section['paths']} call paths, {_f(section['calls_per_run'])} calls per run; slowdown = " "(probed − unprobed) / unprobed time of the whole run.", "", *_table(["mode", "unprobed M calls/s", "slowdown %", "no-op uprobe slowdown %", "(probed − unprobed) / (no-op − unprobed)", "paths reported", "calls reported / made", "raw records", "budget detached the probe", "slowdown % of a second run (probe detached)"], rows)]
 
 
 def _agent(section: dict[str, Any] | None) -> list[str]:
@@ -140,9 +128,7 @@ def _agent(section: dict[str, Any] | None) -> list[str]:
     rows = [[_f(r["calls"]), _f(r["agent_events_per_s"]), _f(r["floor_events_per_s"]),
              _f(r["agent_vs_floor"], 2), _f(r["agent_cpu_s_per_million"], 1),
              _f(r["floor_cpu_s_per_million"], 1)] for r in section["rows"]]
-    return [f"## {title}", ""] + _table(
-        ["events", "agent events/s", "floor events/s", "agent / floor", "agent CPU s per M events",
-         "floor CPU s per M events"], rows)
+    return [f"## {title}", "", *_table(["events", "agent events/s", "floor events/s", "agent / floor", "agent CPU s per M events", "floor CPU s per M events"], rows)]
 
 
 def _processor(section: dict[str, Any] | None) -> list[str]:
@@ -160,18 +146,7 @@ def _processor(section: dict[str, Any] | None) -> list[str]:
                f"{_f(r['containers'])} × {_f(r['paths'])}", _f(r["peak_rss_bytes"] / MIB, 1),
                _f(r["rss_bytes"] / MIB, 1)] for r in section["rows"] if r["kind"] == "memory"]
     flags = " ".join(section.get("worker_flags", [])) or "(defaults)"
-    return [f"## {title}", "",
-            f"{section['partitions']} raw partitions, {section['window_ms']} ms windows, worker flags `{flags}`; "
-            "time from the first record produced to the last window's summary; engine = "
-            "processor.engine.Engine in-process, no Kafka. Peak RSS here includes the consumer's "
-            "backlog (records are produced faster than one worker takes them).", ""] + _table(
-        ["stage", "workers", "events", "containers", "paths per container", "worker events/s",
-         "floor events/s", "worker / floor", "engine events/s", "worker CPU s per M", "floor CPU s per M",
-         "peak RSS MiB"], rows) + [
-        "Memory of a fresh worker against the paths it holds: one window produced at a time (then its "
-        "summaries awaited), so no backlog builds up.", ""] + _table(
-        ["distinct paths per window", "events", "windows", "containers × paths", "peak RSS MiB",
-         "RSS at the end MiB"], memory)
+    return [f"## {title}", "", f"{section['partitions']} raw partitions, {section['window_ms']} ms windows, worker flags `{flags}`; " "time from the first record produced to the last window's summary; engine = " "processor.engine.Engine in-process, no Kafka. Peak RSS here includes the consumer's " "backlog (records are produced faster than one worker takes them).", "", *_table(["stage", "workers", "events", "containers", "paths per container", "worker events/s", "floor events/s", "worker / floor", "engine events/s", "worker CPU s per M", "floor CPU s per M", "peak RSS MiB"], rows), "Memory of a fresh worker against the paths it holds: one window produced at a time (then its " "summaries awaited), so no backlog builds up.", "", *_table(["distinct paths per window", "events", "windows", "containers × paths", "peak RSS MiB", "RSS at the end MiB"], memory)]
 
 
 def _latency(section: dict[str, Any] | None) -> list[str]:
@@ -184,12 +159,7 @@ def _latency(section: dict[str, Any] | None) -> list[str]:
              _f(r["p50_minus_window_ms"]), _f(r["p99_minus_window_ms"]), _f(r["after_close_p50_ms"]),
              _f(r["after_close_p99_ms"])] for r in section["rows"]]
     floor_ms = section["allowed_lateness_ms"] + section["watermark_interval_ms"]
-    return [f"## {title}", "",
-            f"{section['window_ms']} ms windows, {section['allowed_lateness_ms']} ms allowed lateness, agent "
-            f"watermarks every {section['watermark_interval_ms']} ms: a window cannot close before "
-            f"lateness + up to one watermark interval after its end ({floor_ms} ms at most).", ""] + _table(
-        ["calls/s", "calls", "p50 ms", "p99 ms", "p50 − window ms", "p99 − window ms",
-         "after window end p50 ms", "after window end p99 ms"], rows)
+    return [f"## {title}", "", f"{section['window_ms']} ms windows, {section['allowed_lateness_ms']} ms allowed lateness, agent " f"watermarks every {section['watermark_interval_ms']} ms: a window cannot close before " f"lateness + up to one watermark interval after its end ({floor_ms} ms at most).", "", *_table(["calls/s", "calls", "p50 ms", "p99 ms", "p50 − window ms", "p99 − window ms", "after window end p50 ms", "after window end p99 ms"], rows)]
 
 
 def _watch(section: dict[str, Any] | None) -> list[str]:
@@ -198,15 +168,7 @@ def _watch(section: dict[str, Any] | None) -> list[str]:
     if failed:
         return failed
     assert section is not None
-    return [f"## {title}", "",
-            f"Agent defaults (in-kernel dedup, watermarks every {section['watermark_interval_ms']} ms: a call is "
-            f"sent when its interval ends), no processor: the floor is one interval. Start-up: the time "
-            f"`signals watch` took to read the symbols and modules topics and reach the raw topic.", ""] + _table(
-        ["calls/s", "calls", "lines", "p50 ms", "p99 ms", "max ms", "after 2 s: p50 ms", "after 2 s: p99 ms",
-         "watch start-up s"],
-        [[_f(section["rate_per_s"]), _f(section["calls"]), _f(section["lines"]), _f(section["p50_ms"]),
-          _f(section["p99_ms"]), _f(section["max_ms"]), _f(section["steady_p50_ms"]),
-          _f(section["steady_p99_ms"]), _f(section["watch_startup_s"], 1)]])
+    return [f"## {title}", "", f"Agent defaults (in-kernel dedup, watermarks every {section['watermark_interval_ms']} ms: a call is " f"sent when its interval ends), no processor: the floor is one interval. Start-up: the time " f"`signals watch` took to read the symbols and modules topics and reach the raw topic.", "", *_table(["calls/s", "calls", "lines", "p50 ms", "p99 ms", "max ms", "after 2 s: p50 ms", "after 2 s: p99 ms", "watch start-up s"], [[_f(section["rate_per_s"]), _f(section["calls"]), _f(section["lines"]), _f(section["p50_ms"]), _f(section["p99_ms"]), _f(section["max_ms"]), _f(section["steady_p50_ms"]), _f(section["steady_p99_ms"]), _f(section["watch_startup_s"], 1)]])]
 
 
 def _windows(section: dict[str, Any] | None) -> list[str]:
@@ -218,13 +180,7 @@ def _windows(section: dict[str, Any] | None) -> list[str]:
     rows = [[_f(section["calls"]), _f(section["windows"]), _f(section["raw_records"]),
              _f(section["records_spanning_windows"]), _f(section["calls_in_spanning_records"]),
              _f(section["calls_in_another_window"]), _f(section["calls_within_1ms_of_a_boundary"])]]
-    return [f"## {title}", "",
-            f"{section['window_ms']} ms windows, agent flushes every {section['watermark_interval_ms']} ms, "
-            f"paced calls on a few stacks (folded in the kernel). Floor: 0 records spanning a window; calls "
-            f"counted in another window than their own clock's at most the calls stamped within 1 ms of a "
-            f"boundary.", ""] + _table(
-        ["calls", "windows", "raw records", "records spanning windows", "calls in them",
-         "calls in another window", "calls within 1 ms of a boundary"], rows)
+    return [f"## {title}", "", f"{section['window_ms']} ms windows, agent flushes every {section['watermark_interval_ms']} ms, " f"paced calls on a few stacks (folded in the kernel). Floor: 0 records spanning a window; calls " f"counted in another window than their own clock's at most the calls stamped within 1 ms of a " f"boundary.", "", *_table(["calls", "windows", "raw records", "records spanning windows", "calls in them", "calls in another window", "calls within 1 ms of a boundary"], rows)]
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -237,7 +193,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     figure, axes = plt.subplots(2, 3, figsize=(16, 9))
     panels = [_plot_probe, _plot_agent, _plot_processor_events, _plot_processor_containers,
               _plot_memory, _plot_latency]
-    for axis, panel in zip(axes.flat, panels):
+    for axis, panel in zip(axes.flat, panels, strict=False):
         try:
             panel(axis, results)
         except (KeyError, TypeError, ValueError) as exc:  # a stage not run or failed

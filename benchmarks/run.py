@@ -13,13 +13,24 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from . import (fleet_bench, hot, latency, probe_agent, processor_bench, python_probe, report, unwind_cost,
-               watch_latency, windows)
+from . import (
+    fleet_bench,
+    hot,
+    latency,
+    probe_agent,
+    processor_bench,
+    python_probe,
+    report,
+    unwind_cost,
+    watch_latency,
+    windows,
+)
 from .fleet import FleetSpec
 from .kafka_io import dedicated_broker
 from .procs import flags_offered
@@ -39,12 +50,13 @@ class Plan:
     latency_seconds_per_rate: float
     watch_rate_per_s: int = 100
     watch_seconds: float = 5.0
-    python_probe: python_probe.PythonProbePlan = python_probe.PythonProbePlan()
+    python_probe: python_probe.PythonProbePlan = field(default_factory=python_probe.PythonProbePlan)
     # Window attribution: paced calls (count, one every interval µs) across window boundaries.
     windows_calls: int = 20_000
     windows_interval_us: int = 1000
     windows_window_ms: int = 5000
-    unwind: unwind_cost.UnwindPlan = unwind_cost.UnwindPlan(calls=2_000, repeats=1, rule_figures=False)
+    unwind: unwind_cost.UnwindPlan = field(
+        default_factory=lambda: unwind_cost.UnwindPlan(calls=2_000, repeats=1, rule_figures=False))
     fleet: fleet_bench.FleetPlan = field(default_factory=lambda: fleet_bench.FleetPlan(specs=()))
 
 
@@ -198,7 +210,7 @@ def machine(command: str, quick: bool) -> dict[str, Any]:
             break
     mem_kib = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
     return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command, "quick": quick,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"), "command": command, "quick": quick,
         "cpus": os.cpu_count(), "cpu_model": model, "memory_gib": round(mem_kib / 2**20, 1),
         "kernel": platform.release(), "python": platform.python_version(),
         "commit": _git("rev-parse", "--short", "HEAD"), "tree_dirty": bool(_git("status", "--porcelain")),

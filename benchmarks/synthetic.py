@@ -57,7 +57,7 @@ def symbol_tables(max_paths: int) -> list[dict[str, Any]]:
     """One single-chunk SymbolTable per binary, naming every frame the events use."""
     # Callers are looked up at their return address - 1: each function starts below it.
     binary = [{"file_offset": offset & ~0xFF, "size_bytes": 0x100, "name": name}
-              for digest, offset, _path, name in _COMMON_FRAMES[1:] + [_TARGET]]
+              for digest, offset, _path, name in [*_COMMON_FRAMES[1:], _TARGET]]
     binary += [{"file_offset": VIA_BASE + i * VIA_SIZE, "size_bytes": VIA_SIZE, "name": f"via_{i:04d}"}
                for i in range(max_paths)]
     libc = [{"file_offset": 0x27200, "size_bytes": 0x100, "name": "__libc_start_call_main"}]
@@ -70,7 +70,7 @@ def call_event(container: int, path: int, observed_at_us: int) -> dict[str, Any]
     """A RuntimeCallEvent as the agent writes it for one call."""
     via = (BINARY_DIGEST, VIA_BASE + path * VIA_SIZE + 0x10, BINARY_PATH, f"via_{path:04d}")
     frames = [{"address": _LOAD_BASE + offset, "binary_digest": digest, "binary_offset": offset, "library": library}
-              for digest, offset, library, _name in _COMMON_FRAMES + [via, _TARGET]]
+              for digest, offset, library, _name in [*_COMMON_FRAMES, via, _TARGET]]
     return {
         "event_id": str(uuid.uuid4()), "container_id": container_id(container),
         "pid": 1000 + container, "tid": 1000 + container, "timestamp_ns": observed_at_us * 1000,

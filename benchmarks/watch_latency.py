@@ -78,7 +78,7 @@ def run(bootstrap: str, work_dir: Path, rate_per_s: int, seconds: float,
         latencies_ms.append((arrivals[line - 1][0] - call_s) * 1000)
     # The first calls of a new binary also wait for its symbol tables (published on its first
     # call): the steady state is the calls made after the first two seconds.
-    steady_ms = [ms for ms, t in zip(latencies_ms, call_times_s) if t >= call_times_s[0] + 2.0] or latencies_ms
+    steady_ms = [ms for ms, t in zip(latencies_ms, call_times_s, strict=False) if t >= call_times_s[0] + 2.0] or latencies_ms
     return {"rate_per_s": rate_per_s, "calls": len(call_times_s), "lines": len(arrivals),
             "steady_p50_ms": percentile(steady_ms, 0.5), "steady_p99_ms": percentile(steady_ms, 0.99),
             "watermark_interval_ms": watermark_interval_ms, "watch_startup_s": startup_s,

@@ -16,7 +16,17 @@ such as a capture file); runtime_signals.consumer.kafka is the only module that 
 from runtime_signals.consumer.client import SignalsClient
 from runtime_signals.consumer.errors import ConsumerError, QueryError, ReadError, TopicNotFoundError
 from runtime_signals.consumer.kafka import KafkaRecord, OffsetRange, TimestampType, TopicReader
-from runtime_signals.consumer.models import CallPath, ContainerState, Coverage, PathEvidence, PathTotal, Reachability, Summary, Target, iso
+from runtime_signals.consumer.models import (
+    CallPath,
+    ContainerState,
+    Coverage,
+    PathEvidence,
+    PathTotal,
+    Reachability,
+    Summary,
+    Target,
+    iso,
+)
 
 __all__ = [
     "CallPath", "ConsumerError", "ContainerState", "Coverage", "KafkaRecord", "OffsetRange",

@@ -11,14 +11,13 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from runtime_signals.schemas import codec
-from runtime_signals.schemas.errors import SchemaError
-from runtime_signals.schemas.topics import TopicNames
-
 from runtime_signals.consumer import query
 from runtime_signals.consumer.errors import TopicNotFoundError
 from runtime_signals.consumer.kafka import TopicReader
 from runtime_signals.consumer.models import ContainerState, PathTotal, Reachability, Summary, Target
+from runtime_signals.schemas import codec
+from runtime_signals.schemas.errors import SchemaError
+from runtime_signals.schemas.topics import TopicNames
 
 log = logging.getLogger(__name__)
 

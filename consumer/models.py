@@ -6,9 +6,10 @@ the Avro records; ``iso()`` renders one for people.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence, cast
+from datetime import UTC, datetime
+from typing import Any, cast
 
 
 def iso(time_us: int | None) -> str | None:
@@ -16,7 +17,7 @@ def iso(time_us: int | None) -> str | None:
     if time_us is None:
         return None
     seconds, micros = divmod(int(time_us), 1_000_000)
-    moment = datetime.fromtimestamp(seconds, timezone.utc).replace(microsecond=micros)
+    moment = datetime.fromtimestamp(seconds, UTC).replace(microsecond=micros)
     return moment.isoformat(timespec="microseconds")
 
 

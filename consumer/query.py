@@ -21,10 +21,19 @@ from dataclasses import dataclass
 
 from packageurl import PackageURL
 
-from runtime_signals.schemas import hashing
-
 from runtime_signals.consumer.errors import QueryError
-from runtime_signals.consumer.models import CallPath, ContainerState, Coverage, Executable, PathEvidence, PathTotal, Reachability, Summary, Target
+from runtime_signals.consumer.models import (
+    CallPath,
+    ContainerState,
+    Coverage,
+    Executable,
+    PathEvidence,
+    PathTotal,
+    Reachability,
+    Summary,
+    Target,
+)
+from runtime_signals.schemas import hashing
 
 # A Rust legacy-mangled name demangles with its hash: `krate::f::h0123456789abcdef`.
 _RUST_HASH = re.compile(r"::h[0-9a-f]{16}")
@@ -123,7 +132,7 @@ class Matcher:
             return True
         signature = path.function_signatures[index] if index < len(path.function_signatures) else None
         return any(candidate == name or candidate.startswith(name + "(")
-                   or _RUST_HASH.fullmatch(candidate[len(name):]) is not None and candidate.startswith(name)
+                   or (_RUST_HASH.fullmatch(candidate[len(name):]) is not None and candidate.startswith(name))
                    for candidate in (path.symbols[index], signature) if candidate)
 
     def match(self, path: CallPath | PathTotal) -> _Match | None:

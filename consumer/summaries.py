@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from runtime_signals.consumer.display import PathFrames, path_labels, readable
 from runtime_signals.consumer.kafka import TopicReader
@@ -46,7 +47,7 @@ def select_records(records: Iterable[dict[str, Any]], *, container: str | None =
         if not in_time(summary, since_us, until_us):
             continue
         if matcher is not None:
-            kept = [raw for raw, path in zip(record["call_paths"], summary.call_paths) if matcher.match(path)]
+            kept = [raw for raw, path in zip(record["call_paths"], summary.call_paths, strict=False) if matcher.match(path)]
             if not kept:
                 continue
             record = dict(record, call_paths=kept)
@@ -73,8 +74,8 @@ def latest_summaries(records: Iterable[tuple[bytes | None, bytes | None]],
 
 def _iso(value: Any) -> str:
     if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).isoformat(timespec="milliseconds")
-    return datetime.fromtimestamp(value / 1e6, timezone.utc).isoformat(timespec="milliseconds")
+        return value.astimezone(UTC).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(value / 1e6, UTC).isoformat(timespec="milliseconds")
 
 
 def to_json(summaries: list[dict[str, Any]]) -> str:
@@ -100,7 +101,7 @@ def path_rows(call_paths: Iterable[dict[str, Any]]) -> list[tuple[int, int, tupl
                                      p.get("binary_offsets") or (), p.get("binary_digests") or ())
                           for p in paths])
     calls: dict[tuple[str, ...], list[int]] = {}
-    for path, names in zip(paths, labels):
+    for path, names in zip(paths, labels, strict=False):
         entry = calls.setdefault(tuple(names), [0, 0])
         entry[0] += path["observation_count"]
         entry[1] += 1

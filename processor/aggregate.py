@@ -16,17 +16,16 @@ them is in the record, so a reader can recompute them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
-
-from runtime_signals.schemas import hashing
-from runtime_signals.schemas.codec import RuntimeType
 
 from runtime_signals.processor.intake import CallRecord, Executable
 from runtime_signals.processor.symbolize import Frame, SymbolSource, digests_to_resolve, resolve_frames
 from runtime_signals.processor.windows import WindowKey
+from runtime_signals.schemas import hashing
+from runtime_signals.schemas.codec import RuntimeType
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Distinct executables kept per path and window: a path is usually taken by one program;
 # a shared library's path in a pod of many programs by a few. Beyond this they are counted.
 MAX_EXECUTABLES_PER_PATH = 32
@@ -114,7 +113,7 @@ def micros(value: int | datetime) -> int:
     exactly (no float seconds)."""
     if isinstance(value, int):
         return value
-    delta = value.astimezone(timezone.utc) - _EPOCH
+    delta = value.astimezone(UTC) - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 

@@ -44,9 +44,6 @@ from faust.transport.consumer import Consumer as TransportConsumer
 from faust.types import TP
 from faust.web import Request, Response, View
 
-from runtime_signals.schemas import codec
-from runtime_signals.schemas.errors import SchemaError
-
 from runtime_signals.processor import metrics
 from runtime_signals.processor.checkpoint import checkpoint_topic
 from runtime_signals.processor.engine import Engine, EngineSettings, Output
@@ -57,6 +54,8 @@ from runtime_signals.processor.intake import Rejected
 from runtime_signals.processor.kafka_io import BinaryFeed, CheckpointStore, partition_count, read_partition
 from runtime_signals.processor.settings import ProcessorSettings
 from runtime_signals.processor.symbol_store import SymbolStore
+from runtime_signals.schemas import codec
+from runtime_signals.schemas.errors import SchemaError
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +165,7 @@ class Worker:
                         outputs = self._handle(message)
                     if outputs:  # most records cause none: no await for them
                         await self._send(outputs)
-                except Exception as exc:  # noqa: BLE001 -- a worker error, not a record's: stop
+                except Exception as exc:
                     await self._fail(exc)
 
     def _handle(self, message: Any) -> list[Output]:
@@ -208,10 +207,10 @@ class Worker:
         try:
             results = await asyncio.wait_for(
                 asyncio.gather(*(delivery for delivery, _, _ in unacked), return_exceptions=True), _ACK_TIMEOUT_S)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise DeliveryError(f"{len(unacked)} output(s) not acknowledged within {_ACK_TIMEOUT_S:.0f}s; is the "
                                 f"broker reachable?") from exc
-        for (_, topic, key), result in zip(unacked, results):
+        for (_, topic, key), result in zip(unacked, results, strict=False):
             if isinstance(result, BaseException):
                 raise DeliveryError(f"{topic} key={key!r}: refused by the broker: {result!r}; offsets were not "
                                     f"advanced past it") from result
@@ -250,7 +249,7 @@ class Worker:
                 return
             try:
                 await self.checkpoint()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 await self._fail(exc)
 
     async def _on_feed_timer(self) -> None:
@@ -265,7 +264,7 @@ class Worker:
                 # symbol store to this one thread meanwhile.
                 await asyncio.to_thread(self._feed.poll)
                 await self._send(await asyncio.to_thread(self.engine.release))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 await self._fail(exc)
 
     # -- rebalancing -----------------------------------------------------------------
@@ -284,7 +283,7 @@ class Worker:
             for partition in partitions:
                 try:
                     await self._restore(partition)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     await self._fail(exc)
                     return
 
@@ -318,7 +317,7 @@ class Worker:
             owned = sorted(tp.partition for tp in revoked if tp.topic == raw and self.engine.owns(tp.partition))
             try:
                 await self.checkpoint(owned)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 await self._fail(exc)
             for partition in owned:
                 self.engine.revoke(partition)
@@ -335,7 +334,7 @@ class Worker:
             self._stopping = True
             try:
                 await self.checkpoint()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self.fatal = self.fatal or exc
                 log.error("final checkpoint failed: %s", exc)
         log.info("processor stopped: %s", dict(sorted(self.engine.counts.items())))
@@ -372,7 +371,7 @@ class Worker:
     def ready(self) -> bool:
         try:
             assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.settings.topics.raw}
-        except Exception:  # noqa: BLE001 -- consumer not started yet
+        except Exception:
             return False
         return is_ready(joined=self._joined, stopping=self._stopping, rebalancing=bool(self.app.rebalancing),
                         consuming=self.app.flow_control.is_active(), assigned=assigned,
@@ -429,7 +428,7 @@ class Worker:
                 high: int | None = consumer.highwater(tp)  # the end offset the last fetch reported
                 if high is None:
                     high = (await consumer.highwaters(tp)).get(tp)
-            except Exception:  # noqa: BLE001 -- not assigned any more, broker unreachable
+            except Exception:
                 high = None
             if high is not None:
                 lag[partition] = max(0, high - position)

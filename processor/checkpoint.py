@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from runtime_signals.schemas import codec
-from runtime_signals.schemas.errors import SchemaError
-
 from runtime_signals.processor.errors import CheckpointError
 from runtime_signals.processor.watermarks import AgentMark, ClockState
 from runtime_signals.processor.windows import WindowSpec
+from runtime_signals.schemas import codec
+from runtime_signals.schemas.errors import SchemaError
 
 CHECKPOINT = "io.runtimesignals.ProcessorCheckpoint"
 

@@ -20,21 +20,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from runtime_signals.schemas import codec
-from runtime_signals.schemas.topics import OUTPUT_RETENTION_MS
-
+from runtime_signals.config.schema import ProcessorSection
 from runtime_signals.processor.aggregate import WindowAggregate, window_output
 from runtime_signals.processor.checkpoint import Checkpoint, WindowMarker
 from runtime_signals.processor.errors import ConfigError
 from runtime_signals.processor.intake import DEFAULT_LIMITS, CallRecord, Limits, Rejected, WatermarkRecord, read_raw
 from runtime_signals.processor.latest import ContainerState
 from runtime_signals.processor.output_bounds import fit_summary, refresh_summary, unnamed_path
-from runtime_signals.schemas.hashing import RECIPE_V2, callstack_hash, callstack_hash_v2
-from runtime_signals.schemas.topics import LARGE_RECORD_MAX_BYTES
 from runtime_signals.processor.symbolize import SymbolSource
 from runtime_signals.processor.watermarks import ClockState, EventClock
 from runtime_signals.processor.windows import PartitionWindows, WindowSpec
-from runtime_signals.config.schema import ProcessorSection
+from runtime_signals.schemas import codec
+from runtime_signals.schemas.hashing import RECIPE_V2, callstack_hash, callstack_hash_v2
+from runtime_signals.schemas.topics import LARGE_RECORD_MAX_BYTES, OUTPUT_RETENTION_MS
 
 _DEFAULTS = ProcessorSection()  # the one place of the defaults
 
@@ -354,10 +352,7 @@ class Engine:
         log.log(logging.WARNING if logged else logging.DEBUG,
                 "%s[%d]@%d to the dead-letter topic: %s: %s", self.settings.raw_topic, state.partition,
                 offset, rejected.reason, rejected.error)
-        dlq_headers = headers + (
-            ("signals.dlq.reason", rejected.reason.encode()),
-            ("signals.dlq.error", rejected.error.encode("utf-8", "replace")),
-        ) + self._source_headers(state.partition, offset)
+        dlq_headers = (*headers, ("signals.dlq.reason", rejected.reason.encode()), ("signals.dlq.error", rejected.error.encode("utf-8", "replace")), *self._source_headers(state.partition, offset))
         return [Output("dlq", key, value or b"", dlq_headers, state.partition)]
 
     def _source_headers(self, partition: int, offset: int) -> Headers:

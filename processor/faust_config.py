@@ -26,10 +26,9 @@ from mode import Service
 from mode.services import WaitArgT, WaitResults
 from mode.utils.times import Seconds
 
-from runtime_signals.schemas.topics import LARGE_RECORD_MAX_BYTES
-
 from runtime_signals.processor.errors import ConfigError
 from runtime_signals.processor.settings import ProcessorSettings
+from runtime_signals.schemas.topics import LARGE_RECORD_MAX_BYTES
 
 
 class IdempotentProducer(aiokafka_driver.Producer):
@@ -63,7 +62,7 @@ class StepFirst(Service):
             return await super().wait_first(*coros, timeout=timeout)
         try:
             pending = first.send(None)
-        except BaseException as exc:  # noqa: BLE001 -- finished, or failed: the others are dropped
+        except BaseException as exc:
             for other in coros[1:]:
                 if isinstance(other, Coroutine):
                     other.close()  # never started: no "never awaited" warning
@@ -89,7 +88,7 @@ def _resumed(coro: Coroutine[Any, Any, Any], pending: Any) -> Generator[Any, Non
     while True:
         try:
             yield pending
-        except BaseException as exc:  # noqa: BLE001 -- a cancellation, passed down as await would
+        except BaseException as exc:
             try:
                 pending = coro.throw(exc)
             except StopIteration as done:

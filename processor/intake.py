@@ -28,10 +28,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from runtime_signals.schemas import codec, hashing
-from runtime_signals.schemas.errors import CorruptMessageError, HashInputError, IncompatibleSchemaError, SchemaError, UnknownFingerprintError
-
 from runtime_signals.processor.symbolize import Frame
+from runtime_signals.schemas import codec, hashing
+from runtime_signals.schemas.errors import (
+    CorruptMessageError,
+    HashInputError,
+    IncompatibleSchemaError,
+    SchemaError,
+    UnknownFingerprintError,
+)
 
 CALL_EVENT = "io.runtimesignals.RuntimeCallEvent"
 WATERMARK = "io.runtimesignals.AgentWatermark"

@@ -21,13 +21,12 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
-from runtime_signals.schemas import codec
-from runtime_signals.schemas.errors import SchemaError
-from runtime_signals.schemas.topics import LARGE_RECORD_MAX_BYTES
-
 from runtime_signals.processor.checkpoint import Checkpoint
 from runtime_signals.processor.errors import BrokerError, CheckpointError, ConfigError
 from runtime_signals.processor.symbol_store import SymbolStore
+from runtime_signals.schemas import codec
+from runtime_signals.schemas.errors import SchemaError
+from runtime_signals.schemas.topics import LARGE_RECORD_MAX_BYTES
 
 log = logging.getLogger(__name__)
 

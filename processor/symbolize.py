@@ -11,13 +11,12 @@ the agent matches targets with); its output enters node hashes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from runtime_signals.schemas import hashing
 from runtime_signals.schemas.demangle import readable
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +86,7 @@ def resolve_frames(frames: Sequence[Frame], identities: Sequence[str], top_symbo
     binary's, from the module maps; the agent's for the top frame when no map names it."""
     resolved = []
     last = len(frames) - 1
-    for index, (frame, identity) in enumerate(zip(frames, identities)):
+    for index, (frame, identity) in enumerate(zip(frames, identities, strict=False)):
         is_top = index == last
         name: str | None = None
         if is_top and top_symbol:

@@ -14,8 +14,9 @@ fixes, so reprocessing the same topic closes the same windows with the same cont
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, TypeVar
 
 from runtime_signals.processor.errors import ConfigError
 

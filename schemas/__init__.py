@@ -9,8 +9,27 @@
 - ``errors``: the exception tree, rooted at ``SchemaError``.
 """
 
-from runtime_signals.schemas.codec import NAMESPACE, Decoded, RuntimeType, SchemaRegistry, decode, encode, fingerprint_hex, load_schemas, self_contained_schema
-from runtime_signals.schemas.errors import CorruptMessageError, EncodeError, HashInputError, IncompatibleSchemaError, SchemaError, SchemaLoadError, UnknownFingerprintError, UnknownSchemaError
+from runtime_signals.schemas.codec import (
+    NAMESPACE,
+    Decoded,
+    RuntimeType,
+    SchemaRegistry,
+    decode,
+    encode,
+    fingerprint_hex,
+    load_schemas,
+    self_contained_schema,
+)
+from runtime_signals.schemas.errors import (
+    CorruptMessageError,
+    EncodeError,
+    HashInputError,
+    IncompatibleSchemaError,
+    SchemaError,
+    SchemaLoadError,
+    UnknownFingerprintError,
+    UnknownSchemaError,
+)
 from runtime_signals.schemas.hashing import callstack_hash, combined_path_hash, frame_identity, node_hash, path_hash
 
 __all__ = [

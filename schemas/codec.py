@@ -34,7 +34,14 @@ import fastavro
 from fastavro.read import SchemaResolutionError
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
-from runtime_signals.schemas.errors import CorruptMessageError, EncodeError, IncompatibleSchemaError, SchemaLoadError, UnknownFingerprintError, UnknownSchemaError
+from runtime_signals.schemas.errors import (
+    CorruptMessageError,
+    EncodeError,
+    IncompatibleSchemaError,
+    SchemaLoadError,
+    UnknownFingerprintError,
+    UnknownSchemaError,
+)
 
 NAMESPACE = "io.runtimesignals"
 SCHEMA_DIR = Path(__file__).resolve().parent

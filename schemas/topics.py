@@ -38,7 +38,7 @@ class TopicNames:
     plans: str = "signals.plans.v1"             # ProbePlan, key = plan id, compacted (tombstone: removed)
     plan_status: str = "signals.plan-status.v1"  # PlanStatus, key = "<plan id>/<host>", compacted
 
-    def with_prefix(self, prefix: str) -> "TopicNames":
+    def with_prefix(self, prefix: str) -> TopicNames:
         """Every name prefixed; ``ux.svc`` is read as ``ux.svc.`` (normalize_prefix)."""
         prefix = normalize_prefix(prefix)
         return replace(self, **{name: prefix + value for name, value in self.__dict__.items()})

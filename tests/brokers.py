@@ -6,8 +6,9 @@ import contextlib
 import os
 import re
 import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping, Protocol
+from typing import Protocol
 
 from runtime_signals.devtools.localkafka import KAFKA_VERSION, free_port_pair
 

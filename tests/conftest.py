@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import pytest
 
 from runtime_signals.devtools import localkafka
-
 from runtime_signals.kafka import admin
 from tests import brokers
 

@@ -10,16 +10,26 @@ import secrets
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
-from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, AdminClient, ResourcePatternType,
-                                   ResourceType, ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion)
+from confluent_kafka.admin import (
+    AclBinding,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    ResourcePatternType,
+    ResourceType,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialUpsertion,
+)
 
-from runtime_signals.devtools import localkafka
 from runtime_signals.config import load_config
+from runtime_signals.devtools import localkafka
 from runtime_signals.devtools.demo import create_topics
 from runtime_signals.kafka.security import KafkaAuthenticationError, acl_bindings, check_access
 from runtime_signals.schemas.topics import TopicNames

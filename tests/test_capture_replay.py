@@ -24,12 +24,12 @@ import fastavro
 import pytest
 from confluent_kafka import Producer
 
+from runtime_signals.capture.writer import CaptureRequest, capture, read_capture
 from runtime_signals.consumer import SignalsClient, Target
 from runtime_signals.consumer.kafka import TimestampType, TopicReader
-from runtime_signals.capture.writer import CaptureRequest, capture, read_capture
+from runtime_signals.consumer.summaries import read_topic
 from runtime_signals.devtools.demo import create_topics, wait_for_summaries
 from runtime_signals.devtools.pipeline import signals_command
-from runtime_signals.consumer.summaries import read_topic
 from runtime_signals.schemas import codec
 from runtime_signals.schemas.topics import TopicNames
 from tests import synthetic_raw
@@ -170,7 +170,7 @@ def _readable_records(path: Path) -> int:
         with open(path, "rb") as handle:
             for block in fastavro.block_reader(handle):
                 count += block.num_records
-    except Exception:  # the block being written is cut short: count the ones before it
+    except Exception:  # noqa: S110 -- the block being written is cut short: count the ones before it
         pass
     return count
 
@@ -266,7 +266,7 @@ def test_topic_to_topic_replay_from_a_time(kafka_bootstrap: str, unique_topic: T
 
 
 def _start_processor(bootstrap: str, prefix: str, workdir: Path) -> subprocess.Popen[bytes]:
-    log = open(workdir / f"{prefix.rstrip('.')}.log", "wb")
+    log = open(workdir / f"{prefix.rstrip('.')}.log", "wb")  # noqa: SIM115 -- the worker keeps it
     argv = signals_command("processor", "--bootstrap", bootstrap, "--topic-prefix",
                            prefix, "--window-ms", str(synthetic_raw.WINDOW_MS), "--allowed-lateness-ms",
                            str(synthetic_raw.LATENESS_MS), "--app-id", f"{prefix}processor")

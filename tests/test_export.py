@@ -8,25 +8,25 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cyclonedx import schema as cyclonedx_schemas
 import jsonschema
 import pytest
 import vexipy
+from cyclonedx import schema as cyclonedx_schemas
 from referencing import Registry, Resource
 
 from runtime_signals.consumer import Summary
-from runtime_signals.evidence import cyclonedx, export, openvex
 from runtime_signals.devtools.demo import create_topics
 from runtime_signals.devtools.pipeline import signals_command
+from runtime_signals.evidence import cyclonedx, export, openvex
 from runtime_signals.schemas.topics import TopicNames
 from tests.consumer import sample_summaries as sample
 
 DATA = Path(__file__).parent / "data"
-NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 OSV_GO = {
     "id": "GO-2026-0001",
@@ -88,7 +88,7 @@ def test_text_lists_name_the_bad_line(tmp_path: Path) -> None:
     with pytest.raises(export.ExportError, match=r"list.txt:4: expected `PURL FUNCTION"):
         export.load_vulnerable_functions(tmp_path / "list.txt")
     (tmp_path / "noid.txt").write_text("pkg:deb/debian/libimage parse_image_header\n")
-    with pytest.raises(export.ExportError, match="noid.txt:1: no vulnerability id"):
+    with pytest.raises(export.ExportError, match=r"noid.txt:1: no vulnerability id"):
         export.load_vulnerable_functions(tmp_path / "noid.txt")
     assert export.load_vulnerable_functions(tmp_path / "noid.txt", "CVE-2026-9")[0].vulnerability == "CVE-2026-9"
 
@@ -122,7 +122,7 @@ def test_openvex_says_affected_with_paths_where_reached_and_under_investigation_
 
     unseen = by_key[("CVE-2026-2222", web)]
     assert unseen["status"] == "under_investigation" and "justification" not in unseen
-    first, last = (datetime.fromtimestamp(t / 1e6, timezone.utc).isoformat(timespec="microseconds")
+    first, last = (datetime.fromtimestamp(t / 1e6, UTC).isoformat(timespec="microseconds")
                    for t in (sample.T0_US, sample.T0_US + 2 * sample.WINDOW_US))
     assert f"between {first} and {last} (2 window(s); 14 calls of probed functions" in unseen["status_notes"]
     assert "not a not_affected claim" in unseen["status_notes"]

@@ -20,14 +20,14 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from runtime_signals.devtools.demo import create_topics
 from runtime_signals.consumer.summaries import read_topic
+from runtime_signals.devtools.demo import create_topics
 from runtime_signals.devtools.workload import PROBED_SYMBOL, build_workload
 from runtime_signals.schemas import codec
 from runtime_signals.schemas.topics import TopicNames

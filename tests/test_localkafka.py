@@ -8,8 +8,8 @@ import os
 import socket
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer

@@ -76,7 +76,7 @@ def test_bad_and_late_records_are_routed_counted_and_processing_goes_on(kafka_bo
 
     raw = {(r.partition, r.offset): r for r in read_all(kafka_bootstrap, names.raw)}
     calls = [r for r in raw.values() if r.key == b"c1"]
-    kinds = dict(zip((r.value for r in calls), (kind for *_, kind in FEED + AFTER_FIRST_WATERMARK)))
+    kinds = dict(zip((r.value for r in calls), (kind for *_, kind in FEED + AFTER_FIRST_WATERMARK), strict=False))
 
     dead = read_all(kafka_bootstrap, names.dlq)
     assert sorted(r.headers["signals.dlq.reason"].decode() for r in dead) == sorted(

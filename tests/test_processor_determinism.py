@@ -44,7 +44,7 @@ def test_live_run_and_replay_write_the_same_bytes(kafka_bootstrap: str, tmp_path
                                             f"{prefix}replay.", *wait_args], wait_ready_s=60)
         expected = sum(produced.calls.values())
         for topics in (live, replay):
-            wait_until(lambda: sum(s["total_events"] for s in latest_by_key(
+            wait_until(lambda topics=topics: sum(s["total_events"] for s in latest_by_key(
                 read_all(kafka_bootstrap, topics.summaries)).values()) == expected, 60, f"{topics.summaries} complete")
         assert pipeline.stop_processor(name="live") == 0
         assert pipeline.stop_processor(name="replay") == 0

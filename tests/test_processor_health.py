@@ -15,8 +15,8 @@ import pytest
 
 from runtime_signals.devtools.demo import create_topics
 from runtime_signals.devtools.pipeline import LocalPipeline
-from runtime_signals.schemas.topics import TopicNames
 from runtime_signals.processor.app import is_ready
+from runtime_signals.schemas.topics import TopicNames
 from tests.processor.harness import wait_until
 
 pytestmark = pytest.mark.broker
@@ -42,7 +42,7 @@ def _status(port: int, path: str) -> int | None:
 
 
 def test_readiness_rule() -> None:
-    ready = dict(joined=True, stopping=False, rebalancing=False, consuming=True, assigned={0, 1}, restored={0, 1})
+    ready = {"joined": True, "stopping": False, "rebalancing": False, "consuming": True, "assigned": {0, 1}, "restored": {0, 1}}
     assert is_ready(**ready)
     assert is_ready(**{**ready, "assigned": set(), "restored": set()})  # idle member of the group
     assert not is_ready(**{**ready, "restored": {0}})                   # partition 1 not restored yet

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime_signals.processor.checkpoint import checkpoint_topic
 from runtime_signals.devtools import localkafka
 from runtime_signals.devtools.pipeline import signals_command
+from runtime_signals.processor.checkpoint import checkpoint_topic
 from runtime_signals.schemas.topics import TopicNames
 from tests.processor.harness import produce, read_all, wait_until
 from tests.secure_kafka import PROCESSOR, secure_kafka

@@ -9,8 +9,9 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer
@@ -18,8 +19,16 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 from runtime_signals.agent.publisher import ProducerSettings
 from runtime_signals.devtools import localkafka
 from runtime_signals.devtools.pipeline import signals_command
-from runtime_signals.kafka.security import AclSpecError, KafkaAuthenticationError, KafkaAuthorizationError, KafkaTlsError, acl_bindings, check_access, redacted
 from runtime_signals.devtools.workload import PROBED_SYMBOL, build_workload
+from runtime_signals.kafka.security import (
+    AclSpecError,
+    KafkaAuthenticationError,
+    KafkaAuthorizationError,
+    KafkaTlsError,
+    acl_bindings,
+    check_access,
+    redacted,
+)
 from runtime_signals.schemas import codec
 from runtime_signals.schemas.topics import TopicNames
 from tests.bpf_support import bpf_unavailable_reason
@@ -71,7 +80,7 @@ def test_agent_writes_its_topics_and_is_refused_on_the_others(kafka: SecureKafka
     config = _agent_producer_config(kafka)
     outcomes = _produce(config, (*AGENT_TOPICS, NAMES.summaries, NAMES.paths))
     assert {t: _error_code(e) for t, e in outcomes.items()} == {
-        **{topic: "delivered" for topic in AGENT_TOPICS},
+        **dict.fromkeys(AGENT_TOPICS, "delivered"),
         NAMES.summaries: "TOPIC_AUTHORIZATION_FAILED",
         NAMES.paths: "TOPIC_AUTHORIZATION_FAILED",
     }

@@ -123,7 +123,7 @@ def open_capture(path: Path) -> tuple[CaptureHeader, Iterator[KafkaRecord]]:
     """The header and the records of a capture file (the file stays open while iterating)."""
     path = Path(path)
     try:
-        handle = open(path, "rb")
+        handle = open(path, "rb")  # noqa: SIM115 -- owned by the reader returned, closed by its caller
         reader = fastavro.reader(handle)
     except (OSError, ValueError) as exc:
         raise CaptureError(f"{path}: not a readable Avro container file: {exc}") from exc
@@ -151,7 +151,7 @@ def open_capture(path: Path) -> tuple[CaptureHeader, Iterator[KafkaRecord]]:
                     item = next(items)
                 except StopIteration:
                     break
-                except Exception as exc:  # noqa: BLE001 -- zstd, zlib, EOF, Avro: the file is damaged
+                except Exception as exc:
                     raise CaptureError(f"{path}: damaged after record {count}: {type(exc).__name__}: {exc}; "
                                        f"the file is cut short or corrupted") from exc
                 assert isinstance(item, dict)  # the file's schema is a record

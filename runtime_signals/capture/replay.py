@@ -22,10 +22,9 @@ from typing import IO, Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from runtime_signals.capture.writer import progress_bar
 from runtime_signals.consumer.kafka import KafkaRecord, TimestampType
 from runtime_signals.schemas import codec
-
-from runtime_signals.capture.writer import progress_bar
 
 log = logging.getLogger(__name__)
 

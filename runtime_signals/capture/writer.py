@@ -20,7 +20,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import IO, Any
@@ -28,11 +28,21 @@ from typing import IO, Any
 import fastavro
 from tqdm import tqdm
 
+from runtime_signals.capture.file import (
+    CAPTURE_SCHEMA,
+    FORMAT,
+    PARSED_SCHEMA,
+    CaptureError,
+    CaptureHeader,
+    metadata,
+    open_capture,
+    read_capture,
+    record_digest_update,
+    to_avro,
+)
 from runtime_signals.consumer.errors import ConsumerError
 from runtime_signals.consumer.kafka import KafkaRecord, OffsetRange, TopicReader
 from runtime_signals.schemas import codec
-
-from runtime_signals.capture.file import CAPTURE_SCHEMA, FORMAT, PARSED_SCHEMA, CaptureError, CaptureHeader, metadata, open_capture, read_capture, record_digest_update, to_avro
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +116,7 @@ def plan(reader: TopicReader, request: CaptureRequest) -> list[OffsetRange]:
               if request.since_ms is not None else {})
     ends = (reader.offsets_for_time(request.topic, partitions, request.until_ms)
             if request.until_ms is not None else {})
-    now_ms = datetime.now(timezone.utc).timestamp() * 1000
+    now_ms = datetime.now(UTC).timestamp() * 1000
     ranges = []
     for partition in partitions:
         low, high = marks[partition]
@@ -191,7 +201,7 @@ def capture(reader: TopicReader, request: CaptureRequest, path: Path, *, avro_co
             "ranges": {str(r.partition): [r.start_offset, r.end_offset] for r in ranges},
         },
         "tool": tool_version(),
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "started_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
     }
     path = Path(path)
     if path.is_dir() or not path.name:
@@ -200,7 +210,7 @@ def capture(reader: TopicReader, request: CaptureRequest, path: Path, *, avro_co
     tally = _Tally()
     log.info("capture started: %s partitions %s into %s", request.topic, started["partitions"], path)
     try:
-        out = open(partial, "wb")
+        out = open(partial, "wb")  # noqa: SIM115 -- kept open across the capture, closed in finish()
     except OSError as exc:
         raise CaptureError(f"--output {path}: cannot write {partial.name} next to it: "
                            f"{exc.strerror or exc}") from exc
@@ -257,7 +267,7 @@ def _finished(tally: _Tally, registry: codec.SchemaRegistry, complete: bool) -> 
             schemas[fingerprint] = writer.declared
     return {
         "complete": complete,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "records": tally.records,
         "records_sha256": tally.digest.hexdigest(),
         "offsets": {str(p): {"first": tally.first_offset[p], "last": tally.last_offset[p],

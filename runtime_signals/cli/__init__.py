@@ -16,7 +16,6 @@ from runtime_signals.cli import inventory as inventory_cli
 from runtime_signals.cli import kafka as kafka_cli
 from runtime_signals.cli import plan as plan_cli
 from runtime_signals.cli import processor as processor_cli
-
 from runtime_signals.cli import report as cli_report
 from runtime_signals.cli import watch as cli_watch
 
@@ -137,14 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     # for: a failure reaches the user once, as the command's error naming the cause.
     logging.getLogger("runtime_signals.librdkafka").setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
     from runtime_signals.agent.errors import AgentError
-    from runtime_signals.processor.errors import ProcessorError
-    from runtime_signals.consumer.errors import ConsumerError
-    from runtime_signals.schemas.errors import SchemaError
-
-    from runtime_signals.capture.writer import CaptureError
-    from runtime_signals.evidence.export import ExportError
     from runtime_signals.capture.replay import ReplayError
+    from runtime_signals.capture.writer import CaptureError
     from runtime_signals.config.engine import SettingsError
+    from runtime_signals.consumer.errors import ConsumerError
+    from runtime_signals.evidence.export import ExportError
+    from runtime_signals.processor.errors import ProcessorError
+    from runtime_signals.schemas.errors import SchemaError
 
     try:
         if args.command == "agent":
@@ -183,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"signals {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
-    except Exception as exc:  # noqa: BLE001 -- the last line of defence: one line, never a traceback
+    except Exception as exc:
         if args.verbose:
             raise
         print(f"signals {args.command}: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback; "

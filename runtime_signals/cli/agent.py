@@ -116,7 +116,7 @@ def check(args: argparse.Namespace) -> int:
         print("signals agent --check: agent.targets: no targets (add [[agent.targets]] or --probe)", file=sys.stderr)
         return 1
     names = target_names(config, args.probe)
-    native = [(t, n) for t, n in zip(agent.targets, names) if not t.is_python]
+    native = [(t, n) for t, n in zip(agent.targets, names, strict=False) if not t.is_python]
     manager = TargetManager([t for t, _ in native], [n for _, n in native], attach=None,
                             proc_root=Path(agent.proc_root), host_root=Path(agent.host_root),
                             max_symbols_per_pattern=agent.max_symbols_per_pattern)
@@ -200,26 +200,25 @@ def run(args: argparse.Namespace) -> int:
     that appear later (libraries, containers) are attached by a rescan thread."""
     if args.check is not None:
         return check(args)
+    from runtime_signals.agent import bpfsys
     from runtime_signals.agent.collector import Collector, CollectorSettings
     from runtime_signals.agent.config import budget_settings, probe_limits, tracer_settings
-    from runtime_signals.agent.probes import CallTracer
-    from runtime_signals.agent.processes import NodeFiles
-    from runtime_signals.agent.publisher import ProducerSettings, Publisher
+    from runtime_signals.agent.errors import BpfLoadError
+    from runtime_signals.agent.filewatch import FileWatch
     from runtime_signals.agent.identity import PodDirectory, host_id, node_name
     from runtime_signals.agent.metrics import HealthServer
-    from runtime_signals.agent.selectors import TargetFilters
-    from runtime_signals.agent.filewatch import FileWatch
-    from runtime_signals.agent.targets import TargetManager
-
-    from runtime_signals.agent import bpfsys
-    from runtime_signals.agent.errors import BpfLoadError
     from runtime_signals.agent.pinning import (
         PIN_ROOT,
         PinnedGeneration,
         abandoned_generations,
         run_directory,
     )
+    from runtime_signals.agent.probes import CallTracer
+    from runtime_signals.agent.processes import NodeFiles
+    from runtime_signals.agent.publisher import ProducerSettings, Publisher
+    from runtime_signals.agent.selectors import TargetFilters
     from runtime_signals.agent.state import AgentState
+    from runtime_signals.agent.targets import TargetManager
 
     config = load(args)
     agent, kafka = config.agent, config.kafka
@@ -292,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
         metrics.start()
         print(f"agent metrics on port {metrics.port}: /metrics /healthz /readyz", file=sys.stderr, flush=True)
     names = target_names(config, args.probe)
-    native = [(t, n) for t, n in zip(agent.targets, names) if not t.is_python]
+    native = [(t, n) for t, n in zip(agent.targets, names, strict=False) if not t.is_python]
     python = _start_python_targets([t for t in agent.targets if t.is_python], collector, filters, settings, agent)
     # Every attach goes through the file watch: a probed file written in place loses its
     # probes at the first write (agent/filewatch.py), and is probed afresh once rewritten.

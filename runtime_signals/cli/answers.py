@@ -163,8 +163,7 @@ def run_summaries(args: argparse.Namespace) -> int:
 
 
 def run_reachable(args: argparse.Namespace) -> int:
-    from runtime_signals.consumer import SignalsClient
-    from runtime_signals.consumer import query
+    from runtime_signals.consumer import SignalsClient, query
 
     target = _target(args)
     if target is None:
@@ -196,7 +195,7 @@ def did_you_mean(function: str, summaries: Sequence[Summary], count: int = 3) ->
                     for name in (*p.symbols, *p.function_signatures) if not name.startswith("sha256:")})
     wanted = function.strip()
     lowered = wanted.lower()
-    close = [n for n in names if n.lower() == lowered or lowered in n.lower() and len(lowered) >= 4]
+    close = [n for n in names if n.lower() == lowered or (lowered in n.lower() and len(lowered) >= 4)]
     close += difflib.get_close_matches(wanted, names, n=count, cutoff=0.75)
     return list(dict.fromkeys(close))[:count]
 
@@ -251,7 +250,6 @@ def _few(items: Sequence[str], most: int = 5) -> str:
 
 def run_export(args: argparse.Namespace) -> int:
     from runtime_signals.consumer import SignalsClient
-
     from runtime_signals.evidence import flamegraph
 
     functions = None

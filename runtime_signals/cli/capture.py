@@ -7,7 +7,7 @@ import re
 import signal
 import sys
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 
@@ -46,7 +46,7 @@ _UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 def parse_time_ms(text: str, now: datetime | None = None) -> int:
     """ISO-8601 (naive means UTC), integer milliseconds since the epoch, ``now``, or ``N[smhd]``
     (that long ago; ``-2h`` too, written ``--since=-2h`` for argparse)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     value = text.strip()
     if value.isdigit():
         return int(value)
@@ -65,7 +65,7 @@ def parse_time_ms(text: str, now: datetime | None = None) -> int:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a time: use ISO-8601 (2026-11-26T13:45Z), epoch ms, now, or 30m/2h/1d (ago)") from exc
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
 
 
@@ -117,9 +117,8 @@ def _stop_on_signals() -> threading.Event:
 
 
 def run_capture(args: argparse.Namespace) -> int:
-    from runtime_signals.consumer.kafka import TopicReader
-
     from runtime_signals.capture.writer import CaptureRequest, capture, parse_partitions
+    from runtime_signals.consumer.kafka import TopicReader
 
     link = connection(args)
     args.topic = link.topic(args.topic)
@@ -137,11 +136,10 @@ def run_capture(args: argparse.Namespace) -> int:
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    from runtime_signals.consumer.kafka import TopicReader
-
     from runtime_signals.capture.file import verify_capture
-    from runtime_signals.capture.writer import CaptureError, CaptureRequest, open_capture, parse_partitions, read_ranges
     from runtime_signals.capture.replay import ReplaySettings, replay
+    from runtime_signals.capture.writer import CaptureError, CaptureRequest, open_capture, parse_partitions, read_ranges
+    from runtime_signals.consumer.kafka import TopicReader
 
     if (args.file is None) == (args.from_topic is None):
         raise CaptureError("give a capture FILE or --from-topic TOPIC (one of them)")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from runtime_signals.schemas.topics import TopicNames, normalize_prefix
 
+
 @dataclass(frozen=True)
 class Connection:
     """The effective connection of one command."""

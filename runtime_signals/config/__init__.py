@@ -10,13 +10,12 @@ default. Everything is checked at start; an error names the setting and its sour
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, cast
 
 from runtime_signals.config.engine import SettingsError, build, env_layer, merge, read_toml, reference_rows, render_toml
-from runtime_signals.config.schema import (AgentSettings, KafkaSettings, ProcessorSection, SignalsConfig,
-                                           TargetSettings)
+from runtime_signals.config.schema import AgentSettings, KafkaSettings, ProcessorSection, SignalsConfig, TargetSettings
 
 __all__ = ["CONFIG_ENV", "AgentSettings", "KafkaSettings", "ProcessorSection", "SettingsError", "SignalsConfig",
            "TargetSettings", "load_config", "reference_table", "render"]

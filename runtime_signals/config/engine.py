@@ -20,8 +20,9 @@ import json
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 ENV_PREFIX = "SIGNALS_"
 SECRET_MASK = "***"
@@ -277,9 +278,7 @@ def _render_table(value: Any, path: str, lines: list[str], array_item: bool = Fa
     tables: list[tuple[dataclasses.Field[Any], Any]] = []
     for field in dataclasses.fields(value):
         item = getattr(value, field.name)
-        if dataclasses.is_dataclass(item):
-            tables.append((field, item))
-        elif isinstance(item, list) and item and all(dataclasses.is_dataclass(i) for i in item):
+        if dataclasses.is_dataclass(item) or (isinstance(item, list) and item and all(dataclasses.is_dataclass(i) for i in item)):
             tables.append((field, item))
         else:
             scalars.append((field, item))

@@ -9,15 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-from runtime_signals.schemas.topics import TopicNames, topic_settings
-
-from runtime_signals.devtools import localkafka
-
-from runtime_signals.kafka import admin
-from runtime_signals.devtools.pipeline import LocalPipeline
 from runtime_signals.consumer.summaries import format_table, latest_summaries, read_topic
+from runtime_signals.devtools import localkafka
+from runtime_signals.devtools.pipeline import LocalPipeline
 from runtime_signals.devtools.workload import PROBED_SYMBOL, build_workload
+from runtime_signals.kafka import admin
+from runtime_signals.schemas.topics import TopicNames, topic_settings
 
 
 def cache_dir() -> Path:

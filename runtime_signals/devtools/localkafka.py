@@ -36,9 +36,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
@@ -326,8 +326,7 @@ def _format_storage(cfg: LocalKafkaConfig, java: str, lib: Path) -> None:
         return
     # --standalone makes this node the single voter of the metadata quorum, which is what
     # controller.quorum.bootstrap.servers (rather than static quorum voters) requires.
-    cmd = _java_command(cfg, java, lib, "kafka.tools.StorageTool") + [
-        "format", "-t", new_cluster_id(), "-c", str(cfg.properties_file), "--standalone"]
+    cmd = [*_java_command(cfg, java, lib, "kafka.tools.StorageTool"), "format", "-t", new_cluster_id(), "-c", str(cfg.properties_file), "--standalone"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_FORMAT_TIMEOUT_S)
     if proc.returncode != 0:
         raise BrokerStartError(
@@ -337,7 +336,7 @@ def _format_storage(cfg: LocalKafkaConfig, java: str, lib: Path) -> None:
 
 def _spawn_broker(cfg: LocalKafkaConfig, java: str, lib: Path) -> int:
     out = cfg.logs_dir / "broker.out"
-    argv = _java_command(cfg, java, lib, "kafka.Kafka") + [str(cfg.properties_file)]
+    argv = [*_java_command(cfg, java, lib, "kafka.Kafka"), str(cfg.properties_file)]
     # posix_spawn rather than Popen: the broker must outlive this process (the CLI exits right
     # after `up`), and a Popen whose child still runs warns when garbage-collected. Its own
     # session keeps a Ctrl-C in the caller's terminal from reaching the broker.

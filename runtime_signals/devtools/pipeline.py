@@ -50,7 +50,7 @@ class LocalPipeline:
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # Appended: a restarted worker's log follows the one it replaces.
-        log = open(self.log_dir / f"{name}.log", "ab")
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 -- the child keeps it; closed on stop
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
@@ -113,13 +113,13 @@ class LocalPipeline:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-            raise PipelineError(f"{name} did not stop within {timeout_s:.0f}s of SIGTERM; killed")
+            raise PipelineError(f"{name} did not stop within {timeout_s:.0f}s of SIGTERM; killed") from None
 
     def log(self, name: str) -> str:
         path = self.log_dir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def __enter__(self) -> "LocalPipeline":
+    def __enter__(self) -> LocalPipeline:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -22,14 +22,13 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
 from packageurl import PackageURL
 
 from runtime_signals.consumer.models import PathEvidence
-
 from runtime_signals.evidence import export
 from runtime_signals.evidence.export import Finding
 from runtime_signals.evidence.openvex import coverage_notes, evidence_notes, path_text, undecided_notes
@@ -145,7 +144,7 @@ def bom(findings: Sequence[Finding], *, tool_name: str, tool_version: str, spec_
         vulnerabilities.append(vulnerability)
     for component in components.values():
         _add_evidence(component, evidence_by_ref[component["bom-ref"]], spec_version)
-    timestamp = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
+    timestamp = (now or datetime.now(UTC)).isoformat(timespec="seconds")
     body = {"components": list(components.values()), "vulnerabilities": vulnerabilities}
     serial = uuid.uuid5(uuid.NAMESPACE_URL, json.dumps(body, sort_keys=True))
     return {

@@ -34,7 +34,6 @@ from packageurl import PackageURL
 
 from runtime_signals.consumer import query
 from runtime_signals.consumer.models import Coverage, PathEvidence, Reachability, Summary, Target
-
 from runtime_signals.evidence import versions
 
 log = logging.getLogger(__name__)

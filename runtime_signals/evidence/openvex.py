@@ -23,12 +23,11 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 from runtime_signals.consumer.models import iso
-
 from runtime_signals.evidence import export
 from runtime_signals.evidence.export import Finding
 
@@ -140,7 +139,7 @@ def document(findings: Sequence[Finding], *, author: str, tooling: str,
              now: datetime | None = None) -> dict[str, Any]:
     """The OpenVEX document; its @id is derived from the statements, so the same
     evidence gives the same id."""
-    timestamp = (now or datetime.now(timezone.utc)).isoformat(timespec="seconds")
+    timestamp = (now or datetime.now(UTC)).isoformat(timespec="seconds")
     statements = [statement(f, timestamp) for f in findings]
     if not statements:
         raise ValueError("an OpenVEX document needs at least one statement: no vulnerable function was given")

@@ -11,11 +11,11 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from runtime_signals.consumer.display import PathFrames, path_labels
 from runtime_signals.consumer.models import PathEvidence, iso
 from runtime_signals.consumer.summaries import short_symbol
 from runtime_signals.evidence import flamegraph
 from runtime_signals.evidence.export import Finding
-from runtime_signals.consumer.display import PathFrames, path_labels
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
@@ -53,7 +53,7 @@ def rows(paths: Sequence[PathEvidence]) -> list[Row]:
     labels = path_labels([PathFrames(p.symbols, p.function_signatures, p.binary_offsets, p.binary_digests)
                           for p in paths])
     grouped: dict[tuple[str, tuple[str, ...], int], list[PathEvidence]] = {}
-    for path, label in zip(paths, labels):
+    for path, label in zip(paths, labels, strict=False):
         grouped.setdefault((path.container_id, tuple(label), path.matched_frame), []).append(path)
     folded = [Row(container, symbols, frame, sum(p.observation_count for p in group), len(group),
                   min(p.first_observed_at_us for p in group), max(p.last_observed_at_us for p in group),

@@ -128,7 +128,7 @@ def _in_range(version: uv.Version, events: Sequence[tuple[str, str]], cls: type[
     for bound, name in keyed:
         if name == "introduced" and (bound is None or version >= bound):
             inside = True
-        elif name in ("fixed", "limit") and bound is not None and version >= bound or name == "last_affected" and bound is not None and version > bound:
+        elif (name in ("fixed", "limit") and bound is not None and version >= bound) or (name == "last_affected" and bound is not None and version > bound):
             inside = False
     return inside
 

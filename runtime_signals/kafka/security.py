@@ -27,11 +27,11 @@ Exceptions:
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType, ResourcePatternType,
-                                   ResourceType)
+from confluent_kafka.admin import AclBinding, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
 
 # librdkafka keys whose values are secrets: never logged, printed as ***.
 SECRET_KEYS = frozenset({"sasl.password", "ssl.key.password", "ssl.keystore.password",

@@ -46,7 +46,7 @@ class AgentProcess:
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout_s: float = 120.0) -> "AgentProcess":
+    def start(self, timeout_s: float = 120.0) -> AgentProcess:
         argv = ["agent", "--bootstrap", self.bootstrap, "--topic-prefix", self.topic_prefix,
                 "--watermark-interval-ms", "200", *self.extra_args]
         for probe in self.probes:
@@ -86,13 +86,13 @@ class AgentProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-                raise AssertionError(f"agent ignored SIGTERM for {timeout_s:.0f}s:\n{self.log()[-4000:]}")
+                raise AssertionError(f"agent ignored SIGTERM for {timeout_s:.0f}s:\n{self.log()[-4000:]}") from None
         return self.process.returncode
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def __enter__(self) -> "AgentProcess":
+    def __enter__(self) -> AgentProcess:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

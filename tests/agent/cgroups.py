@@ -8,8 +8,8 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 def cgroup2_mount() -> Path | None:
@@ -83,7 +83,7 @@ class CgroupSandbox:
                 except OSError:
                     time.sleep(0.05)  # the killed process is still leaving
 
-    def __enter__(self) -> "CgroupSandbox":
+    def __enter__(self) -> CgroupSandbox:
         return self
 
     def __exit__(self, *exc: object) -> None:

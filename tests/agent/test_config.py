@@ -100,8 +100,8 @@ def test_overhead_statistics_and_delivery_settings_come_from_file_environment_an
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every setting `signals agent` flags once held alone is in the schema: the agent's
     own argument parser, then load(), sees file < environment < flag."""
-    from runtime_signals.cli import agent as agent_cli
     from runtime_signals.cli import _parser
+    from runtime_signals.cli import agent as agent_cli
 
     spool = tmp_path / "spool"
     path = tmp_path / "signals.toml"

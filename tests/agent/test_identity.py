@@ -5,12 +5,20 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from runtime_signals.agent.identity import CgroupDirectory, ContainerResolver, PodDirectory, container_id_from_cgroup, host_id, node_name, pod_uid_from_cgroup
+from runtime_signals.agent.identity import (
+    CgroupDirectory,
+    ContainerResolver,
+    PodDirectory,
+    container_id_from_cgroup,
+    host_id,
+    node_name,
+    pod_uid_from_cgroup,
+)
 from runtime_signals.agent.processes import NodeFiles, ProcessTable
 from tests.agent.cgroups import CgroupSandbox, cgroup_unavailable_reason, iter_engine_layouts
 

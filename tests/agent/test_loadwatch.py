@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from runtime_signals import bpf
-from runtime_signals.config.schema import TargetSettings
 from runtime_signals.agent.fileid import overlay_mounts
 from runtime_signals.agent.loadwatch import (
     COUNTER_NAMES,
@@ -27,6 +26,7 @@ from runtime_signals.agent.loadwatch import (
     loader_hook,
     watched_names,
 )
+from runtime_signals.config.schema import TargetSettings
 
 
 def test_ctypes_copies_equal_the_compiled_header(tmp_path: Path) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime_signals.cli.agent import target_of_probe_flag
 from runtime_signals.agent.errors import ConfigError
 from runtime_signals.agent.probes import ProbeSpec
+from runtime_signals.cli.agent import target_of_probe_flag
 
 
 @pytest.mark.parametrize(("text", "binary", "symbol"), [

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from runtime_signals.agent.collector import Collector, CollectorSettings
-from runtime_signals.config.schema import TargetSettings
 from runtime_signals.agent.probes import AttachedProbe, CallTracer, ProbeLimits, TracerSettings
 from runtime_signals.agent.publisher import ProducerSettings, Publisher
 from runtime_signals.agent.selectors import TargetFilters
 from runtime_signals.agent.targets import TargetManager
+from runtime_signals.config.schema import TargetSettings
 from runtime_signals.devtools.demo import create_topics
 from runtime_signals.schemas.topics import TopicNames
 from tests.agent.agent_runs import CALL_EVENT, decode_all, read_all

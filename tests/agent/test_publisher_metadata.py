@@ -13,6 +13,7 @@ from runtime_signals.agent.publisher import ProducerSettings, Publisher
 from runtime_signals.devtools import localkafka
 from runtime_signals.kafka import admin
 
+
 def test_the_pump_never_waits_for_metadata_while_the_broker_is_away() -> None:
     nothing_listens = f"127.0.0.1:{localkafka.free_port_pair()[0]}"
     # Each metadata attempt waits 30 s for a broker, so a call made on the caller's thread

@@ -11,9 +11,9 @@ import subprocess
 import zipfile
 from pathlib import Path
 
+import confluent_kafka
 from packageurl import PackageURL
 
-import confluent_kafka
 from runtime_signals.agent.pkgdb import read_os_release
 from runtime_signals.agent.procmaps import DigestCache
 from runtime_signals.agent.purl import PurlResolver
@@ -74,7 +74,7 @@ def _jar(path: Path, entries: dict[str, str], manifest: str | None = None) -> Pa
         manifest_file = path.with_suffix(".mf")
         manifest_file.write_text(manifest)
         argv += ["--manifest", str(manifest_file)]
-    subprocess.run(argv + ["-C", str(staging), "."], check=True, capture_output=True)
+    subprocess.run([*argv, "-C", str(staging), "."], check=True, capture_output=True)
     return path
 
 
@@ -132,8 +132,8 @@ def test_a_file_installed_by_rpm_into_a_fedora_root(tmp_path: Path) -> None:
     (root / "etc/os-release").write_text('ID=fedora\nVERSION_ID=40\n')
     package = next((tmp_path / "RPMS").rglob("*.rpm"))
     rpm = ["rpm", "--root", str(root), "--dbpath", "/var/lib/rpm"]
-    subprocess.run(rpm + ["--initdb"], check=True, capture_output=True)
-    subprocess.run(rpm + ["-i", "--nodeps", "--ignorearch", "--ignoreos", "--nosignature", str(package)],
+    subprocess.run([*rpm, "--initdb"], check=True, capture_output=True)
+    subprocess.run([*rpm, "-i", "--nodeps", "--ignorearch", "--ignoreos", "--nosignature", str(package)],
                    check=True, capture_output=True)
     assert (root / "var/lib/rpm/rpmdb.sqlite").is_file()
     assert (PurlResolver().purl(root, "/usr/lib64/libdemo.so.2")

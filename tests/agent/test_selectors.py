@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime_signals.config.schema import TargetSettings
 from runtime_signals.agent.processes import ProcessInfo
 from runtime_signals.agent.selectors import ProcessSelector, TargetFilters
+from runtime_signals.config.schema import TargetSettings
 
 CID = "4f1c3a9be2d0" + "b" * 52
 
 
 def _process(**overrides: object) -> ProcessInfo:
-    values: dict[str, object] = dict(
-        pid=4242, container_id=CID, runtime_type="NATIVE", root=Path("/proc/4242/root"),
-        executable="/usr/local/bin/image-server", comm="image-server",
-        cgroup_paths=("/kubepods.slice/kubepods-pod0c7f.slice/cri-containerd-" + CID + ".scope",),
-        pod_uid="0c7f", pod_namespace="payments", pod_name="api-7d9f")
+    values: dict[str, object] = {
+        "pid": 4242, "container_id": CID, "runtime_type": "NATIVE", "root": Path("/proc/4242/root"),
+        "executable": "/usr/local/bin/image-server", "comm": "image-server",
+        "cgroup_paths": ("/kubepods.slice/kubepods-pod0c7f.slice/cri-containerd-" + CID + ".scope",),
+        "pod_uid": "0c7f", "pod_namespace": "payments", "pod_name": "api-7d9f"}
     values.update(overrides)
     return ProcessInfo(**values)  # type: ignore[arg-type]
 

@@ -15,8 +15,8 @@ from runtime_signals.agent.publisher import ProducerSettings, Publisher
 from runtime_signals.agent.selectors import SymbolIndex
 from runtime_signals.agent.symbols_publisher import SymbolTablePublisher
 from runtime_signals.agent.symtab import read_build_id, read_symbol_table
-from runtime_signals.processor.symbol_store import SymbolStore
 from runtime_signals.consumer.summaries import read_topic
+from runtime_signals.processor.symbol_store import SymbolStore
 from runtime_signals.schemas import codec
 from tests.agent.programs import container_rootfs
 

@@ -27,9 +27,9 @@ from packageurl import PackageURL
 
 from runtime_signals.agent.pkgdb import read_os_release
 from runtime_signals.agent.symtab import read_build_id
+from runtime_signals.consumer.summaries import read_topic
 from runtime_signals.devtools.demo import create_topics
 from runtime_signals.devtools.pipeline import signals_command
-from runtime_signals.consumer.summaries import read_topic
 from runtime_signals.schemas import codec
 from runtime_signals.schemas.topics import TopicNames
 from tests.agent.cgroups import CgroupSandbox, cgroup_unavailable_reason

@@ -13,8 +13,18 @@ import pytest
 
 from runtime_signals import bpf
 from runtime_signals.agent import wire
-from runtime_signals.agent.wire import (COUNTER_NAMES, STACK_END_NAMES, DedupKey, ExecMapping, ProbeConfig, RateState,
-                                        UnwindRow, UnwindTable, call_event_type, process_mappings_type)
+from runtime_signals.agent.wire import (
+    COUNTER_NAMES,
+    STACK_END_NAMES,
+    DedupKey,
+    ExecMapping,
+    ProbeConfig,
+    RateState,
+    UnwindRow,
+    UnwindTable,
+    call_event_type,
+    process_mappings_type,
+)
 
 
 def _c_layout(tmp_path: Path, max_frames: int, max_mappings: int, structs: dict[str, list[str]]) -> dict[str, tuple[int, int]]:

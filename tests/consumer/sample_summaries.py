@@ -40,7 +40,7 @@ def path_record(container: str, window: int, symbols: tuple[str, ...], count: in
     purls = [hashing.module_identity(purl if i == len(symbols) - 1 else None, digests[i], libraries[i])
              for i in range(len(symbols))]
     node_hashes = [hashing.node_hash_v2(purls[i], s) for i, s in enumerate(symbols)]
-    identities = [hashing.frame_identity(d, o, 0) for d, o in zip(digests, offsets)]
+    identities = [hashing.frame_identity(d, o, 0) for d, o in zip(digests, offsets, strict=False)]
     return {
         "symbols": list(symbols),
         "observation_count": count,

@@ -29,7 +29,7 @@ def topics(kafka_bootstrap: str) -> TopicNames:
     re_emitted = sample.summary_record("web-1", 1, [sample.path_record("web-1", 1, sample.UPLOAD, 3, LIBIMAGE,
                                                                        5_000_000)])
     deleted = sample.summary_record("ghost", 0, [sample.path_record("ghost", 0, sample.RESIZE, 1, None)])
-    sample.produce(kafka_bootstrap, names.summaries, records + [deleted, re_emitted],
+    sample.produce(kafka_bootstrap, names.summaries, [*records, deleted, re_emitted],
                    extra=[(b"web-1|garbled", b"\xc3\x01not-a-summary"), (sample.summary_key(deleted), None)])
     # The processor's latest-state record of web-1, as if it had seen five windows.
     path = sample.path_record("web-1", 0, sample.UPLOAD, 40, LIBIMAGE)

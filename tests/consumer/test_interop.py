@@ -8,7 +8,7 @@ import io
 import re
 import shutil
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,6 @@ import fastavro
 import pytest
 
 from runtime_signals.devtools import localkafka
-
 from runtime_signals.kafka import admin
 from runtime_signals.schemas import codec
 from tests.brokers import unique_topic_name
@@ -47,7 +46,7 @@ def decode_framed(value: bytes) -> dict[str, Any]:
 def _micros(value: Any) -> Any:
     """fastavro turns timestamp-micros into datetimes: back to µs, to compare with the samples."""
     if isinstance(value, datetime):
-        delta = value - datetime(1970, 1, 1, tzinfo=timezone.utc)
+        delta = value - datetime(1970, 1, 1, tzinfo=UTC)
         return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
     if isinstance(value, dict):
         return {k: _micros(v) for k, v in value.items()}

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime_signals.consumer import QueryError, Summary, Target
-from runtime_signals.consumer import query
+from runtime_signals.consumer import QueryError, Summary, Target, query
 from runtime_signals.schemas import hashing
 from tests.consumer import sample_summaries as sample
 from tests.consumer.sample_summaries import LIBIMAGE, LIBSCALE, T0_US, WINDOW_US, XNET

@@ -8,12 +8,12 @@ from __future__ import annotations
 import copy
 import os
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
-import tomllib
 
 from runtime_signals.config import load_config
 from runtime_signals.kafka.security import acl_bindings
@@ -51,7 +51,7 @@ def _workloads(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_every_resource_is_valid_against_the_kubernetes_api_schemas(rendered: dict[str, list[dict[str, Any]]],
                                                                     version: str) -> None:
     checked = 0
-    for name, resources in rendered.items():
+    for resources in rendered.values():
         for resource in resources:
             if resource["kind"] in STRIMZI_KINDS:
                 continue  # CRDs: no schema ships with the validator; checked below

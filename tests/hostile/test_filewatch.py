@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime_signals.config.schema import TargetSettings
 from runtime_signals.agent.filewatch import FileWatch
 from runtime_signals.agent.probes import CallTracer, TracerSettings
 from runtime_signals.agent.targets import TargetManager
+from runtime_signals.config.schema import TargetSettings
 from tests.agent.programs import compile_c
 from tests.bpf_support import bpf_unavailable_reason
 

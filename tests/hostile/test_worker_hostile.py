@@ -122,7 +122,7 @@ def test_hostile_records_neither_stop_nor_freeze_nor_falsify_the_worker(kafka_bo
 
     dead = read_all(kafka_bootstrap, names.dlq)
     by_value = {r.value: r.headers["signals.dlq.reason"].decode() for r in dead}
-    expected = {value: reason for value, reason in bad}
+    expected = dict(bad)
     expected.update({value: "over_limit" for _, value, _, _ in huge_ids})
     assert by_value == expected
     assert all(r.headers["signals.dlq.error"] for r in dead)

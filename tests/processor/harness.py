@@ -50,8 +50,8 @@ class PacedProducer(threading.Thread):
 
     def run(self) -> None:
         try:
-            steps = self._scenario.steps + [len(self._scenario.records)]
-            for first, end in zip(steps, steps[1:]):
+            steps = [*self._scenario.steps, len(self._scenario.records)]
+            for first, end in zip(steps, steps[1:], strict=False):
                 for key, value, partition in self._scenario.records[first:end]:
                     kwargs: dict[str, Any] = {} if partition is None else {"partition": partition}
                     self._client.produce(self._topic, key=key, value=value, **kwargs)
@@ -78,7 +78,7 @@ class Record:
 def read_all(bootstrap: str, topic: str, timeout_s: float = 20.0) -> list[Record]:
     """Every record of the topic now, in partition then offset order (no group commits)."""
     reader = TopicReader(bootstrap, timeout_s=timeout_s)
-    records = [Record(r.partition, r.offset, r.key, r.value, {k: v for k, v in r.headers})
+    records = [Record(r.partition, r.offset, r.key, r.value, dict(r.headers))
                for r in reader.read(topic, reader.whole_topic(topic))]
     return sorted(records, key=lambda r: (r.partition, r.offset))
 

@@ -12,8 +12,8 @@ from elftools.elf.elffile import ELFFile
 
 from runtime_signals.processor.symbol_store import SymbolStore
 from runtime_signals.processor.symbolize import Frame, resolve_frames
-from runtime_signals.schemas.demangle import readable as demangle
 from runtime_signals.schemas import hashing
+from runtime_signals.schemas.demangle import readable as demangle
 
 CPP = r"""
 #include <string>

@@ -13,13 +13,12 @@ from runtime_signals.processor.engine import Engine, EngineSettings, Output
 from runtime_signals.processor.symbol_store import SymbolStore
 from runtime_signals.processor.symbolize import NoSymbols
 from runtime_signals.processor.windows import WindowSpec
-from runtime_signals.schemas import codec
-from runtime_signals.schemas import hashing
+from runtime_signals.schemas import codec, hashing
 from tests.processor.raw_records import (
     APP_DIGEST,
     APP_PURL,
-    LIBC_PURL,
     BASE_US,
+    LIBC_PURL,
     REGISTRY,
     call_event,
     encode_call,
@@ -249,7 +248,7 @@ def test_a_checkpoint_from_other_window_settings_is_refused_with_what_to_do() ->
     engine.handle(0, 0, b"c1", encode_call(call_event("c1", BASE_US)))
     checkpoint = engine.checkpoint(0)
     other = Engine(EngineSettings(WindowSpec(2000, 200), "raw", agent_idle_ms=10_000), NoSymbols(), REGISTRY)
-    with pytest.raises(Exception, match="--window-ms 1000.*new --app-id"):
+    with pytest.raises(Exception, match=r"--window-ms 1000.*new --app-id"):
         other.assign(0, checkpoint)
 
 

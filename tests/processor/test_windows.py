@@ -51,5 +51,5 @@ def test_watermark_never_goes_back_and_closing_order_is_deterministic() -> None:
 
 @pytest.mark.parametrize("size_ms, lateness_ms", [(0, 0), (-1, 0), (1000, -1)])
 def test_invalid_window_settings_name_the_setting(size_ms: int, lateness_ms: int) -> None:
-    with pytest.raises(ValueError, match="size_ms|allowed_lateness_ms"):
+    with pytest.raises(ValueError, match=r"size_ms|allowed_lateness_ms"):
         WindowSpec(size_ms=size_ms, allowed_lateness_ms=lateness_ms)

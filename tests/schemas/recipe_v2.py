@@ -11,9 +11,7 @@ from typing import Any
 from urllib.parse import unquote
 
 WHITE_SPACE = frozenset(
-    [0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x85, 0xA0, 0x1680]
-    + list(range(0x2000, 0x200B))
-    + [0x2028, 0x2029, 0x202F, 0x205F, 0x3000]
+    [9, 10, 11, 12, 13, 32, 133, 160, 5760, *list(range(8192, 8203)), 8232, 8233, 8239, 8287, 12288]
 )
 UNKNOWN = "pkg:generic/unknown"
 KEEP = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/")

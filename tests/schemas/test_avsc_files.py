@@ -12,7 +12,14 @@ from typing import Any
 import avro.schema
 import pytest
 
-from runtime_signals.schemas.codec import SCHEMA_DIR, SCHEMA_ORDER, RuntimeType, load_schemas, read_schema_files, self_contained_schema
+from runtime_signals.schemas.codec import (
+    SCHEMA_DIR,
+    SCHEMA_ORDER,
+    RuntimeType,
+    load_schemas,
+    read_schema_files,
+    self_contained_schema,
+)
 from runtime_signals.schemas.errors import SchemaLoadError
 from tests.schemas.seed_map import RUNTIME_TYPE_CODES, SEED_FIELDS, SEED_NULLABLE
 

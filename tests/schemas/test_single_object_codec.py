@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import json
 import random
-from collections import Counter
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,14 @@ import avro.schema
 import pytest
 
 from runtime_signals.schemas.codec import SchemaRegistry, decode, encode, fingerprint_hex, self_contained_schema
-from runtime_signals.schemas.errors import CorruptMessageError, EncodeError, IncompatibleSchemaError, SchemaError, UnknownFingerprintError, UnknownSchemaError
+from runtime_signals.schemas.errors import (
+    CorruptMessageError,
+    EncodeError,
+    IncompatibleSchemaError,
+    SchemaError,
+    UnknownFingerprintError,
+    UnknownSchemaError,
+)
 
 TOP_LEVEL = ["RuntimeCallEvent", "AgentWatermark", "ObservedCallPath", "RuntimeSignalSummary",
              "SignalStatistics", "StackFrame"]
@@ -222,7 +229,7 @@ def test_a_missing_required_field_or_wrong_type_is_an_encode_error(
     with pytest.raises(EncodeError, match="RuntimeCallEvent"):
         encode({**examples["RuntimeCallEvent"], "pid": "not a number"}, "RuntimeCallEvent",
                registry)
-    with pytest.raises(UnknownSchemaError, match="io.runtimesignals.NoSuchRecord"):
+    with pytest.raises(UnknownSchemaError, match=r"io.runtimesignals.NoSuchRecord"):
         encode({}, "NoSuchRecord", registry)
 
 
@@ -251,7 +258,7 @@ def test_a_tombstone_is_a_corrupt_message(registry: SchemaRegistry) -> None:
 
 def test_an_unknown_fingerprint_is_named_in_hex(registry: SchemaRegistry) -> None:
     message = b"\xc3\x01" + bytes.fromhex("0011223344556677") + b"\x00"
-    with pytest.raises(UnknownFingerprintError, match="0011223344556677.*not registered"):
+    with pytest.raises(UnknownFingerprintError, match=r"0011223344556677.*not registered"):
         decode(message, registry)
 
 
@@ -312,7 +319,7 @@ def test_reading_as_an_unrelated_record_is_an_incompatibility(
     registry: SchemaRegistry, examples: dict[str, dict[str, Any]]
 ) -> None:
     mark = encode(examples["AgentWatermark"], "AgentWatermark", registry)
-    with pytest.raises(IncompatibleSchemaError, match="AgentWatermark.*RuntimeCallEvent"):
+    with pytest.raises(IncompatibleSchemaError, match=r"AgentWatermark.*RuntimeCallEvent"):
         decode(mark, registry, reader_schema_name="RuntimeCallEvent")
     with pytest.raises(UnknownSchemaError):
         decode(mark, registry, reader_schema_name="NoSuchRecord")
