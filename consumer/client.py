@@ -81,8 +81,9 @@ class SignalsClient:
         else:
             ranges = self.reader.ranges_since(topic, max(0, since_us // 1000 - CLOCK_SLACK_MS))
         # Summary keys start with the container id and '|': other containers' records are
-        # skipped before they are decoded.
-        prefix = None if container is None else container.encode() + b"|"
+        # skipped before they are decoded. container may be a prefix of an id (query.select
+        # then resolves it to the one id, or refuses an ambiguous prefix).
+        prefix = None if container is None else container.encode()
         latest: dict[bytes | None, Summary] = {}
         for record in self.reader.read(topic, ranges):
             if prefix is not None and record.key is not None and not record.key.startswith(prefix):
@@ -94,7 +95,7 @@ class SignalsClient:
             if decoded is None:
                 continue
             summary = Summary.from_record(decoded)
-            if (container is None or summary.container_id == container) and \
+            if (container is None or summary.container_id.startswith(container)) and \
                     query.in_time(summary, since_us, until_us):
                 latest[record.key] = summary
             else:
