@@ -114,20 +114,12 @@ def test_two_containers_of_one_image_are_told_apart(observed) -> None:  # type: 
         assert pids_seen[ids[role]] == {pids[role]}, f"{role}: events carry the node's pid of the container's process"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: each container's overlayfs mount gives the image's file its own st_dev (and "
-    "/proc/<pid>/maps shows that overlay device too), so the agent attaches a second uprobe to "
-    "the one real inode for the second container, and every call after that is counted twice"))
 def test_a_container_started_after_the_attach_is_counted_once_per_call(observed) -> None:  # type: ignore[no-untyped-def]
     ids, _pids, made, calls, _pids_seen, log = observed
     attached = "\n".join(line for line in log.splitlines() if "agent.targets: attached" in line)
     assert calls[ids["long-b"]] == made["long-b"], f"attached:\n{attached}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap: on a cgroup v1 host a process that exits before the agent reads its "
-    "/proc/<pid>/cgroup cannot be placed (the kernel's cgroup id in the record is the v2 one, "
-    "the root on v1), and its calls are labelled as the host's"))
 def test_a_container_that_exits_at_once_keeps_its_container_id(observed) -> None:  # type: ignore[no-untyped-def]
     ids, _pids, made, calls, _pids_seen, _log = observed
     assert made["short"] == 1
