@@ -207,7 +207,8 @@ def test_the_real_agent_refuses_a_wrong_password_at_start(kafka: SecureKafka, tm
                          env=_agent_env(kafka, "not-the-password"), capture_output=True, text=True, timeout=120)
     assert run.returncode == 1, run.stderr[-3000:]
     assert "Authentication failed" in run.stderr and "kafka.sasl_password" in run.stderr, run.stderr[-3000:]
-    assert "agent ready" not in run.stderr  # refused before attaching anything
+    # Probes attach at once whatever the broker does (issue 15); the access check runs beside the
+    # start-up and a refused password then stops the agent, with the error above.
 
 
 @pytest.mark.bpf
