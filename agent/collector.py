@@ -57,7 +57,7 @@ from runtime_signals.agent.stats import (
     account,
 )
 from runtime_signals.agent.symbols_publisher import MAX_CHUNK_BYTES, SymbolTablePublisher
-from runtime_signals.agent.unwind import UnwindLoader, checked_frames
+from runtime_signals.agent.unwind import RulesCache, UnwindLoader, checked_frames
 from runtime_signals.agent.wire import (
     STACK_END_NO_UNWIND_INFO,
     STACK_END_NOT_EXECUTABLE,
@@ -92,6 +92,14 @@ MAX_PARKED_NS = 10_000_000_000
 # A walk that ended outside the known code may mean the process mapped new code since its
 # mapping table was written (dlopen): its maps are read again, at most this often.
 UNWIND_REFRESH_NS = 1_000_000_000
+# The processes found by the agent's first target scan have their binaries' unwind rules built
+# before their probes are attached, for at most this long (a large library met for the first
+# time takes seconds; the rules cache makes it once per node); past it, their first calls may
+# be walked by frame pointers (flagged) until the rules are in.
+RULES_WAIT_S = 5.0
+# A held process waits for its rules less long: while one hold is answered for over half the
+# loader holds' heartbeat (hold_heartbeat_ms, 2 s by default) no other process is held.
+HOLD_RULES_WAIT_S = 0.8
 
 
 class BuiltCall(Protocol):
@@ -131,6 +139,8 @@ class CollectorSettings:
     max_path_keys: int = MAX_PATH_KEYS
     jit_perf_maps: bool = True   # name JIT frames from perf maps (agent/perfmap.py)
     jvm_jcmd: str = "jcmd"       # "" never asks a JVM to write its map
+    unwind_cache_dir: str | None = None  # built unwind rules kept here across runs (agent/unwind.RulesCache)
+    unwind_cache_max_bytes: int = 256 << 20
 
 
 class Collector:
@@ -194,8 +204,11 @@ class Collector:
         self._unwind = UnwindLoader(tracer.unwind_map_fds(), unwind_rows=tracer_settings.unwind_rows,
                                     unwind_tables=tracer_settings.unwind_tables,
                                     max_processes=tracer_settings.max_processes,
-                                    max_mappings=tracer_settings.max_mappings, digests=node.digests)
+                                    max_mappings=tracer_settings.max_mappings, digests=node.digests,
+                                    cache=RulesCache(Path(settings.unwind_cache_dir), settings.unwind_cache_max_bytes)
+                                    if settings.unwind_cache_dir else None)
         self._unwind_versions: dict[int, tuple[int, int]] = {}  # pid -> (maps version, refreshed at ns)
+        self._unwind_lock = threading.Lock()  # the pump, the loader-hold and the scanner threads load tables
         tracer.on_event(self._handle)
         self._flush_interval_ns = settings.watermark_interval_ms * 1_000_000
         tracer.set_flush_clock(self._flush_interval_ns, self._clock.offset_ns())
@@ -222,12 +235,28 @@ class Collector:
             self._probes[probe.index] = probe
             self._budget.track(probe.index, time.monotonic_ns())
 
-    def capture(self, pid: int) -> None:
-        """Learn all a held process's calls need (agent/loadwatch.py), and publish its module
-        map, before it is resumed: attribution then survives its exit."""
+    def capture(self, pid: int, wait_s: float = HOLD_RULES_WAIT_S) -> None:
+        """Learn all a held process's calls need (agent/loadwatch.py) before it is resumed:
+        its module map is published, so attribution survives its exit, and its unwind table
+        is loaded, its binaries' rules built first (for up to wait_s), so its first calls are
+        walked as its later ones."""
         process, mappings, version = self._processes.capture(pid)
         if version and mappings:
             self._module_maps.offer_now(process, mappings, version)
+            self._unwind.load_process(pid, mappings, wait_s=wait_s)
+            with self._unwind_lock:
+                self._unwind_versions[pid] = (version, time.monotonic_ns())
+
+    def prepare(self, pids: Sequence[int]) -> None:
+        """capture() the running processes the agent's first target scan found mapping a
+        target, before their probes are attached; then wait (up to RULES_WAIT_S in all) for
+        their binaries' rules, so their first calls are walked whole."""
+        for pid in pids:
+            try:
+                self.capture(pid, wait_s=0)
+            except Exception:  # one process's surprise must not stop the rest
+                log.exception("preparing pid %d for its probes failed", pid)
+        self._unwind.wait_built(RULES_WAIT_S)
 
     # --- records ------------------------------------------------------------------
 
@@ -346,19 +375,21 @@ class Collector:
         calls are unwound by its binaries' rules and checked against its code."""
         maps = self._processes.maps
         now_ns = time.monotonic_ns()
-        loaded = self._unwind_versions.get(pid)
-        if (loaded is not None and end_reason in (STACK_END_NO_UNWIND_INFO, STACK_END_NOT_EXECUTABLE)
-                and now_ns - loaded[1] >= UNWIND_REFRESH_NS):
+        with self._unwind_lock:
+            loaded = self._unwind_versions.get(pid)
+        # A walk that left the known code: new libraries, or JIT code grown into memory the
+        # table does not list yet (its file mappings unchanged): the table is written again.
+        refresh = (loaded is not None and end_reason in (STACK_END_NO_UNWIND_INFO, STACK_END_NOT_EXECUTABLE)
+                   and now_ns - loaded[1] >= UNWIND_REFRESH_NS)
+        if refresh:
             maps.mappings(pid, refresh=True)
-            loaded = (loaded[0], now_ns)
-            self._unwind_versions[pid] = loaded
         if loaded is None:
             # The first table: read the mappings afresh. Those cached at a hold (exec time,
             # agent/loadwatch.py) hold only the executable and the loader, not the libraries
             # the process has mapped since, whose frames the walk would then cut.
             maps.mappings(pid, refresh=True)
         version = maps.version(pid)
-        if version and (loaded is None or loaded[0] != version):
+        if version and (loaded is None or loaded[0] != version or refresh):
             mappings = maps.mappings(pid)
             # The pump never hashes: load_process() digests every mapped file, so it waits
             # until the background hasher knows them all (asked again at pid's next call).
@@ -366,7 +397,8 @@ class Collector:
             if not all(self._processes.digests.lookup(root / m.path.lstrip("/"))[0] for m in mappings):
                 return
             self._unwind.load_process(pid, mappings)
-            self._unwind_versions[pid] = (version, now_ns)
+            with self._unwind_lock:
+                self._unwind_versions[pid] = (version, now_ns)
 
     def publish_watermark(self) -> None:
         """Collect every call made so far, then promise the processor no earlier call will follow."""
@@ -617,7 +649,9 @@ class Collector:
                 "binaries_without_rules": figures.binaries_without_rules,
                 "binaries_not_fitting": figures.binaries_not_fitting,
                 "processes_loaded": figures.processes_loaded,
-                "processes_over_mapping_limit": figures.processes_over_mapping_limit}
+                "processes_over_mapping_limit": figures.processes_over_mapping_limit,
+                "rules_cache_hits": figures.cache_hits, "rules_cache_misses": figures.cache_misses,
+                "rules_cache_bytes": figures.cache_bytes}
 
     def publish_statistics(self) -> Snapshot:
         snapshot = self.take_snapshot()
@@ -662,9 +696,12 @@ class Collector:
                 next_statistics = now + statistics_s
             if now >= next_sweep:
                 self._processes.forget_exited()
-                for pid in [p for p in self._unwind_versions if not os.path.exists(f"/proc/{p}")]:
+                with self._unwind_lock:
+                    gone = [p for p in self._unwind_versions if not os.path.exists(f"/proc/{p}")]
+                    for pid in gone:
+                        del self._unwind_versions[pid]
+                for pid in gone:
                     self._unwind.forget(pid)
-                    del self._unwind_versions[pid]
                 next_sweep = now + sweep_s
         self.shutdown()
 

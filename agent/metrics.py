@@ -40,6 +40,9 @@ _UNWIND_HELP = {
     "binaries_not_fitting": "Binaries whose rules did not fit the rows map: walked by frame pointers",
     "processes_loaded": "Processes with a mapping table in the kernel",
     "processes_over_mapping_limit": "Processes with more executable mappings than max_mappings",
+    "rules_cache_hits": "Binaries whose unwind rules came from the on-disk cache (unwind_cache_dir)",
+    "rules_cache_misses": "Binaries whose unwind rules were not cached and were built",
+    "rules_cache_bytes": "Bytes of the on-disk unwind rules cache (bounded by unwind_cache_max_bytes)",
 }
 
 

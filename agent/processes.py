@@ -183,6 +183,12 @@ class ProcessTable:
         with self._lock:
             return self._resolve_frames(pid, addresses)
 
+    def current_maps_version(self, pid: int) -> int:
+        """The version of pid's mappings, read afresh."""
+        with self._lock:
+            self.maps.mappings(pid, refresh=True)
+            return self.maps.version(pid)
+
     def capture(self, pid: int) -> tuple[ProcessInfo, list[Mapping], int]:
         """Learn now, while pid is alive (held), all that its calls need later: identity,
         runtime, mappings with their digests, the packages of its files. Returns (process,

@@ -65,6 +65,19 @@ def parse_maps(text: str) -> list[Mapping]:
     return mappings
 
 
+def parse_anonymous_code(text: str) -> list[Mapping]:
+    """Executable mappings of a maps file with no file (JIT code caches), path "": a walk
+    goes through them by frame pointers (JIT compilers keep them), not out of the process."""
+    regions = []
+    for line in text.splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) < 5 or "x" not in parts[1] or (len(parts) == 6 and parts[5].strip()):
+            continue
+        start_text, end_text = parts[0].split("-")
+        regions.append(Mapping(int(start_text, 16), int(end_text, 16), 0, ""))
+    return regions
+
+
 FileIdentity = tuple[int, int, int, int]  # (device, inode, mtime ns, size)
 
 
@@ -277,6 +290,10 @@ class ProcessMaps:
             # The process exited before we ever looked: its frames stay unresolved.
             text = ""
         mappings = parse_maps(text)
+        if view is not None and not mappings:
+            # An exiting process's maps read empty (its memory is released before it is
+            # reaped): the mappings read while it lived still resolve the calls it made.
+            return view
         if view is None or mappings != view.mappings:
             self._versions[pid] = self._versions.get(pid, 0) + 1
             kept = view.digests if view is not None else {}

@@ -109,8 +109,11 @@ class TargetManager:
                  host_root: Path = Path("/"), max_symbols_per_pattern: int = 100,
                  purls: PurlResolver | None = None, pods: PodDirectory | None = None,
                  attach_lock: threading.Lock | None = None, host: str | None = None,
-                 detach: Detach | None = None) -> None:
+                 detach: Detach | None = None, prepare: Callable[[list[int]], None] | None = None) -> None:
         self.targets = list(targets)
+        # Given the running processes the first scan finds mapping a target, before any probe
+        # is attached (Collector.prepare: their unwind tables, so first calls are walked whole).
+        self._prepare = prepare
         self.names = list(names)  # how each target is named in messages: its setting path or flag
         self._attach = attach  # None: only resolve (signals agent --check)
         self._detach = detach  # how a removed target's probes are let go (CallTracer.retire)
@@ -158,6 +161,9 @@ class TargetManager:
         self.counts["rescans"] += 1
         while self._forget_pending:
             self._forget(self._forget_pending.pop())
+        processes = self._process_maps()
+        if self._prepare is not None and self.counts["rescans"] == 1:
+            self._prepare([pid for pid, text in processes if self._selected_targets(pid, text)])
         for index, target in self._live():
             if self._wants_host(index):
                 for found in self._host_files(target):
@@ -167,7 +173,7 @@ class TargetManager:
         # that gap; a rescan finding something new means it did not).
         self._late = self.counts["rescans"] > 1
         try:
-            for pid, text in self._process_maps():
+            for pid, text in processes:
                 self._scan_process(pid, text)
         finally:
             self._late = False
@@ -186,7 +192,9 @@ class TargetManager:
             self._scan_process(pid, text)
             return self.counts["probes_attached"] - before
 
-    def _scan_process(self, pid: int, text: str) -> None:
+    def _selected_targets(self, pid: int, text: str) -> list[tuple[int, list[str]]]:
+        """(target index, paths pid maps of it) for each target whose selector takes pid."""
+        selected = []
         for index, target in self._live():
             paths = self._mapped_paths(target, text)
             if not paths:
@@ -194,6 +202,11 @@ class TargetManager:
             selector = self._selectors[index]
             if selector is not None and not selector.matches(self.describe(pid)):
                 continue
+            selected.append((index, paths))
+        return selected
+
+    def _scan_process(self, pid: int, text: str) -> None:
+        for index, paths in self._selected_targets(pid, text):
             root = self._proc_root / str(pid) / "root"
             for path in paths:
                 in_process = self._found(root, path)

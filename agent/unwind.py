@@ -21,6 +21,7 @@ Three parts, top down:
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import pickle
@@ -29,6 +30,7 @@ import sys
 import threading
 import time
 from bisect import bisect_right
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,7 +40,7 @@ from elftools.common.exceptions import DWARFError, ELFError
 from elftools.dwarf.callframe import FDE, CFARule, RegisterRule
 from elftools.elf.elffile import ELFFile
 
-from runtime_signals.agent.procmaps import DigestCache, Mapping, ResolvedAddress
+from runtime_signals.agent.procmaps import DigestCache, Mapping, ResolvedAddress, parse_anonymous_code
 from runtime_signals.agent.wire import (
     FLAG_UNCHECKED,
     STACK_END_COMPLETE,
@@ -233,6 +235,102 @@ def build_rules_in_child(fd: int, timeout_s: float = 600.0) -> UnwindRules:
     return rules
 
 
+class RulesCache:
+    """Built rules kept on disk by binary digest, so a binary's rules are built once per node,
+    not once per agent run (libc takes ~2 s; a JVM's libjvm much longer). Bounded: past
+    max_bytes the least recently used files go. Files are written by this agent alone (the
+    directory is made 0700) and read as plain data, never unpickled."""
+
+    _MAGIC = b"RSUNWIND1\n"
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self._dir: Path | None = directory
+        self._max_bytes = max_bytes
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("unwind: rules cache %s unusable (%s): every binary's rules are built anew", directory, exc)
+            self._dir = None
+
+    def _file(self, digest: str) -> Path | None:
+        name = digest.removeprefix("sha256:")
+        if self._dir is None or not name.isalnum():
+            return None
+        return self._dir / f"{name}.rules"
+
+    def get(self, digest: str) -> UnwindRules | None:
+        path = self._file(digest)
+        if path is None:
+            return None
+        try:
+            data = path.read_bytes()
+            if not data.startswith(self._MAGIC):
+                raise ValueError("not a rules file")
+            header_end = data.index(b"\n", len(self._MAGIC))
+            header = json.loads(data[len(self._MAGIC):header_end])
+            rows = data[header_end + 1:]
+            if len(rows) != header["row_count"] * _ROW_BYTES:
+                raise ValueError(f"{len(rows)} bytes of rows for {header['row_count']} rows")
+            rules = UnwindRules(rows, header["row_count"], header["fde_count"], header["unsupported_rows"],
+                                tuple(header["sources"]), tuple(Segment(*s) for s in header["segments"]),
+                                header["build_ns"], header["error"])
+        except FileNotFoundError:
+            self.counts["misses"] += 1
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.counts["unreadable"] += 1
+            log.warning("unwind: cached rules %s unreadable (%s): built anew", path, exc)
+            return None
+        os.utime(path)  # recency, for the bound
+        self.counts["hits"] += 1
+        return rules
+
+    def put(self, digest: str, rules: UnwindRules) -> None:
+        path = self._file(digest)
+        if path is None or rules.error.startswith("building rules failed"):
+            return  # a failed build (a timeout, a crash) is tried again next run
+        header = json.dumps({"row_count": rules.row_count, "fde_count": rules.fde_count,
+                             "unsupported_rows": rules.unsupported_rows, "sources": list(rules.sources),
+                             "segments": [[s.file_offset, s.virtual_address, s.file_bytes] for s in rules.segments],
+                             "build_ns": rules.build_ns, "error": rules.error}).encode()
+        temporary = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            temporary.write_bytes(self._MAGIC + header + b"\n" + rules.rows)
+            os.replace(temporary, path)
+            self.counts["written"] += 1
+            self._trim()
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            log.warning("unwind: caching the rules of %s failed: %s", digest, exc)
+
+    def _trim(self) -> None:
+        if self._dir is None:
+            return
+        with self._lock:
+            files = []
+            for entry in os.scandir(self._dir):
+                if entry.name.endswith(".rules"):
+                    st = entry.stat()
+                    files.append((st.st_mtime_ns, st.st_size, entry.path))
+            total = sum(size for _, size, _ in files)
+            for _, size, name in sorted(files):
+                if total <= self._max_bytes:
+                    break
+                Path(name).unlink(missing_ok=True)
+                total -= size
+                self.counts["evicted"] += 1
+
+    def size_bytes(self) -> int:
+        if self._dir is None:
+            return 0
+        try:
+            return sum(e.stat().st_size for e in os.scandir(self._dir) if e.name.endswith(".rules"))
+        except OSError:
+            return 0
+
+
 def mapping_bias(mapping: Mapping, segments: Sequence[Segment]) -> int | None:
     """address - bias = the ELF virtual address, for addresses in mapping; None when no
     executable segment holds the mapping's file offset."""
@@ -287,6 +385,9 @@ class UnwindFigures:
     row_map_bytes: int = 0
     processes_loaded: int = 0
     processes_over_mapping_limit: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_bytes: int = 0
     by_binary: dict[str, tuple[str, int, int]] = field(default_factory=dict)  # path -> (state, rows, build_ns)
 
 
@@ -295,7 +396,7 @@ class UnwindLoader:
 
     def __init__(self, map_fds: tuple[int, int, int, int], *, unwind_rows: int, unwind_tables: int,
                  max_processes: int, max_mappings: int, digests: DigestCache,
-                 proc_root: Path = Path("/proc"), build_workers: int = 1) -> None:
+                 proc_root: Path = Path("/proc"), build_workers: int = 1, cache: RulesCache | None = None) -> None:
         import bcc  # Debian's python3-bpfcc (the tracer imported it)
         self._lib = bcc.libbcc.lib
         self._rows_fd, self._tables_fd, self._processes_fd, self._announced_fd = map_fds
@@ -315,20 +416,52 @@ class UnwindLoader:
         self._next_table = 1  # id 0 means "no rules"
         # Threads that each wait on one child building rules (build_rules_in_child).
         self._pool = ThreadPoolExecutor(max_workers=build_workers, thread_name_prefix="unwind-rules")
+        self._urgent_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unwind-rules-urgent")
+        self._cache = cache
         self._closed = False
 
     # --- processes ------------------------------------------------------------------
 
-    def load_process(self, pid: int, mappings: Sequence[Mapping]) -> None:
+    def load_process(self, pid: int, mappings: Sequence[Mapping], wait_s: float = 0.0) -> None:
         """Give pid a mapping table naming the rules of each of its binaries (building those
-        not seen before); called when the agent first meets pid and when its mappings change."""
+        not seen before); called when the agent first meets pid and when its mappings change.
+        wait_s > 0 (pid is held, or not probed yet): return once its binaries' rules are
+        built, or after wait_s, so its first calls are walked by them."""
+        self._load_process(pid, mappings, urgent=wait_s > 0)
+        if wait_s > 0:
+            with self._lock:
+                digests = {d for _, d in self._processes.get(pid, ()) if d is not None}
+            self._wait_built(digests, wait_s)
+
+    def wait_built(self, timeout_s: float) -> bool:
+        """Wait until no binary's rules are building, or timeout_s."""
+        with self._lock:
+            digests = set(self._binaries)
+        return self._wait_built(digests, timeout_s)
+
+    def _wait_built(self, digests: set[str], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                if not any(self._binaries[d].state == "building" for d in digests if d in self._binaries):
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+
+    def _load_process(self, pid: int, mappings: Sequence[Mapping], urgent: bool = False) -> None:
         entries: list[tuple[Mapping, str | None]] = []
         root = self._proc_root / str(pid) / "root"
+        try:
+            entries += [(region, None) for region in
+                        parse_anonymous_code((self._proc_root / str(pid) / "maps").read_text())]
+        except OSError:
+            pass  # exited: its file mappings are all its calls need
         for mapping in mappings:
             digest = self._digests.digest(root / mapping.path.lstrip("/"))
             entries.append((mapping, digest))
             if digest is not None:
-                self._offer(digest, str(root / mapping.path.lstrip("/")), mapping.path)
+                self._offer(digest, str(root / mapping.path.lstrip("/")), mapping.path, urgent)
         with self._lock:
             if pid not in self._processes and len(self._processes) >= self._max_processes:
                 log.warning("unwind: %d processes have mapping tables already (max_processes); pid %d is "
@@ -367,18 +500,26 @@ class UnwindLoader:
 
     # --- binaries -------------------------------------------------------------------
 
-    def _offer(self, digest: str, readable_path: str, path: str) -> None:
+    def _offer(self, digest: str, readable_path: str, path: str, urgent: bool = False) -> None:
         with self._lock:
             if digest in self._binaries or self._closed:
                 return
-            # The child reads the file through a descriptor held here: the process that
-            # mapped it (its /proc/<pid>/root) may be gone before the build starts.
-            try:
-                fd = os.open(readable_path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                return  # gone already: the next process that maps it offers it again
             self._binaries[digest] = BinaryRules(path)
-        future: Future[UnwindRules] = self._pool.submit(build_rules_in_child, fd)
+        cached = self._cache.get(digest) if self._cache is not None else None
+        if cached is not None:
+            self._install(digest, cached)
+            return
+        # The child reads the file through a descriptor held here: the process that mapped
+        # it (its /proc/<pid>/root) may be gone before the build starts.
+        try:
+            fd = os.open(readable_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            with self._lock:
+                del self._binaries[digest]
+            return  # gone already: the next process that maps it offers it again
+        # A held process waits for its binaries: they do not queue behind a node's backlog.
+        pool = self._urgent_pool if urgent else self._pool
+        future: Future[UnwindRules] = pool.submit(build_rules_in_child, fd)
         future.add_done_callback(lambda done: self._built(digest, done, fd))
 
     def _built(self, digest: str, future: Future[UnwindRules], fd: int) -> None:
@@ -387,6 +528,11 @@ class UnwindLoader:
             rules = future.result()
         except Exception as exc:
             rules = UnwindRules(b"", 0, 0, 0, (), (), 0, f"building rules failed: {exc!r}")
+        if self._cache is not None:
+            self._cache.put(digest, rules)
+        self._install(digest, rules)
+
+    def _install(self, digest: str, rules: UnwindRules) -> None:
         with self._lock:
             if self._closed:
                 return
@@ -438,16 +584,6 @@ class UnwindLoader:
 
     # --- figures ----------------------------------------------------------------------
 
-    def wait_idle(self, timeout_s: float) -> bool:
-        """Wait until no binary's rules are still building (tests, benchmarks)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not any(b.state == "building" for b in self._binaries.values()):
-                    return True
-            time.sleep(0.02)
-        return False
-
     def binary(self, digest: str) -> BinaryRules | None:
         with self._lock:
             return self._binaries.get(digest)
@@ -464,6 +600,9 @@ class UnwindLoader:
                 row_map_bytes=self._row_capacity * _ROW_BYTES,
                 processes_loaded=len(self._processes),
                 processes_over_mapping_limit=len(self._over_limit),
+                cache_hits=self._cache.counts["hits"] if self._cache else 0,
+                cache_misses=self._cache.counts["misses"] if self._cache else 0,
+                cache_bytes=self._cache.size_bytes() if self._cache else 0,
                 by_binary={b.path: (b.state, b.row_count, b.build_ns) for b in binaries})
         return figures
 
@@ -471,6 +610,7 @@ class UnwindLoader:
         with self._lock:
             self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._urgent_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def main(argv: list[str]) -> int:

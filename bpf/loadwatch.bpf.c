@@ -11,8 +11,9 @@
  *   the targets' library stems; on a match the process is stopped (SIGSTOP, delivered on
  *   the return to user space) and the agent told: it attaches, reads the maps, SIGCONTs.
  * - sched:sched_process_exec: an executable a target names is held at its first
- *   instruction (static programs have no loader), and so is an exec in a root not seen
- *   before (a new container): the agent hooks that root's loader before it runs.
+ *   instruction (static programs have no loader), and again when its loader has mapped its
+ *   libraries; so is an exec in a root not seen before (a new container): the agent hooks
+ *   that root's loader before it runs.
  *
  * A process is held only while the agent's heartbeat is fresh (agent_alive): an agent
  * that died must not leave processes stopped.
@@ -49,6 +50,10 @@ BPF_HASH(known_roots, struct root_key, u8, 4096);
 /* Objects of each process's loader list checked so far, by tgid. LRU: bounded, and a
  * forgotten process is only re-checked (a spurious hold), never skipped. */
 BPF_TABLE("lru_hash", u32, u32, objects_seen, 65536);
+/* Processes that exec'd a target executable and whose loader has not finished mapping
+ * their libraries yet, by tgid: held once more at its first consistent list, when every
+ * library it needs is mapped (the agent loads their unwind rules before main runs). */
+BPF_TABLE("lru_hash", u32, u8, startup_pending, 16384);
 /* &_r_debug - &_dl_debug_state in each loader file, by the uprobe's cookie. */
 BPF_ARRAY(loader_delta, s64, LOADWATCH_MAX_LOADERS);
 /* Boot-clock ns until which the agent answers holds (its heartbeat). */
@@ -188,6 +193,11 @@ int on_loader_brk(struct pt_regs *ctx)
         lw_count(LW_LIST_TOO_LONG);
     /* Counted even when it shrank (dlclose): what is appended next is what is new. */
     objects_seen.update(&tgid, &count);
+    if (startup_pending.lookup(&tgid)) {
+        startup_pending.delete(&tgid);
+        hold(LOADWATCH_LIBRARY, count);
+        return 0;
+    }
     if (!path->fresh)
         return 0;
     path->next = 0;
@@ -238,6 +248,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     lw_count(LW_EXECS);
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     objects_seen.delete(&tgid);  /* a new image: a new loader list */
+    startup_pending.delete(&tgid);
 
     struct task_struct *task = (struct task_struct *)bpf_get_current_task();
     struct root_key root = {};
@@ -271,6 +282,8 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     if (length > 1)
         base_name(path, (u32)length, key, 0);
     if (executable_names.lookup(key)) {
+        u8 one = 1;
+        startup_pending.update(&tgid, &one);
         hold(LOADWATCH_EXEC_TARGET, 0);
         return 0;
     }

@@ -397,28 +397,29 @@ class Worker:
             return view.text("not ready: joining the group, restoring partitions or rebalancing\n", status=503)
 
     async def _publish_status(self) -> None:
-        if self._lock.locked():
-            # The engine or the symbol store may be changing on a worker thread (a watermark,
-            # the feed): read them at the next tick. With the lock free, nothing runs on a
-            # thread, and the reads below happen before the first await.
-            return
-        if not self._ready_logged and self.ready():
-            self._ready_logged = True
-            log.info("consuming partitions %s", self.engine.partitions())
-        if self._exposition is None:
-            return
-        events, at = self._status
-        now, total = time.monotonic(), self.engine.counts["events"]
-        self._status = (total, now)
-        taken = metrics.Status(
-            counts=dict(self.engine.counts), events_per_second=(total - events) / max(1e-3, now - at),
-            open_windows=self.engine.open_windows(), pending_windows=self.engine.pending_windows(),
-            symbol_tables=len(self._symbols), symbols_held=self._symbols.symbols_held,
-            store_counts=dict(self._symbols.counts), watermarks_us=self.engine.watermarks_us(),
-            caches=self._symbols.sizes(),
-            feed_errors={k.split(":", 1)[1]: v for k, v in self._symbols.counts.items() if k.startswith("feed_error:")})
+        # The engine and the symbol store change on worker threads under the lock (records,
+        # watermarks, the feed): they are read under it too. Waited for, not skipped: the
+        # checkpoint timer ticks with this one and would otherwise take the lock first at
+        # every tick, leaving the metrics stale.
+        async with self._lock:
+            if not self._ready_logged and self.ready():
+                self._ready_logged = True
+                log.info("consuming partitions %s", self.engine.partitions())
+            if self._exposition is None:
+                return
+            events, at = self._status
+            now, total = time.monotonic(), self.engine.counts["events"]
+            self._status = (total, now)
+            taken = metrics.Status(
+                counts=dict(self.engine.counts), events_per_second=(total - events) / max(1e-3, now - at),
+                open_windows=self.engine.open_windows(), pending_windows=self.engine.pending_windows(),
+                symbol_tables=len(self._symbols), symbols_held=self._symbols.symbols_held,
+                store_counts=dict(self._symbols.counts), watermarks_us=self.engine.watermarks_us(),
+                caches=self._symbols.sizes(),
+                feed_errors={k.split(":", 1)[1]: v for k, v in self._symbols.counts.items()
+                             if k.startswith("feed_error:")})
+            positions = self.engine.positions()
         raw = self.settings.topics.raw
-        positions = self.engine.positions()
         previous = self._exposition.collector.status.lag_records
         lag: dict[int, int] = {}
         consumer = self.app.consumer

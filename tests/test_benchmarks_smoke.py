@@ -21,8 +21,6 @@ pytestmark = [pytest.mark.bpf, pytest.mark.broker]
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.xfail(strict=False, reason="the hot stage's paths_reported counts stacks walked before a process's "
-                   "unwind table as extra paths: known defect after merging issues 11, 14 and 15 (see the issue notes); fix before relying on it")
 def test_quick_suite_writes_every_figure_table_and_plot(kafka_bootstrap: str, tmp_path: Path) -> None:
     reason = bpf_unavailable_reason()
     if reason:

@@ -281,7 +281,8 @@ def run(args: argparse.Namespace) -> int:
                                  statistics_interval_ms=agent.statistics_interval_ms,
                                  shutdown_flush_timeout_s=agent.shutdown_flush_timeout_ms / 1000,
                                  budget=budget_settings(agent), jit_perf_maps=agent.jit_perf_maps,
-                                 jvm_jcmd=agent.jvm_jcmd)
+                                 jvm_jcmd=agent.jvm_jcmd, unwind_cache_dir=agent.unwind_cache_dir,
+                                 unwind_cache_max_bytes=agent.unwind_cache_max_bytes)
     settings.host = node_name(host_root, agent.host_name)
     collector = Collector(settings, tracer, publisher, node=node, filters=filters, state=state, state_dir=state_dir)
     metrics = None
@@ -301,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
                             proc_root=Path(agent.proc_root), host_root=Path(agent.host_root),
                             max_symbols_per_pattern=agent.max_symbols_per_pattern, purls=node.purls,
                             pods=node.pods, attach_lock=collector.attach_lock, host=node.host,
-                            detach=tracer.retire)
+                            detach=tracer.retire, prepare=collector.prepare)
     watch.on_changed = targets.forget_file
     watch.start(stop)
     targets.scan()

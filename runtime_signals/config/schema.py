@@ -233,6 +233,11 @@ class AgentSettings:
         "unwind rule rows all binaries share (a power of two; 12 bytes each, preallocated: 2^21 = "
         "24 MiB). A binary whose rules do not fit is walked by frame pointers and counted "
         "(docs/unwinding.md)"))
+    unwind_cache_dir: str | None = field(default="/var/cache/runtime-signals/unwind", metadata=_doc(
+        "directory where built unwind rules are kept by binary digest, so each binary's rules are "
+        "built once per node rather than at every agent start (unset: built at every start)"))
+    unwind_cache_max_bytes: int = field(default=256 << 20, metadata=_doc(
+        "bound of unwind_cache_dir; the least recently used rules go beyond it"))
     rate_limit_per_s: int = field(default=0, metadata=_doc(
         "stack captures per second per probe per CPU; calls above are counted as dropped "
         "'rate_limited' (0: no limit)"))

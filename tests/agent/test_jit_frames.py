@@ -212,8 +212,6 @@ def test_node_paths_into_zlib_show_the_javascript_functions_and_their_package(tr
 
 
 @pytest.mark.skipif(not shutil.which("javac") or not shutil.which("jar"), reason="no JDK (javac, jar) installed")
-@pytest.mark.xfail(strict=False, reason="a process's first call, walked before its unwind table is loaded, can make "
-                   "a shorter path without the managed frame (7 calls seen as 6 + 1): " + "known defect after merging issues 11, 14 and 15 (see the issue notes); fix before relying on it")
 def test_summaries_name_the_java_methods_in_paths_into_libz(kafka_bootstrap: str, tmp_path: Path) -> None:
     """Agent + processor through the broker: the processor names JIT frames from the symbol
     tables and module maps the agent publishes, as it does native frames."""

@@ -112,8 +112,6 @@ def test_forty_calls_right_after_dlopen_are_all_reported_after_the_process_exite
     _assert_attributed(events, library)
 
 
-@pytest.mark.xfail(strict=False, reason="after the merge with the background hasher (issue 15) a call of a process "
-                   "that exits at once can be parked past the exit and lose its library: known defect after merging issues 11, 14 and 15 (see the issue notes); fix before relying on it")
 def test_a_process_that_calls_and_exits_at_once_keeps_its_attribution(
         bpf_host: None, kafka_bootstrap: str, tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:8]
@@ -140,9 +138,6 @@ def test_a_process_that_calls_and_exits_at_once_keeps_its_attribution(
     assert paths[str(library)]["binary_digest"] and paths[str(program)]["binary_digest"]
 
 
-@pytest.mark.xfail(strict=False, reason="after the merge with the background hasher (issue 15) a call of a process "
-                   "that exits at once can be parked past the exit and lose its package: known defect after merging "
-                   "issues 11, 14 and 15 (see the issue notes); fix before relying on it")
 def test_debians_python_calling_a_debian_library_and_exiting_gets_its_package(
         bpf_host: None, kafka_bootstrap: str, tmp_path: Path) -> None:
     # libcrypt through Python's crypt module: a Debian library few processes here load, so

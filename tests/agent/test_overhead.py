@@ -33,8 +33,6 @@ from tests.bpf_support import bpf_unavailable_reason
 pytestmark = [pytest.mark.bpf, pytest.mark.broker]
 
 
-@pytest.mark.xfail(strict=False, reason="counts stay exact, but walks made before a process's unwind table or "
-                   "digests are known count as extra distinct stacks (unique_call_paths 5 for 3): known defect after merging issues 11, 14 and 15 (see the issue notes); fix before relying on it")
 def test_hot_function_keeps_every_path_and_exact_counts_under_dedup_and_budget(
         kafka_bootstrap: str, tmp_path: Path) -> None:
     reason = bpf_unavailable_reason()

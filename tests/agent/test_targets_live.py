@@ -60,6 +60,11 @@ def _records(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     return [d.record for d in decoded if d.schema_name.endswith(("RuntimeCallEvent", "ModuleMap"))]
 
 
+def _stopped(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] == "T"
+
+
 def _calls(events: list[dict[str, Any]], **match: Any) -> int:
     return sum(e["observation_count"] for e in events if all(e[k] == v for k, v in match.items()))
 
@@ -137,6 +142,8 @@ symbols = ["no_such_function"]
             late = subprocess.Popen([str(dlhost), str(plugin), str(stop_plugin)], stdout=subprocess.DEVNULL)
             _wait_for(lambda: b"attached libsignalsplugin.so:plugin_entry" in agent_log.read_bytes(), 30,
                       "the rescan to attach the dlopen'd library", agent_log)
+            # Held at its dlopen (agent.hold_processes) until the agent has its unwind rules.
+            _wait_for(lambda: not _stopped(late.pid), 30, "the agent to resume the held process", agent_log)
             time.sleep(1.0)  # calls every 20 ms, now probed
             stop_plugin.touch()
             assert late.wait(30) == 0

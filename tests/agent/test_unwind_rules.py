@@ -14,6 +14,7 @@ import pytest
 
 from runtime_signals.agent.procmaps import Mapping, ResolvedAddress
 from runtime_signals.agent.unwind import (
+    RulesCache,
     Segment,
     UnwindRules,
     build_rules,
@@ -161,3 +162,30 @@ def test_an_unchecked_walk_is_cut_at_its_first_word_outside_code() -> None:
     assert checked_frames(frames[:2], 0, STACK_END_COMPLETE) == (frames[:2], None)
     assert checked_frames(frames[:2], 0, STACK_END_DEPTH_LIMIT) == (frames[:2], "depth_limit")
     assert checked_frames(frames[:2], 0, STACK_END_NOT_EXECUTABLE) == (frames[:2], "not_executable")
+
+
+def test_the_rules_cache_gives_back_what_was_built_and_stays_within_its_bound(tmp_path: Path) -> None:
+    libc = "/usr/lib/x86_64-linux-gnu/libc.so.6"
+    built = build_rules(libc)
+    assert built.row_count > 1000, built.error
+    cache = RulesCache(tmp_path / "cache", max_bytes=len(built.rows) * 3 // 2)
+    assert cache.get("sha256:" + "a" * 64) is None
+    cache.put("sha256:" + "a" * 64, built)
+    assert cache.get("sha256:" + "a" * 64) == built
+    assert (tmp_path / "cache").stat().st_mode & 0o777 == 0o700
+    # A second binary's rules push the bound: the least recently used goes.
+    cache.put("sha256:" + "b" * 64, built)
+    assert cache.get("sha256:" + "a" * 64) is None and cache.get("sha256:" + "b" * 64) == built
+    assert cache.size_bytes() <= len(built.rows) * 3 // 2
+    assert cache.counts["evicted"] == 1 and cache.counts["hits"] == 2
+
+
+def test_a_damaged_cached_file_is_rebuilt_not_trusted(tmp_path: Path) -> None:
+    built = build_rules("/usr/lib/x86_64-linux-gnu/libc.so.6")
+    cache = RulesCache(tmp_path, max_bytes=1 << 30)
+    digest = "sha256:" + "c" * 64
+    cache.put(digest, built)
+    path = tmp_path / f"{'c' * 64}.rules"
+    path.write_bytes(path.read_bytes()[:-5])  # cut short
+    assert cache.get(digest) is None and cache.counts["unreadable"] == 1
+    assert cache.get("../../etc/passwd") is None  # a digest that is not one names no file

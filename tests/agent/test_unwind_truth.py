@@ -207,9 +207,6 @@ def _in_order(frames: Path_, truth: Path_) -> int:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-@pytest.mark.xfail(strict=False, reason="one post-merge run saw the C++ case fail (a stack walked before the "
-                   "process's table or digests were known): known defect after merging issues 11, 14 and 15 "
-                   "(see the issue notes); fix before relying on it")
 def test_paths_equal_gdbs_backtraces(case: Case, kafka_bootstrap: str, tmp_path: Path) -> None:
     reason = bpf_unavailable_reason()
     if reason:
@@ -229,7 +226,7 @@ def test_paths_equal_gdbs_backtraces(case: Case, kafka_bootstrap: str, tmp_path:
     assert len(observed) == len(truth), f"{len(observed)} paths reported for {len(truth)} true ones: {list(observed)}"
     for path, calls in observed.items():
         candidates = [t for t in truth if path and t[0] == path[0] and _in_order(path, t) == len(path)]
-        assert candidates, f"a reported path with a frame gdb does not have (junk) or out of order: {path}"
+        assert candidates, f"a reported path with a frame gdb does not have (junk) or out of order: {path} TRUTH {list(truth)}"
         true_path = max(candidates, key=len)
         assert len(path) >= 0.95 * len(true_path), f"{len(path)} of gdb's {len(true_path)} frames: {path}"
         assert calls == truth[true_path], f"{calls} calls reported on {path}, gdb saw {truth[true_path]}"
