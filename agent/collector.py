@@ -97,9 +97,13 @@ UNWIND_REFRESH_NS = 1_000_000_000
 # time takes seconds; the rules cache makes it once per node); past it, their first calls may
 # be walked by frame pointers (flagged) until the rules are in.
 RULES_WAIT_S = 5.0
-# A held process waits for its rules less long: while one hold is answered for over half the
-# loader holds' heartbeat (hold_heartbeat_ms, 2 s by default) no other process is held.
-HOLD_RULES_WAIT_S = 0.8
+
+
+def hold_rules_wait_s(hold_heartbeat_ms: int) -> float:
+    """How long a held process waits for its rules: less than RULES_WAIT_S, as while one hold
+    is answered for over half the loader holds' heartbeat no other process is held (0.8 s
+    with the default hold_heartbeat_ms of 2 s)."""
+    return min(RULES_WAIT_S, 0.4 * hold_heartbeat_ms / 1000)
 
 
 class BuiltCall(Protocol):
@@ -235,7 +239,7 @@ class Collector:
             self._probes[probe.index] = probe
             self._budget.track(probe.index, time.monotonic_ns())
 
-    def capture(self, pid: int, wait_s: float = HOLD_RULES_WAIT_S) -> None:
+    def capture(self, pid: int, wait_s: float) -> None:
         """Learn all a held process's calls need (agent/loadwatch.py) before it is resumed:
         its module map is published, so attribution survives its exit, and its unwind table
         is loaded, its binaries' rules built first (for up to wait_s), so its first calls are

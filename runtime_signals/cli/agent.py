@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     if args.check is not None:
         return check(args)
     from runtime_signals.agent import bpfsys
-    from runtime_signals.agent.collector import Collector, CollectorSettings
+    from runtime_signals.agent.collector import Collector, CollectorSettings, hold_rules_wait_s
     from runtime_signals.agent.config import budget_settings, probe_limits, tracer_settings
     from runtime_signals.agent.errors import BpfLoadError
     from runtime_signals.agent.filewatch import FileWatch
@@ -327,10 +327,12 @@ def run(args: argparse.Namespace) -> int:
     elif agent.hold_processes:
         from runtime_signals.agent.loadwatch import KIND_NEW_ROOT, LoadWatch
 
+        rules_wait_s = hold_rules_wait_s(agent.hold_heartbeat_ms)
+
         def _answer_hold(pid: int, kind: int) -> None:
             targets.scan_pid(pid)
             if kind != KIND_NEW_ROOT:  # a new root's loader is hooked (LoadWatch); its process maps no target yet
-                collector.capture(pid)
+                collector.capture(pid, wait_s=rules_wait_s)
 
         loadwatch = LoadWatch(agent.targets, _answer_hold, backing=targets.backing, proc_root=Path(agent.proc_root),
                               host_root=Path(agent.host_root), heartbeat_ms=agent.hold_heartbeat_ms)

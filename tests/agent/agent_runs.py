@@ -45,6 +45,7 @@ class AgentProcess:
     log_path: Path
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)  # settings as SIGNALS_* variables
 
     def start(self, timeout_s: float = 120.0) -> AgentProcess:
         argv = ["agent", "--bootstrap", self.bootstrap, "--topic-prefix", self.topic_prefix,
@@ -54,7 +55,8 @@ class AgentProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(signals_command(*argv), stdout=log, stderr=subprocess.STDOUT,
-                                            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
+                                            env=dict(os.environ, PYTHONUNBUFFERED="1", **self.env),
+                                            start_new_session=True)
         self.wait_for("agent ready", timeout_s)
         return self
 
