@@ -26,6 +26,8 @@ _SYSCALLS = {
     "aarch64": {"perf_event_open": 241, "bpf": 280},
 }
 # enum bpf_cmd and friends (include/uapi/linux/bpf.h).
+_BPF_MAP_LOOKUP_ELEM = 1
+_BPF_MAP_GET_NEXT_KEY = 4
 _BPF_OBJ_PIN = 6
 _BPF_OBJ_GET = 7
 _BPF_LINK_CREATE = 28
@@ -154,6 +156,43 @@ def pinned(path: Path) -> int:
         return _bpf(_BPF_OBJ_GET, attr)
     except OSError as exc:
         raise BpfLoadError(f"opening the pinned object {path} failed: {exc.strerror}") from exc
+
+
+class _MapElemAttr(ctypes.Structure):
+    # union bpf_attr, the BPF_MAP_*_ELEM / BPF_MAP_GET_NEXT_KEY member.
+    _fields_ = [("map_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("key", ctypes.c_uint64),
+                ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+def map_u32_keys(fd: int, limit: int = 1 << 16) -> list[int]:
+    """The keys of a hash map keyed by u32 (at most limit of them)."""
+    key, next_key = ctypes.c_uint32(0), ctypes.c_uint32(0)
+    attr = _MapElemAttr(map_fd=fd, key=0, value=ctypes.addressof(next_key))  # key 0 (NULL): the first
+    keys: list[int] = []
+    while len(keys) < limit:
+        try:
+            _bpf(_BPF_MAP_GET_NEXT_KEY, attr)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                break
+            raise
+        keys.append(next_key.value)
+        key.value = next_key.value
+        attr.key = ctypes.addressof(key)
+    return keys
+
+
+def map_u32_u64_value(fd: int, key: int) -> int | None:
+    """The u64 value at a u32 key of a map; None when the key is not there."""
+    key_value, value = ctypes.c_uint32(key), ctypes.c_uint64(0)
+    attr = _MapElemAttr(map_fd=fd, key=ctypes.addressof(key_value), value=ctypes.addressof(value))
+    try:
+        _bpf(_BPF_MAP_LOOKUP_ELEM, attr)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+    return value.value
 
 
 def bpffs_mounted(directory: Path = Path("/sys/fs/bpf")) -> bool:

@@ -160,6 +160,42 @@ def kernel_device(st_dev: int) -> int:
     return (os.major(st_dev) << 20) | os.minor(st_dev)
 
 
+HELD_PIN = "held_pids"  # bpf/loadwatch.bpf.c's held_pids, pinned in the agent's pin directory
+
+
+def resume_left_holds(pin_dir: Path, proc_root: Path = Path("/proc")) -> int:
+    """Resume the processes an agent that died held (stopped) and never resumed, from the map
+    it pinned in pin_dir; returns how many. A pid whose process started after the hold is
+    another process (the pid was reused) and is left alone."""
+    pinned = pin_dir / HELD_PIN
+    if not pinned.exists():
+        return 0
+    fd = bpfsys.pinned(pinned)
+    resumed = 0
+    try:
+        ticks_per_s = os.sysconf("SC_CLK_TCK")
+        for pid in bpfsys.map_u32_keys(fd):
+            held_ns = bpfsys.map_u32_u64_value(fd, pid)
+            try:
+                stat = (proc_root / str(pid) / "stat").read_text()
+            except OSError:
+                continue  # gone
+            fields = stat[stat.rindex(")") + 2:].split()
+            started_ns = int(fields[19]) * 1_000_000_000 // ticks_per_s
+            if held_ns is None or started_ns > held_ns:
+                continue
+            try:
+                os.kill(pid, signal.SIGCONT)
+                resumed += 1
+                log.warning("resumed pid %d, held by an agent that died before resuming it", pid)
+            except ProcessLookupError:
+                pass
+    finally:
+        os.close(fd)
+    pinned.unlink(missing_ok=True)
+    return resumed
+
+
 OnHold = Callable[[int, int], None]  # (pid, kind): attach and capture while the process is held
 
 
@@ -167,7 +203,8 @@ class LoadWatch:
     """The loaded loadwatch program, its loader hooks and the thread that answers holds."""
 
     def __init__(self, targets: list[TargetSettings], on_hold: OnHold, *, backing: BackingFiles,
-                 proc_root: Path = Path("/proc"), host_root: Path = Path("/"), heartbeat_ms: int = 2000) -> None:
+                 proc_root: Path = Path("/proc"), host_root: Path = Path("/"), heartbeat_ms: int = 2000,
+                 pin_dir: Path | None = None) -> None:
         bcc = import_bcc()
         try:
             self._bpf = bcc.BPF(src_file=str(bpf_sources.LOADWATCH_SOURCE).encode(),
@@ -196,6 +233,12 @@ class LoadWatch:
             self._bpf[b"executable_names"][NameKey(name.encode())] = one
         self.beat()
         self.mark_root_known(host_root)
+        self._held_map = self._bpf[b"held_pids"]
+        self._held_pin = None
+        if pin_dir is not None:
+            # A killed agent cannot resume what it held: the next one does (resume_left_holds).
+            self._held_pin = pin_dir / HELD_PIN
+            bpfsys.pin(self._held_map.get_fd(), self._held_pin)
         self._events = self._bpf[b"load_events"]
         self._events.open_ring_buffer(self._handle)
 
@@ -289,6 +332,10 @@ class LoadWatch:
             os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
             pass  # killed while held
+        try:
+            del self._held_map[ctypes.c_uint32(pid)]
+        except KeyError:
+            pass
 
     def run(self, stop: threading.Event, poll_ms: int = 100) -> threading.Thread:
         """Answer holds on a daemon thread until stop is set, then resume whatever is held.
@@ -338,3 +385,6 @@ class LoadWatch:
             link.close()
         self._links.clear()
         self._uprobes.remove_all()
+        if self._held_pin is not None:
+            self._held_pin.unlink(missing_ok=True)
+            self._held_pin = None

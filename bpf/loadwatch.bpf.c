@@ -54,6 +54,10 @@ BPF_TABLE("lru_hash", u32, u32, objects_seen, 65536);
  * their libraries yet, by tgid: held once more at its first consistent list, when every
  * library it needs is mapped (the agent loads their unwind rules before main runs). */
 BPF_TABLE("lru_hash", u32, u8, startup_pending, 16384);
+/* Processes stopped for the agent and not resumed yet: tgid -> boot ns of the stop. Pinned
+ * beside the agent's other pins, so the next agent resumes what a killed one held. Full, a
+ * process is not stopped (the agent could not find it again). */
+BPF_HASH(held_pids, u32, u64, 4096);
 /* &_r_debug - &_dl_debug_state in each loader file, by the uprobe's cookie. */
 BPF_ARRAY(loader_delta, s64, LOADWATCH_MAX_LOADERS);
 /* Boot-clock ns until which the agent answers holds (its heartbeat). */
@@ -102,9 +106,14 @@ static __always_inline void hold(u32 kind, u32 objects)
     event->objects = objects;
     event->held = 0;
     if (agent_answers()) {
-        if (bpf_send_signal(SIGSTOP_NUMBER) == 0) {
-            event->held = 1;
-            lw_count(LW_HELD);
+        u64 now = event->boot_ns;
+        if (held_pids.update(&tgid, &now) == 0) {
+            if (bpf_send_signal(SIGSTOP_NUMBER) == 0) {
+                event->held = 1;
+                lw_count(LW_HELD);
+            } else {
+                held_pids.delete(&tgid);
+            }
         }
     } else {
         lw_count(LW_NOT_HELD_AGENT_AWAY);

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from runtime_signals.agent.errors import ConfigError
+from runtime_signals.agent.errors import BpfLoadError, ConfigError
 from runtime_signals.cli import flags
 from runtime_signals.config import SettingsError, SignalsConfig, load_config
 from runtime_signals.config.schema import AgentSettings, KafkaSettings, TargetSettings
@@ -203,7 +203,6 @@ def run(args: argparse.Namespace) -> int:
     from runtime_signals.agent import bpfsys
     from runtime_signals.agent.collector import Collector, CollectorSettings, hold_rules_wait_s
     from runtime_signals.agent.config import budget_settings, probe_limits, tracer_settings
-    from runtime_signals.agent.errors import BpfLoadError
     from runtime_signals.agent.filewatch import FileWatch
     from runtime_signals.agent.identity import PodDirectory, host_id, node_name
     from runtime_signals.agent.metrics import HealthServer
@@ -250,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
     if state_dir is not None and bpfsys.bpffs_mounted(PIN_ROOT.parent):
         # Pinned, the probes and maps outlive a killed agent (agent/pinning.py).
         if previous is not None and previous.pin_dir:
+            _resume_left_holds(Path(previous.pin_dir))
             generation = PinnedGeneration.open(Path(previous.pin_dir))
             if generation is not None:
                 tracer.adopt(generation, {i: (p.path, p.file_offset) for i, p in previous.probes.items()})
@@ -308,6 +308,10 @@ def run(args: argparse.Namespace) -> int:
     targets.scan()
     collector.take_over(previous, generation)
     keep = tuple(p for p in (tracer.pin_dir,) if p is not None)
+    # A process held by any agent that died is resumed now, not once its pins are judged
+    # abandoned: nothing else would ever resume it.
+    for dead in abandoned_generations(keep=keep, max_age_s=0):
+        _resume_left_holds(dead)
     for abandoned in abandoned_generations(keep=keep):
         stale = PinnedGeneration.open(abandoned)
         if stale is not None:
@@ -335,7 +339,8 @@ def run(args: argparse.Namespace) -> int:
                 collector.capture(pid, wait_s=rules_wait_s)
 
         loadwatch = LoadWatch(agent.targets, _answer_hold, backing=targets.backing, proc_root=Path(agent.proc_root),
-                              host_root=Path(agent.host_root), heartbeat_ms=agent.hold_heartbeat_ms)
+                              host_root=Path(agent.host_root), heartbeat_ms=agent.hold_heartbeat_ms,
+                              pin_dir=tracer.pin_dir)
         hooked = loadwatch.hook_all()
         log.info("loader hooks: %d loader file(s) hooked", hooked)
         loadwatch_thread = loadwatch.run(stop)
@@ -384,3 +389,17 @@ def run(args: argparse.Namespace) -> int:
     if refused:
         raise refused[0]
     return 0
+
+
+def _resume_left_holds(pin_dir: Path) -> None:
+    """Resume what a killed agent held (agent/loadwatch.py): its processes must not stay stopped."""
+    from runtime_signals.agent.loadwatch import resume_left_holds
+
+    try:
+        resumed = resume_left_holds(pin_dir)
+    except (BpfLoadError, OSError) as exc:
+        log.error("reading the processes held by the agent that pinned %s failed: %s; any it left stopped stay "
+                  "stopped (SIGCONT them)", pin_dir, exc)
+        return
+    if resumed:
+        log.warning("resumed %d process(es) held by the agent that pinned %s", resumed, pin_dir)

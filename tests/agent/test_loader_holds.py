@@ -15,7 +15,9 @@ and this machine runs other people's processes.
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -167,3 +169,53 @@ def test_debians_python_calling_a_debian_library_and_exiting_gets_its_package(
         assert caller["binary_digest"] and "_crypt" in caller["library"], caller
     maps = _module_maps(kafka_bootstrap, names.modules, run.pid)
     assert maps and any("libcrypt.so" in m["path"] and m["purl"] for m in maps[-1]["modules"])
+
+
+def _stopped(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] == "T"
+
+
+def test_a_process_held_by_an_agent_killed_meanwhile_is_resumed_by_the_next_agent(
+        bpf_host: None, kafka_bootstrap: str, tmp_path: Path) -> None:
+    """The agent dies (SIGKILL: an OOM kill) while a process is stopped for it: the process
+    must not stay stopped. The next agent of the same identity resumes it at its start, from
+    the map of held processes the dead one pinned (bpf/loadwatch.bpf.c held_pids)."""
+    tag = uuid.uuid4().hex[:8]
+    library = compile_c(PLUGIN, tmp_path / "lib" / f"libsigheld{tag}.so", "-shared", "-fPIC")
+    program = compile_c(SHORT_LIVED, tmp_path / f"heldlived{tag}", f"-L{library.parent}",
+                        f"-Wl,-rpath,{library.parent}", f"-lsigheld{tag}")
+    prefix = f"heldkill-{tag}."
+    names = TopicNames().with_prefix(prefix)
+    create_topics(kafka_bootstrap, names, partitions=1)
+    args = ["--spool-dir", str(tmp_path / "spool"), "--target-rescan-interval-ms", "60000"]
+    # A long heartbeat: the kernel keeps holding for 10 s after the agent's last beat.
+    env = {"SIGNALS_AGENT__HOLD_HEARTBEAT_MS": "10000"}
+    probe = [f"sigheld{tag}:plugin_entry"]
+    first = AgentProcess(kafka_bootstrap, prefix, probe, tmp_path / "agent-1.log", args, env=env).start()
+    run = None
+    try:
+        assert first.process is not None
+        time.sleep(1.0)  # its state (identity, pin directory) written at its watermark ticks
+        first.process.send_signal(signal.SIGSTOP)  # frozen: it cannot answer the hold
+        run = subprocess.Popen([str(program)], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not _stopped(run.pid):
+            assert time.monotonic() < deadline, "the kernel did not hold the process"
+            time.sleep(0.05)
+        first.process.kill()
+        first.process.wait(30)
+        time.sleep(0.5)
+        assert _stopped(run.pid), "the premise: the dead agent's hold outlives it"
+    finally:
+        if first.process is not None and first.process.poll() is None:
+            first.process.kill()
+    try:
+        with AgentProcess(kafka_bootstrap, prefix, probe, tmp_path / "agent-2.log", args, env=env) as second:
+            assert run.wait(30) == 0, "the process was not resumed"
+            assert second.stop() == 0, second.log()[-3000:]
+            assert "held by an agent that died before resuming it" in second.log()
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
