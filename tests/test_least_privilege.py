@@ -188,6 +188,20 @@ def test_the_agent_delivers_with_only_the_daemonset_capabilities(kafka_bootstrap
     assert outcome.call_digests and outcome.call_digests <= outcome.symbol_tables, outcome.log
 
 
+def test_kill_is_needed_to_hold_processes(kafka_bootstrap: str, workload: Path, granted: set[str],
+                                         tmp_path: Path) -> None:
+    """CAP_KILL: the agent resumes the processes it holds (agent/loadwatch.py), also those of
+    other users; without it it keeps holds off rather than leave a process stopped."""
+    assert "KILL" in granted, "the DaemonSet no longer grants CAP_KILL: update this test"
+    with_kill = _run_agent(kafka_bootstrap, workload, tmp_path / "with.log", granted)
+    without = _run_agent(kafka_bootstrap, workload, tmp_path / "without.log", granted - {"KILL"})
+    assert "KILL" not in without.effective and without.exit_code == 0
+    refused = "agent.hold_processes: off, the agent lacks CAP_KILL"
+    assert refused in (tmp_path / "without.log").read_text() and "loader hooks:" not in (tmp_path / "without.log").read_text()
+    assert refused not in (tmp_path / "with.log").read_text() and "loader hooks:" in (tmp_path / "with.log").read_text()
+    assert with_kill.calls == without.calls == UPLOADS + PREVIEWS
+
+
 @pytest.mark.parametrize("capability", ["BPF", "PERFMON", "SYS_PTRACE"])
 def test_each_granted_capability_is_needed(kafka_bootstrap: str, workload: Path, granted: set[str],
                                            tmp_path: Path, capability: str) -> None:

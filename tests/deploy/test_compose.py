@@ -107,7 +107,7 @@ def test_compose_accepts_the_file(tool: str) -> None:
                                "RUNTIME_SIGNALS_AGENT_CAP_PERFMON": "IPC_LOCK"})
     assert proc.returncode == 0, proc.stderr
     assert set(yaml.safe_load(proc.stdout)["services"]["agent"]["cap_add"]) == {"SYS_ADMIN", "IPC_LOCK",
-                                                                               "SYS_PTRACE"}
+                                                                               "SYS_PTRACE", "KILL"}
 
 
 def test_commands_are_accepted_and_the_config_is_valid(services: dict[str, Any]) -> None:

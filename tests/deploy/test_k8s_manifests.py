@@ -25,7 +25,7 @@ from tests.deploy.manifests import KUSTOMIZATIONS, POD_KINDS, containers, one, p
 # whose schemas the validator ships.
 KUBERNETES_VERSIONS = ("1.30", kubernetes_validate.utils.latest_version())
 STRIMZI_KINDS = {"KafkaTopic", "KafkaUser"}
-AGENT_CAPABILITIES = {"BPF", "PERFMON", "SYS_PTRACE"}
+AGENT_CAPABILITIES = {"BPF", "PERFMON", "SYS_PTRACE", "KILL"}
 # Host paths the agent may mount, and the only one it may write (uprobe_events).
 AGENT_HOST_PATHS = {"/sys/kernel/tracing", "/lib/modules", "/usr/src", "/var/log/pods", "/sys/fs/bpf"}
 # tracefs: uprobes are defined by writing uprobe_events; bpffs: probes and maps are pinned
