@@ -113,9 +113,12 @@ class UprobeEvents:
             match = _GROUP.match(group_dir.name)
             if not match or Path(f"/proc/{match.group(1)}").exists():
                 continue
-            for event_dir in group_dir.iterdir():
-                if event_dir.is_dir():
-                    self._remove(event_dir.name, timeout_s, group=group_dir.name)
+            try:
+                names = [e.name for e in os.scandir(group_dir) if e.is_dir()]
+            except FileNotFoundError:
+                continue  # removed meanwhile (another agent on the node cleaning up too)
+            for name in names:
+                self._remove(name, timeout_s, group=group_dir.name)
 
     def _write(self, line: str, what: str) -> None:
         try:

@@ -331,11 +331,18 @@ class RulesCache:
             return 0
 
 
+_PAGE_BYTES = 4096
+
+
 def mapping_bias(mapping: Mapping, segments: Sequence[Segment]) -> int | None:
     """address - bias = the ELF virtual address, for addresses in mapping; None when no
     executable segment holds the mapping's file offset."""
     for segment in segments:
-        if segment.file_offset <= mapping.file_offset < segment.file_offset + max(segment.file_bytes, 1):
+        # The kernel maps whole pages: a segment that does not start on a page boundary (lld
+        # packs them, as in Rust's default builds since 1.90) is mapped from the page holding
+        # its first byte.
+        first_page = segment.file_offset - segment.file_offset % _PAGE_BYTES
+        if first_page <= mapping.file_offset < segment.file_offset + max(segment.file_bytes, 1):
             return mapping.start - mapping.file_offset + segment.file_offset - segment.virtual_address
     return None
 
@@ -507,7 +514,7 @@ class UnwindLoader:
             self._binaries[digest] = BinaryRules(path)
         cached = self._cache.get(digest) if self._cache is not None else None
         if cached is not None:
-            self._install(digest, cached)
+            self._install(digest, cached, cached=True)
             return
         # The child reads the file through a descriptor held here: the process that mapped
         # it (its /proc/<pid>/root) may be gone before the build starts.
@@ -532,7 +539,7 @@ class UnwindLoader:
             self._cache.put(digest, rules)
         self._install(digest, rules)
 
-    def _install(self, digest: str, rules: UnwindRules) -> None:
+    def _install(self, digest: str, rules: UnwindRules, cached: bool = False) -> None:
         with self._lock:
             if self._closed:
                 return
@@ -540,7 +547,8 @@ class UnwindLoader:
             binary.build_ns, binary.segments, binary.row_count = rules.build_ns, rules.segments, rules.row_count
             if not rules.row_count:
                 binary.state, binary.detail = "no_rules", rules.error
-                log.info("unwind: no rules for %s (%s): walked by frame pointers", binary.path, rules.error)
+                log.info("unwind: no rules for %s [%s] (%s): walked by frame pointers", binary.path, digest,
+                         rules.error)
                 return
             if (self._next_row + rules.row_count > self._row_capacity
                     or self._next_table >= self._table_capacity):
@@ -562,8 +570,9 @@ class UnwindLoader:
             binary.table_id, binary.state = self._next_table, "loaded"
             self._next_table += 1
             self._next_row += rules.row_count
-            log.info("unwind: rules of %s loaded: %d rows (%d bytes) from %s in %.2fs", binary.path,
-                     rules.row_count, rules.row_bytes, "+".join(rules.sources), rules.build_ns / 1e9)
+            log.info("unwind: rules of %s [%s] loaded: %d rows (%d bytes) from %s in %.2fs%s", binary.path, digest,
+                     rules.row_count, rules.row_bytes, "+".join(rules.sources), rules.build_ns / 1e9,
+                     " (cached)" if cached else "")
             for pid, entries in self._processes.items():
                 if any(d == digest for _, d in entries):
                     self._write_process(pid)

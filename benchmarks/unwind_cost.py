@@ -102,8 +102,8 @@ def run(bootstrap: str, work_dir: Path, plan: UnwindPlan) -> dict[str, Any]:
             # take seconds), then every later process finds them loaded.
             for r in roles.values():
                 _timed(r["agent"], 1000)
-            for loaded in (f"rules of {roles['cfi']['agent']} loaded", "libc.so.6 loaded",
-                           "ld-linux-x86-64.so.2 loaded"):
+            for loaded in (f"rules of {roles['cfi']['agent']} [", "rules of /usr/lib/x86_64-linux-gnu/libc.so.6 [",
+                           "ld-linux-x86-64.so.2 ["):
                 agent.wait_for(loaded, 300)
             for build, r in roles.items():
                 rows.append(_measure(build, r, plan, work_dir))

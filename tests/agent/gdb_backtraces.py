@@ -8,8 +8,12 @@ there is none).
 
 Environment: TRUTH_PROGRAM, TRUTH_ARGS (JSON list), TRUTH_SYMBOL (an expression whose
 address is the function's entry, e.g. "deflate"), TRUTH_OUT (a JSON file written at exit),
-and TRUTH_AFTER_LOAD (optional: a regular expression naming the library that defines the
-symbol, for a stripped program without `main`; the breakpoint is set once it is loaded).
+TRUTH_AFTER_LOAD (optional: a regular expression naming the library that defines the
+symbol, for a stripped program without `main`; the breakpoint is set once it is loaded) and
+TRUTH_START (optional: where to stop first instead of `main`; Go's is `main.main`) and
+TRUTH_SOFTWARE_BREAK (optional, non-empty: an int3 breakpoint instead of a hardware one);
+TRUTH_LIBRARY and TRUTH_OFFSET (optional: the function is the one at that file offset of
+that library, rather than what the name TRUTH_SYMBOL evaluates to).
 """
 
 import json
@@ -42,7 +46,8 @@ def _backtrace():
     frames = []
     frame = gdb.newest_frame()
     while frame is not None:
-        if frame.type() != gdb.INLINE_FRAME:
+        # pc 0: gdb's outermost marker past the last frame (Go's goexit), not a frame.
+        if frame.type() != gdb.INLINE_FRAME and frame.pc() != 0:
             frames.append(_locate(mappings, frame.pc()))
         try:
             frame = frame.older()
@@ -57,16 +62,32 @@ def main():
     gdb.execute("set print thread-events off")
     gdb.execute("set backtrace past-main on")  # up to _start, as the agent walks
     gdb.execute("set backtrace past-entry on")
+    # Go preempts goroutines with SIGURG: a stop for it is not a call.
+    gdb.execute("handle SIGURG nostop noprint pass")
     gdb.execute(f"file {os.environ['TRUTH_PROGRAM']}")
     args = " ".join(json.loads(os.environ["TRUTH_ARGS"]))
     after_load = os.environ.get("TRUTH_AFTER_LOAD")
-    gdb.execute(f"catch load {after_load}" if after_load else "break main")
+    start = os.environ.get("TRUTH_START") or "main"
+    gdb.execute(f"catch load {after_load}" if after_load else f"break {start}")
     gdb.execute(f"run {args}")
     gdb.execute("delete")
-    entry = int(gdb.parse_and_eval(f"(long)&{os.environ['TRUTH_SYMBOL']}"))
+    library, offset = os.environ.get("TRUTH_LIBRARY"), os.environ.get("TRUTH_OFFSET")
+    if library and offset:
+        # The function's entry in that library's mapping: by name, gdb may answer with the
+        # program's PLT stub of the same name.
+        entry = next(start + int(offset) - file_offset
+                     for start, end, file_offset, path in _mappings(gdb.selected_inferior().pid)
+                     if os.path.realpath(path) == os.path.realpath(library)
+                     and file_offset <= int(offset) < file_offset + end - start)
+    else:
+        gdb.execute("set language c")  # the cast below is C, whatever the program's language
+        entry = int(gdb.parse_and_eval(f"(long)&{os.environ['TRUTH_SYMBOL']}"))
+        gdb.execute("set language auto")
     # A hardware breakpoint: a uprobe anyone holds on this file (an int3 of its own) would
     # take the trap of a software breakpoint at the same address and hide the call.
-    gdb.execute(f"hbreak *{entry}")
+    # A program of the test's own (TRUTH_SOFTWARE_BREAK) is probed by no one else; Go moves a
+    # goroutine between threads, and a hardware breakpoint is set in the threads of the moment.
+    gdb.execute(f"{'break' if os.environ.get('TRUTH_SOFTWARE_BREAK') else 'hbreak'} *{entry}")
     backtraces = []
     while True:
         try:

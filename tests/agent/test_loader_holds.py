@@ -72,6 +72,19 @@ def bpf_host() -> None:
         pytest.skip(reason)
 
 
+def _short_lived_program(stem: str, bootstrap: str, tmp_path: Path) -> tuple[str, Path, Path, str, TopicNames]:
+    """SHORT_LIVED linked to its own lib<stem><tag>.so, and fresh topics: (tag, library,
+    program, topic prefix, topic names); the probe is <stem><tag>:plugin_entry."""
+    tag = uuid.uuid4().hex[:8]
+    library = compile_c(PLUGIN, tmp_path / "lib" / f"lib{stem}{tag}.so", "-shared", "-fPIC")
+    program = compile_c(SHORT_LIVED, tmp_path / f"{stem}-program{tag}", f"-L{library.parent}",
+                        f"-Wl,-rpath,{library.parent}", f"-l{stem}{tag}")
+    prefix = f"{stem}-{tag}."
+    names = TopicNames().with_prefix(prefix)
+    create_topics(bootstrap, names, partitions=1)
+    return tag, library, program, prefix, names
+
+
 def _events(bootstrap: str, topic: str, pid: int) -> list[dict[str, Any]]:
     return [e for e in decode_all(read_all(bootstrap, topic), CALL_EVENT) if e["pid"] == pid]
 
@@ -116,13 +129,7 @@ def test_forty_calls_right_after_dlopen_are_all_reported_after_the_process_exite
 
 def test_a_process_that_calls_and_exits_at_once_keeps_its_attribution(
         bpf_host: None, kafka_bootstrap: str, tmp_path: Path) -> None:
-    tag = uuid.uuid4().hex[:8]
-    library = compile_c(PLUGIN, tmp_path / "lib" / f"libsigshort{tag}.so", "-shared", "-fPIC")
-    program = compile_c(SHORT_LIVED, tmp_path / f"shortlived{tag}", f"-L{library.parent}",
-                        f"-Wl,-rpath,{library.parent}", f"-lsigshort{tag}")
-    prefix = f"shortlived-{tag}."
-    names = TopicNames().with_prefix(prefix)
-    create_topics(kafka_bootstrap, names, partitions=1)
+    tag, library, program, prefix, names = _short_lived_program("sigshort", kafka_bootstrap, tmp_path)
     with AgentProcess(kafka_bootstrap, prefix, [f"sigshort{tag}:plugin_entry"], tmp_path / "agent.log",
                       ["--target-rescan-interval-ms", "60000"]) as agent:
         run = subprocess.Popen([str(program)], stdout=subprocess.DEVNULL)
@@ -181,13 +188,7 @@ def test_a_process_held_by_an_agent_killed_meanwhile_is_resumed_by_the_next_agen
     """The agent dies (SIGKILL: an OOM kill) while a process is stopped for it: the process
     must not stay stopped. The next agent of the same identity resumes it at its start, from
     the map of held processes the dead one pinned (bpf/loadwatch.bpf.c held_pids)."""
-    tag = uuid.uuid4().hex[:8]
-    library = compile_c(PLUGIN, tmp_path / "lib" / f"libsigheld{tag}.so", "-shared", "-fPIC")
-    program = compile_c(SHORT_LIVED, tmp_path / f"heldlived{tag}", f"-L{library.parent}",
-                        f"-Wl,-rpath,{library.parent}", f"-lsigheld{tag}")
-    prefix = f"heldkill-{tag}."
-    names = TopicNames().with_prefix(prefix)
-    create_topics(kafka_bootstrap, names, partitions=1)
+    tag, _library, program, prefix, _names = _short_lived_program("sigheld", kafka_bootstrap, tmp_path)
     args = ["--spool-dir", str(tmp_path / "spool"), "--target-rescan-interval-ms", "60000"]
     # A long heartbeat: the kernel keeps holding for 10 s after the agent's last beat.
     env = {"SIGNALS_AGENT__HOLD_HEARTBEAT_MS": "10000"}

@@ -146,6 +146,11 @@ def test_the_bias_maps_a_mapping_onto_the_elf_addresses() -> None:
     bias = mapping_bias(Mapping(0x7F0000001000, 0x7F0000002000, 0x2000, "/lib.so"), [Segment(0x2000, 0x3000, 0x900)])
     assert bias is not None and 0x7F0000001010 - bias == 0x3010
     assert mapping_bias(Mapping(0x1000, 0x2000, 0x9000, "/x"), [Segment(0x1000, 0x1000, 0x800)]) is None
+    # lld packs segments off page boundaries (Rust's default linker): text at file offset
+    # 0x13ea0, linked at 0x14ea0, mapped from file offset 0x13000 (its page) at base + 0x14000.
+    base = 0x5555_5555_4000
+    bias = mapping_bias(Mapping(base + 0x14000, base + 0x54000, 0x13000, "/rust"), [Segment(0x13EA0, 0x14EA0, 0x3F440)])
+    assert bias is not None and base + 0x15240 - bias == 0x15240
 
 
 def _frame(address: int, path: str | None) -> ResolvedAddress:

@@ -111,6 +111,10 @@ def _run_until(args: list[str], needles: tuple[str, ...], seconds: float) -> str
                 return output
             time.sleep(2)
     finally:
+        # Stopped as the kubelet stops a pod (SIGTERM, then the grace period): a SIGKILLed
+        # agent leaves its probes pinned for its successor (agent/pinning.py), and every
+        # agent after it would meet them.
+        engine.docker("stop", "-t", "45", name, check=False, timeout_s=120)
         engine.docker("rm", "-f", name, check=False)
 
 
