@@ -320,6 +320,9 @@ def run(args: argparse.Namespace) -> int:
             stale.remove()
     tracer.remove_stale_events()
     if metrics is not None:
+        metrics.add_counters("file_watch", "Probes retired because their file was written in place; the file is "
+                             "probed afresh once rewritten (agent/filewatch.py)",
+                             lambda: {"probes_retired_file_changed": watch.counts["probes_retired_file_changed"]})
         metrics.add_counters("targets", "Target files and probes: late_attaches are files attached by a rescan after "
                              "a process had mapped them (calls before were not observed)", targets.counters)
     loadwatch = None

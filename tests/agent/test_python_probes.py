@@ -165,10 +165,9 @@ def test_interpreter_versions_from_file_names() -> None:
 
 @pytest.mark.skipif(not DEBIAN_PYTHON.exists() or not interpreter_markers(DEBIAN_PYTHON),
                     reason="Debian's python3.11 with USDT markers is not installed")
-def test_the_agent_publishes_python_function_calls_with_exact_counts(tmp_path: Path) -> None:
+def test_the_agent_publishes_python_function_calls_with_exact_counts(kafka_bootstrap: str, tmp_path: Path) -> None:
     """`signals agent --probe python:...` on a process already running when the agent
     starts (no restart), through the real broker: RuntimeCallEvents with the exact count."""
-    import os
     import uuid
 
     from runtime_signals.devtools.demo import create_topics
@@ -184,9 +183,7 @@ def test_the_agent_publishes_python_function_calls_with_exact_counts(tmp_path: P
     reason = bpf_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        pytest.skip("KAFKA_BOOTSTRAP_SERVERS is not set: this test needs a broker")
+    bootstrap = kafka_bootstrap
     prefix = f"pyprobe-{uuid.uuid4().hex[:8]}."
     names = TopicNames().with_prefix(prefix)
     create_topics(bootstrap, names)

@@ -96,6 +96,8 @@ def test_statistics_topic_and_metrics_endpoint_report_the_same_figures(kafka_boo
     assert metrics[("probe_attached", (("probe", probe_id),))] == 1
     assert metrics[("probe_calls_total", (("probe", probe_id),))] == UPLOADS + PREVIEWS
     assert metrics[("bpf_run_seconds_total", ())] > 0  # kernel BPF stats are on while the agent runs
+    # Probes retired because their file was rewritten in place (agent/filewatch.py): none here.
+    assert metrics[("file_watch_total", (("counter", "probes_retired_file_changed"),))] == 0
 
     # The reports describe the run: rates while the workload ran, the agent's own cost.
     final = max(reports, key=lambda r: r["reported_at_us"])
