@@ -14,7 +14,7 @@ from typing import Any
 from runtime_signals.consumer import query
 from runtime_signals.consumer.errors import TopicNotFoundError
 from runtime_signals.consumer.kafka import TopicReader
-from runtime_signals.consumer.models import ContainerState, PathTotal, Reachability, Summary, Target
+from runtime_signals.consumer.models import ContainerState, Executable, PathTotal, Reachability, Summary, Target
 from runtime_signals.schemas import codec
 from runtime_signals.schemas.errors import SchemaError
 from runtime_signals.schemas.topics import TopicNames
@@ -148,6 +148,8 @@ def state_from_record(record: Mapping[str, Any]) -> ContainerState:
             windows=path["windows"],
             binary_digests=tuple(path.get("binary_digests") or ()),
             binary_offsets=tuple(path.get("binary_offsets") or ()),
+            purls=tuple(path.get("purls") or ()),
+            executables=tuple(Executable.from_record(e) for e in path.get("executables") or ()),
         ))
     return ContainerState(
         container_id=record["container_id"],

@@ -132,7 +132,7 @@ def path_record(window: WindowAggregate, path: PathAggregate,
     """The ObservedCallPath record of one path of a window, and its unresolved frames."""
     frames = resolve_frames(path.frames, path.identities, path.top_symbol, path.top_signature,
                             path.top_purl, source)
-    node_hashes = [hashing.node_hash_v2(f.module, f.signature) for f in frames]
+    node_hashes = [f.node_hash for f in frames]
     record = {
         "symbols": [f.symbol for f in frames],
         "observation_count": path.observation_count,
@@ -152,8 +152,7 @@ def path_record(window: WindowAggregate, path: PathAggregate,
         "libraries": [f.library for f in path.frames],
         "purls": [f.module for f in frames],
         # Only frames named by their address (not located in a digested file) need it.
-        "addresses": [f.frame.address if f.identity.startswith(hashing.UNKNOWN_BINARY + "+") else None
-                      for f in frames],
+        "addresses": [f.unlocated_address for f in frames],
         "hash_recipe": hashing.RECIPE_V2,
         "executables": [e.record() for e in sorted(path.executables, key=Executable.sort_key)],
     }

@@ -11,10 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime_signals.processor.aggregate import MAX_EXECUTABLES_PER_PATH
+from runtime_signals.processor.intake import Executable
 from runtime_signals.schemas.codec import RuntimeType
 
+# Taken from the latest window that saw a stack (a later window may name more frames).
 _PATH_FIELDS = ("path_hash", "symbols", "function_signatures", "node_hashes", "binary_digests",
-                "binary_offsets", "libraries", "purl", "runtime_type")
+                "binary_offsets", "libraries", "purl", "runtime_type", "purls", "addresses", "hash_recipe")
+# Executables listed per stack: the first this many in sort order, as a window's path keeps them.
+MAX_EXECUTABLES_PER_STACK = MAX_EXECUTABLES_PER_PATH
 
 
 @dataclass
@@ -50,6 +55,8 @@ class ContainerState:
             known = self.paths.get(path["callstack_hash"])
             entry = {name: path[name] for name in _PATH_FIELDS}
             entry["callstack_hash"] = path["callstack_hash"]
+            entry["executables"] = _union_of_executables(known["executables"] if known else [],
+                                                         path["executables"])
             if known is None:
                 entry.update(observation_count=path["observation_count"], windows=1,
                              first_observed_at_us=path["first_observed_at_us"],
@@ -95,3 +102,10 @@ class ContainerState:
             runtimes=set(record["detected_runtimes"]),
             paths={p["callstack_hash"]: dict(p) for p in record["call_paths"]},
         )
+
+
+def _union_of_executables(known: list[dict[str, Any]], seen: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Both lists' distinct executables in ObservedCallPath's order, the first
+    MAX_EXECUTABLES_PER_STACK of them: the same windows give the same list in any run."""
+    distinct = {Executable(e["path"], e["binary_digest"], e["purl"], e["comm"]) for e in (*known, *seen)}
+    return [e.record() for e in sorted(distinct, key=Executable.sort_key)[:MAX_EXECUTABLES_PER_STACK]]

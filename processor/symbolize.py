@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from runtime_signals.schemas import hashing
 from runtime_signals.schemas.demangle import readable
@@ -43,6 +43,22 @@ class ResolvedFrame:
     purl: str | None       # the package's PURL as found, None for an unpackaged binary
     module: str            # module identity, the node hash's purl (HASHING.md v2 §12)
     resolved: bool
+
+    @property
+    def unlocated_address(self) -> int | None:
+        """The address, for a frame in no digested file (its identity is made of it); else None."""
+        return self.frame.address if self.identity.startswith(hashing.UNKNOWN_BINARY + "+") else None
+
+    @property
+    def node_hash(self) -> str:
+        return hashing.node_hash_v2(self.module, self.signature)
+
+    def evidence(self) -> dict[str, Any]:
+        """Everything the frame's hashes are computed from (HASHING.md v2), as JSON."""
+        return {"symbol": self.symbol, "signature": self.signature, "module": self.module, "purl": self.purl,
+                "binary_digest": self.frame.binary_digest, "binary_offset": self.frame.binary_offset,
+                "library": self.frame.library, "address": self.unlocated_address, "node_hash": self.node_hash,
+                "resolved": self.resolved}
 
 
 class SymbolSource(Protocol):

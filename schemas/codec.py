@@ -152,7 +152,13 @@ def self_contained_schema(schema_name: str, schema_dir: Path = SCHEMA_DIR) -> di
     name = full_name(schema_name)
     if name not in documents:
         raise UnknownSchemaError(f"no schema {name!r} in {schema_dir}")
-    return cast(dict[str, Any], _inline(documents[name], documents, set(), None))
+    # A type defined inside another file's record (ObservedCallPath's ProcessExecutable) may
+    # be referred to by a later file too.
+    nested: dict[str, Any] = {}
+    for document in documents.values():
+        _collect_definitions(document, None, nested)
+    known = {**nested, **documents}
+    return cast(dict[str, Any], _inline(documents[name], known, set(), None))
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,7 +35,9 @@ class Run:
     bootstrap: str
     prefix: str
     watch: subprocess.CompletedProcess[str]
+    watch_json: subprocess.CompletedProcess[str]
     summaries_before_processor: int
+    summaries: list[dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +59,17 @@ def run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
                                                "--since", "0", "--max-calls", str(UPLOADS + PREVIEWS),
                                                "--duration-s", "60"),
                                check=False, capture_output=True, text=True, timeout=120)
+        watch_json = subprocess.run(signals_command("watch", "--bootstrap", kafka_bootstrap, "--topic-prefix",
+                                                    prefix, "--since", "0", "--max-calls", str(UPLOADS + PREVIEWS),
+                                                    "--duration-s", "60", "--json"),
+                                    check=False, capture_output=True, text=True, timeout=120)
         before = len(latest_summaries(read_topic(kafka_bootstrap, names.summaries)))
         pipeline.start_processor()
         got = wait_for_summaries(kafka_bootstrap, names.summaries, UPLOADS + PREVIEWS, timeout_s=90)
         pipeline.stop_agent()
         pipeline.stop_processor()
         assert sum(s["total_events"] for s in got) == UPLOADS + PREVIEWS, pipeline.log("processor")[-3000:]
-    yield Run(kafka_bootstrap, prefix, watch, before)
+    yield Run(kafka_bootstrap, prefix, watch, watch_json, before, got)
 
 
 def test_watch_shows_the_calls_and_named_paths_before_any_summary(run: Run) -> None:
@@ -77,6 +84,24 @@ def test_watch_shows_the_calls_and_named_paths_before_any_summary(run: Run) -> N
         shown[tail] = shown.get(tail, 0) + int(line.split("×")[0].split()[-1])
     assert shown == {UPLOAD_TAIL: UPLOADS, PREVIEW_TAIL: PREVIEWS}
     assert f"provisional tally: {UPLOADS + PREVIEWS} calls on 2 path(s)" in run.watch.stdout
+
+
+def test_watch_json_gives_each_frame_what_its_published_hashes_are_computed_from(run: Run) -> None:
+    assert run.watch_json.returncode == 0, run.watch_json.stderr
+    calls = [json.loads(line) for line in run.watch_json.stdout.splitlines() if line.startswith("{")]
+    assert sum(c["calls"] for c in calls) == UPLOADS + PREVIEWS
+    published = {tuple(p["node_hashes"]): p for s in run.summaries for p in s["call_paths"]}
+    for call in calls:
+        frames = call["frames"]
+        assert [f["symbol"] for f in frames] == call["symbols"] and call["hash_recipe"] == "runtime-signals/v2"
+        # The same frames, identities and hashes as the windowed path the processor published.
+        path = published[tuple(f["node_hash"] for f in frames)]
+        assert [f["module"] for f in frames] == path["purls"]
+        assert [(f["binary_digest"], f["binary_offset"]) for f in frames] == list(
+            zip(path["binary_digests"], path["binary_offsets"], strict=True))
+        assert [f["signature"] for f in frames] == path["function_signatures"]
+        libc = [f for f in frames if f["library"] and "libc.so" in f["library"]]
+        assert libc and all(f["purl"] and f["purl"].startswith("pkg:deb/debian/libc6@") for f in libc)
 
 
 def _export(run: Run, *args: str) -> subprocess.CompletedProcess[str]:

@@ -108,6 +108,7 @@ class Watch:
         from runtime_signals.consumer.models import iso
         from runtime_signals.consumer.summaries import short_symbol
         from runtime_signals.processor.symbolize import resolve_frames
+        from runtime_signals.schemas.hashing import RECIPE_V2
 
         call = item.call
         frames = resolve_frames(call.frames, call.identities, call.top_symbol, call.top_signature,
@@ -128,6 +129,7 @@ class Watch:
                 "provisional": True, "container_id": call.container_id, "observed_at_us": call.observed_at_us,
                 "observed_at_iso": iso(call.observed_at_us), "calls": call.observation_count,
                 "symbols": [f.symbol for f in frames], "purl": frames[-1].purl if frames else None,
+                "frames": [f.evidence() for f in frames], "hash_recipe": RECIPE_V2,
                 "runtime_type": call.runtime_type, "symbol_tables_complete": named,
             }, sort_keys=True) + "\n")
         else:

@@ -41,7 +41,7 @@ def topics(kafka_bootstrap: str) -> TopicNames:
         "call_paths": [{name: path[name] for name in (
             "callstack_hash", "path_hash", "symbols", "function_signatures", "node_hashes", "binary_digests",
             "binary_offsets", "libraries", "purl", "runtime_type", "observation_count", "first_observed_at_us",
-            "last_observed_at_us")} | {"windows": 5}],
+            "last_observed_at_us", "purls", "addresses", "hash_recipe", "executables")} | {"windows": 5}],
     }
     registry = codec.SchemaRegistry.default()
     sample.produce(kafka_bootstrap, names.latest, [],
@@ -69,6 +69,10 @@ def test_latest_state_and_is_reached_on_reached_and_never_reached_functions(
     assert state is not None and (state.total_events, state.windows, state.late_events) == (40, 5, 2)
     assert [(p.symbols, p.observation_count, p.windows) for p in state.paths] == [(sample.UPLOAD, 40, 5)]
     assert state.last_window_start_us == T0_US + 4 * WINDOW_US
+    # Every frame's module identity and the programs that took the path (contract v2).
+    (only,) = state.paths
+    assert only.purls[-1] == hashing.module_identity(LIBIMAGE, None, None) and only.purls[0].startswith("pkg:generic/server?checksum=sha256:")
+    assert [e.path for e in only.executables] == [sample.APP["path"]]
     folded = client.latest_state("worker-2")  # no record yet: folded from its summaries
     assert folded is not None and (folded.total_events, folded.windows, folded.dropped_events) == (6, 2, 3)
     assert client.latest_state("nobody") is None

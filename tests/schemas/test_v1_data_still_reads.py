@@ -51,9 +51,10 @@ def v1_event() -> dict[str, Any]:
 
 def test_every_history_file_is_an_older_version_the_default_registry_reads() -> None:
     files = sorted(p.name for p in HISTORY.glob("*.avsc"))
-    assert files == ["ObservedCallPath.v1.avsc", "RuntimeCallEvent.v1.avsc", "RuntimeSignalSummary.v1.avsc"]
+    assert files == ["ContainerState.v1.avsc", "ObservedCallPath.v1.avsc", "RuntimeCallEvent.v1.avsc",
+                     "RuntimeSignalSummary.v1.avsc"]
     old, new = old_registry(), SchemaRegistry.default()
-    for name in ("RuntimeCallEvent", "ObservedCallPath", "RuntimeSignalSummary"):
+    for name in ("RuntimeCallEvent", "ObservedCallPath", "RuntimeSignalSummary", "ContainerState"):
         assert old.fingerprint_hex(name) != new.fingerprint_hex(name)
 
 
