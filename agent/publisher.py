@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from runtime_signals.agent.spool import Spool, SpoolRecord
+from runtime_signals.kafka.provenance import RecordSigner
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +92,11 @@ class Publisher:
     """Produces records; keeps exact counts, in records and in calls, of what was
     delivered, what was dropped (by reason) and what is still held."""
 
-    def __init__(self, settings: ProducerSettings, spool: Spool | None = None) -> None:
+    def __init__(self, settings: ProducerSettings, spool: Spool | None = None,
+                 signer: RecordSigner | None = None) -> None:
         self._producer = Producer(settings.librdkafka_config(), logger=log)
         self._spool = spool
+        self._signer = signer  # every record carries proof of this node's principal
         self._lock = threading.RLock()
         self._settings = settings
         self.produced = 0  # records accepted (to librdkafka or the spool)
@@ -122,6 +125,8 @@ class Publisher:
                 headers: list[tuple[str, bytes]] | None = None, calls: int = 0) -> None:
         """Queue one record standing for `calls` calls; never blocks. It goes to librdkafka,
         or to the spool when librdkafka is full or the spool already holds records."""
+        if self._signer is not None:
+            headers = [*(headers or ()), *self._signer.headers(topic, key, value)]
         record = SpoolRecord(topic, key, value, partition, calls, tuple(headers or ()))
         with self._lock:
             self.produced += 1

@@ -35,7 +35,9 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import Any, cast
 
 import faust
@@ -44,10 +46,11 @@ from faust.transport.consumer import Consumer as TransportConsumer
 from faust.types import TP
 from faust.web import Request, Response, View
 
+from runtime_signals.kafka.provenance import ProvenanceError, RecordVerifier
 from runtime_signals.processor import metrics
 from runtime_signals.processor.checkpoint import checkpoint_topic
 from runtime_signals.processor.engine import Engine, EngineSettings, Output
-from runtime_signals.processor.errors import DeliveryError, ProcessorError
+from runtime_signals.processor.errors import ConfigError, DeliveryError, ProcessorError
 from runtime_signals.processor.faust_config import build_app, check_port_free
 from runtime_signals.processor.inflight import InflightLog
 from runtime_signals.processor.intake import Rejected
@@ -79,6 +82,17 @@ def is_ready(*, joined: bool, stopping: bool, rebalancing: bool, consuming: bool
     return joined and not stopping and not rebalancing and consuming and assigned <= restored
 
 
+def _verifier(ca_file: Path | None) -> RecordVerifier | None:
+    if ca_file is None:
+        return None
+    try:
+        verifier = RecordVerifier.from_file(ca_file)
+    except ProvenanceError as exc:
+        raise ConfigError(f"processor.agent_ca_file: {exc}") from exc
+    log.info("records are taken only when signed by an agent certificate of %s", ca_file)
+    return verifier
+
+
 class Worker:
     def __init__(self, settings: ProcessorSettings) -> None:
         self.settings = settings
@@ -87,11 +101,15 @@ class Worker:
         raw = settings.topics.raw
         self._registry = codec.SchemaRegistry.default()
         self._symbols = SymbolStore()
+        # One verifier each for the raw records (the engine's thread) and for the tables (the
+        # feed's): their session caches are not shared between threads.
+        self._provenance = _verifier(settings.agent_ca_file)
+        self._feed_provenance = _verifier(settings.agent_ca_file)
         self.engine = Engine(EngineSettings(settings.window, raw, settings.agent_idle_ms,
                                             settings.symbol_wait_ms, settings.max_pending_windows,
                                             max_event_ahead_ms=settings.max_event_ahead_ms,
                                             latest_retention_ms=settings.latest_retention_ms),
-                             self._symbols, self._registry)
+                             self._symbols, self._registry, provenance=self._provenance)
         self._inflight = InflightLog(settings.inflight_dir / settings.app_id, raw) \
             if settings.inflight_dir is not None else None
         connection = settings.connection()
@@ -109,7 +127,8 @@ class Worker:
                                             f"{settings.app_id}.checkpoint-reader")
         self._checkpoints.ensure(raw_partitions)
         self._feed = BinaryFeed(connection, settings.topics.symbols, settings.topics.modules, self._symbols,
-                                self._registry, f"{settings.app_id}.binaries")
+                                self._registry, f"{settings.app_id}.binaries",
+                                provenance=self._feed_provenance)
         self._written: dict[int, bytes] = {}       # last checkpoint written per partition
         self._unacked: list[tuple[Awaitable[Any], str, bytes | None]] = []   # (delivery, topic, key)
         self._lock = asyncio.Lock()
@@ -396,6 +415,20 @@ class Worker:
                 return view.text("ready\n")
             return view.text("not ready: joining the group, restoring partitions or rebalancing\n", status=503)
 
+    def _provenance_outcomes(self) -> dict[str, int]:
+        outcomes: Counter[str] = Counter()
+        for verifier in (self._provenance, self._feed_provenance):
+            for key, count in (verifier.counts if verifier else {}).items():
+                if key == "verified" or key.startswith("refused:"):
+                    outcomes[key.removeprefix("refused:")] += count
+        return dict(outcomes)
+
+    def _provenance_sizes(self) -> dict[str, int]:
+        if self._provenance is None or self._feed_provenance is None:
+            return {}
+        return {"provenance_sessions_raw": self._provenance.sizes()["provenance_sessions"],
+                "provenance_sessions_tables": self._feed_provenance.sizes()["provenance_sessions"]}
+
     async def _publish_status(self) -> None:
         # The engine and the symbol store change on worker threads under the lock (records,
         # watermarks, the feed): they are read under it too. Waited for, not skipped: the
@@ -415,7 +448,8 @@ class Worker:
                 open_windows=self.engine.open_windows(), pending_windows=self.engine.pending_windows(),
                 symbol_tables=len(self._symbols), symbols_held=self._symbols.symbols_held,
                 store_counts=dict(self._symbols.counts), watermarks_us=self.engine.watermarks_us(),
-                caches=self._symbols.sizes(),
+                caches={**self._symbols.sizes(), **self._provenance_sizes()},
+                provenance=self._provenance_outcomes(),
                 feed_errors={k.split(":", 1)[1]: v for k, v in self._symbols.counts.items()
                              if k.startswith("feed_error:")})
             positions = self.engine.positions()

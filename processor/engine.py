@@ -21,10 +21,19 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from runtime_signals.config.schema import ProcessorSection
+from runtime_signals.kafka.provenance import RecordVerifier, speaks_for
 from runtime_signals.processor.aggregate import WindowAggregate, window_output
 from runtime_signals.processor.checkpoint import Checkpoint, WindowMarker
 from runtime_signals.processor.errors import ConfigError
-from runtime_signals.processor.intake import DEFAULT_LIMITS, CallRecord, Limits, Rejected, WatermarkRecord, read_raw
+from runtime_signals.processor.intake import (
+    DEFAULT_LIMITS,
+    CallRecord,
+    Intake,
+    Limits,
+    Rejected,
+    WatermarkRecord,
+    read_raw,
+)
 from runtime_signals.processor.latest import ContainerState
 from runtime_signals.processor.output_bounds import fit_summary, refresh_summary, unnamed_path
 from runtime_signals.processor.symbolize import SymbolSource
@@ -149,9 +158,12 @@ class Engine:
 
     def __init__(self, settings: EngineSettings, symbols: SymbolIndex,
                  registry: codec.SchemaRegistry | None = None,
-                 monotonic_s: Callable[[], float] = time.monotonic) -> None:
+                 monotonic_s: Callable[[], float] = time.monotonic,
+                 provenance: RecordVerifier | None = None) -> None:
         self.settings = settings
         self._symbols = symbols
+        # With a CA (processor.agent_ca_file): only records an agent signed, and only for itself.
+        self._provenance = provenance
         self._registry = registry or codec.SchemaRegistry.default()
         self._now_s = monotonic_s
         self._states: dict[int, PartitionState] = {}
@@ -220,6 +232,8 @@ class Engine:
         else:
             self.counts["raw_records"] += 1
         intake = read_raw(value, self._registry, self.settings.limits)
+        if self._provenance is not None and not isinstance(intake, Rejected):
+            intake = self._authenticated(key, value, headers, broker_timestamp_us, intake)
         if broker_timestamp_us is None or broker_timestamp_us <= 0:
             broker_timestamp_us = None
             if not replaying:
@@ -241,6 +255,21 @@ class Engine:
             else:
                 return self._call(state, offset, key, value, headers, intake, replaying)
         return self._reject(state, offset, key, value, headers, intake, replaying)
+
+    def _authenticated(self, key: bytes | None, value: bytes | None, headers: Headers,
+                       broker_timestamp_us: int | None, intake: CallRecord | WatermarkRecord) -> Intake:
+        """The record as read when an agent signed it and speaks for itself; else why not.
+        Certificates are checked at the record's broker timestamp, so a replay decides alike."""
+        assert self._provenance is not None
+        found = self._provenance.verify("raw", key, value, headers,
+                                        None if broker_timestamp_us is None else broker_timestamp_us // 1000)
+        if not found.verified:
+            return Rejected("unauthenticated", f"{found.problem} (processor.agent_ca_file)")
+        assert found.principal is not None
+        if not speaks_for(found.principal, intake.agent_id):
+            return Rejected("impersonation", f"signed by {found.principal!r}, the record claims agent "
+                            f"{intake.agent_id!r}: an agent speaks only for itself")
+        return intake
 
     def reject(self, partition: int, offset: int, key: bytes | None, value: bytes | None,
                headers: Headers, rejected: Rejected) -> list[Output]:

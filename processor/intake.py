@@ -41,7 +41,7 @@ from runtime_signals.schemas.errors import (
 CALL_EVENT = "io.runtimesignals.RuntimeCallEvent"
 WATERMARK = "io.runtimesignals.AgentWatermark"
 REASONS = ("undecodable", "unknown_fingerprint", "incompatible_schema", "unexpected_schema", "out_of_range",
-           "over_limit", "clock_skew", "too_many_agents", "killed_worker")
+           "over_limit", "clock_skew", "too_many_agents", "killed_worker", "unauthenticated", "impersonation")
 # observation_count is a long on the wire, and sums of it are longs in every output: one count
 # near 2^63 would overflow the first sum it joins (and fail to encode). An agent folds the calls
 # of one probe and one stack over one flush interval into a record; 2^32 of them is far beyond
@@ -119,6 +119,7 @@ class CallRecord:
     executable: Executable | None = None  # the calling process's, when the agent said
     # Event time of the last call a folded record stands for (observed_at_us for one call).
     last_observed_at_us: int = 0
+    agent_id: str = ""  # who says it made the call: checked against a signed record's principal
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -249,6 +250,7 @@ def _call(event: dict[str, Any], limits: Limits) -> Intake:
         runtime_type=event["runtime_type"],
         executable=_executable(event),
         last_observed_at_us=observed_us + _folded_span_us(event),
+        agent_id=event["agent_id"],
     )
 
 

@@ -18,9 +18,18 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
+from runtime_signals.kafka.provenance import PRINCIPAL_HEADER, RecordVerifier
 from runtime_signals.processor.checkpoint import Checkpoint
 from runtime_signals.processor.errors import BrokerError, CheckpointError, ConfigError
 from runtime_signals.processor.symbol_store import SymbolStore
@@ -31,7 +40,6 @@ from runtime_signals.schemas.topics import LARGE_RECORD_MAX_BYTES
 log = logging.getLogger(__name__)
 
 SYMBOL_TABLE = "io.runtimesignals.SymbolTable"
-PRINCIPAL_HEADER = "signals.principal"
 _RELOAD_INTERVAL_S = 10.0
 MODULE_MAP = "io.runtimesignals.ModuleMap"
 
@@ -60,6 +68,11 @@ def located(message: Message) -> tuple[str, int, int]:
     topic, partition, offset = message.topic(), message.partition(), message.offset()
     assert topic is not None and partition is not None and offset is not None
     return topic, partition, offset
+
+
+def _timestamp_ms(message: Message) -> int | None:
+    kind, stamp = message.timestamp()
+    return stamp if kind != TIMESTAMP_NOT_AVAILABLE and stamp > 0 else None
 
 
 def partition_count(admin: AdminClient, topic: str, timeout_s: float = 10.0) -> int:
@@ -188,8 +201,9 @@ class BinaryFeed:
     """The symbols and modules topics, every partition from the beginning, into a SymbolStore."""
 
     def __init__(self, connection: Connection, symbols_topic: str, modules_topic: str, store: SymbolStore,
-                 registry: codec.SchemaRegistry, group_id: str) -> None:
+                 registry: codec.SchemaRegistry, group_id: str, provenance: RecordVerifier | None = None) -> None:
         self._store = store
+        self._provenance = provenance  # with it, only tables and maps an agent signed are taken
         self._registry = registry
         self._consumer = _reader(connection, group_id)
         admin = AdminClient(dict(connection))
@@ -269,13 +283,25 @@ class BinaryFeed:
             self._store.counts["bad_records"] += 1
             log.warning("%s[%d]@%d: skipped: %s", message.topic(), message.partition(), message.offset(), exc)
             return
-        # Who wrote it, for conflict reports: where it is, and the principal the deployment's
-        # producers stamp (docs/deploy.md; a header, so only as trustworthy as the ACLs).
+        # Who wrote it, for conflict reports: where it is, and the principal its signature
+        # proves (runtime_signals/kafka/provenance.py), or the one it only claims.
         topic, partition, offset = located(message)
-        principal = dict(message.headers() or ()).get(PRINCIPAL_HEADER)
-        if isinstance(principal, bytes):
-            principal = principal.decode("utf-8", "replace")
-        writer = f"{topic}[{partition}]@{offset}" + (f" principal={principal}" if principal else "")
+        received = message.headers() or []
+        pairs = received.items() if isinstance(received, dict) else received
+        headers = [(name, value) for name, value in pairs if isinstance(value, bytes)]
+        writer = f"{topic}[{partition}]@{offset}"
+        if self._provenance is not None:
+            found = self._provenance.verify("symbols" if kind == SYMBOL_TABLE else "modules", message.key(),
+                                            message.value(), headers, _timestamp_ms(message))
+            if not found.verified:
+                claimed = f" claimed principal={found.principal}" if found.principal else ""
+                self._store.refuse(record, kind, f"{writer}{claimed}", found.problem or "unsigned")
+                return
+            writer += f" principal={found.principal}"
+        else:
+            principal = dict(headers).get(PRINCIPAL_HEADER)
+            if principal:
+                writer += f" principal={principal.decode('utf-8', 'replace')} (unverified)"
         if kind == SYMBOL_TABLE:
             self._store.add(record, writer)
         else:

@@ -65,6 +65,8 @@ STORE_COUNTERS = {
     "symbol_tables_evicted": ("symbol_tables_evicted", "Symbol tables evicted from memory (least recently used)."),
     "symbol_table_reloads": ("symbol_table_reloads", "Re-reads of the symbols topic for evicted tables."),
     "symbols_oversize": ("symbols_oversize", "Symbols not kept: names longer than 4 KiB."),
+    "unauthenticated_records": ("unauthenticated_tables", "Symbol-table chunks and module maps refused: not "
+                                "signed by an agent of processor.agent_ca_file (kept aside, never applied)."),
 }
 
 
@@ -81,6 +83,7 @@ class Status:
     watermarks_us: Mapping[int, int] = field(default_factory=dict)
     caches: Mapping[str, int] = field(default_factory=dict)  # entries per long-lived cache
     feed_errors: Mapping[str, int] = field(default_factory=dict)  # symbols/modules consumer errors, by name
+    provenance: Mapping[str, int] = field(default_factory=dict)  # record signature checks, by outcome
 
 
 class StatusCollector(Collector):
@@ -124,6 +127,12 @@ class StatusCollector(Collector):
         for name, entries in sorted(status.caches.items()):
             caches.add_metric([name], entries)
         yield caches
+        signed = CounterMetricFamily(PREFIX + "record_signatures", "Signature checks of input records "
+                                     "(processor.agent_ca_file), by outcome: verified, or why refused.",
+                                     labels=["outcome"])
+        for outcome, count in sorted(status.provenance.items()):
+            signed.add_metric([outcome], count)
+        yield signed
         errors = CounterMetricFamily(PREFIX + "feed_errors", "Errors reading the symbols and modules topics, by "
                                      "librdkafka error name (retried by librdkafka; a fatal one stops the worker).",
                                      labels=["error"])

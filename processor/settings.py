@@ -48,6 +48,9 @@ class ProcessorSettings:
     # runtime_signals.config.schema.KafkaSettings.librdkafka_config(). The side readers use
     # them as they are; processor/faust_config.py maps them onto faust's settings.
     kafka_config: dict[str, Any] = field(default_factory=dict)
+    # CA bundle of the agents' signing certificates (runtime_signals/kafka/provenance.py);
+    # None: records are taken unsigned.
+    agent_ca_file: Path | None = None
 
     def connection(self) -> dict[str, Any]:
         return {"bootstrap.servers": self.bootstrap_servers, **self.kafka_config}
@@ -68,7 +71,8 @@ class ProcessorSettings:
                    inflight_dir=_inflight_dir(section.inflight_dir), data_dir=Path(section.data_dir),
                    checkpoint_interval_ms=section.checkpoint_interval_ms,
                    session_timeout_ms=section.session_timeout_ms, metrics_port=section.metrics_port,
-                   kafka_config=kafka.librdkafka_config())
+                   kafka_config=kafka.librdkafka_config(),
+                   agent_ca_file=Path(section.agent_ca_file) if section.agent_ca_file else None)
 
     @property
     def outputs(self) -> TopicNames:

@@ -55,7 +55,7 @@ _LOGGED = 10
 class Conflict:
     """A record that disagreed with what was taken first."""
 
-    kind: str          # symbol_table, module_purl
+    kind: str          # symbol_table, module_purl, unauthenticated
     binary_digest: str
     writer: str        # where it came from: topic[partition]@offset, principal
     detail: str
@@ -221,6 +221,15 @@ class SymbolStore:
         self.conflicts.append(Conflict(kind, digest, writer, detail))
         log.log(logging.WARNING if self.counts[f"{kind}_conflicts"] <= _LOGGED else logging.DEBUG,
                 "%s conflict for %s from %s: %s; kept what was taken first", kind, digest, writer or "?", detail)
+
+    def refuse(self, record: dict[str, Any], kind: str, writer: str, problem: str) -> None:
+        """A table chunk or module map whose writer could not be authenticated: kept aside
+        as a conflict, never taken (runtime_signals/kafka/provenance.py)."""
+        digests = [record["binary_digest"]] if "binary_digest" in record else \
+            sorted({m["binary_digest"] for m in record.get("modules", ()) if m["binary_digest"]})
+        self.counts["unauthenticated_records"] += 1
+        self._conflict("unauthenticated", ", ".join(digests[:3]) + (" …" if len(digests) > 3 else ""), writer,
+                       f"{kind.rpartition('.')[2]}: {problem}")
 
     def wanted(self) -> set[str]:
         """Evicted digests a window has asked for since: to reload from the topic."""

@@ -38,6 +38,11 @@ class TopicNames:
     plans: str = "signals.plans.v1"             # ProbePlan, key = plan id, compacted (tombstone: removed)
     plan_status: str = "signals.plan-status.v1"  # PlanStatus, key = "<plan id>/<host>", compacted
 
+    def roles(self) -> dict[str, str]:
+        """Each topic's name -> its role (the field name: raw, symbols, ...), which stays
+        the same under any prefix (record signatures cover the role, runtime_signals.kafka.provenance)."""
+        return {name: role for role, name in self.__dict__.items()}
+
     def with_prefix(self, prefix: str) -> TopicNames:
         """Every name prefixed; ``ux.svc`` is read as ``ux.svc.`` (normalize_prefix)."""
         prefix = normalize_prefix(prefix)

@@ -57,17 +57,17 @@ def _openssl(directory: Path, *args: str) -> None:
         raise RuntimeError(f"openssl {' '.join(args)} failed:\n{proc.stderr}")
 
 
-def _ca(directory: Path, name: str) -> None:
+def make_ca(directory: Path, name: str) -> None:
     _openssl(directory, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
              "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN={name}",
              "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
 
 
-def _leaf(directory: Path, name: str, subject: str, extensions: str) -> None:
+def issue_leaf(directory: Path, name: str, subject: str, extensions: str, ca: str = "ca") -> None:
     _openssl(directory, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
              "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject)
     (directory / f"{name}.ext").write_text(extensions)
-    _openssl(directory, "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+    _openssl(directory, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
              "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
 
 
@@ -78,11 +78,11 @@ def make_pki(directory: Path) -> Pki:
     if shutil.which("openssl") is None:
         raise FileNotFoundError("openssl is needed to make the test certificates (apt-get install openssl)")
     directory.mkdir(parents=True, exist_ok=True)
-    _ca(directory, "ca")
-    _ca(directory, "other-ca")
-    _leaf(directory, "broker", "/CN=localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+    make_ca(directory, "ca")
+    make_ca(directory, "other-ca")
+    issue_leaf(directory, "broker", "/CN=localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
           "extendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n")
-    _leaf(directory, "agent", f"/CN={AGENT}", "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n")
+    issue_leaf(directory, "agent", f"/CN={AGENT}", "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n")
     keystore = directory / "broker-keystore.pem"
     keystore.write_text((directory / "broker.key").read_text() + (directory / "broker.pem").read_text())
     return Pki(ca=directory / "ca.pem", broker_keystore=keystore, agent_certificate=directory / "agent.pem",

@@ -168,6 +168,21 @@ def _open_spool(agent: AgentSettings) -> Any:
         raise ConfigError(f"agent.spool_dir: {exc}") from exc
 
 
+def _record_signer(agent: AgentSettings, names: TopicNames) -> Any:
+    """The signer of agent.signing_certificate (runtime_signals/kafka/provenance.RecordSigner),
+    or None when records are not signed."""
+    from runtime_signals.kafka.provenance import ProvenanceError, RecordSigner
+
+    if not agent.signing_certificate or not agent.signing_key:
+        return None
+    try:
+        signer = RecordSigner.from_files(Path(agent.signing_certificate), Path(agent.signing_key), names.roles())
+    except ProvenanceError as exc:
+        raise ConfigError(f"agent.signing_certificate: {exc}") from exc
+    log.info("records signed as %s (%s)", signer.principal, agent.signing_certificate)
+    return signer
+
+
 def _start_python_targets(targets: list[TargetSettings], collector: Any, filters: Any, settings: Any,
                           agent: AgentSettings) -> Any:
     """The Python-function probes (agent/pytargets.PythonTargets), fed into the collector; None without any."""
@@ -218,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
     from runtime_signals.agent.selectors import TargetFilters
     from runtime_signals.agent.state import AgentState
     from runtime_signals.agent.targets import TargetManager
+    from runtime_signals.kafka.provenance import speaks_for
 
     config = load(args)
     agent, kafka = config.agent, config.kafka
@@ -237,10 +253,18 @@ def run(args: argparse.Namespace) -> int:
             stop.set()
 
     threading.Thread(target=_check_access, name="kafka-access-check", daemon=True).start()
+    signer = _record_signer(agent, TopicNames().with_prefix(kafka.topic_prefix))
     # The identity and figures of earlier runs, beside the spool (agent/state.py).
     state_dir = Path(agent.spool_dir) if agent.spool_dir else None
     previous = AgentState.load(state_dir) if state_dir is not None else None
-    state = AgentState.new(agent.host_name) if previous is None else previous
+    if previous is not None and signer is not None and not speaks_for(signer.principal, previous.agent_id):
+        log.warning("agent id %s of the last run is not %s's (this node's signing certificate): starting as a "
+                    "new agent identity", previous.agent_id, signer.principal)
+        previous = None
+    # A signing agent is named by its certificate: the processor takes its records only as that
+    # principal's (runtime_signals/kafka/provenance.py).
+    state = AgentState.new(agent.host_name if signer is None else signer.principal) if previous is None \
+        else previous
     if previous is not None:
         state.restarts += 1
     tracer = CallTracer(tracer_settings(agent))
@@ -266,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
     producer = ProducerSettings(bootstrap_servers=kafka.bootstrap_servers, extra=security,
                                 queue_max_kbytes=agent.producer_queue_max_kbytes,
                                 queue_max_messages=agent.producer_queue_max_messages)
-    publisher = Publisher(producer, spool=_open_spool(agent))
+    publisher = Publisher(producer, spool=_open_spool(agent), signer=signer)
     # In a container the agent's hostname is the container's: the node is named from its
     # own files (through host_root) or the configured name, so recreating the agent's
     # container changes neither the node's name nor its processes' container id.

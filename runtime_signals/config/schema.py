@@ -269,6 +269,13 @@ class AgentSettings:
         "records librdkafka may hold before records go to the spool"))
     shutdown_flush_timeout_ms: int = field(default=30_000, metadata=_doc(
         "on SIGTERM, how long to wait for Kafka before spooling the rest"))
+    signing_certificate: str | None = field(default=None, metadata=_doc(
+        "PEM certificate of this agent (its common name is the agent's principal: its agent id becomes "
+        "<common name>/<run>), issued by a CA in the processors' processor.agent_ca_file: every record is "
+        "signed with it (docs/deploy.md, "
+        "\"Record signing\"; unset: records are not signed)"))
+    signing_key: str | None = field(default=None, metadata=_doc(
+        "path of the signing certificate's unencrypted PEM private key (Ed25519, ECDSA or RSA; keep it 0600)"))
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
@@ -313,6 +320,10 @@ class AgentSettings:
         if not 1 <= self.producer_queue_max_messages <= _QUEUE_MAX_MESSAGES:
             found.append(("producer_queue_max_messages", f"{self.producer_queue_max_messages} is outside "
                           f"1..{_QUEUE_MAX_MESSAGES}"))
+        if bool(self.signing_certificate) != bool(self.signing_key):
+            given, missing = (("signing_certificate", "signing_key") if self.signing_certificate
+                              else ("signing_key", "signing_certificate"))
+            found.append((missing, f"required with {given}: records are signed with both or neither"))
         return found
 
 
@@ -355,6 +366,11 @@ class ProcessorSection:
     metrics_port: int | None = field(default=None, metadata=_doc(
         "serve /metrics (Prometheus), /healthz and /readyz on this port (unset: off)"))
     loglevel: str = field(default="info", metadata=_doc("debug, info, warning or error"))
+    agent_ca_file: str | None = field(default=None, metadata=_doc(
+        "PEM file of the CA(s) that issue the agents' signing certificates: every raw record, symbol table and "
+        "module map must then be signed by an agent it issued, and a raw record's agent may only speak for "
+        "itself (unsigned or forged: dead-letter topic, or a table kept aside; docs/processor.md). Unset: "
+        "records are taken unsigned"))
     agent_flush_interval_ms: int = field(default=500, metadata=_doc(
         "the agents' watermark (dedup flush) interval; window_ms must be a multiple of it, so that no "
         "record of calls the agent folded spans a window boundary (each call counts in its own window)"))

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +39,7 @@ class LocalPipeline:
     lateness_ms: int = 500
     log_dir: Path = field(default_factory=lambda: Path("."))
     processor_app_id: str = "runtime-signals-processor"
+    env: Mapping[str, str] = field(default_factory=dict)  # settings for both (SIGNALS_AGENT__..., ...)
     _agent: subprocess.Popen[bytes] | None = None
     # Processor workers by name ("processor" unless a test runs several); each logs to NAME.log.
     _processors: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -51,7 +52,7 @@ class LocalPipeline:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # Appended: a restarted worker's log follows the one it replaces.
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 -- the child keeps it; closed on stop
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
     def start_processor(self, name: str = "processor", extra_args: Sequence[str] = (),

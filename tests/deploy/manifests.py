@@ -17,7 +17,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 COMPOSE_FILE = REPO / "deploy" / "compose" / "docker-compose.yml"
-KUSTOMIZATIONS = ("base", "overlays/strimzi", "overlays/plain")
+KUSTOMIZATIONS = ("base", "overlays/strimzi", "overlays/plain", "overlays/signed-records")
 POD_KINDS = {"DaemonSet", "Deployment", "Job", "StatefulSet", "CronJob"}
 
 

@@ -128,3 +128,12 @@ def test_values_reach_the_resources() -> None:
 def _config_checksum(resources: list[dict[str, Any]]) -> str:
     (agent,) = [r for r in resources if r["kind"] == "DaemonSet"]
     return str(agent["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+
+
+def test_record_signing_renders_exactly_the_signed_records_overlay() -> None:
+    chart = normalised(template("--set", "recordSigning.enabled=true"))
+    overlay = normalised(manifests.render("overlays/signed-records")) if manifests.kustomize_command() else None
+    if overlay is None:
+        pytest.skip("no kustomize to render deploy/k8s/overlays/signed-records")
+    for key in (("DaemonSet", "runtime-signals-agent"), ("Deployment", "runtime-signals-processor")):
+        assert chart[key] == overlay[key], f"{key} differs between recordSigning and the signed-records overlay"

@@ -25,6 +25,7 @@ from tests.deploy.manifests import KUSTOMIZATIONS, POD_KINDS, containers, one, p
 # whose schemas the validator ships.
 KUBERNETES_VERSIONS = ("1.30", kubernetes_validate.utils.latest_version())
 STRIMZI_KINDS = {"KafkaTopic", "KafkaUser"}
+CERT_MANAGER_KINDS = {"Issuer", "Certificate"}  # the signed-records overlay's agent CA
 AGENT_CAPABILITIES = {"BPF", "PERFMON", "SYS_PTRACE", "KILL"}
 # Host paths the agent may mount, and the only one it may write (uprobe_events).
 AGENT_HOST_PATHS = {"/sys/kernel/tracing", "/lib/modules", "/usr/src", "/var/log/pods", "/sys/fs/bpf"}
@@ -53,7 +54,7 @@ def test_every_resource_is_valid_against_the_kubernetes_api_schemas(rendered: di
     checked = 0
     for resources in rendered.values():
         for resource in resources:
-            if resource["kind"] in STRIMZI_KINDS:
+            if resource["kind"] in STRIMZI_KINDS | CERT_MANAGER_KINDS:
                 continue  # CRDs: no schema ships with the validator; checked below
             # strict: an unknown (misspelt) field is an error, not silently dropped.
             kubernetes_validate.validate(resource, version, strict=True)
@@ -227,3 +228,32 @@ def test_plain_overlay_creates_topics_with_the_admin_client_path(rendered: dict[
     assert container["args"][:2] == ["kafka", "topics"]
     assert f"--partitions={TOPIC_PARTITIONS}" in container["args"]
     assert os.path.basename(container["image"]).startswith("processor")
+
+
+def test_the_signed_records_overlay_gives_each_agent_a_certificate_the_processor_trusts(
+        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    resources = rendered["overlays/signed-records"]
+    agent, processor = one(resources, "DaemonSet", "agent"), one(resources, "Deployment", "processor")
+    (agent_container,) = [c for c in containers(agent) if c["name"] == "agent"]
+    env = {e["name"]: e.get("value") for e in agent_container["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in agent_container["volumeMounts"]}
+    (identity,) = [v for v in pod_spec(agent)["volumes"] if v["name"] == "identity"]
+    attributes = identity["csi"]["volumeAttributes"]
+    assert identity["csi"]["driver"] == "csi.cert-manager.io"
+    assert attributes["csi.cert-manager.io/common-name"] == "${POD_NAME}"  # one principal per agent pod
+    assert env["SIGNALS_AGENT__SIGNING_CERTIFICATE"] == mounts["identity"] + "/tls.crt"
+    assert env["SIGNALS_AGENT__SIGNING_KEY"] == mounts["identity"] + "/tls.key"
+    issuers = {r["metadata"]["name"]: r for r in resources if r["kind"] == "Issuer"}
+    ca_secret = issuers[attributes["csi.cert-manager.io/issuer-name"]]["spec"]["ca"]["secretName"]
+    (ca_certificate,) = [r for r in resources if r["kind"] == "Certificate"]
+    assert ca_certificate["spec"]["isCA"] and ca_certificate["spec"]["secretName"] == ca_secret
+
+    (worker,) = [c for c in containers(processor) if c["name"] == "processor"]
+    trust = {e["name"]: e.get("value") for e in worker["env"]}["SIGNALS_PROCESSOR__AGENT_CA_FILE"]
+    (volume,) = [v for v in pod_spec(processor)["volumes"] if v.get("secret", {}).get("secretName") == ca_secret]
+    (mount,) = [m for m in worker["volumeMounts"] if m["name"] == volume["name"]]
+    assert volume["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]  # the CA's certificate, not its key
+    assert trust == mount["mountPath"] + "/ca.crt"
+    signing = {k: v for k, v in env.items() if k.startswith("SIGNALS_AGENT__SIGNING_")}
+    config = load_config(env={**signing, "SIGNALS_PROCESSOR__AGENT_CA_FILE": trust})  # settings that exist
+    assert config.agent.signing_key and config.processor.agent_ca_file == trust
