@@ -122,23 +122,23 @@ class StatusCollector(Collector):
         for partition, watermark_us in sorted(status.watermarks_us.items()):
             watermark.add_metric([str(partition)], watermark_us / 1e6)
         yield watermark
-        caches = GaugeMetricFamily(PREFIX + "cache_entries", "Entries in each long-lived cache (symbol store).",
-                                   labels=["cache"])
-        for name, entries in sorted(status.caches.items()):
-            caches.add_metric([name], entries)
-        yield caches
-        signed = CounterMetricFamily(PREFIX + "record_signatures", "Signature checks of input records "
-                                     "(processor.agent_ca_file), by outcome: verified, or why refused.",
-                                     labels=["outcome"])
-        for outcome, count in sorted(status.provenance.items()):
-            signed.add_metric([outcome], count)
-        yield signed
-        errors = CounterMetricFamily(PREFIX + "feed_errors", "Errors reading the symbols and modules topics, by "
-                                     "librdkafka error name (retried by librdkafka; a fatal one stops the worker).",
-                                     labels=["error"])
-        for name, count in sorted(status.feed_errors.items()):
-            errors.add_metric([name], count)
-        yield errors
+        yield _labelled(GaugeMetricFamily, "cache_entries", "Entries in each long-lived cache (symbol store, "
+                        "record-signature sessions).", "cache", status.caches)
+        yield _labelled(CounterMetricFamily, "record_signatures", "Signature checks of input records "
+                        "(processor.agent_ca_file), by outcome: verified, or why refused.", "outcome",
+                        status.provenance)
+        yield _labelled(CounterMetricFamily, "feed_errors", "Errors reading the symbols and modules topics, by "
+                        "librdkafka error name (retried by librdkafka; a fatal one stops the worker).", "error",
+                        status.feed_errors)
+
+
+def _labelled(family: type[GaugeMetricFamily] | type[CounterMetricFamily], name: str, doc: str, label: str,
+              values: Mapping[str, int]) -> Metric:
+    """One family with a sample per label value, in label order."""
+    metric = family(PREFIX + name, doc, labels=[label])
+    for value, count in sorted(values.items()):
+        metric.add_metric([value], count)
+    return metric
 
 
 class Exposition:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import time
 import urllib.request
@@ -26,6 +25,7 @@ from runtime_signals.devtools.workload import PROBED_SYMBOL, build_workload
 from runtime_signals.schemas.topics import TopicNames
 from tests.agent.agent_runs import AgentProcess
 from tests.bpf_support import bpf_unavailable_reason
+from tests.processor.harness import free_port
 
 OBSERVABILITY = Path(__file__).resolve().parents[1] / "deploy" / "observability"
 DASHBOARD = OBSERVABILITY / "grafana-dashboard.json"
@@ -89,11 +89,6 @@ def test_the_rules_alert_on_what_operators_must_know_and_parse() -> None:
     assert len(named_metrics()) >= 15
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def _exposed(port: int, timeout_s: float = 60.0) -> set[str]:
     """Family and sample names on a live /metrics (counters as `x` and `x_total`)."""
@@ -124,7 +119,7 @@ def test_every_metric_the_dashboard_and_rules_name_is_served_live(kafka_bootstra
     create_topics(kafka_bootstrap, TopicNames().with_prefix(prefix), partitions=1)
     config = tmp_path / "signals.toml"
     config.write_text('[agent]\nmetrics_port = 0\nmetrics_address = "127.0.0.1"\nstatistics_interval_ms = 500\n')
-    processor_port = _free_port()
+    processor_port = free_port()
     with LocalPipeline(kafka_bootstrap, [], topic_prefix=prefix, window_ms=1000, lateness_ms=200,
                        log_dir=tmp_path, processor_app_id=f"{prefix}processor") as pipeline, \
             AgentProcess(kafka_bootstrap, prefix, [f"{workload}:{PROBED_SYMBOL}"], tmp_path / "agent.log",

@@ -3,7 +3,6 @@ their headers, late counts in the summaries, and the /metrics endpoint that show
 
 from __future__ import annotations
 
-import socket
 import uuid
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,16 @@ import pytest
 from runtime_signals.devtools.demo import create_topics
 from runtime_signals.devtools.pipeline import LocalPipeline
 from runtime_signals.schemas.topics import TopicNames
-from tests.processor.harness import Record, latest_by_key, produce, publish_binaries, read_all, scrape, wait_until
+from tests.processor.harness import (
+    Record,
+    free_port,
+    latest_by_key,
+    produce,
+    publish_binaries,
+    read_all,
+    scrape,
+    wait_until,
+)
 from tests.processor.raw_records import (
     BASE_US,
     call_event,
@@ -44,11 +52,6 @@ AFTER_FIRST_WATERMARK = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def _watermarks(at_us: int, sequence: int) -> list[tuple[bytes, bytes, int, list[Any]]]:
     return [(b"agent-1", encode_watermark(at_us, sequence), partition, []) for partition in range(3)]
@@ -60,7 +63,7 @@ def test_bad_and_late_records_are_routed_counted_and_processing_goes_on(kafka_bo
     names = TopicNames().with_prefix(prefix)
     create_topics(kafka_bootstrap, names, partitions=3)
     publish_binaries(kafka_bootstrap, names)
-    port = _free_port()
+    port = free_port()
     records = [(k, v, None, h) for k, v, h, _ in FEED] + _watermarks(BASE_US + 1_500_000, 1)
     records += [(k, v, None, h) for k, v, h, _ in AFTER_FIRST_WATERMARK] + _watermarks(BASE_US + 5_000_000, 2)
     with LocalPipeline(kafka_bootstrap, [], topic_prefix=prefix, window_ms=1000, lateness_ms=200,

@@ -5,7 +5,6 @@ worker included, so a rolling update with more replicas than partitions cannot s
 
 from __future__ import annotations
 
-import socket
 import urllib.error
 import urllib.request
 import uuid
@@ -17,17 +16,12 @@ from runtime_signals.devtools.demo import create_topics
 from runtime_signals.devtools.pipeline import LocalPipeline
 from runtime_signals.processor.app import is_ready
 from runtime_signals.schemas.topics import TopicNames
-from tests.processor.harness import wait_until
+from tests.processor.harness import free_port, wait_until
 
 pytestmark = pytest.mark.broker
 
 WORKER_ARGS = ["--session-timeout-ms", "6000", "--checkpoint-interval-ms", "300"]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _status(port: int, path: str) -> int | None:
@@ -56,7 +50,7 @@ def test_workers_are_alive_and_ready_and_the_idle_one_takes_over(kafka_bootstrap
     prefix = f"health-{uuid.uuid4().hex[:8]}."
     names = TopicNames().with_prefix(prefix)
     create_topics(kafka_bootstrap, names, partitions=1)  # one partition: only one worker can own it
-    ports = {"worker-a": _free_port(), "worker-b": _free_port()}
+    ports = {"worker-a": free_port(), "worker-b": free_port()}
     with LocalPipeline(kafka_bootstrap, [], topic_prefix=prefix, window_ms=1000, lateness_ms=200,
                        log_dir=tmp_path, processor_app_id=f"{prefix}processor") as pipeline:
         pipeline.start_processor("worker-a", ["--metrics-port", str(ports["worker-a"]), *WORKER_ARGS],

@@ -23,7 +23,7 @@ from runtime_signals.kafka.provenance import RecordSigner
 from runtime_signals.schemas import codec
 from runtime_signals.schemas.topics import TopicNames
 from tests.bpf_support import bpf_unavailable_reason
-from tests.processor.harness import read_all
+from tests.processor.harness import free_port, read_all, scrape, wait_until
 from tests.processor.raw_records import call_event, module_map
 from tests.secure_kafka import issue_leaf, make_ca
 
@@ -77,11 +77,14 @@ def test_only_what_the_node_signed_counts_and_forgeries_are_refused_by_name(
     with LocalPipeline(kafka_bootstrap, [f"{workload}:{PROBED_SYMBOL}"], topic_prefix=prefix, window_ms=1000,
                        lateness_ms=300, log_dir=tmp_path, processor_app_id=f"{prefix}processor",
                        env=env) as pipeline:
-        pipeline.start_processor()
+        port = free_port()
+        pipeline.start_processor(extra_args=["--metrics-port", str(port)])
         pipeline.start_agent()
         subprocess.run([str(workload), str(UPLOADS), str(PREVIEWS)], check=True, stdout=subprocess.DEVNULL)
         summaries = wait_for_summaries(kafka_bootstrap, names.summaries, UPLOADS + PREVIEWS, timeout_s=90)
         assert pipeline.stop_agent() == 0, pipeline.log("agent")
+        metrics = wait_until(lambda: (m := scrape(port)).get(
+            'runtime_signals_processor_dlq_records_total{reason="impersonation"}') == 1 and m, 20, "metrics")
         pipeline.stop_processor()
     logs = f"agent:\n{pipeline.log('agent')[-3000:]}\nprocessor:\n{pipeline.log('processor')[-4000:]}"
     assert f"records signed as {NODE}" in pipeline.log("agent"), logs
@@ -101,3 +104,8 @@ def test_only_what_the_node_signed_counts_and_forgeries_are_refused_by_name(
     processor_log = pipeline.log("processor")
     assert f"unauthenticated conflict for {digest}" in processor_log, logs
     assert "SymbolTable: no signals.certificate" in processor_log and "ModuleMap: no signals" in processor_log
+    prefix = "runtime_signals_processor_"
+    assert metrics[prefix + "unauthenticated_tables_total"] == 2
+    assert metrics[prefix + 'record_signatures_total{outcome="unsigned"}'] == 3  # the call, the table, the map
+    assert metrics[prefix + 'record_signatures_total{outcome="verified"}'] >= 4  # table, map, calls, watermarks
+    assert metrics[prefix + 'cache_entries{cache="provenance_sessions_raw"}'] == 2  # node-1's and node-9's

@@ -5,7 +5,6 @@ symbol tables and packages, and /metrics shows the attacks it resisted."""
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -18,6 +17,7 @@ from runtime_signals.devtools.pipeline import LocalPipeline
 from runtime_signals.schemas import codec
 from runtime_signals.schemas.topics import TopicNames
 from tests.processor.harness import (
+    free_port,
     latest_by_key,
     produce,
     publish_binaries,
@@ -42,11 +42,6 @@ TEN_YEARS_US = 10 * 365 * 86_400 * 1_000_000
 DECODE = "_ZN5image6Parser6decodeERKSt6vectorIhSaIhEE"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def _hostile_tables() -> list[tuple[bytes, bytes, int | None]]:
     """A chunk claiming 1000 chunks, a forged complete table renaming every function of the
@@ -70,7 +65,7 @@ def test_hostile_records_neither_stop_nor_freeze_nor_falsify_the_worker(kafka_bo
     names = TopicNames().with_prefix(prefix)
     create_topics(kafka_bootstrap, names, partitions=1)
     publish_binaries(kafka_bootstrap, names)
-    port = _free_port()
+    port = free_port()
     with LocalPipeline(kafka_bootstrap, [], topic_prefix=prefix, window_ms=1000, lateness_ms=200,
                        log_dir=tmp_path, processor_app_id=f"{prefix}processor") as pipeline:
         pipeline.start_processor(extra_args=["--metrics-port", str(port), "--symbol-wait-ms", "5000",

@@ -3,6 +3,7 @@ with headers, scrape /metrics. The real broker and the real `signals processor` 
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import urllib.request
@@ -105,6 +106,13 @@ def wait_until(check: Callable[[], T], timeout_s: float, what: str, interval_s: 
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout_s:.0f}s (last: {result!r})")
         time.sleep(interval_s)
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback now (for a worker's --metrics-port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def scrape(port: int) -> dict[str, float]:
