@@ -39,6 +39,7 @@ KAFKA_USERS = REPO / "deploy" / "k8s" / "overlays" / "strimzi" / "kafkausers.yam
 AGENT = "runtime-signals-agent"
 PROCESSOR = "runtime-signals-processor"
 ADMIN = "runtime-signals-admin"  # the plain overlay's topic-creating user
+PLAN_WRITER = "runtime-signals-plan-writer"  # publishes probe plans, reads their status
 MECHANISM = "SCRAM-SHA-512"
 
 
@@ -188,7 +189,7 @@ def secure_kafka(work_dir: Path) -> Iterator[SecureKafka]:
     admin_bootstrap = localkafka.up(cfg)
     try:
         admin = AdminClient({"bootstrap.servers": admin_bootstrap})
-        passwords = {user: secrets.token_urlsafe(18) for user in (AGENT, PROCESSOR, ADMIN)}
+        passwords = {user: secrets.token_urlsafe(18) for user in (AGENT, PROCESSOR, ADMIN, PLAN_WRITER)}
         _create_scram_users(admin, passwords)
         assert _apply_acls(admin) > 0
         # The production names, unprefixed: the broker is this test's alone, and the ACLs

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from runtime_signals.agent.publisher import ProducerSettings
 from runtime_signals.devtools import localkafka
@@ -32,7 +32,7 @@ from runtime_signals.kafka.security import (
 from runtime_signals.schemas import codec
 from runtime_signals.schemas.topics import TopicNames
 from tests.bpf_support import bpf_unavailable_reason
-from tests.secure_kafka import ADMIN, AGENT, PROCESSOR, SecureKafka, secure_kafka
+from tests.secure_kafka import ADMIN, AGENT, PLAN_WRITER, PROCESSOR, SecureKafka, secure_kafka
 
 pytestmark = pytest.mark.broker
 
@@ -119,6 +119,48 @@ def test_processor_reads_the_agents_topics_and_writes_only_its_own(kafka: Secure
     # Only its own consumer groups: another group name is refused.
     refused = _consume_one(config, NAMES.raw, f"someone-else-{uuid.uuid4().hex[:6]}").error()
     assert refused is not None and refused.code() == KafkaError.GROUP_AUTHORIZATION_FAILED
+
+
+def _read_assigned(config: dict[str, Any], topic: str, group: str, timeout_s: float = 30.0) -> Message:
+    """The first record (or error) of topic, read as the plan follower and `signals plan status`
+    read: every partition assigned, nothing committed."""
+    consumer = Consumer({**config, "group.id": f"{group}{uuid.uuid4().hex[:6]}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    try:
+        described = consumer.list_topics(topic, timeout=10).topics[topic]
+        if described.error is not None:
+            raise KafkaException(described.error)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in described.partitions])
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None:
+                return message
+        raise AssertionError(f"nothing read from {topic} within {timeout_s:g}s")
+    finally:
+        consumer.close()
+
+
+def test_plans_reach_the_agents_read_only_and_the_plan_writer_sees_no_calls(kafka: SecureKafka) -> None:
+    writer = kafka.client_config(PLAN_WRITER)
+    outcomes = _produce(writer, (NAMES.plans, NAMES.raw, NAMES.modules, NAMES.plan_status))
+    assert {t: _error_code(e) for t, e in outcomes.items()} == {
+        NAMES.plans: "delivered", NAMES.raw: "TOPIC_AUTHORIZATION_FAILED",
+        NAMES.modules: "TOPIC_AUTHORIZATION_FAILED", NAMES.plan_status: "TOPIC_AUTHORIZATION_FAILED"}
+    outcomes = _produce(_agent_producer_config(kafka), (NAMES.plan_status, NAMES.plans))
+    assert {t: _error_code(e) for t, e in outcomes.items()} == {
+        NAMES.plan_status: "delivered", NAMES.plans: "TOPIC_AUTHORIZATION_FAILED"}  # cannot change a plan
+
+    # The groups the agent's plan follower and the consumer library name (agent/plans.py,
+    # consumer/kafka.py): with the overlay's ACLs no error at all, not even the coordinator's.
+    plan = _read_assigned(kafka.client_config(AGENT), NAMES.plans, "runtime-signals-agent-plans-")
+    assert plan.error() is None and plan.value() == f"from {PLAN_WRITER}".encode()
+    status = _read_assigned(writer, NAMES.plan_status, "runtime-signals-reader-")
+    assert status.error() is None and status.value() == f"from {AGENT}".encode()
+    for forbidden in (NAMES.raw, NAMES.modules, NAMES.summaries):
+        with pytest.raises(KafkaException) as refused:
+            _read_assigned(writer, forbidden, "runtime-signals-reader-")
+        assert refused.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, forbidden
 
 
 def test_the_agent_may_not_read(kafka: SecureKafka) -> None:

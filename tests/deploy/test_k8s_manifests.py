@@ -205,8 +205,11 @@ def test_strimzi_users_translate_to_acls_and_the_agent_reads_nothing(
     assert set(users) == {"runtime-signals-agent", "runtime-signals-processor", "runtime-signals-plan-writer"}
     names = TopicNames()
     agent = acl_bindings(users["runtime-signals-agent"])
-    assert {b.name for b in agent} == {names.raw, names.modules, names.symbols, names.statistics,
-                                       names.plans, names.plan_status}
+    assert {b.name for b in agent if b.restype.name == "TOPIC"} == {
+        names.raw, names.modules, names.symbols, names.statistics, names.plans, names.plan_status}
+    # Groups: only Describe (finding a coordinator), on the plan follower's own prefix.
+    assert {(b.name, b.operation.name) for b in agent if b.restype.name == "GROUP"} == {
+        ("runtime-signals-agent-plans-", "DESCRIBE")}
     # The only thing an agent reads is the plans topic, and it cannot write plans.
     assert {b.name for b in agent if b.operation.name == "READ"} == {names.plans}
     assert {b.name for b in agent if b.operation.name == "WRITE"} == {
