@@ -23,7 +23,7 @@ from elftools.elf.sections import SymbolTableSection
 
 from runtime_signals.agent.processes import ProcessInfo
 from runtime_signals.config.schema import TargetSettings
-from runtime_signals.schemas.demangle import demangle_all, without_parameters
+from runtime_signals.schemas.demangle import demangle_all, without_generics, without_parameters
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -143,7 +143,8 @@ class SymbolIndex:
         if self._demangled is None:
             table: dict[str, list[str]] = {}
             for mangled, text in demangle_all(self.names).items():
-                for key in {text, without_parameters(text)}:
+                # Rust advisories name 'crate::Type::method' for 'crate::Type<A>::method'.
+                for key in {text, without_parameters(text), without_generics(without_parameters(text))}:
                     table.setdefault(key, []).append(mangled)
             self._demangled = table
         return self._demangled

@@ -58,6 +58,40 @@ def demangle_all(names: Iterable[str]) -> dict[str, str]:
     return result
 
 
+def without_generics(demangled: str) -> str:
+    """A Rust (or C++) path as advisories write it, generic arguments and qualified-self
+    forms dropped: 'smallvec::SmallVec<A>::insert_many' -> 'smallvec::SmallVec::insert_many',
+    '<smallvec::SmallVec<[u8; 8]> as core::ops::Drop>::drop' -> 'smallvec::SmallVec::drop',
+    'ns::f<int>' -> 'ns::f'. RustSec's `affects.functions` name functions so."""
+    text = demangled.strip()
+    if "operator" in text:  # C++ operator<, operator<<, operator->: angle brackets that are names
+        return text
+    if text.startswith("<"):
+        depth = 0
+        for index, char in enumerate(text):
+            depth += (char == "<") - (char == ">")
+            if depth == 0:
+                inner, rest = text[1:index], text[index + 1:]
+                self_type = _outside_generics(inner).partition(" as ")[0]
+                text = self_type + rest
+                break
+    stripped = _outside_generics(text)
+    return stripped.replace("::::", "::").removesuffix("::")
+
+
+def _outside_generics(text: str) -> str:
+    """text without its <...> groups (balanced), and without the '::' of a turbofish '::<...>'."""
+    kept, depth = [], 0
+    for char in text:
+        if char == "<":
+            depth += 1
+        elif char == ">" and depth:
+            depth -= 1
+        elif depth == 0:
+            kept.append(char)
+    return "".join(kept)
+
+
 def without_parameters(demangled: str) -> str:
     """'ns::f(int, char const*) const' -> 'ns::f'; 'ns::g<int>(int)' -> 'ns::g<int>'."""
     text = demangled.strip()

@@ -190,3 +190,21 @@ def test_the_follower_refuses_a_malformed_record_by_name_and_removes_on_a_tombst
     assert [p["name"] for p in active["not_present"]] == ["plan.p1.targets[0].binary"]
     follower.apply(b"p1", None, 5)
     assert last_status()["state"] == "REMOVED" and follower.counts["plans_active"] == 0
+
+
+def test_a_rust_crate_given_by_binary_is_watched_only_in_an_affected_version() -> None:
+    """RustSec names `smallvec::SmallVec::insert_many`; a Rust binary's crates are in no module
+    map, so the user names the file and the crate's version (--binary PURL@VERSION=PATH)."""
+    advisories = load_advisories([ADVISORIES.parent / "rustsec"])
+
+    def plan(binaries: dict[str, list[str]]) -> dict[str, Any]:
+        return build_plan("rust", advisories, [], 1_700_000_000_000_000, binaries)
+
+    (target,) = plan({"pkg:cargo/smallvec@1.6.0": ["/app/server"]})["targets"]
+    assert (target["binary"], target["language"], target["symbols"]) == (
+        "/app/server", "rust", ["smallvec::SmallVec::insert_many"])
+    fixed = plan({"pkg:cargo/smallvec@1.6.1": ["/app/server"]})
+    assert fixed["targets"] == [] and [g["reason"] for g in fixed["not_watched"]] == ["version_not_affected"]
+    assert plan({"pkg:cargo/smallvec": ["/app/server"]})["targets"]  # no version said: watched
+    absent = plan({})
+    assert [g["reason"] for g in absent["not_watched"]] == ["package_not_present"]

@@ -167,7 +167,11 @@ def build_plan(plan_id: str, advisories: Iterable[AffectedPackage], inventory: S
             # elsewhere: otherwise a container started after the plan is watched too.
             seen_in = "host" if entry.container_id.startswith("host:") else entry.container_id
             places.append((entry.path, seen_in if entry.path in fixed_paths else None))
-        places += [(binary, None) for binary in (binaries or {}).get(package.purl or "", ())]
+        given_places, given_gaps = _given_binaries(package, binaries or {})
+        places += given_places
+        gaps += given_gaps
+        if not places and given_gaps:
+            continue
         if not places:
             gaps += [_gap(package, name, "package_not_present", "no mapped file of the package in the inventory")
                      for name, _ in package.functions]
@@ -192,6 +196,25 @@ def build_plan(plan_id: str, advisories: Iterable[AffectedPackage], inventory: S
     return {"format_version": FORMAT_VERSION, "plan_id": plan_id, "created_at_us": created_at_us,
             "advisories": sorted({p.vulnerability for p in advisories}), "targets": records,
             "not_watched": gaps}
+
+
+def _given_binaries(package: AffectedPackage, binaries: Mapping[str, Sequence[str]]) \
+        -> tuple[list[tuple[str, str | None]], list[dict[str, Any]]]:
+    """The files given for this package with --binary PURL=PATH; a PURL with a version is
+    taken only where that version is affected (a Rust binary's crate versions are in its
+    Cargo.lock, not in any module map, so the user says them)."""
+    places: list[tuple[str, str | None]] = []
+    gaps: list[dict[str, Any]] = []
+    for given, paths in sorted(binaries.items()):
+        name, _, version = given.partition("@")
+        if name != (package.purl or "").partition("@")[0]:
+            continue
+        if version and is_affected(version, package.affected, package.ecosystem) is False:
+            gaps += [_gap(package, function, "version_not_affected", f"--binary {given}: {version} is not affected")
+                     for function, _ in package.functions]
+            continue
+        places += [(path, None) for path in paths]
+    return places, gaps
 
 
 def watched_notes(statuses: Iterable[Mapping[str, Any]], functions: Sequence[str]) -> str:

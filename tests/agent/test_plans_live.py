@@ -31,6 +31,8 @@ pytestmark = [pytest.mark.bpf, pytest.mark.broker]
 
 ADVISORIES = Path(__file__).resolve().parents[1] / "data" / "advisories"
 GO_SOURCE = Path(__file__).resolve().parent / "targets" / "acceptlang"
+RUST_SOURCE = Path(__file__).resolve().parent / "targets" / "smallvec_lines"
+RUSTSEC = Path(__file__).resolve().parents[1] / "data" / "rustsec"
 PARSE_ACCEPT = "golang.org/x/text/language.ParseAcceptLanguage"
 # Reads lines; for each, a function of its own (the static probe that gets its module map
 # published, hence the inventory) and libz's crc32 (what the plan adds).
@@ -62,6 +64,20 @@ def _build_go(out: Path) -> Path:
                           env={**os.environ, "GOFLAGS": "-mod=mod"}, timeout=300)
     assert done.returncode == 0, f"go build failed (the Go module proxy must answer):\n{done.stderr}"
     return out
+
+
+def _build_rust(out_dir: Path) -> Path:
+    cargo = shutil.which("cargo") or str(Path.home() / ".cargo" / "bin" / "cargo")
+    if not Path(cargo).exists():
+        pytest.skip("no Rust toolchain (cargo) on this machine")
+    work = out_dir / "smallvec-lines-src"
+    shutil.copytree(RUST_SOURCE, work)
+    # A debug build: insert_many stays a function of its own (a release build inlines it into
+    # main, where only DWARF's inlined-copy records find it).
+    done = subprocess.run([cargo, "build", "--locked", "--quiet"], cwd=work, capture_output=True, text=True,
+                          env={**os.environ, "CARGO_TARGET_DIR": str(out_dir / "cargo-target")}, timeout=600)
+    assert done.returncode == 0, f"cargo build failed (crates.io must answer):\n{done.stderr}"
+    return out_dir / "cargo-target" / "debug" / "smallvec-lines"
 
 
 def _signals(*args: str) -> subprocess.CompletedProcess[str]:
@@ -182,6 +198,55 @@ def test_a_published_plan_is_attached_live_reported_and_detached_when_removed(
             for process in (go, zl):
                 process.kill()
                 process.wait()
+        assert agent.stop() == 0
+
+
+def test_a_rustsec_advisory_is_watched_in_a_rust_binary_of_an_affected_crate_version(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    """RUSTSEC-2021-0003 names `smallvec::SmallVec::insert_many`; the program has
+    `smallvec::SmallVec<A>::insert_many`, compiled from smallvec 1.6.0 (affected). The plan is
+    published while the agent runs, attached, and a call is reported; the fixed 1.6.1 is not
+    watched."""
+    reason = bpf_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    program = _build_rust(tmp_path)
+    prefix = f"plans-rs-{uuid.uuid4().hex[:8]}."
+    names = TopicNames().with_prefix(prefix)
+    create_topics(kafka_bootstrap, names, partitions=1)
+    connection = ["--bootstrap", kafka_bootstrap, "--topic-prefix", prefix]
+    fixed = _signals("plan", str(RUSTSEC), "--binary", f"pkg:cargo/smallvec@1.6.1={program}", "--plan-id", "rs",
+                     *connection)
+    assert fixed.returncode == 0 and "version_not_affected" in fixed.stdout, fixed.stdout + fixed.stderr
+    agent = AgentProcess(kafka_bootstrap, prefix, [f"{program}:main"], tmp_path / "agent.log",
+                         ["--target-rescan-interval-ms", "500"])
+    _topics_settle(kafka_bootstrap, names)
+    with agent:
+        lines = subprocess.Popen([str(program)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        try:
+            done = _signals("plan", str(RUSTSEC), "--binary", f"pkg:cargo/smallvec@1.6.0={program}",
+                            "--plan-id", "rs", "--publish", *connection)
+            assert done.returncode == 0, done.stderr
+            assert f"watch {program} (rust, RUSTSEC-2021-0003" in done.stdout, done.stdout
+
+            def attached() -> list[str] | None:
+                status = _latest(kafka_bootstrap, names.plan_status, "PlanStatus").get(
+                    f"rs/{_host(agent)}".encode())
+                symbols = [p["symbol"] for p in status["attached"]] if status else []
+                return symbols or None
+            (symbol,) = _wait(attached, 120, "the plan's probe in the status topic", agent)
+            assert "insert_many" in symbol  # the mangled name of SmallVec<A>::insert_many
+
+            def calls() -> int:
+                events = decode_all(read_all(kafka_bootstrap, names.raw), "io.runtimesignals.RuntimeCallEvent")
+                return sum(e["observation_count"] for e in events
+                           if e["pid"] == lines.pid and e["symbol"] == symbol)
+            for _ in range(3):
+                _line(lines.stdin)
+            assert _wait(lambda: calls() >= 3 and calls(), 30, "insert_many calls on the raw topic", agent) == 3
+        finally:
+            lines.kill()
+            lines.wait()
         assert agent.stop() == 0
 
 

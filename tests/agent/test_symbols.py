@@ -143,3 +143,35 @@ def test_demangled_rust_names_resolve_to_mangled_symbols(tmp_path: Path, flags: 
                     "-o", str(tmp_path / "demo"), str(tmp_path / "demo.rs")], check=True, capture_output=True)
     mangled = SymbolIndex.of_file(tmp_path / "demo").resolve("demo::parser::parse_header")
     assert len(mangled) == 1 and mangled[0].startswith(prefix), mangled
+
+
+RUST_GENERIC = """
+pub struct Stack<T> { items: Vec<T> }
+impl<T: Clone> Stack<T> {
+    #[inline(never)]
+    pub fn push_many<I: Iterator<Item = T>>(&mut self, items: I) { for i in items { self.items.push(i); } }
+}
+fn main() {
+    let mut s = Stack { items: Vec::new() };
+    s.push_many(std::env::args().map(|a| a.len()));
+    let mut t = Stack { items: Vec::new() };
+    t.push_many(std::env::args());
+    println!("{} {}", s.items.len(), t.items.len());
+}
+"""
+
+
+@pytest.mark.parametrize("flags", [[], ["-C", "symbol-mangling-version=v0"]], ids=["legacy", "v0"])
+def test_a_rust_path_without_generics_names_every_instance_of_a_generic_method(
+        tmp_path: Path, flags: list[str]) -> None:
+    """RustSec names `crate::Type::method`; the binary has `crate::Type<T>::method` (legacy) or
+    `<crate::Type<usize>>::method::<I>` (v0), once per instantiation."""
+    rustc = shutil.which("rustc") or str(Path.home() / ".cargo/bin/rustc")
+    if not Path(rustc).exists():
+        pytest.skip("no Rust toolchain on this machine")
+    (tmp_path / "demo.rs").write_text(RUST_GENERIC)
+    subprocess.run([rustc, "-C", "opt-level=0", *flags, "-o", str(tmp_path / "demo"), str(tmp_path / "demo.rs")],
+                   check=True, capture_output=True)
+    index = SymbolIndex.of_file(tmp_path / "demo")
+    assert len(index.resolve("demo::Stack::push_many")) == 2  # Stack<usize> and Stack<String>
+    assert index.resolve("demo::Stack::pop") == []
