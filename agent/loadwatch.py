@@ -225,12 +225,9 @@ class LoadWatch:
         self._lock = threading.Lock()
         self._busy_since_ns = 0  # monotonic ns when the hold being answered began; 0 when idle
         self.counts: Counter[str] = Counter()
-        stems, executables = watched_names(targets)
-        one = ctypes.c_uint8(1)
-        for name in stems:
-            self._bpf[b"library_stems"][NameKey(name.encode())] = one
-        for name in executables:
-            self._bpf[b"executable_names"][NameKey(name.encode())] = one
+        self._static_targets = list(targets)
+        self._names: tuple[set[str], set[str]] = (set(), set())
+        self.watch([])
         self.beat()
         self.mark_root_known(host_root)
         self._held_map = self._bpf[b"held_pids"]
@@ -241,6 +238,27 @@ class LoadWatch:
             bpfsys.pin(self._held_map.get_fd(), self._held_pin)
         self._events = self._bpf[b"load_events"]
         self._events.open_ring_buffer(self._handle)
+
+    def watch(self, added: list[TargetSettings]) -> None:
+        """Hold processes for the static targets and these (a probe plan's, as plans come and
+        go): the kernel's name maps become exactly their names."""
+        stems, executables = watched_names(self._static_targets + list(added))
+        one = ctypes.c_uint8(1)
+        for table, wanted, known in ((b"library_stems", stems, self._names[0]),
+                                     (b"executable_names", executables, self._names[1])):
+            for name in sorted(wanted - known):
+                try:
+                    self._bpf[table][NameKey(name.encode())] = one
+                except KeyError:  # the map is full (1024 names): that name's loads are not held
+                    self.counts["hold_names_dropped"] += 1
+                    log.warning("loader holds: no room for %r in %s; its processes are not held (the rescan "
+                                "attaches them, counted as late_attaches)", name, table.decode())
+                    wanted.discard(name)
+            for name in known - wanted:
+                self._bpf[table].pop(NameKey(name.encode()), None)
+        if self._names != (stems, executables) and self._names != (set(), set()):
+            log.info("loader holds watch %d library name(s) and %d executable(s)", len(stems), len(executables))
+        self._names = (stems, executables)
 
     # --- loaders ------------------------------------------------------------------
     def hook_all(self) -> int:

@@ -111,6 +111,9 @@ class TargetManager:
                  attach_lock: threading.Lock | None = None, host: str | None = None,
                  detach: Detach | None = None, prepare: Callable[[list[int]], None] | None = None) -> None:
         self.targets = list(targets)
+        # Told the live targets whenever targets are added or removed at run time (the loader
+        # holds watch their names: LoadWatch.watch).
+        self.on_targets_changed: Callable[[list[TargetSettings]], None] | None = None
         # Given the running processes the first scan finds mapping a target, before any probe
         # is attached (Collector.prepare: their unwind tables, so first calls are walked whole).
         self._prepare = prepare
@@ -373,7 +376,9 @@ class TargetManager:
             self.names += names
             self._selectors += [ProcessSelector.of(t) for t in targets]
             self._files += [{} for _ in targets]
-            return list(range(first, len(self.targets)))
+            indices = list(range(first, len(self.targets)))
+        self._targets_changed()
+        return indices
 
     def remove_targets(self, indices: list[int]) -> int:
         """Let these targets go: their uprobes that no remaining target uses are detached for
@@ -397,7 +402,14 @@ class TargetManager:
                 for name in [k for k in self.missing if k.startswith(prefix)]:
                     del self.missing[name]
             self.counts["probes_detached"] += detached
+        self._targets_changed()
         return detached
+
+    def _targets_changed(self) -> None:
+        if self.on_targets_changed is not None:
+            with self._scan_lock:
+                live = [t for _, t in self._live()]
+            self.on_targets_changed(live)
 
     def attached_for(self, index: int) -> list[tuple[str, str]]:
         """(file, symbol) of each uprobe in place for target ``index``, sorted."""

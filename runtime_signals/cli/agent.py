@@ -386,8 +386,10 @@ def run(args: argparse.Namespace) -> int:
     if agent.plans:
         from runtime_signals.agent.plans import PlanFollower
 
-        # Plan targets join the manager's; the loader hooks (hold_processes) know the static
-        # targets only, so a plan's library loaded later is attached by the rescan.
+        # Plan targets join the manager's, and the loader holds watch their names too: a plan's
+        # library loaded later is attached before its process goes on.
+        if loadwatch is not None:
+            targets.on_targets_changed = loadwatch.watch
         plans = PlanFollower(targets, publisher, settings.topics, consumer_config=kafka.librdkafka_config(),
                              host=settings.host, agent_id=settings.agent_id,
                              status_interval_ms=agent.plan_status_interval_ms)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Producer
 
 from runtime_signals.consumer.summaries import read_topic
 from runtime_signals.devtools.demo import create_topics
@@ -220,3 +221,38 @@ def test_a_process_held_by_an_agent_killed_meanwhile_is_resumed_by_the_next_agen
         if run.poll() is None:
             run.kill()
             run.wait()
+
+
+def test_a_plans_library_dlopened_later_is_held_and_its_first_calls_reported(
+        bpf_host: None, kafka_bootstrap: str, tmp_path: Path) -> None:
+    """A probe plan names a library no process has loaded yet; the loader holds learn its name
+    when the plan arrives, so a process that dlopens it later is held while the agent reads its
+    maps: the 40 calls right after the dlopen are all reported and attributed to the library,
+    although the process exits at once and the rescan is a minute away. (Without the plan's
+    names the uprobe on the file still counts the calls, but the process is gone before its
+    maps are read: every frame loses its file.)"""
+    tag = uuid.uuid4().hex[:8]
+    library = compile_c(PLUGIN, tmp_path / f"libplanplug{tag}.so", "-shared", "-fPIC")
+    burst = compile_c(DLOPEN_BURST, tmp_path / f"planburst{tag}", "-ldl")
+    prefix = f"planhold-{tag}."
+    names = TopicNames().with_prefix(prefix)
+    create_topics(kafka_bootstrap, names, partitions=1)
+    plan = {"format_version": 1, "plan_id": "hold", "created_at_us": 1_700_000_000_000_000,
+            "advisories": ["TEST-PLUGIN-0001"], "not_watched": [],
+            "targets": [{"vulnerability": "TEST-PLUGIN-0001", "purl": None, "language": "c",
+                         "binary": str(library), "symbols": ["plugin_entry"], "containers": []}]}
+    with AgentProcess(kafka_bootstrap, prefix, [f"{burst}:main"], tmp_path / "agent.log",
+                      ["--target-rescan-interval-ms", "60000"]) as agent:
+        producer = Producer({"bootstrap.servers": kafka_bootstrap})
+        producer.produce(names.plans, codec.encode(plan, "ProbePlan", codec.SchemaRegistry.default()), b"hold")
+        assert producer.flush(30) == 0
+        agent.wait_for("plan hold: ACTIVE", 60)  # taken on, and its status published
+        run = subprocess.Popen([str(burst), str(library)], stdout=subprocess.PIPE, text=True)
+        out, _ = run.communicate(timeout=30)
+        assert run.returncode == 0 and out.strip() == str(sum(i * 3 for i in range(40)))
+        assert agent.stop() == 0, agent.log()[-4000:]
+        log = agent.log()
+    assert "attached by a rescan" not in log
+    events = [e for e in _events(kafka_bootstrap, names.raw, run.pid) if e["symbol"] == "plugin_entry"]
+    assert sum(e["observation_count"] for e in events) == 40, log[-3000:]
+    _assert_attributed(events, library)
