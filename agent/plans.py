@@ -113,10 +113,10 @@ class PlanFollower:
         plan_id = (key or b"").decode("utf-8", "replace")
         with self._lock:
             old = self._plans.pop(plan_id, None)
-            if old is not None and old.indices:
-                self._manager.remove_targets(old.indices)
             if value is None:
                 if old is not None:
+                    if old.indices:
+                        self._manager.remove_targets(old.indices)
                     self._publish(plan_id, _Plan(offset, None), "REMOVED")
                     log.info("plan %s removed (offset %d): its probes are detached", plan_id, offset)
                 self._update_counts()
@@ -128,8 +128,13 @@ class PlanFollower:
                 plan = self._take(plan_id, value, offset)
             self._plans[plan_id] = plan
             self._update_counts()
+        # A new version of a plan is taken on before the old one goes: the functions both name
+        # keep their uprobe (no call missed in between, no probe slot spent again; probe slots
+        # are not reused, agent.max_probes bounds them over the agent's life).
         if plan.record is not None:
             self._manager.scan()
+        if old is not None and old.indices:
+            self._manager.remove_targets(old.indices)
         self.publish_status(plan_id, force=True)
 
     def _take(self, plan_id: str, value: bytes, offset: int) -> _Plan:

@@ -208,3 +208,49 @@ def test_a_rust_crate_given_by_binary_is_watched_only_in_an_affected_version() -
     assert plan({"pkg:cargo/smallvec": ["/app/server"]})["targets"]  # no version said: watched
     absent = plan({})
     assert [g["reason"] for g in absent["not_watched"]] == ["package_not_present"]
+
+
+def test_a_new_version_of_a_plan_keeps_the_probes_of_the_functions_both_name(tmp_path: Path) -> None:
+    """Plans are re-published as advisories change: a function both versions name keeps its
+    uprobe (no gap in which its calls are missed, no probe slot spent again)."""
+    import subprocess
+
+    from runtime_signals.agent.plans import PlanFollower
+    from runtime_signals.agent.probes import AttachedProbe, ProbeSpec
+    from runtime_signals.agent.targets import TargetManager
+    from runtime_signals.schemas.topics import TopicNames
+
+    source = tmp_path / "two.c"
+    source.write_text("__attribute__((noinline)) int one(int x) { return x + 1; }\n"
+                      "__attribute__((noinline)) int two(int x) { return x + 2; }\n"
+                      "int main(void) { return one(0) + two(0); }\n")
+    binary = tmp_path / "two"
+    subprocess.run(["gcc", "-O1", "-o", str(binary), str(source)], check=True)
+    attached: list[AttachedProbe] = []
+    detached: list[str] = []
+
+    def attach(spec: ProbeSpec) -> AttachedProbe:
+        attached.append(AttachedProbe(spec, spec.binary, 0x1000 + len(attached), len(attached)))
+        return attached[-1]
+
+    class Sink:
+        def produce(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None,
+                    headers: list[tuple[str, bytes]] | None = None, calls: int = 0) -> None:
+            pass
+
+    manager = TargetManager([], [], attach=attach, detach=lambda p: detached.append(p.spec.symbol),
+                            host_root=Path("/"))
+    follower = PlanFollower(manager, Sink(), TopicNames(), consumer_config={}, host="node-1", agent_id="a/1")
+    registry = codec.SchemaRegistry.default()
+
+    def version(symbols: list[str]) -> bytes:
+        return codec.encode({"format_version": 1, "plan_id": "p", "created_at_us": 1, "advisories": ["X-1"],
+                             "not_watched": [], "targets": [{"vulnerability": "X-1", "purl": None, "language": "c",
+                                                             "binary": str(binary), "symbols": symbols,
+                                                             "containers": []}]}, "ProbePlan", registry)
+
+    follower.apply(b"p", version(["one", "two"]), 1)
+    follower.apply(b"p", version(["two"]), 2)  # "one" dropped from the advisory
+    assert [p.spec.symbol for p in attached] == ["one", "two"] and detached == ["one"]
+    follower.apply(b"p", version(["two"]), 3)  # the same again
+    assert len(attached) == 2 and detached == ["one"]
