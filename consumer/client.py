@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from runtime_signals.consumer import query
-from runtime_signals.consumer.errors import TopicNotFoundError
+from runtime_signals.consumer.errors import ConsumerError, TopicNotFoundError
 from runtime_signals.consumer.kafka import TopicReader
 from runtime_signals.consumer.models import ContainerState, Executable, PathTotal, Reachability, Summary, Target
+from runtime_signals.consumer.watched import Watch, watched
 from runtime_signals.schemas import codec
 from runtime_signals.schemas.errors import SchemaError
 from runtime_signals.schemas.topics import TopicNames
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 SUMMARY = "io.runtimesignals.RuntimeSignalSummary"
 CONTAINER_STATE = "io.runtimesignals.ContainerState"
+STATISTICS = "io.runtimesignals.SignalStatistics"
+MODULE_MAP = "io.runtimesignals.ModuleMap"
 # A summary is written when its window closes, so a window overlapping [since, ...) was
 # written at or after `since` by the processor's clock. This much earlier is read as well,
 # for clocks that disagree between the agents (event time) and the processor (record time).
@@ -69,6 +72,42 @@ class SignalsClient:
         time range, with the evidence and what the answer covers."""
         query.Matcher(target)  # a malformed question fails before any read
         return query.reachability(target, self.summaries(container, since_us=since_us, until_us=until_us))
+
+    def watched(self, function: str, containers: Sequence[str], start_us: int, end_us: int) -> Watch | None:
+        """How long the probes on ``function`` of the agents that observed ``containers`` (all
+        agents when empty) were watched within [start_us, end_us), from the statistics topic
+        (consumer/watched.py); None when that topic cannot be read."""
+        agents = self._agents_of(containers) if containers else None
+        topic = self.topics.statistics
+        try:
+            ranges = self.reader.ranges_since(topic, max(0, start_us // 1000 - CLOCK_SLACK_MS))
+        except ConsumerError as exc:
+            log.warning("watched time of %s unknown: %s", function, exc)
+            return None
+        reports = []
+        for record in self.reader.read(topic, ranges):
+            if record.value is not None:
+                decoded = self._decode(record.value, STATISTICS, f"{topic}[{record.partition}]@{record.offset}")
+                if decoded is not None:
+                    reports.append(decoded)
+        return watched(function, reports, start_us, end_us, agents)
+
+    def _agents_of(self, containers: Sequence[str]) -> set[str]:
+        """The agents whose module maps place a process in one of the containers."""
+        wanted = set(containers)
+        topic = self.topics.modules
+        try:
+            ranges = self.reader.whole_topic(topic)
+        except ConsumerError:
+            return set()
+        agents = set()
+        for record in self.reader.read(topic, ranges):
+            if record.value is None:
+                continue
+            decoded = self._decode(record.value, MODULE_MAP, f"{topic}[{record.partition}]@{record.offset}")
+            if decoded is not None and decoded["container_id"] in wanted:
+                agents.add(decoded["agent_id"])
+        return agents
 
     def _latest_summaries(self, container: str | None = None, since_us: int | None = None,
                           until_us: int | None = None) -> list[Summary]:

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from runtime_signals.consumer.watched import Watch
+
 
 def iso(time_us: int | None) -> str | None:
     """``2026-11-26T13:45:09.000123+00:00`` for a time in µs; None stays None."""
@@ -268,6 +270,9 @@ class Coverage:
     dropped_events: int = 0
     late_events: int = 0
     probed_functions: tuple[str, ...] = ()   # probed functions seen called at least once
+    # For a function not observed: how long its probes were watched in the span (from the
+    # agents' statistics, consumer/watched.py); None when not asked or not known.
+    watched: Watch | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import json
 import sys
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 from runtime_signals.cli.capture import parse_time_ms
 from runtime_signals.cli.common import add_connection_arguments, connection
 from runtime_signals.consumer.errors import QueryError
-from runtime_signals.consumer.models import Reachability, Summary, Target, iso
+from runtime_signals.consumer.models import Coverage, Reachability, Summary, Target, iso
 from runtime_signals.consumer.summaries import short_symbol
 from runtime_signals.evidence.export import Finding, VulnerableFunction
 
@@ -24,7 +25,7 @@ EXIT_NOT_OBSERVED = 3
 EXIT_NOTHING_KNOWN = 4
 
 if TYPE_CHECKING:
-    pass
+    from runtime_signals.consumer import SignalsClient
 
 SUMMARIES_EPILOG = """\
 examples:
@@ -173,6 +174,13 @@ def run_reachable(args: argparse.Namespace) -> int:
     query.Matcher(target)  # a malformed question fails before any read
     summaries = list(client.summaries(args.container, since_us=_us(args.since), until_us=_us(args.until)))
     answer = query.reachability(target, summaries)
+    coverage = answer.coverage
+    if not answer.reached and target.function and coverage.windows and coverage.first_window_start_us is not None \
+            and coverage.last_window_end_us is not None:
+        # Not observed: for how long was it watched at all? (consumer/watched.py)
+        watch = client.watched(target.function, coverage.containers, coverage.first_window_start_us,
+                               coverage.last_window_end_us)
+        answer = dataclasses.replace(answer, coverage=dataclasses.replace(coverage, watched=watch))
     suggestions = [] if answer.reached or not target.function else did_you_mean(target.function, summaries)
     if args.json:
         document = answer.to_json()
@@ -230,6 +238,7 @@ def format_answer(answer: Reachability, *, limit: int | None = TEXT_LIMIT,
         lines.append(f"{answer.target.describe()}: NO DATA: no summary in the range asked; nothing is known")
     else:
         lines.append(f"{answer.target.describe()}: NOT OBSERVED in {_few(coverage.containers)} during {span}")
+        lines += _watched_lines(coverage)
         lines.append("  only probed functions can be observed, and only while watched: this is not proof "
                      "that it never runs")
     if suggestions:
@@ -240,6 +249,21 @@ def format_answer(answer: Reachability, *, limit: int | None = TEXT_LIMIT,
                      f"{coverage.total_events} calls of probed functions, {coverage.dropped_events} dropped, "
                      f"{coverage.late_events} late; probed functions seen: {_few(probed, 10) or 'none'}")
     return "\n".join(lines) + "\n"
+
+
+def _watched_lines(coverage: Coverage) -> list[str]:
+    watch = coverage.watched
+    if watch is None:
+        return []
+    if not watch.reports:
+        return ["  watched time unknown: no statistics of these containers' agents in this span"]
+    if not watch.probes:
+        return [f"  no agent of {_few(coverage.containers)} reported a probe on {watch.function} in this span "
+                f"({watch.reports} statistics record(s)): it was not watched"]
+    agents = len({p.agent_id for p in watch.probes})
+    return [f"  watched {watch.watched_us() / 1e6:.1f} s of {watch.span_us / 1e6:.1f} s by {len(watch.probes)} "
+            f"probe(s) of {agents} agent(s) (at least; the rest: detached by the budget, agent down, or not "
+            f"reported)"]
 
 
 def _few(items: Sequence[str], most: int = 5) -> str:
@@ -261,7 +285,7 @@ def run_export(args: argparse.Namespace) -> int:
     client = SignalsClient(link.bootstrap, link.topics, kafka_config=link.kafka_config)
     summaries = list(client.summaries(args.container, since_us=_us(args.since), until_us=_us(args.until)))
     if functions is not None:
-        text, findings = evidence_document(args, summaries, functions=functions)
+        text, findings = evidence_document(args, summaries, functions=functions, client=client)
         if getattr(args, "plan", None):
             text = _with_plan_coverage(args, text)
         found = f"{len(findings)} finding(s), {sum(1 for f in findings if f.answer.reached)} reached"
@@ -304,6 +328,22 @@ def _with_plan_coverage(args: argparse.Namespace, text: str) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
+def _with_watched(client: SignalsClient, finding: Finding) -> Finding:
+    """The finding of a function not observed, with how long its probes watched it (the
+    longest of its names)."""
+    coverage = finding.answer.coverage
+    start, end = coverage.first_window_start_us, coverage.last_window_end_us
+    if finding.answer.reached or not coverage.windows or start is None or end is None:
+        return finding
+    watches = [w for w in (client.watched(name, coverage.containers, start, end) for name in finding.functions)
+               if w is not None]
+    if not watches:
+        return finding
+    best = max(watches, key=lambda w: (w.watched_us(), len(w.probes)))
+    answer = dataclasses.replace(finding.answer, coverage=dataclasses.replace(coverage, watched=best))
+    return dataclasses.replace(finding, answer=answer)
+
+
 def _picture_title(topic: str, args: argparse.Namespace, target: Target | None) -> str:
     scope = [f"container {args.container}" if args.container else "all containers"]
     if target is not None:
@@ -323,15 +363,18 @@ def _vulnerable_functions(args: argparse.Namespace) -> list[VulnerableFunction]:
 
 
 def evidence_document(args: argparse.Namespace, summaries: Sequence[Summary], fmt: str | None = None,
-                      functions: list[VulnerableFunction] | None = None) -> tuple[str, list[Finding]]:
+                      functions: list[VulnerableFunction] | None = None,
+                      client: SignalsClient | None = None) -> tuple[str, list[Finding]]:
     """The OpenVEX or CycloneDX document of --functions over the summaries, as JSON text, and
-    the findings it states."""
+    the findings it states; with a client, a function not observed says how long it was watched."""
     from runtime_signals.capture.writer import tool_version
     from runtime_signals.evidence import cyclonedx, export, openvex
 
     if functions is None:
         functions = _vulnerable_functions(args)
     found = export.findings(functions, summaries, product=args.product)
+    if client is not None:
+        found = [_with_watched(client, finding) for finding in found]
     tool = tool_version()
     if (fmt or args.format) == "openvex":
         document = openvex.document(found, author=args.author, tooling=tool)

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from runtime_signals.consumer.models import iso
+from runtime_signals.consumer.models import Coverage, iso
 from runtime_signals.evidence import export
 from runtime_signals.evidence.export import Finding
 
@@ -78,9 +78,19 @@ def coverage_notes(finding: Finding) -> str:
             f"{', '.join(coverage.containers)} between {iso(coverage.first_window_start_us)} and "
             f"{iso(coverage.last_window_end_us)} ({coverage.windows} window(s); {coverage.total_events} calls "
             f"of probed functions were observed, {coverage.dropped_events} dropped, {coverage.late_events} late; "
-            f"probed functions seen called: {probed}). Runtime observation covers only that window and only "
-            f"the functions the agents probed: make sure {functions} was probed. This is not a "
-            f"not_affected claim.")
+            f"probed functions seen called: {probed}).{_watched_note(coverage)} Runtime observation covers only "
+            f"that window and only the functions the agents probed: make sure {functions} was probed. This is "
+            f"not a not_affected claim.")
+
+
+def _watched_note(coverage: Coverage) -> str:
+    watch = coverage.watched
+    if watch is None or not watch.reports:
+        return ""
+    if not watch.probes:
+        return f" No agent of these containers reported a probe on {watch.function} in that span: it was not watched."
+    return (f" Its probes watched {watch.function} for at least {watch.watched_us() / 1e6:.1f} s of "
+            f"{watch.span_us / 1e6:.1f} s (the rest: detached by the agent's budget, agent down, or not reported).")
 
 
 def undecided_notes(finding: Finding) -> str:

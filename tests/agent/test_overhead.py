@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from runtime_signals.consumer.watched import watched
 from runtime_signals.devtools.demo import create_topics
 from runtime_signals.schemas.topics import TopicNames
 from tests.agent.agent_runs import (
     CALL_EVENT,
+    STATISTICS,
     AgentProcess,
     build_target,
     calls_by_caller,
@@ -75,6 +77,17 @@ def test_hot_function_keeps_every_path_and_exact_counts_under_dedup_and_budget(
     # The budget detached the well-known probe (calls went unobserved) and says so.
     assert sum(detached for _a, detached, _m in tally.values()) > 0, tally
     assert report["detached_ns_by_probe"][probe_id] > 0, report
+    # And `reachable` can say for how long it watched: between the first and last report, the
+    # time less what the budget detached (consumer/watched.py, from these very records).
+    reports = sorted(decode_all(read_all(kafka_bootstrap, names.statistics), STATISTICS),
+                     key=lambda r: r["reported_at_us"])
+    first, last = reports[0], reports[-1]
+    span_us = last["reported_at_us"] - first["reported_at_us"]
+    detached_us = (last["detached_ns_by_probe"][probe_id] - first["detached_ns_by_probe"].get(probe_id, 0)) // 1000
+    watch = watched("hot", reports, first["reported_at_us"], last["reported_at_us"])
+    assert detached_us > 0 and watch.watched_us() < span_us, (watch, span_us)
+    # (Less one statistics interval when the first report came before the probe was attached.)
+    assert span_us - detached_us - 1_000_000 - 1000 * len(reports) <= watch.watched_us() <= span_us - detached_us, watch
     # Everything read from the kernel was delivered.
     assert report["pending_events"] == 0, report
     assert report["delivered_events"] == sum(observed.values()), report

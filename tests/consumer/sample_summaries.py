@@ -115,3 +115,35 @@ def produce(bootstrap: str, topic: str, summaries: list[dict[str, Any]],
     for key, value in extra:
         producer.produce(topic, key=key, value=value)
     assert producer.flush(30) == 0
+
+
+PNG_PROBE = "/usr/lib/x86_64-linux-gnu/libpng16.so.16:png_read_chunk"
+
+
+def statistics_report(agent_id: str, at_us: int, detached_s: int) -> dict[str, Any]:
+    """A SignalStatistics record of ``agent_id`` whose png_read_chunk probe has been detached
+    for ``detached_s`` seconds of this run."""
+    return {"total_events": 0, "events_per_second": 0.0, "unique_call_paths": 0, "buffer_utilization_percent": 0.0,
+            "dropped_events": 0, "agent_id": agent_id, "host": agent_id.split("/")[0], "reported_at_us": at_us,
+            "detached_ns_by_probe": {PNG_PROBE: detached_s * 1_000_000_000}}
+
+
+def watch_records() -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+    """(statistics, module maps): node-2 runs worker-2 and reports every 10 s over its two
+    windows; its png_read_chunk probe was detached 30 s of them (between +40 s and +70 s).
+    node-1 runs web-1 and watched all the time."""
+    registry = codec.SchemaRegistry.default()
+    statistics = []
+    for step in range(13):
+        at_us = T0_US + step * 10_000_000
+        detached = min(30, max(0, (step - 4) * 10))
+        for agent, seconds in (("node-2/r1", detached), ("node-1/r1", 0)):
+            statistics.append((agent.encode(), codec.encode(statistics_report(agent, at_us, seconds),
+                                                            "SignalStatistics", registry)))
+    maps = []
+    for agent, container in (("node-2/r1", "worker-2"), ("node-1/r1", "web-1")):
+        record = {"host": agent.split("/")[0], "agent_id": agent, "pid": 4242, "process_start_ticks": 1,
+                  "container_id": container, "executable": "/app/server", "runtime_type": "NATIVE", "version": 1,
+                  "observed_at_us": T0_US, "modules": []}
+        maps.append((f"{agent}/4242/1".encode(), codec.encode(record, "ModuleMap", registry)))
+    return statistics, maps

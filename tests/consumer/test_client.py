@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -46,6 +47,9 @@ def topics(kafka_bootstrap: str) -> TopicNames:
     registry = codec.SchemaRegistry.default()
     sample.produce(kafka_bootstrap, names.latest, [],
                    extra=[(b"web-1", codec.encode(state, "ContainerState", registry))])
+    statistics, maps = sample.watch_records()
+    sample.produce(kafka_bootstrap, names.statistics, [], extra=statistics)
+    sample.produce(kafka_bootstrap, names.modules, [], extra=maps)
     return names
 
 
@@ -87,7 +91,8 @@ def test_latest_state_and_is_reached_on_reached_and_never_reached_functions(
     assert never.coverage.total_events == 15
 
 
-def test_the_reachable_command_answers_for_people_and_machines(kafka_bootstrap: str, topics: TopicNames) -> None:
+def test_the_reachable_command_answers_for_people_and_machines(kafka_bootstrap: str, topics: TopicNames,
+                                                               tmp_path: Path) -> None:
     prefix = topics.raw.removesuffix(TopicNames().raw)
     node_hash = hashing.node_hash_v2(sample.LIBSCALE, "scale_rows")
     done = subprocess.run(signals_command("reachable", "--bootstrap", kafka_bootstrap, "--topic-prefix", prefix,
@@ -105,6 +110,28 @@ def test_the_reachable_command_answers_for_people_and_machines(kafka_bootstrap: 
     assert table.returncode == 3, table.stderr  # not observed while watched (--help's exit status)
     assert "NOT OBSERVED in worker-2" in table.stdout
     assert "3 dropped, 1 late" in table.stdout
+    # How long it was watched at all: worker-2's agent had the probe detached 30 s of 120 s
+    # (web-1's agent watched it throughout, but it does not run worker-2).
+    assert "watched 90.0 s of 120.0 s by 1 probe(s) of 1 agent(s)" in table.stdout, table.stdout
+    unprobed = subprocess.run(signals_command("reachable", "--bootstrap", kafka_bootstrap, "--topic-prefix", prefix,
+                                              "--function", "inflate", "--container", "worker-2", "--json"),
+                              capture_output=True, text=True, timeout=60)
+    assert unprobed.returncode == 3, unprobed.stderr
+    watch = json.loads(unprobed.stdout)["coverage"]["watched"]
+    assert (watch["function"], watch["probes"], watch["reports"]) == ("inflate", [], 13)  # node-2's only
+    assert "it was not watched" in subprocess.run(
+        signals_command("reachable", "--bootstrap", kafka_bootstrap, "--topic-prefix", prefix, "--function",
+                        "inflate", "--container", "worker-2"), capture_output=True, text=True, timeout=60).stdout
+    # The export says it too, in the statement's notes.
+    functions = tmp_path / "functions.txt"
+    functions.write_text("pkg:deb/debian/libpng16-16 png_read_chunk TEST-PNG-0001\n")
+    vex = subprocess.run(signals_command("export", "--bootstrap", kafka_bootstrap, "--topic-prefix", prefix,
+                                         "--functions", str(functions), "--format", "openvex", "--container",
+                                         "worker-2"), capture_output=True, text=True, timeout=60)
+    assert vex.returncode == 0, vex.stderr
+    (statement,) = json.loads(vex.stdout)["statements"]
+    assert statement["status"] == "under_investigation"
+    assert "watched png_read_chunk for at least 90.0 s of 120.0 s" in statement["status_notes"], statement
 
 
 def test_the_summaries_command_filters_by_symbol(kafka_bootstrap: str, topics: TopicNames) -> None:
