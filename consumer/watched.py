@@ -104,6 +104,7 @@ def watched(function: str, reports: Iterable[Mapping[str, Any]], start_us: int, 
                     continue  # not attached yet, let go, or the agent restarted in between
                 low, high = max(before["reported_at_us"], start_us), min(after["reported_at_us"], end_us)
                 if high > low:
-                    total += max(0, high - low - (last - first) // 1000)
+                    unwatched_us = -((first - last) // 1000)  # rounded up: the figure stays a lower bound
+                    total += max(0, high - low - unwatched_us)
             probes.append(ProbeWatch(probe_id, agent_id, listed[-1]["host"], total))
     return Watch(function, start_us, end_us, tuple(probes), in_span)
