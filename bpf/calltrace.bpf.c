@@ -164,10 +164,9 @@ static __always_inline int find_mapping(struct process_mappings *pm, u64 address
     return (int)index;
 }
 
-/* The row of table_id that covers address (the last one at or below it), or NULL. */
-static __always_inline struct unwind_row *find_row(u32 table_id, u32 address)
+/* The row of table that covers address (the last one at or below it), or NULL. */
+static __always_inline struct unwind_row *find_row(struct unwind_table *table, u32 address)
 {
-    struct unwind_table *table = unwind_tables.lookup(&table_id);
     if (!table || table->row_count == 0)
         return NULL;
     u32 base = table->first_row, length = table->row_count;
@@ -218,13 +217,22 @@ static __always_inline void walk(struct pt_regs *ctx, struct call_event *event)
     event->frames[0] = pc;
     event->frame_count = 1;
     event->end_reason = STACK_END_DEPTH_LIMIT;
+    /* Consecutive frames are mostly in one binary: its table is looked up once per run of
+     * them, and a return address is first checked against the mapping of the frame before. */
+    struct unwind_table *table = NULL;
+    u32 table_of = 0;
     for (u32 i = 0; i < CALLTRACE_MAX_FRAMES - 1; i++) {
         struct unwind_row *row = NULL;
         if (pm) {
             u32 mi = (u32)m & (CALLTRACE_MAX_MAPPINGS - 1);
             u32 table_id = pm->mappings[mi].table_id;
-            if (table_id)
-                row = find_row(table_id, (u32)((i == 0 ? pc : pc - 1) - pm->mappings[mi].bias));
+            if (table_id) {
+                if (table_id != table_of) {
+                    table = unwind_tables.lookup(&table_id);
+                    table_of = table_id;
+                }
+                row = find_row(table, (u32)((i == 0 ? pc : pc - 1) - pm->mappings[mi].bias));
+            }
         }
         u64 return_address = 0;
         u32 cfa_register = row ? row->cfa_register : UNWIND_CFA_NONE;
@@ -274,7 +282,9 @@ static __always_inline void walk(struct pt_regs *ctx, struct call_event *event)
             break;
         }
         if (pm) {
-            m = find_mapping(pm, return_address - 1);
+            u32 mi = (u32)m & (CALLTRACE_MAX_MAPPINGS - 1);
+            if (return_address - 1 < pm->mappings[mi].start || return_address - 1 >= pm->mappings[mi].end)
+                m = find_mapping(pm, return_address - 1);
             if (m < 0) {
                 /* Found by rules, the address is right and its code has no file (JIT,
                  * anonymous); found by frame pointers, it is most likely a word of a frame
