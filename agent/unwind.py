@@ -366,6 +366,31 @@ def checked_frames(frames: list[ResolvedAddress], flags: int,
 
 # --- the kernel side ----------------------------------------------------------------
 
+def rule_addresses(rules: UnwindRules) -> list[int]:
+    """The address of each row of rules, in order (rows are sorted by address)."""
+    if not rules.row_count:
+        return []
+    return [row.address for row in (UnwindRow * rules.row_count).from_buffer_copy(rules.rows)]
+
+
+# Tables smaller than this are searched whole: a few steps already.
+_INDEX_MIN_ROWS = 16
+
+
+def block_index(addresses: Sequence[int]) -> tuple[int, list[int]]:
+    """(shift, entries) of the block index of sorted row addresses (struct unwind_table):
+    entry b is the index of the row covering address b << shift (the last at or below it; 0
+    when none is), one entry per block up to the one past the last row, and no more entries
+    than rows. Empty for small tables."""
+    if len(addresses) < _INDEX_MIN_ROWS:
+        return 0, []
+    shift = 4
+    while (addresses[-1] >> shift) + 2 > len(addresses):
+        shift += 1
+    blocks = (addresses[-1] >> shift) + 2
+    return shift, [max(0, bisect_right(addresses, block << shift) - 1) for block in range(blocks)]
+
+
 @dataclass
 class BinaryRules:
     """What the loader knows of one binary (by digest)."""
@@ -550,7 +575,8 @@ class UnwindLoader:
                 log.info("unwind: no rules for %s [%s] (%s): walked by frame pointers", binary.path, digest,
                          rules.error)
                 return
-            if (self._next_row + rules.row_count > self._row_capacity
+            shift, index = block_index(rule_addresses(rules))
+            if (self._next_row + rules.row_count + len(index) > self._row_capacity
                     or self._next_table >= self._table_capacity):
                 binary.state = "did_not_fit"
                 binary.detail = (f"{rules.row_count} rows, {self._row_capacity - self._next_row} free of "
@@ -559,17 +585,18 @@ class UnwindLoader:
                             "raise unwind_rows", binary.path, binary.detail)
                 return
             first_row = self._next_row
-            if not self._write_rows(first_row, rules):
+            if not self._write_rows(first_row, rules.rows + b"".join(bytes(UnwindRow(address=i)) for i in index)):
                 binary.state, binary.detail = "did_not_fit", "writing its rows failed"
                 return
-            table = UnwindTable(first_row=first_row, row_count=rules.row_count)
+            table = UnwindTable(first_row=first_row, row_count=rules.row_count, index_shift=shift,
+                                index_count=len(index))
             key = ctypes.c_uint32(self._next_table)
             if self._lib.bpf_update_elem(self._tables_fd, ctypes.byref(key), ctypes.byref(table), 0) != 0:
                 binary.state, binary.detail = "did_not_fit", f"writing its table: {os.strerror(ctypes.get_errno())}"
                 return
             binary.table_id, binary.state = self._next_table, "loaded"
             self._next_table += 1
-            self._next_row += rules.row_count
+            self._next_row += rules.row_count + len(index)
             log.info("unwind: rules of %s [%s] loaded: %d rows (%d bytes) from %s in %.2fs%s", binary.path, digest,
                      rules.row_count, rules.row_bytes, "+".join(rules.sources), rules.build_ns / 1e9,
                      " (cached)" if cached else "")
@@ -577,14 +604,15 @@ class UnwindLoader:
                 if any(d == digest for _, d in entries):
                     self._write_process(pid)
 
-    def _write_rows(self, first_row: int, rules: UnwindRules) -> bool:
-        keys = (ctypes.c_uint32 * rules.row_count)(*range(first_row, first_row + rules.row_count))
-        values = (UnwindRow * rules.row_count).from_buffer_copy(rules.rows)
-        count = ctypes.c_uint32(rules.row_count)
+    def _write_rows(self, first_row: int, rows: bytes) -> bool:
+        row_count = len(rows) // _ROW_BYTES
+        keys = (ctypes.c_uint32 * row_count)(*range(first_row, first_row + row_count))
+        values = (UnwindRow * row_count).from_buffer_copy(rows)
+        count = ctypes.c_uint32(row_count)
         if self._lib.bpf_update_batch(self._rows_fd, keys, values, ctypes.byref(count)) == 0:
             return True
         # Kernels without batch updates on arrays: one row at a time.
-        for index in range(rules.row_count):
+        for index in range(row_count):
             key = ctypes.c_uint32(first_row + index)
             if self._lib.bpf_update_elem(self._rows_fd, ctypes.byref(key), ctypes.byref(values[index]), 0) != 0:
                 log.warning("unwind: writing row %d failed: %s", first_row + index, os.strerror(ctypes.get_errno()))

@@ -114,6 +114,8 @@ class UnwindTable(ctypes.Structure):
     _fields_ = [
         ("first_row", ctypes.c_uint32),
         ("row_count", ctypes.c_uint32),
+        ("index_shift", ctypes.c_uint32),
+        ("index_count", ctypes.c_uint32),
     ]
 
 

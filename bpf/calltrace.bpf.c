@@ -170,6 +170,20 @@ static __always_inline struct unwind_row *find_row(struct unwind_table *table, u
     if (!table || table->row_count == 0)
         return NULL;
     u32 base = table->first_row, length = table->row_count;
+    u32 block = address >> (table->index_shift & 31);
+    if (block + 1 < table->index_count) {
+        /* The rows covering this block's start and the next one's bound the search. */
+        u32 at = table->first_row + table->row_count + block;
+        asm volatile("" : "+r"(at));
+        at &= CALLTRACE_UNWIND_ROWS - 1;
+        struct unwind_row *low = unwind_rows.lookup(&at);
+        u32 next = (at + 1) & (CALLTRACE_UNWIND_ROWS - 1);
+        struct unwind_row *high = unwind_rows.lookup(&next);
+        if (low && high && low->address <= high->address && high->address < table->row_count) {
+            base = table->first_row + low->address;
+            length = high->address - low->address + 1;
+        }
+    }
     for (u32 step = 0; step < ROW_SEARCH_STEPS; step++) {
         if (length <= 1)
             break; /* a small binary's search ends after log2(its rows) steps */

@@ -155,10 +155,16 @@ struct unwind_row {
     __u8 rbp_rule;              /* enum unwind_rbp */
 };
 
-/* One binary's rows: unwind_rows[first_row .. first_row + row_count). Id 0 is never used. */
+/* One binary's rows: unwind_rows[first_row .. first_row + row_count). Id 0 is never used.
+ * Then, when index_count > 0, a block index in the next index_count rows (only their address
+ * field is used): entry b holds the index (from first_row) of the row covering address
+ * b << index_shift, so the search for an address in block b runs between entries b and
+ * b + 1, a few rows, instead of over the whole table. */
 struct unwind_table {
     __u32 first_row;
     __u32 row_count;
+    __u32 index_shift;
+    __u32 index_count;
 };
 
 /* One executable, file-backed mapping of a process. */
