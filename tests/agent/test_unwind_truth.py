@@ -72,6 +72,12 @@ CASES = [
     # Frameless program calling Debian's frameless libz: two chains of 13 frames above libc.
     Case("c-O2-frameless-libz", "unwind_corpus.c", "gcc", ("-O2", "-fomit-frame-pointer", "-g", "-lz"),
          "/usr/lib/x86_64-linux-gnu/libz.so.1", "deflate", "deflate", 2),
+    # The same, with libz loaded by dlopen at the start of main and called at once: its
+    # rules and the process's table must be in place before the first call (a hold at the
+    # loader's consistent point), in the short-lived variant too.
+    Case("c-O2-frameless-dlopen-libz", "unwind_corpus.c", "gcc", ("-O2", "-fomit-frame-pointer", "-g",
+                                                                   "-DCORPUS_DLOPEN"),
+         "/usr/lib/x86_64-linux-gnu/libz.so.1", "deflate", "deflate", 2, after_load="libz"),
     # Frame pointers and no CFI at all in the program (mixed: libz and libc by rules, the
     # program by its frame pointers).
     Case("c-O1-frame-pointers-no-cfi", "unwind_corpus.c", "gcc",
@@ -259,7 +265,8 @@ def test_paths_equal_gdbs_backtraces(case: Case, kafka_bootstrap: str, tmp_path:
     _compare_with_gdb(case, kafka_bootstrap, tmp_path, short_lived=False)
 
 
-SHORT_LIVED = [c for c in CASES if c.name in ("c-O2-frameless-libz", "python3-zlib", "rust-release", "golang")]
+SHORT_LIVED = [c for c in CASES if c.name in ("c-O2-frameless-libz", "c-O2-frameless-dlopen-libz", "python3-zlib",
+                                               "rust-release", "golang")]
 
 
 @pytest.mark.parametrize("case", SHORT_LIVED, ids=[c.name for c in SHORT_LIVED])

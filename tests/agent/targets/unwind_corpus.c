@@ -2,7 +2,10 @@
  * of ten distinct functions each, built by the test with and without frame pointers.
  * argv: CALLS [GOFILE]. One warm-up call first (the agent learns the process from it);
  * with GOFILE, print "warm" and wait for the file, then make CALLS calls per chain, then
- * stay a moment so the agent can read the process while it runs. */
+ * stay a moment so the agent can read the process while it runs.
+ * Built with -DCORPUS_DLOPEN, the program does not link libz: it dlopens $PROBE_BINARY (or
+ * libz.so.1) at the start of main and calls deflate through dlsym, so its first calls come
+ * right after the library was loaded. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +14,29 @@
 #include <zlib.h>
 
 #define KEEP asm volatile("" ::: "memory") /* a call followed by this is not a tail call */
+
+#ifdef CORPUS_DLOPEN
+#include <dlfcn.h>
+static int (*dl_deflateInit_)(z_streamp, int, const char *, int);
+static int (*dl_deflate)(z_streamp, int);
+static int (*dl_deflateEnd)(z_streamp);
+#undef deflateInit
+#define deflateInit(strm, level) dl_deflateInit_((strm), (level), ZLIB_VERSION, (int)sizeof(z_stream))
+#define deflate dl_deflate
+#define deflateEnd dl_deflateEnd
+static void load_libz(void)
+{
+    const char *path = getenv("PROBE_BINARY");
+    void *lib = dlopen(path ? path : "libz.so.1", RTLD_NOW);
+    if (!lib) { fprintf(stderr, "%s\n", dlerror()); exit(2); }
+    dl_deflateInit_ = (int (*)(z_streamp, int, const char *, int))dlsym(lib, "deflateInit_");
+    dl_deflate = (int (*)(z_streamp, int))dlsym(lib, "deflate");
+    dl_deflateEnd = (int (*)(z_streamp))dlsym(lib, "deflateEnd");
+    if (!dl_deflateInit_ || !dl_deflate || !dl_deflateEnd) { fprintf(stderr, "%s\n", dlerror()); exit(2); }
+}
+#else
+static void load_libz(void) {}
+#endif
 
 static unsigned char input[4096];
 static unsigned char output[8192];
@@ -45,6 +71,7 @@ __attribute__((noinline)) unsigned long warm_up(void) { unsigned long r = compre
 int main(int argc, char **argv)
 {
     int calls = atoi(argv[1]);
+    load_libz();
     unsigned long total = warm_up();
     if (argc > 2) {
         printf("warm\n");
