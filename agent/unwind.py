@@ -4,10 +4,11 @@ pointing at them (see bpf/calltrace.h and docs/unwinding.md).
 
 Three parts, top down:
 - `build_rules(path)`: pure, a binary's `.eh_frame` (and `.debug_frame` for addresses the
-  former does not cover) as sorted rows of `struct unwind_row`. Runs in a child process
-  (`python -m runtime_signals.agent.unwind FILE`): pyelftools decodes a large library
-  (libcrypto) in seconds, which must not hold the event pump's interpreter, and a child
-  started by name re-imports nothing of whatever program embeds the agent.
+  former does not cover) as sorted rows of `struct unwind_row`. Runs in a child interpreter
+  kept for the next builds (`RulesWorker`, `python -m runtime_signals.agent.unwind --serve`;
+  `... FILE` builds one file and prints the pickled rules): pyelftools decodes a large
+  library (libcrypto) in seconds, which must not hold the event pump's interpreter, and a
+  child started by name re-imports nothing of whatever program embeds the agent.
 - `UnwindLoader`: owns the kernel side. Rows of all binaries share one array map, handed
   out once per digest and kept for the agent's life; a binary that does not fit, or whose
   addresses do not fit 32 bits, is flagged and walked by frame pointers. Each process gets
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import pickle
+import socket
 import subprocess
 import sys
 import threading
@@ -220,19 +222,119 @@ def _overlaps(sorted_ranges: list[tuple[int, int]], start: int, end: int) -> boo
     return index + 1 < len(sorted_ranges) and sorted_ranges[index + 1][0] < end
 
 
-def build_rules_in_child(fd: int, timeout_s: float = 600.0) -> UnwindRules:
-    """build_rules of the file open at fd, in a child interpreter (see the module doc)."""
-    started_ns = time.monotonic_ns()
-    done = subprocess.run([sys.executable, "-m", "runtime_signals.agent.unwind", f"/dev/fd/{fd}"],
-                          pass_fds=(fd,), capture_output=True, timeout=timeout_s, check=False)
-    if done.returncode != 0:
-        error = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {done.returncode}"]
-        return UnwindRules(b"", 0, 0, 0, (), (), time.monotonic_ns() - started_ns,
-                           f"building rules failed: {error[0]}")
-    rules = pickle.loads(done.stdout)  # our own child's output, never a peer's
-    if not isinstance(rules, UnwindRules):
-        raise TypeError(f"the rules builder returned {type(rules).__name__}")
-    return rules
+class RulesWorker:
+    """A child interpreter kept to build rules for the files it is sent (their descriptors,
+    over a Unix socket), one at a time: its start-up (~0.4 s, most of a small binary's build)
+    is paid once, not per binary. It is replaced after a failure, a timeout, or
+    BUILDS_PER_WORKER builds (so memory a large build left in it is given back). One per
+    building thread; not thread-safe."""
+
+    BUILDS_PER_WORKER = 64
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+        self._socket: socket.socket | None = None
+        self._builds = 0
+
+    def build(self, fd: int, timeout_s: float = 600.0) -> UnwindRules:
+        started_ns = time.monotonic_ns()
+        for attempt in (1, 2):  # a worker that died since its last build is started again once
+            try:
+                channel = self._channel()
+                socket.send_fds(channel, [b"B"], [fd])
+                rules = self._reply(channel, timeout_s)
+                self._builds += 1
+                if self._builds >= self.BUILDS_PER_WORKER:
+                    self.close()
+                return rules
+            except (OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+                self.close()
+                if attempt == 2 or isinstance(exc, TimeoutError):
+                    return UnwindRules(b"", 0, 0, 0, (), (), time.monotonic_ns() - started_ns,
+                                       f"building rules failed: {exc!r}")
+        raise AssertionError("unreachable")
+
+    def _channel(self) -> socket.socket:
+        if self._socket is not None and self._process is not None and self._process.poll() is None:
+            return self._socket
+        self.close()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "runtime_signals.agent.unwind", "--serve", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE)
+        finally:
+            theirs.close()
+        self._socket, self._builds = ours, 0
+        return ours
+
+    @staticmethod
+    def _reply(channel: socket.socket, timeout_s: float) -> UnwindRules:
+        channel.settimeout(timeout_s)
+        size = int.from_bytes(_read_exactly(channel, 8), "little")
+        rules = pickle.loads(_read_exactly(channel, size))  # our own child's output, never a peer's
+        if not isinstance(rules, UnwindRules):
+            raise ValueError(f"the rules worker returned {type(rules).__name__}")
+        return rules
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.kill()
+            self._process.wait()
+            if self._process.stderr is not None:
+                self._process.stderr.close()
+            self._process = None
+
+
+def _read_exactly(channel: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = channel.recv(min(size - len(data), 1 << 20))
+        if not chunk:
+            raise EOFError("the rules worker closed its socket")
+        data += chunk
+    return bytes(data)
+
+
+_workers = threading.local()
+
+
+def build_rules_in_worker(fd: int, timeout_s: float = 600.0) -> UnwindRules:
+    """build_rules of the file open at fd, in this thread's RulesWorker."""
+    worker = getattr(_workers, "worker", None)
+    if worker is None:
+        worker = _workers.worker = RulesWorker()
+    return worker.build(fd, timeout_s)
+
+
+def serve(channel_fd: int) -> int:
+    """The worker's side: build the rules of each file descriptor received, reply with the
+    pickled UnwindRules (8-byte length first), until the socket closes."""
+    from runtime_signals.agent.unwind import UnwindRules as PackagedRules
+    from runtime_signals.agent.unwind import build_rules as packaged_build_rules
+
+    channel = socket.socket(fileno=channel_fd)
+    while True:
+        message, fds, _flags, _address = socket.recv_fds(channel, 1, 1)
+        if not message or not fds:
+            return 0
+        try:
+            started_ns = time.monotonic_ns()
+            try:
+                rules = packaged_build_rules(f"/dev/fd/{fds[0]}")
+            except Exception as exc:  # any file: the reply says why, the worker goes on
+                rules = PackagedRules(b"", 0, 0, 0, (), (), time.monotonic_ns() - started_ns,
+                                      f"building rules failed: {exc!r}")
+        finally:
+            for fd in fds:
+                os.close(fd)
+        data = pickle.dumps(rules)
+        channel.sendall(len(data).to_bytes(8, "little") + data)
 
 
 class RulesCache:
@@ -446,7 +548,7 @@ class UnwindLoader:
         self._over_limit: set[int] = set()
         self._next_row = 0
         self._next_table = 1  # id 0 means "no rules"
-        # Threads that each wait on one child building rules (build_rules_in_child).
+        # Threads that each hand builds to their own child interpreter (RulesWorker).
         self._pool = ThreadPoolExecutor(max_workers=build_workers, thread_name_prefix="unwind-rules")
         self._urgent_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unwind-rules-urgent")
         self._cache = cache
@@ -551,7 +653,7 @@ class UnwindLoader:
             return  # gone already: the next process that maps it offers it again
         # A held process waits for its binaries: they do not queue behind a node's backlog.
         pool = self._urgent_pool if urgent else self._pool
-        future: Future[UnwindRules] = pool.submit(build_rules_in_child, fd)
+        future: Future[UnwindRules] = pool.submit(build_rules_in_worker, fd)
         future.add_done_callback(lambda done: self._built(digest, done, fd))
 
     def _built(self, digest: str, future: Future[UnwindRules], fd: int) -> None:
@@ -651,7 +753,11 @@ class UnwindLoader:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m runtime_signals.agent.unwind FILE`: the rules of FILE, pickled, on stdout."""
+    """`python -m runtime_signals.agent.unwind FILE`: the rules of FILE, pickled, on stdout;
+    `... --serve FD`: a RulesWorker's child, on the Unix socket FD."""
+    if len(argv) == 2 and argv[0] == "--serve":
+        from runtime_signals.agent.unwind import serve as packaged_serve
+        return packaged_serve(int(argv[1]))
     if len(argv) != 1:
         print("usage: python -m runtime_signals.agent.unwind FILE", file=sys.stderr)
         return 2

@@ -222,3 +222,42 @@ def test_the_block_index_bounds_every_search_to_the_row_the_whole_search_finds()
         assert found == whole, (hex(address), found, whole)
     assert widest <= 16  # a few search steps instead of 15
     assert block_index(addresses[:10]) == (0, [])  # small tables are searched whole
+
+
+def test_one_worker_builds_many_binaries_and_survives_a_bad_file(tmp_path: Path) -> None:
+    """The kept child interpreter (RulesWorker): builds for several files, says why for a file
+    that is no ELF, goes on; a worker killed between builds is started again."""
+    import os
+    import time
+
+    from runtime_signals.agent.unwind import RulesWorker
+
+    worker = RulesWorker()
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"not an ELF file")
+    try:
+        started = time.monotonic()
+        results = []
+        for path in ("/usr/lib/x86_64-linux-gnu/libz.so.1", str(junk), "/bin/true", "/usr/lib/x86_64-linux-gnu/libz.so.1"):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                results.append(worker.build(fd, timeout_s=120))
+            finally:
+                os.close(fd)
+        elapsed = time.monotonic() - started
+        libz, bad, true, again = results
+        assert libz.row_count > 100 and again.rows == libz.rows
+        assert bad.row_count == 0 and bad.error and true.row_count > 0
+        first = worker._process
+        assert first is not None and first.poll() is None  # one child did all four
+        first.kill()
+        first.wait()
+        fd = os.open("/bin/true", os.O_RDONLY)
+        try:
+            assert worker.build(fd, timeout_s=120).rows == true.rows  # a new child took over
+        finally:
+            os.close(fd)
+        assert worker._process is not first
+        print(f"4 builds in one worker: {elapsed:.2f} s")
+    finally:
+        worker.close()
