@@ -120,27 +120,41 @@ def test_vex_notes_say_what_a_plan_watched_where_and_for_how_long() -> None:
     assert watched_notes([], ["crc32"]).startswith("No plan status")
 
 
-def test_targets_added_and_removed_at_run_time_detach_only_what_no_other_target_uses(tmp_path: Path) -> None:
-    """The TargetManager's run-time path over a real ELF file; the attach seam records instead
-    of calling the kernel (the live loop is tests/agent/test_plans_live.py)."""
+def _two_functions(directory: Path) -> Path:
+    """A real ELF program with two probe-able functions, one and two."""
     import subprocess
 
-    from runtime_signals.agent.probes import AttachedProbe, ProbeSpec
-    from runtime_signals.agent.targets import TargetManager
-    from runtime_signals.config.schema import TargetSettings
-
-    source = tmp_path / "two.c"
+    source = directory / "two.c"
     source.write_text("__attribute__((noinline)) int one(int x) { return x + 1; }\n"
                       "__attribute__((noinline)) int two(int x) { return x + 2; }\n"
                       "int main(void) { return one(0) + two(0); }\n")
-    binary = tmp_path / "two"
+    binary = directory / "two"
     subprocess.run(["gcc", "-O1", "-o", str(binary), str(source)], check=True)
+    return binary
+
+
+def _recording_attach() -> tuple[list[Any], Any]:
+    """The attach seam of a TargetManager, recording instead of calling the kernel."""
+    from runtime_signals.agent.probes import AttachedProbe, ProbeSpec
+
     attached: list[AttachedProbe] = []
-    detached: list[AttachedProbe] = []
 
     def attach(spec: ProbeSpec) -> AttachedProbe:
         attached.append(AttachedProbe(spec, spec.binary, 0x1000 + len(attached), len(attached)))
         return attached[-1]
+    return attached, attach
+
+
+def test_targets_added_and_removed_at_run_time_detach_only_what_no_other_target_uses(tmp_path: Path) -> None:
+    """The TargetManager's run-time path over a real ELF file; the attach seam records instead
+    of calling the kernel (the live loop is tests/agent/test_plans_live.py)."""
+    from runtime_signals.agent.probes import AttachedProbe
+    from runtime_signals.agent.targets import TargetManager
+    from runtime_signals.config.schema import TargetSettings
+
+    binary = _two_functions(tmp_path)
+    attached, attach = _recording_attach()
+    detached: list[AttachedProbe] = []
 
     manager = TargetManager([], [], attach=attach, detach=detached.append, host_root=Path("/"))
     first = manager.add_targets([TargetSettings(binary=str(binary), symbols=["one", "two", "absent"])], ["plan.a"])
@@ -213,25 +227,13 @@ def test_a_rust_crate_given_by_binary_is_watched_only_in_an_affected_version() -
 def test_a_new_version_of_a_plan_keeps_the_probes_of_the_functions_both_name(tmp_path: Path) -> None:
     """Plans are re-published as advisories change: a function both versions name keeps its
     uprobe (no gap in which its calls are missed, no probe slot spent again)."""
-    import subprocess
-
     from runtime_signals.agent.plans import PlanFollower
-    from runtime_signals.agent.probes import AttachedProbe, ProbeSpec
     from runtime_signals.agent.targets import TargetManager
     from runtime_signals.schemas.topics import TopicNames
 
-    source = tmp_path / "two.c"
-    source.write_text("__attribute__((noinline)) int one(int x) { return x + 1; }\n"
-                      "__attribute__((noinline)) int two(int x) { return x + 2; }\n"
-                      "int main(void) { return one(0) + two(0); }\n")
-    binary = tmp_path / "two"
-    subprocess.run(["gcc", "-O1", "-o", str(binary), str(source)], check=True)
-    attached: list[AttachedProbe] = []
+    binary = _two_functions(tmp_path)
+    attached, attach = _recording_attach()
     detached: list[str] = []
-
-    def attach(spec: ProbeSpec) -> AttachedProbe:
-        attached.append(AttachedProbe(spec, spec.binary, 0x1000 + len(attached), len(attached)))
-        return attached[-1]
 
     class Sink:
         def produce(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None,

@@ -95,14 +95,19 @@ def _consume_one(config: dict[str, Any], topic: str, group: str, timeout_s: floa
                          "enable.auto.commit": False})
     try:
         consumer.subscribe([topic])
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is not None:
-                return message
-        raise AssertionError(f"nothing read from {topic} as group {group} within {timeout_s:g}s")
+        return _first_message(consumer, topic, timeout_s)
     finally:
         consumer.close()
+
+
+def _first_message(consumer: Consumer, topic: str, timeout_s: float) -> Message:
+    """The first record or error the consumer is handed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        message = consumer.poll(0.5)
+        if message is not None:
+            return message
+    raise AssertionError(f"nothing read from {topic} within {timeout_s:g}s")
 
 
 def test_processor_reads_the_agents_topics_and_writes_only_its_own(kafka: SecureKafka) -> None:
@@ -131,12 +136,7 @@ def _read_assigned(config: dict[str, Any], topic: str, group: str, timeout_s: fl
         if described.error is not None:
             raise KafkaException(described.error)
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in described.partitions])
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is not None:
-                return message
-        raise AssertionError(f"nothing read from {topic} within {timeout_s:g}s")
+        return _first_message(consumer, topic, timeout_s)
     finally:
         consumer.close()
 

@@ -86,6 +86,34 @@ def _short_lived_program(stem: str, bootstrap: str, tmp_path: Path) -> tuple[str
     return tag, library, program, prefix, names
 
 
+def _burst_program(stem: str, bootstrap: str, tmp_path: Path) -> tuple[str, Path, Path, str, TopicNames]:
+    """lib<stem><tag>.so, DLOPEN_BURST to load it, and fresh topics: (tag, library, program,
+    topic prefix, topic names)."""
+    tag = uuid.uuid4().hex[:8]
+    library = compile_c(PLUGIN, tmp_path / f"lib{stem}{tag}.so", "-shared", "-fPIC")
+    burst = compile_c(DLOPEN_BURST, tmp_path / f"{stem}-burst{tag}", "-ldl")
+    prefix = f"{stem}-{tag}."
+    names = TopicNames().with_prefix(prefix)
+    create_topics(bootstrap, names, partitions=1)
+    return tag, library, burst, prefix, names
+
+
+def _forty_calls_after_dlopen(agent: AgentProcess, burst: Path, library: Path, bootstrap: str,
+                              names: TopicNames) -> None:
+    """Run the burst to its exit, stop the agent, and check every one of its 40 plugin_entry
+    calls is reported and attributed. The rescan is a minute away: only a hold can have
+    attached the library and read the process's maps in time."""
+    run = subprocess.Popen([str(burst), str(library)], stdout=subprocess.PIPE, text=True)
+    out, _ = run.communicate(timeout=30)
+    assert run.returncode == 0 and out.strip() == str(sum(i * 3 for i in range(40)))
+    assert agent.stop() == 0, agent.log()[-4000:]
+    log = agent.log()
+    assert "attached by a rescan" not in log
+    events = [e for e in _events(bootstrap, names.raw, run.pid) if e["symbol"] == "plugin_entry"]
+    assert sum(e["observation_count"] for e in events) == 40, log[-3000:]
+    _assert_attributed(events, library)
+
+
 def _events(bootstrap: str, topic: str, pid: int) -> list[dict[str, Any]]:
     return [e for e in decode_all(read_all(bootstrap, topic), CALL_EVENT) if e["pid"] == pid]
 
@@ -108,24 +136,10 @@ def _assert_attributed(events: list[dict[str, Any]], library: Path) -> None:
 
 def test_forty_calls_right_after_dlopen_are_all_reported_after_the_process_exited(
         bpf_host: None, kafka_bootstrap: str, tmp_path: Path) -> None:
-    tag = uuid.uuid4().hex[:8]
-    library = compile_c(PLUGIN, tmp_path / f"libsigplug{tag}.so", "-shared", "-fPIC")
-    burst = compile_c(DLOPEN_BURST, tmp_path / f"dlburst{tag}", "-ldl")
-    prefix = f"loadhold-{tag}."
-    names = TopicNames().with_prefix(prefix)
-    create_topics(kafka_bootstrap, names, partitions=1)
+    tag, library, burst, prefix, names = _burst_program("sigplug", kafka_bootstrap, tmp_path)
     with AgentProcess(kafka_bootstrap, prefix, [f"libsigplug{tag}.so:plugin_entry"], tmp_path / "agent.log",
                       ["--target-rescan-interval-ms", "60000"]) as agent:
-        run = subprocess.Popen([str(burst), str(library)], stdout=subprocess.PIPE, text=True)
-        out, _ = run.communicate(timeout=30)
-        assert run.returncode == 0 and out.strip() == str(sum(i * 3 for i in range(40)))
-        assert agent.stop() == 0, agent.log()[-4000:]
-        log = agent.log()
-    # The rescan is a minute away: only the hold can have attached the library in time.
-    assert "attached by a rescan" not in log
-    events = _events(kafka_bootstrap, names.raw, run.pid)
-    assert sum(e["observation_count"] for e in events) == 40, log[-3000:]
-    _assert_attributed(events, library)
+        _forty_calls_after_dlopen(agent, burst, library, kafka_bootstrap, names)
 
 
 def test_a_process_that_calls_and_exits_at_once_keeps_its_attribution(
@@ -231,12 +245,7 @@ def test_a_plans_library_dlopened_later_is_held_and_its_first_calls_reported(
     although the process exits at once and the rescan is a minute away. (Without the plan's
     names the uprobe on the file still counts the calls, but the process is gone before its
     maps are read: every frame loses its file.)"""
-    tag = uuid.uuid4().hex[:8]
-    library = compile_c(PLUGIN, tmp_path / f"libplanplug{tag}.so", "-shared", "-fPIC")
-    burst = compile_c(DLOPEN_BURST, tmp_path / f"planburst{tag}", "-ldl")
-    prefix = f"planhold-{tag}."
-    names = TopicNames().with_prefix(prefix)
-    create_topics(kafka_bootstrap, names, partitions=1)
+    _tag, library, burst, prefix, names = _burst_program("planplug", kafka_bootstrap, tmp_path)
     plan = {"format_version": 1, "plan_id": "hold", "created_at_us": 1_700_000_000_000_000,
             "advisories": ["TEST-PLUGIN-0001"], "not_watched": [],
             "targets": [{"vulnerability": "TEST-PLUGIN-0001", "purl": None, "language": "c",
@@ -247,12 +256,4 @@ def test_a_plans_library_dlopened_later_is_held_and_its_first_calls_reported(
         producer.produce(names.plans, codec.encode(plan, "ProbePlan", codec.SchemaRegistry.default()), b"hold")
         assert producer.flush(30) == 0
         agent.wait_for("plan hold: ACTIVE", 60)  # taken on, and its status published
-        run = subprocess.Popen([str(burst), str(library)], stdout=subprocess.PIPE, text=True)
-        out, _ = run.communicate(timeout=30)
-        assert run.returncode == 0 and out.strip() == str(sum(i * 3 for i in range(40)))
-        assert agent.stop() == 0, agent.log()[-4000:]
-        log = agent.log()
-    assert "attached by a rescan" not in log
-    events = [e for e in _events(kafka_bootstrap, names.raw, run.pid) if e["symbol"] == "plugin_entry"]
-    assert sum(e["observation_count"] for e in events) == 40, log[-3000:]
-    _assert_attributed(events, library)
+        _forty_calls_after_dlopen(agent, burst, library, kafka_bootstrap, names)
