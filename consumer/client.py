@@ -73,16 +73,18 @@ class SignalsClient:
         query.Matcher(target)  # a malformed question fails before any read
         return query.reachability(target, self.summaries(container, since_us=since_us, until_us=until_us))
 
-    def watched(self, function: str, containers: Sequence[str], start_us: int, end_us: int) -> Watch | None:
-        """How long the probes on ``function`` of the agents that observed ``containers`` (all
-        agents when empty) were watched within [start_us, end_us), from the statistics topic
-        (consumer/watched.py); None when that topic cannot be read."""
+    def watched(self, functions: Sequence[str], containers: Sequence[str], start_us: int,
+                end_us: int) -> list[Watch] | None:
+        """How long the probes on each of ``functions`` of the agents that observed
+        ``containers`` (all agents when empty) were watched within [start_us, end_us), from the
+        statistics topic (consumer/watched.py), both topics read once; None when the
+        statistics topic cannot be read."""
         agents = self._agents_of(containers) if containers else None
         topic = self.topics.statistics
         try:
             ranges = self.reader.ranges_since(topic, max(0, start_us // 1000 - CLOCK_SLACK_MS))
         except ConsumerError as exc:
-            log.warning("watched time of %s unknown: %s", function, exc)
+            log.warning("watched time of %s unknown: %s", ", ".join(functions), exc)
             return None
         reports = []
         for record in self.reader.read(topic, ranges):
@@ -90,7 +92,7 @@ class SignalsClient:
                 decoded = self._decode(record.value, STATISTICS, f"{topic}[{record.partition}]@{record.offset}")
                 if decoded is not None:
                     reports.append(decoded)
-        return watched(function, reports, start_us, end_us, agents)
+        return [watched(function, reports, start_us, end_us, agents) for function in functions]
 
     def _agents_of(self, containers: Sequence[str]) -> set[str]:
         """The agents whose module maps place a process in one of the containers."""

@@ -178,9 +178,10 @@ def run_reachable(args: argparse.Namespace) -> int:
     if not answer.reached and target.function and coverage.windows and coverage.first_window_start_us is not None \
             and coverage.last_window_end_us is not None:
         # Not observed: for how long was it watched at all? (consumer/watched.py)
-        watch = client.watched(target.function, coverage.containers, coverage.first_window_start_us,
-                               coverage.last_window_end_us)
-        answer = dataclasses.replace(answer, coverage=dataclasses.replace(coverage, watched=watch))
+        watches = client.watched([target.function], coverage.containers, coverage.first_window_start_us,
+                                 coverage.last_window_end_us)
+        answer = dataclasses.replace(answer, coverage=dataclasses.replace(
+            coverage, watched=watches[0] if watches else None))
     suggestions = [] if answer.reached or not target.function else did_you_mean(target.function, summaries)
     if args.json:
         document = answer.to_json()
@@ -335,8 +336,7 @@ def _with_watched(client: SignalsClient, finding: Finding) -> Finding:
     start, end = coverage.first_window_start_us, coverage.last_window_end_us
     if finding.answer.reached or not coverage.windows or start is None or end is None:
         return finding
-    watches = [w for w in (client.watched(name, coverage.containers, start, end) for name in finding.functions)
-               if w is not None]
+    watches = client.watched(finding.functions, coverage.containers, start, end)
     if not watches:
         return finding
     best = max(watches, key=lambda w: (w.watched_us(), len(w.probes)))
