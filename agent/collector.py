@@ -45,6 +45,8 @@ from runtime_signals.agent.probes import AttachedProbe, CallTracer, ProbeSpec, R
 from runtime_signals.agent.processes import NodeFiles, ProcessInfo, ProcessTable
 from runtime_signals.agent.procmaps import signed64
 from runtime_signals.agent.publisher import Publisher
+from runtime_signals.agent.pyframes import PythonStacks
+from runtime_signals.agent.pysource import PythonSources
 from runtime_signals.agent.selectors import TargetFilters
 from runtime_signals.agent.state import AgentState, ProbeSite
 from runtime_signals.agent.stats import (
@@ -211,6 +213,8 @@ class Collector:
                                     max_mappings=tracer_settings.max_mappings, digests=node.digests,
                                     cache=RulesCache(Path(settings.unwind_cache_dir), settings.unwind_cache_max_bytes)
                                     if settings.unwind_cache_dir else None)
+        self._python = PythonStacks(tracer.python_map_fds(), PythonSources(node.purls), node.digests,
+                                    proc_root=self._processes.proc_root, on_code_unit=self._processes.add_code_unit)
         self._unwind_versions: dict[int, tuple[int, int]] = {}  # pid -> (maps version, refreshed at ns)
         self._unwind_lock = threading.Lock()  # the pump, the loader-hold and the scanner threads load tables
         tracer.on_event(self._handle)
@@ -248,6 +252,7 @@ class Collector:
         if version and mappings:
             self._module_maps.offer_now(process, mappings, version)
             self._unwind.load_process(pid, mappings, wait_s=wait_s)
+            self._python.load_process(pid, mappings)
             with self._unwind_lock:
                 self._unwind_versions[pid] = (version, time.monotonic_ns())
 
@@ -322,6 +327,8 @@ class Collector:
                 return
             self.records_without_digest += 1
         frames, truncation_reason = checked_frames(frames, call.flags, call.end_reason)
+        frames = self._python.splice_call(call.pid, frames, call.py_frames, call.py_flags, call.py_entries,
+                                          native_complete=truncation_reason is None)
         top = frames[0]
         path_key = hashlib.blake2b(repr((call.probe_index, [(f.binary_digest, f.binary_offset) if f.binary_digest
                                                             else f.address for f in frames])).encode(),
@@ -401,6 +408,7 @@ class Collector:
             if not all(self._processes.digests.lookup(root / m.path.lstrip("/"))[0] for m in mappings):
                 return
             self._unwind.load_process(pid, mappings)
+            self._python.load_process(pid, mappings)
             with self._unwind_lock:
                 self._unwind_versions[pid] = (version, now_ns)
 
@@ -638,6 +646,7 @@ class Collector:
         sizes = {"path_keys": len(self._paths), "parked_records": len(self._parked),
                  "unwind_processes": len(self._unwind_versions)}
         sizes.update(self._processes.sizes())
+        sizes.update(self._python.sizes())
         sizes.update(self._symbol_tables.sizes())
         sizes.update(self._module_maps.sizes())
         return sizes
@@ -655,7 +664,9 @@ class Collector:
                 "processes_loaded": figures.processes_loaded,
                 "processes_over_mapping_limit": figures.processes_over_mapping_limit,
                 "rules_cache_hits": figures.cache_hits, "rules_cache_misses": figures.cache_misses,
-                "rules_cache_bytes": figures.cache_bytes}
+                "rules_cache_bytes": figures.cache_bytes,
+                "python_code_map_bytes": self._tracer.map_memory_bytes("py_codes"),
+                **self._python.figures()}
 
     def publish_statistics(self) -> Snapshot:
         snapshot = self.take_snapshot()
@@ -706,6 +717,7 @@ class Collector:
                         del self._unwind_versions[pid]
                 for pid in gone:
                     self._unwind.forget(pid)
+                    self._python.forget(pid)
                 next_sweep = now + sweep_s
         self.shutdown()
 

@@ -43,6 +43,19 @@ _UNWIND_HELP = {
     "rules_cache_hits": "Binaries whose unwind rules came from the on-disk cache (unwind_cache_dir)",
     "rules_cache_misses": "Binaries whose unwind rules were not cached and were built",
     "rules_cache_bytes": "Bytes of the on-disk unwind rules cache (bounded by unwind_cache_max_bytes)",
+    # Python frames in native paths (agent/pyframes.py)
+    "python_code_map_bytes": "Kernel memory of the code names map (py_codes, LRU)",
+    "python_paths_spliced": "Paths whose evaluation loop frames were replaced by their Python frames",
+    "python_frames_cut": "Spliced paths whose Python walk stopped before the outermost frame",
+    "python_frames_not_lined_up": "Paths of Python processes left native: loop calls and Python calls differ",
+    "python_no_thread": "Calls in a Python process whose thread state was not found (not a Python thread)",
+    "python_not_walked": "Calls in a Python process whose frames could not be read",
+    "python_codes_unread": "Python code objects whose names could not be read (process gone, not ASCII)",
+    "python_named_evicted": "Named Python code objects dropped from the agent's bounded cache",
+    "python_version_not_described": "Interpreters of a CPython version the agent has no layout for",
+    "python_interpreter_without_symbols": "Interpreter files without _PyRuntime or the evaluation loop",
+    "python_thread_unknown_libc": "CPython < 3.11 processes on a libc that does not describe struct pthread",
+    "python_describe_failed": "Python processes whose description could not be written to the kernel",
 }
 
 

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 MODULE_MAP = "io.runtimesignals.ModuleMap"
 MAX_QUEUED = 4096
 MAX_BUILD_IDS = 1 << 16
+MAX_KNOWN_ENTRIES = 1 << 16
 
 
 def module_map_key(host: str, pid: int, start_ticks: int) -> str:
@@ -51,10 +52,18 @@ class ModuleMapBuilder:
         self.host = host
         self._agent_id = agent_id
         self._build_ids: LRUCache[FileIdentity, str | None] = LRUCache(MAX_BUILD_IDS)
+        # Each mapping's entry as last built while its file could be read: a map rebuilt
+        # after the process exited (a code unit met in a late record) keeps its files'
+        # digests and packages instead of losing them. Keyed (pid, start ticks, start, path).
+        self._entries: LRUCache[tuple[int, int, int, str], dict[str, Any]] = LRUCache(MAX_KNOWN_ENTRIES)
 
     @property
     def build_ids_cached(self) -> int:
         return len(self._build_ids)
+
+    @property
+    def entries_known(self) -> int:
+        return len(self._entries)
 
     def _build_id(self, path: Path) -> str | None:
         identity = file_identity(path)
@@ -69,7 +78,8 @@ class ModuleMapBuilder:
         modules: list[dict[str, Any]] = []
         for mapping in sorted(mappings, key=lambda m: m.start):
             host_path = process.root / mapping.path.lstrip("/")
-            modules.append({
+            key = (process.pid, process.start_ticks, mapping.start, mapping.path)
+            entry = {
                 "path": mapping.path,
                 "start_address": signed64(mapping.start),
                 "end_address": signed64(mapping.end),
@@ -77,7 +87,13 @@ class ModuleMapBuilder:
                 "binary_digest": self._digests.digest(host_path),
                 "build_id": self._build_id(host_path),
                 "purl": self._purls.purl(process.root, mapping.path),
-            })
+            }
+            known = self._entries.get(key)
+            if entry["binary_digest"] is None and known is not None:
+                entry = dict(known)  # the file is gone with its process: what was read while it lived
+            elif entry["binary_digest"] is not None:
+                self._entries[key] = entry
+            modules.append(entry)
         # JIT code the runtime named in its perf map: its address range, the map as path,
         # the digest of its name (agent/perfmap.py), no build id.
         for blob in sorted(jit, key=lambda b: (b.start, b.name)):
@@ -126,7 +142,8 @@ class ModuleMapPublisher:
 
     def sizes(self) -> dict[str, int]:
         """Entries held, for /metrics."""
-        return {"module_maps_queued": self._queue.qsize(), "build_ids": self._builder.build_ids_cached}
+        return {"module_maps_queued": self._queue.qsize(), "build_ids": self._builder.build_ids_cached,
+                "module_entries_known": self._builder.entries_known}
 
     def offer_now(self, process: ProcessInfo, mappings: list[Mapping], version: int,
                   jit: Sequence[JitModule] = ()) -> None:

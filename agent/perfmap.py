@@ -181,14 +181,16 @@ class PerfMaps:
 @dataclass(frozen=True, slots=True)
 class JitModule:
     """A unit of managed code met in a stack that is no mapping of a file, as the process's
-    module map lists it: a named JIT code blob, or (start = size = 0) a Python source file."""
+    module map lists it: a named JIT code blob, or (start = size = 0) a Python source file or
+    Python function."""
 
     start: int
     size: int
     name: str
     map_path: str        # the perf map that named it, as the process sees it
-    binary_digest: str   # jit_digest(name)
+    binary_digest: str   # jit_digest(name); for Python code, pyframes.code_unit_digest
     purl: str | None
+    source: str = "perf-map"  # what named it: "perf-map", or "python-code" (agent/pyframes.py)
 
 
 _JDK_PACKAGES = ("java.", "javax.", "jdk.", "sun.", "com.sun.")

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from packageurl import PackageURL
 
-_CODE_PATH = re.compile(r"(\.so($|\.)|/s?bin/|/libexec/)")
+# Python source is code too: a stack's Python frames are located in their .py files.
+_CODE_PATH = re.compile(r"(\.so($|\.)|/s?bin/|/libexec/|\.py$)")
 _MERGED_USR = ("/usr/lib", "/usr/bin", "/usr/sbin", "/usr/lib32", "/usr/lib64", "/usr/libx32")
 
 
@@ -56,7 +57,7 @@ class OsPackage:
 
 
 def is_code_path(path: str) -> bool:
-    """A path that may hold a shared object or a program."""
+    """A path that may hold a shared object, a program or Python source."""
     if _CODE_PATH.search(path):
         return True
     name = path.rsplit("/", 1)[-1]

@@ -30,6 +30,7 @@ from runtime_signals.agent.wire import (
     COUNTER_NAMES,
     FLAG_STACK_ERROR,
     FLAG_STACK_TRUNCATED,
+    PY_MAX_FRAMES,
     DedupKey,
     ProbeConfig,
     call_event_type,
@@ -44,7 +45,7 @@ _PAGE_BYTES = mmap.PAGESIZE
 _DEDUP_READ_CHUNK = 1024
 _MAP_NAMES = (b"events", b"counters", b"probe_config", b"rate_state", b"scratch", b"nesting",
               b"dedup_a", b"dedup_b", b"dedup_active", b"unwind_rows", b"unwind_tables", b"proc_mappings",
-              b"announced")
+              b"announced", b"python_processes", b"py_codes", b"py_code_scratch")
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +169,10 @@ class RawCall:
     last_boot_ns: int = 0
     probe_index: int = 0
     end_reason: int = 0  # enum stack_end (wire.STACK_END_*)
+    # The thread's Python frames, innermost first: (code object, name object) addresses.
+    py_frames: tuple[tuple[int, int], ...] = ()
+    py_flags: int = 0  # wire.PY_FLAG_*
+    py_entries: int = 0  # bit i: py_frames[i] is the outermost of its evaluation loop call
 
 
 def split_points(text: str) -> list[int]:
@@ -218,6 +223,9 @@ class CallTracer:
         try:
             self._bpf = bcc.BPF(src_file=str(bpf_sources.CALLTRACE_SOURCE).encode(), cflags=cflags)
             self._prog_fd: int = self._bpf.load_func(b"on_call", bcc.BPF.KPROBE).fd
+            # The Python walk, tail-called by on_call for processes with an interpreter described.
+            self._python_walker_fd: int = self._bpf.load_func(b"walk_python_frames", bcc.BPF.KPROBE).fd
+            self._bpf[b"python_walker"][ctypes.c_int(0)] = ctypes.c_int(self._python_walker_fd)
         except Exception as exc:  # bcc raises bare Exception on compile/load failure
             raise BpfLoadError(f"loading {bpf_sources.CALLTRACE_SOURCE}: {exc}") from exc
         self.settings = settings
@@ -401,7 +409,9 @@ class CallTracer:
         return RawCall(boot_ns=raw.boot_ns, cgroup_id=raw.cgroup_id, function_address=raw.function_address,
                        pid=raw.pid, tid=raw.tid, flags=raw.flags, frames=tuple(raw.frames[:count]),
                        count=raw.count, last_boot_ns=raw.last_boot_ns, probe_index=raw.probe_index,
-                       end_reason=raw.end_reason)
+                       end_reason=raw.end_reason,
+                       py_frames=tuple((f.code, f.name) for f in raw.py_frames[:min(raw.py_frame_count, PY_MAX_FRAMES)]),
+                       py_flags=raw.py_flags, py_entries=raw.py_entries)
 
     def poll(self, timeout_ms: int) -> None:
         """Wait up to timeout_ms for ring-buffer records and deliver them to the callback."""
@@ -513,6 +523,10 @@ class CallTracer:
         agent/unwind.py."""
         return (self._bpf["unwind_rows"].get_fd(), self._bpf["unwind_tables"].get_fd(),
                 self._bpf["proc_mappings"].get_fd(), self._bpf["announced"].get_fd())
+
+    def python_map_fds(self) -> tuple[int, int]:
+        """File descriptors of (python_processes, py_codes), for agent/pyframes.py."""
+        return self._bpf["python_processes"].get_fd(), self._bpf["py_codes"].get_fd()
 
     def map_memory_bytes(self, name: str) -> int:
         """Kernel memory held by one of the program's maps."""

@@ -52,6 +52,8 @@ class CPythonLayout:
     code_firstlineno: int
     ascii_object_bytes: int                # sizeof(PyASCIIObject): a compact ASCII string's data follows
     debug_offsets: int | None = None       # _PyRuntime.debug_offsets (3.13+)
+    thread_id: int | None = None           # PyThreadState.thread_id: the thread's pthread_t
+    frame_is_entry: int | None = None      # _PyInterpreterFrame.is_entry (3.11 only)
 
 
 LAYOUTS: dict[tuple[int, int], CPythonLayout] = {
@@ -60,37 +62,37 @@ LAYOUTS: dict[tuple[int, int], CPythonLayout] = {
                           thread_cframe=None, cframe_current_frame=None, thread_current_frame=None,
                           frame_previous=24, frame_code=32, frame_instruction=104, frame_owner=None,
                           code_filename=104, code_name=112, code_qualname=None, code_firstlineno=40,
-                          ascii_object_bytes=48),
+                          ascii_object_bytes=48, thread_id=176),
     (3, 9): CPythonLayout((3, 9), runtime_tstate_current=568, runtime_interpreters_head=32,
                           interp_threads_head=8, thread_next=8, thread_native_thread_id=None, thread_frame=24,
                           thread_cframe=None, cframe_current_frame=None, thread_current_frame=None,
                           frame_previous=24, frame_code=32, frame_instruction=104, frame_owner=None,
                           code_filename=104, code_name=112, code_qualname=None, code_firstlineno=40,
-                          ascii_object_bytes=48),
+                          ascii_object_bytes=48, thread_id=176),
     (3, 10): CPythonLayout((3, 10), runtime_tstate_current=568, runtime_interpreters_head=32,
                            interp_threads_head=8, thread_next=8, thread_native_thread_id=None, thread_frame=24,
                            thread_cframe=48, cframe_current_frame=None, thread_current_frame=None,
                            frame_previous=24, frame_code=32, frame_instruction=96, frame_owner=None,
                            code_filename=104, code_name=112, code_qualname=None, code_firstlineno=40,
-                           ascii_object_bytes=48),
+                           ascii_object_bytes=48, thread_id=176),
     (3, 11): CPythonLayout((3, 11), runtime_tstate_current=576, runtime_interpreters_head=40,
                            interp_threads_head=16, thread_next=8, thread_native_thread_id=160, thread_frame=None,
                            thread_cframe=56, cframe_current_frame=8, thread_current_frame=None,
                            frame_previous=48, frame_code=32, frame_instruction=56, frame_owner=69,
                            code_filename=112, code_name=120, code_qualname=128, code_firstlineno=72,
-                           ascii_object_bytes=48),
+                           ascii_object_bytes=48, thread_id=152, frame_is_entry=68),
     (3, 12): CPythonLayout((3, 12), runtime_tstate_current=None, runtime_interpreters_head=40,
                            interp_threads_head=72, thread_next=8, thread_native_thread_id=144, thread_frame=None,
                            thread_cframe=56, cframe_current_frame=0, thread_current_frame=None,
                            frame_previous=8, frame_code=0, frame_instruction=56, frame_owner=70,
                            code_filename=112, code_name=120, code_qualname=128, code_firstlineno=68,
-                           ascii_object_bytes=40),
+                           ascii_object_bytes=40, thread_id=136),
     (3, 13): CPythonLayout((3, 13), runtime_tstate_current=None, runtime_interpreters_head=632,
                            interp_threads_head=7344, thread_next=8, thread_native_thread_id=160, thread_frame=None,
                            thread_cframe=None, cframe_current_frame=None, thread_current_frame=72,
                            frame_previous=8, frame_code=0, frame_instruction=56, frame_owner=70,
                            code_filename=112, code_name=120, code_qualname=128, code_firstlineno=68,
-                           ascii_object_bytes=40, debug_offsets=0),
+                           ascii_object_bytes=40, debug_offsets=0, thread_id=152),
 }
 
 

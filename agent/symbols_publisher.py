@@ -93,9 +93,10 @@ class SymbolTablePublisher:
 
     def _publish_jit(self, blob: JitModule) -> None:
         value = codec.encode({
-            "binary_digest": blob.binary_digest, "build_id": None, "source": f"perf-map:{blob.map_path}",
+            "binary_digest": blob.binary_digest, "build_id": None, "source": f"{blob.source}:{blob.map_path}",
             "chunk_index": 0, "chunk_count": 1, "symbol_count": 1,
-            "symbols": [{"file_offset": 0, "size_bytes": blob.size, "name": blob.name}],
+            # A Python function has no extent: its frames sit at offset 1, looked up at 0.
+            "symbols": [{"file_offset": 0, "size_bytes": max(blob.size, 1), "name": blob.name}],
         }, SYMBOL_TABLE, self._registry)
         self._publisher.produce(self._topic, f"{blob.binary_digest}/0".encode(), value)
         self.counts["jit_tables"] += 1

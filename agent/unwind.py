@@ -477,17 +477,20 @@ def rule_addresses(rules: UnwindRules) -> list[int]:
 
 # Tables smaller than this are searched whole: a few steps already.
 _INDEX_MIN_ROWS = 16
+_INDEX_ROWS_PER_ENTRY = 4
 
 
 def block_index(addresses: Sequence[int]) -> tuple[int, list[int]]:
     """(shift, entries) of the block index of sorted row addresses (struct unwind_table):
     entry b is the index of the row covering address b << shift (the last at or below it; 0
     when none is), one entry per block up to the one past the last row, and no more entries
-    than rows. Empty for small tables."""
+    than a quarter of the rows: the index shares unwind_rows with the rules, and one entry
+    per row would double a node's row memory (a JVM and a few interpreters filled the 2^21
+    rows), for a search shorter by only two steps. Empty for small tables."""
     if len(addresses) < _INDEX_MIN_ROWS:
         return 0, []
     shift = 4
-    while (addresses[-1] >> shift) + 2 > len(addresses):
+    while (addresses[-1] >> shift) + 2 > len(addresses) // _INDEX_ROWS_PER_ENTRY:
         shift += 1
     blocks = (addresses[-1] >> shift) + 2
     return shift, [max(0, bisect_right(addresses, block << shift) - 1) for block in range(blocks)]

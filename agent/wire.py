@@ -41,6 +41,76 @@ UNWIND_RBP_SAME, UNWIND_RBP_AT_CFA, UNWIND_RBP_UNKNOWN = range(3)
 DEFAULT_MAX_MAPPINGS = 256
 
 
+# Python frames (calltrace.h, "Python frames").
+PY_MAX_FRAMES = 32
+PY_NAME_BYTES = 128
+PY_FILE_BYTES = 256
+PY_FLAG_WALKED = 1 << 0
+PY_FLAG_TRUNCATED = 1 << 1
+PY_FLAG_NO_THREAD = 1 << 2
+PY_FLAG_READ_FAULT = 1 << 3
+PY_ENTRY_EVERY_FRAME, PY_ENTRY_IS_ENTRY, PY_ENTRY_SHIM = range(3)
+PY_CODE_NAME_UNREAD = 1 << 0
+PY_CODE_FILE_UNREAD = 1 << 1
+
+
+class PyFrameRef(ctypes.Structure):
+    """struct py_frame_ref."""
+
+    _fields_ = [
+        ("code", ctypes.c_uint64),
+        ("name", ctypes.c_uint64),
+    ]
+
+
+class PythonProcess(ctypes.Structure):
+    """struct python_process."""
+
+    _fields_ = [
+        ("runtime", ctypes.c_uint64),
+        ("interpreters_head", ctypes.c_uint32),
+        ("threads_head", ctypes.c_uint32),
+        ("thread_next", ctypes.c_uint32),
+        ("thread_tid", ctypes.c_uint32),
+        ("pthread_tid", ctypes.c_int32),
+        ("thread_frame", ctypes.c_uint32),
+        ("cframe_frame", ctypes.c_int32),
+        ("frame_previous", ctypes.c_uint32),
+        ("frame_code", ctypes.c_uint32),
+        ("frame_owner", ctypes.c_int32),
+        ("frame_is_entry", ctypes.c_int32),
+        ("entry_rule", ctypes.c_uint32),
+        ("code_filename", ctypes.c_uint32),
+        ("code_name", ctypes.c_uint32),
+        ("code_firstlineno", ctypes.c_uint32),
+        ("string_data", ctypes.c_uint32),
+        ("string_state", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+    ]
+
+
+class PyCodeKey(ctypes.Structure):
+    """struct py_code_key."""
+
+    _fields_ = [
+        ("code", ctypes.c_uint64),
+        ("name", ctypes.c_uint64),
+        ("pid", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+    ]
+
+
+class PyCode(ctypes.Structure):
+    """struct py_code."""
+
+    _fields_ = [
+        ("firstlineno", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("name", ctypes.c_char * PY_NAME_BYTES),
+        ("filename", ctypes.c_char * PY_FILE_BYTES),
+    ]
+
+
 @cache
 def call_event_type(max_frames: int = DEFAULT_MAX_FRAMES) -> type[ctypes.Structure]:
     """struct call_event for a program built with -DCALLTRACE_MAX_FRAMES=max_frames."""
@@ -60,6 +130,11 @@ def call_event_type(max_frames: int = DEFAULT_MAX_FRAMES) -> type[ctypes.Structu
             ("probe_index", ctypes.c_uint32),
             ("end_reason", ctypes.c_uint32),
             ("frames", ctypes.c_uint64 * max_frames),
+            ("py_frame_count", ctypes.c_uint32),
+            ("py_flags", ctypes.c_uint32),
+            ("py_entries", ctypes.c_uint32),
+            ("py_reserved", ctypes.c_uint32),
+            ("py_frames", PyFrameRef * PY_MAX_FRAMES),
         ]
 
     CallEvent.__name__ = f"CallEvent{max_frames}"

@@ -319,6 +319,168 @@ static __always_inline void walk(struct pt_regs *ctx, struct call_event *event)
         event->flags |= CALL_FLAG_STACK_TRUNCATED;
 }
 
+/* --- Python frames (see calltrace.h) ------------------------------------------------- */
+BPF_F_TABLE("hash", u32, struct python_process, python_processes, CALLTRACE_MAX_PROCESSES, BPF_F_NO_PREALLOC);
+BPF_TABLE("lru_hash", struct py_code_key, struct py_code, py_codes, CALLTRACE_PY_CODES);
+BPF_PERCPU_ARRAY(py_code_scratch, struct py_code, SCRATCH_SLOTS);
+BPF_PROG_ARRAY(python_walker, 1);
+
+/* PyASCIIObject.state: compact and ascii bits (the same in 3.8 to 3.13). */
+#define PY_STRING_COMPACT (1U << 5)
+#define PY_STRING_ASCII (1U << 6)
+
+static __always_inline int read_word(u64 *out, u64 address)
+{
+    return bpf_probe_read_user(out, sizeof(*out), (void *)address);
+}
+
+/* The thread state whose thread is tid, or 0. Only the main interpreter is searched. */
+static __always_inline u64 python_thread_state(struct python_process *py, u32 tid)
+{
+    u64 interpreter = 0, tstate = 0;
+    if (read_word(&interpreter, py->runtime + py->interpreters_head) != 0 || interpreter == 0)
+        return 0;
+    if (read_word(&tstate, interpreter + py->threads_head) != 0)
+        return 0;
+    for (u32 i = 0; i < CALLTRACE_MAX_PY_THREADS; i++) {
+        if (tstate == 0)
+            return 0;
+        u64 id = 0;
+        if (read_word(&id, tstate + py->thread_tid) != 0)
+            return 0;
+        u32 thread = (u32)id;
+        /* Before 3.11 a thread state knows its pthread_t, the address of glibc's struct
+         * pthread, which holds the tid. */
+        if (py->pthread_tid >= 0 && bpf_probe_read_user(&thread, sizeof(thread), (void *)(id + py->pthread_tid)) != 0)
+            thread = 0;
+        if (thread == tid)
+            return tstate;
+        if (read_word(&tstate, tstate + py->thread_next) != 0)
+            return 0;
+    }
+    return 0;
+}
+
+/* A str object's bytes into out; empty and flagged unless it is compact ASCII. */
+static __always_inline void read_py_string(char *out, u32 size, u64 object, struct python_process *py,
+                                           u32 *flags, u32 unread_flag)
+{
+    u32 state = 0;
+    if (object == 0 || bpf_probe_read_user(&state, sizeof(state), (void *)(object + py->string_state)) != 0 ||
+        !(state & PY_STRING_COMPACT) || !(state & PY_STRING_ASCII) ||
+        bpf_probe_read_user_str(out, size, (void *)(object + py->string_data)) < 0) {
+        out[0] = 0;
+        *flags |= unread_flag;
+    }
+}
+
+/* Copies a code object's names into py_codes the first time the program meets it. */
+static __always_inline void remember_code(struct python_process *py, u32 pid, u64 code, u64 name, u32 slot)
+{
+    struct py_code_key key = {.code = code, .name = name, .pid = pid};
+    if (py_codes.lookup(&key))
+        return;
+    struct py_code *value = py_code_scratch.lookup(&slot);
+    if (!value)
+        return;
+    value->flags = 0;
+    value->firstlineno = 0;
+    u64 filename = 0;
+    if (bpf_probe_read_user(&value->firstlineno, sizeof(value->firstlineno),
+                            (void *)(code + py->code_firstlineno)) != 0 ||
+        read_word(&filename, code + py->code_filename) != 0)
+        value->flags |= PY_CODE_FILE_UNREAD;
+    read_py_string(value->name, PY_NAME_BYTES, name, py, &value->flags, PY_CODE_NAME_UNREAD);
+    read_py_string(value->filename, PY_FILE_BYTES, filename, py, &value->flags, PY_CODE_FILE_UNREAD);
+    py_codes.update(&key, value);
+}
+
+/* Walks the calling thread's Python frames into event->py_frames (innermost first) and
+ * marks where each evaluation loop call's frames end. Shim frames (3.12+) are not frames
+ * of Python code and are not kept. The walk's counts live in the event, not in
+ * registers: values the verifier cannot know exactly let it prune the states of each
+ * step instead of following every combination of earlier steps. */
+static __always_inline void walk_python(struct python_process *py, struct call_event *event, u32 slot)
+{
+    u64 tstate = python_thread_state(py, event->tid);
+    if (tstate == 0) {
+        event->py_flags |= PY_FLAG_NO_THREAD;
+        return;
+    }
+    u64 frame = 0;
+    if (read_word(&frame, tstate + py->thread_frame) != 0 ||
+        (py->cframe_frame >= 0 && frame != 0 && read_word(&frame, frame + py->cframe_frame) != 0)) {
+        event->py_flags |= PY_FLAG_READ_FAULT;
+        return;
+    }
+    event->py_flags |= PY_FLAG_WALKED;
+    /* Twice the frames kept: room for a shim after each frame. */
+    for (u32 step = 0; step < 2 * CALLTRACE_MAX_PY_FRAMES; step++) {
+        if (frame == 0)
+            break;
+        u32 kept = event->py_frame_count;
+        u8 owner = 0, is_entry = 0;
+        if (py->frame_owner >= 0 && bpf_probe_read_user(&owner, 1, (void *)(frame + py->frame_owner)) != 0) {
+            event->py_flags |= PY_FLAG_READ_FAULT;
+            break;
+        }
+        if (py->entry_rule == PY_ENTRY_SHIM && owner == PY_OWNED_BY_CSTACK) {
+            if (kept > 0)
+                event->py_entries |= 1U << ((kept - 1) & 31);
+        } else {
+            if (kept >= CALLTRACE_MAX_PY_FRAMES) {
+                event->py_flags |= PY_FLAG_TRUNCATED;
+                break;
+            }
+            u64 code = 0, name = 0;
+            if (read_word(&code, frame + py->frame_code) != 0 || code == 0 ||
+                read_word(&name, code + py->code_name) != 0) {
+                event->py_flags |= PY_FLAG_READ_FAULT;
+                break;
+            }
+            if (py->frame_is_entry >= 0 && bpf_probe_read_user(&is_entry, 1, (void *)(frame + py->frame_is_entry)) != 0)
+                is_entry = 0;
+            u32 at = kept & (CALLTRACE_MAX_PY_FRAMES - 1);
+            event->py_frames[at].code = code;
+            event->py_frames[at].name = name;
+            if (py->entry_rule == PY_ENTRY_EVERY_FRAME || (py->entry_rule == PY_ENTRY_IS_ENTRY && is_entry))
+                event->py_entries |= 1U << at;
+            remember_code(py, event->pid, code, name, slot);
+            event->py_frame_count = kept + 1;
+        }
+        if (read_word(&frame, frame + py->frame_previous) != 0) {
+            event->py_flags |= PY_FLAG_READ_FAULT;
+            return;
+        }
+    }
+    u32 kept = event->py_frame_count;
+    if (frame == 0 && kept > 0)
+        event->py_entries |= 1U << ((kept - 1) & 31); /* the outermost frame ends the outermost call */
+    else if (frame != 0 && !(event->py_flags & PY_FLAG_READ_FAULT))
+        event->py_flags |= PY_FLAG_TRUNCATED;
+}
+
+/* Mixes the Python frames into a stack hash: two Python callers through the same native
+ * frames are two paths. */
+static __always_inline u64 hash_python(struct call_event *event, u64 hash)
+{
+    u32 frame_count = event->py_frame_count;
+    if (!(event->py_flags & PY_FLAG_WALKED))
+        return hash;
+    hash = (hash ^ event->py_entries ^ ((u64)event->py_flags << 32)) * 0xff51afd7ed558ccdULL;
+    for (u32 i = 0; i < CALLTRACE_MAX_PY_FRAMES; i++) {
+        if (i >= frame_count)
+            break;
+        u32 index = i;
+        asm volatile("" : "+r"(index));
+        if (index >= CALLTRACE_MAX_PY_FRAMES)
+            break;
+        hash = (hash ^ event->py_frames[index].code ^ (event->py_frames[index].name << 1)) * 0xff51afd7ed558ccdULL;
+        hash ^= hash >> 32;
+    }
+    return hash;
+}
+
 static __always_inline void capture(struct pt_regs *ctx, struct call_event *event, u32 probe, u64 now)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -336,6 +498,10 @@ static __always_inline void capture(struct pt_regs *ctx, struct call_event *even
         count(probe, COUNTER_STACK_ERROR);
         event->flags |= CALL_FLAG_STACK_ERROR;
     }
+    event->py_frame_count = 0;
+    event->py_flags = 0;
+    event->py_entries = 0;
+    event->py_reserved = 0;
     event->stack_hash = hash_frames(event);
 }
 
@@ -365,25 +531,9 @@ static __always_inline bool announce(struct call_event *event)
     return true;
 }
 
-static __always_inline void handle(struct pt_regs *ctx, u32 probe, u32 slot)
+/* Folds the captured call into the dedup map, or sends it. */
+static __always_inline void finish(struct call_event *event, struct probe_config *config, u32 probe, u64 now)
 {
-    struct probe_config *config = probe_config.lookup(&probe);
-    if (!config) {
-        count(probe, COUNTER_DROP_NESTED); /* cannot happen (probe < CALLTRACE_MAX_PROBES) */
-        return;
-    }
-    u64 now = bpf_ktime_get_boot_ns();
-    if (over_rate(probe, config, now)) {
-        count(probe, COUNTER_DROP_RATE_LIMITED);
-        return;
-    }
-
-    struct call_event *event = scratch.lookup(&slot);
-    if (!event) {
-        count(probe, COUNTER_DROP_NESTED);
-        return;
-    }
-    capture(ctx, event, probe, now);
     u32 zero = 0;
 
     if (config->dedup && !announce(event)) {
@@ -419,6 +569,61 @@ static __always_inline void handle(struct pt_regs *ctx, u32 probe, u32 slot)
         count(probe, COUNTER_SENT);
     else
         count(probe, COUNTER_DROP_RINGBUF_FULL);
+}
+
+
+/* Runs in place of the rest of handle() for a process with Python frames to walk (a
+ * tail call from handle: the walk gets a verifier budget of its own). The nesting depth
+ * is still this run's: a run that preempted it has ended, so slot = depth - 1. */
+int walk_python_frames(struct pt_regs *ctx)
+{
+    u32 zero = 0;
+    u64 *depth = nesting.lookup(&zero);
+    if (!depth)
+        return 0;
+    u32 slot = (u32)(*depth - 1);
+    struct call_event *event = slot < SCRATCH_SLOTS ? scratch.lookup(&slot) : NULL;
+    if (event) {
+        u32 pid = event->pid, probe = event->probe_index;
+        struct python_process *py = python_processes.lookup(&pid);
+        struct probe_config *config = probe_config.lookup(&probe);
+        if (config) {
+            if (py) { /* else the agent removed the process since handle() looked */
+                walk_python(py, event, slot);
+                event->stack_hash = hash_python(event, event->stack_hash);
+            }
+            finish(event, config, probe, event->boot_ns);
+        } else {
+            count(probe, COUNTER_DROP_NESTED); /* cannot happen: handle() found it */
+        }
+    }
+    __sync_fetch_and_add(depth, -1);
+    return 0;
+}
+
+static __always_inline void handle(struct pt_regs *ctx, u32 probe, u32 slot)
+{
+    struct probe_config *config = probe_config.lookup(&probe);
+    if (!config) {
+        count(probe, COUNTER_DROP_NESTED); /* cannot happen (probe < CALLTRACE_MAX_PROBES) */
+        return;
+    }
+    u64 now = bpf_ktime_get_boot_ns();
+    if (over_rate(probe, config, now)) {
+        count(probe, COUNTER_DROP_RATE_LIMITED);
+        return;
+    }
+
+    struct call_event *event = scratch.lookup(&slot);
+    if (!event) {
+        count(probe, COUNTER_DROP_NESTED);
+        return;
+    }
+    capture(ctx, event, probe, now);
+    u32 pid = event->pid;
+    if (python_processes.lookup(&pid))
+        python_walker.call(ctx, 0); /* does not return when it runs */
+    finish(event, config, probe, now);
 }
 
 int on_call(struct pt_regs *ctx)

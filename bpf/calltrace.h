@@ -57,6 +57,92 @@ enum stack_end {
     STACK_END_MAX,
 };
 
+/* --- Python frames ---------------------------------------------------------------------
+ * In a process running a CPython the agent described (python_processes), each call also
+ * records the thread's Python frames: found from _PyRuntime through the interpreter's
+ * thread states (the one whose thread is the caller) and its chain of frames. The agent
+ * splices them into the native path in place of the evaluation loop's frames. */
+
+/* Python frames kept per call; at most 32 (py_entries is a 32-bit mask). */
+#ifndef CALLTRACE_MAX_PY_FRAMES
+#define CALLTRACE_MAX_PY_FRAMES 32
+#endif
+/* Thread states searched for the caller's. */
+#ifndef CALLTRACE_MAX_PY_THREADS
+#define CALLTRACE_MAX_PY_THREADS 32
+#endif
+/* Code objects whose names the program keeps (an LRU map the agent reads). */
+#ifndef CALLTRACE_PY_CODES
+#define CALLTRACE_PY_CODES 8192
+#endif
+#define PY_NAME_BYTES 128   /* co_qualname (co_name before 3.11), NUL included */
+#define PY_FILE_BYTES 256   /* co_filename, NUL included */
+
+/* Bits of call_event.py_flags. */
+#define PY_FLAG_WALKED     (1U << 0) /* the thread's state was found and its frames walked */
+#define PY_FLAG_TRUNCATED  (1U << 1) /* py_frames[] is full: outer Python frames are cut */
+#define PY_FLAG_NO_THREAD  (1U << 2) /* a Python process, but no thread state is the caller's */
+#define PY_FLAG_READ_FAULT (1U << 3) /* a thread state or frame could not be read: frames cut */
+
+/* How a frame chain tells where each evaluation loop call begins. */
+enum py_entry_rule {
+    PY_ENTRY_EVERY_FRAME = 0,   /* <= 3.10: every frame is its own call */
+    PY_ENTRY_IS_ENTRY = 1,      /* 3.11: the outermost frame of a call has is_entry set */
+    PY_ENTRY_SHIM = 2,          /* 3.12+: a frame owned by the C stack follows each call's frames */
+};
+#define PY_OWNED_BY_CSTACK 3
+
+/* Where one interpreter keeps what the walk reads: written per process by the agent from
+ * agent/pylayouts.py, the interpreter file's symbols and libc's own description of
+ * struct pthread. */
+struct python_process {
+    __u64 runtime;              /* address of _PyRuntime in the process */
+    __u32 interpreters_head;    /* _PyRuntimeState.interpreters.head */
+    __u32 threads_head;         /* PyInterpreterState: its first thread state */
+    __u32 thread_next;          /* PyThreadState.next */
+    __u32 thread_tid;           /* PyThreadState: native_thread_id (3.11+) or thread_id (a pthread_t) */
+    __s32 pthread_tid;          /* -1: thread_tid holds the tid; else the tid's offset in struct pthread */
+    __u32 thread_frame;         /* PyThreadState: frame (<= 3.10), cframe (3.11, 3.12), current_frame (3.13) */
+    __s32 cframe_frame;         /* -1: thread_frame holds the frame; else current_frame's offset in the cframe */
+    __u32 frame_previous;       /* f_back / previous */
+    __u32 frame_code;           /* f_code / f_executable */
+    __s32 frame_owner;          /* -1 where frames have no owner (<= 3.10) */
+    __s32 frame_is_entry;       /* -1 where frames have no is_entry (all but 3.11) */
+    __u32 entry_rule;           /* enum py_entry_rule */
+    __u32 code_filename;        /* PyCodeObject.co_filename */
+    __u32 code_name;            /* co_qualname where it exists, else co_name */
+    __u32 code_firstlineno;
+    __u32 string_data;          /* sizeof(PyASCIIObject): a compact ASCII string's bytes follow */
+    __u32 string_state;         /* offset of PyASCIIObject.state */
+    __u32 reserved;             /* explicit padding, always 0 */
+};
+
+/* One Python frame: its code object and the name object it had then (a freed code
+ * object's address reused by another code object has another name). */
+struct py_frame_ref {
+    __u64 code;
+    __u64 name;
+};
+
+/* Key and value of py_codes: what a code object says of itself, copied when the program
+ * first meets it, so the names outlive the process. */
+struct py_code_key {
+    __u64 code;
+    __u64 name;
+    __u32 pid;
+    __u32 reserved;             /* explicit padding, always 0 */
+};
+
+#define PY_CODE_NAME_UNREAD (1U << 0) /* not a compact ASCII string, or a read fault */
+#define PY_CODE_FILE_UNREAD (1U << 1)
+
+struct py_code {
+    __u32 firstlineno;
+    __u32 flags;                /* PY_CODE_* */
+    char name[PY_NAME_BYTES];
+    char filename[PY_FILE_BYTES];
+};
+
 /* One call, or `count` identical calls folded together. The same layout is a ring-buffer
  * record (count == 1) and a dedup map value (count >= 1). Fields are ordered largest
  * first so the struct has no implicit padding. */
@@ -77,6 +163,14 @@ struct call_event {
      * the return address into its caller, then each caller's return address, walked by
      * the binaries' unwind rules where loaded and by frame pointers elsewhere. */
     __u64 frames[CALLTRACE_MAX_FRAMES];
+    /* The Python frames the thread was running, when the process runs a CPython the agent
+     * described in python_processes (agent/pyframes.py), innermost first. */
+    __u32 py_frame_count;   /* valid entries of py_frames[] */
+    __u32 py_flags;         /* PY_FLAG_* */
+    __u32 py_entries;       /* bit i: py_frames[i] is the outermost frame of its evaluation
+                               loop call (one _PyEval_EvalFrameDefault frame on the C stack) */
+    __u32 py_reserved;      /* explicit padding, always 0 */
+    struct py_frame_ref py_frames[CALLTRACE_MAX_PY_FRAMES];
 };
 
 /* Key of the dedup maps: calls of one probe in one process with one stack in one flush

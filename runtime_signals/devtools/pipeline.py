@@ -76,9 +76,9 @@ class LocalPipeline:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
-    def start_agent(self, timeout_s: float = 120.0) -> None:
+    def start_agent(self, timeout_s: float = 120.0, extra_args: Sequence[str] = ()) -> None:
         argv = ["agent", "--bootstrap", self.bootstrap, "--topic-prefix", self.topic_prefix,
-                "--watermark-interval-ms", "200"]
+                "--watermark-interval-ms", "200", *extra_args]
         for probe in self.probes:
             argv += ["--probe", probe]
         self._agent = self._spawn("agent", signals_command(*argv))

@@ -3,6 +3,7 @@ target, start and stop the agent with any flags, read a topic back and decode it
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -143,3 +144,21 @@ def target_tally(stdout: str) -> dict[str, tuple[int, int, int]]:
         name, attached, detached, ambiguous = line.split()
         tally[name] = (int(attached), int(detached), int(ambiguous))
     return tally
+
+
+def wait_for_rules(agent: AgentProcess, pid: int, timeout_s: float = 240.0) -> None:
+    """Until the agent has the rules of every file pid maps executable (or knows it has none)."""
+    with open(f"/proc/{pid}/maps") as handle:
+        paths = {line.split(maxsplit=5)[5].strip() for line in handle
+                 if len(line.split()) >= 6 and "x" in line.split()[1] and line.split(maxsplit=5)[5].startswith("/")}
+    # By digest: a file met first at another path (a private copy of a host library) is
+    # logged under that path.
+    digests = {p: "sha256:" + hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = agent.log()
+        waiting = [p for p, d in digests.items() if f"[{d}] loaded" not in text and f"[{d}] (" not in text]
+        if not waiting:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the agent did not load the rules of {waiting} in {timeout_s:.0f}s:\n{agent.log()[-3000:]}")

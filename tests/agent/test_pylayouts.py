@@ -27,7 +27,10 @@ def _queries(version: tuple[int, int]) -> dict[str, tuple[str, str]]:
         "code_filename": ("PyCodeObject", "co_filename"),
         "code_name": ("PyCodeObject", "co_name"),
         "code_firstlineno": ("PyCodeObject", "co_firstlineno"),
+        "thread_id": ("PyThreadState", "thread_id"),
     }
+    if version == (3, 11):
+        queries["frame_is_entry"] = (frame, "is_entry")
     if version <= (3, 11):
         queries["runtime_tstate_current"] = ("_PyRuntimeState", "gilstate.tstate_current")
     if version <= (3, 10):
@@ -76,5 +79,5 @@ def test_offsets_equal_the_builds_debug_information(library: Path) -> None:
     # Fields the version does not have are None in the table, not a stale number.
     absent = {"runtime_tstate_current", "thread_frame", "thread_cframe", "cframe_current_frame",
               "thread_current_frame", "thread_native_thread_id", "frame_owner", "code_qualname",
-              "debug_offsets"} - set(found)
+              "debug_offsets", "frame_is_entry"} - set(found)
     assert all(getattr(expected, name) is None for name in absent), absent

@@ -146,8 +146,10 @@ def test_a_probe_on_a_python_function_counts_each_call_exactly(tmp_path: Path) -
                                        wall_us=1, last_boot_ns=call.boot_ns))
     assert selected == {("json.decoder.JSONDecoder.decode", "/usr/lib/python3.11/json/decoder.py"): 11}
     record = records[0]
-    # The standard library belongs to the interpreter's Debian package.
-    assert record["purl"] and record["purl"].startswith("pkg:deb/debian/python3.11")
+    # The standard library's file belongs to the Debian package dpkg names for it.
+    owner = subprocess.run(["dpkg-query", "-S", "/usr/lib/python3.11/json/decoder.py"], capture_output=True,
+                           text=True, check=True).stdout.split(":")[0]
+    assert record["purl"] and record["purl"].startswith(f"pkg:deb/debian/{owner}@")
     assert record["runtime_type"] == "PYTHON" and record["binary_digest"] == digests.digest(
         "/usr/lib/python3.11/json/decoder.py")
     # 3.11 fires at function__return and keeps no stack: the record says its callers are missing.

@@ -207,7 +207,7 @@ def test_the_block_index_bounds_every_search_to_the_row_the_whole_search_finds()
     rng = random.Random(7)
     addresses = sorted({0x1000 + rng.randrange(0, 2_000_000) for _ in range(30_000)})
     shift, index = block_index(addresses)
-    assert len(index) <= len(addresses) and index[0] == 0
+    assert len(index) <= len(addresses) // 4 and index[0] == 0  # a quarter of the rows' memory at most
     widest = 0
     for address in [rng.randrange(0, 2_100_000) for _ in range(20_000)] + addresses[:50] + [0, addresses[-1]]:
         whole = bisect_right(addresses, address) - 1  # -1: no row covers it
@@ -220,7 +220,7 @@ def test_the_block_index_bounds_every_search_to_the_row_the_whole_search_finds()
         else:
             found = whole
         assert found == whole, (hex(address), found, whole)
-    assert widest <= 16  # a few search steps instead of 15
+    assert widest <= 32  # at most 6 search steps instead of 15
     assert block_index(addresses[:10]) == (0, [])  # small tables are searched whole
 
 

@@ -19,6 +19,10 @@ from runtime_signals.agent.wire import (
     DedupKey,
     ExecMapping,
     ProbeConfig,
+    PyCode,
+    PyCodeKey,
+    PyFrameRef,
+    PythonProcess,
     RateState,
     UnwindRow,
     UnwindTable,
@@ -64,7 +68,8 @@ def _check(ctype: type[ctypes.Structure], struct: str, layout: dict[str, tuple[i
 def test_ctypes_layouts_equal_the_compiled_header(tmp_path: Path, max_frames: int, max_mappings: int) -> None:
     views = {"call_event": call_event_type(max_frames), "dedup_key": DedupKey, "probe_config": ProbeConfig,
              "rate_state": RateState, "unwind_row": UnwindRow, "unwind_table": UnwindTable,
-             "exec_mapping": ExecMapping, "process_mappings": process_mappings_type(max_mappings)}
+             "exec_mapping": ExecMapping, "process_mappings": process_mappings_type(max_mappings),
+             "py_frame_ref": PyFrameRef, "python_process": PythonProcess, "py_code_key": PyCodeKey, "py_code": PyCode}
     layout = _c_layout(tmp_path, max_frames, max_mappings, {struct: [n for n, _ in ctype._fields_]
                                               for struct, ctype in views.items()})
     for struct, ctype in views.items():
