@@ -54,6 +54,7 @@ from runtime_signals.agent.wire import (
     PY_FLAG_READ_FAULT,
     PY_FLAG_TRUNCATED,
     PY_FLAG_WALKED,
+    PY_FRAME_WINDOW,
     PY_NAME_BYTES,
     PyCode,
     PyCodeKey,
@@ -176,6 +177,12 @@ def process_description(shape: CPythonLayout, runtime_address: int, pthread_tid:
     value.code_firstlineno = shape.code_firstlineno
     value.string_data = shape.ascii_object_bytes
     value.string_state = STRING_STATE_OFFSET
+    # The frame's fields, read at once: from the first, 8-aligned (the pointers are).
+    fields = [shape.frame_code, shape.frame_previous, shape.frame_owner, shape.frame_is_entry]
+    start = min(f for f in fields if f is not None) // 8 * 8
+    if max(f for f in fields if f is not None) - start + 8 > PY_FRAME_WINDOW:
+        return None
+    value.frame_window = start
     return value
 
 

@@ -45,6 +45,7 @@ DEFAULT_MAX_MAPPINGS = 256
 PY_MAX_FRAMES = 32
 PY_NAME_BYTES = 128
 PY_FILE_BYTES = 256
+PY_FRAME_WINDOW = 128
 PY_FLAG_WALKED = 1 << 0
 PY_FLAG_TRUNCATED = 1 << 1
 PY_FLAG_NO_THREAD = 1 << 2
@@ -85,7 +86,7 @@ class PythonProcess(ctypes.Structure):
         ("code_firstlineno", ctypes.c_uint32),
         ("string_data", ctypes.c_uint32),
         ("string_state", ctypes.c_uint32),
-        ("reserved", ctypes.c_uint32),
+        ("frame_window", ctypes.c_uint32),
     ]
 
 

@@ -324,6 +324,10 @@ BPF_F_TABLE("hash", u32, struct python_process, python_processes, CALLTRACE_MAX_
 BPF_TABLE("lru_hash", struct py_code_key, struct py_code, py_codes, CALLTRACE_PY_CODES);
 BPF_PERCPU_ARRAY(py_code_scratch, struct py_code, SCRATCH_SLOTS);
 BPF_PROG_ARRAY(python_walker, 1);
+struct py_frame_bytes {
+    u8 bytes[PY_FRAME_WINDOW];
+};
+BPF_PERCPU_ARRAY(py_frame_scratch, struct py_frame_bytes, SCRATCH_SLOTS);
 
 /* PyASCIIObject.state: compact and ascii bits (the same in 3.8 to 3.13). */
 #define PY_STRING_COMPACT (1U << 5)
@@ -414,16 +418,26 @@ static __always_inline void walk_python(struct python_process *py, struct call_e
         return;
     }
     event->py_flags |= PY_FLAG_WALKED;
+    struct py_frame_bytes *window = py_frame_scratch.lookup(&slot);
+    if (!window) {
+        event->py_flags |= PY_FLAG_READ_FAULT;
+        return;
+    }
+    /* Where each field lies in the window (8-byte fields 8-aligned, see calltrace.h). */
+    u32 at_code = (py->frame_code - py->frame_window) & (PY_FRAME_WINDOW - 8);
+    u32 at_previous = (py->frame_previous - py->frame_window) & (PY_FRAME_WINDOW - 8);
+    u32 at_owner = (py->frame_owner - py->frame_window) & (PY_FRAME_WINDOW - 1);
+    u32 at_is_entry = (py->frame_is_entry - py->frame_window) & (PY_FRAME_WINDOW - 1);
     /* Twice the frames kept: room for a shim after each frame. */
     for (u32 step = 0; step < 2 * CALLTRACE_MAX_PY_FRAMES; step++) {
         if (frame == 0)
             break;
         u32 kept = event->py_frame_count;
-        u8 owner = 0, is_entry = 0;
-        if (py->frame_owner >= 0 && bpf_probe_read_user(&owner, 1, (void *)(frame + py->frame_owner)) != 0) {
+        if (bpf_probe_read_user(window->bytes, PY_FRAME_WINDOW, (void *)(frame + py->frame_window)) != 0) {
             event->py_flags |= PY_FLAG_READ_FAULT;
             break;
         }
+        u8 owner = py->frame_owner >= 0 ? window->bytes[at_owner] : 0;
         if (py->entry_rule == PY_ENTRY_SHIM && owner == PY_OWNED_BY_CSTACK) {
             if (kept > 0)
                 event->py_entries |= 1U << ((kept - 1) & 31);
@@ -432,14 +446,12 @@ static __always_inline void walk_python(struct python_process *py, struct call_e
                 event->py_flags |= PY_FLAG_TRUNCATED;
                 break;
             }
-            u64 code = 0, name = 0;
-            if (read_word(&code, frame + py->frame_code) != 0 || code == 0 ||
-                read_word(&name, code + py->code_name) != 0) {
+            u64 code = *(u64 *)&window->bytes[at_code], name = 0;
+            if (code == 0 || read_word(&name, code + py->code_name) != 0) {
                 event->py_flags |= PY_FLAG_READ_FAULT;
                 break;
             }
-            if (py->frame_is_entry >= 0 && bpf_probe_read_user(&is_entry, 1, (void *)(frame + py->frame_is_entry)) != 0)
-                is_entry = 0;
+            u8 is_entry = py->frame_is_entry >= 0 ? window->bytes[at_is_entry] : 0;
             u32 at = kept & (CALLTRACE_MAX_PY_FRAMES - 1);
             event->py_frames[at].code = code;
             event->py_frames[at].name = name;
@@ -448,10 +460,7 @@ static __always_inline void walk_python(struct python_process *py, struct call_e
             remember_code(py, event->pid, code, name, slot);
             event->py_frame_count = kept + 1;
         }
-        if (read_word(&frame, frame + py->frame_previous) != 0) {
-            event->py_flags |= PY_FLAG_READ_FAULT;
-            return;
-        }
+        frame = *(u64 *)&window->bytes[at_previous];
     }
     u32 kept = event->py_frame_count;
     if (frame == 0 && kept > 0)

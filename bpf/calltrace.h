@@ -114,8 +114,12 @@ struct python_process {
     __u32 code_firstlineno;
     __u32 string_data;          /* sizeof(PyASCIIObject): a compact ASCII string's bytes follow */
     __u32 string_state;         /* offset of PyASCIIObject.state */
-    __u32 reserved;             /* explicit padding, always 0 */
+    __u32 frame_window;         /* the frame fields above lie in [frame_window, frame_window +
+                                   PY_FRAME_WINDOW): one read per frame fetches them all */
 };
+
+/* Bytes of a frame read at once (a power of two; 8-byte fields lie 8-aligned in it). */
+#define PY_FRAME_WINDOW 128
 
 /* One Python frame: its code object and the name object it had then (a freed code
  * object's address reused by another code object has another name). */
