@@ -64,6 +64,7 @@ from runtime_signals.agent.wire import (
     STACK_END_NO_UNWIND_INFO,
     STACK_END_NOT_EXECUTABLE,
     DedupKey,
+    PythonProcess,
 )
 from runtime_signals.schemas import codec
 from runtime_signals.schemas.topics import TopicNames
@@ -227,6 +228,10 @@ class Collector:
 
     def describe_process(self, pid: int, cgroup_id: int = 0) -> ProcessInfo:
         return self._processes.describe(pid, cgroup_id)
+
+    def python_marker_description(self, pid: int) -> PythonProcess | None:
+        """pid's interpreter as the Python-function probes' program walks it (agent/pyframes.py)."""
+        return self._python.marker_description(pid)
 
     def note_source_file(self, pid: int, path: str, binary_digest: str, purl: str | None) -> None:
         """A Python source file in a record of pid: into its module map (call on the pump's thread)."""

@@ -40,7 +40,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from runtime_signals.agent.perfmap import JitModule
-from runtime_signals.agent.procmaps import DigestCache, Mapping, ResolvedAddress
+from runtime_signals.agent.procmaps import DigestCache, Mapping, ResolvedAddress, parse_maps
 from runtime_signals.agent.pylayouts import CPythonLayout, layout
 from runtime_signals.agent.pysource import PythonSources, module_candidates
 from runtime_signals.agent.wire import (
@@ -302,7 +302,35 @@ class PythonStacks:
     # --- describing processes -------------------------------------------------------
 
     def load_process(self, pid: int, mappings: Sequence[Mapping]) -> None:
-        """Describe pid's interpreter to the program, when it runs one this agent knows."""
+        """Describe pid's interpreter to the native probes' program, when it runs one this
+        agent knows."""
+        found = self._describe(pid, mappings)
+        if found is None:
+            return
+        process, value = found
+        key = ctypes.c_uint32(pid)
+        if self._lib.bpf_update_elem(self._processes_fd, ctypes.byref(key), ctypes.byref(value), 0) != 0:
+            log.warning("python frames: describing pid %d failed: %s", pid, os.strerror(ctypes.get_errno()))
+            self.counts["python_describe_failed"] += 1
+            return
+        with self._lock:
+            self._described[pid] = process
+
+    def marker_description(self, pid: int) -> PythonProcess | None:
+        """pid's interpreter as the Python-function probes' program walks it: the same walk,
+        recording co_name (what the markers report) rather than co_qualname."""
+        try:
+            mappings = parse_maps((self._proc_root / str(pid) / "maps").read_text())
+        except OSError:
+            return None
+        found = self._describe(pid, mappings)
+        if found is None:
+            return None
+        process, value = found
+        value.code_name = process.shape.code_name
+        return value
+
+    def _describe(self, pid: int, mappings: Sequence[Mapping]) -> tuple[_Process, PythonProcess] | None:
         root = self._proc_root / str(pid) / "root"
         # A launcher executable (python3.X linked to libpython3.X.so) holds no interpreter:
         # the file that defines _PyRuntime is the one.
@@ -314,7 +342,7 @@ class PythonStacks:
             shape = layout(version)
             if shape is None:
                 self.counts["python_version_not_described"] += 1
-                return
+                return None
             host_path = root / path.lstrip("/")
             digest = self._digests.digest(host_path)
             if digest is None:
@@ -323,31 +351,22 @@ class PythonStacks:
                 if digest not in self._interpreters:
                     self._interpreters[digest] = read_interpreter(host_path, version)
                 described = self._interpreters[digest]
-            if described is not None:
-                self._describe(pid, root, path, digest, described, shape, mappings)
-                return
+            if described is None:
+                continue
+            bias = self._bias(path, mappings, described)
+            if bias is None:
+                return None
+            pthread_tid = None
+            if shape.thread_native_thread_id is None:
+                pthread_tid = self._pthread_tid(root, mappings)
+            value = process_description(shape, described.runtime_address + bias, pthread_tid)
+            if value is None:
+                self.counts["python_thread_unknown_libc"] += 1
+                return None
+            return _Process(described, digest, path, shape), value
         if candidates:
             self.counts["python_interpreter_without_symbols"] += 1
-
-    def _describe(self, pid: int, root: Path, path: str, digest: str, described: InterpreterFile,
-                  shape: CPythonLayout, mappings: Sequence[Mapping]) -> None:
-        bias = self._bias(path, mappings, described)
-        if bias is None:
-            return
-        pthread_tid = None
-        if shape.thread_native_thread_id is None:
-            pthread_tid = self._pthread_tid(root, mappings)
-        value = process_description(shape, described.runtime_address + bias, pthread_tid)
-        if value is None:
-            self.counts["python_thread_unknown_libc"] += 1
-            return
-        key = ctypes.c_uint32(pid)
-        if self._lib.bpf_update_elem(self._processes_fd, ctypes.byref(key), ctypes.byref(value), 0) != 0:
-            log.warning("python frames: describing pid %d failed: %s", pid, os.strerror(ctypes.get_errno()))
-            self.counts["python_describe_failed"] += 1
-            return
-        with self._lock:
-            self._described[pid] = _Process(described, digest, path, shape)
+        return None
 
     @staticmethod
     def _bias(path: str, mappings: Sequence[Mapping], described: InterpreterFile) -> int | None:

@@ -36,6 +36,7 @@ from runtime_signals.agent.probes import ProbeLimits, import_bcc
 from runtime_signals.agent.pywire import (
     COUNTER_NAMES,
     DEFAULT_MAX_FRAMES,
+    FLAG_WALKED,
     GLOBAL_COUNTER_NAMES,
     SITE_ENTRY,
     SITE_FIRES_PROBES,
@@ -48,6 +49,7 @@ from runtime_signals.agent.pywire import (
 )
 from runtime_signals.agent.tracefs import UprobeEvents
 from runtime_signals.agent.usdt import UsdtMarker, read_markers
+from runtime_signals.agent.wire import PythonProcess
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ PREFIX = "python:"
 _GLOB_CHARS = frozenset("*?[")
 _MARKERS = {"function__entry": SITE_ENTRY, "function__return": SITE_RETURN}
 MAX_PREEXISTING_PIDS = 65536
+MAX_DESCRIBED_PIDS = 65536  # entries of the program's python_processes map
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +177,9 @@ class PythonTracer:
         try:
             self._bpf = bcc.BPF(src_file=str(source).encode(), cflags=cflags)
             self._prog_fd: int = self._bpf.load_func(b"on_marker", bcc.BPF.KPROBE).fd
+            # Return sites of described processes: the probes fire with the walked Python path.
+            walker = self._bpf.load_func(b"on_return_walked", bcc.BPF.KPROBE).fd
+            self._bpf[b"return_walker"][ctypes.c_int(0)] = ctypes.c_int(walker)
         except Exception as exc:  # bcc raises bare Exception on compile/load failure
             raise BpfLoadError(f"loading {source}: {exc}") from exc
         self.max_frames = max_frames
@@ -189,6 +195,8 @@ class PythonTracer:
         self.probes: list[AttachedPythonProbe] = []
         self._preexisting: set[int] = set()
         self.preexisting_overflow = 0
+        self._described: set[int] = set()  # pids in python_processes
+        self.described_overflow = 0
         self._callback: Callable[[PythonCall], None] | None = None
 
     # --- interpreters and probes --------------------------------------------------
@@ -263,7 +271,30 @@ class PythonTracer:
             table[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
             self._preexisting.add(pid)
 
+    def describe_process(self, pid: int, description: PythonProcess) -> bool:
+        """Give pid's return-site records their Python path, walked from its thread state
+        (agent/pyframes.py describes the interpreter); False when it could not be written."""
+        if pid in self._described:
+            return True
+        if len(self._described) >= MAX_DESCRIBED_PIDS:
+            self.described_overflow += 1
+            return False
+        key = ctypes.c_uint32(pid)
+        fd = self._bpf["python_processes"].get_fd()
+        if self._lib.bpf_update_elem(fd, ctypes.byref(key), ctypes.byref(description), 0) != 0:
+            log.warning("python probes: describing pid %d failed: %s", pid, os.strerror(ctypes.get_errno()))
+            return False
+        self._described.add(pid)
+        return True
+
+    def described_pids(self) -> set[int]:
+        return set(self._described)
+
     def forget_pid(self, pid: int) -> None:
+        if pid in self._described:
+            self._described.discard(pid)
+            key = ctypes.c_uint32(pid)
+            self._lib.bpf_delete_elem(self._bpf["python_processes"].get_fd(), ctypes.byref(key))
         if pid in self._preexisting:
             self._preexisting.discard(pid)
             try:
@@ -292,6 +323,8 @@ class PythonTracer:
     def _to_call(self, raw: ctypes.Structure) -> PythonCall:
         count = min(raw.frame_count, self.max_frames)
         frames = tuple(PythonFrame(f.filename_ptr, f.funcname_ptr, f.lineno) for f in raw.frames[:count])
+        if raw.flags & FLAG_WALKED:  # walked from the thread state: innermost first
+            frames = frames[::-1]
         return PythonCall(boot_ns=raw.boot_ns, cgroup_id=raw.cgroup_id, pid=raw.pid, tid=raw.tid,
                           probe_index=raw.probe_index, flags=raw.flags,
                           funcname=raw.funcname.decode(errors="replace"),

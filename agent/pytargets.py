@@ -31,6 +31,7 @@ from runtime_signals.agent.pyprobes import (
     PythonTracer,
 )
 from runtime_signals.agent.selectors import TargetFilters
+from runtime_signals.agent.wire import PythonProcess
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ class PythonTargets:
     def __init__(self, tracer: PythonTracer, namer: PythonCallNamer, describe: Callable[[int, int], ProcessInfo],
                  filters: TargetFilters, *, host: str, agent_id: str, proc_root: Path = Path("/proc"),
                  rescan_interval_ms: int = 10_000,
-                 on_source_file: Callable[[int, str, str, str | None], None] | None = None) -> None:
+                 on_source_file: Callable[[int, str, str, str | None], None] | None = None,
+                 describe_interpreter: Callable[[int], PythonProcess | None] | None = None) -> None:
         self._tracer = tracer
         self._namer = namer
         self._describe = describe
@@ -76,6 +78,9 @@ class PythonTargets:
         self._proc_root = proc_root
         self._rescan_s = rescan_interval_ms / 1000
         self._on_source_file = on_source_file  # (pid, path, digest, purl): for the module map
+        # A process's interpreter as the program walks its frames (agent/pyframes.py): its
+        # return-site records then carry the Python path, not the function alone.
+        self._describe_interpreter = describe_interpreter
         self._next_scan = 0.0
         self._clock = BootClock()
         self._pending: list[PythonCall] = []
@@ -97,12 +102,14 @@ class PythonTargets:
         """Attach the markers of interpreters not seen before; returns files attached."""
         attached = 0
         running: list[int] = []
+        interpreter_pids: set[int] = set()
         for entry in os.scandir(self._proc_root):
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
             pid = int(entry.name)
             proc = Path(entry.path)
             for path in interpreter_paths(proc):
+                interpreter_pids.add(pid)
                 host_path = proc / "root" / path.lstrip("/")
                 try:
                     st = os.stat(host_path)
@@ -123,8 +130,23 @@ class PythonTargets:
                     log.warning("python probes: %s", exc)
         # Processes running Python when the markers came on: their outer frames were entered unseen.
         self._tracer.mark_preexisting(running)
+        self._describe_interpreters(interpreter_pids)
         self.counts["scans"] += 1
         return attached
+
+    def _describe_interpreters(self, pids: set[int]) -> None:
+        """Describe the interpreters of pids not described yet; forget those gone."""
+        if self._describe_interpreter is None:
+            return
+        described = self._tracer.described_pids()
+        for pid in described - pids:
+            self._tracer.forget_pid(pid)
+        for pid in sorted(pids - described):
+            description = self._describe_interpreter(pid)
+            if description is None:
+                self.counts["interpreters_not_described"] += 1
+            elif self._tracer.describe_process(pid, description):
+                self.counts["interpreters_described"] += 1
 
     def poll(self) -> None:
         """Move what the kernel has sent into the pending calls (the pump calls this every

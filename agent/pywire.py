@@ -15,6 +15,7 @@ COUNTER_NAMES: tuple[str, ...] = ("calls", "sent", "drop_ringbuf_full", "drop_ra
 GLOBAL_COUNTER_NAMES: tuple[str, ...] = ("entries", "returns", "unmatched_returns", "threads_untracked")
 FLAG_TRUNCATED = 1 << 0
 FLAG_UNSURE = 1 << 1
+FLAG_WALKED = 1 << 2  # frames walked from the thread state, innermost first
 SITE_ENTRY = 1
 SITE_RETURN = 2
 SITE_FIRES_PROBES = 1 << 0

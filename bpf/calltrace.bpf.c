@@ -14,6 +14,7 @@
  * no increment can be lost between a read and a delete. */
 #include <uapi/linux/ptrace.h>
 #include "calltrace.h"
+#include "pythread.bpf.h"
 
 /* Ring buffer size in pages (a power of two), set by the agent. */
 #ifndef RINGBUF_PAGES
@@ -324,46 +325,7 @@ BPF_F_TABLE("hash", u32, struct python_process, python_processes, CALLTRACE_MAX_
 BPF_TABLE("lru_hash", struct py_code_key, struct py_code, py_codes, CALLTRACE_PY_CODES);
 BPF_PERCPU_ARRAY(py_code_scratch, struct py_code, SCRATCH_SLOTS);
 BPF_PROG_ARRAY(python_walker, 1);
-struct py_frame_bytes {
-    u8 bytes[PY_FRAME_WINDOW];
-};
 BPF_PERCPU_ARRAY(py_frame_scratch, struct py_frame_bytes, SCRATCH_SLOTS);
-
-/* PyASCIIObject.state: compact and ascii bits (the same in 3.8 to 3.13). */
-#define PY_STRING_COMPACT (1U << 5)
-#define PY_STRING_ASCII (1U << 6)
-
-static __always_inline int read_word(u64 *out, u64 address)
-{
-    return bpf_probe_read_user(out, sizeof(*out), (void *)address);
-}
-
-/* The thread state whose thread is tid, or 0. Only the main interpreter is searched. */
-static __always_inline u64 python_thread_state(struct python_process *py, u32 tid)
-{
-    u64 interpreter = 0, tstate = 0;
-    if (read_word(&interpreter, py->runtime + py->interpreters_head) != 0 || interpreter == 0)
-        return 0;
-    if (read_word(&tstate, interpreter + py->threads_head) != 0)
-        return 0;
-    for (u32 i = 0; i < CALLTRACE_MAX_PY_THREADS; i++) {
-        if (tstate == 0)
-            return 0;
-        u64 id = 0;
-        if (read_word(&id, tstate + py->thread_tid) != 0)
-            return 0;
-        u32 thread = (u32)id;
-        /* Before 3.11 a thread state knows its pthread_t, the address of glibc's struct
-         * pthread, which holds the tid. */
-        if (py->pthread_tid >= 0 && bpf_probe_read_user(&thread, sizeof(thread), (void *)(id + py->pthread_tid)) != 0)
-            thread = 0;
-        if (thread == tid)
-            return tstate;
-        if (read_word(&tstate, tstate + py->thread_next) != 0)
-            return 0;
-    }
-    return 0;
-}
 
 /* A str object's bytes into out; empty and flagged unless it is compact ASCII. */
 static __always_inline void read_py_string(char *out, u32 size, u64 object, struct python_process *py,
@@ -406,15 +368,10 @@ static __always_inline void remember_code(struct python_process *py, u32 pid, u6
  * step instead of following every combination of earlier steps. */
 static __always_inline void walk_python(struct python_process *py, struct call_event *event, u32 slot)
 {
-    u64 tstate = python_thread_state(py, event->tid);
-    if (tstate == 0) {
-        event->py_flags |= PY_FLAG_NO_THREAD;
-        return;
-    }
     u64 frame = 0;
-    if (read_word(&frame, tstate + py->thread_frame) != 0 ||
-        (py->cframe_frame >= 0 && frame != 0 && read_word(&frame, frame + py->cframe_frame) != 0)) {
-        event->py_flags |= PY_FLAG_READ_FAULT;
+    int found = python_current_frame(py, event->tid, &frame);
+    if (found != 0) {
+        event->py_flags |= found == PY_THREAD_NOT_FOUND ? PY_FLAG_NO_THREAD : PY_FLAG_READ_FAULT;
         return;
     }
     event->py_flags |= PY_FLAG_WALKED;
@@ -423,22 +380,17 @@ static __always_inline void walk_python(struct python_process *py, struct call_e
         event->py_flags |= PY_FLAG_READ_FAULT;
         return;
     }
-    /* Where each field lies in the window (8-byte fields 8-aligned, see calltrace.h). */
-    u32 at_code = (py->frame_code - py->frame_window) & (PY_FRAME_WINDOW - 8);
-    u32 at_previous = (py->frame_previous - py->frame_window) & (PY_FRAME_WINDOW - 8);
-    u32 at_owner = (py->frame_owner - py->frame_window) & (PY_FRAME_WINDOW - 1);
-    u32 at_is_entry = (py->frame_is_entry - py->frame_window) & (PY_FRAME_WINDOW - 1);
     /* Twice the frames kept: room for a shim after each frame. */
     for (u32 step = 0; step < 2 * CALLTRACE_MAX_PY_FRAMES; step++) {
         if (frame == 0)
             break;
         u32 kept = event->py_frame_count;
-        if (bpf_probe_read_user(window->bytes, PY_FRAME_WINDOW, (void *)(frame + py->frame_window)) != 0) {
+        struct py_frame_fields fields;
+        if (read_python_frame(py, window, frame, &fields) != 0) {
             event->py_flags |= PY_FLAG_READ_FAULT;
             break;
         }
-        u8 owner = py->frame_owner >= 0 ? window->bytes[at_owner] : 0;
-        if (py->entry_rule == PY_ENTRY_SHIM && owner == PY_OWNED_BY_CSTACK) {
+        if (py->entry_rule == PY_ENTRY_SHIM && fields.owner == PY_OWNED_BY_CSTACK) {
             if (kept > 0)
                 event->py_entries |= 1U << ((kept - 1) & 31);
         } else {
@@ -446,21 +398,20 @@ static __always_inline void walk_python(struct python_process *py, struct call_e
                 event->py_flags |= PY_FLAG_TRUNCATED;
                 break;
             }
-            u64 code = *(u64 *)&window->bytes[at_code], name = 0;
-            if (code == 0 || read_word(&name, code + py->code_name) != 0) {
+            u64 name = 0;
+            if (fields.code == 0 || read_word(&name, fields.code + py->code_name) != 0) {
                 event->py_flags |= PY_FLAG_READ_FAULT;
                 break;
             }
-            u8 is_entry = py->frame_is_entry >= 0 ? window->bytes[at_is_entry] : 0;
             u32 at = kept & (CALLTRACE_MAX_PY_FRAMES - 1);
-            event->py_frames[at].code = code;
+            event->py_frames[at].code = fields.code;
             event->py_frames[at].name = name;
-            if (py->entry_rule == PY_ENTRY_EVERY_FRAME || (py->entry_rule == PY_ENTRY_IS_ENTRY && is_entry))
+            if (py->entry_rule == PY_ENTRY_EVERY_FRAME || (py->entry_rule == PY_ENTRY_IS_ENTRY && fields.is_entry))
                 event->py_entries |= 1U << at;
-            remember_code(py, event->pid, code, name, slot);
+            remember_code(py, event->pid, fields.code, name, slot);
             event->py_frame_count = kept + 1;
         }
-        frame = *(u64 *)&window->bytes[at_previous];
+        frame = fields.previous;
     }
     u32 kept = event->py_frame_count;
     if (frame == 0 && kept > 0)

@@ -22,6 +22,7 @@
  * marker, selected by the uprobe's BPF cookie; nothing is compiled per binary. */
 #include <uapi/linux/ptrace.h>
 #include "pyfunc.h"
+#include "pythread.bpf.h"
 
 #if PYFUNC_MAX_FRAMES & (PYFUNC_MAX_FRAMES - 1)
 #error "PYFUNC_MAX_FRAMES must be a power of two: slots are indexed by depth & (MAX - 1), which the verifier can bound"
@@ -45,6 +46,10 @@ BPF_PERCPU_ARRAY(rate_state, struct rate_state, PYFUNC_MAX_PROBES);
  * agent lists at most this many and says so when there are more). */
 BPF_HASH(preexisting_pids, u32, u8, 65536);
 BPF_TASK_STORAGE(thread_stacks, struct thread_stack);
+/* Processes whose interpreter the agent described (agent/pyframes.py): a return site's
+ * record gets the thread's Python path from its frames. */
+BPF_F_TABLE("hash", u32, struct python_process, python_processes, 65536, BPF_F_NO_PREALLOC);
+BPF_PROG_ARRAY(return_walker, 1);
 
 static __always_inline void count(u32 probe, u32 index)
 {
@@ -162,9 +167,70 @@ static __always_inline bool file_matches(struct pyfunc_probe *probe, const char 
     return true;
 }
 
+/* The Python path of the returning function (a return site, 3.11+, where no shadow stack
+ * is kept): walked from the thread state into the thread stack's slots, innermost first,
+ * its first frame the marker's own; stack->depth frames, valid_from 0. Returns the
+ * record's flags (PYFUNC_FLAG_WALKED, and TRUNCATED when cut), or 0 when the frames
+ * cannot be walked or their innermost is not the function the marker reports: then the
+ * record holds the function alone, as without a description. The count lives in the
+ * stack, not a register, so the verifier prunes each step's states. */
+static __always_inline u32 walk_path(struct python_process *py, struct thread_stack *stack, u64 file_ptr,
+                                     u64 name_ptr, u32 lineno)
+{
+    u64 frame = 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    if (python_current_frame(py, tid, &frame) != 0 || frame == 0)
+        return 0;
+    u32 flags = PYFUNC_FLAG_WALKED;
+    stack->depth = 0;
+    stack->valid_from = 0;
+    for (u32 step = 0; step < PYFUNC_MAX_FRAMES + 8; step++) {
+        if (frame == 0)
+            break;
+        struct py_frame_fields fields;
+        if (read_python_frame_fields(py, frame, &fields) != 0) {
+            flags |= PYFUNC_FLAG_TRUNCATED;
+            break;
+        }
+        if (!(py->entry_rule == PY_ENTRY_SHIM && fields.owner == PY_OWNED_BY_CSTACK)) {
+            u32 kept = stack->depth;
+            if (kept >= PYFUNC_MAX_FRAMES) {
+                flags |= PYFUNC_FLAG_TRUNCATED;
+                break;
+            }
+            u64 name = 0, file = 0;
+            u32 first_line = 0;
+            if (fields.code == 0 || read_word(&name, fields.code + py->code_name) != 0 ||
+                read_word(&file, fields.code + py->code_filename) != 0 ||
+                bpf_probe_read_user(&first_line, sizeof(first_line), (void *)(fields.code + py->code_firstlineno)) != 0) {
+                flags |= PYFUNC_FLAG_TRUNCATED;
+                break;
+            }
+            struct py_frame *slot = &stack->frames[kept & (PYFUNC_MAX_FRAMES - 1)];
+            if (kept == 0) {
+                if (python_ascii_data(py, name) != name_ptr)
+                    return 0;
+                slot->filename_ptr = file_ptr;
+                slot->funcname_ptr = name_ptr;
+                slot->lineno = lineno;
+            } else {
+                slot->filename_ptr = python_ascii_data(py, file);
+                slot->funcname_ptr = python_ascii_data(py, name);
+                slot->lineno = first_line;
+            }
+            slot->reserved = 0;
+            stack->depth = kept + 1;
+        }
+        frame = fields.previous;
+    }
+    if (frame != 0)
+        flags |= PYFUNC_FLAG_TRUNCATED;
+    return stack->depth > 0 ? flags : 0;
+}
+
 static __always_inline void emit(struct thread_stack *stack, u32 probe_index, struct pyfunc_probe *probe,
                                  const char *name, const char *file, u64 file_ptr, u64 name_ptr, u32 lineno,
-                                 bool tracks)
+                                 bool tracks, bool walked, u32 walked_flags)
 {
     count(probe_index, PYFUNC_COUNTER_CALLS);
     if (!probe->enabled) {
@@ -191,7 +257,10 @@ static __always_inline void emit(struct thread_stack *stack, u32 probe_index, st
     event->flags = stack->flags;
     __builtin_memcpy(event->funcname, name, PYFUNC_NAME_BYTES);
     __builtin_memcpy(event->filename, file, PYFUNC_FILE_BYTES);
-    if (!tracks) {
+    if (walked) {
+        /* The thread's frames, walked into its stack's slots for this return (innermost first). */
+        event->flags = walked_flags;
+    } else if (!tracks) {
         event->flags |= PYFUNC_FLAG_TRUNCATED;
         event->frames[0].filename_ptr = file_ptr;
         event->frames[0].funcname_ptr = name_ptr;
@@ -257,8 +326,10 @@ static __always_inline void pop(struct thread_stack *stack, u64 name_ptr)
         stack->valid_from = depth;
 }
 
-/* Runs each probe's filter on the function at this site; emits a record per match. */
-static __always_inline void fire(struct thread_stack *stack, u64 file_ptr, u64 name_ptr, u32 lineno, bool tracks)
+/* Runs each probe's filter on the function at this site; emits a record per match, with
+ * the thread's walked path when walked_flags is set (on_return_walked). */
+static __always_inline void fire(struct thread_stack *stack, u64 file_ptr, u64 name_ptr, u32 lineno, bool tracks,
+                                 u32 walked_flags)
 {
     char name[PYFUNC_NAME_BYTES] = {};
     char file[PYFUNC_FILE_BYTES] = {};
@@ -279,8 +350,63 @@ static __always_inline void fire(struct thread_stack *stack, u64 file_ptr, u64 n
             file_bytes = bpf_probe_read_user_str(file, sizeof(file), (void *)file_ptr);
         if (!file_matches(probe, file, file_bytes))
             continue;
-        emit(stack, index, probe, name, file, file_ptr, name_ptr, lineno, tracks);
+        emit(stack, index, probe, name, file, file_ptr, name_ptr, lineno, tracks, walked_flags != 0, walked_flags);
     }
+}
+
+/* Whether some active probe's co_name filter takes the function (its file is checked when
+ * the record is made): the walk of a return site is paid only then. */
+static __always_inline bool some_probe_named(u64 name_ptr)
+{
+    char name[PYFUNC_NAME_BYTES] = {};
+    long name_bytes = bpf_probe_read_user_str(name, sizeof(name), (void *)name_ptr);
+#pragma unroll
+    for (u32 i = 0; i < PYFUNC_MAX_PROBES; i++) {
+        u32 index = i;
+        struct pyfunc_probe *probe = probes.lookup(&index);
+        if (probe && probe->active && name_matches(probe, name, name_bytes))
+            return true;
+    }
+    return false;
+}
+
+/* A site's arguments (see pyfunc_site). */
+struct marker_call {
+    struct pyfunc_site *site;
+    struct thread_stack *stack;
+    u64 file_ptr;
+    u64 name_ptr;
+    u32 lineno;
+};
+
+static __always_inline bool read_marker(struct pt_regs *ctx, struct marker_call *call)
+{
+    u32 index = (u32)bpf_get_attach_cookie(ctx);
+    call->site = sites.lookup(&index);
+    if (!call->site)
+        return false;
+    call->stack = thread_stack();
+    if (!call->stack)
+        return false;
+    call->file_ptr = read_arg(ctx, &call->site->args[0]);
+    call->name_ptr = read_arg(ctx, &call->site->args[1]);
+    call->lineno = (u32)read_arg(ctx, &call->site->args[2]);
+    return true;
+}
+
+/* A return site of a described process without a shadow stack: the probes fire with the
+ * thread's walked path. Tail-called from on_marker, so the walk has a verifier budget of
+ * its own. */
+int on_return_walked(struct pt_regs *ctx)
+{
+    struct marker_call call;
+    if (!read_marker(ctx, &call))
+        return 0;
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    struct python_process *py = python_processes.lookup(&pid);
+    u32 walked_flags = py ? walk_path(py, call.stack, call.file_ptr, call.name_ptr, call.lineno) : 0;
+    fire(call.stack, call.file_ptr, call.name_ptr, call.lineno, false, walked_flags);
+    return 0;
 }
 
 int on_marker(struct pt_regs *ctx)
@@ -290,24 +416,26 @@ int on_marker(struct pt_regs *ctx)
     if (!site)
         return 0;
     count_global(site->kind == PYFUNC_SITE_ENTRY ? PYFUNC_GLOBAL_ENTRIES : PYFUNC_GLOBAL_RETURNS);
-    struct thread_stack *stack = thread_stack();
-    if (!stack)
-        return 0;
-    u64 file_ptr = read_arg(ctx, &site->args[0]);
-    u64 name_ptr = read_arg(ctx, &site->args[1]);
-    u32 lineno = (u32)read_arg(ctx, &site->args[2]);
     bool tracks = site->flags & PYFUNC_SITE_TRACKS_STACK;
+    struct marker_call call;
+    if (!read_marker(ctx, &call))
+        return 0;
+    if (site->kind != PYFUNC_SITE_ENTRY && !tracks && (site->flags & PYFUNC_SITE_FIRES_PROBES)) {
+        u32 pid = bpf_get_current_pid_tgid() >> 32;
+        if (python_processes.lookup(&pid) && some_probe_named(call.name_ptr))
+            return_walker.call(ctx, 0); /* does not return when it runs */
+    }
     if (site->kind == PYFUNC_SITE_ENTRY) {
         if (tracks)
-            push(stack, file_ptr, name_ptr, lineno);
+            push(call.stack, call.file_ptr, call.name_ptr, call.lineno);
         if (site->flags & PYFUNC_SITE_FIRES_PROBES)
-            fire(stack, file_ptr, name_ptr, lineno, tracks);
+            fire(call.stack, call.file_ptr, call.name_ptr, call.lineno, tracks, 0);
     } else {
         /* Fire before popping: the returning function is still the top frame. */
         if (site->flags & PYFUNC_SITE_FIRES_PROBES)
-            fire(stack, file_ptr, name_ptr, lineno, tracks);
+            fire(call.stack, call.file_ptr, call.name_ptr, call.lineno, tracks, 0);
         if (tracks)
-            pop(stack, name_ptr);
+            pop(call.stack, call.name_ptr);
     }
     return 0;
 }

@@ -3,6 +3,8 @@
 #ifndef RUNTIME_SIGNALS_PYFUNC_H
 #define RUNTIME_SIGNALS_PYFUNC_H
 
+#include "pyframes.h"
+
 /* Python frames kept per thread and per record: the innermost PYFUNC_MAX_FRAMES of the
  * thread's Python stack (deeper stacks are marked PYFUNC_FLAG_TRUNCATED). A power of two. */
 #ifndef PYFUNC_MAX_FRAMES
@@ -48,6 +50,9 @@ enum pyfunc_global_counter {
                                            began before tracking, or was deeper than kept */
 #define PYFUNC_FLAG_UNSURE    (1U << 1) /* a return did not match the shadow stack once:
                                            the frames may be wrong, not only missing */
+#define PYFUNC_FLAG_WALKED    (1U << 2) /* a return site's record whose frames were walked
+                                           from the thread state (the process is described
+                                           in python_processes): innermost first */
 
 /* USDT argument locations, as the marker's note describes them ("8@%rbp", "-4@8(%rsp)"). */
 enum usdt_arg_kind {

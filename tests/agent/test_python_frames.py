@@ -205,30 +205,42 @@ def _expected_names(stack: list[list[Any]]) -> tuple[str, ...]:
     return tuple(names)
 
 
-@pytest.mark.skipif(not _interpreters(), reason="no CPython 3.8-3.13 on this machine")
-def test_paths_into_deflate_carry_the_python_frames_of_every_interpreter(kafka_bootstrap: str,
-                                                                         tmp_path: Path) -> None:
+def _live_setup(bootstrap: str, tmp_path: Path) -> tuple[str, Any, Path]:
+    """(topic prefix, its topics, the workload's script), the topics created; skips where
+    BPF cannot run."""
     from runtime_signals.devtools.demo import create_topics
     from runtime_signals.schemas.topics import TopicNames
-    from tests.agent.agent_runs import CALL_EVENT, AgentProcess, decode_all, read_all, wait_for_rules
 
     reason = bpf_unavailable_reason()
     if reason:
         pytest.skip(reason)
     prefix = f"pyframes-{uuid.uuid4().hex[:8]}."
     names = TopicNames().with_prefix(prefix)
-    create_topics(kafka_bootstrap, names)
+    create_topics(bootstrap, names)
     script = tmp_path / "app.py"
     script.write_text(WORKLOAD)
+    return prefix, names, script
+
+
+def _agent_config(tmp_path: Path, pids: list[int]) -> Path:
+    """A target on libz's deflate for these processes only: the rules of other processes'
+    binaries (this machine is shared) are neither built nor loaded."""
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[[agent.targets]]\nbinary = "z"\nsymbols = ["deflate"]\npids = {sorted(pids)}\n')
+    return config
+
+
+@pytest.mark.skipif(not _interpreters(), reason="no CPython 3.8-3.13 on this machine")
+def test_paths_into_deflate_carry_the_python_frames_of_every_interpreter(kafka_bootstrap: str,
+                                                                         tmp_path: Path) -> None:
+    from tests.agent.agent_runs import CALL_EVENT, AgentProcess, decode_all, read_all, wait_for_rules
+
+    prefix, names, script = _live_setup(kafka_bootstrap, tmp_path)
     workloads = {path: subprocess.Popen([str(path), str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
                  for path in _interpreters()}
     truths: dict[Path, Counter[tuple[str, ...]]] = {}
     try:
-        # Only the workloads: the rules of other processes' binaries (this machine is shared)
-        # are neither built nor loaded.
-        config = tmp_path / "agent.toml"
-        config.write_text(f'[[agent.targets]]\nbinary = "z"\nsymbols = ["deflate"]\n'
-                          f'pids = {sorted(p.pid for p in workloads.values())}\n')
+        config = _agent_config(tmp_path, [p.pid for p in workloads.values()])
         agent = AgentProcess(kafka_bootstrap, prefix, [], tmp_path / "agent.log", ["--config", str(config)])
         with agent:
             for path, process in workloads.items():
@@ -271,22 +283,12 @@ def test_summaries_name_the_python_functions_and_their_packages(kafka_bootstrap:
     named by the processor from the tables the agent published, with the standard library's
     Debian package on its frames."""
     from runtime_signals.consumer.summaries import latest_summaries, read_topic
-    from runtime_signals.devtools.demo import create_topics
     from runtime_signals.devtools.pipeline import LocalPipeline
-    from runtime_signals.schemas.topics import TopicNames
 
-    reason = bpf_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    prefix = f"pyframes-{uuid.uuid4().hex[:8]}."
-    names = TopicNames().with_prefix(prefix)
-    create_topics(kafka_bootstrap, names)
-    script = tmp_path / "app.py"
-    script.write_text(WORKLOAD)
+    prefix, names, script = _live_setup(kafka_bootstrap, tmp_path)
     workload = subprocess.Popen([str(DEBIAN_PYTHON), str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert workload.stdin is not None and workload.stdout is not None
-    config = tmp_path / "agent.toml"
-    config.write_text(f'[[agent.targets]]\nbinary = "z"\nsymbols = ["deflate"]\npids = [{workload.pid}]\n')
+    config = _agent_config(tmp_path, [workload.pid])
     found: Counter[tuple[str, ...]] = Counter()
     try:
         with LocalPipeline(kafka_bootstrap, [], topic_prefix=prefix, window_ms=1000, lateness_ms=300,

@@ -210,8 +210,18 @@ def test_the_agent_publishes_python_function_calls_with_exact_counts(kafka_boots
     assert sum(e["observation_count"] for e in events) == 11, agent.log()[-3000:]
     assert {(e["probe_id"], e["symbol"], e["runtime_type"]) for e in events} == {
         ("python:json.decoder:JSONDecoder.decode", "json.decoder.JSONDecoder.decode", "PYTHON")}
-    # The process ran Python before the agent started: its callers are unknown, and said so.
-    assert all(e["stack_truncated"] for e in events)
+    # The process ran Python before the agent started, and its callers are known all the
+    # same: the thread's frames are walked at each return (agent/pyframes.py describes the
+    # interpreter), so the two Python callers are two paths with their exact counts.
+    assert not any(e["stack_truncated"] for e in events), events
+    paths: Counter[tuple[str, ...]] = Counter()
+    for event in events:
+        paths[tuple(f["library"].rsplit("/", 2)[-1] for f in event["stack_frames"])] += event["observation_count"]
+    assert set(paths) == {("workload.py", "workload.py", "__init__.py", "decoder.py")}, paths
+    callers: Counter[int] = Counter()
+    for event in events:
+        callers[event["stack_frames"][1]["binary_offset"]] += event["observation_count"]
+    assert sorted(callers.values()) == [4, 7], callers
     statistics = max(decode_all(read_all(bootstrap, names.statistics), STATISTICS),
                      key=lambda r: r["reported_at_us"])
     assert statistics["dropped_by_reason"].get("not_selected", 0) >= 1  # Other.decode, by its full name

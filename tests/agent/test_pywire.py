@@ -70,6 +70,7 @@ def test_counter_names_and_bits_follow_the_header() -> None:
     bits = dict(re.findall(r"#define PYFUNC_(FLAG_\w+|SITE_\w+)\s+\(?(?:1U << )?(\d+)\)?", text))
     assert int(bits["FLAG_TRUNCATED"]) == 0 and pywire.FLAG_TRUNCATED == 1
     assert int(bits["FLAG_UNSURE"]) == 1 and pywire.FLAG_UNSURE == 2
+    assert int(bits["FLAG_WALKED"]) == 2 and pywire.FLAG_WALKED == 4
     assert int(bits["SITE_FIRES_PROBES"]) == 0 and pywire.SITE_FIRES_PROBES == 1
     assert int(bits["SITE_TRACKS_STACK"]) == 1 and pywire.SITE_TRACKS_STACK == 2
     assert int(bits["SITE_ENTRY"]) == pywire.SITE_ENTRY and int(bits["SITE_RETURN"]) == pywire.SITE_RETURN

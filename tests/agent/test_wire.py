@@ -111,3 +111,16 @@ def test_stack_end_names_follow_the_enum() -> None:
 def test_unwind_rule_values_follow_the_enums(name: str) -> None:
     for index, member in enumerate(_enum(name)):
         assert getattr(wire, member) == index, member
+
+
+def test_python_frame_constants_follow_the_headers() -> None:
+    """The Python walk's sizes and flags in agent/wire.py are the headers' (calltrace.h,
+    pyframes.h)."""
+    text = bpf.CALLTRACE_HEADER.read_text() + (bpf.SOURCE_DIR / "pyframes.h").read_text()
+    defines = dict(re.findall(r"#define (PY_\w+)\s+\(?(?:1U << )?(\d+)\)?", text))
+    for name in ("PY_NAME_BYTES", "PY_FILE_BYTES", "PY_FRAME_WINDOW"):
+        assert int(defines[name]) == getattr(wire, name), name
+    for name in ("PY_FLAG_WALKED", "PY_FLAG_TRUNCATED", "PY_FLAG_NO_THREAD", "PY_FLAG_READ_FAULT",
+                 "PY_CODE_NAME_UNREAD", "PY_CODE_FILE_UNREAD"):
+        assert 1 << int(defines[name]) == getattr(wire, name), name
+    assert re.search(r"#define CALLTRACE_MAX_PY_FRAMES (\d+)", text)[1] == str(wire.PY_MAX_FRAMES)  # type: ignore[index]
