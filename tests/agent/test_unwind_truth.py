@@ -233,6 +233,17 @@ def _show(paths: Counter[Path_]) -> str:
 LOOP_CALL: Frame = ("<an evaluation loop call>", 0)
 
 
+def _agent_evidence(tmp_path: Path, events: list[dict]) -> str:
+    """What tells a lost call from a double stop in gdb: the agent's counts and warnings,
+    and each record's time and count (a count that does not add up fails rarely, and its
+    test directory may be gone by the time anyone looks)."""
+    log = (tmp_path / "agent.log").read_text(errors="replace") if (tmp_path / "agent.log").exists() else ""
+    kept = [line for line in log.splitlines()
+            if "agent stopped" in line or "WARNING" in line or "ERROR" in line or "loader holds" in line]
+    records = [(e["timestamp_ns"], e["observation_count"], e["pid"], len(e["stack_frames"])) for e in events]
+    return "agent log:\n" + "\n".join(kept[-20:]) + f"\nrecords (time, count, pid, frames): {records}"
+
+
 def _evaluation_loops_marked(paths: Counter[Path_]) -> Counter[Path_]:
     """Each CPython evaluation loop call as one marker: gdb, without CPython's debug
     information, sees a _PyEval_EvalFrameDefault frame where the agent puts the Python
@@ -321,7 +332,8 @@ def _compare_with_gdb(case: Case, kafka_bootstrap: str, tmp_path: Path, short_li
         # of them lacks (as two loop calls do once marked).
         true_path = path if path in candidates else max(candidates, key=len)
         assert len(path) >= 0.95 * len(true_path), f"{len(path)} of gdb's {len(true_path)} frames: {path}"
-        assert calls == truth[true_path], f"{calls} calls reported on {path}, gdb saw {truth[true_path]}"
-    assert sorted(observed.values()) == sorted(truth.values())
+        assert calls == truth[true_path], (f"{calls} calls reported on {path}, gdb saw {truth[true_path]}\n"
+                                           + _agent_evidence(tmp_path, events))
+    assert sorted(observed.values()) == sorted(truth.values()), _agent_evidence(tmp_path, events)
     complete = [e for e in events if not e["stack_truncated"]]
     assert complete == events, [e["truncation_reason"] for e in events]
