@@ -48,6 +48,8 @@ _UNWIND_HELP = {
     "python_paths_spliced": "Paths whose evaluation loop frames were replaced by their Python frames",
     "python_frames_cut": "Spliced paths whose Python walk stopped before the outermost frame",
     "python_frames_not_lined_up": "Paths of Python processes left native: loop calls and Python calls differ",
+    "python_frames_not_code": "Paths of Python processes left native: a frame's code object was of another type",
+    "python_debug_offsets_differ": "Interpreters not walked: the offsets they publish (3.13+) differ from the table",
     "python_no_thread": "Calls in a Python process whose thread state was not found (not a Python thread)",
     "python_not_walked": "Calls in a Python process whose frames could not be read",
     "python_codes_unread": "Python code objects whose names could not be read (process gone, not ASCII)",

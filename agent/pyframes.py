@@ -46,6 +46,7 @@ from runtime_signals.agent.pysource import PythonSources, module_candidates
 from runtime_signals.agent.wire import (
     PY_CODE_FILE_UNREAD,
     PY_CODE_NAME_UNREAD,
+    PY_CODE_NOT_CODE,
     PY_ENTRY_EVERY_FRAME,
     PY_ENTRY_IS_ENTRY,
     PY_ENTRY_SHIM,
@@ -68,6 +69,17 @@ _LIBC = re.compile(r"(?:^|/)libc(?:-[\d.]+)?\.so(?:\.6)?$")
 _EVAL_FUNCTION = "_PyEval_EvalFrameDefault"
 STRING_STATE_OFFSET = 32  # PyASCIIObject.state, after refcount, type, length and hash
 CODE_UNIT_PREFIX = b"runtime-signals/python-code/v1\n"
+# 3.13 publishes its offsets at the start of _PyRuntime (_Py_DebugOffsets, in
+# Include/internal/pycore_runtime.h): the words, after the "xdebugpy" cookie, that hold the
+# fields the walk reads, by their CPythonLayout name. Checked against the table before a
+# process is described: a build whose offsets differ is not walked.
+DEBUG_COOKIE = b"xdebugpy"
+DEBUG_FREE_THREADED_WORD = 2
+DEBUG_OFFSET_WORDS = {
+    "runtime_interpreters_head": 5, "interp_threads_head": 9, "thread_next": 21, "thread_current_frame": 23,
+    "thread_id": 24, "thread_native_thread_id": 25, "frame_previous": 29, "frame_code": 30, "frame_owner": 33,
+    "code_filename": 35, "code_name": 36, "code_qualname": 37, "code_firstlineno": 39,
+}
 MAX_NAMED_CODES = 65_536
 
 
@@ -77,8 +89,10 @@ class InterpreterFile:
 
     version: tuple[int, int]
     runtime_address: int          # ELF virtual address of _PyRuntime
+    code_type_address: int        # ELF virtual address of PyCode_Type
     eval_ranges: tuple[tuple[int, int], ...]  # file offsets [start, end) of the evaluation loop
     segments: tuple[tuple[int, int, int], ...]  # PT_LOAD (file offset, virtual address, file bytes)
+    debug_offsets: tuple[int, ...] = ()  # the words of _Py_DebugOffsets (3.13+), as the file holds them
 
 
 def _load_segments(elf: ELFFile) -> tuple[tuple[int, int, int], ...]:
@@ -94,9 +108,11 @@ def _file_offset(segments: Sequence[tuple[int, int, int]], address: int) -> int 
 
 
 def read_interpreter(path: Path, version: tuple[int, int]) -> InterpreterFile | None:
-    """The interpreter's _PyRuntime and evaluation loop, from its symbol tables; None when it
-    has neither (a launcher that links libpython, a stripped static build)."""
+    """The interpreter's _PyRuntime, PyCode_Type and evaluation loop, from its symbol tables,
+    and the offsets it publishes (3.13+); None when it has none of them (a launcher that
+    links libpython, a stripped static build)."""
     runtime: int | None = None
+    code_type: int | None = None
     evals: list[tuple[int, int]] = []
     try:
         with open(path, "rb") as handle:
@@ -110,16 +126,39 @@ def read_interpreter(path: Path, version: tuple[int, int]) -> InterpreterFile | 
                     name = symbol.name
                     if name == "_PyRuntime" and symbol["st_shndx"] != "SHN_UNDEF":
                         runtime = symbol["st_value"]
+                    elif name == "PyCode_Type" and symbol["st_shndx"] != "SHN_UNDEF":
+                        code_type = symbol["st_value"]
                     elif (name == _EVAL_FUNCTION or name.startswith(_EVAL_FUNCTION + ".cold")) \
                             and symbol["st_shndx"] != "SHN_UNDEF" and symbol["st_size"]:
                         start = _file_offset(segments, symbol["st_value"])
                         if start is not None:
                             evals.append((start, start + symbol["st_size"]))
-    except (OSError, ELFError, ValueError):
+            if runtime is None or code_type is None or not evals:
+                return None
+            debug_words: tuple[int, ...] = ()
+            runtime_offset = _file_offset(segments, runtime)
+            if version >= (3, 13) and runtime_offset is not None:
+                handle.seek(runtime_offset)
+                data = handle.read(8 * (max(DEBUG_OFFSET_WORDS.values()) + 1))
+                if data.startswith(DEBUG_COOKIE) and len(data) % 8 == 0:
+                    debug_words = struct.unpack(f"<{len(data) // 8}Q", data)
+    except (OSError, ELFError, ValueError, struct.error):
         return None
-    if runtime is None or not evals:
-        return None
-    return InterpreterFile(version, runtime, tuple(sorted(set(evals))), segments)
+    return InterpreterFile(version, runtime, code_type, tuple(sorted(set(evals))), segments, debug_words)
+
+
+def debug_offsets_differ(shape: CPythonLayout, described: InterpreterFile) -> list[str]:
+    """The fields where the offsets the interpreter file publishes (3.13+) differ from the
+    table, or why they cannot be compared; empty when they agree or the version publishes
+    none."""
+    if shape.debug_offsets is None:
+        return []
+    words = described.debug_offsets
+    if not words:
+        return ["_Py_DebugOffsets not found at _PyRuntime"]
+    if words[DEBUG_FREE_THREADED_WORD]:
+        return ["a free-threaded build"]
+    return [name for name, index in DEBUG_OFFSET_WORDS.items() if words[index] != getattr(shape, name)]
 
 
 def pthread_tid_offset(libc: Path) -> int | None:
@@ -144,11 +183,13 @@ def pthread_tid_offset(libc: Path) -> int | None:
     return field_offset if bits == 32 and count == 1 else None
 
 
-def process_description(shape: CPythonLayout, runtime_address: int, pthread_tid: int | None) -> PythonProcess | None:
+def process_description(shape: CPythonLayout, runtime_address: int, pthread_tid: int | None,
+                        code_type_address: int = 0) -> PythonProcess | None:
     """struct python_process for one process; None where the walk cannot find the caller's
     thread state (before 3.11 without glibc's description of struct pthread)."""
     value = PythonProcess()
     value.runtime = runtime_address
+    value.code_type = code_type_address
     value.interpreters_head = shape.runtime_interpreters_head
     value.threads_head = shape.interp_threads_head
     value.thread_next = shape.thread_next
@@ -240,6 +281,11 @@ class _Process:
     interpreter_digest: str
     interpreter_path: str
     shape: CPythonLayout
+    code_type: int  # PyCode_Type's address in the process
+
+
+# What _read_names answers for an object whose type is not PyCode_Type.
+NOT_CODE = CodeNames("", "", -1)
 
 
 def _read_memory(proc: Path, address: int, size: int) -> bytes | None:
@@ -283,7 +329,7 @@ class PythonStacks:
         self._interpreters: dict[str, InterpreterFile | None] = {}   # interpreter digest -> what it tells
         self._libcs: dict[str, int | None] = {}                       # libc digest -> tid offset
         self._described: dict[int, _Process] = {}
-        self._named: OrderedDict[tuple[int, int, int], ResolvedAddress] = OrderedDict()
+        self._named: OrderedDict[tuple[int, int, int], ResolvedAddress | None] = OrderedDict()
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
 
@@ -294,7 +340,9 @@ class PythonStacks:
 
     def figures(self) -> dict[str, int]:
         """What happened to Python paths and interpreters so far, for /metrics (zeros included)."""
-        names = ("python_paths_spliced", "python_frames_cut", "python_frames_not_lined_up", "python_no_thread",
+        names = ("python_paths_spliced", "python_frames_cut", "python_frames_not_lined_up", "python_frames_not_code",
+                 "python_debug_offsets_differ",
+                 "python_no_thread",
                  "python_not_walked", "python_codes_unread", "python_named_evicted", "python_version_not_described",
                  "python_interpreter_without_symbols", "python_thread_unknown_libc", "python_describe_failed")
         return {name: self.counts[name] for name in names}
@@ -353,17 +401,24 @@ class PythonStacks:
                 described = self._interpreters[digest]
             if described is None:
                 continue
+            differ = debug_offsets_differ(shape, described)
+            if differ:
+                self.counts["python_debug_offsets_differ"] += 1
+                log.warning("python frames: %s is not walked: its published offsets differ from %d.%d's (%s)",
+                            path, *version, ", ".join(differ))
+                return None
             bias = self._bias(path, mappings, described)
             if bias is None:
                 return None
             pthread_tid = None
             if shape.thread_native_thread_id is None:
                 pthread_tid = self._pthread_tid(root, mappings)
-            value = process_description(shape, described.runtime_address + bias, pthread_tid)
+            value = process_description(shape, described.runtime_address + bias, pthread_tid,
+                                        described.code_type_address + bias)
             if value is None:
                 self.counts["python_thread_unknown_libc"] += 1
                 return None
-            return _Process(described, digest, path, shape), value
+            return _Process(described, digest, path, shape, described.code_type_address + bias), value
         if candidates:
             self.counts["python_interpreter_without_symbols"] += 1
         return None
@@ -418,6 +473,11 @@ class PythonStacks:
         groups, left_over = evaluation_groups(py_frames, py_entries)
         python_complete = not (py_flags & (PY_FLAG_TRUNCATED | PY_FLAG_READ_FAULT)) and left_over == 0
         named = [[self._name(pid, process, code, name) for code, name in group] for group in groups]
+        if any(frame is None for group in named for frame in group):
+            # A "code object" of another type: the offsets do not fit this interpreter, and
+            # no frame of the walk can be trusted. The path stays native.
+            self.counts["python_frames_not_code"] += 1
+            return native
 
         def is_eval(index: int, frame: ResolvedAddress) -> bool:
             if frame.binary_digest != process.interpreter_digest or frame.binary_offset is None:
@@ -425,7 +485,8 @@ class PythonStacks:
             offset = frame.binary_offset - 1
             return any(start <= offset < end for start, end in process.interpreter.eval_ranges)
 
-        spliced = splice(native, is_eval, named, native_complete=native_complete, python_complete=python_complete)
+        checked = [[frame for frame in group if frame is not None] for group in named]
+        spliced = splice(native, is_eval, checked, native_complete=native_complete, python_complete=python_complete)
         if spliced is None:
             self.counts["python_frames_not_lined_up"] += 1
             return native
@@ -434,15 +495,15 @@ class PythonStacks:
             self.counts["python_frames_cut"] += 1
         return spliced
 
-    def _name(self, pid: int, process: _Process, code: int, name: int) -> ResolvedAddress:
+    def _name(self, pid: int, process: _Process, code: int, name: int) -> ResolvedAddress | None:
+        """The frame of a code object, None when the object is no code object."""
         key = (pid, code, name)
         with self._lock:
-            known = self._named.get(key)
-            if known is not None:
+            if key in self._named:
                 self._named.move_to_end(key)
-                return known
-        names = self._read_names(pid, process.shape, code, name)
-        frame = self._locate(pid, process, code, names)
+                return self._named[key]
+        names = self._read_names(pid, process, code, name)
+        frame = None if names is NOT_CODE else self._locate(pid, process, code, names)
         with self._lock:
             self._named[key] = frame
             if len(self._named) > self._max_named:
@@ -450,16 +511,22 @@ class PythonStacks:
                 self.counts["python_named_evicted"] += 1
         return frame
 
-    def _read_names(self, pid: int, shape: CPythonLayout, code: int, name: int) -> CodeNames | None:
+    def _read_names(self, pid: int, process: _Process, code: int, name: int) -> CodeNames | None:
         """A code object's names: as the program copied them at the call, else from the
-        process's memory while it lives."""
+        process's memory while it lives; NOT_CODE for an object of another type."""
+        shape = process.shape
         key = PyCodeKey(code=code, name=name, pid=pid)
         value = PyCode()
-        if self._lib.bpf_lookup_elem(self._codes_fd, ctypes.byref(key), ctypes.byref(value)) == 0 \
-                and not value.flags & (PY_CODE_NAME_UNREAD | PY_CODE_FILE_UNREAD):
+        found = self._lib.bpf_lookup_elem(self._codes_fd, ctypes.byref(key), ctypes.byref(value)) == 0
+        if found and value.flags & PY_CODE_NOT_CODE:
+            return NOT_CODE
+        if found and not value.flags & (PY_CODE_NAME_UNREAD | PY_CODE_FILE_UNREAD):
             return CodeNames(value.name.decode(errors="replace"), value.filename.decode(errors="replace"),
                              value.firstlineno)
         proc = self._proc_root / str(pid)
+        type_word = _read_memory(proc, code + 8, 8)
+        if type_word is not None and len(type_word) == 8 and int.from_bytes(type_word, "little") != process.code_type:
+            return NOT_CODE
         fields = _read_memory(proc, code, max(shape.code_filename, shape.code_firstlineno) + 8)
         if fields is None or len(fields) < shape.code_filename + 8:
             self.counts["python_codes_unread"] += 1

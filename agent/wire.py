@@ -53,6 +53,7 @@ PY_FLAG_READ_FAULT = 1 << 3
 PY_ENTRY_EVERY_FRAME, PY_ENTRY_IS_ENTRY, PY_ENTRY_SHIM = range(3)
 PY_CODE_NAME_UNREAD = 1 << 0
 PY_CODE_FILE_UNREAD = 1 << 1
+PY_CODE_NOT_CODE = 1 << 2
 
 
 class PyFrameRef(ctypes.Structure):
@@ -69,6 +70,7 @@ class PythonProcess(ctypes.Structure):
 
     _fields_ = [
         ("runtime", ctypes.c_uint64),
+        ("code_type", ctypes.c_uint64),
         ("interpreters_head", ctypes.c_uint32),
         ("threads_head", ctypes.c_uint32),
         ("thread_next", ctypes.c_uint32),

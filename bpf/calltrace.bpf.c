@@ -351,7 +351,11 @@ static __always_inline void remember_code(struct python_process *py, u32 pid, u6
         return;
     value->flags = 0;
     value->firstlineno = 0;
-    u64 filename = 0;
+    u64 filename = 0, type = 0;
+    /* Checked once per code object: a frame chain read with offsets that do not fit this
+     * interpreter would name junk; its "code object" is then no code object. */
+    if (read_word(&type, code + 8) != 0 || type != py->code_type)
+        value->flags |= PY_CODE_NOT_CODE;
     if (bpf_probe_read_user(&value->firstlineno, sizeof(value->firstlineno),
                             (void *)(code + py->code_firstlineno)) != 0 ||
         read_word(&filename, code + py->code_filename) != 0)

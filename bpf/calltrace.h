@@ -100,6 +100,7 @@ struct py_code_key {
 
 #define PY_CODE_NAME_UNREAD (1U << 0) /* not a compact ASCII string, or a read fault */
 #define PY_CODE_FILE_UNREAD (1U << 1)
+#define PY_CODE_NOT_CODE    (1U << 2) /* its ob_type is not PyCode_Type: the layout does not fit */
 
 struct py_code {
     __u32 firstlineno;

@@ -24,6 +24,7 @@ enum py_entry_rule {
  * struct pthread. */
 struct python_process {
     __u64 runtime;              /* address of _PyRuntime in the process */
+    __u64 code_type;            /* address of PyCode_Type: what a code object's ob_type holds */
     __u32 interpreters_head;    /* _PyRuntimeState.interpreters.head */
     __u32 threads_head;         /* PyInterpreterState: its first thread state */
     __u32 thread_next;          /* PyThreadState.next */

@@ -198,9 +198,12 @@ static __always_inline u32 walk_path(struct python_process *py, struct thread_st
                 flags |= PYFUNC_FLAG_TRUNCATED;
                 break;
             }
-            u64 name = 0, file = 0;
+            u64 name = 0, file = 0, type = 0;
             u32 first_line = 0;
-            if (fields.code == 0 || read_word(&name, fields.code + py->code_name) != 0 ||
+            /* A "code object" of another type: offsets that do not fit; no path rather than junk. */
+            if (fields.code == 0 || read_word(&type, fields.code + 8) != 0 || type != py->code_type)
+                return 0;
+            if (read_word(&name, fields.code + py->code_name) != 0 ||
                 read_word(&file, fields.code + py->code_filename) != 0 ||
                 bpf_probe_read_user(&first_line, sizeof(first_line), (void *)(fields.code + py->code_firstlineno)) != 0) {
                 flags |= PYFUNC_FLAG_TRUNCATED;

@@ -12,6 +12,7 @@ import textwrap
 import time
 import uuid
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ import pytest
 
 from runtime_signals.agent.procmaps import ResolvedAddress
 from runtime_signals.agent.pyframes import (
+    DEBUG_OFFSET_WORDS,
     code_unit_digest,
+    debug_offsets_differ,
     evaluation_groups,
     process_description,
     pthread_tid_offset,
@@ -184,6 +187,13 @@ def test_each_interpreter_file_is_described(interpreter: Path) -> None:
                    None)
     described = read_interpreter(library or interpreter, version)
     assert described is not None and described.eval_ranges and described.runtime_address
+    assert described.code_type_address  # what every code object's ob_type must hold
+    # 3.13 publishes its offsets: they agree with the table; a changed one is refused.
+    assert debug_offsets_differ(LAYOUTS[version], described) == []
+    if version >= (3, 13):
+        words = list(described.debug_offsets)
+        words[DEBUG_OFFSET_WORDS["frame_owner"]] += 1
+        assert debug_offsets_differ(LAYOUTS[version], replace(described, debug_offsets=tuple(words))) == ["frame_owner"]
     shape = LAYOUTS[version]
     value = process_description(shape, 0x1000, pthread_tid_offset(LIBC))
     assert value is not None

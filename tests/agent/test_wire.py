@@ -121,6 +121,6 @@ def test_python_frame_constants_follow_the_headers() -> None:
     for name in ("PY_NAME_BYTES", "PY_FILE_BYTES", "PY_FRAME_WINDOW"):
         assert int(defines[name]) == getattr(wire, name), name
     for name in ("PY_FLAG_WALKED", "PY_FLAG_TRUNCATED", "PY_FLAG_NO_THREAD", "PY_FLAG_READ_FAULT",
-                 "PY_CODE_NAME_UNREAD", "PY_CODE_FILE_UNREAD"):
+                 "PY_CODE_NAME_UNREAD", "PY_CODE_FILE_UNREAD", "PY_CODE_NOT_CODE"):
         assert 1 << int(defines[name]) == getattr(wire, name), name
     assert re.search(r"#define CALLTRACE_MAX_PY_FRAMES (\d+)", text)[1] == str(wire.PY_MAX_FRAMES)  # type: ignore[index]
