@@ -128,6 +128,10 @@ class CallSource(Protocol):
 
     def kernel_totals(self) -> dict[str, int]: ...
 
+    def apply_budget(self, now_ns: int) -> None: ...  # the adaptive budget's tick for its probes
+
+    def probe_figures(self, now_ns: int) -> list[ProbeFigures]: ...  # per probe, for SignalStatistics
+
     def stop(self) -> None: ...  # no more calls: the last collection then holds every one
 
 
@@ -494,6 +498,8 @@ class Collector:
                 except ProbeError as exc:
                     self._budget.rearm_failed(probe.index, now_ns)
                     log.error("budget: re-arming %s failed, retrying later: %s", probe.spec.probe_id, exc)
+        for source in self._sources:
+            source.apply_budget(now_ns)
 
     # --- statistics ---------------------------------------------------------------
 
@@ -512,6 +518,8 @@ class Collector:
             figures.append(ProbeFigures(probe.spec.probe_id, self._tracer.is_attached(probe),
                                         counters.get(probe.index, {}).get("hits", 0), unwatched_ns,
                                         state.detach_count if state else 0))
+        for source in self._sources:
+            figures.extend(source.probe_figures(now_ns))
         totals, agent_dropped = self._totals(counters)
         kernel = KernelFigures(totals, self._tracer.program_stats(),
                                self._ringbuf_peak_bytes, self._tracer.ringbuf_bytes, self._tracer.memory_bytes())

@@ -192,6 +192,8 @@ class PythonTracer:
         self._sites: list[tuple[str, str]] = []  # (path, marker name) by site index
         self._files: dict[tuple[int, int], str] = {}  # (dev, inode) -> path attached
         self._links: list[bpfsys.UprobeLink] = []
+        self._site_events: list[tuple[int, str]] = []  # (tracefs event id, description) by site index
+        self.markers_attached = True  # False while the budget has every probe off (detach_markers)
         self.probes: list[AttachedPythonProbe] = []
         self._preexisting: set[int] = set()
         self.preexisting_overflow = 0
@@ -227,8 +229,10 @@ class PythonTracer:
                                   flags=flags[kind])
                 self._update("sites", index, site, f"marker {name} of {path}")
                 event_id = self._uprobes.create(index, str(path), marker.file_offset, marker.semaphore_file_offset)
-                self._links.append(bpfsys.attach_trace_event(
-                    self._prog_fd, event_id, index, f"USDT python:{name} in {path}+0x{marker.file_offset:x}"))
+                what = f"USDT python:{name} in {path}+0x{marker.file_offset:x}"
+                self._site_events.append((event_id, what))
+                if self.markers_attached:
+                    self._links.append(bpfsys.attach_trace_event(self._prog_fd, event_id, index, what))
                 self._sites.append((str(path), name))
             self._files[identity] = path_in_process or str(path)
         log.info("attached the Python function markers of %s", path)
@@ -356,12 +360,22 @@ class PythonTracer:
         return sorted(set(self._files.values()))
 
     def detach_markers(self) -> None:
-        """Unlink the program from every marker: calls stop costing anything (the kernel
-        lowers the semaphores once the events are removed, in close)."""
+        """Unlink the program from every marker: the uprobes are unregistered, which lowers
+        the semaphores, and Python calls stop costing anything."""
         with self._lock:
             for link in self._links:
                 link.close()
             self._links.clear()
+            self.markers_attached = False
+
+    def reattach_markers(self) -> None:
+        """Link the program to every marker again (after detach_markers)."""
+        with self._lock:
+            if self.markers_attached:
+                return
+            self._links = [bpfsys.attach_trace_event(self._prog_fd, event_id, index, what)
+                           for index, (event_id, what) in enumerate(self._site_events)]
+            self.markers_attached = True
 
     def close(self) -> None:
         self.detach_markers()

@@ -13,12 +13,16 @@ import logging
 import os
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cachetools import LRUCache
+
+from runtime_signals.agent.budget import Action, Budget, BudgetSettings
 from runtime_signals.agent.clock import BootClock
 from runtime_signals.agent.errors import ProbeError
 from runtime_signals.agent.probes import ProbeLimits
@@ -31,10 +35,13 @@ from runtime_signals.agent.pyprobes import (
     PythonTracer,
 )
 from runtime_signals.agent.selectors import TargetFilters
+from runtime_signals.agent.stats import ProbeFigures
 from runtime_signals.agent.wire import PythonProcess
 
 log = logging.getLogger(__name__)
 
+# Python paths remembered per probe and process, to tell a new one (the budget's signal).
+MAX_REMEMBERED_PATHS = 1 << 16
 _INTERPRETER = re.compile(r"(?:^|/)(?:lib)?python\d\.\d+[a-z]*(?:\.so[.\d]*)?$")
 
 
@@ -68,7 +75,8 @@ class PythonTargets:
                  filters: TargetFilters, *, host: str, agent_id: str, proc_root: Path = Path("/proc"),
                  rescan_interval_ms: int = 10_000,
                  on_source_file: Callable[[int, str, str, str | None], None] | None = None,
-                 describe_interpreter: Callable[[int], PythonProcess | None] | None = None) -> None:
+                 describe_interpreter: Callable[[int], PythonProcess | None] | None = None,
+                 budget: BudgetSettings | None = None) -> None:
         self._tracer = tracer
         self._namer = namer
         self._describe = describe
@@ -81,6 +89,14 @@ class PythonTargets:
         # A process's interpreter as the program walks its frames (agent/pyframes.py): its
         # return-site records then carry the Python path, not the function alone.
         self._describe_interpreter = describe_interpreter
+        # The adaptive budget (agent/budget.py), as for native probes. Switching one probe off
+        # saves its records; the markers' trap, which every Python call of the interpreter
+        # pays, goes only when every probe is off: then the markers are detached.
+        self._budget = Budget(budget or BudgetSettings(enabled=False))
+        self._enabled: dict[int, bool] = {}
+        self._limits: dict[int, ProbeLimits | None] = {}
+        self._paths: LRUCache[tuple[Any, ...], bool] = LRUCache(MAX_REMEMBERED_PATHS)
+        self._new_paths: Counter[int] = Counter()
         self._next_scan = 0.0
         self._clock = BootClock()
         self._pending: list[PythonCall] = []
@@ -96,7 +112,11 @@ class PythonTargets:
 
     def add(self, spec: PythonProbeSpec, limits: ProbeLimits | None = None) -> AttachedPythonProbe:
         """A probe with the agent's rate limit (its dedup flag does not apply: calls are folded per tick)."""
-        return self._tracer.add_probe(spec, limits)
+        probe = self._tracer.add_probe(spec, limits)
+        self._enabled[probe.index] = True
+        self._limits[probe.index] = limits
+        self._budget.track(probe.index, time.monotonic_ns())
+        return probe
 
     def scan(self) -> int:
         """Attach the markers of interpreters not seen before; returns files attached."""
@@ -178,6 +198,11 @@ class PythonTargets:
             key = (call.probe_index, call.pid, call.flags, call.filename, call.funcname, call.lineno, call.frames)
             first, count, last_ns = folded.get(key, (call, 0, call.boot_ns))
             folded[key] = (first, count + 1, max(last_ns, call.boot_ns))
+        for key in folded:
+            path = (key[0], key[1], key[6])  # probe, process, Python path
+            if self._paths.get(path) is None:
+                self._paths[path] = True
+                self._new_paths[key[0]] += 1
         built = []
         for first, count, last_ns in folded.values():
             try:
@@ -207,6 +232,46 @@ class PythonTargets:
                     self._on_source_file(call.pid, frame.path, frame.binary_digest, frame.purl)
         return call_record(call, count, frames, probe.spec, container_id=process.container_id, host=self._host,
                            agent_id=self._agent_id, wall_us=self._clock.wall_us(call.boot_ns), last_boot_ns=last_ns)
+
+    def apply_budget(self, now_ns: int) -> None:
+        """Switch off probes whose calls are well known, on again after their back-off; the
+        markers go when every probe is off and come back with the first one re-armed."""
+        for probe in self._tracer.probes:
+            calls = self._tracer.probe_counters(probe)["calls"]
+            action = self._budget.observe(probe.index, now_ns, calls, self._new_paths.pop(probe.index, 0))
+            if action is Action.DETACH:
+                self._set_enabled(probe, False)
+                log.info("budget: switched off %s (no new Python path for %.0fs)", probe.spec.probe_id,
+                         self._budget.settings.quiet_ns / 1e9)
+            elif action is Action.REARM:
+                try:
+                    self._set_enabled(probe, True)
+                    log.info("budget: switched on %s", probe.spec.probe_id)
+                except ProbeError as exc:
+                    self._budget.rearm_failed(probe.index, now_ns)
+                    log.error("budget: switching on %s failed, retrying later: %s", probe.spec.probe_id, exc)
+
+    def _set_enabled(self, probe: AttachedPythonProbe, enabled: bool) -> None:
+        if enabled and not self._tracer.markers_attached:
+            self._tracer.reattach_markers()
+        self._tracer.set_enabled(probe, enabled, self._limits.get(probe.index))
+        self._enabled[probe.index] = enabled
+        if not any(self._enabled.values()) and self._tracer.markers_attached:
+            self._tracer.detach_markers()
+            self.counts["markers_detached"] += 1
+            log.info("budget: every Python probe is off: the markers are detached until one is on again")
+
+    def probe_figures(self, now_ns: int) -> list[ProbeFigures]:
+        """Each Python probe's figures for SignalStatistics, as the native probes' are: a
+        probe switched off by the budget is not watched (its calls are not recorded)."""
+        figures = []
+        for probe in self._tracer.probes:
+            state = self._budget.state(probe.index)
+            figures.append(ProbeFigures(probe.spec.probe_id, self._enabled.get(probe.index, False),
+                                        self._tracer.probe_counters(probe)["calls"],
+                                        self._budget.detached_ns(probe.index, now_ns),
+                                        state.detach_count if state else 0))
+        return figures
 
     def kernel_counters(self) -> dict[str, dict[str, int]]:
         return {probe.spec.probe_id: self._tracer.probe_counters(probe) for probe in self._tracer.probes}

@@ -201,7 +201,8 @@ def _start_python_targets(targets: list[TargetSettings], collector: Any, filters
                            agent_id=settings.agent_id, proc_root=Path(agent.proc_root),
                            rescan_interval_ms=agent.target_rescan_interval_ms,
                            on_source_file=collector.note_source_file,
-                           describe_interpreter=collector.python_marker_description)
+                           describe_interpreter=collector.python_marker_description,
+                           budget=collector.settings.budget)
     for target in targets:
         for symbol in target.symbols:
             probe = python.add(PythonProbeSpec.parse(symbol), probe_limits(agent))

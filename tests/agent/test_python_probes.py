@@ -233,3 +233,68 @@ def test_the_agent_publishes_python_function_calls_with_exact_counts(kafka_boots
     decoder = sources["/usr/lib/python3.11/json/decoder.py"]
     assert decoder["binary_digest"] == events[0]["binary_digest"] and decoder["start_address"] == 0
     assert decoder["purl"] == events[0]["purl"]
+
+
+HOT_WORKLOAD = textwrap.dedent('''\
+    import sys, time
+
+    def hot():
+        return 1
+
+    sys.stdin.readline()
+    calls, end = 0, time.monotonic() + float(sys.argv[1])
+    while time.monotonic() < end:
+        hot()
+        calls += 1
+        time.sleep(0.0005)  # about 1,500 calls/s: hot for the budget, not a flood for the pump
+    print(calls, flush=True)
+    sys.stdin.readline()
+''')
+
+
+@pytest.mark.skipif(not DEBIAN_PYTHON.exists() or not interpreter_markers(DEBIAN_PYTHON),
+                    reason="Debian's python3.11 with USDT markers is not installed")
+def test_the_budget_switches_a_hot_python_probe_off_and_its_markers_go(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """A Python probe on a hot function whose path is known is switched off by the budget, as
+    a native one is detached; with every Python probe off the markers are detached, so the
+    interpreter's calls stop paying the trap. The statistics say how long it was not watched."""
+    import uuid
+
+    from runtime_signals.devtools.demo import create_topics
+    from runtime_signals.schemas.topics import TopicNames
+    from tests.agent.agent_runs import CALL_EVENT, STATISTICS, AgentProcess, decode_all, read_all
+
+    reason = bpf_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    prefix = f"pybudget-{uuid.uuid4().hex[:8]}."
+    names = TopicNames().with_prefix(prefix)
+    create_topics(kafka_bootstrap, names)
+    script = tmp_path / "hot_loop.py"
+    script.write_text(HOT_WORKLOAD)
+    workload = subprocess.Popen([str(DEBIAN_PYTHON), str(script), "6"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert workload.stdin is not None and workload.stdout is not None
+    # A budget scaled down to the test's seconds (tests/agent/test_overhead.py does the same
+    # for a native probe), re-arming only after the test.
+    budget = ["--budget-quiet-s", "1", "--budget-min-rate", "100", "--budget-backoff-s", "600",
+              "--budget-max-backoff-s", "600", "--statistics-interval-ms", "1000"]
+    try:
+        with AgentProcess(kafka_bootstrap, prefix, ["python:hot_loop:hot"], tmp_path / "agent.log", budget) as agent:
+            workload.stdin.write(b"go\n")
+            workload.stdin.flush()
+            made = int(workload.stdout.readline())
+            time.sleep(1.5)  # a statistics interval after the loop
+            assert agent.stop() == 0, agent.log()[-3000:]
+            log = agent.log()
+    finally:
+        workload.kill()
+        workload.wait()
+    assert "budget: switched off python:hot_loop:hot" in log, log[-3000:]
+    assert "the markers are detached" in log, log[-3000:]
+    recorded = sum(e["observation_count"] for e in decode_all(read_all(kafka_bootstrap, names.raw), CALL_EVENT)
+                   if e["pid"] == workload.pid)
+    # Recorded until the budget acted (at least its quiet second), not after.
+    assert 0 < recorded < made, (recorded, made)
+    statistics = max(decode_all(read_all(kafka_bootstrap, names.statistics), STATISTICS),
+                     key=lambda r: r["reported_at_us"])
+    assert statistics["detached_ns_by_probe"]["python:hot_loop:hot"] >= 2_000_000_000, statistics
