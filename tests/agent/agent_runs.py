@@ -162,3 +162,16 @@ def wait_for_rules(agent: AgentProcess, pid: int, timeout_s: float = 240.0) -> N
             return
         time.sleep(0.2)
     raise AssertionError(f"the agent did not load the rules of {waiting} in {timeout_s:.0f}s:\n{agent.log()[-3000:]}")
+
+
+def fresh_topics(bootstrap: str, stem: str) -> tuple[str, Any]:
+    """(prefix, its TopicNames) of a new topic prefix "<stem>-<random>.", its topics created."""
+    import uuid
+
+    from runtime_signals.devtools.demo import create_topics
+    from runtime_signals.schemas.topics import TopicNames
+
+    prefix = f"{stem}-{uuid.uuid4().hex[:8]}."
+    names = TopicNames().with_prefix(prefix)
+    create_topics(bootstrap, names)
+    return prefix, names

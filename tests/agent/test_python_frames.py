@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import textwrap
 import time
-import uuid
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -218,15 +217,12 @@ def _expected_names(stack: list[list[Any]]) -> tuple[str, ...]:
 def _live_setup(bootstrap: str, tmp_path: Path) -> tuple[str, Any, Path]:
     """(topic prefix, its topics, the workload's script), the topics created; skips where
     BPF cannot run."""
-    from runtime_signals.devtools.demo import create_topics
-    from runtime_signals.schemas.topics import TopicNames
+    from tests.agent.agent_runs import fresh_topics
 
     reason = bpf_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    prefix = f"pyframes-{uuid.uuid4().hex[:8]}."
-    names = TopicNames().with_prefix(prefix)
-    create_topics(bootstrap, names)
+    prefix, names = fresh_topics(bootstrap, "pyframes")
     script = tmp_path / "app.py"
     script.write_text(WORKLOAD)
     return prefix, names, script

@@ -258,18 +258,12 @@ def test_the_budget_switches_a_hot_python_probe_off_and_its_markers_go(kafka_boo
     """A Python probe on a hot function whose path is known is switched off by the budget, as
     a native one is detached; with every Python probe off the markers are detached, so the
     interpreter's calls stop paying the trap. The statistics say how long it was not watched."""
-    import uuid
-
-    from runtime_signals.devtools.demo import create_topics
-    from runtime_signals.schemas.topics import TopicNames
-    from tests.agent.agent_runs import CALL_EVENT, STATISTICS, AgentProcess, decode_all, read_all
+    from tests.agent.agent_runs import CALL_EVENT, STATISTICS, AgentProcess, decode_all, fresh_topics, read_all
 
     reason = bpf_unavailable_reason()
     if reason:
         pytest.skip(reason)
-    prefix = f"pybudget-{uuid.uuid4().hex[:8]}."
-    names = TopicNames().with_prefix(prefix)
-    create_topics(kafka_bootstrap, names)
+    prefix, names = fresh_topics(kafka_bootstrap, "pybudget")
     script = tmp_path / "hot_loop.py"
     script.write_text(HOT_WORKLOAD)
     workload = subprocess.Popen([str(DEBIAN_PYTHON), str(script), "6"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
