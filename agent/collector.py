@@ -39,7 +39,7 @@ from runtime_signals.agent.budget import Action, Budget, BudgetSettings
 from runtime_signals.agent.clock import BootClock
 from runtime_signals.agent.errors import ProbeError
 from runtime_signals.agent.modules import ModuleMapBuilder, ModuleMapPublisher
-from runtime_signals.agent.perfmap import PerfMaps
+from runtime_signals.agent.perfmap import JitModule, PerfMaps
 from runtime_signals.agent.pinning import PinnedGeneration
 from runtime_signals.agent.probes import AttachedProbe, CallTracer, ProbeSpec, RawCall
 from runtime_signals.agent.processes import NodeFiles, ProcessInfo, ProcessTable
@@ -237,9 +237,10 @@ class Collector:
         """pid's interpreter as the Python-function probes' program walks it (agent/pyframes.py)."""
         return self._python.marker_description(pid)
 
-    def note_source_file(self, pid: int, path: str, binary_digest: str, purl: str | None) -> None:
-        """A Python source file in a record of pid: into its module map (call on the pump's thread)."""
-        self._processes.add_source_file(pid, path, binary_digest, purl)
+    def note_code_unit(self, pid: int, unit: JitModule) -> None:
+        """A Python function in a record of pid: into its module map, its name published
+        (call on the pump's thread)."""
+        self._processes.add_code_unit(pid, unit)
 
     @property
     def unwind(self) -> UnwindLoader:

@@ -223,21 +223,17 @@ class ProcessTable:
         self._report_module_map(pid)
         return frames
 
-    def add_source_file(self, pid: int, path: str, binary_digest: str, purl: str | None) -> None:
-        """A Python source file named in a frame of pid (agent/pycalls.py): listed in the
-        process's module map with start = end = 0, so consumers know its package."""
-        self.add_code_unit(pid, JitModule(0, 0, path, path, binary_digest, purl), named=False)
-
-    def add_code_unit(self, pid: int, unit: JitModule, named: bool = True) -> None:
-        """A unit of code met in pid's stacks that no file mapping holds: listed in its module
-        map and, when named, its one-name symbol table published once."""
+    def add_code_unit(self, pid: int, unit: JitModule) -> None:
+        """A unit of code met in pid's stacks that no file mapping holds (a Python function,
+        agent/pyframes.py): listed in its module map (start = end = 0) with its package, and
+        its one-name symbol table published once."""
         with self._lock:
             units = self._jit_modules.setdefault(pid, {})
-            key = (unit.start, unit.binary_digest if named else unit.map_path)
+            key = (unit.start, unit.binary_digest)
             if key in units:
                 return
             units[key] = unit
-            if named and unit.binary_digest not in self._jit_digests:
+            if unit.binary_digest not in self._jit_digests:
                 self._jit_digests.add(unit.binary_digest)
                 if self._on_jit_code is not None:
                     self._on_jit_code(unit)

@@ -1,12 +1,12 @@
 """Python-function calls (agent/pyprobes.PythonCall) to RuntimeCallEvent records.
 
 The kernel passes calls whose co_name matches; here the whole MODULE:QUALNAME is checked
-against the source file (agent/pysource.py) and the frames are located: a Python frame's
-"binary" is its source file (binary_digest: SHA-256 of the file, library: its path as the
-process sees it) and its binary_offset is the byte offset of the last byte of the frame's
-line (never an empty line, so a consumer that looks a caller up at offset - 1, as for a
-return address, stays on that line). Its address is the code object's name pointer in the
-process: not an instruction address, but what tells unread frames apart.
+against the source file (agent/pysource.py) and the frames are located as Python frames in
+native paths are (agent/pyframes.py): a frame is a unit of code whose digest is made of its
+source file's digest, its module.qualname and its first line, at offset 1, library its
+source path; the agent publishes the unit's one-name symbol table, so the processor names
+callers too. Its address is the code object's name pointer in the process: not an
+instruction address, but what tells unread frames apart.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime_signals.agent.procmaps import DigestCache, signed64
+from runtime_signals.agent.pyframes import code_unit_digest
 from runtime_signals.agent.pyprobes import PythonCall, PythonProbeSpec
 from runtime_signals.agent.pysource import PythonSources, SourceFile, module_candidates
 from runtime_signals.agent.pywire import FLAG_TRUNCATED
@@ -40,22 +41,6 @@ class NamedFrame:
         return f"{self.module}.{self.qualname}" if self.module and self.qualname else None
 
 
-def line_end_offset(data: bytes, lineno: int) -> int | None:
-    """Byte offset of the last byte of line lineno (1-based): its newline, or the file's
-    last byte when the line has none; None past the end."""
-    if lineno < 1:
-        return None
-    position = 0
-    for _ in range(lineno - 1):
-        position = data.find(b"\n", position) + 1
-        if position == 0:
-            return None
-    if position >= len(data):
-        return None
-    end = data.find(b"\n", position)
-    return end if end >= 0 else len(data) - 1
-
-
 class PythonCallNamer:
     """Checks a call against its probe's full name and locates its frames."""
 
@@ -63,7 +48,6 @@ class PythonCallNamer:
         self._sources = sources
         self._digests = digests
         self._proc_root = proc_root
-        self._offsets: dict[tuple[str, int], int | None] = {}
         self.counts: Counter[str] = Counter()
 
     def frames(self, call: PythonCall, interpreter: str | None = None) -> list[NamedFrame]:
@@ -83,24 +67,16 @@ class PythonCallNamer:
         return located
 
     def _locate(self, source: SourceFile, funcname: str, lineno: int, address: int, proc: Path) -> NamedFrame:
-        qualname = source.index.qualname_at(lineno, funcname) if source.index is not None else None
+        definition = source.index.definition_at(lineno, funcname) if source.index is not None else None
         candidates = module_candidates(source.path)
         # Below an import root the one module name; elsewhere the shortest, the file's stem.
         module = candidates[0] if candidates else None
-        host_path = proc / "root" / source.path.lstrip("/")
-        digest = self._digests.digest(host_path) if source.index is not None else None
-        offset = None
-        if digest is not None:
-            key = (digest, lineno)
-            if key not in self._offsets:
-                try:
-                    self._offsets[key] = line_end_offset(host_path.read_bytes(), lineno)
-                except OSError:
-                    self._offsets[key] = None
-            offset = self._offsets[key]
-        if offset is None:
-            digest = None
-        return NamedFrame(module, qualname, source.path, lineno, address, digest, offset, source.purl)
+        if definition is None:
+            return NamedFrame(module, None, source.path, lineno, address, None, None, source.purl)
+        symbol = f"{module}.{definition.qualname}" if module else definition.qualname
+        file_digest = self._digests.digest(proc / "root" / source.path.lstrip("/"))
+        digest = code_unit_digest(file_digest or source.path, symbol, definition.first_line)
+        return NamedFrame(module, definition.qualname, source.path, lineno, address, digest, 1, source.purl)
 
     def selects(self, spec: PythonProbeSpec, leaf: NamedFrame) -> bool:
         """Whether the probed function is the one the probe names (the kernel compared co_name only)."""

@@ -78,14 +78,20 @@ class SourceIndex:
         """The qualified name of the innermost definition named co_name that holds line;
         "<module>" for module code; None when no definition fits (the file changed since
         the process loaded it, or the code was not compiled from this file)."""
+        found = self.definition_at(line, co_name)
+        return found.qualname if found is not None else None
+
+    def definition_at(self, line: int, co_name: str) -> Definition | None:
+        """The innermost definition named co_name that holds line (module code: the whole
+        file, from line 1), or None."""
         if co_name == "<module>":
-            return "<module>"
+            return Definition(1, max((d.last_line for d in self.definitions), default=1), "<module>", "<module>")
         best: Definition | None = None
         for definition in self.definitions:
             holds = definition.name == co_name and definition.first_line <= line <= definition.last_line
             if holds and (best is None or definition.first_line >= best.first_line):
                 best = definition
-        return best.qualname if best is not None else None
+        return best
 
 
 @dataclass(frozen=True, slots=True)

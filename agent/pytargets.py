@@ -25,6 +25,7 @@ from cachetools import LRUCache
 from runtime_signals.agent.budget import Action, Budget, BudgetSettings
 from runtime_signals.agent.clock import BootClock
 from runtime_signals.agent.errors import ProbeError
+from runtime_signals.agent.perfmap import JitModule
 from runtime_signals.agent.probes import ProbeLimits
 from runtime_signals.agent.processes import ProcessInfo
 from runtime_signals.agent.pycalls import PythonCallNamer, call_record
@@ -74,7 +75,7 @@ class PythonTargets:
     def __init__(self, tracer: PythonTracer, namer: PythonCallNamer, describe: Callable[[int, int], ProcessInfo],
                  filters: TargetFilters, *, host: str, agent_id: str, proc_root: Path = Path("/proc"),
                  rescan_interval_ms: int = 10_000,
-                 on_source_file: Callable[[int, str, str, str | None], None] | None = None,
+                 on_code_unit: Callable[[int, JitModule], None] | None = None,
                  describe_interpreter: Callable[[int], PythonProcess | None] | None = None,
                  budget: BudgetSettings | None = None) -> None:
         self._tracer = tracer
@@ -85,7 +86,7 @@ class PythonTargets:
         self._agent_id = agent_id
         self._proc_root = proc_root
         self._rescan_s = rescan_interval_ms / 1000
-        self._on_source_file = on_source_file  # (pid, path, digest, purl): for the module map
+        self._on_code_unit = on_code_unit  # each located frame: its module map entry and symbol table
         # A process's interpreter as the program walks its frames (agent/pyframes.py): its
         # return-site records then carry the Python path, not the function alone.
         self._describe_interpreter = describe_interpreter
@@ -226,10 +227,12 @@ class PythonTargets:
             # The kernel compared co_name only: another function of that name. Not a loss.
             self.dropped_calls["not_selected"] += count
             return None
-        if self._on_source_file is not None:
+        if self._on_code_unit is not None:
             for frame in frames:
                 if frame.binary_digest is not None:
-                    self._on_source_file(call.pid, frame.path, frame.binary_digest, frame.purl)
+                    name = frame.signature or frame.qualname or frame.path
+                    self._on_code_unit(call.pid, JitModule(0, 0, name, frame.path, frame.binary_digest, frame.purl,
+                                                           "python-code"))
         return call_record(call, count, frames, probe.spec, container_id=process.container_id, host=self._host,
                            agent_id=self._agent_id, wall_us=self._clock.wall_us(call.boot_ns), last_boot_ns=last_ns)
 

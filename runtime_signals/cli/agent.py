@@ -200,7 +200,7 @@ def _start_python_targets(targets: list[TargetSettings], collector: Any, filters
     python = PythonTargets(PythonTracer(), namer, collector.describe_process, filters, host=settings.host,
                            agent_id=settings.agent_id, proc_root=Path(agent.proc_root),
                            rescan_interval_ms=agent.target_rescan_interval_ms,
-                           on_source_file=collector.note_source_file,
+                           on_code_unit=collector.note_code_unit,
                            describe_interpreter=collector.python_marker_description,
                            budget=collector.settings.budget)
     for target in targets:

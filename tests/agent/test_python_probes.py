@@ -13,7 +13,8 @@ import pytest
 
 from runtime_signals.agent.procmaps import DigestCache
 from runtime_signals.agent.purl import PurlResolver
-from runtime_signals.agent.pycalls import PythonCallNamer, call_record, line_end_offset
+from runtime_signals.agent.pycalls import PythonCallNamer, call_record
+from runtime_signals.agent.pyframes import code_unit_digest
 from runtime_signals.agent.pyprobes import (
     PythonProbeSpec,
     PythonTracer,
@@ -85,7 +86,7 @@ def test_qualified_names_come_from_the_definition_holding_the_line() -> None:
     assert index.qualname_at(5, "inner") == "A.run.<locals>.inner"
     assert index.qualname_at(9, "run") == "run"
     assert index.qualname_at(9, "inner") is None           # no such definition there: not guessed
-    assert line_end_offset(b"a\nbc\n", 2) == 4 and line_end_offset(b"a\nbc", 2) == 3
+    assert index.definition_at(6, "run") == index.definitions[1]  # where its code unit starts
 
 
 @pytest.mark.parametrize("version", sorted(p.name for p in PYENV.glob("3.*")) if PYENV.exists() else [])
@@ -150,8 +151,13 @@ def test_a_probe_on_a_python_function_counts_each_call_exactly(tmp_path: Path) -
     owner = subprocess.run(["dpkg-query", "-S", "/usr/lib/python3.11/json/decoder.py"], capture_output=True,
                            text=True, check=True).stdout.split(":")[0]
     assert record["purl"] and record["purl"].startswith(f"pkg:deb/debian/{owner}@")
-    assert record["runtime_type"] == "PYTHON" and record["binary_digest"] == digests.digest(
-        "/usr/lib/python3.11/json/decoder.py")
+    # Located as a unit of code: the file's digest, the function's name and its first line.
+    decode = PythonSources(PurlResolver()).source(Path("/proc/self"), "/usr/lib/python3.11/json/decoder.py")
+    assert decode.index is not None
+    first_line = next(d.first_line for d in decode.index.definitions if d.qualname == "JSONDecoder.decode")
+    assert record["runtime_type"] == "PYTHON" and record["binary_offset"] == 1
+    assert record["binary_digest"] == code_unit_digest(digests.digest("/usr/lib/python3.11/json/decoder.py") or "",
+                                                       "json.decoder.JSONDecoder.decode", first_line)
     # 3.11 fires at function__return and keeps no stack: the record says its callers are missing.
     assert record["stack_truncated"] is True and len(record["stack_frames"]) == 1
     codec.encode(record, "io.runtimesignals.RuntimeCallEvent", codec.SchemaRegistry.default())
@@ -218,10 +224,17 @@ def test_the_agent_publishes_python_function_calls_with_exact_counts(kafka_boots
     for event in events:
         paths[tuple(f["library"].rsplit("/", 2)[-1] for f in event["stack_frames"])] += event["observation_count"]
     assert set(paths) == {("workload.py", "workload.py", "__init__.py", "decoder.py")}, paths
-    callers: Counter[int] = Counter()
+    # Every frame is a unit of code with its one-name symbol table: the processor names the
+    # callers as well as the probed function.
+    unit_names = {r["binary_digest"]: r["symbols"][0]["name"]
+                  for r in decode_all(read_all(bootstrap, names.symbols), "io.runtimesignals.SymbolTable")
+                  if (r["source"] or "").startswith("python-code:")}
+    by_path: Counter[tuple[str, ...]] = Counter()
     for event in events:
-        callers[event["stack_frames"][1]["binary_offset"]] += event["observation_count"]
-    assert sorted(callers.values()) == [4, 7], callers
+        by_path[tuple(unit_names[f["binary_digest"]] for f in event["stack_frames"])] += event["observation_count"]
+    assert by_path == {("workload.<module>", "workload.from_a", "json.loads", "json.decoder.JSONDecoder.decode"): 7,
+                       ("workload.<module>", "workload.from_b", "json.loads", "json.decoder.JSONDecoder.decode"): 4}, \
+        by_path
     statistics = max(decode_all(read_all(bootstrap, names.statistics), STATISTICS),
                      key=lambda r: r["reported_at_us"])
     assert statistics["dropped_by_reason"].get("not_selected", 0) >= 1  # Other.decode, by its full name
