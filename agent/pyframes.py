@@ -43,6 +43,7 @@ from runtime_signals.agent.perfmap import JitModule
 from runtime_signals.agent.procmaps import DigestCache, Mapping, ResolvedAddress, parse_maps
 from runtime_signals.agent.pylayouts import CPythonLayout, layout
 from runtime_signals.agent.pysource import PythonSources, module_candidates
+from runtime_signals.agent.unwind import Segment, mapping_bias
 from runtime_signals.agent.wire import (
     PY_CODE_FILE_UNREAD,
     PY_CODE_NAME_UNREAD,
@@ -425,14 +426,11 @@ class PythonStacks:
 
     @staticmethod
     def _bias(path: str, mappings: Sequence[Mapping], described: InterpreterFile) -> int | None:
-        for mapping in mappings:
-            if mapping.path != path:
-                continue
-            for offset, vaddr, size in described.segments:
-                first_page = offset - offset % 4096
-                if first_page <= mapping.file_offset < offset + max(size, 1):
-                    return mapping.start - mapping.file_offset + offset - vaddr
-        return None
+        """address - bias = the ELF virtual address, from one executable mapping of the file
+        (one load bias for the whole file)."""
+        segments = [Segment(offset, vaddr, size) for offset, vaddr, size in described.segments]
+        return next((bias for m in mappings if m.path == path
+                     if (bias := mapping_bias(m, segments)) is not None), None)
 
     def _pthread_tid(self, root: Path, mappings: Sequence[Mapping]) -> int | None:
         libc = next((m for m in mappings if _LIBC.search(m.path)), None)
