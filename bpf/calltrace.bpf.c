@@ -529,7 +529,12 @@ static __always_inline void finish(struct call_event *event, struct probe_config
         }
     }
 
-    if (events.ringbuf_output(event, sizeof(*event), 0) == 0)
+    /* Only the Python frames the call has: a native call's record is half the struct. */
+    u32 py_frames = event->py_frame_count;
+    if (py_frames > CALLTRACE_MAX_PY_FRAMES)
+        py_frames = CALLTRACE_MAX_PY_FRAMES;
+    u64 size = sizeof(*event) - sizeof(event->py_frames) + py_frames * sizeof(struct py_frame_ref);
+    if (events.ringbuf_output(event, size, 0) == 0)
         count(probe, COUNTER_SENT);
     else
         count(probe, COUNTER_DROP_RINGBUF_FULL);

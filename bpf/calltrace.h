@@ -110,7 +110,8 @@ struct py_code {
 };
 
 /* One call, or `count` identical calls folded together. The same layout is a ring-buffer
- * record (count == 1) and a dedup map value (count >= 1). Fields are ordered largest
+ * record (count == 1; it ends after its py_frame_count Python frames) and a dedup map
+ * value (count >= 1). Fields are ordered largest
  * first so the struct has no implicit padding. */
 struct call_event {
     __u64 boot_ns;          /* bpf_ktime_get_boot_ns() of the first call: CLOCK_BOOTTIME */
