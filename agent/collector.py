@@ -20,6 +20,7 @@ record's observed_at_us is its first call's time, which is after the previous ti
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
@@ -562,6 +563,7 @@ class Collector:
         state.total_calls, state.delivered_calls, state.dropped_calls = total, delivered, dropped
         state.pending_calls = delivery.pending_calls
         state.max_frames = self._tracer.max_frames
+        state.record_bytes = ctypes.sizeof(self._tracer.event_type)
         state.pin_dir = str(self._tracer.pin_dir) if self._tracer.pin_dir is not None else None
         state.probes = {p.index: ProbeSite(p.spec.probe_id, p.spec.symbol, p.path, p.file_offset)
                         for p in self._tracer.attached}
@@ -593,7 +595,9 @@ class Collector:
         total = previous.total_calls
         if generation is not None:
             generation.close_links()
-            if previous.max_frames == self._tracer.max_frames:
+            # The records' layout: frames kept, and the fields an agent version carries.
+            if (previous.max_frames, previous.record_bytes) == (self._tracer.max_frames,
+                                                                 ctypes.sizeof(self._tracer.event_type)):
                 def on_record(raw: object) -> None:
                     call = self._adopted_call(self._tracer.to_raw_call(raw), previous)  # type: ignore[arg-type]
                     found["drained_records"] += 1
@@ -601,8 +605,9 @@ class Collector:
                     self._try_publish(call, None)
                 generation.drain(self._tracer.event_type, DedupKey, on_record)
             else:
-                log.error("the previous agent's records have %d frames, this one %d: its uncollected calls cannot "
-                          "be read and are counted lost", previous.max_frames, self._tracer.max_frames)
+                log.error("the previous agent's records have %d frames in %d bytes, this one's %d in %d: its "
+                          "uncollected calls cannot be read and are counted lost", previous.max_frames,
+                          previous.record_bytes, self._tracer.max_frames, ctypes.sizeof(self._tracer.event_type))
             final = generation.counters(sorted(previous.probes))
             for index, now in final.items():
                 before = previous.kernel_counters.get(index, {})

@@ -53,6 +53,7 @@ class AgentState:
     # and its kernel counters as of written_at_us (the base a successor's reading adds to).
     pin_dir: str | None = None
     max_frames: int = 0
+    record_bytes: int = 0  # sizeof(struct call_event): 0 in states written before it was kept
     probes: dict[int, ProbeSite] = field(default_factory=dict)
     kernel_counters: dict[int, dict[str, int]] = field(default_factory=dict)
 
