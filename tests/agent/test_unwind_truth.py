@@ -123,16 +123,24 @@ def _build(case: Case, out_dir: Path) -> Path:
 
 
 def _private_library(case: Case, out_dir: Path) -> dict[str, str]:
-    """The environment that loads a private copy of case.probe_binary, and the copy's path
-    as PROBE_BINARY; empty when the probe is in the program itself."""
+    """The environment of both runs (gdb's and the agent's): one that loads a private copy
+    of case.probe_binary, and the copy's path as PROBE_BINARY, when the probe is in a
+    library.
+
+    Go's runtime preempts goroutines with SIGURG at any moment. One that arrives while gdb
+    steps over its breakpoint sends the thread into the handler before the instruction ran;
+    the handler returns to the breakpoint, and gdb reports one call twice (a rehearsal saw
+    gdb's 62 stops for 61 calls). Without async preemption the program makes the same
+    calls, and gdb's count is exact."""
+    env = {"GODEBUG": "asyncpreemptoff=1"} if case.name == "golang" else {}
     if case.probe_binary is None:
-        return {}
+        return env
     library_dir = out_dir / "lib"
     library_dir.mkdir(exist_ok=True)
     source = Path(case.probe_binary)
     copy = library_dir / source.name
     shutil.copy2(source.resolve(), copy)
-    return {"LD_LIBRARY_PATH": str(library_dir), "PROBE_BINARY": str(copy)}
+    return {**env, "LD_LIBRARY_PATH": str(library_dir), "PROBE_BINARY": str(copy)}
 
 
 def _gdb_paths(binary: Path, case: Case, out_dir: Path, private: dict[str, str],
