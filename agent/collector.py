@@ -44,7 +44,7 @@ from runtime_signals.agent.perfmap import JitModule, PerfMaps
 from runtime_signals.agent.pinning import PinnedGeneration
 from runtime_signals.agent.probes import AttachedProbe, CallTracer, ProbeSpec, RawCall
 from runtime_signals.agent.processes import NodeFiles, ProcessInfo, ProcessTable
-from runtime_signals.agent.procmaps import signed64
+from runtime_signals.agent.procmaps import ResolvedAddress, signed64
 from runtime_signals.agent.publisher import Publisher
 from runtime_signals.agent.pyframes import PythonStacks
 from runtime_signals.agent.pysource import PythonSources
@@ -116,6 +116,18 @@ class BuiltCall(Protocol):
 
     @property
     def calls(self) -> int: ...
+
+
+def inlined_site_frames(frames: list[ResolvedAddress]) -> list[ResolvedAddress]:
+    """The frames of a call of an inlined copy (agent/inlined.py), innermost first: the copy
+    runs inside its caller's own frame, so the probed function (frames[0], named by the
+    record) is followed by that caller's physical frame at the same place. It is written as
+    a return address is, one byte past the place (consumers look callers up at offset - 1),
+    so the caller is named even when the copy starts at its very first byte."""
+    top = frames[0]
+    caller = ResolvedAddress(top.address + 1, top.path, top.binary_digest,
+                             None if top.binary_offset is None else top.binary_offset + 1, None, top.pending)
+    return [top, caller, *frames[1:]]
 
 
 class CallSource(Protocol):
@@ -340,6 +352,8 @@ class Collector:
         frames, truncation_reason = checked_frames(frames, call.flags, call.end_reason)
         frames = self._python.splice_call(call.pid, frames, call.py_frames, call.py_flags, call.py_entries,
                                           native_complete=truncation_reason is None)
+        if probe is not None and probe.spec.file_offset is not None and frames:
+            frames = inlined_site_frames(frames)
         top = frames[0]
         path_key = hashlib.blake2b(repr((call.probe_index, [(f.binary_digest, f.binary_offset) if f.binary_digest
                                                             else f.address for f in frames])).encode(),

@@ -351,7 +351,8 @@ class TargetManager:
                 return
             # The tracer's own probe (its index is the BPF cookie every call carries), named as
             # the target names it ("c:malloc", not the /proc/<pid>/root/... path it was found at).
-            probe = replace(attached, spec=spec)
+            # An inlined copy keeps its place: its records get its caller's frame (collector).
+            probe = replace(attached, spec=replace(spec, file_offset=file_offset))
             if self._on_attached is not None:
                 self._on_attached(probe)
         self._probe_ids[key] = spec.probe_id

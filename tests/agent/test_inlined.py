@@ -113,3 +113,13 @@ def test_calls_of_inlined_copies_are_counted_exactly_under_the_functions_name(
     calls = {symbol: sum(e["observation_count"] for e in events if e["symbol"] == symbol)
              for symbol in ("parse_header", "crc_step")}
     assert calls == {"parse_header": UPLOADS + PREVIEWS, "crc_step": MIXES + POINTER_CALLS}, log[-3000:]
+    # The caller a copy was inlined into is a frame of its own, right below the function,
+    # named from the binary's symbols as any caller is (looked up at offset - 1).
+    symbols = read_symbol_table(binary).symbols
+    by_caller: dict[str, int] = {}
+    for event in (e for e in events if e["symbol"] == "parse_header"):
+        top, caller = event["stack_frames"][-1], event["stack_frames"][-2]
+        assert caller["binary_offset"] == top["binary_offset"] + 1, [f["binary_offset"] for f in event["stack_frames"]]
+        name = next(s.name for s in symbols if s.file_offset <= caller["binary_offset"] - 1 < s.file_offset + s.size_bytes)
+        by_caller[name] = by_caller.get(name, 0) + event["observation_count"]
+    assert by_caller == {"handle_upload": UPLOADS, "handle_preview": PREVIEWS}, by_caller
