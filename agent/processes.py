@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cachetools import LRUCache
+
 from runtime_signals.agent.identity import CgroupDirectory, ContainerResolver, PodDirectory, host_id
 from runtime_signals.agent.perfmap import (
     _JDK_PACKAGES,
@@ -91,6 +93,7 @@ ModuleMapCallback = Callable[[ProcessInfo, list[Mapping], int, Sequence[JitModul
 JitCodeCallback = Callable[[JitModule], None]  # a JIT code blob first met: publish its one-name table
 # Jars of one JVM indexed for class -> jar (its open .jar files); more are not read.
 MAX_JARS_PER_PROCESS = 256
+MAX_JIT_DIGESTS = 1 << 16
 
 
 def read_start_ticks(proc: Path) -> int:
@@ -129,7 +132,9 @@ class ProcessTable:
         self._perf_maps = perf_maps
         self._on_jit_code = on_jit_code
         self._jit_modules: dict[int, dict[tuple[int, str], JitModule]] = {}  # pid -> (start, name) -> module
-        self._jit_digests: set[str] = set()
+        # Code units whose one-name table was offered (bounded: a unit forgotten here is
+        # offered again, and published again only if the symbol publisher forgot it too).
+        self._jit_digests: LRUCache[str, bool] = LRUCache(MAX_JIT_DIGESTS)
         self._jars: dict[int, dict[str, str]] = {}  # pid -> class -> jar path (as the process sees it)
         # The event pump describes and resolves; the loader-hold thread captures.
         self._lock = threading.RLock()
@@ -234,7 +239,7 @@ class ProcessTable:
                 return
             units[key] = unit
             if unit.binary_digest not in self._jit_digests:
-                self._jit_digests.add(unit.binary_digest)
+                self._jit_digests[unit.binary_digest] = True
                 if self._on_jit_code is not None:
                     self._on_jit_code(unit)
             self.maps.mappings(pid)  # the map lists the process's mappings too
@@ -268,7 +273,7 @@ class ProcessTable:
                                    self._jit_purl(pid, runtime, symbol.name))
                 modules[(symbol.start, symbol.name)] = module
                 if digest not in self._jit_digests:
-                    self._jit_digests.add(digest)
+                    self._jit_digests[digest] = True
                     if self._on_jit_code is not None:
                         self._on_jit_code(module)
             named.append(ResolvedAddress(frame.address, map_path, digest, frame.address - symbol.start))

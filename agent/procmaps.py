@@ -365,3 +365,14 @@ class ProcessMaps:
             view.addresses.clear()
         view.addresses[address] = result
         return result
+
+
+def read_memory(proc: Path, address: int, size: int) -> bytes | None:
+    """size bytes of the process at /proc/<pid> from address (fewer at the end of a
+    mapping), or None when it cannot be read (gone, unmapped, no access)."""
+    try:
+        with open(proc / "mem", "rb", buffering=0) as memory:
+            memory.seek(address)
+            return memory.read(size)
+    except (OSError, ValueError, OverflowError):
+        return None

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime_signals.agent.procmaps import DigestCache, signed64
+from runtime_signals.agent.procmaps import DigestCache, read_memory, signed64
 from runtime_signals.agent.pyframes import code_unit_digest
 from runtime_signals.agent.pyprobes import PythonCall, PythonProbeSpec
 from runtime_signals.agent.pysource import PythonSources, SourceFile, module_candidates
@@ -88,11 +88,8 @@ class PythonCallNamer:
 
 def _read_c_string(proc: Path, address: int, limit_bytes: int = 256) -> str | None:
     """A NUL-terminated string of the process (a caller's co_filename or co_name)."""
-    try:
-        with open(proc / "mem", "rb", buffering=0) as memory:
-            memory.seek(address)
-            data = memory.read(limit_bytes)
-    except (OSError, ValueError, OverflowError):
+    data = read_memory(proc, address, limit_bytes)
+    if data is None:
         return None
     end = data.find(b"\0")
     return data[:end].decode(errors="replace") if end >= 0 else None

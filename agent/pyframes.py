@@ -35,14 +35,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cachetools import LRUCache
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from runtime_signals.agent.perfmap import JitModule
-from runtime_signals.agent.procmaps import DigestCache, Mapping, ResolvedAddress, parse_maps
+from runtime_signals.agent.procmaps import DigestCache, Mapping, ResolvedAddress, parse_maps, read_memory
 from runtime_signals.agent.pylayouts import CPythonLayout, layout
 from runtime_signals.agent.pysource import PythonSources, module_candidates
+from runtime_signals.agent.symtab import load_segments, to_file_offset
 from runtime_signals.agent.unwind import Segment, mapping_bias
 from runtime_signals.agent.wire import (
     PY_CODE_FILE_UNREAD,
@@ -82,6 +84,7 @@ DEBUG_OFFSET_WORDS = {
     "code_filename": 35, "code_name": 36, "code_qualname": 37, "code_firstlineno": 39,
 }
 MAX_NAMED_CODES = 65_536
+MAX_FILES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,20 +95,8 @@ class InterpreterFile:
     runtime_address: int          # ELF virtual address of _PyRuntime
     code_type_address: int        # ELF virtual address of PyCode_Type
     eval_ranges: tuple[tuple[int, int], ...]  # file offsets [start, end) of the evaluation loop
-    segments: tuple[tuple[int, int, int], ...]  # PT_LOAD (file offset, virtual address, file bytes)
+    segments: tuple[tuple[int, int, int], ...]  # PT_LOAD (file offset, virtual address, memory bytes)
     debug_offsets: tuple[int, ...] = ()  # the words of _Py_DebugOffsets (3.13+), as the file holds them
-
-
-def _load_segments(elf: ELFFile) -> tuple[tuple[int, int, int], ...]:
-    return tuple((s["p_offset"], s["p_vaddr"], s["p_filesz"]) for s in elf.iter_segments()
-                 if s["p_type"] == "PT_LOAD")
-
-
-def _file_offset(segments: Sequence[tuple[int, int, int]], address: int) -> int | None:
-    for offset, vaddr, size in segments:
-        if vaddr <= address < vaddr + size:
-            return address - vaddr + offset
-    return None
 
 
 def read_interpreter(path: Path, version: tuple[int, int]) -> InterpreterFile | None:
@@ -118,7 +109,8 @@ def read_interpreter(path: Path, version: tuple[int, int]) -> InterpreterFile | 
     try:
         with open(path, "rb") as handle:
             elf = ELFFile(handle)
-            segments = _load_segments(elf)
+            loads = load_segments(elf)
+            segments = tuple((offset, vaddr, size) for vaddr, size, offset in loads)
             for section_name in (".dynsym", ".symtab"):
                 section = elf.get_section_by_name(section_name)
                 if not isinstance(section, SymbolTableSection):
@@ -131,13 +123,13 @@ def read_interpreter(path: Path, version: tuple[int, int]) -> InterpreterFile | 
                         code_type = symbol["st_value"]
                     elif (name == _EVAL_FUNCTION or name.startswith(_EVAL_FUNCTION + ".cold")) \
                             and symbol["st_shndx"] != "SHN_UNDEF" and symbol["st_size"]:
-                        start = _file_offset(segments, symbol["st_value"])
+                        start = to_file_offset(loads, symbol["st_value"])
                         if start is not None:
                             evals.append((start, start + symbol["st_size"]))
             if runtime is None or code_type is None or not evals:
                 return None
             debug_words: tuple[int, ...] = ()
-            runtime_offset = _file_offset(segments, runtime)
+            runtime_offset = to_file_offset(loads, runtime)
             if version >= (3, 13) and runtime_offset is not None:
                 handle.seek(runtime_offset)
                 data = handle.read(8 * (max(DEBUG_OFFSET_WORDS.values()) + 1))
@@ -174,7 +166,7 @@ def pthread_tid_offset(libc: Path) -> int | None:
             found = section.get_symbol_by_name("_thread_db_pthread_tid")
             if not found:
                 return None
-            offset = _file_offset(_load_segments(elf), found[0]["st_value"])
+            offset = to_file_offset(load_segments(elf), found[0]["st_value"])
             if offset is None:
                 return None
             handle.seek(offset)
@@ -289,23 +281,14 @@ class _Process:
 NOT_CODE = CodeNames("", "", -1)
 
 
-def _read_memory(proc: Path, address: int, size: int) -> bytes | None:
-    try:
-        with open(proc / "mem", "rb", buffering=0) as memory:
-            memory.seek(address)
-            return memory.read(size)
-    except (OSError, ValueError, OverflowError):
-        return None
-
-
 def _read_ascii(proc: Path, shape: CPythonLayout, address: int, limit: int) -> str | None:
-    header = _read_memory(proc, address + STRING_STATE_OFFSET, 4)
+    header = read_memory(proc, address + STRING_STATE_OFFSET, 4)
     if header is None or len(header) < 4:
         return None
     state = int.from_bytes(header, "little")
     if not (state & (1 << 5) and state & (1 << 6)):  # compact ASCII only (as the program)
         return None
-    data = _read_memory(proc, address + shape.ascii_object_bytes, limit)
+    data = read_memory(proc, address + shape.ascii_object_bytes, limit)
     if data is None or b"\0" not in data:
         return None
     return data[:data.index(b"\0")].decode("ascii", errors="replace")
@@ -327,8 +310,9 @@ class PythonStacks:
         self._proc_root = proc_root
         self._on_code_unit = on_code_unit
         self._max_named = max_named
-        self._interpreters: dict[str, InterpreterFile | None] = {}   # interpreter digest -> what it tells
-        self._libcs: dict[str, int | None] = {}                       # libc digest -> tid offset
+        # Interpreter and libc files by digest, each read once while remembered.
+        self._interpreters: LRUCache[str, InterpreterFile | None] = LRUCache(MAX_FILES)
+        self._libcs: LRUCache[str, int | None] = LRUCache(MAX_FILES)  # the tid offset in struct pthread
         self._described: dict[int, _Process] = {}
         self._named: OrderedDict[tuple[int, int, int], ResolvedAddress | None] = OrderedDict()
         self._lock = threading.Lock()
@@ -522,10 +506,10 @@ class PythonStacks:
             return CodeNames(value.name.decode(errors="replace"), value.filename.decode(errors="replace"),
                              value.firstlineno)
         proc = self._proc_root / str(pid)
-        type_word = _read_memory(proc, code + 8, 8)
+        type_word = read_memory(proc, code + 8, 8)
         if type_word is not None and len(type_word) == 8 and int.from_bytes(type_word, "little") != process.code_type:
             return NOT_CODE
-        fields = _read_memory(proc, code, max(shape.code_filename, shape.code_firstlineno) + 8)
+        fields = read_memory(proc, code, max(shape.code_filename, shape.code_firstlineno) + 8)
         if fields is None or len(fields) < shape.code_filename + 8:
             self.counts["python_codes_unread"] += 1
             return None

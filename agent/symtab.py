@@ -90,11 +90,13 @@ def find_debuglink_file(root: Path, binary_path: str, name: str, crc: int) -> Pa
     return None
 
 
-def _segments(elf: ELFFile) -> list[tuple[int, int, int]]:
+def load_segments(elf: ELFFile) -> list[tuple[int, int, int]]:
+    """(virtual address, memory size, file offset) of each PT_LOAD segment."""
     return [(s["p_vaddr"], s["p_memsz"], s["p_offset"]) for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
 
 
-def _to_file_offset(segments: list[tuple[int, int, int]], vaddr: int) -> int | None:
+def to_file_offset(segments: list[tuple[int, int, int]], vaddr: int) -> int | None:
+    """The file offset of a virtual address (load_segments), None outside every segment."""
     for start, size, offset in segments:
         if start <= vaddr < start + size:
             return vaddr - start + offset
@@ -112,7 +114,7 @@ def read_symbol_table(path: str | Path, debug_root: Path | None = None,
     try:
         with open(path, "rb") as handle:
             elf = ELFFile(handle)
-            segments = _segments(elf)
+            segments = load_segments(elf)
             build_id = _build_id(elf)
             symtab = _symbols(elf, ".symtab", segments)
             if symtab:
@@ -146,7 +148,7 @@ def _functions(section: SymbolTableSection, segments: list[tuple[int, int, int]]
     for symbol in section.iter_symbols():
         if symbol["st_info"]["type"] not in ("STT_FUNC", "STT_GNU_IFUNC") or symbol["st_shndx"] == "SHN_UNDEF":
             continue
-        offset = _to_file_offset(segments, symbol["st_value"])
+        offset = to_file_offset(segments, symbol["st_value"])
         if offset is None or not symbol.name:
             continue
         yield FunctionSymbol(offset, symbol["st_size"], symbol.name)
