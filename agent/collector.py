@@ -521,7 +521,7 @@ class Collector:
 
     def take_snapshot(self) -> Snapshot:
         self._sample_ringbuf()
-        now_ns = time.monotonic_ns()
+        now_ns, wall_us = time.monotonic_ns(), time.time_ns() // 1000
         with self._lock:
             probes = list(self._probes.values())
         counters = self._tracer.all_probe_counters()
@@ -544,7 +544,8 @@ class Collector:
         delivery = DeliveryFigures(publisher.delivered_calls, publisher.pending_calls + self._parked_calls,
                                    dict(publisher.dropped_calls_by_reason), publisher.spool_bytes)
         self.latest = self._stats.take(kernel, delivery, self.new_paths_total, dict(agent_dropped),
-                                       tuple(figures), self.cache_sizes(), self._base, self._unwind_figures())
+                                       tuple(figures), self.cache_sizes(), self._base, self._unwind_figures(),
+                                       taken_at=(now_ns, wall_us))
         return self.latest
 
     def _totals(self, counters: dict[int, dict[str, int]]) -> tuple[dict[str, int], Counter[str]]:

@@ -51,6 +51,9 @@ class Snapshot:
     # Unwind maps (agent/unwind.py): rows used and capacity, map bytes, binaries by state.
     # On /metrics; their memory is in memory_usage_bytes with the other maps.
     unwind: Mapping[str, int] = field(default_factory=dict)
+    # How long this run of the agent had lasted (monotonic), read at the instant the probes'
+    # detached figures were: the clock a consumer measures watched time in.
+    run_ns: int = 0
 
     @property
     def dropped_events(self) -> int:
@@ -74,6 +77,7 @@ class Snapshot:
             "pending_events": self.pending_events,
             "spool_bytes": self.spool_bytes,
             "detached_ns_by_probe": {p.probe_id: p.detached_ns for p in self.probes},
+            "run_ns": self.run_ns,
         }
 
 
@@ -152,8 +156,10 @@ class StatsTracker:
     def take(self, kernel: KernelFigures, delivery: DeliveryFigures, unique_call_paths: int,
              agent_dropped_calls: Mapping[str, int], probes: tuple[ProbeFigures, ...],
              caches: Mapping[str, int] | None = None, base: BaseFigures | None = None,
-             unwind: Mapping[str, int] | None = None) -> Snapshot:
-        now_ns = time.monotonic_ns()
+             unwind: Mapping[str, int] | None = None, taken_at: tuple[int, int] | None = None) -> Snapshot:
+        """``taken_at``: (monotonic ns, wall-clock µs) read together at the instant the probe
+        figures were, so that the report's time, its run time and its detached times agree."""
+        now_ns, wall_us = taken_at or (time.monotonic_ns(), time.time_ns() // 1000)
         cpu_ns = agent_cpu_ns()
         total, delivered, dropped = account(kernel.counters, delivery, agent_dropped_calls, base or BaseFigures())
         before_ns, before_total, before_cpu, before_bpf = self._previous or self._started
@@ -163,7 +169,7 @@ class StatsTracker:
         bpf_ns = kernel.program.run_time_ns
         self._previous = (now_ns, total, cpu_ns, bpf_ns)
         return Snapshot(
-            reported_at_us=time.time_ns() // 1000,
+            reported_at_us=wall_us,
             total_events=total,
             events_per_second=(total - before_total) * 1e9 / elapsed_ns,
             unique_call_paths=unique_call_paths,
@@ -178,5 +184,6 @@ class StatsTracker:
             memory_usage_bytes=resident_bytes() + kernel.map_memory_bytes,
             probes=probes,
             caches=dict(caches or {}),
+            run_ns=now_ns - self._started[0],
             unwind=dict(unwind or {}),
         )

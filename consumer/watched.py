@@ -6,11 +6,13 @@ Each agent reports, every statistics interval, per probe, the time it was not wa
 run of the agent (`detached_ns_by_probe`: detached by the adaptive budget, plus the agent's own
 absence when its pinned probes did not survive it). Between two consecutive reports of one agent
 both listing a probe, the probe was watched for the time between them minus the growth of that
-figure. Everything else counts as not watched, so the figure is a lower bound:
+figure; "the time between them" is the growth of the agent's monotonic run time (`run_ns`, read at
+the same instant as the figure) where the reports carry it, the wall clock's otherwise.
+Everything else counts as not watched, so the figure is a lower bound:
 - time before an agent's first report or after its last one in the span (a report covers
   the interval it closes; an agent that died and never came back reported nothing after);
-- an interval in which the figure went down: the agent restarted (the figure is per run), and
-  how much of the interval it was down is not known;
+- an interval in which the agent restarted (its run time, `run_ns`, or the figure went down:
+  both are per run), since how much of the interval it was down is not known;
 - an interval that straddles an end of the span counts only as far as its watched time
   cannot have fallen outside the span (its unwatched time is placed inside).
 """
@@ -81,6 +83,24 @@ def names_of(symbol: str) -> set[str]:
     return {symbol, text, without_parameters(text), without_generics(without_parameters(text))}
 
 
+def _restarted(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    return int(after.get("run_ns", 0)) < int(before.get("run_ns", 0))
+
+
+def _watched_between(before: Mapping[str, Any], after: Mapping[str, Any], detached_ns: int, inside_us: int) -> int:
+    """Watched time between two reports of one run, of which ``inside_us`` lies in the span.
+    Measured on the agent's monotonic clock when both carry it (run_ns), since wall-clock
+    report times and detached times are read at one instant but the wall clock may be slewed
+    or stepped; else on the wall clock. The unwatched time and the part outside the span are
+    placed inside it, and everything is rounded down: the figure stays a lower bound."""
+    interval_us = int(after["reported_at_us"]) - int(before["reported_at_us"])
+    if int(before.get("run_ns", 0)) > 0:
+        attached_us = (int(after["run_ns"]) - int(before["run_ns"]) - detached_ns) // 1000
+    else:
+        attached_us = interval_us - -(-detached_ns // 1000)
+    return max(0, min(inside_us, attached_us - (interval_us - inside_us)))
+
+
 def watched(function: str, reports: Iterable[Mapping[str, Any]], start_us: int, end_us: int,
             agents: set[str] | None = None) -> Watch:
     """How long the probes on ``function`` were watched within [start_us, end_us), from the
@@ -100,11 +120,10 @@ def watched(function: str, reports: Iterable[Mapping[str, Any]], start_us: int, 
             total = 0
             for before, after in zip(listed, listed[1:], strict=False):
                 first, last = before["detached_ns_by_probe"].get(probe_id), after["detached_ns_by_probe"].get(probe_id)
-                if first is None or last is None or last < first:
+                if first is None or last is None or last < first or _restarted(before, after):
                     continue  # not attached yet, let go, or the agent restarted in between
                 low, high = max(before["reported_at_us"], start_us), min(after["reported_at_us"], end_us)
                 if high > low:
-                    unwatched_us = -((first - last) // 1000)  # rounded up: the figure stays a lower bound
-                    total += max(0, high - low - unwatched_us)
+                    total += _watched_between(before, after, last - first, high - low)
             probes.append(ProbeWatch(probe_id, agent_id, listed[-1]["host"], total))
     return Watch(function, start_us, end_us, tuple(probes), in_span)

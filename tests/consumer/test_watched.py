@@ -10,9 +10,9 @@ S = 1_000_000
 PROBE = "/usr/lib/x86_64-linux-gnu/libz.so.1:deflate"
 
 
-def report(at_s: int, detached_s: float | None, agent: str = "node-1/r1") -> dict[str, Any]:
+def report(at_s: float, detached_s: float | None, agent: str = "node-1/r1") -> dict[str, Any]:
     probes = {} if detached_s is None else {PROBE: int(detached_s * 1e9)}
-    return {"agent_id": agent, "host": agent.split("/")[0], "reported_at_us": at_s * S, "detached_ns_by_probe": probes}
+    return {"agent_id": agent, "host": agent.split("/")[0], "reported_at_us": int(at_s * S), "detached_ns_by_probe": probes}
 
 
 def test_time_detached_or_not_reported_is_not_watched() -> None:
@@ -32,6 +32,20 @@ def test_a_restart_and_a_probe_not_yet_attached_count_as_not_watched() -> None:
     assert watched("deflate", later, 0, 40 * S).watched_us() == 10 * S + 9_500_000 + 1_500_000
     restarted = [report(0, 0), report(10, 5), report(20, 1), report(30, 1)]  # the figure fell: a restart
     assert watched("deflate", restarted, 0, 30 * S).watched_us() == 5 * S + 10 * S
+
+
+def test_watched_time_is_measured_on_the_agents_run_clock_when_reports_carry_it() -> None:
+    # The wall clock was stepped 3 s forward between the second and third reports, and the
+    # second report was published 0.2 s late; the agent's run clock saw 10 s pass each time.
+    reports = [{**report(t, d), "run_ns": run_s * 1_000_000_000}
+               for t, d, run_s in ((0, 0, 1), (10.2, 0, 11), (23, 4, 21), (33, 4, 31))]
+    assert watched("deflate", reports, 0, 33 * S).watched_us() == 10 * S + 6 * S + 10 * S
+    # Capped by the wall-clock span inside the asked span, the rest placed inside it.
+    assert watched("deflate", reports, 0, 5 * S).watched_us() == 4_800_000  # 10 s watched in 10.2 s
+    assert watched("deflate", reports, 28 * S, 33 * S).watched_us() == 5 * S
+    # A run clock that went back is a restart: how long the agent was down is not known.
+    restarted = [*reports[:2], {**reports[2], "run_ns": 2_000_000_000}, {**reports[3], "run_ns": 12_000_000_000}]
+    assert watched("deflate", restarted, 0, 33 * S).watched_us() == 10 * S + 10 * S
 
 
 def test_only_the_agents_asked_about_and_only_probes_on_the_function() -> None:

@@ -137,6 +137,7 @@ def examples() -> dict[str, dict[str, Any]]:
             "pending_events": 3,
             "spool_bytes": 4096,
             "detached_ns_by_probe": {"/usr/lib/x86_64-linux-gnu/libssl.so.3:SSL_read": 30_000_000_000},
+            "run_ns": 3_600_000_000_000,
         },
         "StackFrame": {
             "address": 0x7F3A12C0,

@@ -15,6 +15,7 @@ import fastavro
 
 from runtime_signals.capture.file import FORMAT, PARSED_SCHEMA, metadata, read_capture
 from runtime_signals.consumer.models import Summary
+from runtime_signals.consumer.watched import watched
 from runtime_signals.processor.engine import Engine, EngineSettings
 from runtime_signals.processor.symbolize import NoSymbols
 from runtime_signals.processor.windows import WindowSpec
@@ -52,10 +53,21 @@ def v1_event() -> dict[str, Any]:
 def test_every_history_file_is_an_older_version_the_default_registry_reads() -> None:
     files = sorted(p.name for p in HISTORY.glob("*.avsc"))
     assert files == ["ContainerState.v1.avsc", "ObservedCallPath.v1.avsc", "RuntimeCallEvent.v1.avsc",
-                     "RuntimeSignalSummary.v1.avsc"]
+                     "RuntimeSignalSummary.v1.avsc", "SignalStatistics.v1.avsc"]
     old, new = old_registry(), SchemaRegistry.default()
-    for name in ("RuntimeCallEvent", "ObservedCallPath", "RuntimeSignalSummary", "ContainerState"):
+    for name in ("RuntimeCallEvent", "ObservedCallPath", "RuntimeSignalSummary", "ContainerState", "SignalStatistics"):
         assert old.fingerprint_hex(name) != new.fingerprint_hex(name)
+
+
+def test_an_old_agents_statistics_read_and_their_watched_time_falls_back_to_the_wall_clock() -> None:
+    probe = "/usr/lib/x86_64-linux-gnu/libz.so.1:deflate"
+    reports = [decode(encode({"total_events": 0, "events_per_second": 0.0, "unique_call_paths": 0,
+                              "buffer_utilization_percent": 0.0, "dropped_events": 0, "agent_id": "a", "host": "n",
+                              "reported_at_us": T_US + at_s * 1_000_000, "detached_ns_by_probe": {probe: detached_ns}},
+                             "SignalStatistics", old_registry()), SchemaRegistry.default()).record
+               for at_s, detached_ns in ((0, 0), (10, 2_000_000_000))]
+    assert [r["run_ns"] for r in reports] == [0, 0]
+    assert watched("deflate", reports, T_US, T_US + 10_000_000).watched_us() == 8_000_000
 
 
 def test_a_v1_raw_event_in_a_v1_capture_file_is_read_and_processed(tmp_path: Path) -> None:
