@@ -205,6 +205,59 @@ static __always_inline struct unwind_row *find_row(struct unwind_table *table, u
     return row;
 }
 
+/* The calling thread's stack, copied a window at a time: the walk reads each frame's words
+ * from the copy instead of paying a user-memory read per word (most of the walk's cost on
+ * both builds). A word outside the window moves it there. Every word comes from the window,
+ * so each read has one outcome the verifier has to follow besides a fault. The thread is
+ * stopped in the probe: its stack cannot change under the copy. */
+#define STACK_WINDOW_BYTES 1024
+#define STACK_WINDOW_SLACK 64 /* kept below a word the window moves to: a frame's other saved words */
+struct stack_window {
+    u8 bytes[STACK_WINDOW_BYTES];
+    u32 offset;
+};
+BPF_PERCPU_ARRAY(stack_windows, struct stack_window, SCRATCH_SLOTS);
+
+struct stack_copy {
+    struct stack_window *window;
+    u64 floor;  /* the stack pointer at the probe: the stack below it may not be mapped */
+    u64 base;   /* the stack address of window->bytes[0] */
+    u32 copied; /* bytes of the window that hold the stack */
+};
+
+/* Copies the stack from base up: a whole window, or near the stack's end, where the rest
+ * is shorter than a window, a smaller one (constant sizes: the verifier need not track
+ * base's value through a size). */
+static __always_inline void copy_stack(struct stack_copy *copy, u64 base)
+{
+    copy->base = base;
+    copy->copied = 0;
+    if (bpf_probe_read_user(copy->window->bytes, STACK_WINDOW_BYTES, (void *)base) == 0)
+        copy->copied = STACK_WINDOW_BYTES;
+    else if (bpf_probe_read_user(copy->window->bytes, STACK_WINDOW_BYTES / 4, (void *)base) == 0)
+        copy->copied = STACK_WINDOW_BYTES / 4;
+}
+
+/* The 8-byte word of the stack at address, into out. 0 when read, as bpf_probe_read_user. */
+static __always_inline long read_stack(struct stack_copy *copy, u64 address, u64 *out)
+{
+    u64 offset = address - copy->base;
+    if (offset + 8 > copy->copied || (offset & 7)) {
+        u64 base = address - STACK_WINDOW_SLACK;
+        copy_stack(copy, base >= copy->floor && address >= STACK_WINDOW_SLACK ? base : address);
+        offset = address - copy->base;
+        if (offset + 8 > copy->copied)
+            return -EFAULT;
+    }
+    /* Through memory: the verifier then knows the offset only by the mask, and does not
+     * follow the stack addresses it came from (tracking them precisely split its states at
+     * every frame, past its budget). The mask bounds the access; it changes nothing here. */
+    *(volatile u32 *)&copy->window->offset = (u32)offset;
+    u32 at = *(volatile u32 *)&copy->window->offset & (STACK_WINDOW_BYTES - 8);
+    *out = *(u64 *)(copy->window->bytes + at);
+    return 0;
+}
+
 /* Walks the user stack into event->frames: by the binaries' unwind rules where the
  * process's mapping table names them, by frame pointers elsewhere. A return address is
  * emitted only after it is found inside an executable mapping of the process, so the walk
@@ -215,9 +268,13 @@ static __always_inline struct unwind_row *find_row(struct unwind_table *table, u
  * (the function has not pushed rbp yet). Callers are looked up at their return address
  * minus one, inside the call instruction: a call may be the last instruction of a
  * function, its return address then the first of the next one. */
-static __always_inline void walk(struct pt_regs *ctx, struct call_event *event)
+static __always_inline void walk(struct pt_regs *ctx, struct call_event *event, u32 slot)
 {
     u64 pc = PT_REGS_IP(ctx), sp = PT_REGS_SP(ctx), bp = PT_REGS_FP(ctx);
+    struct stack_copy stack = {.window = stack_windows.lookup(&slot), .floor = sp};
+    if (!stack.window)
+        return; /* cannot happen: slot < SCRATCH_SLOTS */
+    copy_stack(&stack, sp);
     u32 pid = event->pid;
     struct process_mappings *pm = proc_mappings.lookup(&pid);
     /* The mapping of the frame being unwound, found when its address was checked. */
@@ -258,12 +315,12 @@ static __always_inline void walk(struct pt_regs *ctx, struct call_event *event)
         }
         if (by_rules) {
             u64 cfa = (cfa_register == UNWIND_CFA_RSP ? sp : bp) + (s64)row->cfa_offset;
-            if (bpf_probe_read_user(&return_address, sizeof(return_address), (void *)(cfa - 8)) != 0) {
+            if (read_stack(&stack, cfa - 8, &return_address) != 0) {
                 event->end_reason = STACK_END_READ_FAULT;
                 break;
             }
             if (row->rbp_rule == UNWIND_RBP_AT_CFA) {
-                if (bpf_probe_read_user(&bp, sizeof(bp), (void *)(cfa + (s64)row->rbp_offset)) != 0) {
+                if (read_stack(&stack, cfa + (s64)row->rbp_offset, &bp) != 0) {
                     event->end_reason = STACK_END_READ_FAULT;
                     break;
                 }
@@ -274,22 +331,23 @@ static __always_inline void walk(struct pt_regs *ctx, struct call_event *event)
         } else {
             event->flags |= CALL_FLAG_FRAME_POINTERS;
             if (i == 0) {
-                if (bpf_probe_read_user(&return_address, sizeof(return_address), (void *)sp) != 0) {
+                if (read_stack(&stack, sp, &return_address) != 0) {
                     event->end_reason = STACK_END_READ_FAULT;
                     break;
                 }
                 sp += 8;
             } else {
-                u64 frame[2]; /* at a frame pointer: { caller's frame pointer, return address } */
-                if (bp == 0 || bpf_probe_read_user(frame, sizeof(frame), (void *)bp) != 0) {
+                /* At a frame pointer: the caller's frame pointer, then the return address. */
+                u64 caller_bp = 0;
+                if (bp == 0 || read_stack(&stack, bp, &caller_bp) != 0 ||
+                    read_stack(&stack, bp + 8, &return_address) != 0) {
                     /* rbp 0 ends a frame-pointer chain by convention (_start clears it); any
                      * other unreadable rbp means this frame kept none. */
                     event->end_reason = bp == 0 ? STACK_END_COMPLETE : STACK_END_NO_UNWIND_INFO;
                     break;
                 }
                 sp = bp + 16;
-                bp = frame[0];
-                return_address = frame[1];
+                bp = caller_bp;
             }
         }
         if (return_address == 0) {
@@ -445,7 +503,7 @@ static __always_inline u64 hash_python(struct call_event *event, u64 hash)
     return hash;
 }
 
-static __always_inline void capture(struct pt_regs *ctx, struct call_event *event, u32 probe, u64 now)
+static __always_inline void capture(struct pt_regs *ctx, struct call_event *event, u32 probe, u64 now, u32 slot)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     event->boot_ns = now;
@@ -457,7 +515,7 @@ static __always_inline void capture(struct pt_regs *ctx, struct call_event *even
     event->tid = (u32)pid_tgid;
     event->flags = 0;
     event->probe_index = probe;
-    walk(ctx, event);
+    walk(ctx, event, slot);
     if (event->end_reason == STACK_END_READ_FAULT) {
         count(probe, COUNTER_STACK_ERROR);
         event->flags |= CALL_FLAG_STACK_ERROR;
@@ -588,7 +646,7 @@ static __always_inline void handle(struct pt_regs *ctx, u32 probe, u32 slot)
         count(probe, COUNTER_DROP_NESTED);
         return;
     }
-    capture(ctx, event, probe, now);
+    capture(ctx, event, probe, now, slot);
     u32 pid = event->pid;
     if (python_processes.lookup(&pid))
         python_walker.call(ctx, 0); /* does not return when it runs */

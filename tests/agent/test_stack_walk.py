@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime_signals.agent.probes import CallTracer, TracerSettings
 from runtime_signals.agent.symtab import FunctionSymbol, read_symbol_table
 from runtime_signals.devtools.demo import create_topics
 from runtime_signals.schemas.topics import TopicNames
@@ -92,3 +93,18 @@ def test_each_caller_appears_once_whatever_the_entry_instruction(kafka_bootstrap
     for event in events:
         observed[_chain_in_binary(event, callers, symbols)] += event["observation_count"]
     assert dict(observed) == EXPECTED
+
+
+@pytest.mark.parametrize("max_frames", [2, 64, 127])
+def test_the_kernel_verifies_the_walk_at_every_depth_the_settings_allow(max_frames: int) -> None:
+    """The walk is verified once per frame it may take: the deepest setting (127 frames) must
+    stay within the verifier's budget of a million instructions, with room to spare here
+    (about 800,000 on this kernel with the stack window), or the agent cannot start."""
+    reason = bpf_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    tracer = CallTracer(TracerSettings(max_frames=max_frames, ringbuf_pages=16))
+    try:
+        assert tracer.max_frames == max_frames
+    finally:
+        tracer.close()

@@ -70,20 +70,21 @@ class Case:
 
 
 CASES = [
-    # Frameless program calling Debian's frameless libz: two chains of 13 frames above libc.
+    # Frameless program calling Debian's frameless libz: two chains of 13 frames above libc,
+    # and one of 11 through frames of up to 3,000 bytes (more than the walker's stack window).
     Case("c-O2-frameless-libz", "unwind_corpus.c", "gcc", ("-O2", "-fomit-frame-pointer", "-g", "-lz"),
-         "/usr/lib/x86_64-linux-gnu/libz.so.1", "deflate", "deflate", 2),
+         "/usr/lib/x86_64-linux-gnu/libz.so.1", "deflate", "deflate", 3),
     # The same, with libz loaded by dlopen at the start of main and called at once: its
     # rules and the process's table must be in place before the first call (a hold at the
     # loader's consistent point), in the short-lived variant too.
     Case("c-O2-frameless-dlopen-libz", "unwind_corpus.c", "gcc", ("-O2", "-fomit-frame-pointer", "-g",
                                                                    "-DCORPUS_DLOPEN"),
-         "/usr/lib/x86_64-linux-gnu/libz.so.1", "deflate", "deflate", 2, after_load="libz"),
+         "/usr/lib/x86_64-linux-gnu/libz.so.1", "deflate", "deflate", 3, after_load="libz"),
     # Frame pointers and no CFI at all in the program (mixed: libz and libc by rules, the
     # program by its frame pointers).
     Case("c-O1-frame-pointers-no-cfi", "unwind_corpus.c", "gcc",
          ("-O1", "-fno-omit-frame-pointer", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables", "-lz"),
-         "/usr/lib/x86_64-linux-gnu/libz.so.1", "deflate", "deflate", 2),
+         "/usr/lib/x86_64-linux-gnu/libz.so.1", "deflate", "deflate", 3),
     # C++ at -O2: a template recursion, a std::function and a virtual call.
     Case("cxx-O2", "unwind_corpus.cc", "g++", ("-O2", "-g"), None, "_ZN7imgproc6Parser5parseEPKc",
          "'imgproc::Parser::parse'", 3),

@@ -1,5 +1,6 @@
 /* Ground truth for the unwinding tests: calls Debian's libz deflate() through two chains
- * of ten distinct functions each, built by the test with and without frame pointers.
+ * of ten distinct functions each and a third of eight with large frames, built by the test with
+ * and without frame pointers.
  * argv: CALLS [GOFILE]. One warm-up call first (the agent learns the process from it);
  * with GOFILE, print "warm" and wait for the file, then make CALLS calls per chain, then
  * stay a moment so the agent can read the process while it runs.
@@ -66,6 +67,16 @@ LEVEL(a5, a6) LEVEL(a4, a5) LEVEL(a3, a4) LEVEL(a2, a3) LEVEL(a1, a2)
 LEVEL(b10, compress_once) LEVEL(b9, b10) LEVEL(b8, b9) LEVEL(b7, b8) LEVEL(b6, b7)
 LEVEL(b5, b6) LEVEL(b4, b5) LEVEL(b3, b4) LEVEL(b2, b3) LEVEL(b1, b2)
 
+/* A third chain through frames larger than the walker's stack window (1 KiB: bpf/calltrace.bpf.c),
+ * so that the window moves up the stack, in steps and past whole frames. */
+#define BIG(name, next, bytes) \
+    __attribute__((noinline)) unsigned long name(int n) { \
+        volatile unsigned char pad[bytes]; pad[0] = (unsigned char)n; pad[bytes - 1] = (unsigned char)(n >> 1); \
+        unsigned long r = next(n + 1) + pad[0] + pad[bytes - 1]; KEEP; return r; }
+
+BIG(c8, compress_once, 3000) LEVEL(c7, c8) BIG(c6, c7, 700) LEVEL(c5, c6) BIG(c4, c5, 1500)
+LEVEL(c3, c4) BIG(c2, c3, 40) LEVEL(c1, c2)
+
 __attribute__((noinline)) unsigned long warm_up(void) { unsigned long r = compress_once(7); KEEP; return r; }
 
 int main(int argc, char **argv)
@@ -81,6 +92,7 @@ int main(int argc, char **argv)
     }
     for (int i = 0; i < calls; i++) total += a1(i);
     for (int i = 0; i < calls; i++) total += b1(i);
+    for (int i = 0; i < calls; i++) total += c1(i);
     printf("%lu\n", total);
     fflush(stdout);
     if (argc > 2) usleep(1000000);
