@@ -254,6 +254,9 @@ class RulesWorker:
                                        f"building rules failed: {exc!r}")
         raise AssertionError("unreachable")
 
+    def start(self) -> None:
+        self._channel()
+
     def _channel(self) -> socket.socket:
         if self._socket is not None and self._process is not None and self._process.poll() is None:
             return self._socket
@@ -304,12 +307,22 @@ def _read_exactly(channel: socket.socket, size: int) -> bytes:
 _workers = threading.local()
 
 
-def build_rules_in_worker(fd: int, timeout_s: float = 600.0) -> UnwindRules:
-    """build_rules of the file open at fd, in this thread's RulesWorker."""
-    worker = getattr(_workers, "worker", None)
+def _thread_worker() -> RulesWorker:
+    worker: RulesWorker | None = getattr(_workers, "worker", None)
     if worker is None:
         worker = _workers.worker = RulesWorker()
-    return worker.build(fd, timeout_s)
+    return worker
+
+
+def build_rules_in_worker(fd: int, timeout_s: float = 600.0) -> UnwindRules:
+    """build_rules of the file open at fd, in this thread's RulesWorker."""
+    return _thread_worker().build(fd, timeout_s)
+
+
+def start_worker() -> None:
+    """Start this thread's RulesWorker now, so that its first build does not wait for the
+    child interpreter's start-up."""
+    _thread_worker().start()
 
 
 def serve(channel_fd: int) -> int:
@@ -554,6 +567,9 @@ class UnwindLoader:
         # Threads that each hand builds to their own child interpreter (RulesWorker).
         self._pool = ThreadPoolExecutor(max_workers=build_workers, thread_name_prefix="unwind-rules")
         self._urgent_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unwind-rules-urgent")
+        # A held process waits for its binaries' rules for less than a second: the urgent
+        # worker's ~0.4 s start-up is paid now, not by the first held process.
+        self._urgent_pool.submit(start_worker)
         self._cache = cache
         self._closed = False
 
@@ -670,6 +686,9 @@ class UnwindLoader:
         self._install(digest, rules)
 
     def _install(self, digest: str, rules: UnwindRules, cached: bool = False) -> None:
+        """Write a binary's rules into the maps. The lock is held only to reserve its rows and
+        table id and to publish them: the block index, the bytes and the row writes of a large
+        library take a while, and a held process's own binaries must not wait behind them."""
         with self._lock:
             if self._closed:
                 return
@@ -680,7 +699,11 @@ class UnwindLoader:
                 log.info("unwind: no rules for %s [%s] (%s): walked by frame pointers", binary.path, digest,
                          rules.error)
                 return
-            shift, index = block_index(rule_addresses(rules))
+        shift, index = block_index(rule_addresses(rules))
+        rows = rules.rows + b"".join(bytes(UnwindRow(address=i)) for i in index)
+        with self._lock:
+            if self._stopped():  # closed while the lock was free
+                return
             if (self._next_row + rules.row_count + len(index) > self._row_capacity
                     or self._next_table >= self._table_capacity):
                 binary.state = "did_not_fit"
@@ -689,25 +712,34 @@ class UnwindLoader:
                 log.warning("unwind: the rules of %s do not fit (%s): walked by frame pointers, flagged; "
                             "raise unwind_rows", binary.path, binary.detail)
                 return
-            first_row = self._next_row
-            if not self._write_rows(first_row, rules.rows + b"".join(bytes(UnwindRow(address=i)) for i in index)):
+            # Reserved: no other binary writes these rows or this table (a failed write leaves
+            # them unused, as the map is never compacted).
+            first_row, table_id = self._next_row, self._next_table
+            self._next_row += rules.row_count + len(index)
+            self._next_table += 1
+        written = self._write_rows(first_row, rows)
+        with self._lock:
+            if self._stopped():  # closed while the lock was free
+                return
+            if not written:
                 binary.state, binary.detail = "did_not_fit", "writing its rows failed"
                 return
             table = UnwindTable(first_row=first_row, row_count=rules.row_count, index_shift=shift,
                                 index_count=len(index))
-            key = ctypes.c_uint32(self._next_table)
+            key = ctypes.c_uint32(table_id)
             if self._lib.bpf_update_elem(self._tables_fd, ctypes.byref(key), ctypes.byref(table), 0) != 0:
                 binary.state, binary.detail = "did_not_fit", f"writing its table: {os.strerror(ctypes.get_errno())}"
                 return
-            binary.table_id, binary.state = self._next_table, "loaded"
-            self._next_table += 1
-            self._next_row += rules.row_count + len(index)
+            binary.table_id, binary.state = table_id, "loaded"
             log.info("unwind: rules of %s [%s] loaded: %d rows (%d bytes) from %s in %.2fs%s", binary.path, digest,
                      rules.row_count, rules.row_bytes, "+".join(rules.sources), rules.build_ns / 1e9,
                      " (cached)" if cached else "")
             for pid, entries in self._processes.items():
                 if any(d == digest for _, d in entries):
                     self._write_process(pid)
+
+    def _stopped(self) -> bool:
+        return self._closed
 
     def _write_rows(self, first_row: int, rows: bytes) -> bool:
         row_count = len(rows) // _ROW_BYTES

@@ -261,3 +261,34 @@ def test_one_worker_builds_many_binaries_and_survives_a_bad_file(tmp_path: Path)
         print(f"4 builds in one worker: {elapsed:.2f} s")
     finally:
         worker.close()
+
+
+def test_a_worker_started_ahead_builds_with_the_child_it_started() -> None:
+    """start_worker (called for the urgent pool when the unwind tables are made): the child
+    interpreter runs before the first build, which a held process waits for, and that
+    build uses it."""
+    import os
+    import threading
+
+    from runtime_signals.agent import unwind
+
+    seen: dict[str, object] = {}
+
+    def in_a_building_thread() -> None:
+        unwind.start_worker()
+        worker = unwind._thread_worker()
+        seen["started"] = worker._process
+        fd = os.open("/bin/true", os.O_RDONLY)
+        try:
+            seen["rules"] = unwind.build_rules_in_worker(fd, timeout_s=120)
+        finally:
+            os.close(fd)
+        seen["built_by"] = worker._process
+        worker.close()
+
+    thread = threading.Thread(target=in_a_building_thread)
+    thread.start()
+    thread.join(180)
+    rules = seen["rules"]
+    assert isinstance(rules, unwind.UnwindRules) and rules.row_count > 0
+    assert seen["started"] is not None and seen["built_by"] is seen["started"]
