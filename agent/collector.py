@@ -642,9 +642,11 @@ class Collector:
         delivered = previous.delivered_calls
         if lost < 0:
             # More calls accounted for (delivered, dropped, spooled, drained) than counted:
-            # some drained calls were already counted as delivered. Not understood yet (seen
-            # in about 1 of 4 SIGKILL tests); the figures keep the kernel's count and the
-            # excess is logged, never added to the calls.
+            # some were counted twice. One way: a record delivered and counted before the state
+            # was saved but still in the spool (its cursor is saved every 100 records), which
+            # is then sent again; the processor adds a record sent twice once (docs/processor.md,
+            # "Records sent twice"). Seen in about 1 of 4 SIGKILL tests; the figures keep the
+            # kernel's count and the excess is logged, never added to the calls.
             log.error("restart: %d more calls accounted for than the kernel counted (previous run %s); "
                       "its delivered figure is lowered by as many", -lost, found)
             found["recounted_at_restart"] = -lost

@@ -219,8 +219,8 @@ class Spool:
             self._bytes -= size
             self._records = max(0, self._records - 1)
             # The cursor is saved every 100 records, when the spool is drained, on segment ends
-            # and on close: after a crash at most 100 records are sent twice (event_id tells
-            # them apart).
+            # and on close: after a crash at most 100 records are sent twice, which the
+            # processor tells apart by their event ids and adds once.
             self._pops_since_cursor += 1
             if self._pops_since_cursor >= 100 or not self._bytes:
                 # Also once drained: a crash then must not send the drained records again.

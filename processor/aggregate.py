@@ -15,6 +15,7 @@ them is in the record, so a reader can recompute them.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -81,6 +82,28 @@ class WindowAggregate:
     raw_records: int = 0
     late_events: int = 0
     runtimes: set[str] = field(default_factory=set)
+    # Event ids of the records added, up to a bound: a record sent twice is added once. The
+    # set is rebuilt with the window when a worker replays its records, so a replay decides
+    # as the first run did.
+    event_ids: set[int] = field(default_factory=set)
+    event_ids_full: bool = False
+
+    def is_repeat(self, call: CallRecord, max_event_ids: int) -> bool:
+        """Was a record with call's (agent, event id) added already? Remembers it otherwise,
+        while fewer than max_event_ids are remembered (past that, repeats are not recognised
+        and event_ids_full says so). Kept as a 64-bit digest: a stable one, so that every
+        run decides alike, and a quarter of the memory of the strings."""
+        if not call.event_id:
+            return False
+        key = int.from_bytes(hashlib.blake2b(f"{call.agent_id}\0{call.event_id}".encode(), digest_size=8).digest(),
+                             "little")
+        if key in self.event_ids:
+            return True
+        if len(self.event_ids) < max_event_ids:
+            self.event_ids.add(key)
+        else:
+            self.event_ids_full = True
+        return False
 
     def add(self, call: CallRecord) -> None:
         path = self.paths.get(call.identities)

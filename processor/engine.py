@@ -353,9 +353,18 @@ class Engine:
                             "--watermark-interval-ms", self.settings.raw_topic, state.partition, offset,
                             call.observation_count, call.observed_at_us, call.last_observed_at_us, spec.size_ms)
         if not windows.is_late(call.observed_at_us):
-            windows.window_for(call.container_id, call.observed_at_us, create).add(call)
+            window = windows.window_for(call.container_id, call.observed_at_us, create)
+            full = window.event_ids_full
+            if window.is_repeat(call, self.settings.limits.max_event_ids_per_window):
+                if not replaying:
+                    self.counts["repeated_records"] += 1
+                    self.counts["repeated_events"] += call.observation_count
+                return []
+            window.add(call)
             if not replaying:
                 self.counts["events"] += call.observation_count
+                if window.event_ids_full and not full:
+                    self.counts["windows_event_ids_full"] += 1
             return []
         # Late: counted in the container's window that holds the watermark now (it is
         # open: it closes at its end plus the lateness, beyond the watermark).

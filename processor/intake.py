@@ -66,6 +66,10 @@ class Limits:
     # thousands in a large fleet. A checkpoint holds each, with its id (at most ~280 bytes
     # encoded), so it stays under the checkpoint topic's 16 MiB records (kafka_io.py).
     max_agents: int = 50_000
+    # Event ids a window remembers to count a record sent twice once (processor/aggregate.py):
+    # ~60 bytes each. A window is one container's records of one window length, which the
+    # agents' dedup folds to one per distinct stack and flush interval.
+    max_event_ids_per_window: int = 16_384
 
 
 DEFAULT_LIMITS = Limits()
@@ -120,6 +124,9 @@ class CallRecord:
     # Event time of the last call a folded record stands for (observed_at_us for one call).
     last_observed_at_us: int = 0
     agent_id: str = ""  # who says it made the call: checked against a signed record's principal
+    # The agent's id for this record: a record sent twice (an agent's spool resends what it
+    # cannot know was delivered when it is killed) keeps it, and is counted once.
+    event_id: str = ""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -251,6 +258,7 @@ def _call(event: dict[str, Any], limits: Limits) -> Intake:
         executable=_executable(event),
         last_observed_at_us=observed_us + _folded_span_us(event),
         agent_id=event["agent_id"],
+        event_id=event["event_id"],
     )
 
 

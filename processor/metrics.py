@@ -39,6 +39,12 @@ COUNTERS = {
                                                               "call's window (the window is not a multiple of the "
                                                               "agents' flush interval).")),
     "calls_spanning_windows": ("calls_spanning_windows", "Calls in records_spanning_windows."),
+    "repeated_records": ("repeated_records", "Raw call records whose event id their window had already counted: "
+                         "sent twice (an agent's spool resends what a killed agent could not know was delivered); "
+                         "counted once."),
+    "repeated_events": ("repeated_events", "Calls in repeated_records (not added again)."),
+    "windows_event_ids_full": ("windows_event_ids_full", "Windows that held more records than event ids they "
+                               "remember (processor limits): a repeat past that is not recognised."),
     "replayed_records": ("replayed_records", "Records re-read after a restart or rebalance to rebuild state."),
     "containers_forgotten": ("containers_forgotten", "Latest states dropped: the container's last window is older "
                              "than kafka.output_retention_ms before the watermark."),

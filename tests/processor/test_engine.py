@@ -152,6 +152,51 @@ def test_counts_are_calls_and_late_calls_go_to_the_window_current_on_arrival() -
     assert engine.counts["late_events"] == 4 and engine.counts["events"] == 6
 
 
+def test_a_record_sent_twice_is_counted_once_in_its_window() -> None:
+    """An agent killed while its spool drained resends records it could not know were
+    delivered: same bytes, same event id. The window counts the record once; the same event
+    id from another agent, or a new record, still counts."""
+    engine = Engine(SETTINGS, NoSymbols(), REGISTRY)
+    engine.assign(0, None)
+    first = encode_call(call_event("c1", BASE_US + 10, count=3))
+    feed = [
+        first,
+        encode_call(call_event("c1", BASE_US + 20, count=2, path=1)),
+        first,                                                        # resent
+        encode_call(call_event("c1", BASE_US + 10, count=3, agent_id="agent-2")),  # same id, another agent
+        first,                                                        # resent again
+        encode_watermark(BASE_US + 1_300_000, 1),
+        first,                                                        # resent after its window closed: late
+        encode_watermark(BASE_US + 2_300_000, 2),
+    ]
+    outputs = [o for offset, value in enumerate(feed) for o in engine.handle(0, offset, b"c1", value)]
+    summaries = [codec.decode(o.value, REGISTRY).record for o in outputs if o.kind == "summary"]
+    first_window = summaries[0]
+    assert (first_window["started_at_us"], first_window["total_events"], first_window["raw_records"]) == (BASE_US, 8, 3)
+    assert engine.counts["repeated_records"] == 2 and engine.counts["repeated_events"] == 6
+    assert engine.counts["events"] == 8 and engine.counts["late_events"] == 3
+
+
+def test_a_replay_recognises_the_same_repeats_as_the_first_run() -> None:
+    """The event ids are the window's, rebuilt when a worker replays its records: with
+    resends sprinkled in, crashes and restarts write what an uninterrupted run writes."""
+    records = _records(3)
+    rng = random.Random(3)
+    for _ in range(12):  # a resend a few records after the original
+        at = rng.randrange(1, len(records) - 20)
+        key, value = records[at]
+        records.insert(at + rng.randrange(1, 8), (key, value))
+    uninterrupted = Engine(SETTINGS, NoSymbols(), REGISTRY)
+    uninterrupted.assign(0, None)
+    reference = _run(uninterrupted, records, 0, len(records))
+    assert uninterrupted.counts["repeated_records"] > 0
+    written, restarts = _crashing_run(records, 3)
+    assert restarts >= 3
+    for kind in ("summary", "path"):
+        expected, got = _by_key(reference, kind), _by_key(written, kind)
+        assert got.keys() == expected.keys() and all(got[k] == expected[k] for k in expected), kind
+
+
 @pytest.mark.parametrize("value, reason", [
     (b"\xc3\x01\x00\x01\x02\x03\x04\x05\x06\x07body", "unknown_fingerprint"),
     (b"not avro at all", "undecodable"),
