@@ -87,6 +87,16 @@ def call_event(container: int, path: int, observed_at_us: int) -> dict[str, Any]
 
 Record = tuple[int, bytes | None, bytes]  # (partition, key, value)
 
+# An encoded RuntimeCallEvent: the 10-byte single-object header, then event_id, its first
+# field: a length byte (36, zigzag: 72) and the 36 characters of the uuid.
+_EVENT_ID_AT = slice(11, 47)
+
+
+def with_event_id(value: bytes, event_id: str) -> bytes:
+    """value (an encoded RuntimeCallEvent) with another event id, without encoding it again."""
+    assert value[10] == 72 and len(event_id) == 36, "event_id is not a canonical uuid in the first field"
+    return value[:_EVENT_ID_AT.start] + event_id.encode() + value[_EVENT_ID_AT.stop:]
+
 
 class RawTopicWriter:
     """Builds datasets for one raw topic, keeping its event time and watermark sequence."""
@@ -96,6 +106,7 @@ class RawTopicWriter:
         self.window_us = window_ms * 1000
         self.next_window_start_us = first_window_start_us - first_window_start_us % self.window_us
         self.sequence = 0
+        self.events = 0
         self.registry = codec.SchemaRegistry.default()
 
     def symbol_records(self, max_paths: int) -> list[Record]:
@@ -108,7 +119,8 @@ class RawTopicWriter:
 
     def build_windows(self, dataset: Dataset) -> list[list[Record]]:
         """The records of each window, its closing watermarks last. A (container, path) is
-        encoded once per window and its bytes reused: the processor ignores event ids."""
+        encoded once per window; each call gets its own event id, written into those bytes
+        (the processor adds a record whose event id its window holds once, as a resend)."""
         windows: list[list[Record]] = []
         for window in range(dataset.windows):
             start_us = self.next_window_start_us
@@ -122,11 +134,16 @@ class RawTopicWriter:
                     observed_us = start_us + 1 + (container * dataset.paths + path) % (self.window_us - 2)
                     value = codec.encode(call_event(container, path, observed_us), CALL_EVENT, self.registry)
                     encoded[(container, path)] = value
-                records.append((container % self.partitions, container_id(container).encode(), value))
+                records.append((container % self.partitions, container_id(container).encode(),
+                                with_event_id(value, self.next_event_id())))
             self.next_window_start_us = start_us + self.window_us
             records.extend(self.watermarks(self.next_window_start_us))
             windows.append(records)
         return windows
+
+    def next_event_id(self) -> str:
+        self.events += 1
+        return str(uuid.UUID(int=self.events, version=4))
 
     def watermarks(self, watermark_us: int) -> list[Record]:
         """One AgentWatermark on every partition, as an agent sends them."""
