@@ -33,6 +33,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from runtime_signals.config.schema import ProcessorSection
+from runtime_signals.devtools.localkafka import free_port_pair
 from runtime_signals.devtools.workload import PROBED_SYMBOL, build_workload
 
 from .kafka_io import dedicated_broker, pipeline_topics
@@ -80,14 +82,15 @@ def bpf_map_bytes(pid: int) -> int:
     return total
 
 
-def agent_caches(port: int) -> dict[str, float]:
+def part_caches(port: int, part: str = "agent") -> dict[str, float]:
+    """A part's cache sizes from its /metrics (and, for the agent, its calls so far)."""
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     except OSError:
         return {}
     found = {}
     for line in text.splitlines():
-        match = re.match(r'runtime_signals_agent_cache_entries\{cache="([^"]+)"\} (\S+)', line)
+        match = re.match(rf'runtime_signals_{part}_cache_entries\{{cache="([^"]+)"\}} (\S+)', line)
         if match:
             found[match.group(1)] = float(match.group(2))
         elif line.startswith("runtime_signals_agent_calls_total "):
@@ -233,8 +236,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         binaries = distinct_binaries(build_workload(work), args.binaries, work)
         probes = [a for b in binaries for a in ("--probe", f"{b}:{PROBED_SYMBOL}")]
         containers = Containers(args.container_every)
+        processor_port, _ = free_port_pair()
+        os.environ["SIGNALS_PROCESSOR__LATEST_STATES_IN_MEMORY"] = str(args.latest_in_memory)
         with Child("processor", signals_argv("processor", "--bootstrap", bootstrap, "--topic-prefix", prefix,
                                              "--window-ms", "2000", "--allowed-lateness-ms", "500",
+                                             "--metrics-port", str(processor_port),
                                              "--app-id", f"{prefix}processor"), work) as processor, \
              Child("agent", signals_argv("agent", "--bootstrap", bootstrap, "--topic-prefix", prefix,
                                          "--metrics-port", "0", "--spool-dir", str(work / "spool"), *probes),
@@ -248,14 +254,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             churn.start()
             try:
                 while (elapsed := time.monotonic() - started) < args.duration_s:
-                    caches = agent_caches(port)
+                    caches = part_caches(port)
                     sample = {"t_s": round(elapsed, 1), "processes": churn.started,
                               "in_containers": churn.in_containers, "containers": containers.created,
                               "agent_rss_mib": rss_bytes(agent.pid) / 2**20,
                               "bpf_maps_mib": bpf_map_bytes(agent.pid) / 2**20,
                               "processor_rss_mib": rss_bytes(processor.pid) / 2**20,
                               "consumer_rss_mib": rss_bytes(consumer.pid) / 2**20,
-                              "agent_calls": caches.pop("calls_total", 0.0), "agent_caches": caches}
+                              "agent_calls": caches.pop("calls_total", 0.0), "agent_caches": caches,
+                              "processor_caches": part_caches(processor_port, "processor")}
                     samples.append(sample)
                     print(json.dumps(sample), flush=True)
                     time.sleep(args.sample_s)
@@ -279,6 +286,8 @@ def main() -> int:
     parser.add_argument("--container-every", type=int, default=50,
                         help="processes per container before it is replaced (default: %(default)s)")
     parser.add_argument("--sample-s", type=float, default=10.0)
+    parser.add_argument("--latest-in-memory", type=int, default=ProcessorSection().latest_states_in_memory,
+                        help="the processor's processor.latest_states_in_memory (default: %(default)s)")
     parser.add_argument("--bootstrap", help="use this broker instead of a dedicated one")
     parser.add_argument("--out", type=Path, help="write the samples and slopes as JSON here")
     args = parser.parse_args()

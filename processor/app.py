@@ -36,7 +36,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -58,11 +58,9 @@ from runtime_signals.processor.kafka_io import BinaryFeed, CheckpointStore, part
 from runtime_signals.processor.settings import ProcessorSettings
 from runtime_signals.processor.symbol_store import SymbolStore
 from runtime_signals.schemas import codec
-from runtime_signals.schemas.errors import SchemaError
 
 log = logging.getLogger(__name__)
 
-CONTAINER_STATE = "io.runtimesignals.ContainerState"
 WATERMARK = "io.runtimesignals.AgentWatermark"
 _FEED_INTERVAL_S = 0.1     # new symbol tables, and windows whose wait for them ran out
 _ACK_TIMEOUT_S = 30.0
@@ -108,7 +106,9 @@ class Worker:
         self.engine = Engine(EngineSettings(settings.window, raw, settings.agent_idle_ms,
                                             settings.symbol_wait_ms, settings.max_pending_windows,
                                             max_event_ahead_ms=settings.max_event_ahead_ms,
-                                            latest_retention_ms=settings.latest_retention_ms),
+                                            latest_retention_ms=settings.latest_retention_ms,
+                                            latest_in_memory=settings.latest_states_in_memory,
+                                            latest_dir=settings.data_dir / settings.app_id),
                              self._symbols, self._registry, provenance=self._provenance)
         self._inflight = InflightLog(settings.inflight_dir / settings.app_id, raw) \
             if settings.inflight_dir is not None else None
@@ -316,8 +316,8 @@ class Worker:
         if TP(raw, partition) not in self.app.consumer.assignment():
             return False
         checkpoint = await asyncio.to_thread(self._checkpoints.read, partition)
-        latest = await asyncio.to_thread(self._latest_records, partition)
-        self.engine.assign(partition, checkpoint, latest)
+        # Streamed from the topic into the engine's bounded latest states, off the event loop.
+        await asyncio.to_thread(self.engine.assign, partition, checkpoint, self._latest_values(partition))
         if self._inflight is not None:
             suspect = self._inflight.open(partition)
             if suspect is not None:
@@ -358,16 +358,11 @@ class Worker:
                 log.error("final checkpoint failed: %s", exc)
         log.info("processor stopped: %s", dict(sorted(self.engine.counts.items())))
 
-    def _latest_records(self, partition: int) -> list[dict[str, Any]]:
-        records = []
+    def _latest_values(self, partition: int) -> Iterator[bytes]:
         topic, source = self.settings.outputs.latest, partition % self._latest_partitions
         for message in read_partition(self.settings.connection(), topic, source,
                                       f"{self.settings.app_id}.latest-reader"):
-            try:
-                records.append(codec.decode(message.value() or b"", self._registry, CONTAINER_STATE).record)
-            except SchemaError as exc:
-                log.warning("%s[%d]@%d: latest-state record skipped: %s", topic, source, message.offset(), exc)
-        return records
+            yield message.value() or b""
 
     # -- failure, health, metrics ----------------------------------------------------
 
@@ -448,7 +443,7 @@ class Worker:
                 open_windows=self.engine.open_windows(), pending_windows=self.engine.pending_windows(),
                 symbol_tables=len(self._symbols), symbols_held=self._symbols.symbols_held,
                 store_counts=dict(self._symbols.counts), watermarks_us=self.engine.watermarks_us(),
-                caches={**self._symbols.sizes(), **self._provenance_sizes()},
+                caches={**self._symbols.sizes(), **self._provenance_sizes(), **self.engine.latest.sizes()},
                 provenance=self._provenance_outcomes(),
                 feed_errors={k.split(":", 1)[1]: v for k, v in self._symbols.counts.items()
                              if k.startswith("feed_error:")})

@@ -14,10 +14,12 @@ in short:
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from runtime_signals.config.schema import ProcessorSection
@@ -34,7 +36,7 @@ from runtime_signals.processor.intake import (
     WatermarkRecord,
     read_raw,
 )
-from runtime_signals.processor.latest import ContainerState
+from runtime_signals.processor.latest import ContainerState, LatestStates
 from runtime_signals.processor.output_bounds import fit_summary, refresh_summary, unnamed_path
 from runtime_signals.processor.symbolize import SymbolSource
 from runtime_signals.processor.watermarks import ClockState, EventClock
@@ -93,6 +95,10 @@ class EngineSettings:
     # deletes it after kafka.output_retention_ms too, and a node replacing its containers
     # for months would otherwise hold every one it ever saw.
     latest_retention_ms: int = OUTPUT_RETENTION_MS
+    # Latest states held decoded (processor/latest.py); the others wait, compressed, in a
+    # file under latest_dir (None: the system's temporary directory).
+    latest_in_memory: int = _DEFAULTS.latest_states_in_memory
+    latest_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.agent_idle_ms <= 0:
@@ -102,6 +108,9 @@ class EngineSettings:
         if self.max_event_ahead_ms < 0:
             raise ConfigError(f"max_event_ahead_ms={self.max_event_ahead_ms}: must not be negative "
                               f"(--max-event-ahead-ms)")
+        if self.latest_in_memory < 1:
+            raise ConfigError(f"latest_in_memory={self.latest_in_memory}: must be at least 1 "
+                              f"(processor.latest_states_in_memory)")
         if self.max_pending_windows < 0:
             raise ConfigError(f"max_pending_windows={self.max_pending_windows}: must not be negative "
                               f"(--max-pending-windows)")
@@ -141,7 +150,6 @@ class PartitionState:
         self.windows: PartitionWindows[WindowAggregate] = PartitionWindows(settings.window)
         list(self.windows.advance(self.clock.watermark_us))  # no windows yet: nothing closes
         self.pending: deque[ClosedWindow] = deque()
-        self.latest: dict[str, ContainerState] = {}
         self.latest_checked_us = 0  # watermark at the last look for idle containers
         # Next offset to handle; None until the first record when there is no checkpoint.
         self.position: int | None = checkpoint.replay_from_offset if checkpoint else None
@@ -168,30 +176,34 @@ class Engine:
         self._now_s = monotonic_s
         self._states: dict[int, PartitionState] = {}
         self.counts: Counter[str] = Counter()
+        self.latest = LatestStates(settings.latest_dir or Path(tempfile.gettempdir()) / "runtime-signals",
+                                   settings.latest_in_memory,
+                                   lambda record: codec.encode(record, CONTAINER_STATE, self._registry),
+                                   lambda value: codec.decode(value, self._registry, CONTAINER_STATE).record,
+                                   self.counts)
 
     # -- ownership -------------------------------------------------------------------
 
     def assign(self, partition: int, checkpoint: Checkpoint | None,
-               latest_records: Iterable[dict[str, Any]] = ()) -> int | None:
+               latest_values: Iterable[bytes] = ()) -> int | None:
         """Take a partition, from its checkpoint if it has one, and the ContainerState
-        records last written for it. Returns the offset to consume from (None: the
-        group's committed offset, else the earliest)."""
+        records last written for it, encoded (the latest topic's partition: records of
+        other source partitions are passed over). Returns the offset to consume from
+        (None: the group's committed offset, else the earliest)."""
         if checkpoint is not None:
             checkpoint.check_settings(self.settings.window, self.settings.agent_idle_ms,
                                       f"checkpoint of {self.settings.raw_topic}[{partition}]")
         state = PartitionState(partition, self.settings, checkpoint)
-        for record in latest_records:
-            if record["source_partition"] != partition:
-                continue
-            known = state.latest.get(record["container_id"])
-            if known is None or record["last_window_start_us"] > known.last_window_start_us:
-                state.latest[record["container_id"]] = ContainerState.from_record(record)
+        for position, exc in self.latest.restore(partition, latest_values):
+            self.counts["latest_records_skipped"] += 1
+            log.warning("latest state of partition %d, record %d read back: skipped: %s", partition, position, exc)
         self._states[partition] = state
         return checkpoint.replay_from_offset if checkpoint else None
 
     def revoke(self, partition: int) -> None:
         """Drop a partition's state; its next owner rebuilds it from the checkpoint."""
         self._states.pop(partition, None)
+        self.latest.drop_partition(partition)
 
     def partitions(self) -> list[int]:
         return sorted(self._states)
@@ -329,10 +341,7 @@ class Engine:
         if watermark_us - state.latest_checked_us < retention_us // 10:
             return
         state.latest_checked_us = watermark_us
-        idle = [c for c, latest in state.latest.items() if latest.last_window_start_us < watermark_us - retention_us]
-        for container in idle:
-            del state.latest[container]
-        self.counts["containers_forgotten"] += len(idle)
+        self.counts["containers_forgotten"] += self.latest.forget_idle(state.partition, watermark_us - retention_us)
 
     def _call(self, state: PartitionState, offset: int, key: bytes | None, value: bytes | None,
               headers: Headers, call: CallRecord, replaying: bool) -> list[Output]:
@@ -451,9 +460,9 @@ class Engine:
                         self.settings.max_summary_bytes)
         outputs = [Output("summary", summary_key(container, start_us), summary, (), state.partition)]
         outputs += path_outputs
-        latest = state.latest.get(container) or ContainerState(container, state.partition)
+        latest = self.latest.get(state.partition, container) or ContainerState(container, state.partition)
         if latest.fold(built.summary):
-            state.latest[container] = latest
+            self.latest.put(state.partition, latest)
             encoded = codec.encode(latest.record(), CONTAINER_STATE, self._registry)
             if len(encoded) <= self.settings.max_summary_bytes:
                 outputs.append(Output("latest", container.encode(), encoded, (), state.partition))

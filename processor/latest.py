@@ -3,17 +3,25 @@
 Folding is in window start order and skips a window not after the last one folded, so
 a window emitted again after a restart (docs/processor.md) is never counted twice, and
 the state restored from the compacted latest topic continues exactly where it stopped.
-Memory: one entry per distinct call stack ever seen in the container.
+Memory: one entry per distinct call stack ever seen in the container. LatestStates keeps
+a bounded number of them decoded and the rest on disk.
 """
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import zlib
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from runtime_signals.processor.aggregate import MAX_EXECUTABLES_PER_PATH
 from runtime_signals.processor.intake import Executable
 from runtime_signals.schemas.codec import RuntimeType
+from runtime_signals.schemas.errors import SchemaError
 
 # Taken from the latest window that saw a stack (a later window may name more frames).
 _PATH_FIELDS = ("path_hash", "symbols", "function_signatures", "node_hashes", "binary_digests",
@@ -109,3 +117,131 @@ def _union_of_executables(known: list[dict[str, Any]], seen: list[dict[str, Any]
     MAX_EXECUTABLES_PER_STACK of them: the same windows give the same list in any run."""
     distinct = {Executable(e["path"], e["binary_digest"], e["purl"], e["comm"]) for e in (*known, *seen)}
     return [e.record() for e in sorted(distinct, key=Executable.sort_key)[:MAX_EXECUTABLES_PER_STACK]]
+
+
+class LatestStates:
+    """Every container's latest state of the partitions a worker owns: the most recently
+    folded `in_memory` of them decoded, the rest encoded and compressed in an SQLite file.
+
+    A node that replaces its containers all day gives a partition thousands of them over
+    the retention, most long gone: held in memory, the worker grew with every container it
+    had seen (docs/benchmarks.md, Soak). The file is a cache, not a store of record: it is
+    unlinked once open (nothing is left behind a crash) and rebuilt from the latest topic
+    when a partition is assigned. A state has one home at a time, memory or file, and
+    ContainerState.from_record(state.record()) is the same state, so outputs do not depend
+    on where a state was kept."""
+
+    def __init__(self, directory: Path, in_memory: int, encode: Callable[[dict[str, Any]], bytes],
+                 decode: Callable[[bytes], dict[str, Any]], counts: Counter[str]) -> None:
+        if in_memory < 1:
+            raise ValueError(f"latest states in memory: {in_memory}; at least 1")
+        self.in_memory = in_memory
+        self._encode, self._decode = encode, decode
+        self._memory: OrderedDict[tuple[int, str], ContainerState] = OrderedDict()
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"latest-states-{os.getpid()}-{id(self):x}.sqlite3"
+        # No journal and no fsync: a crash loses the file, which is rebuilt anyway. The engine
+        # moves between the event loop and worker threads, one at a time (the worker's lock).
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        path.unlink()
+        self._db.executescript("""
+            PRAGMA journal_mode = OFF;
+            PRAGMA synchronous = OFF;
+            PRAGMA cache_size = -4096;
+            CREATE TABLE state (partition INTEGER NOT NULL, container TEXT NOT NULL,
+                                last_window_start_us INTEGER NOT NULL, record BLOB NOT NULL,
+                                PRIMARY KEY (partition, container));
+            CREATE INDEX state_age ON state (partition, last_window_start_us);
+        """)
+        self.on_disk = 0
+        self._counts = counts  # latest_states_evicted (to the file), latest_states_read_back
+
+    def __len__(self) -> int:
+        return len(self._memory) + self.on_disk
+
+    def sizes(self) -> dict[str, int]:
+        return {"latest_states_in_memory": len(self._memory), "latest_states_on_disk": self.on_disk}
+
+    def close(self) -> None:
+        self._db.close()
+
+    def get(self, partition: int, container: str) -> ContainerState | None:
+        key = (partition, container)
+        state = self._memory.get(key)
+        if state is not None:
+            self._memory.move_to_end(key)
+            return state
+        row = self._db.execute("SELECT record FROM state WHERE partition = ? AND container = ?", key).fetchone()
+        if row is None:
+            return None
+        self._db.execute("DELETE FROM state WHERE partition = ? AND container = ?", key)
+        self.on_disk -= 1
+        self._counts["latest_states_read_back"] += 1
+        state = ContainerState.from_record(self._decode(zlib.decompress(row[0])))
+        self._hold(key, state)
+        return state
+
+    def put(self, partition: int, state: ContainerState) -> None:
+        """Keep a state that is not here yet, or was changed after get()."""
+        key = (partition, state.container_id)
+        if key not in self._memory:
+            self.on_disk -= self._db.execute("DELETE FROM state WHERE partition = ? AND container = ?",
+                                             key).rowcount
+        self._hold(key, state)
+
+    def restore(self, partition: int, values: Iterable[bytes]) -> list[tuple[int, SchemaError]]:
+        """Take the partition's ContainerState records read back from the latest topic, as
+        written (straight to the file: memory fills as windows close), the latest of each
+        container. Returns the records that do not decode, by position, for the caller to
+        report; the others are taken."""
+        self.drop_partition(partition)
+        bad = []
+        for position, value in enumerate(values):
+            try:
+                record = self._decode(value)
+            except SchemaError as exc:
+                bad.append((position, exc))
+                continue
+            if record["source_partition"] == partition:
+                self._db.execute(
+                    "INSERT INTO state VALUES (?, ?, ?, ?) ON CONFLICT (partition, container) DO UPDATE "
+                    "SET last_window_start_us = excluded.last_window_start_us, record = excluded.record "
+                    "WHERE excluded.last_window_start_us > state.last_window_start_us",
+                    (partition, record["container_id"], record["last_window_start_us"], zlib.compress(value, 1)))
+        self.on_disk = self._db.execute("SELECT COUNT(*) FROM state").fetchone()[0]
+        return bad
+
+    def forget_idle(self, partition: int, before_us: int) -> int:
+        """Drop the partition's states whose last window started before before_us; how many."""
+        idle = [key for key, state in self._memory.items()
+                if key[0] == partition and state.last_window_start_us < before_us]
+        for key in idle:
+            del self._memory[key]
+        gone = self._db.execute("DELETE FROM state WHERE partition = ? AND last_window_start_us < ?",
+                                (partition, before_us)).rowcount
+        self.on_disk -= gone
+        return len(idle) + gone
+
+    def drop_partition(self, partition: int) -> None:
+        for key in [key for key in self._memory if key[0] == partition]:
+            del self._memory[key]
+        self.on_disk -= self._db.execute("DELETE FROM state WHERE partition = ?", (partition,)).rowcount
+
+    def containers(self, partition: int) -> dict[str, ContainerState]:
+        """Every state of a partition, decoded (for tests and inspection: it reads the file)."""
+        found = {container: state for (p, container), state in self._memory.items() if p == partition}
+        for container, record in self._db.execute("SELECT container, record FROM state WHERE partition = ?",
+                                                  (partition,)):
+            found[container] = ContainerState.from_record(self._decode(zlib.decompress(record)))
+        return found
+
+    def _hold(self, key: tuple[int, str], state: ContainerState) -> None:
+        self._memory[key] = state
+        self._memory.move_to_end(key)
+        while len(self._memory) > self.in_memory:
+            (partition, container), oldest = self._memory.popitem(last=False)
+            record = zlib.compress(self._encode(oldest.record()), 1)
+            self._db.execute("INSERT INTO state VALUES (?, ?, ?, ?)",
+                             (partition, container, oldest.last_window_start_us, record))
+            self.on_disk += 1
+            self._counts["latest_states_evicted"] += 1

@@ -48,6 +48,12 @@ COUNTERS = {
     "replayed_records": ("replayed_records", "Records re-read after a restart or rebalance to rebuild state."),
     "containers_forgotten": ("containers_forgotten", "Latest states dropped: the container's last window is older "
                              "than kafka.output_retention_ms before the watermark."),
+    "latest_states_evicted": ("latest_states_evicted", "Container latest states moved from memory to the "
+                              "worker's file (more than processor.latest_states_in_memory held)."),
+    "latest_states_read_back": ("latest_states_read_back", "Container latest states read back from the worker's "
+                                "file when their container's next window closed."),
+    "latest_records_skipped": ("latest_records_skipped", "Latest-topic records that did not decode when a "
+                               "partition was restored (the container's state starts again from its next window)."),
     "watermarks_clamped": ("watermarks_clamped", "Agent watermarks ahead of their record's broker timestamp, "
                            "taken as the broker timestamp."),
     "watermark_sequence_regressions": ("watermark_sequence_regressions", "Agent watermarks whose sequence was not "
@@ -129,7 +135,8 @@ class StatusCollector(Collector):
             watermark.add_metric([str(partition)], watermark_us / 1e6)
         yield watermark
         yield _labelled(GaugeMetricFamily, "cache_entries", "Entries in each long-lived cache (symbol store, "
-                        "record-signature sessions).", "cache", status.caches)
+                        "record-signature sessions, containers' latest states in memory and on disk).", "cache",
+                        status.caches)
         yield _labelled(CounterMetricFamily, "record_signatures", "Signature checks of input records "
                         "(processor.agent_ca_file), by outcome: verified, or why refused.", "outcome",
                         status.provenance)

@@ -350,6 +350,10 @@ class ProcessorSection:
         "out with frames unnamed"))
     max_pending_windows: int = field(default=10_000, metadata=_doc(
         "closed windows per partition that may wait for symbol tables"))
+    latest_states_in_memory: int = field(default=256, metadata=_doc(
+        "containers' latest states a worker holds decoded in memory (each about 2.5 KB per distinct call path); "
+        "the others wait compressed in a file under data_dir, read back when their container's next window "
+        "closes"))
     max_event_ahead_ms: int = field(default=120_000, metadata=_doc(
         "a call dated further than this after its record's broker timestamp goes to the dead-letter topic "
         "(clock_skew)"))
@@ -357,8 +361,9 @@ class ProcessorSection:
         "directory that keeps each partition's in-flight offset across worker restarts, so a record that "
         "kills the worker twice is dead-lettered (empty: the system temporary directory; \"off\": disabled)"))
     data_dir: str = field(default="/tmp/runtime-signals", metadata=_doc(
-        "writable directory for faust's application directory (<data_dir>/<app_id>); the processor keeps "
-        "no state there, but faust creates it at start, so it must not be on a read-only root"))
+        "writable directory for faust's application directory (<data_dir>/<app_id>) and the worker's file of "
+        "latest states beyond latest_states_in_memory (a cache, rebuilt from the latest topic when a partition "
+        "is assigned, unlinked at once so nothing outlives the worker); must not be on a read-only root"))
     checkpoint_interval_ms: int = field(default=1_000, metadata=_doc(
         "how often each partition's outputs are flushed and its checkpoint written (docs/processor.md)"))
     session_timeout_ms: int = field(default=10_000, metadata=_doc(
@@ -384,7 +389,8 @@ class ProcessorSection:
                                        f"{self.agent_flush_interval_ms}: folded records would span windows and "
                                        f"count calls in the wrong one; choose a multiple (or set the agents' "
                                        f"watermark_interval_ms and agent_flush_interval_ms to a divisor)"))
-        for name in ("window_ms", "agent_idle_ms", "checkpoint_interval_ms", "session_timeout_ms"):
+        for name in ("window_ms", "agent_idle_ms", "checkpoint_interval_ms", "session_timeout_ms",
+                     "latest_states_in_memory"):
             if getattr(self, name) <= 0:
                 found.append((name, f"must be positive, got {getattr(self, name)}"))
         for name in ("allowed_lateness_ms", "symbol_wait_ms", "max_pending_windows", "max_event_ahead_ms"):

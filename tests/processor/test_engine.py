@@ -3,6 +3,7 @@ and symbol tables that arrive while a window waits."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import defaultdict
 
@@ -68,7 +69,8 @@ def _source_offsets(outputs: list[Output], kind: str) -> set[int]:
     return {int(dict(o.headers)["signals.source.offset"]) for o in outputs if o.kind == kind}
 
 
-def _crashing_run(records: list[tuple[bytes, bytes]], seed: int) -> tuple[list[Output], int]:
+def _crashing_run(records: list[tuple[bytes, bytes]], seed: int,
+                  settings: EngineSettings = SETTINGS) -> tuple[list[Output], int]:
     """Process with checkpoints every few records and a crash every so often: the worker
     loses its memory and outputs written since its last checkpoint may or may not have
     reached the broker. Returns everything that reached the broker and the restart count."""
@@ -78,12 +80,9 @@ def _crashing_run(records: list[tuple[bytes, bytes]], seed: int) -> tuple[list[O
     restarts = 0
     offset = 0
     while True:
-        engine = Engine(SETTINGS, NoSymbols(), REGISTRY, monotonic_s=lambda: 0.0)
-        latest = {}
-        for output in written:
-            if output.kind == "latest":
-                latest[output.key] = codec.decode(output.value, REGISTRY).record
-        resume = engine.assign(0, checkpoint, latest.values())
+        engine = Engine(settings, NoSymbols(), REGISTRY, monotonic_s=lambda: 0.0)
+        latest = [output.value for output in written if output.kind == "latest"]
+        resume = engine.assign(0, checkpoint, latest)
         offset = 0 if resume is None else resume
         unacked: list[Output] = []
         crash_at = offset + rng.randrange(5, 80)
@@ -315,11 +314,48 @@ def test_an_incomplete_symbol_table_names_nothing() -> None:
     assert store.lookup(APP_DIGEST, 0x1_300) == "parse_image_header" and store.has_all([APP_DIGEST])
 
 
-def test_latest_states_of_containers_gone_longer_than_the_retention_are_forgotten() -> None:
+@pytest.mark.parametrize("seed", range(3))
+def test_latest_states_moved_out_of_memory_come_back_the_same(seed: int) -> None:
+    """With room for one container's latest state in memory, the other two wait in the
+    file and are read back at each of their windows: the outputs are byte for byte those
+    of an engine holding all three, with crashes and restores from the latest topic too."""
+    records = _records(seed)
+    roomy = Engine(SETTINGS, NoSymbols(), REGISTRY)
+    roomy.assign(0, None)
+    reference = _run(roomy, records, 0, len(records))
+    tight_settings = dataclasses.replace(SETTINGS, latest_in_memory=1)
+    tight = Engine(tight_settings, NoSymbols(), REGISTRY)
+    tight.assign(0, None)
+    assert _run(tight, records, 0, len(records)) == reference
+    assert tight.counts["latest_states_evicted"] > 10 and tight.counts["latest_states_read_back"] > 10
+    assert roomy.counts["latest_states_evicted"] == 0
+    assert tight.latest.sizes() == {"latest_states_in_memory": 1, "latest_states_on_disk": 2}
+    assert tight.latest.containers(0).keys() == roomy.latest.containers(0).keys() == {"c1", "c2", "c3"}
+
+    written, restarts = _crashing_run(records, seed, tight_settings)
+    assert restarts >= 3
+    assert {o.key: o.value for o in written if o.kind == "latest"} == \
+        {o.key: o.value for o in reference if o.kind == "latest"}
+
+
+def test_a_latest_record_that_does_not_decode_is_skipped_by_name() -> None:
+    engine = Engine(SETTINGS, NoSymbols(), REGISTRY)
+    reference = Engine(SETTINGS, NoSymbols(), REGISTRY)
+    reference.assign(0, None)
+    good = [o.value for o in _run(reference, _records(0), 0, 120) if o.kind == "latest"]
+    assert good
+    engine.assign(0, None, [b"\x00junk", *good])
+    assert engine.counts["latest_records_skipped"] == 1
+    assert engine.latest.containers(0).keys() == reference.latest.containers(0).keys()
+
+
+@pytest.mark.parametrize("in_memory", [1, 256])
+def test_latest_states_of_containers_gone_longer_than_the_retention_are_forgotten(in_memory: int) -> None:
     """Containers come and go for months: a container whose last window is older than the
-    retention (event time) leaves the engine's memory; one still writing stays whole."""
-    engine = Engine(EngineSettings(SPEC, raw_topic="raw", agent_idle_ms=10_000, latest_retention_ms=5_000),
-                    NoSymbols(), REGISTRY)
+    retention (event time) leaves the engine, from memory or from the file; one still
+    writing stays whole."""
+    engine = Engine(EngineSettings(SPEC, raw_topic="raw", agent_idle_ms=10_000, latest_retention_ms=5_000,
+                                   latest_in_memory=in_memory), NoSymbols(), REGISTRY)
     engine.assign(0, None)
     feed = [(b"gone", encode_call(call_event("gone", BASE_US + 10, count=1))),
             (b"stays", encode_call(call_event("stays", BASE_US + 20, count=1)))]
@@ -328,7 +364,8 @@ def test_latest_states_of_containers_gone_longer_than_the_retention_are_forgotte
         feed.append((b"stays", encode_call(call_event("stays", BASE_US + second * 1_000_000 + 10, count=1))))
         feed.append((b"a", encode_watermark(BASE_US + second * 1_000_000 + 300_000, second)))
     outputs = [o for offset, (key, value) in enumerate(feed) for o in engine.handle(0, offset, key, value)]
-    states = engine._states[0].latest
+    states = engine.latest.containers(0)
     assert set(states) == {"stays"} and states["stays"].windows == 8
     assert engine.counts["containers_forgotten"] == 1
+    assert engine.latest.sizes() == {"latest_states_in_memory": 1, "latest_states_on_disk": 0}
     assert {o.key for o in outputs if o.kind == "latest"} == {b"gone", b"stays"}  # written before it went
