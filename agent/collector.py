@@ -680,7 +680,8 @@ class Collector:
         """Entries in every long-lived cache and queue of the agent, for /metrics: each is
         bounded, and a figure that keeps rising on a steady workload is a leak."""
         sizes = {"path_keys": len(self._paths), "parked_records": len(self._parked),
-                 "unwind_processes": len(self._unwind_versions)}
+                 "unwind_processes": len(self._unwind_versions),
+                 "uprobes_closing": self._tracer.uprobes_closing()}
         sizes.update(self._processes.sizes())
         sizes.update(self._python.sizes())
         sizes.update(self._symbol_tables.sizes())

@@ -16,7 +16,8 @@ import mmap
 import os
 import struct
 import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -248,6 +249,10 @@ class CallTracer:
         self.attached: list[AttachedProbe] = []
         self._links: dict[int, bpfsys.UprobeLink | None] = {}
         self._retired: set[int] = set()
+        self._closing: deque[tuple[int, bpfsys.UprobeLink]] = deque()  # (index, link) retired, not yet closed
+        self._closer: threading.Thread | None = None
+        self._closing_now: int | None = None  # the probe whose uprobe the closer is closing
+        self._closed = threading.Condition(self._lock)
         self._pin_dir: Path | None = None
         # An earlier agent's pinned probes (agent/pinning.py), by (file, offset): each is
         # closed just before this tracer links the same function, so no call runs both.
@@ -329,6 +334,8 @@ class CallTracer:
     def set_limits(self, probe: AttachedProbe, limits: ProbeLimits) -> None:
         config = limits.config()
         key = ctypes.c_uint32(probe.index)
+        if probe.index in self._retired:
+            return  # stays retired
         if self._lib.bpf_update_elem(self._config_fd, ctypes.byref(key), ctypes.byref(config), 0) != 0:
             raise ProbeError(f"probe {probe.spec.probe_id}: writing its config failed: "
                              f"{os.strerror(ctypes.get_errno())}")
@@ -347,11 +354,59 @@ class CallTracer:
                 self._links[probe.index] = None
 
     def retire(self, probe: AttachedProbe) -> None:
-        """Detach for good: its file changed (agent/filewatch.py), so the offset may no longer
-        start the function, and nothing (the probe budget) may re-arm it."""
+        """Detach for good, now: its file changed (agent/filewatch.py), so the offset may no
+        longer start the function, and the uprobe must be gone before the next process runs
+        the new code; nothing (the probe budget) may re-arm it."""
         with self._lock:
             self._retired.add(probe.index)
             self.detach(probe)
+            # Let go by retire_many and still waiting for the closer: closed now all the same.
+            waiting = [link for index, link in self._closing if index == probe.index]
+            for link in waiting:
+                self._closing.remove((probe.index, link))
+                link.close()
+            while self._closing_now == probe.index:
+                self._closed.wait()
+
+    def retire_many(self, probes: Iterable[AttachedProbe]) -> None:
+        """Detach for good, their files unchanged (their target was removed). Their calls
+        stop being taken at once (the probe's config says retired); their uprobes are
+        unregistered by a background thread, because each close waits for a kernel grace
+        period, one uprobe after another (about 0.1 s each here: letting a plan of 1,000
+        functions go took 100 s, holding up everything behind it)."""
+        retired = ProbeConfig(retired=1)
+        with self._lock:
+            for probe in probes:
+                self._retired.add(probe.index)
+                key = ctypes.c_uint32(probe.index)
+                if self._lib.bpf_update_elem(self._config_fd, ctypes.byref(key), ctypes.byref(retired), 0) != 0:
+                    log.warning("probe %s: marking it retired failed (%s); its calls are taken until its "
+                                "uprobe is gone", probe.spec.probe_id, os.strerror(ctypes.get_errno()))
+                link = self._links.get(probe.index)
+                if link is not None:
+                    if self._pin_dir is not None:
+                        (self._pin_dir / "links" / str(probe.index)).unlink(missing_ok=True)
+                    self._links[probe.index] = None
+                    self._closing.append((probe.index, link))
+            if self._closing and self._closer is None:
+                self._closer = threading.Thread(target=self._close_retired, name="uprobe-closer", daemon=True)
+                self._closer.start()
+
+    def _close_retired(self) -> None:
+        while True:
+            with self._lock:
+                if not self._closing:
+                    self._closer = None
+                    return
+                self._closing_now, link = self._closing.popleft()
+            link.close()
+            with self._lock:
+                self._closing_now = None
+                self._closed.notify_all()
+
+    def uprobes_closing(self) -> int:
+        """Retired probes' uprobes not yet unregistered (at most max_probes)."""
+        return len(self._closing)
 
     def rearm(self, probe: AttachedProbe) -> None:
         """Attach a detached probe again, with its index and config unchanged."""
@@ -538,6 +593,13 @@ class CallTracer:
 
     def close(self) -> None:
         self.detach_all()
+        with self._lock:
+            closing, closer = list(self._closing), self._closer
+            self._closing.clear()
+        for _, link in closing:
+            link.close()
+        if closer is not None:
+            closer.join()
         self.unpin()
         self._uprobes.remove_all()
         if self._ringbuf_positions is not None:

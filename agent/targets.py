@@ -45,11 +45,13 @@ from runtime_signals.config.schema import TargetSettings
 log = logging.getLogger(__name__)
 
 Attach = Callable[[ProbeSpec], AttachedProbe]
-Detach = Callable[[AttachedProbe], None]
+Detach = Callable[[list[AttachedProbe]], None]
 ProbeKey = tuple[FileKey, str]  # (file, symbol or symbol@offset): one uprobe
 # Symbol indexes kept (one per file version): a file's index is needed while its targets
 # are resolved, then only if another target names it; a large library's index is megabytes.
 MAX_SYMBOL_INDEXES = 16
+# Inlined-copy searches remembered, by (file, functions of one target): one per target file.
+MAX_INLINE_REPORTS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +121,7 @@ class TargetManager:
         self._prepare = prepare
         self.names = list(names)  # how each target is named in messages: its setting path or flag
         self._attach = attach  # None: only resolve (signals agent --check)
-        self._detach = detach  # how a removed target's probes are let go (CallTracer.retire)
+        self._detach = detach  # how a removed target's probes are let go, together (CallTracer.retire_many)
         self._on_attached = on_attached
         # Held from attaching a probe until on_attached returns (Collector.attach_lock).
         self._attach_lock = attach_lock or threading.Lock()
@@ -144,7 +146,8 @@ class TargetManager:
         self._broad: dict[tuple[int, int], str] = {}
         # (target, pattern) not found where no DWARF could show inlined copies: why not.
         self._no_dwarf: dict[tuple[int, int], str] = {}
-        self._inline_reports: dict[tuple[FileKey, frozenset[str]], InlineReport] = {}
+        self._inline_reports: LRUCache[tuple[FileKey, frozenset[str]], InlineReport] = \
+            LRUCache(MAX_INLINE_REPORTS)
         self.missing: dict[str, str] = {}
         self.counts: Counter[str] = Counter()
         self._own_pid = os.getpid()
@@ -284,6 +287,7 @@ class TargetManager:
         if symbols is None:
             symbols = self._symbols[found.identity] = SymbolIndex.of_file(found.host_path)
         target = self.targets[index]
+        patterns: list[tuple[int, list[str], set[str]]] = []
         for pattern_index, pattern in enumerate(target.symbols):
             mangled = symbols.resolve(pattern)
             if len(mangled) > self._max_symbols:
@@ -294,15 +298,21 @@ class TargetManager:
             # A function inlined into its callers runs there, not at its symbol (which an -O2
             # build may not even keep): its inlined copies are probed too, where DWARF says.
             wanted = set(mangled) if mangled or is_pattern(pattern) else {pattern.strip()}
-            report = self._inlined(found, frozenset(wanted)) if wanted else InlineReport((), None)
-            if mangled or report.copies:
+            patterns.append((pattern_index, mangled, wanted))
+        # One walk of the file's DWARF for every function the target names (a plan of 1,000
+        # functions of one file walked it 1,000 times).
+        everything = frozenset(name for _, _, wanted in patterns for name in wanted)
+        report = self._inlined(found, everything) if everything else InlineReport((), None)
+        for pattern_index, mangled, wanted in patterns:
+            copies = [copy for copy in report.copies if copy.function in wanted]
+            if mangled or copies:
                 self._resolved.add((index, pattern_index))
                 self._found_symbols.setdefault((index, found.identity), set()).update(mangled)
             elif report.dwarf_source is None and wanted:
                 self._no_dwarf[(index, pattern_index)] = report.reason
             for name in mangled:
                 self._attach_one(index, found, name)
-            for copy in report.copies:
+            for copy in copies:
                 self._attach_one(index, found, copy.function, copy.file_offset)
         if self._purls is not None:
             # Resolved here, off the event pump, so the first call's lookup is a cache hit.
@@ -390,18 +400,21 @@ class TargetManager:
             self._removed |= gone
             still_used = {key for index, keys in self._target_probes.items() if index not in self._removed
                           for key in keys}
+            letting_go = []
             for index in gone:
                 for key in self._target_probes.pop(index, set()) - still_used:
                     probe = self._attached.pop(key, None)
                     self._probe_ids.pop(key, None)
                     if probe is not None and self._detach is not None:
-                        self._detach(probe)
-                        detached += 1
-                        log.info("detached %s in %s: its target %s was removed", probe.spec.probe_id, probe.path,
+                        letting_go.append(probe)
+                        log.info("detaching %s in %s: its target %s was removed", probe.spec.probe_id, probe.path,
                                  self.names[index])
                 prefix = f"{self.names[index]}."
                 for name in [k for k in self.missing if k.startswith(prefix)]:
                     del self.missing[name]
+            if letting_go and self._detach is not None:
+                self._detach(letting_go)
+                detached = len(letting_go)
             self.counts["probes_detached"] += detached
         self._targets_changed()
         return detached
@@ -466,7 +479,8 @@ class TargetManager:
 
     def sizes(self) -> dict[str, int]:
         """Entries held, for /metrics."""
-        return {"symbol_indexes": len(self._symbols), "target_files": len(self._done)}
+        return {"symbol_indexes": len(self._symbols), "target_files": len(self._done),
+                "inline_reports": len(self._inline_reports)}
 
     def forget_file(self, host_path: str) -> None:
         """A probed file changed in place (agent/filewatch.py retired its probes): resolve its

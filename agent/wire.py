@@ -161,7 +161,7 @@ class ProbeConfig(ctypes.Structure):
         ("rate_interval_ns", ctypes.c_uint64),
         ("rate_burst_ns", ctypes.c_uint64),
         ("dedup", ctypes.c_uint32),
-        ("reserved", ctypes.c_uint32),
+        ("retired", ctypes.c_uint32),
     ]
 
 

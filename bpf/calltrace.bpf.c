@@ -658,6 +658,12 @@ int on_call(struct pt_regs *ctx)
     u32 probe = (u32)bpf_get_attach_cookie(ctx);
     if (probe >= CALLTRACE_MAX_PROBES)
         return 0;
+    /* A retired probe's uprobe fires until the kernel has unregistered it (a grace period
+     * per uprobe): its calls are not taken, and the kernel's hit count shows them as
+     * probe_transition. */
+    struct probe_config *config = probe_config.lookup(&probe);
+    if (config && config->retired)
+        return 0;
     count(probe, COUNTER_CALLS);
     u32 zero = 0;
     u64 *depth = nesting.lookup(&zero);

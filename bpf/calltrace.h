@@ -156,7 +156,7 @@ struct probe_config {
     __u64 rate_interval_ns; /* token bucket: one call per interval per CPU; 0 = no limit */
     __u64 rate_burst_ns;    /* bucket depth, as time credit (burst calls * interval) */
     __u32 dedup;            /* 1: fold identical calls in the kernel; 0: one record per call */
-    __u32 reserved;         /* explicit padding, always 0 */
+    __u32 retired;          /* 1: let go, its uprobe still being unregistered: calls are ignored */
 };
 
 /* Per-probe, per-CPU token bucket state (owned by the program). */

@@ -156,7 +156,7 @@ def test_targets_added_and_removed_at_run_time_detach_only_what_no_other_target_
     attached, attach = _recording_attach()
     detached: list[AttachedProbe] = []
 
-    manager = TargetManager([], [], attach=attach, detach=detached.append, host_root=Path("/"))
+    manager = TargetManager([], [], attach=attach, detach=detached.extend, host_root=Path("/"))
     first = manager.add_targets([TargetSettings(binary=str(binary), symbols=["one", "two", "absent"])], ["plan.a"])
     second = manager.add_targets([TargetSettings(binary=str(binary), symbols=["two"])], ["plan.b"])
     manager.scan()
@@ -240,7 +240,7 @@ def test_a_new_version_of_a_plan_keeps_the_probes_of_the_functions_both_name(tmp
                     headers: list[tuple[str, bytes]] | None = None, calls: int = 0) -> None:
             pass
 
-    manager = TargetManager([], [], attach=attach, detach=lambda p: detached.append(p.spec.symbol),
+    manager = TargetManager([], [], attach=attach, detach=lambda probes: detached.extend(p.spec.symbol for p in probes),
                             host_root=Path("/"))
     follower = PlanFollower(manager, Sink(), TopicNames(), consumer_config={}, host="node-1", agent_id="a/1")
     registry = codec.SchemaRegistry.default()

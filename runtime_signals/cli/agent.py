@@ -328,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
                             proc_root=Path(agent.proc_root), host_root=Path(agent.host_root),
                             max_symbols_per_pattern=agent.max_symbols_per_pattern, purls=node.purls,
                             pods=node.pods, attach_lock=collector.attach_lock, host=node.host,
-                            detach=tracer.retire, prepare=collector.prepare)
+                            detach=tracer.retire_many, prepare=collector.prepare)
     watch.on_changed = targets.forget_file
     watch.start(stop)
     targets.scan()

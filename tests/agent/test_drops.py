@@ -3,7 +3,9 @@ dropped, by reason, exactly."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -86,3 +88,34 @@ def test_rate_limited_calls_are_counted_not_captured(hotloop: Path) -> None:
     assert counters["sent"] <= 1, counters
     assert captured == counters["folded"] + counters["sent"], (captured, counters)
     assert counters["calls"] == counters["folded"] + counters["sent"] + counters["drop_rate_limited"], counters
+
+
+def test_a_retired_probes_calls_stop_at_once_and_count_as_transition(hotloop: Path) -> None:
+    """retire_many() returns before the kernel has unregistered the uprobe (a grace period
+    per uprobe, done by a background thread): from its return no call is taken, and the
+    calls that still trap meanwhile are the kernel's hits without a program run, which the
+    statistics report as probe_transition. Calls = hits exactly once the uprobe is gone."""
+    tracer = CallTracer(TracerSettings(ringbuf_pages=16))
+    try:
+        tracer.on_event(lambda _call: None)
+        probe = tracer.attach(ProbeSpec(str(hotloop), "hot"), ProbeLimits(dedup=True))
+        loop = subprocess.Popen([str(hotloop), "1500", "0", "0"], stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 10
+        while tracer.probe_counters(probe)["calls"] < 1000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        tracer.retire_many([probe])
+        taken = tracer.probe_counters(probe)["calls"]
+        closing_at_return = tracer.uprobes_closing()
+        stdout, _ = loop.communicate(timeout=30)
+        while tracer.uprobes_closing():
+            time.sleep(0.01)
+        counters = tracer.probe_counters(probe)
+        tracer.collect()
+    finally:
+        tracer.close()
+    attached, _detached, ambiguous = (sum(column) for column in zip(*target_tally(stdout).values(), strict=True))
+    assert closing_at_return == 1
+    # At most a run per CPU that read the config before it changed.
+    assert taken <= counters["calls"] <= taken + os.cpu_count(), (taken, counters)
+    assert attached <= counters["hits"] <= attached + ambiguous, counters
+    assert counters["hits"] > counters["calls"], counters  # trapped while being unregistered
