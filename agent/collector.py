@@ -263,7 +263,8 @@ class Collector:
         """Learn a probe the tracer attached (its index is the tracer's), to name the calls
         it reports and to budget it. Called from the target scanner's thread."""
         with self._lock:
-            self._probes[probe.index] = probe
+            self._probes[probe.index] = probe  # a slot taken again: the retired probe's place
+            self._new_paths.pop(probe.index, None)
             self._budget.track(probe.index, time.monotonic_ns())
 
     def capture(self, pid: int, wait_s: float) -> None:
@@ -582,7 +583,8 @@ class Collector:
         state.pin_dir = str(self._tracer.pin_dir) if self._tracer.pin_dir is not None else None
         state.probes = {p.index: ProbeSite(p.spec.probe_id, p.spec.symbol, p.path, p.file_offset)
                         for p in self._tracer.attached}
-        state.kernel_counters = {index: {k: v for k, v in c.items() if k != "hits"} for index, c in counters.items()}
+        # Per slot, over every probe that held it: what the pinned maps will show the next run.
+        state.kernel_counters = self._tracer.slot_counters()
         try:
             state.save(self._state_dir)
         except OSError as exc:

@@ -129,8 +129,7 @@ class PlanFollower:
             self._plans[plan_id] = plan
             self._update_counts()
         # A new version of a plan is taken on before the old one goes: the functions both name
-        # keep their uprobe (no call missed in between, no probe slot spent again; probe slots
-        # are not reused, agent.max_probes bounds them over the agent's life).
+        # keep their uprobe (no call missed in between, no probe slot spent again).
         if plan.record is not None:
             self._manager.scan()
         if old is not None and old.indices:

@@ -16,6 +16,7 @@ import mmap
 import os
 import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -118,6 +119,10 @@ class TracerSettings:
     unwind_tables: int = 4096
     max_processes: int = 4096
     max_mappings: int = 256
+    # Not compiled in: how long a retired probe's slot rests, its uprobe gone, before another
+    # probe may take it. Longer than any record of its calls waits in the agent (a dedup
+    # flush, the collector's parked records: MAX_PARKED_NS), so none is named after the next.
+    slot_reuse_after_s: float = 60.0
 
     def cflags(self) -> list[str]:
         if self.ringbuf_pages <= 0 or self.ringbuf_pages & (self.ringbuf_pages - 1):
@@ -252,6 +257,16 @@ class CallTracer:
         self._closing: deque[tuple[int, bpfsys.UprobeLink]] = deque()  # (index, link) retired, not yet closed
         self._closer: threading.Thread | None = None
         self._closing_now: int | None = None  # the probe whose uprobe the closer is closing
+        # Slots of retired probes, their uprobes and tracefs events gone: (slot, free from
+        # monotonic ns, free from this many collects). attach() takes the oldest ready one.
+        self._free: deque[tuple[int, int, int]] = deque()
+        self._collects = 0
+        self._final_hits: dict[int, int] = {}  # a retired probe's hits, read before its event went
+        # A reused slot's kernel counters go on from its earlier probes' figures: theirs at the
+        # moment it was taken (subtracted, so each probe's figures are its own) and their sum
+        # over every slot (added to the totals, which therefore never go back).
+        self._offsets: dict[int, dict[str, int]] = {}
+        self._vacated: dict[str, int] = dict.fromkeys((*COUNTER_NAMES, "hits"), 0)
         self._closed = threading.Condition(self._lock)
         self._pin_dir: Path | None = None
         # An earlier agent's pinned probes (agent/pinning.py), by (file, offset): each is
@@ -305,10 +320,13 @@ class CallTracer:
             except Exception as exc:
                 raise ProbeError(f"probe {spec.probe_id}: {self._explain(spec, exc)}") from exc
         with self._lock:
-            index = len(self.attached)
-            if index >= self.settings.max_probes:
-                raise ProbeError(f"probe {spec.probe_id}: {self.settings.max_probes} probes are attached "
-                                 "already; raise max_probes")
+            index = self._take_free_slot()
+            if index is None:
+                index = len(self.attached)
+                if index >= self.settings.max_probes:
+                    raise ProbeError(f"probe {spec.probe_id}: {self.settings.max_probes} probes are attached "
+                                     f"already ({len(self._retired)} retired, {len(self._free)} of them with a "
+                                     f"slot resting); raise max_probes")
             probe = AttachedProbe(spec, path.decode(), file_offset, index)
             self.set_limits(probe, limits or self.default_limits)
             self._event_ids[index] = self._uprobes.create(index, probe.path, file_offset)
@@ -327,7 +345,10 @@ class CallTracer:
                 self._links[index] = self._link(probe, before_link=hand_over)
             else:
                 self._links[index] = self._link(probe)
-            self.attached.append(probe)
+            if index < len(self.attached):
+                self.attached[index] = probe
+            else:
+                self.attached.append(probe)
         log.info("attached probe %s at %s+0x%x (index %d)", spec.probe_id, probe.path, file_offset, index)
         return probe
 
@@ -341,11 +362,18 @@ class CallTracer:
                              f"{os.strerror(ctypes.get_errno())}")
 
     def is_attached(self, probe: AttachedProbe) -> bool:
-        return self._links.get(probe.index) is not None
+        return self._holds(probe) and self._links.get(probe.index) is not None
+
+    def _holds(self, probe: AttachedProbe) -> bool:
+        """Whether probe is its slot's probe (not one retired whose slot another probe took)."""
+        return probe.index < len(self.attached) and \
+            (self.attached[probe.index].path, self.attached[probe.index].file_offset) == (probe.path, probe.file_offset)
 
     def detach(self, probe: AttachedProbe) -> None:
         """Remove the uprobe; calls stop costing anything and stop being observed."""
         with self._lock:
+            if not self._holds(probe):
+                return
             link = self._links.get(probe.index)
             if link is not None:
                 if self._pin_dir is not None:  # the pin holds the link too
@@ -353,11 +381,32 @@ class CallTracer:
                 link.close()
                 self._links[probe.index] = None
 
+    def _take_free_slot(self) -> int | None:
+        """The oldest rested slot of a retired probe, its earlier probes' figures set aside
+        (call holding the lock); None when none is ready."""
+        if not self._free:
+            return None
+        index, ready_ns, ready_collects = self._free[0]
+        if time.monotonic_ns() < ready_ns or self._collects < ready_collects:
+            return None
+        self._free.popleft()
+        final = self.probe_counters(self.attached[index])
+        for name, value in final.items():
+            self._vacated[name] += value
+        self._offsets[index] = self._raw_counters(index)
+        self._final_hits.pop(index, None)
+        self._hits_before.pop(index, None)
+        self._retired.discard(index)
+        log.info("probe slot %d of the retired %s taken again", index, self.attached[index].spec.probe_id)
+        return index
+
     def retire(self, probe: AttachedProbe) -> None:
         """Detach for good, now: its file changed (agent/filewatch.py), so the offset may no
         longer start the function, and the uprobe must be gone before the next process runs
         the new code; nothing (the probe budget) may re-arm it."""
         with self._lock:
+            if not self._holds(probe):
+                return
             self._retired.add(probe.index)
             self.detach(probe)
             # Let go by retire_many and still waiting for the closer: closed now all the same.
@@ -377,6 +426,8 @@ class CallTracer:
         retired = ProbeConfig(retired=1)
         with self._lock:
             for probe in probes:
+                if not self._holds(probe) or probe.index in self._retired:
+                    continue
                 self._retired.add(probe.index)
                 key = ctypes.c_uint32(probe.index)
                 if self._lib.bpf_update_elem(self._config_fd, ctypes.byref(key), ctypes.byref(retired), 0) != 0:
@@ -398,20 +449,30 @@ class CallTracer:
                 if not self._closing:
                     self._closer = None
                     return
-                self._closing_now, link = self._closing.popleft()
+                index, link = self._closing.popleft()
+                self._closing_now = index
             link.close()
+            # The uprobe is gone: its hit count is final. With the tracefs event removed the
+            # slot can serve another probe (an event busy for longer keeps its slot).
+            hits = self._uprobes.hits().get(index)
+            removed = self._uprobes.remove(index, timeout_s=5.0)
             with self._lock:
                 self._closing_now = None
                 self._closed.notify_all()
+                if removed:
+                    self._final_hits[index] = hits if hits is not None else 0
+                    self._free.append((index, time.monotonic_ns() + int(self.settings.slot_reuse_after_s * 1e9),
+                                       self._collects + 2))
 
     def uprobes_closing(self) -> int:
         """Retired probes' uprobes not yet unregistered (at most max_probes)."""
-        return len(self._closing)
+        with self._lock:
+            return len(self._closing) + (self._closing_now is not None)
 
     def rearm(self, probe: AttachedProbe) -> None:
         """Attach a detached probe again, with its index and config unchanged."""
         with self._lock:
-            if self._links.get(probe.index) is None and probe.index not in self._retired:
+            if self._links.get(probe.index) is None and probe.index not in self._retired and self._holds(probe):
                 self._links[probe.index] = self._link(probe)
 
     def _link(self, probe: AttachedProbe, before_link: Callable[[], object] | None = None) -> bpfsys.UprobeLink:
@@ -484,7 +545,9 @@ class CallTracer:
         old = self._active
         self._set_active_dedup(1 - old)
         self.drain()
-        return self._flush_dedup(self._dedup_fds[old])
+        delivered = self._flush_dedup(self._dedup_fds[old])
+        self._collects += 1
+        return delivered
 
     def set_flush_clock(self, interval_ns: int, boot_to_wall_ns: int) -> None:
         """Tell the program the flush interval and the boot-to-wall offset the agent converts
@@ -531,11 +594,25 @@ class CallTracer:
         # can only fall short of the calls read after them (never count a call as lost
         # that is merely in flight). Exact once the probe is detached.
         hits = self._uprobes.hits() if hits is None else hits
-        base = probe.index * len(COUNTER_NAMES)
-        counters = {name: int(sum(self._counters[ctypes.c_int(base + i)])) for i, name in enumerate(COUNTER_NAMES)}
-        own_hits = hits.get(probe.index, counters["calls"]) - self._hits_before.get(probe.index, 0)
+        counters = self._raw_counters(probe.index)
+        offset = self._offsets.get(probe.index)
+        if offset is not None:
+            counters = {name: value - offset[name] for name, value in counters.items()}
+        event_hits = self._final_hits.get(probe.index, hits.get(probe.index))
+        own_hits = (counters["calls"] if event_hits is None else event_hits) - self._hits_before.get(probe.index, 0)
         counters["hits"] = max(own_hits, counters["calls"])
         return counters
+
+    def _raw_counters(self, index: int) -> dict[str, int]:
+        base = index * len(COUNTER_NAMES)
+        return {name: int(sum(self._counters[ctypes.c_int(base + i)])) for i, name in enumerate(COUNTER_NAMES)}
+
+    def slot_counters(self) -> dict[int, dict[str, int]]:
+        """Each slot's kernel counters since the program was loaded, over every probe that
+        held it (what a pinned generation's maps show a restarted agent: agent/state.py)."""
+        with self._lock:
+            slots = len(self.attached)
+        return {index: self._raw_counters(index) for index in range(slots)}
 
     def all_probe_counters(self) -> dict[int, dict[str, int]]:
         """probe_counters of every probe, by index (tracefs read once)."""
@@ -546,7 +623,7 @@ class CallTracer:
 
     def counters(self, per_probe: dict[int, dict[str, int]] | None = None) -> dict[str, int]:
         """The kernel's counters summed over CPUs and probes, "hits" included."""
-        totals = dict.fromkeys((*COUNTER_NAMES, "hits"), 0)
+        totals = dict(self._vacated)  # probes whose slot another probe took since
         for counters in (self.all_probe_counters() if per_probe is None else per_probe).values():
             for name, value in counters.items():
                 totals[name] += value

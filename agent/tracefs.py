@@ -81,6 +81,14 @@ class UprobeEvents:
                 counts[by_name[fields[-2]]] = int(fields[-1])
         return counts
 
+    def remove(self, index: int, timeout_s: float = 5.0) -> bool:
+        """Delete probe index's event once no perf event uses it; whether it is gone."""
+        name = self._names.get(index)
+        if name is None or not self._remove(name, timeout_s):
+            return False
+        del self._names[index]
+        return True
+
     def remove_all(self, timeout_s: float = 5.0) -> None:
         """Delete this agent's events once no perf event uses them any more."""
         for index, name in list(self._names.items()):
