@@ -18,22 +18,13 @@ from tests.agent.agent_runs import (
     CALL_EVENT,
     STATISTICS,
     AgentProcess,
-    build_target,
     decode_all,
     read_all,
     target_tally,
 )
-from tests.bpf_support import bpf_unavailable_reason
 
 pytestmark = pytest.mark.bpf
 
-
-@pytest.fixture(scope="module")
-def hotloop(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    reason = bpf_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    return build_target("hotloop", tmp_path_factory.mktemp("hotloop"))
 
 
 @pytest.mark.broker

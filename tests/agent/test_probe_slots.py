@@ -12,18 +12,10 @@ import pytest
 
 from runtime_signals.agent.errors import ProbeError
 from runtime_signals.agent.probes import CallTracer, ProbeSpec, RawCall, TracerSettings
-from tests.agent.agent_runs import build_target, target_tally
-from tests.bpf_support import bpf_unavailable_reason
+from tests.agent.agent_runs import target_tally
 
 pytestmark = pytest.mark.bpf
 
-
-@pytest.fixture(scope="module")
-def hotloop(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    reason = bpf_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    return build_target("hotloop", tmp_path_factory.mktemp("hotloop"))
 
 
 def _run(hotloop: Path, tracer: CallTracer) -> dict[str, int]:

@@ -1,0 +1,19 @@
+"""Fixtures of the agent tests that several modules share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.agent.agent_runs import build_target
+from tests.bpf_support import bpf_unavailable_reason
+
+
+@pytest.fixture(scope="module")
+def hotloop(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/agent/targets/hotloop.c built; skips where BPF cannot run (the tests use it)."""
+    reason = bpf_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    return build_target("hotloop", tmp_path_factory.mktemp("hotloop"))
