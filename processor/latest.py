@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime_signals.processor.aggregate import MAX_EXECUTABLES_PER_PATH
+from runtime_signals.processor.errors import ConfigError
 from runtime_signals.processor.intake import Executable
 from runtime_signals.schemas.codec import RuntimeType
 from runtime_signals.schemas.errors import SchemaError
@@ -138,12 +139,17 @@ class LatestStates:
         self.in_memory = in_memory
         self._encode, self._decode = encode, decode
         self._memory: OrderedDict[tuple[int, str], ContainerState] = OrderedDict()
-        directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"latest-states-{os.getpid()}-{id(self):x}.sqlite3"
-        # No journal and no fsync: a crash loses the file, which is rebuilt anyway. The engine
-        # moves between the event loop and worker threads, one at a time (the worker's lock).
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        path.unlink()
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            # No journal and no fsync: a crash loses the file, which is rebuilt anyway. The engine
+            # moves between the event loop and worker threads, one at a time (the worker's lock).
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("CREATE TABLE created (x)")  # SQLite opens the file lazily
+            path.unlink()
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"latest states file {path}: cannot be created ({exc}); the directory "
+                              f"(processor.data_dir) must be writable") from exc
         self._db.executescript("""
             PRAGMA journal_mode = OFF;
             PRAGMA synchronous = OFF;

@@ -6,11 +6,13 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
 from runtime_signals.processor.checkpoint import Checkpoint
 from runtime_signals.processor.engine import Engine, EngineSettings, Output
+from runtime_signals.processor.errors import ConfigError
 from runtime_signals.processor.symbol_store import SymbolStore
 from runtime_signals.processor.symbolize import NoSymbols
 from runtime_signals.processor.windows import WindowSpec
@@ -369,3 +371,10 @@ def test_latest_states_of_containers_gone_longer_than_the_retention_are_forgotte
     assert engine.counts["containers_forgotten"] == 1
     assert engine.latest.sizes() == {"latest_states_in_memory": 1, "latest_states_on_disk": 0}
     assert {o.key for o in outputs if o.kind == "latest"} == {b"gone", b"stays"}  # written before it went
+
+
+def test_a_latest_states_directory_that_cannot_be_written_is_named(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    with pytest.raises(ConfigError, match=r"latest states file .*file/sub/latest-states-.*processor.data_dir"):
+        Engine(dataclasses.replace(SETTINGS, latest_dir=blocked / "sub"), NoSymbols(), REGISTRY)
