@@ -38,14 +38,18 @@ STEP_S = 0.1
 KILL_AT_S = (2.0, 4.6, 7.1)
 
 
-def test_kill_minus_9_mid_window_loses_and_doubles_nothing(kafka_bootstrap: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("states_in_memory", [256, 1])
+def test_kill_minus_9_mid_window_loses_and_doubles_nothing(kafka_bootstrap: str, tmp_path: Path,
+                                                          states_in_memory: int) -> None:
+    """With room for one container's latest state in memory, the others go through the
+    worker's file at every window, and restarts stream the latest topic into it."""
     prefix = f"exact-{uuid.uuid4().hex[:8]}."
     names = TopicNames().with_prefix(prefix)
     create_topics(kafka_bootstrap, names, partitions=3)
     publish_binaries(kafka_bootstrap, names)
     produced = scenario(CONTAINERS, STEPS, step_us=100_000, window_us=WINDOW_MS * 1000, partitions=3)
     worker_args = ["--group-instance-id", "worker-1", "--checkpoint-interval-ms", "300",
-                   "--session-timeout-ms", "6000"]
+                   "--session-timeout-ms", "6000", "--latest-states-in-memory", str(states_in_memory)]
     with LocalPipeline(kafka_bootstrap, [], topic_prefix=prefix, window_ms=WINDOW_MS, lateness_ms=200,
                        log_dir=tmp_path, processor_app_id=f"{prefix}processor") as pipeline:
         pipeline.start_processor(extra_args=worker_args, wait_ready_s=60)
@@ -83,6 +87,10 @@ def test_kill_minus_9_mid_window_loses_and_doubles_nothing(kafka_bootstrap: str,
     states = latest_by_key(read_all(kafka_bootstrap, names.latest))
     assert {key.decode(): s["total_events"] for key, s in states.items()} == dict(produced.calls)
 
+    if states_in_memory == 1:  # the states did go through the file, since the last restart too
+        stopped = log.rsplit("processor stopped: ", 1)[1]
+        read_back = re.search(r"'latest_states_read_back': (\d+)", stopped)
+        assert read_back and int(read_back.group(1)) > 0, stopped[:2000]
     # The kills did land mid-window: restarts restored checkpoints and replayed records
     # of windows that were open (replay starts after 0, yet before where outputs resume).
     restores = [(int(a), int(b)) for a, b in re.findall(r"replay from offset (\d+), outputs resume at (\d+)", log)]
