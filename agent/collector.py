@@ -528,6 +528,10 @@ class Collector:
         counters = self._tracer.all_probe_counters()
         figures = []
         for probe in probes:
+            if self._tracer.is_retired(probe):
+                # Let go for good (its plan removed, its file changed): no longer listed, so
+                # readers count the time from here as not watched (consumer/watched.py).
+                continue
             state = self._budget.state(probe.index)
             # Time not watched: detached by the budget, plus the agent's own absence while
             # no pinned probe ran (take_over).

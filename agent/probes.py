@@ -364,6 +364,11 @@ class CallTracer:
     def is_attached(self, probe: AttachedProbe) -> bool:
         return self._holds(probe) and self._links.get(probe.index) is not None
 
+    def is_retired(self, probe: AttachedProbe) -> bool:
+        """Let go for good (retire, retire_many), or its slot serves another probe since."""
+        with self._lock:
+            return not self._holds(probe) or probe.index in self._retired
+
     def _holds(self, probe: AttachedProbe) -> bool:
         """Whether probe is its slot's probe (not one retired whose slot another probe took)."""
         return probe.index < len(self.attached) and \

@@ -131,7 +131,8 @@ def test_a_published_plan_is_attached_live_reported_and_detached_when_removed(
     zapp = compile_c(ZLIB_LINES, tmp_path / "zlines", "-lz")
     connection = ["--bootstrap", kafka_bootstrap, "--topic-prefix", prefix]
     agent = AgentProcess(kafka_bootstrap, prefix, [f"{goapp}:main.main", f"{zapp}:on_line"],
-                         tmp_path / "agent.log", ["--target-rescan-interval-ms", "500"])
+                         tmp_path / "agent.log", ["--target-rescan-interval-ms", "500",
+                                                  "--statistics-interval-ms", "500"])
     _topics_settle(kafka_bootstrap, names)
     with agent:
         go = subprocess.Popen([str(goapp)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
@@ -194,6 +195,12 @@ def test_a_published_plan_is_attached_live_reported_and_detached_when_removed(
             time.sleep(2.0)
             assert _calls(kafka_bootstrap, names.raw, go.pid, PARSE_ACCEPT) == before
             assert "detached" in agent.log()
+            # The statistics stop listing the plan's probes, so the time since counts as not
+            # watched (consumer/watched.py); a retired probe listed on would read as watched.
+            reports = sorted(decode_all(read_all(kafka_bootstrap, names.statistics),
+                                        "io.runtimesignals.SignalStatistics"), key=lambda r: r["reported_at_us"])
+            assert any("crc32" in p for r in reports for p in r["detached_ns_by_probe"]), reports[-1]
+            assert not any("crc32" in p for p in reports[-1]["detached_ns_by_probe"]), reports[-1]
         finally:
             for process in (go, zl):
                 process.kill()
