@@ -57,7 +57,7 @@ from runtime_signals.processor.intake import Rejected
 from runtime_signals.processor.kafka_io import BinaryFeed, CheckpointStore, partition_count, read_partition
 from runtime_signals.processor.settings import ProcessorSettings
 from runtime_signals.processor.symbol_store import SymbolStore
-from runtime_signals.schemas import codec
+from runtime_signals.schemas import codec, hashing
 
 log = logging.getLogger(__name__)
 
@@ -443,7 +443,8 @@ class Worker:
                 open_windows=self.engine.open_windows(), pending_windows=self.engine.pending_windows(),
                 symbol_tables=len(self._symbols), symbols_held=self._symbols.symbols_held,
                 store_counts=dict(self._symbols.counts), watermarks_us=self.engine.watermarks_us(),
-                caches={**self._symbols.sizes(), **self._provenance_sizes(), **self.engine.latest.sizes()},
+                caches={**self._symbols.sizes(), **self._provenance_sizes(), **self.engine.latest.sizes(),
+                        **hashing.cache_sizes()},
                 provenance=self._provenance_outcomes(),
                 feed_errors={k.split(":", 1)[1]: v for k, v in self._symbols.counts.items()
                              if k.startswith("feed_error:")})

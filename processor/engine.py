@@ -462,8 +462,8 @@ class Engine:
         outputs += path_outputs
         latest = self.latest.get(state.partition, container) or ContainerState(container, state.partition)
         if latest.fold(built.summary):
+            encoded = latest.encoded = codec.encode(latest.record(), CONTAINER_STATE, self._registry)
             self.latest.put(state.partition, latest)
-            encoded = codec.encode(latest.record(), CONTAINER_STATE, self._registry)
             if len(encoded) <= self.settings.max_summary_bytes:
                 outputs.append(Output("latest", container.encode(), encoded, (), state.partition))
             else:

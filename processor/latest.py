@@ -45,6 +45,9 @@ class ContainerState:
     last_window_start_us: int = -1
     runtimes: set[str] = field(default_factory=set)
     paths: dict[str, dict[str, Any]] = field(default_factory=dict)  # by callstack_hash
+    # record() as written to the latest topic since the last fold (the engine sets it): a
+    # state moved to LatestStates' file is these bytes, not encoded a second time.
+    encoded: bytes | None = field(default=None, compare=False, repr=False)
 
     def fold(self, summary: dict[str, Any]) -> bool:
         """Add one window summary of this container; False (and no change) when the window
@@ -52,6 +55,7 @@ class ContainerState:
         start_us = summary["started_at_us"]
         if start_us <= self.last_window_start_us:
             return False
+        self.encoded = None
         if self.windows == 0:
             self.first_window_start_us = start_us
         self.last_window_start_us = start_us
@@ -183,7 +187,9 @@ class LatestStates:
         self._db.execute("DELETE FROM state WHERE partition = ? AND container = ?", key)
         self.on_disk -= 1
         self._counts["latest_states_read_back"] += 1
-        state = ContainerState.from_record(self._decode(zlib.decompress(row[0])))
+        encoded = zlib.decompress(row[0])
+        state = ContainerState.from_record(self._decode(encoded))
+        state.encoded = encoded  # until its next fold: pushed out again, it is these bytes
         self._hold(key, state)
         return state
 
@@ -246,7 +252,7 @@ class LatestStates:
         self._memory.move_to_end(key)
         while len(self._memory) > self.in_memory:
             (partition, container), oldest = self._memory.popitem(last=False)
-            record = zlib.compress(self._encode(oldest.record()), 1)
+            record = zlib.compress(oldest.encoded or self._encode(oldest.record()), 1)
             self._db.execute("INSERT INTO state VALUES (?, ?, ?, ?)",
                              (partition, container, oldest.last_window_start_us, record))
             self.on_disk += 1
