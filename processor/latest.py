@@ -149,20 +149,19 @@ class LatestStates:
             # No journal and no fsync: a crash loses the file, which is rebuilt anyway. The engine
             # moves between the event loop and worker threads, one at a time (the worker's lock).
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("CREATE TABLE created (x)")  # SQLite opens the file lazily
+            self._db.executescript("""
+                PRAGMA journal_mode = OFF;
+                PRAGMA synchronous = OFF;
+                PRAGMA cache_size = -4096;
+                CREATE TABLE state (partition INTEGER NOT NULL, container TEXT NOT NULL,
+                                    last_window_start_us INTEGER NOT NULL, record BLOB NOT NULL,
+                                    PRIMARY KEY (partition, container));
+                CREATE INDEX state_age ON state (partition, last_window_start_us);
+            """)  # the file exists from here (SQLite creates it on the first write)
             path.unlink()
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"latest states file {path}: cannot be created ({exc}); the directory "
                               f"(processor.data_dir) must be writable") from exc
-        self._db.executescript("""
-            PRAGMA journal_mode = OFF;
-            PRAGMA synchronous = OFF;
-            PRAGMA cache_size = -4096;
-            CREATE TABLE state (partition INTEGER NOT NULL, container TEXT NOT NULL,
-                                last_window_start_us INTEGER NOT NULL, record BLOB NOT NULL,
-                                PRIMARY KEY (partition, container));
-            CREATE INDEX state_age ON state (partition, last_window_start_us);
-        """)
         self.on_disk = 0
         self._counts = counts  # latest_states_evicted (to the file), latest_states_read_back
 
