@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -216,6 +216,7 @@ class Collector:
         self.records_without_digest = 0  # published with a frame's file not hashed in time
         self._filters = filters or TargetFilters()
         self._sources = list(sources)
+        self._more_sizes: list[Callable[[], dict[str, int]]] = []  # add_cache_sizes
         self._state = state
         self._state_dir = state_dir
         self._base = BaseFigures()
@@ -238,6 +239,10 @@ class Collector:
         tracer.on_event(self._handle)
         self._flush_interval_ns = settings.watermark_interval_ms * 1_000_000
         tracer.set_flush_clock(self._flush_interval_ns, self._clock.offset_ns())
+
+    def add_cache_sizes(self, sizes: Callable[[], dict[str, int]]) -> None:
+        """Report another part's bounded caches with the agent's (the target manager's)."""
+        self._more_sizes.append(sizes)
 
     def add_source(self, source: CallSource) -> None:
         """Publish another program's calls at each collection, under the same watermarks."""
@@ -692,6 +697,8 @@ class Collector:
         sizes.update(self._python.sizes())
         sizes.update(self._symbol_tables.sizes())
         sizes.update(self._module_maps.sizes())
+        for more in self._more_sizes:
+            sizes.update(more())
         return sizes
 
 

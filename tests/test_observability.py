@@ -108,6 +108,13 @@ def _exposed(port: int, timeout_s: float = 60.0) -> set[str]:
         time.sleep(0.5)
 
 
+def _caches(port: int, part: str) -> set[str]:
+    """The cache labels of runtime_signals_<part>_cache_entries on a live /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return set(re.findall(rf'runtime_signals_{part}_cache_entries{{cache="([^"]+)"}}', text))
+
+
 @pytest.mark.bpf
 @pytest.mark.broker
 def test_every_metric_the_dashboard_and_rules_name_is_served_live(kafka_bootstrap: str, tmp_path: Path) -> None:
@@ -127,6 +134,11 @@ def test_every_metric_the_dashboard_and_rules_name_is_served_live(kafka_bootstra
         pipeline.start_processor("processor", ["--metrics-port", str(processor_port)], wait_ready_s=90)
         subprocess.run([str(workload), "3", "2"], check=True, stdout=subprocess.DEVNULL)
         live = _exposed(agent.metrics_port) | _exposed(processor_port)
+        agent_caches, processor_caches = _caches(agent.metrics_port, "agent"), _caches(processor_port, "processor")
         assert agent.stop() == 0, agent.log()[-3000:]
+    # Bounded caches of every part are on /metrics, the target manager's and the tracer's too.
+    assert {"path_keys", "symbol_indexes", "inline_reports", "uprobes_closing"} <= agent_caches, agent_caches
+    assert {"latest_states_in_memory", "latest_states_on_disk", "canonical_purls",
+            "module_identities"} <= processor_caches, processor_caches
     missing = sorted(named_metrics() - live)
     assert not missing, f"named by the dashboard or the rules but not served: {missing}"

@@ -330,6 +330,7 @@ def run(args: argparse.Namespace) -> int:
                             pods=node.pods, attach_lock=collector.attach_lock, host=node.host,
                             detach=tracer.retire_many, prepare=collector.prepare)
     watch.on_changed = targets.forget_file
+    collector.add_cache_sizes(targets.sizes)
     watch.start(stop)
     targets.scan()
     collector.take_over(previous, generation)
