@@ -91,9 +91,8 @@ class UprobeEvents:
 
     def remove_all(self, timeout_s: float = 5.0) -> None:
         """Delete this agent's events once no perf event uses them any more."""
-        for index, name in list(self._names.items()):
-            if self._remove(name, timeout_s):
-                del self._names[index]
+        for index in list(self._names):
+            self.remove(index, timeout_s)
 
     def _remove(self, name: str, timeout_s: float, group: str | None = None) -> bool:
         # Closed perf events let go of the event after RCU grace periods: EBUSY meanwhile.

@@ -628,9 +628,8 @@ int walk_python_frames(struct pt_regs *ctx)
     return 0;
 }
 
-static __always_inline void handle(struct pt_regs *ctx, u32 probe, u32 slot)
+static __always_inline void handle(struct pt_regs *ctx, u32 probe, u32 slot, struct probe_config *config)
 {
-    struct probe_config *config = probe_config.lookup(&probe);
     if (!config) {
         count(probe, COUNTER_DROP_NESTED); /* cannot happen (probe < CALLTRACE_MAX_PROBES) */
         return;
@@ -673,7 +672,7 @@ int on_call(struct pt_regs *ctx)
     }
     u64 slot = __sync_fetch_and_add(depth, 1);
     if (slot < SCRATCH_SLOTS)
-        handle(ctx, probe, (u32)slot);
+        handle(ctx, probe, (u32)slot, config); /* looked up above, once per call */
     else
         count(probe, COUNTER_DROP_NESTED);
     __sync_fetch_and_add(depth, -1);

@@ -138,9 +138,7 @@ class LatestStates:
 
     def __init__(self, directory: Path, in_memory: int, encode: Callable[[dict[str, Any]], bytes],
                  decode: Callable[[bytes], dict[str, Any]], counts: Counter[str]) -> None:
-        if in_memory < 1:
-            raise ValueError(f"latest states in memory: {in_memory}; at least 1")
-        self.in_memory = in_memory
+        self._in_memory = in_memory  # at least 1 (EngineSettings checks it)
         self._encode, self._decode = encode, decode
         self._memory: OrderedDict[tuple[int, str], ContainerState] = OrderedDict()
         path = directory / f"latest-states-{os.getpid()}-{id(self):x}.sqlite3"
@@ -165,14 +163,8 @@ class LatestStates:
         self.on_disk = 0
         self._counts = counts  # latest_states_evicted (to the file), latest_states_read_back
 
-    def __len__(self) -> int:
-        return len(self._memory) + self.on_disk
-
     def sizes(self) -> dict[str, int]:
         return {"latest_states_in_memory": len(self._memory), "latest_states_on_disk": self.on_disk}
-
-    def close(self) -> None:
-        self._db.close()
 
     def get(self, partition: int, container: str) -> ContainerState | None:
         key = (partition, container)
@@ -193,12 +185,9 @@ class LatestStates:
         return state
 
     def put(self, partition: int, state: ContainerState) -> None:
-        """Keep a state that is not here yet, or was changed after get()."""
-        key = (partition, state.container_id)
-        if key not in self._memory:
-            self.on_disk -= self._db.execute("DELETE FROM state WHERE partition = ? AND container = ?",
-                                             key).rowcount
-        self._hold(key, state)
+        """Keep a state get() returned (changed since), or a new one where get() found none:
+        either way the file holds no row of it (get() takes a state out of the file)."""
+        self._hold((partition, state.container_id), state)
 
     def restore(self, partition: int, values: Iterable[bytes]) -> list[tuple[int, SchemaError]]:
         """Take the partition's ContainerState records read back from the latest topic, as
@@ -249,7 +238,7 @@ class LatestStates:
     def _hold(self, key: tuple[int, str], state: ContainerState) -> None:
         self._memory[key] = state
         self._memory.move_to_end(key)
-        while len(self._memory) > self.in_memory:
+        while len(self._memory) > self._in_memory:
             (partition, container), oldest = self._memory.popitem(last=False)
             record = zlib.compress(oldest.encoded or self._encode(oldest.record()), 1)
             self._db.execute("INSERT INTO state VALUES (?, ?, ?, ?)",
