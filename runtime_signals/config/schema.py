@@ -351,7 +351,8 @@ class ProcessorSection:
     max_pending_windows: int = field(default=10_000, metadata=_doc(
         "closed windows per partition that may wait for symbol tables"))
     latest_states_in_memory: int = field(default=256, metadata=_doc(
-        "containers' latest states a worker holds decoded in memory (each about 2.5 KB per distinct call path); "
+        "containers' latest states a worker holds decoded in memory (about 8 KB per distinct call path of each; "
+        "0.5 KB compressed in the file); "
         "the others wait compressed in a file under data_dir, read back when their container's next window "
         "closes"))
     max_event_ahead_ms: int = field(default=120_000, metadata=_doc(
