@@ -16,6 +16,7 @@ them is in the record, so a reader can recompute them.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -146,46 +147,119 @@ class WindowOutput:
 
     summary: dict[str, Any]
     paths: list[dict[str, Any]]
+    stacks: list[NamedStack]  # each path's, in the same order
     unresolved_frames: int
     executables_omitted: int = 0
 
 
-def path_record(window: WindowAggregate, path: PathAggregate,
-                source: SymbolSource) -> tuple[dict[str, Any], int]:
-    """The ObservedCallPath record of one path of a window, and its unresolved frames."""
+@dataclass(slots=True)
+class NamedStack:
+    """The fields of a path record that follow from its stack alone (names, packages,
+    hashes), and how many of its frames no symbol named."""
+
+    fields: dict[str, Any]
+    unresolved: int
+    # Those fields encoded, by codec.RecordTemplate name: filled and reused by the engine.
+    encoded: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
+
+
+class NamedStacks:
+    """Named stacks by what naming them reads, the least recently used dropped beyond
+    max_entries. A fleet's containers run the same images, and a container the same stacks
+    window after window: each is named and hashed once. The lists in a NamedStack are shared
+    by every record built from it and must not be changed in place."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._max_entries = max_entries
+        self._named: OrderedDict[tuple[Any, ...], NamedStack] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._named)
+
+    def get(self, key: tuple[Any, ...]) -> NamedStack | None:
+        found = self._named.get(key)
+        if found is not None:
+            self._named.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[Any, ...], named: NamedStack) -> None:
+        self._named[key] = named
+        if len(self._named) > self._max_entries:
+            self._named.popitem(last=False)
+
+
+# The fields of a path record that name_stack() gives.
+STACK_FIELDS = ("symbols", "purl", "node_hashes", "path_hash", "callstack_hash", "function_signatures",
+                "binary_digests", "binary_offsets", "libraries", "purls", "addresses", "hash_recipe")
+
+
+def name_stack(path: PathAggregate, source: SymbolSource) -> NamedStack:
+    """Name and hash one path's frames from the symbol tables and module maps."""
     frames = resolve_frames(path.frames, path.identities, path.top_symbol, path.top_signature,
                             path.top_purl, source)
     node_hashes = [f.node_hash for f in frames]
-    record = {
+    return NamedStack({
         "symbols": [f.symbol for f in frames],
-        "observation_count": path.observation_count,
         "purl": frames[-1].purl,
-        "runtime_type": path.runtime_type,
-        "first_observed_at_us": path.first_observed_at_us,
-        "last_observed_at_us": path.last_observed_at_us,
         "node_hashes": node_hashes,
         "path_hash": hashing.path_hash_v2(node_hashes),
         "callstack_hash": hashing.callstack_hash_v2(path.identities),
         "function_signatures": [f.signature for f in frames],
         "binary_digests": [f.binary_digest for f in path.frames],
         "binary_offsets": [f.binary_offset for f in path.frames],
-        "container_id": window.key.container_id,
-        "window_start_us": window.key.start_us,
-        "window_end_us": window.end_us,
         "libraries": [f.library for f in path.frames],
         "purls": [f.module for f in frames],
         # Only frames named by their address (not located in a digested file) need it.
         "addresses": [f.unlocated_address for f in frames],
         "hash_recipe": hashing.RECIPE_V2,
+    }, sum(not f.resolved for f in frames))
+
+
+def _naming_inputs(path: PathAggregate, source: SymbolSource) -> tuple[Any, ...]:
+    """Everything name_stack() reads, given that the source has every table and module map
+    the path's frames need (a process's load addresses only matter to unlocated frames,
+    whose identities hold them)."""
+    return (path.identities, path.top_symbol, path.top_signature, path.top_purl,
+            tuple((f.binary_digest, f.binary_offset, f.library, f.purl,
+                   None if f.binary_digest is None else source.purl(f.binary_digest)) for f in path.frames))
+
+
+def path_record(window: WindowAggregate, path: PathAggregate, source: SymbolSource,
+                named_stacks: NamedStacks | None = None) -> tuple[dict[str, Any], NamedStack]:
+    """The ObservedCallPath record of one path of a window, and its named stack.
+    named_stacks, when given, may only be when the source holds every table and module map
+    the window needs (then a stack's names cannot change until one is evicted)."""
+    if named_stacks is None:
+        named = name_stack(path, source)
+    else:
+        key = _naming_inputs(path, source)
+        found = named_stacks.get(key)
+        if found is None:
+            named = name_stack(path, source)
+            named_stacks.put(key, named)
+        else:
+            named = found
+    record = {
+        **named.fields,
+        "observation_count": path.observation_count,
+        "runtime_type": path.runtime_type,
+        "first_observed_at_us": path.first_observed_at_us,
+        "last_observed_at_us": path.last_observed_at_us,
+        "container_id": window.key.container_id,
+        "window_start_us": window.key.start_us,
+        "window_end_us": window.end_us,
         "executables": [e.record() for e in sorted(path.executables, key=Executable.sort_key)],
     }
-    return record, sum(not f.resolved for f in frames)
+    return record, named
 
 
-def window_output(window: WindowAggregate, source: SymbolSource) -> WindowOutput:
-    """The RuntimeSignalSummary of a window, and its paths in summary order."""
-    built = [path_record(window, p, source) for p in window.paths.values()]
-    paths = sorted((record for record, _ in built), key=lambda r: (r["path_hash"], r["callstack_hash"]))
+def window_output(window: WindowAggregate, source: SymbolSource,
+                  named_stacks: NamedStacks | None = None) -> WindowOutput:
+    """The RuntimeSignalSummary of a window, and its paths in summary order (named_stacks:
+    as path_record() says)."""
+    built = [path_record(window, p, source, named_stacks) for p in window.paths.values()]
+    built.sort(key=lambda pair: (pair[0]["path_hash"], pair[0]["callstack_hash"]))
+    paths = [record for record, _ in built]
     node_hashes = sorted({h for p in paths for h in p["node_hashes"]})
     path_hashes = sorted({p["path_hash"] for p in paths})
     summary = {
@@ -204,5 +278,5 @@ def window_output(window: WindowAggregate, source: SymbolSource) -> WindowOutput
         "late_events": window.late_events,
         "hash_recipe": hashing.RECIPE_V2,
     }
-    return WindowOutput(summary, paths, sum(unresolved for _, unresolved in built),
+    return WindowOutput(summary, paths, [named for _, named in built], sum(n.unresolved for _, n in built),
                         sum(p.executables_omitted for p in window.paths.values()))

@@ -443,7 +443,7 @@ class Worker:
                 open_windows=self.engine.open_windows(), pending_windows=self.engine.pending_windows(),
                 symbol_tables=len(self._symbols), symbols_held=self._symbols.symbols_held,
                 store_counts=dict(self._symbols.counts), watermarks_us=self.engine.watermarks_us(),
-                caches={**self._symbols.sizes(), **self._provenance_sizes(), **self.engine.latest.sizes(),
+                caches={**self._symbols.sizes(), **self._provenance_sizes(), **self.engine.cache_sizes(),
                         **hashing.cache_sizes()},
                 provenance=self._provenance_outcomes(),
                 feed_errors={k.split(":", 1)[1]: v for k, v in self._symbols.counts.items()

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from runtime_signals.config.schema import ProcessorSection
 from runtime_signals.kafka.provenance import RecordVerifier, speaks_for
-from runtime_signals.processor.aggregate import WindowAggregate, window_output
+from runtime_signals.processor.aggregate import STACK_FIELDS, NamedStacks, WindowAggregate, window_output
 from runtime_signals.processor.checkpoint import Checkpoint, WindowMarker
 from runtime_signals.processor.errors import ConfigError
 from runtime_signals.processor.intake import (
@@ -36,7 +36,7 @@ from runtime_signals.processor.intake import (
     WatermarkRecord,
     read_raw,
 )
-from runtime_signals.processor.latest import ContainerState, LatestStates
+from runtime_signals.processor.latest import CONTAINER_STATE, STACK_ITEM_FIELDS, ContainerState, LatestStates
 from runtime_signals.processor.output_bounds import fit_summary, refresh_summary, unnamed_path
 from runtime_signals.processor.symbolize import SymbolSource
 from runtime_signals.processor.watermarks import ClockState, EventClock
@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 
 SUMMARY = "io.runtimesignals.RuntimeSignalSummary"
 CALL_PATH = "io.runtimesignals.ObservedCallPath"
-CONTAINER_STATE = "io.runtimesignals.ContainerState"
 Headers = tuple[tuple[str, bytes], ...]
 _LOGGED_PER_REASON = 10  # then rejections are logged at debug level only, counted always
 # Replay points (offset, event clock there) are recorded at each checkpoint and, between
@@ -161,6 +160,10 @@ class PartitionState:
             self.snapshots.append((checkpoint.replay_from_offset, checkpoint.clock))
 
 
+# Stacks kept named (aggregate.NamedStacks), a few KB each: a fleet's hot stacks.
+NAMED_STACKS = 8192
+
+
 class Engine:
     """Windows and aggregates of the partitions this worker owns."""
 
@@ -181,6 +184,11 @@ class Engine:
                                    lambda record: codec.encode(record, CONTAINER_STATE, self._registry),
                                    lambda value: codec.decode(value, self._registry, CONTAINER_STATE).record,
                                    self.counts)
+        self.named_stacks = NamedStacks(NAMED_STACKS)
+        # A named stack's fields are encoded once, for its path records and its latest-state items.
+        self._path_template = codec.template(CALL_PATH, STACK_FIELDS, self._registry)
+        self._state_item_template = codec.item_template(CONTAINER_STATE, "call_paths", STACK_ITEM_FIELDS,
+                                                        self._registry)
 
     # -- ownership -------------------------------------------------------------------
 
@@ -210,6 +218,10 @@ class Engine:
 
     def owns(self, partition: int) -> bool:
         return partition in self._states
+
+    def cache_sizes(self) -> dict[str, int]:
+        """Entries in the engine's caches, for /metrics."""
+        return {**self.latest.sizes(), "named_stacks": len(self.named_stacks)}
 
     def open_windows(self) -> int:
         return sum(len(s.windows) for s in self._states.values())
@@ -424,35 +436,50 @@ class Engine:
         wait_s = self.settings.symbol_wait_ms / 1000
         while state.pending:
             head = state.pending[0]
-            if not (self._symbols.has_all(head.needs_tables) and self._symbols.has_modules(head.needs_modules)):
+            complete = self._symbols.has_all(head.needs_tables) and self._symbols.has_modules(head.needs_modules)
+            if not complete:
                 if now_s - head.closed_at_s < wait_s and len(state.pending) <= self.settings.max_pending_windows:
                     break
                 self.counts["windows_waited_out"] += 1  # goes out with what has arrived
             state.pending.popleft()
-            outputs.extend(self._emit(state, head))
+            outputs.extend(self._emit(state, head, complete))
         return outputs
 
-    def _emit(self, state: PartitionState, closed: ClosedWindow) -> list[Output]:
+    def _emit(self, state: PartitionState, closed: ClosedWindow, complete: bool) -> list[Output]:
         window = closed.window
-        built = window_output(window, self._symbols)
+        # Stacks named earlier are reused only while every table and map they need is here:
+        # a window that went out without some names them as a fresh run would.
+        built = window_output(window, self._symbols, self.named_stacks if complete else None)
         container, start_us = window.key.container_id, window.key.start_us
         path_outputs = []
         identities = None
-        for path in built.paths:
+        # A path is encoded once: its record's body is also its item in the summary (the
+        # same ObservedCallPath type), keyed by the dict the summary holds.
+        bodies: dict[int, bytes] = {}
+        stacks = {}  # a path's named stack, while the path has the stack's fields
+        for path, stack in zip(built.paths, built.stacks, strict=True):
             path_key = f"{container}|{start_us}|{path['callstack_hash']}".encode()
-            encoded = codec.encode(path, CALL_PATH, self._registry)
-            if len(encoded) > self.settings.max_path_bytes:
+            parts = stack.encoded.get(self._path_template.name)
+            if parts is None:
+                parts = stack.encoded[self._path_template.name] = self._path_template.fixed_parts(path)
+            encoded = self._path_template.encode(path, parts)
+            if len(encoded) <= self.settings.max_path_bytes:
+                stacks[id(path)] = stack
+            else:
                 if identities is None:
                     by_recipe = (callstack_hash_v2 if path.get("hash_recipe") == RECIPE_V2 else callstack_hash)
                     identities = {by_recipe(p.identities): p.identities for p in window.paths.values()}
                 unnamed_path(path, identities[path["callstack_hash"]])  # also in the summary: same dict
                 encoded = codec.encode(path, CALL_PATH, self._registry)
                 self.counts["paths_unnamed_oversize"] += 1
+            bodies[id(path)] = encoded[codec.HEADER_BYTES:]
             path_outputs.append(Output("path", path_key, encoded, (), state.partition))
         if identities is not None:
             refresh_summary(built.summary)
-        summary, dropped = fit_summary(built.summary, lambda r: codec.encode(r, SUMMARY, self._registry),
-                                       self.settings.max_summary_bytes)
+        summary, dropped = fit_summary(
+            built.summary, lambda r: codec.encode_with_items(r, SUMMARY, self._registry, "call_paths",
+                                                             [bodies[id(p)] for p in r["call_paths"]]),
+            self.settings.max_summary_bytes)
         if dropped:
             self.counts["summary_paths_dropped_oversize"] += dropped
             log.warning("summary of %s window %d: %d call paths left out to fit %d bytes (their calls are in "
@@ -462,7 +489,16 @@ class Engine:
         outputs += path_outputs
         latest = self.latest.get(state.partition, container) or ContainerState(container, state.partition)
         if latest.fold(built.summary):
-            encoded = latest.encoded = codec.encode(latest.record(), CONTAINER_STATE, self._registry)
+            for path in built.summary["call_paths"]:
+                named = stacks.get(id(path))
+                if named is not None:
+                    item = latest.paths[path["callstack_hash"]]
+                    parts = named.encoded.get(self._state_item_template.name)
+                    if parts is None:
+                        parts = named.encoded[self._state_item_template.name] = \
+                            self._state_item_template.fixed_parts(item)
+                    latest.items[path["callstack_hash"]] = self._state_item_template.body(item, parts)
+            encoded = latest.encoded = latest.encode(self._registry)
             self.latest.put(state.partition, latest)
             if len(encoded) <= self.settings.max_summary_bytes:
                 outputs.append(Output("latest", container.encode(), encoded, (), state.partition))

@@ -78,33 +78,53 @@ _STRING_FIELDS = ("event_id", "symbol", "function_signature", "purl", "library",
                   "node_hash", "callstack_hash")
 
 
+class _OverLimit(Exception):
+    def __init__(self, rejected: Rejected) -> None:
+        super().__init__(rejected.error)
+        self.rejected = rejected
+
+
+def _check_frame_strings(library: str | None, binary_digest: str | None, max_string_bytes: int) -> None:
+    too_long = _too_long({"library": library, "binary_digest": binary_digest}, ("library", "binary_digest"),
+                         max_string_bytes)
+    if too_long:
+        raise _OverLimit(too_long)
+
+
+# Frames and their identities are pure functions of the fields, and a workload's calls repeat
+# a few thousand distinct frames: each is built, normalised and checked once (a frozen Frame
+# is safe to share). A malformed digest raises HashInputError, a library or digest over
+# max_string_bytes _OverLimit; errors are not cached: every record that carries one is rejected.
+
 @lru_cache(maxsize=65_536)
-def _frame(address: int, binary_digest: str | None, binary_offset: int | None,
-           library: str | None, purl: str | None = None) -> tuple[Frame, str]:
-    """A frame and its identity. Both are pure functions of the four fields, and a workload's
-    calls repeat a few thousand distinct frames, so each is built, normalised and checked
-    once (a frozen Frame is safe to share). A malformed digest raises HashInputError, and
-    errors are not cached: every record that carries it is rejected."""
-    return (Frame(address, binary_digest, binary_offset, library, purl),
-            _identity(binary_digest, binary_offset, address))
-
-
-def _identity(binary_digest: str | None, binary_offset: int | None, address: int) -> str:
-    if binary_digest is not None and binary_offset is not None:
-        located = _located_identity(binary_digest, binary_offset)
-        if located is not None:
-            return located
-    return hashing.frame_identity(binary_digest, binary_offset, address)
-
-
-@lru_cache(maxsize=65_536)
-def _located_identity(binary_digest: str, binary_offset: int) -> str | None:
-    """The identity of a frame located in a digested file, which does not depend on its
-    address. Every process of a fleet loads its files at other addresses (ASLR), so _frame's
-    cache, keyed by address too, misses once per process and frame; this one is shared by
-    all of them. None when the digest does not locate the frame (then the address counts)."""
+def _located_frame(binary_digest: str | None, binary_offset: int | None, library: str | None, purl: str | None,
+                   max_string_bytes: int) -> tuple[Frame, str] | None:
+    """A frame located in a digested file, and its identity; None for a frame that is not.
+    Neither depends on where the process loaded the file, which every process of a fleet does
+    elsewhere (ASLR): the frame's address is left out (0), so one entry serves them all."""
+    if binary_digest is None or binary_offset is None:
+        return None
     identity = hashing.frame_identity(binary_digest, binary_offset, 0)
-    return None if identity.startswith(hashing.UNKNOWN_BINARY) else identity
+    if identity.startswith(hashing.UNKNOWN_BINARY):
+        return None
+    _check_frame_strings(library, binary_digest, max_string_bytes)
+    return Frame(0, binary_digest, binary_offset, library, purl), identity
+
+
+@lru_cache(maxsize=65_536)
+def _unlocated_frame(address: int, binary_digest: str | None, binary_offset: int | None, library: str | None,
+                     purl: str | None, max_string_bytes: int) -> tuple[Frame, str]:
+    """A frame in no digested file (anonymous or JIT memory, a file not read): its address
+    is its identity."""
+    _check_frame_strings(library, binary_digest, max_string_bytes)
+    return (Frame(address, binary_digest, binary_offset, library, purl),
+            hashing.frame_identity(binary_digest, binary_offset, address))
+
+
+def _frame(address: int, binary_digest: str | None, binary_offset: int | None, library: str | None,
+           purl: str | None, max_string_bytes: int) -> tuple[Frame, str]:
+    return (_located_frame(binary_digest, binary_offset, library, purl, max_string_bytes)
+            or _unlocated_frame(address, binary_digest, binary_offset, library, purl, max_string_bytes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,10 +228,6 @@ def _call(event: dict[str, Any], limits: Limits) -> Intake:
     frame_count = max(len(event["stack_trace"]), len(event["stack_frames"] or ()))
     if frame_count > limits.max_frames:
         return Rejected("over_limit", f"{frame_count} stack frames; at most {limits.max_frames} are taken")
-    for frame in event["stack_frames"] or ():
-        too_long = _too_long(frame, ("library", "binary_digest"), limits.max_string_bytes)
-        if too_long:
-            return too_long
     if event["observation_count"] > limits.max_observation_count:
         return Rejected("over_limit", f"observation_count={event['observation_count']}: at most "
                         f"{limits.max_observation_count} are taken in one record")
@@ -232,19 +248,22 @@ def _call(event: dict[str, Any], limits: Limits) -> Intake:
     try:
         # Built once per distinct frame, at the door: this also checks every digest's and
         # offset's shape.
+        limit = limits.max_string_bytes  # the frames' strings are checked as each distinct frame is built
         if located:
-            pairs = [_frame(f["address"], f["binary_digest"], f["binary_offset"], f["library"], f["purl"])
-                     for f in located]
+            pairs = [_located_frame(f["binary_digest"], f["binary_offset"], f["library"], f["purl"], limit)
+                     or _unlocated_frame(f["address"], f["binary_digest"], f["binary_offset"], f["library"],
+                                         f["purl"], limit) for f in located]
         elif event["stack_trace"]:
-            pairs = [_frame(address, None, None, None) for address in event["stack_trace"]]
+            pairs = [_unlocated_frame(address, None, None, None, None, limit) for address in event["stack_trace"]]
         else:
             # No stack at all: the probed function alone is still a (one-frame) path.
             pairs = [_frame(event["function_address"], event["binary_digest"], event["binary_offset"],
-                            event["library"], event["purl"])]
+                            event["library"], event["purl"], limit)]
     except HashInputError as exc:
         return Rejected("out_of_range", str(exc))
-    frames = tuple(frame for frame, _ in pairs)
-    identities = tuple(identity for _, identity in pairs)
+    except _OverLimit as exc:
+        return exc.rejected
+    frames, identities = zip(*pairs, strict=True)
     return CallRecord(
         container_id=event["container_id"],
         observed_at_us=observed_us,

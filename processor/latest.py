@@ -21,12 +21,16 @@ from typing import Any
 from runtime_signals.processor.aggregate import MAX_EXECUTABLES_PER_PATH
 from runtime_signals.processor.errors import ConfigError
 from runtime_signals.processor.intake import Executable
+from runtime_signals.schemas import codec
 from runtime_signals.schemas.codec import RuntimeType
 from runtime_signals.schemas.errors import SchemaError
 
+CONTAINER_STATE = "io.runtimesignals.ContainerState"
 # Taken from the latest window that saw a stack (a later window may name more frames).
 _PATH_FIELDS = ("path_hash", "symbols", "function_signatures", "node_hashes", "binary_digests",
                 "binary_offsets", "libraries", "purl", "runtime_type", "purls", "addresses", "hash_recipe")
+# The fields of a state's path that are its latest window's named stack (aggregate.STACK_FIELDS).
+STACK_ITEM_FIELDS = tuple(sorted({*_PATH_FIELDS, "callstack_hash"} - {"runtime_type"}))
 # Executables listed per stack: the first this many in sort order, as a window's path keeps them.
 MAX_EXECUTABLES_PER_STACK = MAX_EXECUTABLES_PER_PATH
 
@@ -48,6 +52,9 @@ class ContainerState:
     # record() as written to the latest topic since the last fold (the engine sets it): a
     # state moved to LatestStates' file is these bytes, not encoded a second time.
     encoded: bytes | None = field(default=None, compare=False, repr=False)
+    # Each path's item in the encoded record, by callstack hash, until a fold changes it:
+    # most of a long-lived container's paths are not in a given window.
+    items: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     def fold(self, summary: dict[str, Any]) -> bool:
         """Add one window summary of this container; False (and no change) when the window
@@ -80,7 +87,20 @@ class ContainerState:
                              first_observed_at_us=min(known["first_observed_at_us"], path["first_observed_at_us"]),
                              last_observed_at_us=max(known["last_observed_at_us"], path["last_observed_at_us"]))
             self.paths[path["callstack_hash"]] = entry
+            self.items.pop(path["callstack_hash"], None)
         return True
+
+    def encode(self, registry: codec.SchemaRegistry) -> bytes:
+        """record() as a ContainerState message, the unchanged paths' items reused."""
+        record = self.record()
+        items = []
+        for path in record["call_paths"]:
+            item = self.items.get(path["callstack_hash"])
+            if item is None:
+                item = self.items[path["callstack_hash"]] = codec.encode_item(
+                    path, CONTAINER_STATE, "call_paths", registry)
+            items.append(item)
+        return codec.encode_with_items(record, CONTAINER_STATE, registry, "call_paths", items)
 
     def record(self) -> dict[str, Any]:
         paths = sorted(self.paths.values(), key=lambda p: (p["path_hash"], p["callstack_hash"]))

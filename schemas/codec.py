@@ -24,8 +24,9 @@ from __future__ import annotations
 import functools
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, cast
@@ -179,6 +180,7 @@ class _Writer:
     wire: dict[str, Any]  # fastavro-parsed, logical types stripped
     has_maps: bool
     definitions: dict[str, Any]  # named types inside declared, for walking references
+    splices: dict[str, _ArrayField] = dataclass_field(default_factory=dict)  # encode_with_items' layouts
 
 
 class SchemaRegistry:
@@ -282,6 +284,134 @@ def encode(record: Mapping[str, Any], schema_name: str, registry: SchemaRegistry
     except Exception as exc:  # any failure here means the record does not fit
         raise EncodeError(f"record does not fit {writer.name}: {exc}") from exc
     return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class _ArrayField:
+    """Where one array-of-records field sits in a record's encoding. Avro writes a record as
+    its fields' encodings one after another, an empty array as a zero byte and any other as
+    its item count, its items' encodings and a zero."""
+
+    prefix: dict[str, Any] | None  # fastavro-parsed record of the fields before it; None: it is the last
+    item: dict[str, Any]  # fastavro-parsed item type
+
+
+def _array_field(writer: _Writer, name: str) -> _ArrayField:
+    found = writer.splices.get(name)
+    if found is not None:
+        return found
+    fields = writer.wire["fields"]
+    index = next((i for i, f in enumerate(fields) if f["name"] == name), None)
+    kind = fields[index]["type"] if index is not None else None
+    if index is None or not isinstance(kind, Mapping) or kind.get("type") != "array":
+        raise EncodeError(f"{writer.name} has no array field {name!r}")
+    if writer.has_maps:  # the items' map entries would need sorting: no such schema needs it yet
+        raise EncodeError(f"{writer.name} contains maps; its {name!r} items cannot be encoded apart")
+    named = writer.wire["__named_schemas"]
+    items = kind["items"]
+    item = named[items] if isinstance(items, str) else items
+    found = _ArrayField(
+        prefix=None if index == len(fields) - 1 else {**writer.wire, "fields": fields[:index]},
+        item={**item, "__fastavro_parsed": True, "__named_schemas": named},
+    )
+    writer.splices[name] = found
+    return found
+
+
+def encode_item(item: Mapping[str, Any], schema_name: str, array: str, registry: SchemaRegistry) -> bytes:
+    """The bytes ``item`` is inside the array field ``array`` of a ``schema_name`` record, for
+    encode_with_items(): an item that does not change between records is encoded once."""
+    layout = _array_field(registry._writer(schema_name), array)
+    buffer = io.BytesIO()
+    try:
+        fastavro.schemaless_writer(buffer, layout.item, item, strict_allow_default=True)
+    except Exception as exc:  # any failure here means the item does not fit
+        raise EncodeError(f"item does not fit {schema_name}.{array}: {exc}") from exc
+    return buffer.getvalue()
+
+
+def encode_with_items(record: Mapping[str, Any], schema_name: str, registry: SchemaRegistry, array: str,
+                      items: list[bytes]) -> bytes:
+    """encode(record) byte for byte, its array field ``array`` written from the items'
+    encodings (encode_item(), or a message of the item's own type without its header) in
+    place of record[array], which is not read."""
+    layout = _array_field(registry._writer(schema_name), array)
+    rest = encode({**record, array: []}, schema_name, registry)
+    if not items:
+        return rest
+    if layout.prefix is None:
+        at = len(rest) - 1  # the empty array's zero byte ends the record
+    else:
+        prefix = io.BytesIO()
+        before = {f["name"]: record[f["name"]] for f in layout.prefix["fields"] if f["name"] in record}
+        fastavro.schemaless_writer(prefix, layout.prefix, before, strict_allow_default=True)
+        at = HEADER_BYTES + prefix.tell()
+    count = io.BytesIO()
+    fastavro.schemaless_writer(count, "long", len(items))
+    return b"".join((rest[:at], count.getvalue(), *items, rest[at:]))
+
+
+class RecordTemplate:
+    """Writes records of one type whose ``fixed`` fields recur across many records (a call
+    stack's names and hashes, window after window): each run of consecutive fixed fields is
+    encoded once by fixed_parts() and reused, the other runs are encoded per record. The
+    bytes are encode()'s. Made by template() or item_template()."""
+
+    def __init__(self, name: str, parsed: dict[str, Any], fixed: frozenset[str],
+                 header: bytes) -> None:
+        fields = parsed["fields"]
+        unknown = fixed - {f["name"] for f in fields}
+        if unknown:
+            raise EncodeError(f"{name} has no field(s) {', '.join(sorted(unknown))}")
+        self.name = name
+        self._header = header
+        # (fixed?, the run as a record of its own, its field names), in field order.
+        self._runs: list[tuple[bool, dict[str, Any], tuple[str, ...]]] = []
+        for f in fields:
+            is_fixed = f["name"] in fixed
+            if self._runs and self._runs[-1][0] == is_fixed:
+                run = self._runs[-1]
+                self._runs[-1] = (is_fixed, {**run[1], "fields": [*run[1]["fields"], f]}, (*run[2], f["name"]))
+            else:
+                self._runs.append((is_fixed, {**parsed, "fields": [f]}, (f["name"],)))
+
+    def fixed_parts(self, record: Mapping[str, Any]) -> tuple[bytes, ...]:
+        """The fixed runs of ``record``, encoded: what body() and encode() reuse."""
+        return tuple(self._run(schema, names, record) for is_fixed, schema, names in self._runs if is_fixed)
+
+    def body(self, record: Mapping[str, Any], fixed_parts: tuple[bytes, ...]) -> bytes:
+        """``record``'s encoding without a header (an item, for encode_with_items()), its
+        fixed fields taken from ``fixed_parts`` (of a record with the same fixed values)."""
+        parts = iter(fixed_parts)
+        return b"".join(next(parts) if is_fixed else self._run(schema, names, record)
+                        for is_fixed, schema, names in self._runs)
+
+    def encode(self, record: Mapping[str, Any], fixed_parts: tuple[bytes, ...]) -> bytes:
+        """encode(record), its fixed fields taken from ``fixed_parts``."""
+        return self._header + self.body(record, fixed_parts)
+
+    def _run(self, schema: dict[str, Any], names: tuple[str, ...], record: Mapping[str, Any]) -> bytes:
+        buffer = io.BytesIO()
+        try:
+            fastavro.schemaless_writer(buffer, schema, {n: record[n] for n in names if n in record},
+                                       strict_allow_default=True)
+        except Exception as exc:  # any failure here means the record does not fit
+            raise EncodeError(f"record does not fit {self.name} ({', '.join(names)}): {exc}") from exc
+        return buffer.getvalue()
+
+
+def template(schema_name: str, fixed: Iterable[str], registry: SchemaRegistry) -> RecordTemplate:
+    """A RecordTemplate for messages of ``schema_name``."""
+    writer = registry._writer(schema_name)
+    if writer.has_maps:
+        raise EncodeError(f"{writer.name} contains maps, whose entries a template would not sort")
+    return RecordTemplate(writer.name, writer.wire, frozenset(fixed), MAGIC + writer.fingerprint)
+
+
+def item_template(schema_name: str, array: str, fixed: Iterable[str], registry: SchemaRegistry) -> RecordTemplate:
+    """A RecordTemplate for the items of the array field ``array`` of ``schema_name``."""
+    layout = _array_field(registry._writer(schema_name), array)
+    return RecordTemplate(f"{full_name(schema_name)}.{array}", layout.item, frozenset(fixed), b"")
 
 
 def decode(

@@ -168,12 +168,14 @@ def _unsigned64(name: str, value: int) -> int:
 # costs ~130 µs: every frame of every emitted path asks again for the few thousand modules a
 # fleet runs (40 % of the processor's time on the fleet recording). Errors are not cached.
 PURL_CACHE_ENTRIES = 65_536
+NODE_HASH_CACHE_ENTRIES = 32_768  # about 300 bytes each
 
 
 def cache_sizes() -> dict[str, int]:
     """Entries in this module's caches, for /metrics."""
     return {"canonical_purls": canonical_purl.cache_info().currsize,
-            "module_identities": module_identity.cache_info().currsize}
+            "module_identities": module_identity.cache_info().currsize,
+            "node_hashes": node_hash_v2.cache_info().currsize}
 
 
 
@@ -224,8 +226,10 @@ def unresolved_signature(binary_digest: str | None, binary_offset: int | None) -
     return f"{digest}+0x{_unsigned64('binary_offset', binary_offset):x}"
 
 
+@lru_cache(maxsize=NODE_HASH_CACHE_ENTRIES)
 def node_hash_v2(module_purl: str | None, signature: str | None) -> str:
-    """Identity of one function (v2): its module's canonical purl and its signature."""
+    """Identity of one function (v2): its module's canonical purl and its signature. Cached:
+    every emitted path hashes each of its frames, and a fleet's paths share their functions."""
     return _digest(NODE_DOMAIN_V2, (canonical_purl(module_purl), normalize_signature(signature)))
 
 

@@ -138,7 +138,7 @@ def test_every_metric_the_dashboard_and_rules_name_is_served_live(kafka_bootstra
         assert agent.stop() == 0, agent.log()[-3000:]
     # Bounded caches of every part are on /metrics, the target manager's and the tracer's too.
     assert {"path_keys", "symbol_indexes", "inline_reports", "uprobes_closing"} <= agent_caches, agent_caches
-    assert {"latest_states_in_memory", "latest_states_on_disk", "canonical_purls",
-            "module_identities"} <= processor_caches, processor_caches
+    assert {"latest_states_in_memory", "latest_states_on_disk", "canonical_purls", "module_identities",
+            "node_hashes", "named_stacks"} <= processor_caches, processor_caches
     missing = sorted(named_metrics() - live)
     assert not missing, f"named by the dashboard or the rules but not served: {missing}"

@@ -6,10 +6,12 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
+from runtime_signals.processor.aggregate import NamedStacks
 from runtime_signals.processor.checkpoint import Checkpoint
 from runtime_signals.processor.engine import Engine, EngineSettings, Output
 from runtime_signals.processor.errors import ConfigError
@@ -285,6 +287,64 @@ def test_a_window_whose_tables_never_come_goes_out_after_the_wait_and_is_counted
     assert record["call_paths"][0]["symbols"][0].startswith("sha256:cdcd")  # its frame identity
     assert record["call_paths"][0]["symbols"][-1] == "parse_image_header"  # the agent named the top
     assert engine.counts["windows_unresolved"] == 1 and engine.counts["unresolved_frames"] == 3
+    assert engine.counts["windows_waited_out"] == 1
+
+
+def _store() -> SymbolStore:
+    """Every table and module map the raw_records paths need."""
+    store = SymbolStore()
+    for table in symbol_tables():
+        store.add(table)
+    store.add_module_map(module_map())
+    return store
+
+
+def test_stacks_named_once_give_the_bytes_of_stacks_named_every_window() -> None:
+    records = _records(5)  # three containers whose stacks recur window after window
+    named_once = Engine(SETTINGS, _store(), REGISTRY)
+    named_always = Engine(SETTINGS, _store(), REGISTRY)
+    named_always.named_stacks = NamedStacks(0)  # keeps nothing
+    for engine in (named_once, named_always):
+        engine.assign(0, None)
+    once = _run(named_once, records, 0, len(records))
+    assert once == _run(named_always, records, 0, len(records))
+    assert len({o.key for o in once if o.kind == "summary"}) > len(named_once.named_stacks) > 0
+    assert len(named_always.named_stacks) == 0
+
+
+class _Forgetting:
+    """A symbol source that can lose a binary's table, as a store's bound evicts one."""
+
+    def __init__(self, store: SymbolStore) -> None:
+        self.store, self.forgotten = store, set[str]()
+
+    def lookup(self, binary_digest: str, binary_offset: int) -> str | None:
+        return None if binary_digest in self.forgotten else self.store.lookup(binary_digest, binary_offset)
+
+    def purl(self, binary_digest: str) -> str | None:
+        return self.store.purl(binary_digest)
+
+    def has_all(self, binary_digests: Iterable[str]) -> bool:
+        digests = list(binary_digests)
+        return not self.forgotten & set(digests) and self.store.has_all(digests)
+
+    def has_modules(self, binary_digests: Iterable[str]) -> bool:
+        return self.store.has_modules(binary_digests)
+
+
+def test_a_window_without_its_tables_does_not_reuse_names_from_earlier_windows() -> None:
+    source = _Forgetting(_store())
+    engine = Engine(EngineSettings(SPEC, "raw", symbol_wait_ms=0), source, REGISTRY)
+    engine.assign(0, None)
+    feed = [encode_call(call_event("c1", BASE_US + 10)), encode_watermark(BASE_US + 2_000_000, 1),
+            encode_call(call_event("c1", BASE_US + 2_000_010)), encode_watermark(BASE_US + 4_000_000, 2)]
+    first = [o for i, v in enumerate(feed[:2]) for o in engine.handle(0, i, b"c1", v) if o.kind == "path"]
+    source.forgotten.add(APP_DIGEST)  # the second window goes out without the app's table
+    second = [o for i, v in enumerate(feed[2:], 2) for o in engine.handle(0, i, b"c1", v) if o.kind == "path"]
+    named, unnamed = (codec.decode(o.value, REGISTRY).record["symbols"] for o in (*first, *second))
+    assert named[:-1] == ["__libc_start_call_main", "_ZN5image6Parser6decodeERKSt6vectorIhSaIhEE",
+                          "_RNvNtCs1234_5image6header5parse"]
+    assert unnamed[0] == named[0] and all(s.startswith("sha256:") for s in unnamed[1:-1])  # as a fresh run names them
     assert engine.counts["windows_waited_out"] == 1
 
 

@@ -14,7 +14,18 @@ import avro.io
 import avro.schema
 import pytest
 
-from runtime_signals.schemas.codec import SchemaRegistry, decode, encode, fingerprint_hex, self_contained_schema
+from runtime_signals.schemas.codec import (
+    HEADER_BYTES,
+    SchemaRegistry,
+    decode,
+    encode,
+    encode_item,
+    encode_with_items,
+    fingerprint_hex,
+    item_template,
+    self_contained_schema,
+    template,
+)
 from runtime_signals.schemas.errors import (
     CorruptMessageError,
     EncodeError,
@@ -209,6 +220,60 @@ def test_equal_records_give_equal_bytes(
     flipped = {**stats, "dropped_by_reason": dict(reversed(stats["dropped_by_reason"].items()))}
     assert encode(flipped, "SignalStatistics", registry) == encode(
         stats, "SignalStatistics", registry)
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 70])  # 70 items: a count of two varint bytes
+def test_a_record_written_from_its_items_encodings_is_the_record_s_own_bytes(
+    count: int, registry: SchemaRegistry, examples: dict[str, dict[str, Any]]
+) -> None:
+    # The processor encodes a path once, for the paths topic, and splices the body into the
+    # summary; a latest state reuses the items of the paths a window did not change.
+    paths = [{**examples["ObservedCallPath"], "observation_count": i, "symbols": ["s" * i]} for i in range(count)]
+    summary = {**examples["RuntimeSignalSummary"], "call_paths": paths}
+    bodies = [encode(p, "ObservedCallPath", registry)[HEADER_BYTES:] for p in paths]
+    assert bodies == [encode_item(p, "RuntimeSignalSummary", "call_paths", registry) for p in paths]
+    assert encode_with_items({**summary, "call_paths": None}, "RuntimeSignalSummary", registry, "call_paths",
+                             bodies) == encode(summary, "RuntimeSignalSummary", registry)
+    path = examples["ObservedCallPath"]
+    state = {"container_id": "3f4e9a1c", "source_partition": 3, "first_observed_at_us": 1, "last_observed_at_us": 2,
+             "total_events": 9, "raw_records": 4, "late_events": 1, "windows": count, "first_window_start_us": 0,
+             "last_window_start_us": 60_000_000, "detected_runtimes": ["NATIVE"], "observed_symbols": ["main"],
+             "call_paths": None}  # call_paths is its last field
+    fields = ("callstack_hash", "path_hash", "symbols", "function_signatures", "node_hashes", "binary_digests",
+              "binary_offsets", "libraries", "purl", "runtime_type", "observation_count", "first_observed_at_us",
+              "last_observed_at_us", "purls", "addresses", "hash_recipe", "executables")
+    items = [{**{name: path[name] for name in fields}, "windows": i} for i in range(count)]
+    assert encode_with_items(state, "ContainerState", registry, "call_paths",
+                             [encode_item(i, "ContainerState", "call_paths", registry) for i in items]) == \
+        encode({**state, "call_paths": items}, "ContainerState", registry)
+
+
+def test_a_template_writes_the_record_s_own_bytes_reusing_its_fixed_runs(
+    registry: SchemaRegistry, examples: dict[str, dict[str, Any]]
+) -> None:
+    # A call stack's names and hashes are encoded once and reused in every window's record.
+    path = examples["ObservedCallPath"]
+    fixed = ("symbols", "purl", "node_hashes", "path_hash", "callstack_hash", "libraries", "hash_recipe")
+    paths = template("ObservedCallPath", fixed, registry)
+    parts = paths.fixed_parts(path)
+    assert len(parts) == 5  # symbols | purl | node_hashes..callstack_hash | libraries | hash_recipe
+    for changed in ({}, {"observation_count": 1, "container_id": "other", "executables": []},
+                    {"window_start_us": 0, "runtime_type": "JVM"}):
+        record = {**path, **changed}
+        assert paths.encode(record, parts) == encode(record, "ObservedCallPath", registry)
+    items = item_template("RuntimeSignalSummary", "call_paths", fixed, registry)
+    assert items.body(path, items.fixed_parts(path)) == encode(path, "ObservedCallPath", registry)[HEADER_BYTES:]
+    with pytest.raises(EncodeError, match="ObservedCallPath has no field.*symbol_names"):
+        template("ObservedCallPath", ["symbol_names"], registry)
+    with pytest.raises(EncodeError, match="SignalStatistics contains maps"):
+        template("SignalStatistics", [], registry)
+
+
+def test_only_an_array_of_a_map_free_record_is_written_from_items(registry: SchemaRegistry) -> None:
+    with pytest.raises(EncodeError, match="RuntimeSignalSummary has no array field 'container_id'"):
+        encode_item({}, "RuntimeSignalSummary", "container_id", registry)
+    with pytest.raises(EncodeError, match=r"item does not fit .*call_paths"):
+        encode_item({"symbols": 7}, "RuntimeSignalSummary", "call_paths", registry)
 
 
 def test_a_misspelt_field_is_refused_not_dropped(
