@@ -263,7 +263,7 @@ def test_a_template_writes_the_record_s_own_bytes_reusing_its_fixed_runs(
         assert paths.encode(record, parts) == encode(record, "ObservedCallPath", registry)
     items = item_template("RuntimeSignalSummary", "call_paths", fixed, registry)
     assert items.body(path, items.fixed_parts(path)) == encode(path, "ObservedCallPath", registry)[HEADER_BYTES:]
-    with pytest.raises(EncodeError, match="ObservedCallPath has no field.*symbol_names"):
+    with pytest.raises(EncodeError, match=r"ObservedCallPath has no field.*symbol_names"):
         template("ObservedCallPath", ["symbol_names"], registry)
     with pytest.raises(EncodeError, match="SignalStatistics contains maps"):
         template("SignalStatistics", [], registry)
