@@ -176,10 +176,13 @@ class Worker:
                     # A watermark may close windows: building and encoding their summaries
                     # (up to 16 MiB each) runs on a worker thread, so the event loop keeps
                     # serving fetches, timers and /healthz meanwhile. The lock, held
-                    # throughout, keeps every other use of the engine out. A call record is
-                    # handled inline: a thread hop per record would cost more than the work.
+                    # throughout, keeps every other use of the engine out. Records, and
+                    # watermarks that close nothing (most: every agent sends one to every
+                    # partition), are handled inline: a thread hop costs more than their work.
                     if self._is_watermark(message.value):
-                        outputs = await asyncio.to_thread(self._handle, message)
+                        outputs = self._handle(message, release=False)
+                        if self.engine.has_closed(message.partition):
+                            outputs += await asyncio.to_thread(self._release, message.partition, message.offset)
                     else:
                         outputs = self._handle(message)
                     if outputs:  # most records cause none: no await for them
@@ -187,7 +190,7 @@ class Worker:
                 except Exception as exc:
                     await self._fail(exc)
 
-    def _handle(self, message: Any) -> list[Output]:
+    def _handle(self, message: Any, release: bool = True) -> list[Output]:
         partition, offset = message.partition, message.offset
         headers = tuple(message.headers or ())
         inflight = self._inflight
@@ -202,9 +205,16 @@ class Worker:
             else None
         if inflight is not None:
             inflight.begin(partition, offset)
-        outputs = self.engine.handle(partition, offset, message.key, message.value, headers, timestamp_us)
-        if inflight is not None:
-            inflight.end(partition, offset)
+        outputs = self.engine.handle(partition, offset, message.key, message.value, headers, timestamp_us, release)
+        if inflight is not None and (release or not self.engine.has_closed(partition)):
+            inflight.end(partition, offset)  # else in flight until _release() emitted what it closed
+        return outputs
+
+    def _release(self, partition: int, offset: int) -> list[Output]:
+        """Emit the windows the watermark at offset closed (on a worker thread)."""
+        outputs = self.engine.release(partition)
+        if self._inflight is not None:
+            self._inflight.end(partition, offset)
         return outputs
 
     async def _send(self, outputs: list[Output]) -> None:

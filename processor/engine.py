@@ -238,10 +238,13 @@ class Engine:
     # -- records ---------------------------------------------------------------------
 
     def handle(self, partition: int, offset: int, key: bytes | None, value: bytes | None,
-               headers: Headers = (), broker_timestamp_us: int | None = None) -> list[Output]:
+               headers: Headers = (), broker_timestamp_us: int | None = None,
+               release: bool = True) -> list[Output]:
         """Process one raw record; returns the outputs it causes. broker_timestamp_us is the
         record's Kafka timestamp (log-append time on the raw topic, docs/processor.md): event
-        times are bounded by it. None (a record without one) leaves them unbounded, counted."""
+        times are bounded by it. None (a record without one) leaves them unbounded, counted.
+        With release False, the windows a watermark closes wait for release(partition)
+        (has_closed() says whether there are any), so that a caller can emit them elsewhere."""
         state = self._states[partition]
         if state.position is None:
             state.position = offset
@@ -268,7 +271,7 @@ class Engine:
                                   f"{len(state.clock) + 1} of this partition; at most "
                                   f"{self.settings.limits.max_agents} are tracked")
             else:
-                return self._watermark(state, offset, intake, replaying, broker_timestamp_us)
+                return self._watermark(state, offset, intake, replaying, broker_timestamp_us, release)
         elif isinstance(intake, CallRecord):
             ahead_us = self.settings.max_event_ahead_ms * 1000
             if broker_timestamp_us is not None and intake.observed_at_us > broker_timestamp_us + ahead_us:
@@ -312,7 +315,7 @@ class Engine:
         return self._reject(state, offset, key, value, headers, rejected, replaying)
 
     def _watermark(self, state: PartitionState, offset: int, mark: WatermarkRecord,
-                   replaying: bool, broker_timestamp_us: int | None) -> list[Output]:
+                   replaying: bool, broker_timestamp_us: int | None, release: bool) -> list[Output]:
         if not replaying:
             self.counts["watermarks"] += 1
         promise_us = mark.watermark_us
@@ -344,7 +347,7 @@ class Engine:
                 self.counts["windows_suppressed"] += 1  # emitted before the checkpoint
                 continue
             state.pending.append(ClosedWindow(marker, window, *window.needs(), now_s))
-        return self._release(state, now_s)
+        return self._release(state, now_s) if release else []
 
     def _forget_idle_containers(self, state: PartitionState) -> None:
         watermark_us = state.clock.watermark_us
@@ -422,13 +425,18 @@ class Engine:
 
     # -- emission --------------------------------------------------------------------
 
-    def release(self) -> list[Output]:
-        """Emit the waiting windows whose symbol tables are complete or whose wait ran out."""
+    def release(self, partition: int | None = None) -> list[Output]:
+        """Emit the closed windows (of one partition, or all) whose symbol tables are complete
+        or whose wait ran out."""
         now_s = self._now_s()
         outputs: list[Output] = []
-        for partition in sorted(self._states):
-            outputs.extend(self._release(self._states[partition], now_s))
+        for chosen in sorted(self._states) if partition is None else [partition]:
+            outputs.extend(self._release(self._states[chosen], now_s))
         return outputs
+
+    def has_closed(self, partition: int) -> bool:
+        """Whether closed windows of the partition wait to go out."""
+        return bool(self._states[partition].pending)
 
     def _release(self, state: PartitionState, now_s: float) -> list[Output]:
         # Strictly in close order, so "emitted" is always a prefix: what checkpoints record.
