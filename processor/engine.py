@@ -160,7 +160,8 @@ class PartitionState:
             self.snapshots.append((checkpoint.replay_from_offset, checkpoint.clock))
 
 
-# Stacks kept named (aggregate.NamedStacks), a few KB each: a fleet's hot stacks.
+# Stacks kept named (aggregate.NamedStacks): a fleet's hot stacks, about 9 KB each with their
+# encodings (74 MB when full; measured with tracemalloc on the fleet recording).
 NAMED_STACKS = 8192
 
 
