@@ -75,9 +75,12 @@ FULL = Plan(
     latency_rates_per_s=[10, 100, 1000],
     latency_seconds_per_rate=4.0,
     unwind=unwind_cost.UnwindPlan(calls=200_000, repeats=3),
-    # 8 containers with many calls each, and 1,000 containers (500 nodes) on 12 partitions.
+    # 8 containers with many calls each, 1,000 containers (500 nodes) on 12 partitions, and
+    # 8 containers at the processor's default 60 s window (two windows: stacks recur).
     fleet=fleet_bench.FleetPlan(specs=(FleetSpec(nodes=4, containers_per_node=2, mean_calls_per_interval=2000),
-                                       FleetSpec())),
+                                       FleetSpec(),
+                                       FleetSpec(nodes=4, containers_per_node=2, mean_calls_per_interval=100,
+                                                 intervals=240, window_ms=60_000))),
 )
 
 # Every code path at toy sizes, for tests/test_benchmarks_smoke.py: figures mean nothing.
