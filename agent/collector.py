@@ -43,7 +43,7 @@ from runtime_signals.agent.modules import ModuleMapBuilder, ModuleMapPublisher
 from runtime_signals.agent.perfmap import JitModule, PerfMaps
 from runtime_signals.agent.pinning import PinnedGeneration
 from runtime_signals.agent.probes import AttachedProbe, CallTracer, ProbeSpec, RawCall
-from runtime_signals.agent.processes import NodeFiles, ProcessInfo, ProcessTable
+from runtime_signals.agent.processes import ExecutableIdentity, NodeFiles, ProcessInfo, ProcessTable
 from runtime_signals.agent.procmaps import ResolvedAddress, signed64
 from runtime_signals.agent.publisher import Publisher
 from runtime_signals.agent.pyframes import PythonStacks
@@ -88,6 +88,12 @@ HEALTHY_WITHIN_NS = 30_000_000_000
 # signal and unique_call_paths). About 150 bytes each; past the bound the least recently
 # seen is forgotten, and seen again it counts as new once more.
 MAX_PATH_KEYS = 1 << 17
+# Encoded stacks kept (the record fields a process's stack determines, encoded once and
+# reused for its later calls): about 2 KB each with their key.
+MAX_ENCODED_STACKS = 4096
+# The RuntimeCallEvent fields that differ from one call of a stack to the next.
+_PER_CALL_FIELDS = frozenset({"event_id", "tid", "timestamp_ns", "received_at_us", "observed_at_us",
+                              "observation_count", "last_timestamp_ns"})
 # A call whose stack runs through a file not hashed yet waits (parked) while the background
 # hasher reads it, instead of the pump reading it: at most this many records, this long.
 # Past either bound it is published with those frames' digests unknown (counted).
@@ -192,6 +198,13 @@ class Collector:
         self.calls_published = 0
         self.agent_dropped_calls: Counter[str] = Counter()
         self._paths: LRUCache[bytes, bool] = LRUCache(settings.max_path_keys)
+        # A stack's fields are encoded once: fastavro spends most of a record's encoding on
+        # choosing the branches of the nullable fields, nearly all of them the stack's.
+        self._call_template = codec.template(
+            CALL_EVENT, [f["name"] for f in self._registry.current_schema(CALL_EVENT)["fields"]
+                         if f["name"] not in _PER_CALL_FIELDS], self._registry)
+        self._encoded_stacks: LRUCache[tuple[Any, ...], tuple[tuple[bytes, ...] | None, bytes]] = LRUCache(
+            MAX_ENCODED_STACKS)  # with the stack's path key; None until seen twice
         self.new_paths_total = 0  # distinct since start, exactly while under max_path_keys
         self._new_paths: Counter[int] = Counter()  # per probe index, since the last budget tick
         self._budget = Budget(settings.budget)
@@ -360,41 +373,73 @@ class Collector:
                                           native_complete=truncation_reason is None)
         if probe is not None and probe.spec.file_offset is not None and frames:
             frames = inlined_site_frames(frames)
-        top = frames[0]
-        path_key = hashlib.blake2b(repr((call.probe_index, [(f.binary_digest, f.binary_offset) if f.binary_digest
-                                                            else f.address for f in frames])).encode(),
-                                   digest_size=16).digest()
+        container_id = process.container_id
+        # Everything the record's fields but the per-call ones are made of.
+        stack_key = (call.pid, call.cgroup_id, call.probe_index, call.function_address, container_id,
+                     process.runtime_type, probe.spec.probe_id if probe else None, probe.spec.symbol if probe else None,
+                     executable.path, executable.binary_digest, executable.purl, executable.comm, truncation_reason,
+                     tuple((f.address, f.path, f.binary_digest, f.binary_offset, f.purl) for f in frames))
+        known = self._encoded_stacks.get(stack_key)
+        if known is None:
+            path_key = hashlib.blake2b(repr((call.probe_index, [(f.binary_digest, f.binary_offset)
+                                                                if f.binary_digest else f.address for f in frames])
+                                            ).encode(), digest_size=16).digest()
+        else:
+            path_key = known[1]
         if self._paths.get(path_key) is None:  # get() refreshes a known key's recency
             self._paths[path_key] = True
             self.new_paths_total += 1
             self._new_paths[call.probe_index] += 1
-        container_id = process.container_id
-        bottom_to_top = list(reversed(frames))
-        record = {
+        per_call = {
             "event_id": str(uuid.uuid4()),
-            "container_id": container_id,
-            "pid": call.pid,
             "tid": call.tid,
             "timestamp_ns": call.boot_ns,
+            "received_at_us": time.time_ns() // 1000,
+            "observed_at_us": self._clock.wall_us(call.boot_ns),
+            "observation_count": call.count,
+            "last_timestamp_ns": call.last_boot_ns if call.count > 1 else None,
+        }
+        if known is not None and known[0] is not None:
+            value = self._call_template.encode(per_call, known[0])
+        else:
+            record = self._call_record(call, per_call, probe, process.runtime_type, container_id, frames,
+                                       truncation_reason, executable)
+            if known is None:  # seen once: encoded whole, as cheap for a stack that never recurs
+                value = codec.encode(record, CALL_EVENT, self._registry)
+                self._encoded_stacks[stack_key] = (None, path_key)
+            else:  # seen again: its fields are encoded once for all its later calls
+                parts = self._call_template.fixed_parts(record)
+                self._encoded_stacks[stack_key] = (parts, path_key)
+                value = self._call_template.encode(per_call, parts)
+        self._publisher.produce(self.settings.topics.raw, container_id.encode(), value, calls=call.count)
+        self.events_published += 1
+        self.calls_published += call.count
+
+    def _call_record(self, call: RawCall, per_call: dict[str, Any], probe: AttachedProbe | None, runtime_type: str,
+                     container_id: str, frames: list[ResolvedAddress], truncation_reason: str | None,
+                     executable: ExecutableIdentity) -> dict[str, Any]:
+        """The RuntimeCallEvent of a call, its per-call fields given."""
+        top = frames[0]
+        bottom_to_top = list(reversed(frames))
+        return {
+            **per_call,
+            "container_id": container_id,
+            "pid": call.pid,
             "symbol": probe.spec.symbol if probe else None,
             "function_address": signed64(call.function_address),
             "stack_trace": [signed64(f.address) for f in bottom_to_top],
-            "runtime_type": process.runtime_type,
+            "runtime_type": runtime_type,
             "library": top.path,
             "purl": top.purl,
-            "received_at_us": time.time_ns() // 1000,
             "function_signature": None,
             "binary_digest": top.binary_digest,
             "binary_offset": top.binary_offset,
             "node_hash": None,
             "callstack_hash": None,
-            "observed_at_us": self._clock.wall_us(call.boot_ns),
             "host": self.settings.host,
             "agent_id": self.settings.agent_id,
             "cgroup_id": call.cgroup_id,
             "probe_id": probe.spec.probe_id if probe else "",
-            "observation_count": call.count,
-            "last_timestamp_ns": call.last_boot_ns if call.count > 1 else None,
             "stack_frames": [
                 {"address": signed64(f.address), "binary_digest": f.binary_digest,
                  "binary_offset": f.binary_offset, "library": f.path, "purl": f.purl}
@@ -407,10 +452,6 @@ class Collector:
             "executable_purl": executable.purl,
             "comm": executable.comm,
         }
-        value = codec.encode(record, CALL_EVENT, self._registry)
-        self._publisher.produce(self.settings.topics.raw, container_id.encode(), value, calls=call.count)
-        self.events_published += 1
-        self.calls_published += call.count
 
     def _load_unwind(self, pid: int, end_reason: int) -> None:
         """Give pid's walks its mapping table (first call, changed mappings), so its later
@@ -690,7 +731,8 @@ class Collector:
     def cache_sizes(self) -> dict[str, int]:
         """Entries in every long-lived cache and queue of the agent, for /metrics: each is
         bounded, and a figure that keeps rising on a steady workload is a leak."""
-        sizes = {"path_keys": len(self._paths), "parked_records": len(self._parked),
+        sizes = {"path_keys": len(self._paths), "encoded_stacks": len(self._encoded_stacks),
+                 "parked_records": len(self._parked),
                  "unwind_processes": len(self._unwind_versions),
                  "uprobes_closing": self._tracer.uprobes_closing()}
         sizes.update(self._processes.sizes())

@@ -377,27 +377,41 @@ class RecordTemplate:
 
     def fixed_parts(self, record: Mapping[str, Any]) -> tuple[bytes, ...]:
         """The fixed runs of ``record``, encoded: what body() and encode() reuse."""
-        return tuple(self._run(schema, names, record) for is_fixed, schema, names in self._runs if is_fixed)
+        parts = []
+        for is_fixed, schema, names in self._runs:
+            if is_fixed:
+                buffer = io.BytesIO()
+                self._write(buffer, schema, names, record)
+                parts.append(buffer.getvalue())
+        return tuple(parts)
 
     def body(self, record: Mapping[str, Any], fixed_parts: tuple[bytes, ...]) -> bytes:
         """``record``'s encoding without a header (an item, for encode_with_items()), its
         fixed fields taken from ``fixed_parts`` (of a record with the same fixed values)."""
-        parts = iter(fixed_parts)
-        return b"".join(next(parts) if is_fixed else self._run(schema, names, record)
-                        for is_fixed, schema, names in self._runs)
+        return self._written(io.BytesIO(), record, fixed_parts)
 
     def encode(self, record: Mapping[str, Any], fixed_parts: tuple[bytes, ...]) -> bytes:
         """encode(record), its fixed fields taken from ``fixed_parts``."""
-        return self._header + self.body(record, fixed_parts)
-
-    def _run(self, schema: dict[str, Any], names: tuple[str, ...], record: Mapping[str, Any]) -> bytes:
         buffer = io.BytesIO()
+        buffer.write(self._header)
+        return self._written(buffer, record, fixed_parts)
+
+    def _written(self, buffer: io.BytesIO, record: Mapping[str, Any], fixed_parts: tuple[bytes, ...]) -> bytes:
+        parts = iter(fixed_parts)
+        for is_fixed, schema, names in self._runs:
+            if is_fixed:
+                buffer.write(next(parts))
+            else:
+                self._write(buffer, schema, names, record)
+        return buffer.getvalue()
+
+    def _write(self, buffer: io.BytesIO, schema: dict[str, Any], names: tuple[str, ...],
+               record: Mapping[str, Any]) -> None:
         try:
             fastavro.schemaless_writer(buffer, schema, {n: record[n] for n in names if n in record},
                                        strict_allow_default=True)
         except Exception as exc:  # any failure here means the record does not fit
             raise EncodeError(f"record does not fit {self.name} ({', '.join(names)}): {exc}") from exc
-        return buffer.getvalue()
 
 
 def template(schema_name: str, fixed: Iterable[str], registry: SchemaRegistry) -> RecordTemplate:

@@ -20,6 +20,7 @@ from runtime_signals.agent.selectors import TargetFilters
 from runtime_signals.agent.targets import TargetManager
 from runtime_signals.config.schema import TargetSettings
 from runtime_signals.devtools.demo import create_topics
+from runtime_signals.schemas import codec
 from runtime_signals.schemas.topics import TopicNames
 from tests.agent.agent_runs import CALL_EVENT, decode_all, read_all
 from tests.agent.programs import compile_c
@@ -77,7 +78,15 @@ def test_calls_made_between_attach_and_registration_are_named(kafka_bootstrap: s
         tracer.close()
     assert not pump.is_alive()
 
-    events = decode_all(read_all(kafka_bootstrap, names.raw), CALL_EVENT)
+    raw = read_all(kafka_bootstrap, names.raw)
+    events = decode_all(raw, CALL_EVENT)
     assert sum(e["observation_count"] for e in events) == CALLS
+    # Every call of the one stack reuses its encoded stack fields: each record is still the
+    # encoding of what it decodes to, with its own event id and times.
+    registry = codec.SchemaRegistry.default()
+    assert all(codec.encode(codec.decode(value, registry).record, CALL_EVENT, registry) == value
+               for _, value in raw if value[2:10].hex() == codec.fingerprint_hex(CALL_EVENT))
+    assert len({e["event_id"] for e in events}) == len(events) == CALLS
+    assert len({e["timestamp_ns"] for e in events}) == CALLS
     assert {e["probe_id"] for e in events} == {f"{program}:serve"}
     assert {e["symbol"] for e in events} == {"serve"}
