@@ -135,9 +135,14 @@ def test_every_metric_the_dashboard_and_rules_name_is_served_live(kafka_bootstra
         subprocess.run([str(workload), "3", "2"], check=True, stdout=subprocess.DEVNULL)
         live = _exposed(agent.metrics_port) | _exposed(processor_port)
         agent_caches, processor_caches = _caches(agent.metrics_port, "agent"), _caches(processor_port, "processor")
+        deadline = time.monotonic() + 15
+        while not processor_caches and time.monotonic() < deadline:  # its status timer has not run yet
+            time.sleep(0.2)
+            processor_caches = _caches(processor_port, "processor")
         assert agent.stop() == 0, agent.log()[-3000:]
     # Bounded caches of every part are on /metrics, the target manager's and the tracer's too.
-    assert {"path_keys", "symbol_indexes", "inline_reports", "uprobes_closing"} <= agent_caches, agent_caches
+    assert {"path_keys", "encoded_stacks", "symbol_indexes", "inline_reports", "uprobes_closing"} <= agent_caches, \
+        agent_caches
     assert {"latest_states_in_memory", "latest_states_on_disk", "canonical_purls", "module_identities",
             "node_hashes", "named_stacks"} <= processor_caches, processor_caches
     missing = sorted(named_metrics() - live)
