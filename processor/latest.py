@@ -91,19 +91,26 @@ class ContainerState:
         return True
 
     def encode(self, registry: codec.SchemaRegistry) -> bytes:
-        """record() as a ContainerState message, the unchanged paths' items reused."""
-        record = self.record()
+        """record() as a ContainerState message, the unchanged paths' items reused (and the
+        paths not copied, as record() does for its callers)."""
+        paths = self._sorted_paths()
         items = []
-        for path in record["call_paths"]:
+        for path in paths:
             item = self.items.get(path["callstack_hash"])
             if item is None:
                 item = self.items[path["callstack_hash"]] = codec.encode_item(
                     path, CONTAINER_STATE, "call_paths", registry)
             items.append(item)
-        return codec.encode_with_items(record, CONTAINER_STATE, registry, "call_paths", items)
+        return codec.encode_with_items(self._record(paths, []), CONTAINER_STATE, registry, "call_paths", items)
 
     def record(self) -> dict[str, Any]:
-        paths = sorted(self.paths.values(), key=lambda p: (p["path_hash"], p["callstack_hash"]))
+        paths = self._sorted_paths()
+        return self._record(paths, [dict(p) for p in paths])
+
+    def _sorted_paths(self) -> list[dict[str, Any]]:
+        return sorted(self.paths.values(), key=lambda p: (p["path_hash"], p["callstack_hash"]))
+
+    def _record(self, paths: list[dict[str, Any]], call_paths: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "container_id": self.container_id,
             "source_partition": self.source_partition,
@@ -117,7 +124,7 @@ class ContainerState:
             "last_window_start_us": self.last_window_start_us,
             "detected_runtimes": sorted(self.runtimes, key=lambda name: RuntimeType[name].value),
             "observed_symbols": sorted({s for p in paths for s in p["symbols"]}),
-            "call_paths": [dict(p) for p in paths],
+            "call_paths": call_paths,
         }
 
     @classmethod

@@ -21,7 +21,7 @@ from runtime_signals.agent.probes import CallTracer, TracerSettings
 from runtime_signals.agent.symtab import FunctionSymbol, read_symbol_table
 from runtime_signals.devtools.demo import create_topics
 from runtime_signals.schemas.topics import TopicNames
-from tests.agent.agent_runs import CALL_EVENT, AgentProcess, build_target, decode_all, read_all
+from tests.agent.agent_runs import CALL_EVENT, AgentProcess, decode_all, read_all
 from tests.bpf_support import bpf_unavailable_reason
 
 pytestmark = [pytest.mark.bpf, pytest.mark.broker]
@@ -37,14 +37,6 @@ EXPECTED = {
     **{("main",) + ("rec_push",) * depth: CALLS for depth in range(1, 5)},
     **{("main",) + ("rec_nop",) * depth: CALLS for depth in range(1, 5)},
 }
-
-
-@pytest.fixture(scope="module")
-def callers(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    reason = bpf_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    return build_target("callers", tmp_path_factory.mktemp("callers"))
 
 
 def _first_bytes(binary: Path, symbol: FunctionSymbol, count: int) -> bytes:
