@@ -45,6 +45,7 @@ from runtime_signals.agent import bpfsys
 from runtime_signals.agent.clock import BootClock
 from runtime_signals.agent.errors import BpfLoadError, ProbeError
 from runtime_signals.agent.fileid import BackingFiles, FileKey
+from runtime_signals.agent.kernel_types import VMLINUX, KernelTypes, KernelTypesError, offset_cflags
 from runtime_signals.agent.probes import import_bcc
 from runtime_signals.agent.tracefs import UprobeEvents
 from runtime_signals.config.schema import TargetSettings
@@ -58,7 +59,7 @@ KIND_NAMES = {KIND_EXEC_TARGET: "exec of a target", KIND_NEW_ROOT: "exec in a ne
               KIND_LIBRARY: "library of a target loaded"}
 # Order of enum loadwatch_counter in bpf/loadwatch.h.
 COUNTER_NAMES = ("loader_hook_calls", "execs", "held", "not_held_agent_away", "event_lost", "read_fault",
-                 "list_too_long")
+                 "list_too_long", "root_unread")
 _LOADER_NAME = re.compile(r"(/\S*/ld-linux[^/\s]*\.so[.\d]*|/\S*/ld64\.so[.\d]*)$", re.MULTILINE)
 
 
@@ -196,6 +197,22 @@ def resume_left_holds(pin_dir: Path, proc_root: Path = Path("/proc")) -> int:
     return resumed
 
 
+# The kernel members the exec hook reads to find a process's root (bpf/loadwatch.bpf.c).
+ROOT_MEMBERS = {"LW_TASK_FS": "task_struct.fs", "LW_FS_ROOT_DENTRY": "fs_struct.root.dentry",
+                "LW_DENTRY_INODE": "dentry.d_inode", "LW_DENTRY_SB": "dentry.d_sb",
+                "LW_INODE_INO": "inode.i_ino", "LW_SB_DEV": "super_block.s_dev"}
+
+
+def root_offset_cflags(types_path: Path = VMLINUX) -> list[str]:
+    """The running kernel's offsets of ROOT_MEMBERS as -D flags; none (the headers' offsets,
+    logged) where the kernel has no BTF or the BTF lacks one of them."""
+    try:
+        return offset_cflags(ROOT_MEMBERS, KernelTypes.running_kernel(types_path))
+    except KernelTypesError as exc:
+        log.warning("exec holds for new roots use the installed headers' struct offsets: %s", exc)
+        return []
+
+
 OnHold = Callable[[int, int], None]  # (pid, kind): attach and capture while the process is held
 
 
@@ -208,7 +225,7 @@ class LoadWatch:
         bcc = import_bcc()
         try:
             self._bpf = bcc.BPF(src_file=str(bpf_sources.LOADWATCH_SOURCE).encode(),
-                                cflags=[f"-I{bpf_sources.SOURCE_DIR}"])
+                                cflags=[f"-I{bpf_sources.SOURCE_DIR}", *root_offset_cflags()])
             self._prog_fd: int = self._bpf.load_func(b"on_loader_brk", bcc.BPF.KPROBE).fd
             self._bpf[b"check_names"][ctypes.c_int(0)] = ctypes.c_int(
                 self._bpf.load_func(b"check_name", bcc.BPF.KPROBE).fd)

@@ -26,6 +26,28 @@
 #include <linux/fs.h>
 #include "loadwatch.h"
 
+/* Offsets of the kernel members read below: the running kernel's, from its BTF, when the
+ * agent passes them (agent/kernel_types.py); else the headers', which bcc compiles against
+ * and which may be another kernel's (a wrong offset reads another field, silently). */
+#ifndef LW_TASK_FS
+#define LW_TASK_FS offsetof(struct task_struct, fs)
+#endif
+#ifndef LW_FS_ROOT_DENTRY
+#define LW_FS_ROOT_DENTRY (offsetof(struct fs_struct, root) + offsetof(struct path, dentry))
+#endif
+#ifndef LW_DENTRY_INODE
+#define LW_DENTRY_INODE offsetof(struct dentry, d_inode)
+#endif
+#ifndef LW_DENTRY_SB
+#define LW_DENTRY_SB offsetof(struct dentry, d_sb)
+#endif
+#ifndef LW_INODE_INO
+#define LW_INODE_INO offsetof(struct inode, i_ino)
+#endif
+#ifndef LW_SB_DEV
+#define LW_SB_DEV offsetof(struct super_block, s_dev)
+#endif
+
 #define SIGSTOP_NUMBER 19
 /* Objects read per hook call; a JVM maps ~100 libraries. */
 #define MAX_OBJECTS 384
@@ -259,26 +281,25 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     objects_seen.delete(&tgid);  /* a new image: a new loader list */
     startup_pending.delete(&tgid);
 
-    struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+    char *task = (char *)bpf_get_current_task();
     struct root_key root = {};
-    struct fs_struct *fs = NULL;
-    struct dentry *dentry = NULL;
-    struct inode *inode = NULL;
-    struct super_block *sb = NULL;
-    bpf_probe_read_kernel(&fs, sizeof(fs), &task->fs);
+    char *fs = NULL, *dentry = NULL, *inode = NULL, *sb = NULL;
+    bpf_probe_read_kernel(&fs, sizeof(fs), task + LW_TASK_FS);
     if (fs)
-        bpf_probe_read_kernel(&dentry, sizeof(dentry), &fs->root.dentry);
+        bpf_probe_read_kernel(&dentry, sizeof(dentry), fs + LW_FS_ROOT_DENTRY);
     if (dentry) {
-        bpf_probe_read_kernel(&inode, sizeof(inode), &dentry->d_inode);
-        bpf_probe_read_kernel(&sb, sizeof(sb), &dentry->d_sb);
+        bpf_probe_read_kernel(&inode, sizeof(inode), dentry + LW_DENTRY_INODE);
+        bpf_probe_read_kernel(&sb, sizeof(sb), dentry + LW_DENTRY_SB);
     }
     if (inode)
-        bpf_probe_read_kernel(&root.inode, sizeof(root.inode), &inode->i_ino);
+        bpf_probe_read_kernel(&root.inode, sizeof(root.inode), inode + LW_INODE_INO);
     if (sb) {
-        dev_t device = 0;
-        bpf_probe_read_kernel(&device, sizeof(device), &sb->s_dev);
+        u32 device = 0;  /* dev_t */
+        bpf_probe_read_kernel(&device, sizeof(device), sb + LW_SB_DEV);
         root.device = device;
     }
+    if (!root.inode)
+        lw_count(LW_ROOT_UNREAD);
 
     u32 zero = 0;
     struct path_buf *path = path_scratch.lookup(&zero);

@@ -42,6 +42,7 @@ enum loadwatch_counter {
     LW_EVENT_LOST,          /* ring buffer full: the process was not held */
     LW_READ_FAULT,          /* the loader's list could not be read (paged out, corrupt) */
     LW_LIST_TOO_LONG,       /* more objects than one walk reads: the rest not checked */
+    LW_ROOT_UNREAD,         /* an exec whose root could not be read: not held for a new root */
     LW_COUNTER_MAX,
 };
 

@@ -9,6 +9,7 @@ are covered by tests/agent/test_identity.py's layouts only."""
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import uuid
@@ -124,3 +125,20 @@ def test_a_container_that_exits_at_once_keeps_its_container_id(observed) -> None
     ids, _pids, made, calls, _pids_seen, _log = observed
     assert made["short"] == 1
     assert calls[ids["short"]] == 1, f"attributed: {dict(calls)}"
+
+
+def test_each_container_is_held_at_its_first_exec_and_its_library_attached_before_its_calls(  # type: ignore[no-untyped-def]
+        observed) -> None:
+    """Each container's first exec is in a root the agent has not seen: it is held while the
+    agent reads its identity and hooks its image's loader (bpf/loadwatch.bpf.c), so no call
+    depends on the agent reading /proc in time, and none is made before the attach."""
+    _ids, _pids, _made, _calls, _pids_seen, log = observed
+    def last_counters(label: str) -> dict[str, int]:
+        lines = [line for line in log.splitlines() if f"{label}: {{" in line]
+        assert lines, f"no {label} line in the agent's log:\n{log[-3000:]}"
+        return ast.literal_eval(lines[-1].split(f"{label}: ", 1)[1])  # type: ignore[no-any-return]
+
+    holds = last_counters("loader holds")
+    assert holds["held"] >= 3 and holds["root_unread"] == 0, holds
+    # The first container's library too is attached while it is held, not by a rescan later.
+    assert last_counters("targets")["late_attaches"] == 0, last_counters("targets")
