@@ -10,6 +10,8 @@ where events/s on a shared 2-core machine is not.
 
 Floor, over the same offsets: as many consume-and-decode processes as workers, each on its
 share of the partitions (benchmarks/floors.py), started after the workers have finished.
+Beside it, one process reading all of them through faust, decoding and doing nothing else
+(floors.faust_consume_floor): what the worker's framework alone costs per record.
 
     python -m benchmarks.fleet_bench --bootstrap 127.0.0.1:19092 --recording DIR --workers 1,2,4
 """
@@ -88,6 +90,8 @@ def run_workers(bootstrap: str, recording: Path, workers: int, log_dir: Path,
         raise BenchmarkError(f"{names.summaries}: {len(arrivals)} summaries counting {calls} calls; the recording "
                              f"expects {expected['summaries']} counting {expected['calls']}")
     floor = _floor(bootstrap, names.raw, start, end, workers)
+    faust_floor = finish_floor_process(start_floor_process(["consume-faust", "--bootstrap", bootstrap,
+                                                            "--topic", names.raw, *range_args(start, end)]))
     records = sum(end[p] - start[p] for p in end)
     return {
         "workers": workers, "partitions": spec["partitions"], "containers": spec["nodes"] * spec["containers_per_node"],
@@ -98,6 +102,8 @@ def run_workers(bootstrap: str, recording: Path, workers: int, log_dir: Path,
         "floor_cpu_s_per_million": floor["cpu_s"] / records * 1e6,
         "worker_vs_floor": floor["seconds"] / seconds,
         "cpu_floor_vs_worker": floor["cpu_s"] / cpu_s,
+        "faust_floor_cpu_s_per_million": faust_floor["cpu_s"] / records * 1e6,
+        "cpu_floor_vs_faust_floor": floor["cpu_s"] / faust_floor["cpu_s"],
         "load_average": os.getloadavg(),
     }
 
@@ -182,11 +188,11 @@ def markdown(section: dict[str, Any]) -> list[str]:
     lines = ["## Fleet: processor workers on a simulated fleet (floor: consume + decode, as many processes "
              "as workers)", "",
              "| nodes | containers | partitions | workers | raw records | events/s | floor events/s | ratio | "
-             "worker CPU s per M | floor CPU s per M | CPU ratio | load |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "worker CPU s per M | floor CPU s per M | CPU ratio | faust + decode alone, CPU s per M | load |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['nodes']:,} | {r['containers']:,} | {r['partitions']} | {r['workers']} | "
                      f"{r['records']:,} | {r['records_per_s']:,.0f} | {r['floor_records_per_s']:,.0f} | "
                      f"{r['worker_vs_floor']:.2f} | {r['worker_cpu_s_per_million']:,.0f} | "
                      f"{r['floor_cpu_s_per_million']:,.0f} | {r['cpu_floor_vs_worker']:.2f} | "
-                     f"{r['load_average'][0]:.0f} |" for r in section.get("rows", [])]
+                     f"{r.get('faust_floor_cpu_s_per_million', float('nan')):,.0f} | {r['load_average'][0]:.0f} |" for r in section.get("rows", [])]
     return [*lines, ""]

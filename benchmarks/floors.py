@@ -3,6 +3,7 @@
 Run as their own processes (fresh interpreter, like the part they are the floor of):
     python -m benchmarks.floors produce --bootstrap B --topic T --samples FILE --count N
     python -m benchmarks.floors consume --bootstrap B --topic T --range P:START:END ...
+    python -m benchmarks.floors consume-faust --bootstrap B --topic T --range P:START:END ...
 Each prints one JSON object: {"records": n, "seconds": s, "cpu_s": c}.
 """
 
@@ -90,6 +91,59 @@ def consume_floor(bootstrap: str, topic: str, start: Offsets, end: Offsets) -> d
             "cpu_s": time.process_time() - clock["cpu_start_s"]}
 
 
+def faust_consume_floor(bootstrap: str, topic: str, start: Offsets, end: Offsets) -> dict[str, Any]:
+    """consume_floor through the worker's framework: the worker's faust app class (its
+    consumer, fetch loop, conductor, agent stream, buffer size), each record decoded and
+    nothing else done. Not a floor the worker is held to, but what faust costs before the
+    worker does any work: the part of a worker's CPU no change to the processor can remove
+    while it reads through faust. Assigned (not a group member) like the other floor."""
+    import asyncio
+    import os
+    import tempfile
+    import uuid
+
+    import faust
+
+    from runtime_signals.processor.faust_config import NoTablesManager, ProcessorApp, broker_urls
+
+    registry = codec.SchemaRegistry.default()
+    pending = {p: end[p] for p in end if end[p] > start.get(p, 0)}
+    counted = [0]
+    clock: dict[str, float] = {}
+    result: dict[str, Any] = {}
+    app = ProcessorApp(f"floor-{uuid.uuid4().hex[:8]}", broker=broker_urls(bootstrap), autodiscover=False,
+                       datadir=tempfile.mkdtemp(prefix="faust-floor-"), store="memory://",
+                       key_serializer="raw", value_serializer="raw", consumer_auto_offset_reset="earliest",
+                       stream_buffer_maxsize=16_384, broker_commit_interval=3600.0, topic_allow_declare=False,
+                       topic_disable_leader=True, TableManager=NoTablesManager, web_enabled=False)
+    source = app.topic(topic, key_type=bytes, value_type=bytes, acks=False)
+
+    async def decode_all(stream: Any) -> None:
+        async for event in stream.noack().events():
+            message = event.message
+            partition, offset = message.partition, message.offset
+            if offset < start.get(partition, 0) or partition not in pending:
+                continue
+            if not clock:
+                clock.update(start_s=time.monotonic(), cpu_start_s=time.process_time())
+            codec.decode(message.value, registry)
+            counted[0] += 1
+            if offset + 1 >= pending[partition]:
+                del pending[partition]
+                if not pending:
+                    result.update(records=counted[0], seconds=time.monotonic() - clock["start_s"],
+                                  cpu_s=time.process_time() - clock["cpu_start_s"])
+                    # faust redirects sys.stdout to its log, and its spinner writes escapes on
+                    # the same line: the result goes to the descriptor, on a line of its own.
+                    os.write(1, ("\n" + json.dumps(result) + "\n").encode())
+                    os._exit(0)  # a benchmark child: faust's orderly shutdown takes seconds to measure nothing
+
+    app.agent(source, name="floor")(decode_all)
+    worker = faust.Worker(app, loglevel="warning", quiet=True, loop=asyncio.new_event_loop())
+    worker.execute_from_commandline()
+    raise BenchmarkError(f"faust floor: the worker stopped with {sorted(pending)} of {topic} not read to their end")
+
+
 def run_floor_process(args: list[str], timeout_s: float = 600.0) -> dict[str, Any]:
     """Run `python -m benchmarks.floors ARGS` and return what it printed."""
     done = subprocess.run([sys.executable, "-m", "benchmarks.floors", *args], capture_output=True,
@@ -120,7 +174,7 @@ def range_args(start: Offsets, end: Offsets) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.floors")
-    parser.add_argument("kind", choices=["produce", "consume"])
+    parser.add_argument("kind", choices=["produce", "consume", "consume-faust"])
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--topic", required=True)
     parser.add_argument("--samples", type=Path, help="produce: pickled list of encoded call events")
@@ -136,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         for text in args.range:
             partition, first, last = (int(part) for part in text.split(":"))
             start[partition], end[partition] = first, last
-        result = consume_floor(args.bootstrap, args.topic, start, end)
+        floor = faust_consume_floor if args.kind == "consume-faust" else consume_floor
+        result = floor(args.bootstrap, args.topic, start, end)
     print(json.dumps(result))
     return 0
 

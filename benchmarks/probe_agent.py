@@ -7,12 +7,15 @@ copy has none. For each size the three run in turn, repeatedly, and the medians 
 The agent's ring buffer is sized to hold a whole run, so every call takes the full path
 (stack walk, reserve, submit) and none is dropped; the agent drains while the target runs
 and after. Agent throughput = calls / (target start -> last call on the raw topic), against
-a floor process that only encodes and produces the same records.
+a floor process that only encodes and produces the same records. Agent throughput is also
+measured with the calls spread round-robin over `distinct_paths` call paths (as many distinct
+stacks), against a floor fed those runs' own records.
 """
 
 from __future__ import annotations
 
 import ast
+import collections
 import pickle
 import uuid
 from dataclasses import dataclass
@@ -36,6 +39,9 @@ class ProbeAgentPlan:
     repeats: int
     leaf_calls: int        # single-step case, one size
     drain_timeout_s: float = 300.0
+    # Agent throughput again with every call's stack one of this many (benchmarks/targets/hot.c
+    # has up to 1000 call paths); 0 or 1 skips it.
+    distinct_paths: int = 1000
 
 
 def ringbuf_pages_for(calls: int) -> int:
@@ -83,12 +89,12 @@ class _Stage:
             # Few watermarks: the raw topic's end offset then counts (almost only) calls.
             "--watermark-interval-ms", "5000", *agent_flags)
 
-    def probed_run(self, agent: Child, calls: int, leaf: bool = False) -> tuple[float, float, float]:
+    def probed_run(self, agent: Child, calls: int, leaf: bool = False, paths: int = 1) -> tuple[float, float, float]:
         """One run of the agent's copy: (ns per call, seconds until the raw topic holds every
         call, agent CPU seconds meanwhile)."""
         before = self.watch.total(self.names.raw)
         cpu_before_s = cpu_seconds(agent.pid)
-        argv = native.timed_argv(self.agent_binary, calls, leaf=leaf)
+        argv = native.timed_argv(self.agent_binary, calls, paths=paths, leaf=leaf)
         with native.RunningTarget(argv) as target:
             done_s = self.watch.wait_total(self.names.raw, before + calls, self.plan.drain_timeout_s)
             cpu_s = cpu_seconds(agent.pid) - cpu_before_s
@@ -111,6 +117,9 @@ def run(bootstrap: str, work_dir: Path, plan: ProbeAgentPlan, agent_flags: list[
             for calls in plan.sizes:
                 rows.append(_measure_size(stage, agent, noop, calls))
             leaf = _measure_leaf(stage, agent, noop)
+            # Last: the floor of these rows is fed the last records on the topic, theirs.
+            if plan.distinct_paths > 1:
+                rows += [_measure_distinct(stage, agent, calls, plan.distinct_paths) for calls in plan.sizes]
             agent_cpu_s_total = cpu_seconds(agent.pid)
             if agent.stop() != 0:
                 raise BenchmarkError(f"the agent exited with {agent.process.returncode}; see {agent.log_path}")
@@ -120,8 +129,9 @@ def run(bootstrap: str, work_dir: Path, plan: ProbeAgentPlan, agent_flags: list[
         stage.watch.close()
     checked = _check_and_sample(stage)
     for row in rows:
+        samples = checked["distinct_samples_path" if row["paths"] > 1 else "samples_path"]
         floor = run_floor_process(["produce", "--bootstrap", bootstrap, "--topic", stage.floor_topic,
-                                   "--samples", str(checked["samples_path"]), "--count", str(row["calls"])])
+                                   "--samples", str(samples), "--count", str(row["calls"])])
         row["floor_events_per_s"] = row["calls"] / floor["seconds"]
         row["floor_cpu_s_per_million"] = floor["cpu_s"] / row["calls"] * 1e6
         row["agent_vs_floor"] = row["agent_events_per_s"] / row["floor_events_per_s"]
@@ -149,13 +159,26 @@ def _measure_size(stage: _Stage, agent: Child, noop: native.NoopProbe, calls: in
     unprobed, noop_ns, full = (median(samples[k]) for k in ("unprobed", "noop", "full"))
     drain_s, cpu_s = median(samples["drain_s"]), median(samples["cpu_s"])
     return {
-        "calls": calls, "repeats": stage.plan.repeats,
+        "calls": calls, "paths": 1, "repeats": stage.plan.repeats,
         "unprobed_ns_per_call": unprobed, "noop_ns_per_call": noop_ns, "full_ns_per_call": full,
         "cost_ratio": _ratio(full, noop_ns, unprobed),
         "full_ns_per_call_runs": samples["full"], "noop_ns_per_call_runs": samples["noop"],
         "agent_seconds": drain_s, "agent_events_per_s": calls / drain_s,
         "agent_cpu_s_per_million": cpu_s / calls * 1e6,
     }
+
+
+def _measure_distinct(stage: _Stage, agent: Child, calls: int, paths: int) -> dict[str, Any]:
+    """Agent throughput alone (the probe's cost is section 1's) with calls over `paths` stacks."""
+    drains: list[float] = []
+    cpus: list[float] = []
+    for _ in range(stage.plan.repeats):
+        _ns, drain_s, cpu_s = stage.probed_run(agent, calls, paths=paths)
+        drains.append(drain_s)
+        cpus.append(cpu_s)
+    drain_s, cpu_s = median(drains), median(cpus)
+    return {"calls": calls, "paths": paths, "repeats": stage.plan.repeats, "agent_seconds": drain_s,
+            "agent_events_per_s": calls / drain_s, "agent_cpu_s_per_million": cpu_s / calls * 1e6}
 
 
 def _measure_leaf(stage: _Stage, agent: Child, noop: native.NoopProbe) -> dict[str, Any]:
@@ -176,12 +199,14 @@ def _check_and_sample(stage: _Stage) -> dict[str, Any]:
     them as the floor's input."""
     fingerprint = bytes.fromhex(codec.fingerprint_hex(CALL_EVENT))
     samples: list[bytes] = []
+    last: collections.deque[bytes] = collections.deque(maxlen=FLOOR_SAMPLES)  # the distinct-paths runs'
     counted = [0]
 
     def count(batch: list[tuple[int, bytes | None, bytes]]) -> None:
         for _partition, _key, value in batch:
             if value[2:10] == fingerprint:
                 counted[0] += 1
+                last.append(value)
                 if len(samples) < FLOOR_SAMPLES:
                     samples.append(value)
 
@@ -195,4 +220,6 @@ def _check_and_sample(stage: _Stage) -> dict[str, Any]:
         raise BenchmarkError(f"no call event on {stage.names.raw}: the agent published nothing")
     samples_path = stage.work_dir / "floor-samples.pickle"
     samples_path.write_bytes(pickle.dumps(samples))
-    return {"call_events": counted[0], "samples_path": samples_path}
+    distinct_path = stage.work_dir / "floor-samples-distinct.pickle"
+    distinct_path.write_bytes(pickle.dumps(list(last)))
+    return {"call_events": counted[0], "samples_path": samples_path, "distinct_samples_path": distinct_path}

@@ -67,7 +67,7 @@ def _probe(section: dict[str, Any] | None) -> list[str]:
         return failed
     assert section is not None
     rows = [[_f(r["calls"]), _f(r["unprobed_ns_per_call"], 1), _f(r["noop_ns_per_call"]),
-             _f(r["full_ns_per_call"]), _f(r["cost_ratio"], 2)] for r in section["rows"]]
+             _f(r["full_ns_per_call"]), _f(r["cost_ratio"], 2)] for r in section["rows"] if r.get("paths", 1) == 1]
     leaf = section["leaf"]
     rows.append([f"{_f(leaf['calls'])} (leaf: single-stepped)", _f(leaf["unprobed_ns_per_call"], 1),
                  _f(leaf["noop_ns_per_call"]), _f(leaf["full_ns_per_call"]), _f(leaf["cost_ratio"], 2)])
@@ -125,10 +125,11 @@ def _agent(section: dict[str, Any] | None) -> list[str]:
     if failed:
         return failed
     assert section is not None
-    rows = [[_f(r["calls"]), _f(r["agent_events_per_s"]), _f(r["floor_events_per_s"]),
+    rows = [[_f(r["calls"]), _f(r.get("paths", 1)), _f(r["agent_events_per_s"]), _f(r["floor_events_per_s"]),
              _f(r["agent_vs_floor"], 2), _f(r["agent_cpu_s_per_million"], 1),
              _f(r["floor_cpu_s_per_million"], 1)] for r in section["rows"]]
-    return [f"## {title}", "", *_table(["events", "agent events/s", "floor events/s", "agent / floor", "agent CPU s per M events", "floor CPU s per M events"], rows)]
+    return [f"## {title}", "", *_table(["events", "distinct stacks", "agent events/s", "floor events/s", "agent / floor",
+                                        "agent CPU s per M events", "floor CPU s per M events"], rows)]
 
 
 def _processor(section: dict[str, Any] | None) -> list[str]:
@@ -210,7 +211,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def _plot_probe(axis: Any, results: dict[str, Any]) -> None:
-    rows = results["probe_agent"]["rows"]
+    rows = [r for r in results["probe_agent"]["rows"] if r.get("paths", 1) == 1]
     calls = [r["calls"] for r in rows]
     for key, label in (("unprobed_ns_per_call", "unprobed"), ("noop_ns_per_call", "no-op uprobe (floor)"),
                        ("full_ns_per_call", "agent's full probe")):
@@ -221,9 +222,13 @@ def _plot_probe(axis: Any, results: dict[str, Any]) -> None:
 
 
 def _plot_agent(axis: Any, results: dict[str, Any]) -> None:
-    rows = results["probe_agent"]["rows"]
+    rows = [r for r in results["probe_agent"]["rows"] if r.get("paths", 1) == 1]
     events = [r["calls"] for r in rows]
     axis.plot(events, [r["agent_events_per_s"] for r in rows], marker="o", label="agent")
+    distinct = [r for r in results["probe_agent"]["rows"] if r.get("paths", 1) > 1]
+    if distinct:
+        axis.plot([r["calls"] for r in distinct], [r["agent_events_per_s"] for r in distinct], marker="^",
+                  label=f"agent, {distinct[0]['paths']:,} distinct stacks")
     axis.plot(events, [r["floor_events_per_s"] for r in rows], marker="s", label="floor: encode + produce")
     axis.set(xscale="log", yscale="log", xlabel="events per run", ylabel="events/s", title="2. agent throughput")
     axis.legend()

@@ -37,10 +37,12 @@ def test_quick_suite_writes_every_figure_table_and_plot(kafka_bootstrap: str, tm
     for stage in ("probe_agent", "unwind", "hot", "processor", "latency", "watch", "python_probe", "windows", "fleet"):
         assert "error" not in results[stage], f"{stage}: {results[stage].get('traceback')}"
     probe = results["probe_agent"]
-    assert [row["calls"] for row in probe["rows"]] == [300, 600, 900]
+    assert [(row["calls"], row["paths"]) for row in probe["rows"]] == [
+        (300, 1), (600, 1), (900, 1), (300, 1000), (600, 1000), (900, 1000)]
     # Every probed call reached the raw topic: the agent's figures are of real work.
     assert probe["call_events_on_topic"] == probe["calls_sent"]
-    assert all(row["cost_ratio"] is not None for row in probe["rows"] + [probe["leaf"]])
+    assert all(row["cost_ratio"] is not None for row in [*probe["rows"][:3], probe["leaf"]])
+    assert all(row["agent_vs_floor"] > 0 for row in probe["rows"])
     hot_rows = [row for row in results["hot"]["rows"] if "skipped" not in row]
     assert hot_rows and all(row["paths_reported"] == row["paths"] for row in hot_rows)
     processor_rows = results["processor"]["rows"]
@@ -57,7 +59,8 @@ def test_quick_suite_writes_every_figure_table_and_plot(kafka_bootstrap: str, tm
     assert all(row["agent_vs_stackcount"] is not None and row["agent_vs_floor"] is not None for row in unwind_rows)
     fleet_rows = results["fleet"]["rows"]
     assert [row["workers"] for row in fleet_rows] == [1]
-    assert all(row["floor_records_per_s"] > 0 and row["worker_cpu_s_per_million"] > 0 for row in fleet_rows)
+    assert all(row["floor_records_per_s"] > 0 and row["worker_cpu_s_per_million"] > 0
+               and row["faust_floor_cpu_s_per_million"] > 0 for row in fleet_rows)
 
     table = (out / "results.md").read_text()
     for heading in ("## 1. Probe cost", "## 1c. Stack walk cost", "## 1b. A hot function", "## 2. Agent throughput",

@@ -83,6 +83,9 @@ def _run_workload(image: str, kafka_bootstrap: str, tmp_path: Path) -> tuple[dic
             agent.wait_for(f"root{LIBRARY}", 120)
             engine.docker("run", "-d", "--name", containers["long-b"], image, "10")
             engine.docker("run", "--name", containers["short"], image, "0")  # one call, then exit
+            # A process started in a running container (its root is known: not held) that
+            # makes one call and exits before the agent reads its calls.
+            exec_made = int(engine.docker("exec", containers["long-a"], "/opt/app/bin/caller", "0").stdout.split()[0])
             ids = {role: engine.container_id(name) for role, name in containers.items()}
             pids = {role: int(engine.inspect(containers[role])["State"]["Pid"])  # type: ignore[index]
                     for role in ("long-a", "long-b")}
@@ -90,6 +93,7 @@ def _run_workload(image: str, kafka_bootstrap: str, tmp_path: Path) -> tuple[dic
                             120, "the second container to finish")
             made = {role: int(engine.docker("logs", name).stdout.split()[0])
                     for role, name in containers.items() if role != "long-a"}
+            made["exec"] = exec_made
             agent.stop()
         events = decode_all(read_all(kafka_bootstrap, names.raw), CALL_EVENT)
     finally:
@@ -112,7 +116,10 @@ def test_two_containers_of_one_image_are_told_apart(observed) -> None:  # type: 
     ids, pids, _made, calls, pids_seen, log = observed
     for role in ("long-a", "long-b"):
         assert calls[ids[role]] > 0, f"no calls attributed to {role} {ids[role][:12]}: {dict(calls)}\n{log[-3000:]}"
-        assert pids_seen[ids[role]] == {pids[role]}, f"{role}: events carry the node's pid of the container's process"
+        assert pids[role] in pids_seen[ids[role]], f"{role}: events carry the node's pid of the container's process"
+    assert pids_seen[ids["long-b"]] == {pids["long-b"]}
+    # long-a's other pid is the process `docker exec` started in it.
+    assert len(pids_seen[ids["long-a"]]) == 2, pids_seen
 
 
 def test_a_container_started_after_the_attach_is_counted_once_per_call(observed) -> None:  # type: ignore[no-untyped-def]
@@ -142,3 +149,15 @@ def test_each_container_is_held_at_its_first_exec_and_its_library_attached_befor
     assert holds["held"] >= 3 and holds["root_unread"] == 0, holds
     # The first container's library too is attached while it is held, not by a rescan later.
     assert last_counters("targets")["late_attaches"] == 0, last_counters("targets")
+
+
+def test_a_process_started_in_a_running_container_that_calls_and_exits_keeps_its_container_id(  # type: ignore[no-untyped-def]
+        observed) -> None:
+    """`docker exec` of a program that makes one call and exits: its root is the container's,
+    already known, so it is not held; its call is read after it is gone (the agent's flush),
+    when /proc has nothing of it. On a cgroup v1 node its kernel cgroup id (the unified
+    hierarchy's) does not name the container either."""
+    ids, _pids, made, calls, _pids_seen, _log = observed
+    assert made["exec"] == 1
+    assert not [container for container in calls if container.startswith("host:")], dict(calls)
+
