@@ -157,7 +157,8 @@ def test_a_process_started_in_a_running_container_that_calls_and_exits_keeps_its
     already known, so it is not held; its call is read after it is gone (the agent's flush),
     when /proc has nothing of it. On a cgroup v1 node its kernel cgroup id (the unified
     hierarchy's) does not name the container either."""
-    ids, _pids, made, calls, _pids_seen, _log = observed
+    ids, pids, made, calls, pids_seen, _log = observed
     assert made["exec"] == 1
     assert not [container for container in calls if container.startswith("host:")], dict(calls)
+    assert pids_seen[ids["long-a"]] - {pids["long-a"]}, f"no call of the exec'd process in long-a: {pids_seen}"
 
