@@ -2,9 +2,12 @@
 
 No logic lives here: processor/engine.py decides everything; this wires it to faust.
 
-What faust does: it runs the consumer group (aiokafka), the fetch loop, one agent that hands
-every raw record to the Engine in partition order, the producer, the timers, and the web
-server for /metrics, /healthz and /readyz.
+What faust does: it runs the consumer group (aiokafka), the fetch loop, the producer, the
+timers, and the web server for /metrics, /healthz and /readyz. Its fetch loop hands each
+partition's fetched raw records straight to the worker (_process_batch), in partition order,
+not through faust's per-record message, conductor and stream, which cost more than the
+consume + decode floor on their own (faust_config.StepFirstConsumer); an agent on the raw
+topic remains, for faust to subscribe it.
 
 What is built on top of it, for exactness (docs/processor.md, "Exactness"): faust commits
 "every offset acknowledged so far", and a restart from there loses the calls of windows
@@ -64,6 +67,7 @@ log = logging.getLogger(__name__)
 WATERMARK = "io.runtimesignals.AgentWatermark"
 _FEED_INTERVAL_S = 0.1     # new symbol tables, and windows whose wait for them ran out
 _ACK_TIMEOUT_S = 30.0
+_YIELD_EVERY = 256  # records of a fetched batch handled before the event loop gets a turn
 
 
 def _log_task_error(task: asyncio.Future[Any]) -> None:
@@ -143,6 +147,7 @@ class Worker:
         self._exposition = metrics.Exposition() if settings.metrics_port is not None else None
 
         self.app = app = build_app(settings)
+        app.batch_handlers = {raw: self._process_batch}  # before faust makes its consumer
         self._outputs = {kind: app.topic(name, key_type=bytes, value_type=bytes) for kind, name in names.items()}
         self._checkpoint_out = app.topic(self._checkpoints.topic, key_type=bytes, value_type=bytes)
         raw_topic = app.topic(raw, key_type=bytes, value_type=bytes, acks=False)
@@ -162,35 +167,54 @@ class Worker:
     # -- records ---------------------------------------------------------------------
 
     async def _process(self, stream: faust.StreamT[bytes]) -> None:
+        """faust's agent on the raw topic: it subscribes the worker to the topic. Its records
+        never come this way: the consumer hands them to _process_batch as fetched
+        (faust_config.StepFirstConsumer). One that did would mean a faust this worker does
+        not know: it stops, saying so, rather than handle records two ways."""
         # noack() is Stream's, not in faust's StreamT interface.
         async for event in cast(faust.Stream[bytes], stream).noack().events():
-            message = event.message
+            await self._fail(ProcessorError(
+                f"{event.message.topic}[{event.message.partition}]@{event.message.offset} reached faust's stream; "
+                f"this worker reads the raw topic through its consumer's batch handler only (faust "
+                f"{faust.__version__}: check processor/faust_config.py's StepFirstConsumer against it)"))
+
+    async def _process_batch(self, tp: TP, records: list[Any], generation: int) -> None:
+        """A partition's fetched records (aiokafka's ConsumerRecords), in offset order. Each is
+        handled, and its outputs sent, under the lock before the next, as one at a time from a
+        stream. The rest of the batch is dropped once a rebalance has stopped the flow or
+        started a new generation: the partition is re-read from its checkpoint (faust seeks
+        it to the committed replay offset)."""
+        consumer = cast(TransportConsumer, self.app.consumer)
+        for index, record in enumerate(records):
+            if index and index % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # timers, rebalance steps and /healthz between records
             async with self._lock:
-                # A record fetched before the last rebalance: the partition was restored
-                # since, and faust seeked it back to the replay offset.
-                if self._stopping or message.generation_id != self.app.consumer_generation_id:
-                    continue
+                if self._stopping or generation != self.app.consumer_generation_id or not consumer.flow_active:
+                    return
+                partition = record.partition
                 try:
-                    if not self.engine.owns(message.partition) and not await self._restore(message.partition):
-                        continue  # not assigned here (any more)
+                    if not self.engine.owns(partition) and not await self._restore(partition):
+                        return  # not assigned here (any more)
                     # A watermark may close windows: building and encoding their summaries
                     # (up to 16 MiB each) runs on a worker thread, so the event loop keeps
                     # serving fetches, timers and /healthz meanwhile. The lock, held
                     # throughout, keeps every other use of the engine out. Records, and
                     # watermarks that close nothing (most: every agent sends one to every
                     # partition), are handled inline: a thread hop costs more than their work.
-                    if self._is_watermark(message.value):
-                        outputs = self._handle(message, release=False)
-                        if self.engine.has_closed(message.partition):
-                            outputs += await asyncio.to_thread(self._release, message.partition, message.offset)
+                    if self._is_watermark(record.value):
+                        outputs = self._handle(record, release=False)
+                        if self.engine.has_closed(partition):
+                            outputs += await asyncio.to_thread(self._release, partition, record.offset)
                     else:
-                        outputs = self._handle(message)
+                        outputs = self._handle(record)
                     if outputs:  # most records cause none: no await for them
                         await self._send(outputs)
                 except Exception as exc:
                     await self._fail(exc)
+                    return
 
     def _handle(self, message: Any, release: bool = True) -> list[Output]:
+        """One raw record (an aiokafka ConsumerRecord) through the engine."""
         partition, offset = message.partition, message.offset
         headers = tuple(message.headers or ())
         inflight = self._inflight
@@ -198,11 +222,10 @@ class Worker:
             return self.engine.reject(partition, offset, message.key, message.value, headers, Rejected(
                 "killed_worker", "a worker died while processing this record, twice; not processed again "
                                  "(processor/inflight.py)"))
-        # Kafka timestamps are whole milliseconds; faust hands them over as float seconds.
-        # Log-append time on the raw topic (schemas/topics.py); on a topic left at create
-        # time the producer chose it, and the bounds are only as good as the writers.
-        timestamp_us = round(message.timestamp * 1000) * 1000 if message.timestamp and message.timestamp > 0 \
-            else None
+        # Kafka timestamps are whole milliseconds. Log-append time on the raw topic
+        # (schemas/topics.py); on a topic left at create time the producer chose it, and the
+        # bounds are only as good as the writers.
+        timestamp_us = message.timestamp * 1000 if message.timestamp and message.timestamp > 0 else None
         if inflight is not None:
             inflight.begin(partition, offset)
         outputs = self.engine.handle(partition, offset, message.key, message.value, headers, timestamp_us, release)
