@@ -130,6 +130,9 @@ class StepFirstConsumer(StepFirst, aiokafka_driver.Consumer):
         except asyncio.CancelledError:
             if not self.transport.app.should_stop:
                 raise
+        except Exception:
+            self.log.exception("handing fetched records over failed")  # then faust's fetcher stops the worker
+            raise
 
 
 async def _finish(coro: Coroutine[Any, Any, Any], pending: Any) -> Any:
