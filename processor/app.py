@@ -178,23 +178,23 @@ class Worker:
                 f"this worker reads the raw topic through its consumer's batch handler only (faust "
                 f"{faust.__version__}: check processor/faust_config.py's StepFirstConsumer against it)"))
 
-    async def _process_batch(self, tp: TP, records: list[Any], generation: int) -> None:
+    async def _process_batch(self, tp: TP, records: list[Any], generation: int) -> int:
         """A partition's fetched records (aiokafka's ConsumerRecords), in offset order. Each is
         handled, and its outputs sent, under the lock before the next, as one at a time from a
         stream. The rest of the batch is dropped once a rebalance has stopped the flow or
         started a new generation: the partition is re-read from its checkpoint (faust seeks
-        it to the committed replay offset)."""
+        it to the committed replay offset). Returns how many records, from the first, it took."""
         consumer = cast(TransportConsumer, self.app.consumer)
         for index, record in enumerate(records):
             if index and index % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # timers, rebalance steps and /healthz between records
             async with self._lock:
                 if self._stopping or generation != self.app.consumer_generation_id or not consumer.flow_active:
-                    return
+                    return index
                 partition = record.partition
                 try:
                     if not self.engine.owns(partition) and not await self._restore(partition):
-                        return  # not assigned here (any more)
+                        return index  # not assigned here (any more)
                     # A watermark may close windows: building and encoding their summaries
                     # (up to 16 MiB each) runs on a worker thread, so the event loop keeps
                     # serving fetches, timers and /healthz meanwhile. The lock, held
@@ -211,7 +211,8 @@ class Worker:
                         await self._send(outputs)
                 except Exception as exc:
                     await self._fail(exc)
-                    return
+                    return index
+        return len(records)
 
     def _handle(self, message: Any, release: bool = True) -> list[Output]:
         """One raw record (an aiokafka ConsumerRecord) through the engine."""

@@ -74,8 +74,8 @@ class StepFirst(Service):
 
 
 # (partition, the fetched records of one partition in offset order as aiokafka gives them,
-# the consumer generation they were fetched in).
-BatchHandler = Callable[[TP, list[Any], int], Awaitable[None]]
+# the consumer generation they were fetched in) -> how many of them, from the first, it took.
+BatchHandler = Callable[[TP, list[Any], int], Awaitable[int]]
 
 
 class StepFirstConsumer(StepFirst, aiokafka_driver.Consumer):
@@ -87,10 +87,11 @@ class StepFirstConsumer(StepFirst, aiokafka_driver.Consumer):
     agent's queue and stream) costs 2.3-3.6 times librdkafka's consume + decode on its own;
     aiokafka's fetch with the records handed over directly costs no more than that floor
     (docs/benchmarks.md). What faust's delivery loop guarantees is kept (docs/processor.md,
-    "Exactness"): nothing is fetched or delivered while the flow is stopped (a rebalance),
-    records below a partition's read offset (fetched before a seek) are dropped, a batch from
-    an older consumer generation is not delivered, and the handler itself drops the rest of
-    a batch when a rebalance stops the flow or changes the generation while it runs."""
+    "Throughput"): records fetched while the flow is stopped (a rebalance) are not delivered
+    and the partitions go back to their committed offsets, records below a partition's read
+    offset (fetched before a seek) are dropped, a batch from an older consumer generation is
+    not delivered, and the handler itself drops the rest of a batch when a rebalance stops
+    the flow or changes the generation while it runs (that rebalance's assignment seeks)."""
 
     batch_handlers: Mapping[str, BatchHandler] = {}
 
@@ -104,6 +105,12 @@ class StepFirstConsumer(StepFirst, aiokafka_driver.Consumer):
                 await self.sleep(0)  # as faust: a fetch that returns at once still yields
                 if not records or self.should_stop:
                     continue
+                if not self.flow_active:
+                    # Fetched while a rebalance holds the flow, after its seek: dropped, so
+                    # back to the committed offsets, as faust's getmany does, or they would
+                    # never be read again.
+                    await self.perform_seek()
+                    continue
                 generation = self.app.consumer_generation_id
                 for tp, batch in records.items():
                     if not self.flow_active or self.app.consumer_generation_id != generation:
@@ -116,14 +123,17 @@ class StepFirstConsumer(StepFirst, aiokafka_driver.Consumer):
                         continue
                     handler = self.batch_handlers.get(tp.topic)
                     if handler is not None:
-                        await handler(tp, fresh, generation)
+                        taken = await handler(tp, fresh, generation)
                     else:
                         for record in fresh:
                             await self.wait_first(self.callback(self._to_message(tp, record)),
                                                   self.suspend_flow.wait())
-                    if self.app.consumer_generation_id == generation and tp in self.assignment():
-                        # A seek since (a rebalance) set the read offset anew: keep it.
-                        self._read_offset[tp] = fresh[-1].offset
+                        taken = len(fresh)
+                    # Past what was taken only, and not once a rebalance has begun: the records
+                    # left are re-read after the seek the new assignment makes, and that seek
+                    # sets the read offset anew.
+                    if taken and self.flow_active and self.app.consumer_generation_id == generation:
+                        self._read_offset[tp] = fresh[taken - 1].offset
         except self.consumer_stopped_errors:
             if not self.transport.app.should_stop:
                 raise
