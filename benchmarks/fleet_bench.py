@@ -10,8 +10,9 @@ where events/s on a shared 2-core machine is not.
 
 Floor, over the same offsets: as many consume-and-decode processes as workers, each on its
 share of the partitions (benchmarks/floors.py), started after the workers have finished.
-Beside it, one process reading all of them through faust, decoding and doing nothing else
-(floors.faust_consume_floor): what the worker's framework alone costs per record.
+Beside it, one process reading all of them through faust's own per-record path, decoding
+and doing nothing else (floors.faust_consume_floor): what that path alone costs per record,
+which the worker avoids by taking its records from faust's fetch loop.
 
     python -m benchmarks.fleet_bench --bootstrap 127.0.0.1:19092 --recording DIR --workers 1,2,4
 """

@@ -92,11 +92,12 @@ def consume_floor(bootstrap: str, topic: str, start: Offsets, end: Offsets) -> d
 
 
 def faust_consume_floor(bootstrap: str, topic: str, start: Offsets, end: Offsets) -> dict[str, Any]:
-    """consume_floor through the worker's framework: the worker's faust app class (its
-    consumer, fetch loop, conductor, agent stream, buffer size), each record decoded and
-    nothing else done. Not a floor the worker is held to, but what faust costs before the
-    worker does any work: the part of a worker's CPU no change to the processor can remove
-    while it reads through faust. Assigned (not a group member) like the other floor."""
+    """consume_floor through faust's own per-record path: the worker's faust app class
+    without batch handlers (consumer, fetch loop, Message and Event per record, conductor,
+    agent stream, the worker's buffer size), each record decoded and nothing else done; a
+    fresh consumer group of its own. Not a floor the worker is held to: what reading through
+    faust's per-record path costs, which the worker no longer pays (it takes its records
+    from the fetch loop, processor/faust_config.py); kept to show why."""
     import asyncio
     import os
     import tempfile
@@ -110,7 +111,6 @@ def faust_consume_floor(bootstrap: str, topic: str, start: Offsets, end: Offsets
     pending = {p: end[p] for p in end if end[p] > start.get(p, 0)}
     counted = [0]
     clock: dict[str, float] = {}
-    result: dict[str, Any] = {}
     app = ProcessorApp(f"floor-{uuid.uuid4().hex[:8]}", broker=broker_urls(bootstrap), autodiscover=False,
                        datadir=tempfile.mkdtemp(prefix="faust-floor-"), store="memory://",
                        key_serializer="raw", value_serializer="raw", consumer_auto_offset_reset="earliest",
@@ -131,8 +131,8 @@ def faust_consume_floor(bootstrap: str, topic: str, start: Offsets, end: Offsets
             if offset + 1 >= pending[partition]:
                 del pending[partition]
                 if not pending:
-                    result.update(records=counted[0], seconds=time.monotonic() - clock["start_s"],
-                                  cpu_s=time.process_time() - clock["cpu_start_s"])
+                    result = {"records": counted[0], "seconds": time.monotonic() - clock["start_s"],
+                              "cpu_s": time.process_time() - clock["cpu_start_s"]}
                     # faust redirects sys.stdout to its log, and its spinner writes escapes on
                     # the same line: the result goes to the descriptor, on a line of its own.
                     os.write(1, ("\n" + json.dumps(result) + "\n").encode())
