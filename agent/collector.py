@@ -27,7 +27,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -39,6 +38,7 @@ from cachetools import LRUCache
 from runtime_signals.agent.budget import Action, Budget, BudgetSettings
 from runtime_signals.agent.clock import BootClock
 from runtime_signals.agent.errors import ProbeError
+from runtime_signals.agent.event_ids import EventIds
 from runtime_signals.agent.modules import ModuleMapBuilder, ModuleMapPublisher
 from runtime_signals.agent.perfmap import JitModule, PerfMaps
 from runtime_signals.agent.pinning import PinnedGeneration
@@ -203,6 +203,7 @@ class Collector:
         self._call_template = codec.template(
             CALL_EVENT, [f["name"] for f in self._registry.current_schema(CALL_EVENT)["fields"]
                          if f["name"] not in _PER_CALL_FIELDS], self._registry)
+        self._event_ids = EventIds()
         self._encoded_stacks: LRUCache[tuple[Any, ...], tuple[tuple[bytes, ...] | None, bytes]] = LRUCache(
             MAX_ENCODED_STACKS)  # with the stack's path key; None until seen twice
         self.new_paths_total = 0  # distinct since start, exactly while under max_path_keys
@@ -391,7 +392,7 @@ class Collector:
             self.new_paths_total += 1
             self._new_paths[call.probe_index] += 1
         per_call = {
-            "event_id": str(uuid.uuid4()),
+            "event_id": self._event_ids.next(),
             "tid": call.tid,
             "timestamp_ns": call.boot_ns,
             "received_at_us": time.time_ns() // 1000,

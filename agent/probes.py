@@ -27,6 +27,7 @@ from runtime_signals import bpf as bpf_sources
 from runtime_signals.agent import bpfsys
 from runtime_signals.agent.errors import BpfLoadError, ConfigError, ProbeError
 from runtime_signals.agent.pinning import PINNED_MAPS, PinnedGeneration, remove_pins
+from runtime_signals.agent.ringbuf import RingReader
 from runtime_signals.agent.tracefs import UprobeEvents
 from runtime_signals.agent.wire import (
     COUNTER_NAMES,
@@ -44,6 +45,11 @@ __all__ = ["COUNTER_NAMES", "FLAG_STACK_ERROR", "FLAG_STACK_TRUNCATED", "Attache
            "ProbeLimits", "ProbeSpec", "RawCall", "TracerSettings", "split_points"]
 
 _PAGE_BYTES = mmap.PAGESIZE
+# struct call_event (agent/wire.py, call_event_type): boot_ns … end_reason, then the frames;
+# after them py_frame_count, py_flags, py_entries, py_reserved, then the Python frames.
+_CALL_HEAD = struct.Struct("<QQQQQQIIIIII")
+_PY_HEAD = struct.Struct("<IIII")
+_PY_FRAME_BYTES = 16
 _DEDUP_READ_CHUNK = 1024
 _MAP_NAMES = (b"events", b"counters", b"probe_config", b"rate_state", b"scratch", b"nesting",
               b"dedup_a", b"dedup_b", b"dedup_active", b"unwind_rows", b"unwind_tables", b"proc_mappings",
@@ -245,6 +251,16 @@ class CallTracer:
         self._active = 0
         self._set_active_dedup(0)
         self._ringbuf_positions = self._map_ringbuf_positions()
+        self._reader: RingReader | None = None  # made by on_event()
+        self.malformed_records = 0  # ring buffer records too short to be a call record
+        # struct call_event as laid out by ctypes (agent/wire.py): read with struct, not ctypes.
+        event_type = self._event_type
+        if _CALL_HEAD.size != event_type.frames.offset:
+            raise BpfLoadError(f"struct call_event: frames at {event_type.frames.offset}, "
+                               f"expected {_CALL_HEAD.size}")
+        self._py_head_at: int = event_type.py_frame_count.offset
+        self._py_frames_at: int = event_type.py_frames.offset
+        self._frame_runs = [struct.Struct(f"<{n}Q") for n in range(max(settings.max_frames, 2 * PY_MAX_FRAMES) + 1)]
         self._stats_fd = bpfsys.enable_run_time_stats()
         self._uprobes = UprobeEvents()
         self._event_ids: dict[int, int] = {}
@@ -506,13 +522,38 @@ class CallTracer:
     def on_event(self, callback: Callable[[RawCall], None]) -> None:
         """Route each record (ring buffer and dedup flushes) to callback(RawCall)."""
         self._callback = callback
-        pointer_type = ctypes.POINTER(self._event_type)
+        if self._reader is None:
+            self._reader = RingReader(self._events.get_fd(), self.ringbuf_bytes)
 
-        def _handle(_ctx: object, data: ctypes.c_void_p, _size: int) -> int:
-            callback(self._to_raw_call(ctypes.cast(data, pointer_type).contents))
-            return 0
+    def _on_record(self, buffer: mmap.mmap, at: int, length: int) -> None:
+        try:
+            call = self._raw_call_at(buffer, at, length)
+        except ValueError as exc:
+            self.malformed_records += 1
+            log.error("ring buffer record at %d: %s", at, exc)
+            return
+        if self._callback is not None:
+            try:
+                self._callback(call)
+            except Exception:  # one record's failure must not stop the ones behind it
+                log.exception("handling the call record of pid %d failed", call.pid)
 
-        self._events.open_ring_buffer(_handle)
+    def _raw_call_at(self, buffer: mmap.mmap, at: int, length: int) -> RawCall:
+        """struct call_event at buffer[at:at + length], read in one pass."""
+        if length < self._py_frames_at:
+            raise ValueError(f"{length} bytes, shorter than a call record ({self._py_frames_at} at least)")
+        (boot_ns, last_boot_ns, count, _stack_hash, cgroup_id, function_address, pid, tid, frame_count, flags,
+         probe_index, end_reason) = _CALL_HEAD.unpack_from(buffer, at)
+        frames = self._frame_runs[min(frame_count, self.max_frames)].unpack_from(buffer, at + _CALL_HEAD.size)
+        py_count, py_flags, py_entries, _reserved = _PY_HEAD.unpack_from(buffer, at + self._py_head_at)
+        py_count = min(py_count, PY_MAX_FRAMES, (length - self._py_frames_at) // _PY_FRAME_BYTES)
+        py_frames: tuple[tuple[int, int], ...] = ()
+        if py_count:
+            words = self._frame_runs[2 * py_count].unpack_from(buffer, at + self._py_frames_at)
+            py_frames = tuple(zip(words[0::2], words[1::2], strict=True))
+        return RawCall(boot_ns=boot_ns, cgroup_id=cgroup_id, function_address=function_address, pid=pid, tid=tid,
+                       flags=flags, frames=frames, count=count, last_boot_ns=last_boot_ns, probe_index=probe_index,
+                       end_reason=end_reason, py_frames=py_frames, py_flags=py_flags, py_entries=py_entries)
 
     @property
     def event_type(self) -> type[ctypes.Structure]:
@@ -536,11 +577,15 @@ class CallTracer:
 
     def poll(self, timeout_ms: int) -> None:
         """Wait up to timeout_ms for ring-buffer records and deliver them to the callback."""
-        self._bpf.ring_buffer_poll(timeout_ms)
+        if self._reader is None:
+            time.sleep(timeout_ms / 1000)  # nobody to deliver to: on_event() not called yet
+            return
+        self._reader.poll(self._on_record, timeout_ms)
 
     def drain(self) -> None:
         """Deliver every record already in the ring buffer, without waiting."""
-        self._bpf.ring_buffer_consume()
+        if self._reader is not None:
+            self._reader.consume(self._on_record)
 
     def collect(self) -> int:
         """Deliver every call made before this method was entered: swap the dedup maps
@@ -688,6 +733,8 @@ class CallTracer:
             for page in self._ringbuf_positions:
                 page.close()
             self._ringbuf_positions = None
+        if self._reader is not None:
+            self._reader.close()
         if self._stats_fd is not None:
             os.close(self._stats_fd)
             self._stats_fd = None

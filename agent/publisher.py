@@ -47,6 +47,8 @@ from runtime_signals.kafka.provenance import RecordSigner
 log = logging.getLogger(__name__)
 
 _PURGED = {KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT}
+# produce() serves delivery reports every this many records (the pump polls as well).
+_POLL_EVERY = 64
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class Publisher:
         self._metadata_threads: dict[str, threading.Thread] = {}
         self._metadata_stop = threading.Event()
         self._closing = False
+        self._unpolled = 0  # records produced since produce() last polled
         self._purged: list[SpoolRecord] = []
         # Broker outage detection, for the spool: records wait in librdkafka and none has
         # been acknowledged for outage_after_ms.
@@ -135,6 +138,13 @@ class Publisher:
             # a process killed then (SIGKILL, OOM) loses what memory held, the spool keeps it.
             if (self._spool is not None and (self._spool or self.broker_away())) or not self._to_kafka(record):
                 self._to_spool(record)
+            self._unpolled += 1
+            if self._unpolled < _POLL_EVERY:
+                return
+            self._unpolled = 0
+        # Delivery reports are served by poll(); the agent's pump polls after every read of the
+        # ring buffer too, so here only every so many records (once per record cost as much
+        # as a twentieth of the agent's CPU).
         self._producer.poll(0)
 
     def _to_kafka(self, record: SpoolRecord) -> bool:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import io
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from enum import IntEnum
@@ -374,14 +374,31 @@ class RecordTemplate:
                 self._runs[-1] = (is_fixed, {**run[1], "fields": [*run[1]["fields"], f]}, (*run[2], f["name"]))
             else:
                 self._runs.append((is_fixed, {**parsed, "fields": [f]}, (f["name"],)))
+        # A per-record run of strings, ints and longs (nullable or not), such as a call's id,
+        # thread, times and count, is written here rather than by fastavro, whose per-call set-up
+        # cost more than the few bytes it writes; anything else takes fastavro.
+        self._direct: list[tuple[_DirectWriter, ...] | None] = [
+            _direct_writers(schema["fields"]) for _, schema, _ in self._runs]
+        # When every per-record run is such, a record is written in one pass: a fixed run's
+        # index in fixed_parts, or a field's name and writer, in field order.
+        self._plan: tuple[tuple[int, str, _DirectWriter | None], ...] | None = None
+        if all(d is not None for (is_fixed, _, _), d in zip(self._runs, self._direct, strict=True) if not is_fixed):
+            plan: list[tuple[int, str, _DirectWriter | None]] = []
+            for (is_fixed, _, names), direct in zip(self._runs, self._direct, strict=True):
+                if is_fixed:
+                    plan.append((sum(1 for step in plan if step[2] is None), "", None))
+                else:
+                    assert direct is not None
+                    plan += [(-1, name, write) for name, write in zip(names, direct, strict=True)]
+            self._plan = tuple(plan)
 
     def fixed_parts(self, record: Mapping[str, Any]) -> tuple[bytes, ...]:
         """The fixed runs of ``record``, encoded: what body() and encode() reuse."""
         parts = []
-        for is_fixed, schema, names in self._runs:
+        for (is_fixed, schema, names), direct in zip(self._runs, self._direct, strict=True):
             if is_fixed:
                 buffer = io.BytesIO()
-                self._write(buffer, schema, names, record)
+                self._write_run(buffer, schema, names, direct, record)
                 parts.append(buffer.getvalue())
         return tuple(parts)
 
@@ -392,18 +409,36 @@ class RecordTemplate:
 
     def encode(self, record: Mapping[str, Any], fixed_parts: tuple[bytes, ...]) -> bytes:
         """encode(record), its fixed fields taken from ``fixed_parts``."""
+        if self._plan is not None:
+            try:
+                pieces = [self._header]
+                for index, name, write in self._plan:
+                    pieces.append(fixed_parts[index] if write is None else write(record[name]))
+                return b"".join(pieces)
+            except (_NotDirect, KeyError):
+                pass  # fastavro decides, below: a default, or an error
         buffer = io.BytesIO()
         buffer.write(self._header)
         return self._written(buffer, record, fixed_parts)
 
     def _written(self, buffer: io.BytesIO, record: Mapping[str, Any], fixed_parts: tuple[bytes, ...]) -> bytes:
         parts = iter(fixed_parts)
-        for is_fixed, schema, names in self._runs:
+        for (is_fixed, schema, names), direct in zip(self._runs, self._direct, strict=True):
             if is_fixed:
                 buffer.write(next(parts))
             else:
-                self._write(buffer, schema, names, record)
+                self._write_run(buffer, schema, names, direct, record)
         return buffer.getvalue()
+
+    def _write_run(self, buffer: io.BytesIO, schema: dict[str, Any], names: tuple[str, ...],
+                   direct: tuple[_DirectWriter, ...] | None, record: Mapping[str, Any]) -> None:
+        if direct is not None:
+            try:
+                buffer.write(b"".join([write(record[name]) for name, write in zip(names, direct, strict=True)]))
+                return
+            except (_NotDirect, KeyError):
+                pass  # fastavro decides: a default, or an error
+        self._write(buffer, schema, names, record)
 
     def _write(self, buffer: io.BytesIO, schema: dict[str, Any], names: tuple[str, ...],
                record: Mapping[str, Any]) -> None:
@@ -412,6 +447,130 @@ class RecordTemplate:
                                        strict_allow_default=True)
         except Exception as exc:  # any failure here means the record does not fit
             raise EncodeError(f"record does not fit {self.name} ({', '.join(names)}): {exc}") from exc
+
+
+class _NotDirect(Exception):
+    """A value the direct writers leave to fastavro (another type, out of range)."""
+
+
+_DirectWriter = Callable[[Any], bytes]
+_LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
+_INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
+_SMALL = [bytes((n,)) for n in range(0x80)]
+
+
+def _zigzag(value: int) -> bytes:
+    """Avro's encoding of an int or long: zig-zag, then base-128 varint."""
+    encoded = (value << 1) ^ (value >> 63)
+    if encoded < 0x80:
+        return _SMALL[encoded]
+    out = bytearray()
+    while encoded >= 0x80:
+        out.append((encoded & 0x7F) | 0x80)
+        encoded >>= 7
+    out.append(encoded)
+    return bytes(out)
+
+
+def _write_long(value: Any) -> bytes:
+    if type(value) is not int or not _LONG_MIN <= value <= _LONG_MAX:
+        raise _NotDirect
+    return _zigzag(value)
+
+
+def _write_int(value: Any) -> bytes:
+    if type(value) is not int or not _INT_MIN <= value <= _INT_MAX:
+        raise _NotDirect
+    return _zigzag(value)
+
+
+def _write_string(value: Any) -> bytes:
+    if type(value) is not str:
+        raise _NotDirect
+    try:
+        encoded = value.encode()
+    except UnicodeEncodeError as exc:
+        raise _NotDirect from exc
+    return _zigzag(len(encoded)) + encoded
+
+
+def _write_boolean(value: Any) -> bytes:
+    if type(value) is not bool:
+        raise _NotDirect
+    return b"\x01" if value else b"\x00"
+
+
+_PRIMITIVE_WRITERS: dict[str, _DirectWriter] = {"long": _write_long, "int": _write_int, "string": _write_string,
+                                                "boolean": _write_boolean}
+
+
+def _nullable(write: _DirectWriter) -> _DirectWriter:
+    def write_nullable(value: Any) -> bytes:
+        return b"\x00" if value is None else b"\x02" + write(value)  # branch 0 null, branch 1 the value
+    return write_nullable
+
+
+def _enum(symbols: list[str]) -> _DirectWriter:
+    indexes = {symbol: _zigzag(i) for i, symbol in enumerate(symbols)}
+
+    def write_enum(value: Any) -> bytes:
+        found = indexes.get(value) if type(value) is str else None
+        if found is None:
+            raise _NotDirect
+        return found
+    return write_enum
+
+
+def _array(write_item: _DirectWriter) -> _DirectWriter:
+    def write_array(value: Any) -> bytes:
+        if type(value) is not list:
+            raise _NotDirect
+        if not value:
+            return b"\x00"
+        return b"".join([_zigzag(len(value)), *[write_item(item) for item in value], b"\x00"])  # one block
+    return write_array
+
+
+def _record(names: tuple[str, ...], writers: tuple[_DirectWriter, ...]) -> _DirectWriter:
+    fields = tuple(zip(names, writers, strict=True))
+
+    def write_record(value: Any) -> bytes:
+        if type(value) is not dict:
+            raise _NotDirect
+        return b"".join([write(value[name]) for name, write in fields])  # a missing field: KeyError, fastavro's
+    return write_record
+
+
+def _direct_writer(avro_type: Any) -> _DirectWriter | None:
+    """A writer for a value of avro_type (as in a fastavro-parsed schema) that gives fastavro's
+    bytes, or raises _NotDirect (or KeyError) where fastavro would decide otherwise; None for a
+    type it does not write (a named type referred to by name, a union of other shapes, maps)."""
+    if isinstance(avro_type, str):
+        return _PRIMITIVE_WRITERS.get(avro_type)
+    if isinstance(avro_type, list):
+        if len(avro_type) != 2 or avro_type[0] != "null":
+            return None
+        found = _direct_writer(avro_type[1])
+        return None if found is None else _nullable(found)
+    if not isinstance(avro_type, dict):
+        return None
+    kind = avro_type.get("type")
+    if isinstance(kind, str) and kind in _PRIMITIVE_WRITERS:
+        return _PRIMITIVE_WRITERS[kind]
+    if kind == "enum":
+        return _enum(list(avro_type["symbols"]))
+    if kind == "array":
+        item = _direct_writer(avro_type["items"])
+        return None if item is None else _array(item)
+    if kind == "record":
+        writers = _direct_writers(avro_type["fields"])
+        return None if writers is None else _record(tuple(f["name"] for f in avro_type["fields"]), writers)
+    return None
+
+
+def _direct_writers(fields: list[dict[str, Any]]) -> tuple[_DirectWriter, ...] | None:
+    writers = [_direct_writer(f["type"]) for f in fields]
+    return None if any(w is None for w in writers) else tuple(w for w in writers if w is not None)
 
 
 def template(schema_name: str, fixed: Iterable[str], registry: SchemaRegistry) -> RecordTemplate:

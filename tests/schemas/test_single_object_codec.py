@@ -6,6 +6,7 @@ import io
 import json
 import random
 import re
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import avro.io
 import avro.schema
 import pytest
 
+from runtime_signals.schemas import codec as codec_module
 from runtime_signals.schemas.codec import (
     HEADER_BYTES,
     SchemaRegistry,
@@ -402,3 +404,95 @@ def test_a_new_schema_may_reference_shared_types_in_any_order(registry: SchemaRe
     schema = json.dumps(registry.current_schema("io.runtimesignals.test.PathSample"))
     assert schema.count('"symbols": ["NATIVE"') == 1
     avro.schema.parse(schema)
+
+
+def test_a_template_writes_per_record_strings_and_numbers_as_fastavro_does(
+    registry: SchemaRegistry, examples: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The per-call fields of a call record (string, int, long, nullable long) are written
+    # without fastavro; every value, in range or not, must give fastavro's bytes or its error.
+    event = examples["RuntimeCallEvent"]
+    per_call = ("event_id", "tid", "timestamp_ns", "received_at_us", "observed_at_us", "observation_count",
+                "last_timestamp_ns")
+    calls = template("RuntimeCallEvent", [name for name in event if name not in per_call], registry)
+    parts = calls.fixed_parts(event)
+    rng = random.Random(7)
+    edges = [0, 1, -1, 63, 64, -64, -65, 127, 128, 2**31 - 1, -2**31, 2**31, -2**31 - 1, 2**63 - 1, -2**63,
+             2**63, -2**63 - 1, True, 1.5, "7", None]
+    for _ in range(2_000):
+        record = dict(event)
+        for name in per_call[1:]:
+            record[name] = rng.choice(edges) if rng.random() < 0.3 else rng.randrange(-2**64, 2**64) >> rng.randrange(64)
+        record["event_id"] = rng.choice(["", "ü" * rng.randrange(100), str(uuid.UUID(int=rng.getrandbits(128))),
+                                         "\ud800", 5, None])
+        try:
+            expected: bytes | str = encode(record, "RuntimeCallEvent", registry)
+        except EncodeError as exc:
+            expected = type(exc).__name__
+        try:
+            written: bytes | str = calls.encode(record, parts)
+        except EncodeError as exc:
+            written = type(exc).__name__
+        assert written == expected, record
+    missing = dict(event)
+    del missing["last_timestamp_ns"]  # its default (null), as fastavro fills it in
+    expected_bytes = encode(event, "RuntimeCallEvent", registry)
+    assert calls.encode(missing, parts) == encode(missing, "RuntimeCallEvent", registry)
+
+    def no_fastavro(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("fastavro called for a per-call field")
+
+    # The point of the direct writers: a call's own fields cost no fastavro call at all.
+    monkeypatch.setattr(codec_module.fastavro, "schemaless_writer", no_fastavro)
+    assert calls.encode(event, parts) == expected_bytes
+
+
+def _random_value(rng: random.Random, like: Any) -> Any:
+    """A value shaped like `like` most of the time, something else sometimes."""
+    roll = rng.random()
+    if roll < 0.08:
+        return rng.choice([None, True, 3, -2**63 - 1, 2**63, 1.5, "x", b"x", [], {}, ("t",), "\ud800"])
+    if isinstance(like, bool):
+        return rng.random() < 0.5
+    if isinstance(like, int):
+        return rng.randrange(-2**63, 2**63) >> rng.randrange(64)
+    if isinstance(like, str):
+        return rng.choice(["", "ü" * rng.randrange(70), "a" * rng.randrange(200), like])
+    if isinstance(like, list):
+        return [_random_value(rng, like[0] if like else "s") for _ in range(rng.randrange(4))]
+    if isinstance(like, dict):
+        return {name: _random_value(rng, value) for name, value in like.items()
+                if rng.random() > 0.02}  # a field left out now and then
+    return like
+
+
+@pytest.mark.parametrize(("schema", "fixed"), [
+    ("RuntimeCallEvent", ("container_id", "pid", "symbol", "function_address", "stack_trace", "runtime_type",
+                          "library", "purl", "function_signature", "binary_digest", "binary_offset", "node_hash",
+                          "callstack_hash", "host", "agent_id", "cgroup_id", "probe_id", "stack_frames",
+                          "stack_truncated", "truncation_reason", "executable", "executable_digest",
+                          "executable_purl", "comm")),
+    ("ObservedCallPath", ("symbols", "purl", "node_hashes", "path_hash", "callstack_hash", "function_signatures",
+                          "binary_digests", "binary_offsets", "libraries", "purls", "addresses", "hash_recipe")),
+])
+def test_a_template_s_runs_are_fastavro_s_bytes_for_any_values(
+    registry: SchemaRegistry, examples: dict[str, dict[str, Any]], schema: str, fixed: tuple[str, ...]
+) -> None:
+    # Fixed and per-record runs alike are written without fastavro where their types allow
+    # (strings, numbers, booleans, enums, arrays, records, nullable ones): every value, of
+    # the right shape or not, must give fastavro's bytes, or the error it gives.
+    example = examples[schema]
+    runs = template(schema, fixed, registry)
+    rng = random.Random(11)
+    for _ in range(1_500):
+        record = {name: (_random_value(rng, value) if rng.random() < 0.2 else value)
+                  for name, value in example.items()}
+        try:
+            expected: bytes | str = encode(record, schema, registry)
+        except EncodeError as exc:
+            expected = type(exc).__name__
+        try:
+            written: bytes | str = runs.encode(record, runs.fixed_parts(record))
+        except EncodeError as exc:
+            written = type(exc).__name__
+        assert written == expected, record
