@@ -14,6 +14,7 @@ import ctypes
 import logging
 import mmap
 import os
+import platform
 import struct
 import threading
 import time
@@ -50,6 +51,11 @@ _PAGE_BYTES = mmap.PAGESIZE
 _CALL_HEAD = struct.Struct("<QQQQQQIIIIII")
 _PY_HEAD = struct.Struct("<IIII")
 _PY_FRAME_BYTES = 16
+# The agent reads the ring buffer's memory itself (agent/ringbuf.py) where the CPU keeps loads
+# in order with loads and stores with stores (x86-64), which is what the ring's protocol asks
+# of a reader (an acquire on a record's header, a release of the consumer position) and what
+# Python cannot ask for otherwise. Elsewhere (arm64) libbpf's reader, through bcc, does it.
+READ_RING_DIRECTLY = platform.machine() in ("x86_64", "AMD64")
 _DEDUP_READ_CHUNK = 1024
 _MAP_NAMES = (b"events", b"counters", b"probe_config", b"rate_state", b"scratch", b"nesting",
               b"dedup_a", b"dedup_b", b"dedup_active", b"unwind_rows", b"unwind_tables", b"proc_mappings",
@@ -521,11 +527,20 @@ class CallTracer:
 
     def on_event(self, callback: Callable[[RawCall], None]) -> None:
         """Route each record (ring buffer and dedup flushes) to callback(RawCall)."""
+        first = self._callback is None
         self._callback = callback
-        if self._reader is None:
+        if not first:
+            return
+        if READ_RING_DIRECTLY:
             self._reader = RingReader(self._events.get_fd(), self.ringbuf_bytes)
+        else:
+            def _handle(_ctx: object, data: int, size: int) -> int:
+                self._on_record((ctypes.c_char * size).from_address(data), 0, size)
+                return 0
 
-    def _on_record(self, buffer: mmap.mmap, at: int, length: int) -> None:
+            self._events.open_ring_buffer(_handle)
+
+    def _on_record(self, buffer: mmap.mmap | ctypes.Array[ctypes.c_char], at: int, length: int) -> None:
         try:
             call = self._raw_call_at(buffer, at, length)
         except ValueError as exc:
@@ -538,7 +553,7 @@ class CallTracer:
             except Exception:  # one record's failure must not stop the ones behind it
                 log.exception("handling the call record of pid %d failed", call.pid)
 
-    def _raw_call_at(self, buffer: mmap.mmap, at: int, length: int) -> RawCall:
+    def _raw_call_at(self, buffer: mmap.mmap | ctypes.Array[ctypes.c_char], at: int, length: int) -> RawCall:
         """struct call_event at buffer[at:at + length], read in one pass."""
         if length < self._py_frames_at:
             raise ValueError(f"{length} bytes, shorter than a call record ({self._py_frames_at} at least)")
@@ -577,15 +592,19 @@ class CallTracer:
 
     def poll(self, timeout_ms: int) -> None:
         """Wait up to timeout_ms for ring-buffer records and deliver them to the callback."""
-        if self._reader is None:
+        if self._reader is not None:
+            self._reader.poll(self._on_record, timeout_ms)
+        elif self._callback is not None:
+            self._bpf.ring_buffer_poll(timeout_ms)
+        else:
             time.sleep(timeout_ms / 1000)  # nobody to deliver to: on_event() not called yet
-            return
-        self._reader.poll(self._on_record, timeout_ms)
 
     def drain(self) -> None:
         """Deliver every record already in the ring buffer, without waiting."""
         if self._reader is not None:
             self._reader.consume(self._on_record)
+        elif self._callback is not None:
+            self._bpf.ring_buffer_consume()
 
     def collect(self) -> int:
         """Deliver every call made before this method was entered: swap the dedup maps

@@ -12,8 +12,10 @@ The protocol (kernel/bpf/ringbuf.c): every record starts with an 8-byte header w
 u32 is its length, with BUSY (1 << 31) while the producer is still writing it and DISCARD
 (1 << 30) when it was reserved and thrown away; records are 8-byte aligned. The reader
 stops at the first busy record and publishes how far it has read in the consumer page,
-which frees that space for the producer. x86-64 and arm64 loads and stores of an aligned
-u64 are single accesses; the mmap'd consumer position is written as one such store.
+which frees that space for the producer. The kernel pairs its writes with acquire and release
+barriers that Python cannot place: only on x86-64, whose loads are not reordered with loads
+nor stores with stores, does plain access keep the protocol (agent/probes.py reads the ring
+this way there only). An aligned u64 is one access: the consumer position is one store.
 """
 
 from __future__ import annotations
