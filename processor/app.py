@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import time
 from collections import Counter
@@ -527,6 +528,16 @@ class Worker:
             raise ProcessorError(f"worker stopped: {self.fatal!r}") from self.fatal
 
 
+# A worker's heap is mostly long-lived (open windows, named stacks, frames, latest states),
+# and its allocations churn: at Python's default (a young collection every 700 allocations,
+# an older one every 10 of those) the collector keeps traversing that heap. Collected less
+# often, the Engine cost 5-8 % less CPU per record on the fleet recordings (docs/benchmarks.md);
+# cyclic garbage waits a little longer, nothing else changes.
+GC_THRESHOLDS = (20_000, 10, 10)
+
+
 def run_worker(settings: ProcessorSettings) -> None:
     """Run one faust worker in the foreground until SIGINT/SIGTERM."""
+    gc.set_threshold(*GC_THRESHOLDS)
+    gc.freeze()  # what start-up made (modules, faust, the settings) is never garbage
     Worker(settings).run()
