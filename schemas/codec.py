@@ -535,9 +535,10 @@ def _record(names: tuple[str, ...], writers: tuple[_DirectWriter, ...]) -> _Dire
     fields = tuple(zip(names, writers, strict=True))
 
     def write_record(value: Any) -> bytes:
-        if type(value) is not dict:
+        # A field left out (a default) or one the schema does not have (an error): fastavro's.
+        if type(value) is not dict or len(value) != len(fields):
             raise _NotDirect
-        return b"".join([write(value[name]) for name, write in fields])  # a missing field: KeyError, fastavro's
+        return b"".join([write(value[name]) for name, write in fields])
     return write_record
 
 
