@@ -56,6 +56,8 @@ _PY_FRAME_BYTES = 16
 # of a reader (an acquire on a record's header, a release of the consumer position) and what
 # Python cannot ask for otherwise. Elsewhere (arm64) libbpf's reader, through bcc, does it.
 READ_RING_DIRECTLY = platform.machine() in ("x86_64", "AMD64")
+# Where a call record is read from: the ring's memory, a record libbpf hands over, a Structure.
+_CallBuffer = mmap.mmap | ctypes.Array[ctypes.c_char] | ctypes.Structure
 _DEDUP_READ_CHUNK = 1024
 _MAP_NAMES = (b"events", b"counters", b"probe_config", b"rate_state", b"scratch", b"nesting",
               b"dedup_a", b"dedup_b", b"dedup_active", b"unwind_rows", b"unwind_tables", b"proc_mappings",
@@ -258,7 +260,6 @@ class CallTracer:
         self._set_active_dedup(0)
         self._ringbuf_positions = self._map_ringbuf_positions()
         self._reader: RingReader | None = None  # made by on_event()
-        self.malformed_records = 0  # ring buffer records too short to be a call record
         # struct call_event as laid out by ctypes (agent/wire.py): read with struct, not ctypes.
         event_type = self._event_type
         if _CALL_HEAD.size != event_type.frames.offset:
@@ -540,11 +541,10 @@ class CallTracer:
 
             self._events.open_ring_buffer(_handle)
 
-    def _on_record(self, buffer: mmap.mmap | ctypes.Array[ctypes.c_char], at: int, length: int) -> None:
+    def _on_record(self, buffer: _CallBuffer, at: int, length: int) -> None:
         try:
             call = self._raw_call_at(buffer, at, length)
-        except ValueError as exc:
-            self.malformed_records += 1
+        except ValueError as exc:  # the kernel writes whole records: never seen
             log.error("ring buffer record at %d: %s", at, exc)
             return
         if self._callback is not None:
@@ -553,7 +553,7 @@ class CallTracer:
             except Exception:  # one record's failure must not stop the ones behind it
                 log.exception("handling the call record of pid %d failed", call.pid)
 
-    def _raw_call_at(self, buffer: mmap.mmap | ctypes.Array[ctypes.c_char], at: int, length: int) -> RawCall:
+    def _raw_call_at(self, buffer: _CallBuffer, at: int, length: int) -> RawCall:
         """struct call_event at buffer[at:at + length], read in one pass."""
         if length < self._py_frames_at:
             raise ValueError(f"{length} bytes, shorter than a call record ({self._py_frames_at} at least)")
@@ -579,16 +579,8 @@ class CallTracer:
         self._uprobes.remove_stale(timeout_s=1.0)
 
     def to_raw_call(self, raw: ctypes.Structure) -> RawCall:
-        return self._to_raw_call(raw)
-
-    def _to_raw_call(self, raw: ctypes.Structure) -> RawCall:
-        count = min(raw.frame_count, self.max_frames)
-        return RawCall(boot_ns=raw.boot_ns, cgroup_id=raw.cgroup_id, function_address=raw.function_address,
-                       pid=raw.pid, tid=raw.tid, flags=raw.flags, frames=tuple(raw.frames[:count]),
-                       count=raw.count, last_boot_ns=raw.last_boot_ns, probe_index=raw.probe_index,
-                       end_reason=raw.end_reason,
-                       py_frames=tuple((f.code, f.name) for f in raw.py_frames[:min(raw.py_frame_count, PY_MAX_FRAMES)]),
-                       py_flags=raw.py_flags, py_entries=raw.py_entries)
+        """A struct call_event read from a ctypes Structure (dedup maps, a pinned ring)."""
+        return self._raw_call_at(raw, 0, ctypes.sizeof(raw))
 
     def poll(self, timeout_ms: int) -> None:
         """Wait up to timeout_ms for ring-buffer records and deliver them to the callback."""
@@ -647,7 +639,7 @@ class CallTracer:
             for i in range(count.value):
                 delivered += 1
                 if self._callback is not None:
-                    self._callback(self._to_raw_call(values[i]))
+                    self._callback(self.to_raw_call(values[i]))
             if result != 0:
                 if error == 2:  # ENOENT: the whole map has been read
                     return delivered

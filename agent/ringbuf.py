@@ -3,7 +3,7 @@ does, without a ctypes callback per record.
 
 Why: bcc hands each record to Python through a ctypes callback and the reader then casts
 it to a ctypes Structure and reads its fields one attribute at a time: at tens of thousands
-of calls a second those were a fifth of the agent's CPU (docs/benchmarks.md, section 2).
+of calls a second those were about 15 % of the agent's CPU (docs/benchmarks.md, section 2).
 Here the agent maps the ring (the kernel's layout: a consumer page it may write, a producer
 page, then the data pages mapped twice so that a record that wraps reads as one run) and
 reads each record with struct in one pass.
@@ -51,8 +51,6 @@ class RingReader:
         self._mask = data_bytes - 1
         self._epoll = select.epoll()
         self._epoll.register(map_fd, select.EPOLLIN)
-        self.records = 0  # handed over, ever
-        self.discarded = 0  # reserved and thrown away by the producer
 
     def poll(self, handle: RecordHandler, timeout_ms: int) -> int:
         """Wait up to timeout_ms for records, then hand every committed one over; returns how many."""
@@ -79,8 +77,7 @@ class RingReader:
                     return handled  # being written: the next poll takes it
                 length = header & ~(_BUSY | _DISCARD)
                 position += (length + _HEADER_BYTES + 7) & ~7
-                if header & _DISCARD:
-                    self.discarded += 1
+                if header & _DISCARD:  # reserved, then thrown away by the producer
                     self._consumer.value = position
                     continue
                 try:
@@ -90,7 +87,6 @@ class RingReader:
                     # that cannot be handled must not be handed over again and again.
                     self._consumer.value = position
                 handled += 1
-                self.records += 1
 
     def close(self) -> None:
         if self._ring.closed:

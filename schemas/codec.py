@@ -374,23 +374,27 @@ class RecordTemplate:
                 self._runs[-1] = (is_fixed, {**run[1], "fields": [*run[1]["fields"], f]}, (*run[2], f["name"]))
             else:
                 self._runs.append((is_fixed, {**parsed, "fields": [f]}, (f["name"],)))
-        # A per-record run of strings, ints and longs (nullable or not), such as a call's id,
-        # thread, times and count, is written here rather than by fastavro, whose per-call set-up
-        # cost more than the few bytes it writes; anything else takes fastavro.
+        # Runs whose types the direct writers take (strings, numbers, booleans, enums, arrays,
+        # records, nullable ones) are written without fastavro, whose set-up per call cost more
+        # than the few bytes of a call's own fields; the rest, and any value they leave, fastavro.
         self._direct: list[tuple[_DirectWriter, ...] | None] = [
             _direct_writers(schema["fields"]) for _, schema, _ in self._runs]
-        # When every per-record run is such, a record is written in one pass: a fixed run's
-        # index in fixed_parts, or a field's name and writer, in field order.
-        self._plan: tuple[tuple[int, str, _DirectWriter | None], ...] | None = None
-        if all(d is not None for (is_fixed, _, _), d in zip(self._runs, self._direct, strict=True) if not is_fixed):
-            plan: list[tuple[int, str, _DirectWriter | None]] = []
-            for (is_fixed, _, names), direct in zip(self._runs, self._direct, strict=True):
-                if is_fixed:
-                    plan.append((sum(1 for step in plan if step[2] is None), "", None))
-                else:
-                    assert direct is not None
-                    plan += [(-1, name, write) for name, write in zip(names, direct, strict=True)]
-            self._plan = tuple(plan)
+        self._plan = self._one_pass_plan()
+
+    def _one_pass_plan(self) -> tuple[tuple[int, str, _DirectWriter | None], ...] | None:
+        """When every per-record run has direct writers, a record is written in one pass over
+        this: a fixed run's index in fixed_parts, or a field's name and writer, in field order."""
+        plan: list[tuple[int, str, _DirectWriter | None]] = []
+        fixed_index = 0
+        for (is_fixed, _, names), direct in zip(self._runs, self._direct, strict=True):
+            if is_fixed:
+                plan.append((fixed_index, "", None))
+                fixed_index += 1
+            elif direct is None:
+                return None
+            else:
+                plan += [(-1, name, write) for name, write in zip(names, direct, strict=True)]
+        return tuple(plan)
 
     def fixed_parts(self, record: Mapping[str, Any]) -> tuple[bytes, ...]:
         """The fixed runs of ``record``, encoded: what body() and encode() reuse."""
@@ -405,23 +409,23 @@ class RecordTemplate:
     def body(self, record: Mapping[str, Any], fixed_parts: tuple[bytes, ...]) -> bytes:
         """``record``'s encoding without a header (an item, for encode_with_items()), its
         fixed fields taken from ``fixed_parts`` (of a record with the same fixed values)."""
-        return self._written(io.BytesIO(), record, fixed_parts)
+        return self._written(b"", record, fixed_parts)
 
     def encode(self, record: Mapping[str, Any], fixed_parts: tuple[bytes, ...]) -> bytes:
         """encode(record), its fixed fields taken from ``fixed_parts``."""
+        return self._written(self._header, record, fixed_parts)
+
+    def _written(self, prefix: bytes, record: Mapping[str, Any], fixed_parts: tuple[bytes, ...]) -> bytes:
         if self._plan is not None:
             try:
-                pieces = [self._header]
+                pieces = [prefix]
                 for index, name, write in self._plan:
                     pieces.append(fixed_parts[index] if write is None else write(record[name]))
                 return b"".join(pieces)
             except (_NotDirect, KeyError):
                 pass  # fastavro decides, below: a default, or an error
         buffer = io.BytesIO()
-        buffer.write(self._header)
-        return self._written(buffer, record, fixed_parts)
-
-    def _written(self, buffer: io.BytesIO, record: Mapping[str, Any], fixed_parts: tuple[bytes, ...]) -> bytes:
+        buffer.write(prefix)
         parts = iter(fixed_parts)
         for (is_fixed, schema, names), direct in zip(self._runs, self._direct, strict=True):
             if is_fixed:
