@@ -2,8 +2,10 @@
 
 No logic lives here: processor/engine.py decides everything; this wires it to faust.
 
-What faust does: it runs the consumer group (aiokafka), the fetch loop, the producer, the
-timers, and the web server for /metrics, /healthz and /readyz. Its fetch loop hands each
+What faust does: it runs the consumer group (aiokafka), the fetch loop, the timers, and the
+web server for /metrics, /healthz and /readyz. Every record the worker writes (outputs and
+checkpoints) goes through librdkafka (kafka_io.OutputWriter), which batches and compresses
+in its own threads; aiokafka's producer did both in Python on the event loop. Its fetch loop hands each
 partition's fetched raw records straight to the worker (_process_batch), in partition order,
 not through faust's per-record message, conductor and stream, which cost more than the
 consume + decode floor on their own (faust_config.StepFirstConsumer); an agent on the raw
@@ -40,7 +42,7 @@ import gc
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -54,11 +56,17 @@ from runtime_signals.kafka.provenance import ProvenanceError, RecordVerifier
 from runtime_signals.processor import metrics
 from runtime_signals.processor.checkpoint import checkpoint_topic
 from runtime_signals.processor.engine import Engine, EngineSettings, Output
-from runtime_signals.processor.errors import ConfigError, DeliveryError, ProcessorError
+from runtime_signals.processor.errors import ConfigError, ProcessorError
 from runtime_signals.processor.faust_config import build_app, check_port_free
 from runtime_signals.processor.inflight import InflightLog
 from runtime_signals.processor.intake import Rejected
-from runtime_signals.processor.kafka_io import BinaryFeed, CheckpointStore, partition_count, read_partition
+from runtime_signals.processor.kafka_io import (
+    BinaryFeed,
+    CheckpointStore,
+    OutputWriter,
+    partition_count,
+    read_partition,
+)
 from runtime_signals.processor.settings import ProcessorSettings
 from runtime_signals.processor.symbol_store import SymbolStore
 from runtime_signals.schemas import codec, hashing
@@ -135,7 +143,7 @@ class Worker:
                                 self._registry, f"{settings.app_id}.binaries",
                                 provenance=self._feed_provenance)
         self._written: dict[int, bytes] = {}       # last checkpoint written per partition
-        self._unacked: list[tuple[Awaitable[Any], str, bytes | None]] = []   # (delivery, topic, key)
+        self._writer = OutputWriter(connection)
         self._lock = asyncio.Lock()
         self._stopping = False
         self._ready_logged = False
@@ -149,8 +157,7 @@ class Worker:
 
         self.app = app = build_app(settings)
         app.batch_handlers = {raw: self._process_batch}  # before faust makes its consumer
-        self._outputs = {kind: app.topic(name, key_type=bytes, value_type=bytes) for kind, name in names.items()}
-        self._checkpoint_out = app.topic(self._checkpoints.topic, key_type=bytes, value_type=bytes)
+        self._output_topics = names
         raw_topic = app.topic(raw, key_type=bytes, value_type=bytes, acks=False)
         app.agent(raw_topic, name="raw-records")(self._process)
         interval_s = settings.checkpoint_interval_ms / 1000
@@ -248,26 +255,18 @@ class Worker:
             if output.kind == "latest":
                 # Next to the raw partition's other states, so a new owner reads one partition back.
                 partition = output.source_partition % self._latest_partitions
-            topic = self._outputs[output.kind]
-            delivery = await topic.send(key=output.key, value=output.value, partition=partition,
-                                        headers=list(output.headers) or None)
-            self._unacked.append((delivery, topic.get_topic_name(), output.key))
+            await self._write(self._output_topics[output.kind], output.key, output.value, partition,
+                              output.headers)
+
+    async def _write(self, topic: str, key: bytes | None, value: bytes, partition: int | None,
+                     headers: Sequence[tuple[str, bytes]] = ()) -> None:
+        while not self._writer.send(topic, key, value, partition, headers):
+            await asyncio.to_thread(self._writer.wait_for_room)  # librdkafka's queue is full
 
     async def _acknowledged(self) -> None:
-        """Return when the broker acknowledged every output sent so far (acks=all), or raise
+        """Return when the broker acknowledged every record written so far (acks=all), or raise
         DeliveryError naming the first it refused."""
-        await self.app.producer.flush()
-        unacked, self._unacked = self._unacked, []
-        try:
-            results = await asyncio.wait_for(
-                asyncio.gather(*(delivery for delivery, _, _ in unacked), return_exceptions=True), _ACK_TIMEOUT_S)
-        except TimeoutError as exc:
-            raise DeliveryError(f"{len(unacked)} output(s) not acknowledged within {_ACK_TIMEOUT_S:.0f}s; is the "
-                                f"broker reachable?") from exc
-        for (_, topic, key), result in zip(unacked, results, strict=False):
-            if isinstance(result, BaseException):
-                raise DeliveryError(f"{topic} key={key!r}: refused by the broker: {result!r}; offsets were not "
-                                    f"advanced past it") from result
+        await asyncio.to_thread(self._writer.acknowledged, _ACK_TIMEOUT_S)
 
     # -- checkpoints -----------------------------------------------------------------
 
@@ -283,8 +282,7 @@ class Worker:
         await self._acknowledged()  # everything a checkpoint covers is acknowledged first
         for checkpoint_, value in changed:
             key = f"{checkpoint_.raw_topic}|{checkpoint_.partition}".encode()
-            delivery = await self._checkpoint_out.send(key=key, value=value, partition=checkpoint_.partition)
-            self._unacked.append((delivery, self._checkpoints.topic, key))
+            await self._write(self._checkpoints.topic, key, value, checkpoint_.partition)
         await self._acknowledged()
         for checkpoint_, value in changed:
             self._written[checkpoint_.partition] = value
@@ -476,6 +474,7 @@ class Worker:
             taken = metrics.Status(
                 counts=dict(self.engine.counts), events_per_second=(total - events) / max(1e-3, now - at),
                 open_windows=self.engine.open_windows(), pending_windows=self.engine.pending_windows(),
+                output_queue_records=self._writer.queued(),
                 symbol_tables=len(self._symbols), symbols_held=self._symbols.symbols_held,
                 store_counts=dict(self._symbols.counts), watermarks_us=self.engine.watermarks_us(),
                 caches={**self._symbols.sizes(), **self._provenance_sizes(), **self.engine.cache_sizes(),
@@ -522,6 +521,7 @@ class Worker:
         finally:
             self._feed.close()
             self._checkpoints.close()
+            self._writer.close()
         if self.fatal is not None:
             if isinstance(self.fatal, ProcessorError):
                 raise self.fatal

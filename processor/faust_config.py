@@ -1,11 +1,11 @@
-"""The faust App of a processor worker: settings, security, producer. No logic.
+"""The faust App of a processor worker: settings, security, consumer. No logic.
 
 Every setting here serves the exactness mechanism of docs/processor.md:
 - the raw topic is declared with acks=False and the agent reads it with noack(), so faust
   never commits an offset on its own: the worker commits a partition's replay offset after
   its checkpoint is written (processor/faust_app.py);
-- the producer is idempotent with acks=all, like the agent's, so a retried output is never
-  written twice and never reordered;
+- nothing is written through faust's producer: the worker writes its outputs and
+  checkpoints with librdkafka (kafka_io.OutputWriter: idempotent, acks=all);
 - no faust tables, no leader topic, no topic declaration: the topics exist (created with
   explicit settings by `signals kafka topics`), and state lives in checkpoints.
 """
@@ -22,22 +22,13 @@ from typing import Any, cast
 import faust
 from faust.tables import TableManager
 from faust.transport.drivers import aiokafka as aiokafka_driver
-from faust.types import TP, ConsumerT, ProducerT
+from faust.types import TP, ConsumerT
 from mode import Service, ServiceT
 from mode.services import WaitArgT, WaitResults
 from mode.utils.times import Seconds
 
 from runtime_signals.processor.errors import ConfigError
 from runtime_signals.processor.settings import ProcessorSettings
-from runtime_signals.schemas.topics import LARGE_RECORD_MAX_BYTES
-
-
-class IdempotentProducer(aiokafka_driver.Producer):
-    """faust's aiokafka producer with enable_idempotence, which faust turns on only for
-    its exactly-once mode (faust/transport/drivers/aiokafka.py, Producer._settings_extra)."""
-
-    def _settings_extra(self) -> Mapping[str, Any]:
-        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
 
 
 class StepFirst(Service):
@@ -181,8 +172,8 @@ class NoTablesManager(TableManager):
 
 
 class ProcessorApp(faust.App):
-    """faust.App whose producer is idempotent and whose consumer steps each record in place,
-    or hands a topic's records to its batch handler (set before the worker starts)."""
+    """faust.App whose consumer steps each record in place, or hands a topic's records to its
+    batch handler (set before the worker starts)."""
 
     batch_handlers: dict[str, BatchHandler]
 
@@ -193,9 +184,6 @@ class ProcessorApp(faust.App):
                                      beacon=self.beacon, loop=self.transport.loop)
         consumer.batch_handlers = dict(getattr(self, "batch_handlers", {}))
         return consumer
-
-    def _new_producer(self) -> ProducerT:
-        return IdempotentProducer(self.transport, loop=self.loop, beacon=self.beacon)
 
 
 def broker_urls(bootstrap_servers: str) -> list[str]:
@@ -284,16 +272,6 @@ def build_app(settings: ProcessorSettings) -> ProcessorApp:
         broker_request_timeout=max(90.0, session_timeout_s),  # faust requires >= session timeout
         # faust's own commit loop has nothing to commit (no acks); the worker commits.
         broker_commit_interval=3600.0,
-        producer_acks=-1,
-        producer_linger=0.02,
-        # Batches of up to 1 MiB (librdkafka's default; aiokafka's is 16 KiB): a window's
-        # outputs go out in a few large compressed requests, not one per handful of paths
-        # (the sends' syscalls were a fifth of a worker's CPU on the fleet recording).
-        producer_max_batch_size=1_048_576,
-        producer_compression_type="zstd",
-        # A summary or latest state of a container with many paths can pass the 1 MiB
-        # default; their topics accept up to this (schemas/topics.py).
-        producer_max_request_size=LARGE_RECORD_MAX_BYTES,
         topic_allow_declare=False,
         topic_disable_leader=True,
         TableManager=NoTablesManager,

@@ -1,9 +1,11 @@
-"""The processor's side readers: assign-only confluent-kafka clients outside the consumer
-group, no logic. faust (processor/app.py) runs the group, the raw topic and every write;
-these read what a worker needs whole, whichever partitions it owns:
+"""The worker's confluent-kafka clients beside faust, no logic. faust (processor/app.py) runs
+the group and the raw topic; these write every output and checkpoint, and read, outside the
+group, what a worker needs whole, whichever partitions it owns:
 
+- OutputWriter: every record the worker writes (outputs and checkpoints), through
+  librdkafka: batching and compression in librdkafka's threads, not on the event loop.
 - CheckpointStore: the worker group's checkpoint topic (processor/checkpoint.py): created
-  here, read on assignment (faust's producer writes it).
+  here, read on assignment.
 - BinaryFeed: the symbols and modules topics, every partition from the beginning, into the
   SymbolStore (a faust agent would share their partitions among the workers).
 - read_partition: a whole partition up to its end (restoring the latest state).
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import (
@@ -25,13 +27,14 @@ from confluent_kafka import (
     KafkaError,
     KafkaException,
     Message,
+    Producer,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
 from runtime_signals.kafka.provenance import PRINCIPAL_HEADER, RecordVerifier
 from runtime_signals.processor.checkpoint import Checkpoint
-from runtime_signals.processor.errors import BrokerError, CheckpointError, ConfigError
+from runtime_signals.processor.errors import BrokerError, CheckpointError, ConfigError, DeliveryError
 from runtime_signals.processor.symbol_store import SymbolStore
 from runtime_signals.schemas import codec
 from runtime_signals.schemas.errors import SchemaError
@@ -88,6 +91,75 @@ def partition_count(admin: AdminClient, topic: str, timeout_s: float = 10.0) -> 
         raise ConfigError(f"topic {topic!r} does not exist on the broker: create the pipeline's topics "
                           f"first (`signals kafka topics --topic-prefix PREFIX`)")
     return len(described.partitions)
+
+
+class OutputWriter:
+    """The worker's producer: idempotent with acks=all (a retry neither duplicates nor
+    reorders a partition's records), zstd, batches of up to 1 MiB, and Kafka's key
+    partitioner (murmur2, as the Java client and aiokafka: a key lands where it always
+    has). A record is only handed over here; acknowledged() says when the broker has taken
+    every one, or raises DeliveryError naming the first it refused. Bounded by librdkafka's
+    queue (max_queued_kbytes); send() returns False while it is full."""
+
+    def __init__(self, connection: Connection, max_queued_kbytes: int = 262_144) -> None:
+        self._producer = Producer({
+            **connection, "acks": "all", "enable.idempotence": True, "compression.type": "zstd",
+            "linger.ms": 20, "batch.size": 1_048_576, "partitioner": "murmur2_random",
+            # Summaries and latest states up to what their topics take (schemas/topics.py),
+            # with room for the request's own framing.
+            "message.max.bytes": LARGE_RECORD_MAX_BYTES + 65_536,
+            "queue.buffering.max.kbytes": max_queued_kbytes})
+        self._refused: list[tuple[str, bytes | None, KafkaError]] = []
+        self._since_poll = 0
+
+    def _delivered(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self._refused.append((message.topic() or "?", message.key(), error))
+
+    def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None,
+             headers: Sequence[tuple[str, bytes]] = ()) -> bool:
+        """Queue one record; False (nothing queued) while librdkafka's queue is full: call
+        wait_for_room() and send it again."""
+        wire: list[tuple[str, str | bytes | None]] | None = list(headers) if headers else None
+        try:
+            if partition is None:
+                self._producer.produce(topic, value, key, headers=wire, on_delivery=self._delivered)
+            else:
+                self._producer.produce(topic, value, key, partition, headers=wire, on_delivery=self._delivered)
+        except BufferError:
+            return False
+        self._since_poll += 1
+        if self._since_poll >= 256:  # delivery reports free their records' memory when served
+            self._since_poll = 0
+            self._producer.poll(0)
+        return True
+
+    def queued(self) -> int:
+        """Records handed over and not yet acknowledged or refused."""
+        return len(self._producer)
+
+    def wait_for_room(self, timeout_s: float = 0.1) -> None:
+        """Serve delivery reports for up to timeout_s (blocks: call it off the event loop)."""
+        self._producer.poll(timeout_s)
+
+    def acknowledged(self, timeout_s: float) -> None:
+        """Return when the broker has acknowledged every record sent so far; raise
+        DeliveryError when it refused one, or had not answered within timeout_s (blocks)."""
+        remaining = self._producer.flush(timeout_s)
+        refused, self._refused = self._refused, []
+        if refused:
+            topic, key, error = refused[0]
+            raise DeliveryError(f"{topic} key={key!r}: refused by the broker: {error.str()} ({error.name()}); "
+                                f"{len(refused)} record(s) refused, offsets were not advanced past them")
+        if remaining:
+            raise DeliveryError(f"{remaining} output(s) not acknowledged within {timeout_s:.0f}s; is the broker "
+                                f"reachable?")
+
+    def close(self) -> None:
+        """Drop what was not delivered (the worker stops: a restart resumes from its last
+        checkpoint, which covers none of it)."""
+        self._producer.purge()
+        self._producer.flush(0)
 
 
 class CheckpointStore:

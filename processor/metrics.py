@@ -88,6 +88,7 @@ class Status:
     events_per_second: float = 0.0
     open_windows: int = 0
     pending_windows: int = 0
+    output_queue_records: int = 0  # handed to the producer, not yet acknowledged
     symbol_tables: int = 0
     symbols_held: int = 0
     store_counts: Mapping[str, int] = field(default_factory=dict)
@@ -119,6 +120,8 @@ class StatusCollector(Collector):
                                 value=status.open_windows)
         yield GaugeMetricFamily(PREFIX + "pending_windows", "Closed windows waiting for symbol tables.",
                                 value=status.pending_windows)
+        yield GaugeMetricFamily(PREFIX + "output_queue_records", "Records written and not yet acknowledged by the "
+                                "broker (bounded by the producer's queue, 256 MiB).", value=status.output_queue_records)
         yield GaugeMetricFamily(PREFIX + "symbol_tables", "Binaries with a symbol table loaded.",
                                 value=status.symbol_tables)
         yield GaugeMetricFamily(PREFIX + "symbols_held", "Symbols held in memory over all tables (bounded).",
