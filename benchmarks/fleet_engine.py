@@ -12,6 +12,7 @@ same records with schemas.codec) in the same process, one after the other.
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import sys
@@ -22,6 +23,7 @@ from typing import Any
 
 from runtime_signals.capture.file import read_capture
 from runtime_signals.consumer.kafka import KafkaRecord, TimestampType
+from runtime_signals.processor.app import GC_THRESHOLDS
 from runtime_signals.processor.engine import Engine, EngineSettings
 from runtime_signals.processor.symbol_store import SymbolStore
 from runtime_signals.processor.windows import WindowSpec
@@ -155,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure a fleet of NODES nodes that sends watermarks only (12 partitions)")
     parser.add_argument("--out", type=Path, help="append each row as a JSON line here")
     args = parser.parse_args(argv)
+    gc.set_threshold(*GC_THRESHOLDS)  # as a worker collects (processor/app.py)
     rows = [measure(recording) for recording in args.recordings]
     if args.watermarks_of:
         rows.append(watermark_cost(FleetSpec(nodes=args.watermarks_of, mean_calls_per_interval=0, intervals=4)))
