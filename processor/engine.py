@@ -20,7 +20,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from runtime_signals.config.schema import ProcessorSection
 from runtime_signals.kafka.provenance import RecordVerifier, speaks_for
@@ -362,12 +362,9 @@ class Engine:
     def _call(self, state: PartitionState, offset: int, key: bytes | None, value: bytes | None,
               headers: Headers, call: CallRecord, replaying: bool) -> list[Output]:
         spec = self.settings.window
-
-        def create(window_key: Any) -> WindowAggregate:
-            return WindowAggregate(window_key, window_key.start_us + spec.size_us, first_offset=offset)
-
         windows = state.windows
-        if not replaying and spec.start_of(call.last_observed_at_us) != spec.start_of(call.observed_at_us):
+        if not replaying and call.last_observed_at_us != call.observed_at_us and \
+                spec.start_of(call.last_observed_at_us) != spec.start_of(call.observed_at_us):
             # The agent folded calls of two windows into one record: the window length is not
             # a multiple of its flush interval. Counted in the first call's window, reported.
             self.counts["records_spanning_windows"] += 1
@@ -378,7 +375,8 @@ class Engine:
                             "--watermark-interval-ms", self.settings.raw_topic, state.partition, offset,
                             call.observation_count, call.observed_at_us, call.last_observed_at_us, spec.size_ms)
         if not windows.is_late(call.observed_at_us):
-            window = windows.window_for(call.container_id, call.observed_at_us, create)
+            window = windows.find(call.container_id, call.observed_at_us) or \
+                self._open_window(windows, call.container_id, call.observed_at_us, offset)
             full = window.event_ids_full
             if window.is_repeat(call, self.settings.limits.max_event_ids_per_window):
                 if not replaying:
@@ -393,7 +391,7 @@ class Engine:
             return []
         # Late: counted in the container's window that holds the watermark now (it is
         # open: it closes at its end plus the lateness, beyond the watermark).
-        windows.window_for(call.container_id, windows.watermark_us, create).add_late(call.observation_count)
+        self._open_window(windows, call.container_id, windows.watermark_us, offset).add_late(call.observation_count)
         if replaying:
             return []
         self.counts["late_records"] += 1
@@ -405,6 +403,13 @@ class Engine:
             ("signals.late.counted_in_window_start_us", str(spec.start_of(windows.watermark_us)).encode()),
         )
         return [Output("late", key, value or b"", late_headers, state.partition)]
+
+    def _open_window(self, windows: PartitionWindows[WindowAggregate], container_id: str, at_us: int,
+                     offset: int) -> WindowAggregate:
+        """The container's window holding at_us, opened by the record at offset if it is not open."""
+        size_us = self.settings.window.size_us
+        return windows.window_for(container_id, at_us,
+                                  lambda key: WindowAggregate(key, key.start_us + size_us, first_offset=offset))
 
     def _reject(self, state: PartitionState, offset: int, key: bytes | None, value: bytes | None,
                 headers: Headers, rejected: Rejected, replaying: bool) -> list[Output]:

@@ -127,9 +127,11 @@ def _frame(address: int, binary_digest: str | None, binary_offset: int | None, l
             or _unlocated_frame(address, binary_digest, binary_offset, library, purl, max_string_bytes))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallRecord:
-    """The parts of a RuntimeCallEvent the processor uses, checked."""
+    """The parts of a RuntimeCallEvent the processor uses, checked. Not changed once made
+    (not frozen only because a frozen dataclass's __init__ costs a microsecond more per
+    record)."""
 
     container_id: str
     observed_at_us: int       # event time: observed_at_us, or received_at_us for old writers
@@ -250,7 +252,9 @@ def _call(event: dict[str, Any], limits: Limits) -> Intake:
         # offset's shape.
         limit = limits.max_string_bytes  # the frames' strings are checked as each distinct frame is built
         if located:
-            pairs = [_frame(f["address"], f["binary_digest"], f["binary_offset"], f["library"], f["purl"], limit)
+            pairs = [_located_frame(f["binary_digest"], f["binary_offset"], f["library"], f["purl"], limit)
+                     or _unlocated_frame(f["address"], f["binary_digest"], f["binary_offset"], f["library"],
+                                         f["purl"], limit)
                      for f in located]
         elif event["stack_trace"]:
             pairs = [_unlocated_frame(address, None, None, None, None, limit) for address in event["stack_trace"]]

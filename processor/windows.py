@@ -15,16 +15,18 @@ fixes, so reprocessing the same topic closes the same windows with the same cont
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from dataclasses import dataclass, field
+from typing import Generic, NamedTuple, TypeVar
 
 from runtime_signals.processor.errors import ConfigError
 
 State = TypeVar("State")
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class WindowKey:
+class WindowKey(NamedTuple):
+    """A container's window, ordered by start then container. A tuple: one is made per raw
+    record to find its window, and a tuple's hash and comparison run in C."""
+
     start_us: int
     container_id: str
 
@@ -33,6 +35,9 @@ class WindowKey:
 class WindowSpec:
     size_ms: int
     allowed_lateness_ms: int = 0
+    # Derived once (asked several times per raw record): the size, and size plus lateness.
+    size_us: int = field(init=False, repr=False, compare=False)
+    _closes_after_us: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.size_ms <= 0:
@@ -40,17 +45,15 @@ class WindowSpec:
         if self.allowed_lateness_ms < 0:
             raise ConfigError(f"allowed_lateness_ms={self.allowed_lateness_ms}: must not be negative "
                               f"(--allowed-lateness-ms)")
-
-    @property
-    def size_us(self) -> int:
-        return self.size_ms * 1000
+        object.__setattr__(self, "size_us", self.size_ms * 1000)
+        object.__setattr__(self, "_closes_after_us", (self.size_ms + self.allowed_lateness_ms) * 1000)
 
     def start_of(self, observed_at_us: int) -> int:
         return observed_at_us - observed_at_us % self.size_us
 
     def closes_at_us(self, start_us: int) -> int:
         """The watermark at which the window starting at start_us closes."""
-        return start_us + self.size_us + self.allowed_lateness_ms * 1000
+        return start_us + self._closes_after_us
 
 
 class PartitionWindows(Generic[State]):
@@ -66,6 +69,10 @@ class PartitionWindows(Generic[State]):
 
     def is_late(self, observed_at_us: int) -> bool:
         return self.spec.closes_at_us(self.spec.start_of(observed_at_us)) <= self.watermark_us
+
+    def find(self, container_id: str, observed_at_us: int) -> State | None:
+        """The open window holding this call, if it is open."""
+        return self._open.get(WindowKey(observed_at_us - observed_at_us % self.spec.size_us, container_id))
 
     def window_for(self, container_id: str, observed_at_us: int,
                    create: Callable[[WindowKey], State]) -> State:

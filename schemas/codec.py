@@ -377,8 +377,9 @@ class RecordTemplate:
         # Runs whose types the direct writers take (strings, numbers, booleans, enums, arrays,
         # records, nullable ones) are written without fastavro, whose set-up per call cost more
         # than the few bytes of a call's own fields; the rest, and any value they leave, fastavro.
+        named = parsed.get("__named_schemas", {})
         self._direct: list[tuple[_DirectWriter, ...] | None] = [
-            _direct_writers(schema["fields"]) for _, schema, _ in self._runs]
+            _direct_writers(schema["fields"], named) for _, schema, _ in self._runs]
         self._plan = self._one_pass_plan()
 
     def _one_pass_plan(self) -> tuple[tuple[int, str, _DirectWriter | None], ...] | None:
@@ -546,16 +547,21 @@ def _record(names: tuple[str, ...], writers: tuple[_DirectWriter, ...]) -> _Dire
     return write_record
 
 
-def _direct_writer(avro_type: Any) -> _DirectWriter | None:
-    """A writer for a value of avro_type (as in a fastavro-parsed schema) that gives fastavro's
-    bytes, or raises _NotDirect (or KeyError) where fastavro would decide otherwise; None for a
-    type it does not write (a named type referred to by name, a union of other shapes, maps)."""
+def _direct_writer(avro_type: Any, named: Mapping[str, Any], outer: frozenset[str] = frozenset()) -> _DirectWriter | None:
+    """A writer for a value of avro_type (as in a fastavro-parsed schema, whose named types are
+    ``named``) that gives fastavro's bytes, or raises _NotDirect (or KeyError) where fastavro
+    would decide otherwise; None for a type it does not write (a union of other shapes, maps, a
+    named type within itself)."""
     if isinstance(avro_type, str):
-        return _PRIMITIVE_WRITERS.get(avro_type)
+        if avro_type in _PRIMITIVE_WRITERS:
+            return _PRIMITIVE_WRITERS[avro_type]
+        if avro_type in outer or avro_type not in named:
+            return None
+        return _direct_writer(named[avro_type], named, outer | {avro_type})  # a type named earlier
     if isinstance(avro_type, list):
         if len(avro_type) != 2 or avro_type[0] != "null":
             return None
-        found = _direct_writer(avro_type[1])
+        found = _direct_writer(avro_type[1], named, outer)
         return None if found is None else _nullable(found)
     if not isinstance(avro_type, dict):
         return None
@@ -565,16 +571,18 @@ def _direct_writer(avro_type: Any) -> _DirectWriter | None:
     if kind == "enum":
         return _enum(list(avro_type["symbols"]))
     if kind == "array":
-        item = _direct_writer(avro_type["items"])
+        item = _direct_writer(avro_type["items"], named, outer)
         return None if item is None else _array(item)
     if kind == "record":
-        writers = _direct_writers(avro_type["fields"])
+        inner = outer | {avro_type["name"]} if isinstance(avro_type.get("name"), str) else outer
+        writers = _direct_writers(avro_type["fields"], named, inner)
         return None if writers is None else _record(tuple(f["name"] for f in avro_type["fields"]), writers)
     return None
 
 
-def _direct_writers(fields: list[dict[str, Any]]) -> tuple[_DirectWriter, ...] | None:
-    writers = [_direct_writer(f["type"]) for f in fields]
+def _direct_writers(fields: list[dict[str, Any]], named: Mapping[str, Any],
+                    outer: frozenset[str] = frozenset()) -> tuple[_DirectWriter, ...] | None:
+    writers = [_direct_writer(f["type"], named, outer) for f in fields]
     return None if any(w is None for w in writers) else tuple(w for w in writers if w is not None)
 
 

@@ -509,3 +509,40 @@ def test_a_template_s_runs_are_fastavro_s_bytes_for_any_values(
         except EncodeError as exc:
             written = type(exc).__name__
         assert written == expected, record
+
+
+def test_a_latest_state_item_s_per_window_fields_are_written_without_fastavro(
+    registry: SchemaRegistry, examples: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A latest-state item names its runtime by reference (RuntimeType is defined earlier in
+    # ContainerState): the direct writers follow the reference, so the fields a window changes
+    # (runtime, counts, times) cost no fastavro call, and give fastavro's bytes or its error.
+    path = examples["ObservedCallPath"]
+    per_window = ("runtime_type", "observation_count", "windows", "first_observed_at_us", "last_observed_at_us")
+    fields = ("callstack_hash", "path_hash", "symbols", "function_signatures", "node_hashes", "binary_digests",
+              "binary_offsets", "libraries", "purl", "purls", "addresses", "hash_recipe", "executables")
+    item = {**{name: path[name] for name in fields}, "runtime_type": "JVM", "observation_count": 5, "windows": 2,
+            "first_observed_at_us": 1, "last_observed_at_us": 2}
+    items = item_template("ContainerState", "call_paths", fields, registry)
+    parts = items.fixed_parts(item)
+    rng = random.Random(5)
+    for _ in range(1_000):
+        record = {**item, **{name: _random_value(rng, item[name]) for name in per_window if rng.random() < 0.3}}
+        if rng.random() < 0.2:
+            record["runtime_type"] = rng.choice(["NATIVE", "GO", "not-a-runtime", "", None, 3])
+        try:
+            expected: bytes | str = encode_item(record, "ContainerState", "call_paths", registry)
+        except EncodeError as exc:
+            expected = type(exc).__name__
+        try:
+            written: bytes | str = items.body(record, parts)
+        except EncodeError as exc:
+            written = type(exc).__name__
+        assert written == expected, record
+
+    def no_fastavro(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("fastavro called for a per-window field")
+
+    expected_bytes = encode_item(item, "ContainerState", "call_paths", registry)
+    monkeypatch.setattr(codec_module.fastavro, "schemaless_writer", no_fastavro)
+    assert items.body(item, parts) == expected_bytes
