@@ -469,6 +469,8 @@ def _zigzag(value: int) -> bytes:
     encoded = (value << 1) ^ (value >> 63)
     if encoded < 0x80:
         return _SMALL[encoded]
+    if encoded < 0x4000:  # two bytes: the length of most strings (a hash, a path, a purl)
+        return bytes(((encoded & 0x7F) | 0x80, encoded >> 7))
     out = bytearray()
     while encoded >= 0x80:
         out.append((encoded & 0x7F) | 0x80)
@@ -536,6 +538,29 @@ def _array(write_item: _DirectWriter) -> _DirectWriter:
     return write_array
 
 
+def _write_optional_strings(value: Any) -> bytes:
+    """An array of nullable strings, as _array(_nullable(_write_string)) writes it: a stack's
+    symbols, libraries and purls, inlined because naming a new stack writes dozens of them."""
+    if type(value) is not list:
+        raise _NotDirect
+    if not value:
+        return b"\x00"
+    pieces = [_zigzag(len(value))]
+    try:
+        for item in value:
+            if item is None:
+                pieces.append(b"\x00")
+            elif type(item) is str:
+                encoded = item.encode()
+                pieces += (b"\x02", _zigzag(len(encoded)), encoded)
+            else:
+                raise _NotDirect
+    except UnicodeEncodeError as exc:
+        raise _NotDirect from exc
+    pieces.append(b"\x00")
+    return b"".join(pieces)
+
+
 def _record(names: tuple[str, ...], writers: tuple[_DirectWriter, ...]) -> _DirectWriter:
     fields = tuple(zip(names, writers, strict=True))
 
@@ -571,6 +596,8 @@ def _direct_writer(avro_type: Any, named: Mapping[str, Any], outer: frozenset[st
     if kind == "enum":
         return _enum(list(avro_type["symbols"]))
     if kind == "array":
+        if avro_type["items"] == ["null", "string"]:
+            return _write_optional_strings
         item = _direct_writer(avro_type["items"], named, outer)
         return None if item is None else _array(item)
     if kind == "record":
