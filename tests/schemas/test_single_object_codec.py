@@ -8,6 +8,7 @@ import random
 import re
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -427,15 +428,8 @@ def test_a_template_writes_per_record_strings_and_numbers_as_fastavro_does(
             record[name] = rng.choice(edges) if rng.random() < 0.3 else rng.randrange(-2**64, 2**64) >> rng.randrange(64)
         record["event_id"] = rng.choice(["", "ü" * rng.randrange(100), str(uuid.UUID(int=rng.getrandbits(128))),
                                          "\ud800", 5, None])
-        try:
-            expected: bytes | str = encode(record, "RuntimeCallEvent", registry)
-        except EncodeError as exc:
-            expected = type(exc).__name__
-        try:
-            written: bytes | str = calls.encode(record, parts)
-        except EncodeError as exc:
-            written = type(exc).__name__
-        assert written == expected, record
+        assert _bytes_or_error(calls.encode, record, parts) == \
+            _bytes_or_error(encode, record, "RuntimeCallEvent", registry), record
     missing = dict(event)
     del missing["last_timestamp_ns"]  # its default (null), as fastavro fills it in
     expected_bytes = encode(event, "RuntimeCallEvent", registry)
@@ -447,6 +441,14 @@ def test_a_template_writes_per_record_strings_and_numbers_as_fastavro_does(
     # The point of the direct writers: a call's own fields cost no fastavro call at all.
     monkeypatch.setattr(codec_module.fastavro, "schemaless_writer", no_fastavro)
     assert calls.encode(event, parts) == expected_bytes
+
+
+def _bytes_or_error(write: Callable[..., bytes], *args: Any) -> bytes | str:
+    """What write(*args) gives: its bytes, or the name of the error it raises."""
+    try:
+        return write(*args)
+    except EncodeError as exc:
+        return type(exc).__name__
 
 
 def _random_value(rng: random.Random, like: Any) -> Any:
@@ -503,12 +505,8 @@ def test_a_template_s_runs_are_fastavro_s_bytes_for_any_values(
     for _ in range(1_500):
         record = {name: (_random_value(rng, value) if rng.random() < 0.2 else value)
                   for name, value in example.items()}
-        expected = _fastavro_encoded(record, schema, registry)
-        try:
-            written: bytes | str = runs.encode(record, runs.fixed_parts(record))
-        except EncodeError as exc:
-            written = type(exc).__name__
-        assert written == expected, record
+        assert _bytes_or_error(lambda r: runs.encode(r, runs.fixed_parts(r)), record) == \
+            _fastavro_encoded(record, schema, registry), record
 
 
 def test_a_latest_state_item_s_per_window_fields_are_written_without_fastavro(
@@ -530,15 +528,8 @@ def test_a_latest_state_item_s_per_window_fields_are_written_without_fastavro(
         record = {**item, **{name: _random_value(rng, item[name]) for name in per_window if rng.random() < 0.3}}
         if rng.random() < 0.2:
             record["runtime_type"] = rng.choice(["NATIVE", "GO", "not-a-runtime", "", None, 3])
-        try:
-            expected: bytes | str = encode_item(record, "ContainerState", "call_paths", registry)
-        except EncodeError as exc:
-            expected = type(exc).__name__
-        try:
-            written: bytes | str = items.body(record, parts)
-        except EncodeError as exc:
-            written = type(exc).__name__
-        assert written == expected, record
+        assert _bytes_or_error(items.body, record, parts) == \
+            _bytes_or_error(encode_item, record, "ContainerState", "call_paths", registry), record
 
     def no_fastavro(*_args: Any, **_kwargs: Any) -> None:
         raise AssertionError("fastavro called for a per-window field")
