@@ -3,13 +3,13 @@
 No logic lives here: processor/engine.py decides everything; this wires it to faust.
 
 What faust does: it runs the consumer group (aiokafka), the fetch loop, the timers, and the
-web server for /metrics, /healthz and /readyz. Every record the worker writes (outputs and
-checkpoints) goes through librdkafka (kafka_io.OutputWriter), which batches and compresses
-in its own threads; aiokafka's producer did both in Python on the event loop. Its fetch loop hands each
-partition's fetched raw records straight to the worker (_process_batch), in partition order,
-not through faust's per-record message, conductor and stream, which cost more than the
-consume + decode floor on their own (faust_config.StepFirstConsumer); an agent on the raw
-topic remains, for faust to subscribe it.
+web server for /metrics, /healthz and /readyz. Its fetch loop hands each partition's fetched
+raw records straight to the worker (_process_batch), in partition order, not through faust's
+per-record message, conductor and stream, which cost more than the consume + decode floor on
+their own (faust_config.StepFirstConsumer); an agent on the raw topic remains, for faust to
+subscribe it. Every record the worker writes (outputs and checkpoints) goes through
+librdkafka (kafka_io.OutputWriter), which batches and compresses in its own threads, where
+faust's aiokafka producer did both in Python on the event loop.
 
 What is built on top of it, for exactness (docs/processor.md, "Exactness"): faust commits
 "every offset acknowledged so far", and a restart from there loses the calls of windows
