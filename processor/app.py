@@ -56,7 +56,7 @@ from runtime_signals.kafka.provenance import ProvenanceError, RecordVerifier
 from runtime_signals.processor import metrics
 from runtime_signals.processor.checkpoint import checkpoint_topic
 from runtime_signals.processor.engine import Engine, EngineSettings, Output
-from runtime_signals.processor.errors import ConfigError, ProcessorError
+from runtime_signals.processor.errors import ConfigError, DeliveryError, ProcessorError
 from runtime_signals.processor.faust_config import build_app, check_port_free
 from runtime_signals.processor.inflight import InflightLog
 from runtime_signals.processor.intake import Rejected
@@ -260,8 +260,16 @@ class Worker:
 
     async def _write(self, topic: str, key: bytes | None, value: bytes, partition: int | None,
                      headers: Sequence[tuple[str, bytes]] = ()) -> None:
+        if self._writer.send(topic, key, value, partition, headers):
+            return
+        # The producer's queue is full: wait for the broker to take some, but not for ever
+        # (the lock is held meanwhile, so no checkpoint could notice a broker that is gone).
+        deadline = time.monotonic() + _ACK_TIMEOUT_S
         while not self._writer.send(topic, key, value, partition, headers):
-            await asyncio.to_thread(self._writer.wait_for_room)  # librdkafka's queue is full
+            if time.monotonic() > deadline:
+                raise DeliveryError(f"{topic} key={key!r}: the producer's queue stayed full for "
+                                    f"{_ACK_TIMEOUT_S:.0f}s; is the broker reachable?")
+            await asyncio.to_thread(self._writer.wait_for_room)
 
     async def _acknowledged(self) -> None:
         """Return when the broker acknowledged every record written so far (acks=all), or raise
