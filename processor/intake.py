@@ -252,9 +252,7 @@ def _call(event: dict[str, Any], limits: Limits) -> Intake:
         # offset's shape.
         limit = limits.max_string_bytes  # the frames' strings are checked as each distinct frame is built
         if located:
-            pairs = [_located_frame(f["binary_digest"], f["binary_offset"], f["library"], f["purl"], limit)
-                     or _unlocated_frame(f["address"], f["binary_digest"], f["binary_offset"], f["library"],
-                                         f["purl"], limit)
+            pairs = [_frame(f["address"], f["binary_digest"], f["binary_offset"], f["library"], f["purl"], limit)
                      for f in located]
         elif event["stack_trace"]:
             pairs = [_unlocated_frame(address, None, None, None, None, limit) for address in event["stack_trace"]]

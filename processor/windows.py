@@ -72,7 +72,7 @@ class PartitionWindows(Generic[State]):
 
     def find(self, container_id: str, observed_at_us: int) -> State | None:
         """The open window holding this call, if it is open."""
-        return self._open.get(WindowKey(observed_at_us - observed_at_us % self.spec.size_us, container_id))
+        return self._open.get(WindowKey(self.spec.start_of(observed_at_us), container_id))
 
     def window_for(self, container_id: str, observed_at_us: int,
                    create: Callable[[WindowKey], State]) -> State:
