@@ -19,6 +19,12 @@ So P workers need P u >= N (S c_in / I + D c_path / T) + P N c_wm / I, that is
 P >= N (S c_in / I + D c_path / T) / (u - N c_wm / I): finite only while N c_wm / I < u.
 Past N_max = u I / c_wm nodes one partition's watermarks alone fill a worker and no
 number of partitions or workers helps: where the model, and the design, stop.
+
+Storage follows the topics' settings (schemas/topics.py): the raw topic is kept for its
+retention; summaries and paths, keyed by container and window, lose nothing to compaction
+and are deleted after the output retention; the latest states are compacted to one per
+container, and what compaction cannot yet touch is a partition's active segment (it rolls
+at 1 GiB or after 7 days, the broker's defaults).
 """
 
 from __future__ import annotations
@@ -27,12 +33,19 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from runtime_signals.schemas.topics import OUTPUT_RETENTION_MS, RAW_RETENTION_MS
+
 REPO = Path(__file__).resolve().parent.parent
 DAY_S = 86_400
+DAY_MS = DAY_S * 1000
+# The broker's defaults for a segment's roll (log.segment.bytes, log.roll.ms): compaction
+# and deletion only ever touch closed segments.
+SEGMENT_BYTES = 1 << 30
+SEGMENT_ROLL_S = 7 * DAY_S
 
 
 @dataclass(frozen=True)
@@ -43,12 +56,13 @@ class Measured:
     call_disk_bytes: float        # a call record on the raw topic, compressed (zstd), one replica
     watermark_disk_bytes: float
     path_output_disk_bytes: float       # summaries + paths + latest written per emitted path, compressed
-    # Of those, what stays: summaries and paths are compacted with one key per container-window
-    # (schemas/topics.py), so nothing of them is ever deleted; latest keeps one per container.
+    # Of those, the summaries' and paths' share: one key per container-window, so compaction
+    # removes none of it and it stays until the output retention deletes it.
     path_retained_disk_bytes: float
     usable_cpu: float = 0.7       # CPU seconds per second a worker may spend (headroom for bursts)
     replication: int = 3
-    raw_retention_days: float = 7.0   # schemas/topics.py RAW_RETENTION_MS
+    raw_retention_days: float = RAW_RETENTION_MS / DAY_MS
+    output_retention_days: float = OUTPUT_RETENTION_MS / DAY_MS
 
     @classmethod
     def load(cls, path: Path) -> Measured:
@@ -98,13 +112,18 @@ def plan(m: Measured, fleet: Fleet) -> dict[str, Any]:
     watermarks_per_s = fleet.nodes * workers / fleet.interval_s
     paths_per_s = fleet.nodes * fleet.paths / fleet.window_s
     raw_bytes_per_s = calls_per_s * m.call_disk_bytes + watermarks_per_s * m.watermark_disk_bytes
+    kept_bytes_per_s = paths_per_s * m.path_retained_disk_bytes
+    latest_bytes_per_s = paths_per_s * (m.path_output_disk_bytes - m.path_retained_disk_bytes)
+    # Uncompacted latest states: each partition's active segment, full or a week old.
+    latest_dirty_bytes = min(latest_bytes_per_s * SEGMENT_ROLL_S, workers * SEGMENT_BYTES)
     return {
         "workers": workers, "raw_records_per_s": calls_per_s + watermarks_per_s,
         "watermark_share": watermarks_per_s / (calls_per_s + watermarks_per_s),
         "raw_mb_per_s": raw_bytes_per_s / 1e6, "paths_per_s": paths_per_s,
         "output_mb_per_s": paths_per_s * m.path_output_disk_bytes / 1e6,
         "raw_storage_gb": raw_bytes_per_s * DAY_S * m.raw_retention_days * m.replication / 1e9,
-        "retained_gb_per_day": paths_per_s * m.path_retained_disk_bytes * DAY_S * m.replication / 1e9,
+        "outputs_storage_gb": kept_bytes_per_s * DAY_S * m.output_retention_days * m.replication / 1e9,
+        "latest_dirty_gb": latest_dirty_bytes * m.replication / 1e9,
         "max_nodes": max_nodes(m, fleet.interval_s),
     }
 
@@ -112,18 +131,20 @@ def plan(m: Measured, fleet: Fleet) -> dict[str, Any]:
 def table(m: Measured, fleets: tuple[int, ...], stacks: float, paths: float | None,
           intervals_s: tuple[float, ...]) -> list[str]:
     lines = ["| nodes | watermark interval s | workers = partitions | raw records/s | of them watermarks | "
-             "raw MB/s | raw storage GB | outputs MB/s | outputs kept, GB/day |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "raw MB/s | raw storage GB | outputs MB/s | summaries + paths storage GB | "
+             "latest states before compaction, GB at most |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for nodes in fleets:
         for interval_s in intervals_s:
             p = plan(m, Fleet(nodes, stacks, interval_s, paths_per_window=paths))
             if p["workers"] is None:
                 lines.append(f"| {nodes:,} | {interval_s:g} | none: past {p['max_nodes']:,.0f} nodes one "
-                             f"partition's watermarks fill a worker | | | | | | |")
+                             f"partition's watermarks fill a worker | | | | | | | |")
                 continue
             lines.append(f"| {nodes:,} | {interval_s:g} | {p['workers']:,} | {p['raw_records_per_s']:,.0f} | "
                          f"{p['watermark_share']:.0%} | {p['raw_mb_per_s']:,.1f} | {p['raw_storage_gb']:,.0f} | "
-                         f"{p['output_mb_per_s']:,.1f} | {p['retained_gb_per_day']:,.0f} |")
+                         f"{p['output_mb_per_s']:,.1f} | {p['outputs_storage_gb']:,.0f} | "
+                         f"{p['latest_dirty_gb']:,.0f} |")
     return lines
 
 
@@ -163,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "capacity.png")
     parser.add_argument("--stacks", type=float, default=13.0, help="S: distinct active stacks per node per interval")
     parser.add_argument("--paths", type=float, help="D: distinct paths per node per 60 s window (default: S T / I)")
+    parser.add_argument("--output-retention-days", type=float, default=OUTPUT_RETENTION_MS / DAY_MS,
+                        help="the summaries', paths' and latest states' retention (kafka.output_retention_ms)")
     args = parser.parse_args(argv)
-    measured = Measured.load(args.inputs)
+    measured = replace(Measured.load(args.inputs), output_retention_days=args.output_retention_days)
     print("\n".join(table(measured, (1_000, 10_000, 50_000), args.stacks, args.paths, (0.5, 2.0, 5.0, 30.0))))
     for interval_s in (0.5, 2.0, 5.0, 30.0):
         print(f"max nodes at {interval_s:g} s: {max_nodes(measured, interval_s):,.0f}")

@@ -10,10 +10,13 @@ where one partition's watermarks fill a worker.
 from __future__ import annotations
 
 import zlib
+from dataclasses import replace
 from typing import Any
 
+import pytest
+
+from benchmarks.capacity import SEGMENT_BYTES, Measured, max_nodes, plan, workers_needed
 from benchmarks.capacity import Fleet as Deployment
-from benchmarks.capacity import Measured, max_nodes, workers_needed
 from benchmarks.fleet import Fleet, FleetSpec
 from runtime_signals.processor.engine import Engine, EngineSettings
 from runtime_signals.processor.symbol_store import SymbolStore
@@ -83,3 +86,16 @@ def test_capacity_refuses_a_fleet_whose_watermarks_fill_a_partition() -> None:
     assert workers_needed(measured, Deployment(int(limit) + 1, 10, 0.5)) is None
     # A longer interval moves the limit: the same fleet fits again.
     assert workers_needed(measured, Deployment(int(limit) + 1, 10, 5.0)) is not None
+
+
+def test_capacity_keeps_the_outputs_for_their_retention_and_no_longer() -> None:
+    measured = Measured(call_cpu_us=70, watermark_cpu_us=15, path_cpu_us=200, call_disk_bytes=130,
+                        watermark_disk_bytes=30, path_output_disk_bytes=1300, path_retained_disk_bytes=900)
+    fleet = Deployment(1_000, 13, 0.5)
+    month = plan(measured, fleet)
+    week = plan(replace(measured, output_retention_days=7), fleet)
+    # Summaries and paths: every window's records, kept for the retention, three replicas.
+    assert month["outputs_storage_gb"] == pytest.approx(month["paths_per_s"] * 900 * 86_400 * 30 * 3 / 1e9)
+    assert week["outputs_storage_gb"] == pytest.approx(month["outputs_storage_gb"] * 7 / 30)
+    # Latest states: compacted, so what is kept is bounded by the segments compaction cannot touch.
+    assert month["latest_dirty_gb"] == week["latest_dirty_gb"] <= month["workers"] * SEGMENT_BYTES * 3 / 1e9
