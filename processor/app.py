@@ -121,6 +121,7 @@ class Worker:
                                             max_event_ahead_ms=settings.max_event_ahead_ms,
                                             latest_retention_ms=settings.latest_retention_ms,
                                             latest_in_memory=settings.latest_states_in_memory,
+                                            latest_paths_in_memory=settings.latest_paths_in_memory,
                                             latest_dir=settings.data_dir / settings.app_id),
                              self._symbols, self._registry, provenance=self._provenance)
         self._inflight = InflightLog(settings.inflight_dir / settings.app_id, raw) \

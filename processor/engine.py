@@ -97,6 +97,8 @@ class EngineSettings:
     # Latest states held decoded (processor/latest.py); the others wait, compressed, in a
     # file under latest_dir (None: the system's temporary directory).
     latest_in_memory: int = _DEFAULTS.latest_states_in_memory
+    # ... and at most this many paths summed over them: a state's size is its paths.
+    latest_paths_in_memory: int = _DEFAULTS.latest_paths_in_memory
     latest_dir: Path | None = None
 
     def __post_init__(self) -> None:
@@ -110,6 +112,9 @@ class EngineSettings:
         if self.latest_in_memory < 1:
             raise ConfigError(f"latest_in_memory={self.latest_in_memory}: must be at least 1 "
                               f"(processor.latest_states_in_memory)")
+        if self.latest_paths_in_memory < 1:
+            raise ConfigError(f"latest_paths_in_memory={self.latest_paths_in_memory}: must be at least 1 "
+                              f"(processor.latest_paths_in_memory)")
         if self.max_pending_windows < 0:
             raise ConfigError(f"max_pending_windows={self.max_pending_windows}: must not be negative "
                               f"(--max-pending-windows)")
@@ -181,7 +186,7 @@ class Engine:
         self._states: dict[int, PartitionState] = {}
         self.counts: Counter[str] = Counter()
         self.latest = LatestStates(settings.latest_dir or Path(tempfile.gettempdir()) / "runtime-signals",
-                                   settings.latest_in_memory,
+                                   settings.latest_in_memory, settings.latest_paths_in_memory,
                                    lambda record: codec.encode(record, CONTAINER_STATE, self._registry),
                                    lambda value: codec.decode(value, self._registry, CONTAINER_STATE).record,
                                    self.counts)

@@ -4,7 +4,8 @@ Folding is in window start order and skips a window not after the last one folde
 a window emitted again after a restart (docs/processor.md) is never counted twice, and
 the state restored from the compacted latest topic continues exactly where it stopped.
 Memory: one entry per distinct call stack ever seen in the container. LatestStates keeps
-a bounded number of them decoded and the rest on disk.
+a bounded number of them, with a bounded number of entries in all, decoded and the rest on
+disk.
 """
 
 from __future__ import annotations
@@ -153,7 +154,9 @@ def _union_of_executables(known: list[dict[str, Any]], seen: list[dict[str, Any]
 
 class LatestStates:
     """Every container's latest state of the partitions a worker owns: the most recently
-    folded `in_memory` of them decoded, the rest encoded and compressed in an SQLite file.
+    folded of them decoded, at most `in_memory` states and `paths_in_memory` paths in all
+    (a state's memory is its paths, and one container may have thousands), the rest
+    encoded and compressed in an SQLite file.
 
     A node that replaces its containers all day gives a partition thousands of them over
     the retention, most long gone: held in memory, the worker grew with every container it
@@ -163,11 +166,16 @@ class LatestStates:
     ContainerState.from_record(state.record()) is the same state, so outputs do not depend
     on where a state was kept."""
 
-    def __init__(self, directory: Path, in_memory: int, encode: Callable[[dict[str, Any]], bytes],
-                 decode: Callable[[bytes], dict[str, Any]], counts: Counter[str]) -> None:
-        self._in_memory = in_memory  # at least 1 (EngineSettings checks it)
+    def __init__(self, directory: Path, in_memory: int, paths_in_memory: int,
+                 encode: Callable[[dict[str, Any]], bytes], decode: Callable[[bytes], dict[str, Any]],
+                 counts: Counter[str]) -> None:
+        self._in_memory, self._paths_in_memory = in_memory, paths_in_memory  # at least 1 (EngineSettings)
         self._encode, self._decode = encode, decode
         self._memory: OrderedDict[tuple[int, str], ContainerState] = OrderedDict()
+        # Each held state's path count when it was last held, and their sum: a state changes
+        # between get() and put(), so its size is taken again at put().
+        self._paths_of: dict[tuple[int, str], int] = {}
+        self._paths_held = 0
         path = directory / f"latest-states-{os.getpid()}-{id(self):x}.sqlite3"
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -191,7 +199,8 @@ class LatestStates:
         self._counts = counts  # latest_states_evicted (to the file), latest_states_read_back
 
     def sizes(self) -> dict[str, int]:
-        return {"latest_states_in_memory": len(self._memory), "latest_states_on_disk": self.on_disk}
+        return {"latest_states_in_memory": len(self._memory), "latest_states_on_disk": self.on_disk,
+                "latest_paths_in_memory": self._paths_held}
 
     def get(self, partition: int, container: str) -> ContainerState | None:
         key = (partition, container)
@@ -243,7 +252,7 @@ class LatestStates:
         idle = [key for key, state in self._memory.items()
                 if key[0] == partition and state.last_window_start_us < before_us]
         for key in idle:
-            del self._memory[key]
+            self._release(key)
         gone = self._db.execute("DELETE FROM state WHERE partition = ? AND last_window_start_us < ?",
                                 (partition, before_us)).rowcount
         self.on_disk -= gone
@@ -251,7 +260,7 @@ class LatestStates:
 
     def drop_partition(self, partition: int) -> None:
         for key in [key for key in self._memory if key[0] == partition]:
-            del self._memory[key]
+            self._release(key)
         self.on_disk -= self._db.execute("DELETE FROM state WHERE partition = ?", (partition,)).rowcount
 
     def containers(self, partition: int) -> dict[str, ContainerState]:
@@ -265,10 +274,21 @@ class LatestStates:
     def _hold(self, key: tuple[int, str], state: ContainerState) -> None:
         self._memory[key] = state
         self._memory.move_to_end(key)
-        while len(self._memory) > self._in_memory:
-            (partition, container), oldest = self._memory.popitem(last=False)
+        self._paths_held += len(state.paths) - self._paths_of.get(key, 0)
+        self._paths_of[key] = len(state.paths)
+        # The state just held stays, whatever its size: the engine is about to fold it.
+        while len(self._memory) > 1 and (len(self._memory) > self._in_memory
+                                         or self._paths_held > self._paths_in_memory):
+            oldest_key = next(iter(self._memory))
+            oldest = self._release(oldest_key)
+            partition, container = oldest_key
             record = zlib.compress(oldest.encoded or self._encode(oldest.record()), 1)
             self._db.execute("INSERT INTO state VALUES (?, ?, ?, ?)",
                              (partition, container, oldest.last_window_start_us, record))
             self.on_disk += 1
             self._counts["latest_states_evicted"] += 1
+
+    def _release(self, key: tuple[int, str]) -> ContainerState:
+        """Take a state out of memory (to the file, or forgotten: the caller's choice)."""
+        self._paths_held -= self._paths_of.pop(key)
+        return self._memory.pop(key)

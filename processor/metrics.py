@@ -49,7 +49,8 @@ COUNTERS = {
     "containers_forgotten": ("containers_forgotten", "Latest states dropped: the container's last window is older "
                              "than kafka.output_retention_ms before the watermark."),
     "latest_states_evicted": ("latest_states_evicted", "Container latest states moved from memory to the "
-                              "worker's file (more than processor.latest_states_in_memory held)."),
+                              "worker's file (more than processor.latest_states_in_memory, or more than "
+                              "processor.latest_paths_in_memory paths, held)."),
     "latest_states_read_back": ("latest_states_read_back", "Container latest states read back from the worker's "
                                 "file when their container's next window closed."),
     "latest_records_skipped": ("latest_records_skipped", "Latest-topic records that did not decode when a "

@@ -36,6 +36,7 @@ class ProcessorSettings:
     max_event_ahead_ms: int = _DEFAULTS.max_event_ahead_ms
     latest_retention_ms: int = OUTPUT_RETENTION_MS  # kafka.output_retention_ms
     latest_states_in_memory: int = _DEFAULTS.latest_states_in_memory
+    latest_paths_in_memory: int = _DEFAULTS.latest_paths_in_memory
     # Where each partition's in-flight offset is kept (processor/inflight.py); None: off.
     # Must survive a restart of the worker process (an emptyDir in Kubernetes).
     inflight_dir: Path | None = field(default_factory=lambda: _inflight_dir(_DEFAULTS.inflight_dir))
@@ -70,6 +71,7 @@ class ProcessorSettings:
                    symbol_wait_ms=section.symbol_wait_ms, max_pending_windows=section.max_pending_windows,
                    max_event_ahead_ms=section.max_event_ahead_ms, latest_retention_ms=kafka.output_retention_ms,
                    latest_states_in_memory=section.latest_states_in_memory,
+                   latest_paths_in_memory=section.latest_paths_in_memory,
                    inflight_dir=_inflight_dir(section.inflight_dir), data_dir=Path(section.data_dir),
                    checkpoint_interval_ms=section.checkpoint_interval_ms,
                    session_timeout_ms=section.session_timeout_ms, metrics_port=section.metrics_port,

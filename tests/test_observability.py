@@ -143,7 +143,7 @@ def test_every_metric_the_dashboard_and_rules_name_is_served_live(kafka_bootstra
     # Bounded caches of every part are on /metrics, the target manager's and the tracer's too.
     assert {"path_keys", "encoded_stacks", "symbol_indexes", "inline_reports", "uprobes_closing"} <= agent_caches, \
         agent_caches
-    assert {"latest_states_in_memory", "latest_states_on_disk", "canonical_purls", "module_identities",
-            "node_hashes", "named_stacks"} <= processor_caches, processor_caches
+    assert {"latest_states_in_memory", "latest_states_on_disk", "latest_paths_in_memory", "canonical_purls",
+            "module_identities", "node_hashes", "named_stacks"} <= processor_caches, processor_caches
     missing = sorted(named_metrics() - live)
     assert not missing, f"named by the dashboard or the rules but not served: {missing}"

@@ -92,6 +92,7 @@ PROCESSOR_FLAGS: tuple[Flag, ...] = tuple(Flag(group, flag, "processor", name) f
     ("group", "--session-timeout-ms", "session_timeout_ms"),
     ("group", "--inflight-dir", "inflight_dir"),
     ("operations", "--latest-states-in-memory", "latest_states_in_memory"),
+    ("operations", "--latest-paths-in-memory", "latest_paths_in_memory"),
     ("operations", "--metrics-port", "metrics_port"),
     ("operations", "--loglevel", "loglevel"),
 ))

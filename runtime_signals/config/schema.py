@@ -355,6 +355,10 @@ class ProcessorSection:
         "0.5 KB compressed in the file); "
         "the others wait compressed in a file under data_dir, read back when their container's next window "
         "closes"))
+    latest_paths_in_memory: int = field(default=65_536, metadata=_doc(
+        "distinct call paths, summed over the latest states held decoded, past which the least recently folded "
+        "states move to the file as well: latest_states_in_memory counts containers however many paths each "
+        "has, this bounds the memory they take (about 8 KB per path: 65,536 is about 0.5 GB)"))
     max_event_ahead_ms: int = field(default=120_000, metadata=_doc(
         "a call dated further than this after its record's broker timestamp goes to the dead-letter topic "
         "(clock_skew)"))
@@ -391,7 +395,7 @@ class ProcessorSection:
                                        f"count calls in the wrong one; choose a multiple (or set the agents' "
                                        f"watermark_interval_ms and agent_flush_interval_ms to a divisor)"))
         for name in ("window_ms", "agent_idle_ms", "checkpoint_interval_ms", "session_timeout_ms",
-                     "latest_states_in_memory"):
+                     "latest_states_in_memory", "latest_paths_in_memory"):
             if getattr(self, name) <= 0:
                 found.append((name, f"must be positive, got {getattr(self, name)}"))
         for name in ("allowed_lateness_ms", "symbol_wait_ms", "max_pending_windows", "max_event_ahead_ms"):

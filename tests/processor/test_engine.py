@@ -391,13 +391,50 @@ def test_latest_states_moved_out_of_memory_come_back_the_same(seed: int) -> None
     assert _run(tight, records, 0, len(records)) == reference
     assert tight.counts["latest_states_evicted"] > 10 and tight.counts["latest_states_read_back"] > 10
     assert roomy.counts["latest_states_evicted"] == 0
-    assert tight.latest.sizes() == {"latest_states_in_memory": 1, "latest_states_on_disk": 2}
+    assert tight.latest.sizes()["latest_states_in_memory"] == 1
+    assert tight.latest.sizes()["latest_states_on_disk"] == 2
     assert tight.latest.containers(0).keys() == roomy.latest.containers(0).keys() == {"c1", "c2", "c3"}
 
     written, restarts = _crashing_run(records, seed, tight_settings)
     assert restarts >= 3
     assert {o.key: o.value for o in written if o.kind == "latest"} == \
         {o.key: o.value for o in reference if o.kind == "latest"}
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_latest_states_past_the_paths_bound_move_out_of_memory_and_come_back_the_same(seed: int) -> None:
+    """Room for 256 states but fewer paths than the three containers have between them:
+    the paths bound, not the count, moves states to the file, and the outputs are those of
+    an engine that keeps everything in memory."""
+    records = _records(seed)
+    roomy = Engine(SETTINGS, NoSymbols(), REGISTRY)
+    roomy.assign(0, None)
+    reference = _run(roomy, records, 0, len(records))
+    paths = sorted(len(state.paths) for state in roomy.latest.containers(0).values())
+    assert roomy.latest.sizes()["latest_paths_in_memory"] == sum(paths)
+    bound = paths[-1]  # the largest state alone fits; no two states do
+    assert paths[0] + paths[1] > bound
+    tight = Engine(dataclasses.replace(SETTINGS, latest_in_memory=256, latest_paths_in_memory=bound),
+                   NoSymbols(), REGISTRY)
+    tight.assign(0, None)
+    assert _run(tight, records, 0, len(records)) == reference
+    assert tight.counts["latest_states_evicted"] > 10 and tight.counts["latest_states_read_back"] > 10
+    sizes = tight.latest.sizes()
+    assert sizes["latest_states_in_memory"] == 1 and sizes["latest_states_on_disk"] == 2
+    assert sizes["latest_paths_in_memory"] <= bound
+
+
+def test_a_latest_state_larger_than_the_paths_bound_is_still_folded_in_memory() -> None:
+    """One container with more paths than the bound: it stays held while its window is
+    folded (evicting it mid-fold would lose the fold), alone."""
+    records = _records(0)
+    roomy = Engine(SETTINGS, NoSymbols(), REGISTRY)
+    roomy.assign(0, None)
+    reference = _run(roomy, records, 0, len(records))
+    tiny = Engine(dataclasses.replace(SETTINGS, latest_paths_in_memory=1), NoSymbols(), REGISTRY)
+    tiny.assign(0, None)
+    assert _run(tiny, records, 0, len(records)) == reference
+    assert tiny.latest.sizes()["latest_states_in_memory"] == 1
 
 
 def test_a_latest_record_that_does_not_decode_is_skipped_by_name() -> None:
@@ -429,7 +466,8 @@ def test_latest_states_of_containers_gone_longer_than_the_retention_are_forgotte
     states = engine.latest.containers(0)
     assert set(states) == {"stays"} and states["stays"].windows == 8
     assert engine.counts["containers_forgotten"] == 1
-    assert engine.latest.sizes() == {"latest_states_in_memory": 1, "latest_states_on_disk": 0}
+    assert engine.latest.sizes() == {"latest_states_in_memory": 1, "latest_states_on_disk": 0,
+                                     "latest_paths_in_memory": len(states["stays"].paths)}
     assert {o.key for o in outputs if o.kind == "latest"} == {b"gone", b"stays"}  # written before it went
 
 
