@@ -37,9 +37,11 @@ whose outputs are not yet sent.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import dataclasses
 import gc
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -213,7 +215,9 @@ class Worker:
                     if self._is_watermark(record.value):
                         outputs = self._handle(record, release=False)
                         if self.engine.has_closed(partition):
-                            outputs += await asyncio.to_thread(self._release, partition, record.offset)
+                            await self._send(outputs)
+                            outputs = []
+                            await asyncio.to_thread(self._release, partition, record.offset)
                     else:
                         outputs = self._handle(record)
                     if outputs:  # most records cause none: no await for them
@@ -243,34 +247,42 @@ class Worker:
             inflight.end(partition, offset)  # else in flight until _release() emitted what it closed
         return outputs
 
-    def _release(self, partition: int, offset: int) -> list[Output]:
-        """Emit the windows the watermark at offset closed (on a worker thread)."""
-        outputs = self.engine.release(partition)
-        if self._inflight is not None:
+    def _release(self, partition: int | None, offset: int | None = None) -> None:
+        """Emit and write the closed windows of a partition (None: all) on a worker thread,
+        one window at a time, so that a watermark closing thousands of containers' windows
+        never holds all their outputs at once; then end the in-flight mark of the watermark
+        at offset. The lock, held by the caller, keeps checkpoints out until it returns."""
+        for outputs in self.engine.release_windows(partition):
+            for output in outputs:
+                self._write_waiting(*self._destination(output), output.key, output.value, output.headers)
+        if self._inflight is not None and partition is not None and offset is not None:
             self._inflight.end(partition, offset)
-        return outputs
+
+    def _destination(self, output: Output) -> tuple[str, int | None]:
+        if output.kind == "latest":
+            # Next to the raw partition's other states, so a new owner reads one partition back.
+            return self._output_topics[output.kind], output.source_partition % self._latest_partitions
+        return self._output_topics[output.kind], None
 
     async def _send(self, outputs: list[Output]) -> None:
         for output in outputs:
-            partition = None
-            if output.kind == "latest":
-                # Next to the raw partition's other states, so a new owner reads one partition back.
-                partition = output.source_partition % self._latest_partitions
-            await self._write(self._output_topics[output.kind], output.key, output.value, partition,
-                              output.headers)
+            await self._write(*self._destination(output), output.key, output.value, output.headers)
 
-    async def _write(self, topic: str, key: bytes | None, value: bytes, partition: int | None,
+    async def _write(self, topic: str, partition: int | None, key: bytes | None, value: bytes,
                      headers: Sequence[tuple[str, bytes]] = ()) -> None:
-        if self._writer.send(topic, key, value, partition, headers):
-            return
-        # The producer's queue is full: wait for the broker to take some, but not for ever
-        # (the lock is held meanwhile, so no checkpoint could notice a broker that is gone).
+        if not self._writer.send(topic, key, value, partition, headers):
+            await asyncio.to_thread(self._write_waiting, topic, partition, key, value, headers)
+
+    def _write_waiting(self, topic: str, partition: int | None, key: bytes | None, value: bytes,
+                       headers: Sequence[tuple[str, bytes]]) -> None:
+        """Write one record, waiting while the producer's queue is full, but not for ever (the
+        lock is held meanwhile, so no checkpoint could notice a broker that is gone). Blocks."""
         deadline = time.monotonic() + _ACK_TIMEOUT_S
         while not self._writer.send(topic, key, value, partition, headers):
             if time.monotonic() > deadline:
                 raise DeliveryError(f"{topic} key={key!r}: the producer's queue stayed full for "
                                     f"{_ACK_TIMEOUT_S:.0f}s; is the broker reachable?")
-            await asyncio.to_thread(self._writer.wait_for_room)
+            self._writer.wait_for_room()
 
     async def _acknowledged(self) -> None:
         """Return when the broker acknowledged every record written so far (acks=all), or raise
@@ -291,7 +303,7 @@ class Worker:
         await self._acknowledged()  # everything a checkpoint covers is acknowledged first
         for checkpoint_, value in changed:
             key = f"{checkpoint_.raw_topic}|{checkpoint_.partition}".encode()
-            await self._write(self._checkpoints.topic, key, value, checkpoint_.partition)
+            await self._write(self._checkpoints.topic, checkpoint_.partition, key, value)
         await self._acknowledged()
         for checkpoint_, value in changed:
             self._written[checkpoint_.partition] = value
@@ -324,7 +336,7 @@ class Worker:
                 # released windows run off the event loop; the lock keeps the engine and the
                 # symbol store to this one thread meanwhile.
                 await asyncio.to_thread(self._feed.poll)
-                await self._send(await asyncio.to_thread(self.engine.release))
+                await asyncio.to_thread(self._release, None)
             except Exception as exc:
                 await self._fail(exc)
 
@@ -545,8 +557,30 @@ class Worker:
 GC_THRESHOLDS = (20_000, 10, 10)
 
 
+# glibc gives a thread that finds the heap busy an arena of its own, up to eight per core,
+# and seldom returns what is freed in them: the worker's emission (a thread) and
+# librdkafka's threads left a 1,000-container worker at 1.35-1.62 GB, 1.08-1.15 GB with
+# two arenas, for the same CPU (docs/benchmarks.md, session 12). MALLOC_ARENA_MAX, when
+# set, is the operator's choice and wins.
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # mallopt's parameter number (glibc's malloc.h)
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas for the threads started from now on; False where the C
+    library is not glibc (no mallopt) or MALLOC_ARENA_MAX is set."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_ARENA_MAX, arenas))
+
+
 def run_worker(settings: ProcessorSettings) -> None:
     """Run one faust worker in the foreground until SIGINT/SIGTERM."""
+    limit_malloc_arenas()  # before the worker's threads start
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()  # what start-up made (modules, faust, the settings) is never garbage
     Worker(settings).run()

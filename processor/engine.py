@@ -17,7 +17,7 @@ import logging
 import tempfile
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -353,7 +353,7 @@ class Engine:
                 self.counts["windows_suppressed"] += 1  # emitted before the checkpoint
                 continue
             state.pending.append(ClosedWindow(marker, window, *window.needs(), now_s))
-        return self._release(state, now_s) if release else []
+        return [output for outputs in self._release(state, now_s) for output in outputs] if release else []
 
     def _forget_idle_containers(self, state: PartitionState) -> None:
         watermark_us = state.clock.watermark_us
@@ -439,19 +439,21 @@ class Engine:
     def release(self, partition: int | None = None) -> list[Output]:
         """Emit the closed windows (of one partition, or all) whose symbol tables are complete
         or whose wait ran out."""
+        return [output for outputs in self.release_windows(partition) for output in outputs]
+
+    def release_windows(self, partition: int | None = None) -> Iterator[list[Output]]:
+        """release(), one window's outputs at a time: a watermark may close the windows of
+        thousands of containers, and their outputs at once were hundreds of megabytes."""
         now_s = self._now_s()
-        outputs: list[Output] = []
         for chosen in sorted(self._states) if partition is None else [partition]:
-            outputs.extend(self._release(self._states[chosen], now_s))
-        return outputs
+            yield from self._release(self._states[chosen], now_s)
 
     def has_closed(self, partition: int) -> bool:
         """Whether closed windows of the partition wait to go out."""
         return bool(self._states[partition].pending)
 
-    def _release(self, state: PartitionState, now_s: float) -> list[Output]:
+    def _release(self, state: PartitionState, now_s: float) -> Iterator[list[Output]]:
         # Strictly in close order, so "emitted" is always a prefix: what checkpoints record.
-        outputs: list[Output] = []
         wait_s = self.settings.symbol_wait_ms / 1000
         while state.pending:
             head = state.pending[0]
@@ -461,8 +463,7 @@ class Engine:
                     break
                 self.counts["windows_waited_out"] += 1  # goes out with what has arrived
             state.pending.popleft()
-            outputs.extend(self._emit(state, head, complete))
-        return outputs
+            yield self._emit(state, head, complete)
 
     def _emit(self, state: PartitionState, closed: ClosedWindow, complete: bool) -> list[Output]:
         window = closed.window

@@ -437,6 +437,27 @@ def test_a_latest_state_larger_than_the_paths_bound_is_still_folded_in_memory() 
     assert tiny.latest.sizes()["latest_states_in_memory"] == 1
 
 
+def test_windows_are_released_one_at_a_time_in_the_order_release_gives_them() -> None:
+    """release_windows() hands out one closed window's outputs at a time (the worker writes
+    each before the next is built): the same records, bytes and order as release()."""
+    records = _records(1)
+    whole = Engine(SETTINGS, NoSymbols(), REGISTRY)
+    stepwise = Engine(SETTINGS, NoSymbols(), REGISTRY)
+    whole.assign(0, None)
+    stepwise.assign(0, None)
+    expected: list[Output] = []
+    steps: list[list[Output]] = []
+    for offset, (key, value) in enumerate(records):
+        expected += whole.handle(0, offset, key, value, release=False) + whole.release(0)
+        direct = stepwise.handle(0, offset, key, value, release=False)
+        steps += [direct] if direct else []
+        steps += list(stepwise.release_windows(0))
+    assert [o for step in steps for o in step] == expected
+    windows = [step for step in steps if any(o.kind == "summary" for o in step)]
+    assert len(windows) > 5
+    assert all(sum(o.kind == "summary" for o in step) == 1 for step in windows)
+
+
 def test_a_latest_record_that_does_not_decode_is_skipped_by_name() -> None:
     engine = Engine(SETTINGS, NoSymbols(), REGISTRY)
     reference = Engine(SETTINGS, NoSymbols(), REGISTRY)
