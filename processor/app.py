@@ -247,16 +247,21 @@ class Worker:
             inflight.end(partition, offset)  # else in flight until _release() emitted what it closed
         return outputs
 
-    def _release(self, partition: int | None, offset: int | None = None) -> None:
-        """Emit and write the closed windows of a partition (None: all) on a worker thread,
-        one window at a time, so that a watermark closing thousands of containers' windows
-        never holds all their outputs at once; then end the in-flight mark of the watermark
-        at offset. The lock, held by the caller, keeps checkpoints out until it returns."""
+    def _release(self, partition: int, offset: int) -> None:
+        """Emit the windows the watermark at offset closed, then end its in-flight mark (on a
+        worker thread)."""
+        self._write_released(partition)
+        if self._inflight is not None:
+            self._inflight.end(partition, offset)
+
+    def _write_released(self, partition: int | None = None) -> None:
+        """Emit and write the closed windows of a partition (None: all), one window at a time,
+        so that a watermark closing thousands of containers' windows never holds all their
+        outputs at once. Blocks: a worker thread's, under the lock, which keeps checkpoints
+        out until it returns."""
         for outputs in self.engine.release_windows(partition):
             for output in outputs:
                 self._write_waiting(*self._destination(output), output.key, output.value, output.headers)
-        if self._inflight is not None and partition is not None and offset is not None:
-            self._inflight.end(partition, offset)
 
     def _destination(self, output: Output) -> tuple[str, int | None]:
         if output.kind == "latest":
@@ -336,7 +341,7 @@ class Worker:
                 # released windows run off the event loop; the lock keeps the engine and the
                 # symbol store to this one thread meanwhile.
                 await asyncio.to_thread(self._feed.poll)
-                await asyncio.to_thread(self._release, None)
+                await asyncio.to_thread(self._write_released)
             except Exception as exc:
                 await self._fail(exc)
 

@@ -172,10 +172,6 @@ class LatestStates:
         self._in_memory, self._paths_in_memory = in_memory, paths_in_memory  # at least 1 (EngineSettings)
         self._encode, self._decode = encode, decode
         self._memory: OrderedDict[tuple[int, str], ContainerState] = OrderedDict()
-        # Each held state's path count when it was last held, and their sum: a state changes
-        # between get() and put(), so its size is taken again at put().
-        self._paths_of: dict[tuple[int, str], int] = {}
-        self._paths_held = 0
         path = directory / f"latest-states-{os.getpid()}-{id(self):x}.sqlite3"
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -200,7 +196,7 @@ class LatestStates:
 
     def sizes(self) -> dict[str, int]:
         return {"latest_states_in_memory": len(self._memory), "latest_states_on_disk": self.on_disk,
-                "latest_paths_in_memory": self._paths_held}
+                "latest_paths_in_memory": self._paths_held()}
 
     def get(self, partition: int, container: str) -> ContainerState | None:
         key = (partition, container)
@@ -252,7 +248,7 @@ class LatestStates:
         idle = [key for key, state in self._memory.items()
                 if key[0] == partition and state.last_window_start_us < before_us]
         for key in idle:
-            self._release(key)
+            del self._memory[key]
         gone = self._db.execute("DELETE FROM state WHERE partition = ? AND last_window_start_us < ?",
                                 (partition, before_us)).rowcount
         self.on_disk -= gone
@@ -260,7 +256,7 @@ class LatestStates:
 
     def drop_partition(self, partition: int) -> None:
         for key in [key for key in self._memory if key[0] == partition]:
-            self._release(key)
+            del self._memory[key]
         self.on_disk -= self._db.execute("DELETE FROM state WHERE partition = ?", (partition,)).rowcount
 
     def containers(self, partition: int) -> dict[str, ContainerState]:
@@ -274,21 +270,17 @@ class LatestStates:
     def _hold(self, key: tuple[int, str], state: ContainerState) -> None:
         self._memory[key] = state
         self._memory.move_to_end(key)
-        self._paths_held += len(state.paths) - self._paths_of.get(key, 0)
-        self._paths_of[key] = len(state.paths)
+        # Summed afresh: a state grows between get() and put(), when its window is folded.
+        held = self._paths_held()
         # The state just held stays, whatever its size: the engine is about to fold it.
-        while len(self._memory) > 1 and (len(self._memory) > self._in_memory
-                                         or self._paths_held > self._paths_in_memory):
-            oldest_key = next(iter(self._memory))
-            oldest = self._release(oldest_key)
-            partition, container = oldest_key
+        while len(self._memory) > 1 and (len(self._memory) > self._in_memory or held > self._paths_in_memory):
+            (partition, container), oldest = self._memory.popitem(last=False)
+            held -= len(oldest.paths)
             record = zlib.compress(oldest.encoded or self._encode(oldest.record()), 1)
             self._db.execute("INSERT INTO state VALUES (?, ?, ?, ?)",
                              (partition, container, oldest.last_window_start_us, record))
             self.on_disk += 1
             self._counts["latest_states_evicted"] += 1
 
-    def _release(self, key: tuple[int, str]) -> ContainerState:
-        """Take a state out of memory (to the file, or forgotten: the caller's choice)."""
-        self._paths_held -= self._paths_of.pop(key)
-        return self._memory.pop(key)
+    def _paths_held(self) -> int:
+        return sum(len(state.paths) for state in self._memory.values())
